@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs the server binaries the test suite and benchmarks start as throwaway
+# processes (PostgreSQL, Redis) and the Go toolchain + libraries for the yamux
+# interop peer, from Debian's packages, only when they are missing.
+set -euo pipefail
+
+need=()
+pg_bindir() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
+[ -n "$(pg_bindir)" ] && [ -x "$(pg_bindir)/initdb" ] || need+=(postgresql)
+command -v redis-server >/dev/null || need+=(redis-server)
+command -v go >/dev/null || need+=(golang-go)
+[ -d /usr/share/gocode/src/github.com/hashicorp/yamux ] || need+=(golang-github-hashicorp-yamux-dev)
+[ -d /usr/share/gocode/src/github.com/gorilla/websocket ] || need+=(golang-github-gorilla-websocket-dev)
+
+if [ ${#need[@]} -eq 0 ]; then
+    exit 0
+fi
+echo "system-deps: installing ${need[*]}"
+if [ "$(id -u)" -ne 0 ]; then
+    SUDO=sudo
+else
+    SUDO=
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
