@@ -1,0 +1,127 @@
+"""The FastAPI application factory and its lifespan.
+
+Nothing is built at import time: :func:`create_app` takes :class:`Settings` and the
+lifespan builds the engine, Redis and the stores from them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from visiona import __version__
+from visiona.auth.endpoints import router as auth_router
+from visiona.auth.sessions import MemorySessionStore, RedisSessionStore, SessionStore
+from visiona.kit.database import Database
+from visiona.kit.http import RequestContextMiddleware, install_error_handlers
+from visiona.kit.metrics import Metrics
+from visiona.kit.migrate import status_from_connection, upgrade_on_connection
+from visiona.kit.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from visiona.kit.runtime import Runtime
+from visiona.kit.settings import Settings
+from visiona.ops.endpoints import router as ops_router
+
+_LOGGER = logging.getLogger(__name__)
+API_PREFIX = "/api/v1"
+
+
+class MigrationsPendingError(RuntimeError):
+    """The database schema is behind the packaged migrations."""
+
+
+def _is_memory(settings: Settings) -> bool:
+    return settings.is_sqlite and settings.database.database in (None, "", ":memory:")
+
+
+async def build_runtime(settings: Settings, metrics: Metrics) -> Runtime:
+    """Build the database, session store and rate limiter described by ``settings``."""
+    db = Database(settings.build_engine(), settings.database_target)
+    async with db.engine.begin() as conn:
+        if _is_memory(settings):
+            await conn.run_sync(upgrade_on_connection)
+        status = await conn.run_sync(status_from_connection)
+    if not status.up_to_date:
+        await db.dispose()
+        raise MigrationsPendingError(
+            f"database {settings.database_target} has pending migrations "
+            f"({', '.join(status.pending)}); run `visiona migrate up`"
+        )
+    redis = settings.build_redis()
+    sessions: SessionStore
+    limiter: RateLimiter
+    if redis is not None:
+        sessions = RedisSessionStore(
+            redis,
+            settings.session_idle_ttl,
+            settings.session_absolute_ttl,
+            on_error=metrics.session_store_errors.inc,
+        )
+        limiter = RedisRateLimiter(redis)
+    else:
+        sessions = MemorySessionStore(settings.session_idle_ttl, settings.session_absolute_ttl)
+        limiter = MemoryRateLimiter()
+    metrics.gauge("visiona_db_pool_in_use", "Database connections checked out.", db.pool_in_use)
+    return Runtime(
+        settings=settings,
+        db=db,
+        sessions=sessions,
+        limiter=limiter,
+        metrics=metrics,
+        redis=redis,
+    )
+
+
+async def close_runtime(runtime: Runtime) -> None:
+    """Release every client the runtime holds."""
+    if runtime.redis is not None:
+        await runtime.redis.aclose()
+    await runtime.db.dispose()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Create the application for ``settings`` (read from the environment when None)."""
+    settings = settings or Settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = await build_runtime(settings, metrics)
+        app.state.runtime = runtime
+        _LOGGER.info(
+            "visiona %s ready: database %s, sessions %s",
+            __version__,
+            settings.database_target,
+            settings.redis_target or "in-process",
+        )
+        try:
+            yield
+        finally:
+            await close_runtime(runtime)
+
+    app = FastAPI(
+        title="visionA API",
+        version=__version__,
+        description="Cloud backend for Kneron edge-AI USB accelerators. "
+        "Errors are `{\"error\": {\"code\", \"message\"}}`.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(auth_router, prefix=API_PREFIX)
+    app.include_router(ops_router)
+    app.add_middleware(
+        RequestContextMiddleware,
+        metrics=metrics,
+        max_body_bytes=settings.max_body_bytes,
+        unlimited=_brings_own_limit,
+    )
+    return app
+
+
+def _brings_own_limit(path: str) -> bool:
+    """Uploads and proxied requests stream large bodies and enforce their own limits."""
+    return path.startswith((f"{API_PREFIX}/models", f"{API_PREFIX}/devices/")) and (
+        "/proxy/" in path or path.startswith(f"{API_PREFIX}/models")
+    )

@@ -1,0 +1,65 @@
+"""Who is calling: the web-session principal, taken from a bearer token or the cookie."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from fastapi import Depends, Request
+
+from visiona.kit.deps import get_runtime
+from visiona.kit.errors import CsrfError, UnauthorizedError
+from visiona.kit.tokens import USER_SESSION_PREFIX, has_prefix, hash_token
+
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated user and the session token that proved it."""
+
+    user_id: uuid.UUID
+    token: str
+    via_cookie: bool
+
+
+def bearer_token(request: Request) -> str | None:
+    """The token of an ``Authorization: Bearer`` header, if any."""
+    header = request.headers.get("authorization")
+    if not header:
+        return None
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        return None
+    return value.strip()
+
+
+def _same_origin(request: Request) -> bool:
+    origin = request.headers.get("origin")
+    host = request.headers.get("host")
+    if not origin or not host or origin == "null":
+        return False
+    return urlsplit(origin).netloc.lower() == host.lower()
+
+
+async def current_principal(request: Request) -> Principal:
+    """Authenticate the caller (401 otherwise); enforce same-origin for cookie writes."""
+    runtime = get_runtime(request)
+    token = bearer_token(request)
+    via_cookie = False
+    if token is None:
+        token = request.cookies.get(runtime.settings.cookie_name)
+        via_cookie = token is not None
+    if not token or not has_prefix(token, USER_SESSION_PREFIX):
+        raise UnauthorizedError()
+    session = await runtime.sessions.touch(hash_token(token))
+    if session is None:
+        raise UnauthorizedError("Session expired or not valid.")
+    if via_cookie and request.method not in _SAFE_METHODS and not _same_origin(request):
+        raise CsrfError()
+    return Principal(user_id=session.user_id, token=token, via_cookie=via_cookie)
+
+
+CurrentPrincipal = Annotated[Principal, Depends(current_principal)]

@@ -1,0 +1,97 @@
+"""HTTP routes for users and web sessions (HTTP in/out only)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from fastapi import APIRouter, Request, Response, status
+
+from visiona.auth import repository, service
+from visiona.auth.dependencies import CurrentPrincipal
+from visiona.auth.schemas import LoginRequest, LoginResponse, RegisterRequest, UserOut
+from visiona.kit.deps import Conn, RuntimeDep, client_address
+from visiona.kit.errors import (
+    ConflictError,
+    CsrfError,
+    InvalidCredentialsError,
+    RateLimitedError,
+    UnauthorizedError,
+)
+from visiona.kit.http import error_responses
+
+router = APIRouter(prefix="/auth", tags=["auth"])
+
+
+@router.post(
+    "/register",
+    status_code=status.HTTP_201_CREATED,
+    response_model=UserOut,
+    summary="Create an account",
+    responses=error_responses(ConflictError),
+)
+async def register(body: RegisterRequest, conn: Conn) -> UserOut:
+    """Create a user; the password is stored as an argon2id hash. Email taken → 409."""
+    user = await service.register(conn, email=body.email, password=body.password, name=body.name)
+    return UserOut.model_validate(user)
+
+
+@router.post(
+    "/login",
+    response_model=LoginResponse,
+    summary="Sign in",
+    responses=error_responses(InvalidCredentialsError, RateLimitedError),
+)
+async def login(
+    body: LoginRequest, request: Request, response: Response, conn: Conn, runtime: RuntimeDep
+) -> LoginResponse:
+    """Open a web session: returns a bearer token and sets it as an HttpOnly cookie.
+
+    Attempts are rate-limited per email and per client address (429 with Retry-After).
+    """
+    settings = runtime.settings
+    await service.check_login_rate(
+        runtime.limiter, settings, email=body.email, address=client_address(request)
+    )
+    result = await service.login(conn, runtime.sessions, email=body.email, password=body.password)
+    response.set_cookie(
+        settings.cookie_name,
+        result.token,
+        max_age=settings.session_absolute_ttl,
+        httponly=True,
+        samesite="lax",
+        secure=settings.cookie_secure,
+        path="/",
+    )
+    return LoginResponse(
+        user=UserOut.model_validate(result.user),
+        token=result.token,
+        expires_at=datetime.fromtimestamp(result.session.expires_at, UTC),
+    )
+
+
+@router.post(
+    "/logout",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Sign out",
+    responses=error_responses(UnauthorizedError, CsrfError),
+)
+async def logout(principal: CurrentPrincipal, runtime: RuntimeDep) -> Response:
+    """End the current web session and clear the cookie."""
+    await service.logout(runtime.sessions, principal.token)
+    response = Response(status_code=status.HTTP_204_NO_CONTENT)
+    response.delete_cookie(runtime.settings.cookie_name, path="/")
+    return response
+
+
+@router.get(
+    "/me",
+    response_model=UserOut,
+    summary="The signed-in user",
+    responses=error_responses(UnauthorizedError),
+)
+async def me(principal: CurrentPrincipal, conn: Conn) -> UserOut:
+    """Return the user of the current session."""
+    user = await repository.get_by_id(conn, principal.user_id)
+    if user is None:  # the account is gone; the session is meaningless
+        raise UnauthorizedError("Session expired or not valid.")
+    return UserOut.model_validate(user)

@@ -1,0 +1,123 @@
+"""The `visiona` command line: serve, migrate, seed-demo, agent and client commands."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Annotated
+
+import typer
+
+from visiona.kit import migrate as migrations
+from visiona.kit.logs import configure_logging
+from visiona.kit.preflight import PreflightError, check_dependencies
+from visiona.kit.settings import Settings
+
+app = typer.Typer(help="visionA cloud backend and local agent.", no_args_is_help=True)
+migrate_app = typer.Typer(help="Schema migrations.", no_args_is_help=True)
+app.add_typer(migrate_app, name="migrate")
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValueError as err:
+        typer.echo(f"error: invalid configuration: {err}", err=True)
+        raise typer.Exit(2) from err
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (VISIONA_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Bind port (VISIONA_PORT).")] = None,
+    migrate: Annotated[
+        bool, typer.Option("--migrate", help="Apply pending migrations on PostgreSQL too.")
+    ] = False,
+) -> None:
+    """Serve the API. Embedded defaults (SQLite, in-process sessions) need no configuration."""
+    import uvicorn  # noqa: PLC0415 - only the server needs it
+
+    from visiona.app import create_app  # noqa: PLC0415 - keep client commands light
+
+    settings = _settings()
+    updates = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    if updates:
+        settings = settings.model_copy(update=updates)
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        status = asyncio.run(check_dependencies(settings))
+    except PreflightError as err:
+        _fail(str(err))
+    if not status.up_to_date:
+        if settings.is_sqlite or migrate:
+            migrations.upgrade(settings.database)
+        else:
+            _fail(
+                f"database {settings.database_target} has {len(status.pending)} pending "
+                "migration(s); run `visiona migrate up` or `visiona serve --migrate`"
+            )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        ws="websockets-sansio",
+        ws_max_size=16 * 1024 * 1024,
+        timeout_graceful_shutdown=10,
+    )
+
+
+@migrate_app.command("up")
+def migrate_up(
+    to: Annotated[str, typer.Option("--to", help="Target revision.")] = "head",
+) -> None:
+    """Apply pending migrations."""
+    settings = _settings()
+    configure_logging(settings.log_level, settings.log_format)
+    _require_reachable(settings)
+    migrations.upgrade(settings.database, to)
+    typer.echo(f"migrated {settings.database_target} to {to}")
+
+
+@migrate_app.command("down")
+def migrate_down(
+    to: Annotated[
+        str, typer.Option("--to", help="Target revision, or `base` for an empty schema.")
+    ] = "-1",
+) -> None:
+    """Revert one migration (or down to --to)."""
+    settings = _settings()
+    configure_logging(settings.log_level, settings.log_format)
+    _require_reachable(settings)
+    migrations.downgrade(settings.database, to)
+    typer.echo(f"reverted {settings.database_target} to {to}")
+
+
+@migrate_app.command("status")
+def migrate_status() -> None:
+    """Show the current revision and what is pending."""
+    settings = _settings()
+    status = _require_reachable(settings)
+    typer.echo(f"database: {settings.database_target}")
+    typer.echo(f"current:  {status.current or 'base (empty)'}")
+    typer.echo(f"head:     {status.head}")
+    typer.echo(f"pending:  {', '.join(status.pending) if status.pending else 'none'}")
+
+
+def _require_reachable(settings: Settings) -> migrations.MigrationStatus:
+    try:
+        return asyncio.run(check_dependencies(settings.model_copy(update={"redis_url": None})))
+    except PreflightError as err:
+        _fail(str(err))
+        raise  # unreachable: _fail exits
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(app())

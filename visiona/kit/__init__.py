@@ -1,0 +1,1 @@
+"""Infrastructure kit: settings, database, schema, migrations, errors, logging, tokens."""

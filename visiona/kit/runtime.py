@@ -1,0 +1,41 @@
+"""What the application holds while it runs: built from settings in the lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import uuid
+
+    from redis.asyncio import Redis
+
+    from visiona.auth.sessions import SessionStore
+    from visiona.kit.database import Database
+    from visiona.kit.metrics import Metrics
+    from visiona.kit.ratelimit import RateLimiter
+    from visiona.kit.settings import Settings
+
+DeviceHook = Callable[["uuid.UUID"], Awaitable[None]]
+
+
+@dataclass
+class Runtime:
+    """Live clients and stores of one running application."""
+
+    settings: Settings
+    db: Database
+    sessions: SessionStore
+    limiter: RateLimiter
+    metrics: Metrics
+    redis: Redis | None = None
+    # Called after a device's credentials are revoked and committed (unpair, token
+    # revocation); the tunnel registers one to close the live tunnel.
+    on_device_revoked: list[DeviceHook] = field(default_factory=list)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    async def device_revoked(self, device_id: uuid.UUID) -> None:
+        """Run every revocation hook for ``device_id``."""
+        for hook in self.on_device_revoked:
+            await hook(device_id)

@@ -1,0 +1,215 @@
+"""The tables, declared once with SQLAlchemy Core (DESIGN §3, seeds 000 and 002).
+
+Migrations in :mod:`visiona.kit.migrations` build this schema; a test checks that
+the migrated database and these declarations never drift apart. Partial indexes
+cover only live rows (``deleted_at IS NULL`` / ``revoked_at IS NULL``).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    MetaData,
+    Table,
+    Text,
+    TypeDecorator,
+    Uuid,
+    func,
+    text,
+)
+from sqlalchemy.dialects import postgresql
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp that is always timezone-aware UTC in Python.
+
+    PostgreSQL stores ``timestamptz``; SQLite stores ISO text, which compares
+    correctly as long as every value is written in UTC by this type.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        """Normalise to UTC (naive values are taken as UTC)."""
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        """Return an aware UTC datetime."""
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+Labels = JSON().with_variant(postgresql.ARRAY(Text), "postgresql")
+
+
+def _now() -> Any:
+    return func.now()
+
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("email", Text, nullable=False),
+    Column("name", Text, nullable=False, server_default=""),
+    Column("password_hash", Text, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False, server_default=_now()),
+    Column("updated_at", UTCDateTime, nullable=False, server_default=_now()),
+)
+# No citext: uniqueness is on lower(email) (seed 000's note).
+Index("uq_users_email_lower", func.lower(users.c.email), unique=True)
+
+models = Table(
+    "models",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("owner_user_id", Uuid, ForeignKey("users.id"), nullable=False),
+    Column("name", Text, nullable=False),
+    Column("target_chip", Text, nullable=False),
+    Column("file_size", BigInteger, nullable=False, server_default=text("0")),
+    Column("sha256", Text, nullable=True),
+    Column("source", Text, nullable=False, server_default="uploaded"),
+    Column("labels", Labels, nullable=True),
+    Column("storage_key", Text, nullable=True),
+    Column("faa_object_key", Text, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False, server_default=_now()),
+    Column("updated_at", UTCDateTime, nullable=False, server_default=_now()),
+    Column("uploaded_at", UTCDateTime, nullable=True),
+    Column("deleted_at", UTCDateTime, nullable=True),
+)
+_live_model = models.c.deleted_at.is_(None)
+Index(
+    "idx_models_owner_active",
+    models.c.owner_user_id,
+    models.c.created_at,
+    postgresql_where=_live_model,
+    sqlite_where=_live_model,
+)
+Index(
+    "idx_models_owner_chip_active",
+    models.c.owner_user_id,
+    models.c.target_chip,
+    postgresql_where=_live_model,
+    sqlite_where=_live_model,
+)
+Index(
+    "idx_models_owner_source_active",
+    models.c.owner_user_id,
+    models.c.source,
+    postgresql_where=_live_model,
+    sqlite_where=_live_model,
+)
+
+devices = Table(
+    "devices",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("owner_user_id", Uuid, ForeignKey("users.id"), nullable=False),
+    Column("name", Text, nullable=False),
+    Column("device_type", Text, nullable=True),
+    Column("serial_number", Text, nullable=True),
+    # tunnel level, observed by the cloud: online | offline | reconnecting | error
+    Column("remote_status", Text, nullable=False, server_default="offline"),
+    Column("last_seen_at", UTCDateTime, nullable=True),
+    Column("last_connected_at", UTCDateTime, nullable=True),
+    # USB level, reported by the agent: online | offline | unknown
+    Column("status", Text, nullable=False, server_default="unknown"),
+    Column("created_at", UTCDateTime, nullable=False, server_default=_now()),
+    Column("updated_at", UTCDateTime, nullable=False, server_default=_now()),
+    Column("paired_at", UTCDateTime, nullable=True),
+    Column("deleted_at", UTCDateTime, nullable=True),
+)
+_live_device = devices.c.deleted_at.is_(None)
+# A deleted serial can be registered again: uniqueness holds for live rows only.
+Index(
+    "uq_devices_owner_serial_active",
+    devices.c.owner_user_id,
+    devices.c.serial_number,
+    unique=True,
+    postgresql_where=_live_device,
+    sqlite_where=_live_device,
+)
+Index(
+    "idx_devices_owner_active",
+    devices.c.owner_user_id,
+    devices.c.created_at,
+    postgresql_where=_live_device,
+    sqlite_where=_live_device,
+)
+Index(
+    "idx_devices_remote_status",
+    devices.c.remote_status,
+    postgresql_where=_live_device,
+    sqlite_where=_live_device,
+)
+
+pairing_tokens = Table(
+    "pairing_tokens",
+    metadata,
+    Column("token_hash", Text, primary_key=True),  # sha256(plaintext), never the plaintext
+    Column("user_id", Uuid, ForeignKey("users.id"), nullable=False),
+    Column("device_id", Uuid, ForeignKey("devices.id"), nullable=True),
+    Column("kind", Text, nullable=False, server_default="pairing"),
+    Column("created_at", UTCDateTime, nullable=False, server_default=_now()),
+    Column("expires_at", UTCDateTime, nullable=True),
+    Column("used_at", UTCDateTime, nullable=True),
+    Column("revoked_at", UTCDateTime, nullable=True),
+)
+_live_pairing = pairing_tokens.c.revoked_at.is_(None)
+Index(
+    "idx_pairing_tokens_user_active",
+    pairing_tokens.c.user_id,
+    postgresql_where=_live_pairing,
+    sqlite_where=_live_pairing,
+)
+Index("idx_pairing_tokens_device", pairing_tokens.c.device_id)
+
+session_tokens = Table(
+    "session_tokens",
+    metadata,
+    Column("token_hash", Text, primary_key=True),
+    Column("user_id", Uuid, ForeignKey("users.id"), nullable=False),
+    Column("device_id", Uuid, ForeignKey("devices.id"), nullable=False),
+    Column("parent_token_hash", Text, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False, server_default=_now()),
+    Column("expires_at", UTCDateTime, nullable=True),
+    Column("revoked_at", UTCDateTime, nullable=True),
+)
+_live_session = session_tokens.c.revoked_at.is_(None)
+Index(
+    "idx_session_tokens_user_active",
+    session_tokens.c.user_id,
+    postgresql_where=_live_session,
+    sqlite_where=_live_session,
+)
+Index("idx_session_tokens_device", session_tokens.c.device_id)
+Index("idx_session_tokens_parent", session_tokens.c.parent_token_hash)

@@ -1,0 +1,154 @@
+"""Settings from the environment (prefix ``VISIONA_``) and an optional ``.env`` file.
+
+Settings only describe; they build clients on request (:meth:`Settings.build_engine`,
+:meth:`Settings.build_redis`) with explicit pool sizes and timeouts. Nothing is
+built at import time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import URL, make_url
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+SQLITE_DRIVER = "sqlite+aiosqlite"
+POSTGRES_DRIVER = "postgresql+asyncpg"
+
+
+class Settings(BaseSettings):
+    """Every knob of the server, each with a working embedded default."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="VISIONA_", env_file=".env", extra="ignore", validate_default=True
+    )
+
+    host: str = Field("127.0.0.1", description="Address `visiona serve` binds to.")
+    port: int = Field(8080, ge=0, le=65535, description="Port `visiona serve` binds to.")
+    data_dir: Path = Field(Path(".visiona"), description="Where embedded data lives.")
+
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL; unset means a SQLite file in DATA_DIR. "
+        "`postgresql://` URLs are run with asyncpg.",
+    )
+    db_pool_size: int = Field(10, ge=1, description="PostgreSQL connections kept open.")
+    db_max_overflow: int = Field(10, ge=0, description="Extra connections under burst.")
+    db_pool_timeout: float = Field(5.0, gt=0, description="Seconds to wait for a pooled conn.")
+    db_connect_timeout: float = Field(5.0, gt=0, description="Seconds to open a connection.")
+    db_command_timeout: float = Field(30.0, gt=0, description="Seconds for one statement.")
+    db_pool_recycle: int = Field(1800, ge=-1, description="Seconds before a conn is renewed.")
+    sqlite_busy_timeout_ms: int = Field(5000, ge=0, description="SQLite lock wait.")
+
+    redis_url: str | None = Field(
+        None, description="Redis URL for web sessions and rate limits; unset = in-process."
+    )
+    redis_pool_size: int = Field(50, ge=1, description="Max Redis connections.")
+    redis_connect_timeout: float = Field(2.0, gt=0, description="Seconds to connect to Redis.")
+    redis_socket_timeout: float = Field(2.0, gt=0, description="Seconds for one Redis command.")
+
+    session_idle_ttl: int = Field(12 * 3600, gt=0, description="Web session idle timeout (s).")
+    session_absolute_ttl: int = Field(
+        7 * 24 * 3600, gt=0, description="Web session absolute lifetime (s)."
+    )
+    cookie_name: str = Field("visiona_session", description="Web session cookie name.")
+    cookie_secure: bool = Field(False, description="Mark the session cookie `Secure`.")
+
+    login_rate_limit: int = Field(10, ge=1, description="Login attempts per email per window.")
+    login_rate_limit_per_address: int = Field(
+        50, ge=1, description="Login attempts per client address per window."
+    )
+    login_rate_window: int = Field(60, ge=1, description="Login rate-limit window (s).")
+    max_body_bytes: int = Field(
+        1024 * 1024, ge=1024, description="Largest JSON request body accepted (413 above)."
+    )
+
+    log_level: str = Field("INFO", description="Log level.")
+    log_format: Literal["text", "json"] = Field("text", description="Log format.")
+    seed_demo_data: bool = Field(False, description="Create demo data at `serve` (dev only).")
+
+    @field_validator("log_level")
+    @classmethod
+    def _upper_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("log_level must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return level
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        backend = make_url(value).get_backend_name()
+        if backend not in {"sqlite", "postgresql"}:
+            raise ValueError("database_url must be a sqlite or postgresql URL")
+        return value
+
+    # -- database -------------------------------------------------------------
+
+    @property
+    def database(self) -> URL:
+        """The effective database URL, with the async driver filled in."""
+        if self.database_url is None:
+            return make_url(f"{SQLITE_DRIVER}:///{(self.data_dir / 'visiona.db').as_posix()}")
+        url = make_url(self.database_url)
+        if url.get_backend_name() == "postgresql":
+            return url.set(drivername=POSTGRES_DRIVER)
+        return url.set(drivername=SQLITE_DRIVER)
+
+    @property
+    def is_sqlite(self) -> bool:
+        """Whether the database is the embedded SQLite."""
+        return self.database.get_backend_name() == "sqlite"
+
+    @property
+    def database_target(self) -> str:
+        """The database as ``host:port/dbname`` (or the SQLite path), never credentials."""
+        return safe_target(self.database)
+
+    def build_engine(self) -> AsyncEngine:
+        """Create the async engine with explicit pool sizes and timeouts."""
+        from visiona.kit.database import create_engine_for  # noqa: PLC0415 - keep import light
+
+        return create_engine_for(self)
+
+    # -- redis ----------------------------------------------------------------
+
+    @property
+    def redis_target(self) -> str | None:
+        """Redis as ``host:port/db``, never the password."""
+        if self.redis_url is None:
+            return None
+        return safe_target(make_url(self.redis_url.replace("rediss://", "redis://", 1)))
+
+    def build_redis(self) -> Redis | None:
+        """Create the Redis client (a pool, no connection yet), or None when unset."""
+        if not self.redis_url:
+            return None
+        from redis.asyncio import BlockingConnectionPool, Redis  # noqa: PLC0415
+
+        pool = BlockingConnectionPool.from_url(
+            self.redis_url,
+            max_connections=self.redis_pool_size,
+            timeout=self.redis_connect_timeout,
+            socket_connect_timeout=self.redis_connect_timeout,
+            socket_timeout=self.redis_socket_timeout,
+            health_check_interval=30,
+        )
+        return Redis(connection_pool=pool)
+
+
+def safe_target(url: URL) -> str:
+    """Render a URL as ``host:port/db`` (or ``sqlite:path``) without user or password."""
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        return f"sqlite:{url.database or ':memory:'}"
+    default_port = {"postgresql": 5432, "redis": 6379}.get(backend, 0)
+    return f"{url.host or 'localhost'}:{url.port or default_port}/{url.database or ''}"

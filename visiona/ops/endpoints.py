@@ -1,0 +1,64 @@
+"""``/healthz`` and ``/metrics`` (no ``/api/v1`` prefix)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel
+
+from visiona.kit.deps import RuntimeDep
+
+_LOGGER = logging.getLogger(__name__)
+CHECK_TIMEOUT = 1.0
+
+router = APIRouter(tags=["operations"])
+
+
+class Health(BaseModel):
+    """Overall status and one entry per dependency (`ok` or `unavailable`)."""
+
+    status: str
+    checks: dict[str, str]
+
+
+async def _check(name: str, probe: Any) -> tuple[str, str]:
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT):
+            await probe()
+    except Exception as err:  # noqa: BLE001 - any failure means "unavailable"
+        _LOGGER.warning("health check %s failed: %s", name, type(err).__name__)
+        return name, "unavailable"
+    return name, "ok"
+
+
+@router.get(
+    "/healthz",
+    response_model=Health,
+    summary="Liveness and dependencies",
+    responses={503: {"model": Health, "description": "A dependency is unavailable."}},
+)
+async def healthz(runtime: RuntimeDep) -> JSONResponse:
+    """200 when the database and the session store answer within 1 s each, else 503."""
+    results = dict(
+        await asyncio.gather(
+            _check("database", runtime.db.ping),
+            _check("session_store", runtime.sessions.ping),
+        )
+    )
+    healthy = all(value == "ok" for value in results.values())
+    body: dict[str, Any] = {"status": "ok" if healthy else "unavailable", "checks": results}
+    if not healthy:
+        failing = ", ".join(name for name, value in results.items() if value != "ok")
+        body["error"] = {"code": "dependency_unavailable", "message": f"Unavailable: {failing}."}
+    return JSONResponse(body, status_code=200 if healthy else 503)
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(runtime: RuntimeDep) -> Response:
+    """Prometheus text exposition of this node's metrics."""
+    return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
