@@ -105,7 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="visionA API",
         version=__version__,
         description="Cloud backend for Kneron edge-AI USB accelerators. "
-        "Errors are `{\"error\": {\"code\", \"message\"}}`.",
+        'Errors are `{"error": {"code", "message"}}`.',
         lifespan=lifespan,
     )
     install_error_handlers(app)

@@ -141,7 +141,7 @@ class RedisSessionStore:
         self._on_error = on_error
         self._touch = redis.register_script(_TOUCH_SCRIPT)
 
-    def _unavailable(self, err: BaseException) -> SessionStoreUnavailableError:
+    def _unavailable(self) -> SessionStoreUnavailableError:
         if self._on_error is not None:
             self._on_error()
         return SessionStoreUnavailableError()
@@ -154,7 +154,7 @@ class RedisSessionStore:
         try:
             await self._redis.set(self._prefix + token_hash, value, ex=self._idle, nx=True)
         except (RedisError, OSError) as err:
-            raise self._unavailable(err) from err
+            raise self._unavailable() from err
         return WebSession(user_id=user_id, expires_at=float(deadline))
 
     async def touch(self, token_hash: str) -> WebSession | None:
@@ -162,7 +162,7 @@ class RedisSessionStore:
         try:
             raw = await self._touch(keys=[self._prefix + token_hash], args=[self._idle])
         except (RedisError, OSError) as err:
-            raise self._unavailable(err) from err
+            raise self._unavailable() from err
         if not raw:
             return None
         text = raw.decode() if isinstance(raw, bytes) else str(raw)
@@ -174,11 +174,11 @@ class RedisSessionStore:
         try:
             await self._redis.delete(self._prefix + token_hash)
         except (RedisError, OSError) as err:
-            raise self._unavailable(err) from err
+            raise self._unavailable() from err
 
     async def ping(self) -> None:
         """PING Redis."""
         try:
             await self._redis.ping()
         except (RedisError, OSError) as err:
-            raise self._unavailable(err) from err
+            raise self._unavailable() from err

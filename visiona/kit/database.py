@@ -91,7 +91,7 @@ def _sqlite_engine(settings: Settings) -> AsyncEngine:
     return engine
 
 
-def map_db_error(err: BaseException) -> AppError | None:
+def map_db_error(err: BaseException) -> AppError | None:  # noqa: PLR0911 - a flat decision table
     """Translate a driver or pool error into an :class:`AppError`, or None if unknown.
 
     Unique and foreign-key violations become 409 ``conflict``; refused connections,
@@ -164,9 +164,9 @@ class Database:
         finally:
             await _close_quietly(conn)
 
-    async def ping(self, timeout: float = 1.0) -> None:
-        """Run ``SELECT 1`` within ``timeout`` seconds; raise on failure."""
-        async with asyncio.timeout(timeout), self.transaction() as conn:
+    async def ping(self, within: float = 1.0) -> None:
+        """Run ``SELECT 1`` within ``within`` seconds; raise on failure."""
+        async with asyncio.timeout(within), self.transaction() as conn:
             await conn.execute(text("SELECT 1"))
 
     def pool_in_use(self) -> int:

@@ -161,7 +161,9 @@ class RequestContextMiddleware:
             if limited and _content_length(scope) > self._max:
                 await _send_error(send_wrapper, PayloadTooLargeError())
                 return
-            await self._app(scope, _limited(receive, self._max) if limited else receive, send_wrapper)
+            await self._app(
+                scope, _limited(receive, self._max) if limited else receive, send_wrapper
+            )
         finally:
             elapsed = time.perf_counter() - started
             route = scope.get("route")

@@ -41,9 +41,13 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
             "request_id": getattr(record, "request_id", None),
         }
-        for key, value in record.__dict__.items():
-            if key not in _STD_ATTRS and not key.startswith("_"):
-                payload[key] = value
+        payload.update(
+            {
+                key: value
+                for key, value in record.__dict__.items()
+                if key not in _STD_ATTRS and not key.startswith("_")
+            }
+        )
         if record.exc_info:
             payload["exc_type"] = record.exc_info[0].__name__ if record.exc_info[0] else None
             payload["exc"] = self.formatException(record.exc_info)

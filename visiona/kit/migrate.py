@@ -7,8 +7,8 @@ environment: call them before the server's loop starts, or from a worker thread.
 from __future__ import annotations
 
 import io
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
@@ -79,9 +79,10 @@ def status_from_connection(connection: Connection) -> MigrationStatus:
     script = ScriptDirectory.from_config(alembic_config("sqlite://"))
     current = MigrationContext.configure(connection).get_current_revision()
     head = script.get_current_head() or ""
-    pending: list[str] = []
-    for rev in script.iterate_revisions(head, current or "base"):
-        if rev.revision != current:
-            pending.append(rev.revision)
+    pending = [
+        rev.revision
+        for rev in script.iterate_revisions(head, current or "base")
+        if rev.revision != current
+    ]
     pending.reverse()
     return MigrationStatus(current=current, head=head, pending=tuple(pending))

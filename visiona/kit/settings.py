@@ -58,7 +58,7 @@ class Settings(BaseSettings):
         7 * 24 * 3600, gt=0, description="Web session absolute lifetime (s)."
     )
     cookie_name: str = Field("visiona_session", description="Web session cookie name.")
-    cookie_secure: bool = Field(False, description="Mark the session cookie `Secure`.")
+    cookie_secure: bool = Field(default=False, description="Mark the session cookie `Secure`.")
 
     login_rate_limit: int = Field(10, ge=1, description="Login attempts per email per window.")
     login_rate_limit_per_address: int = Field(
@@ -71,7 +71,9 @@ class Settings(BaseSettings):
 
     log_level: str = Field("INFO", description="Log level.")
     log_format: Literal["text", "json"] = Field("text", description="Log format.")
-    seed_demo_data: bool = Field(False, description="Create demo data at `serve` (dev only).")
+    seed_demo_data: bool = Field(
+        default=False, description="Create demo data at `serve` (dev only)."
+    )
 
     @field_validator("log_level")
     @classmethod

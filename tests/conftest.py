@@ -1,0 +1,100 @@
+"""Shared fixtures: throwaway PostgreSQL and Redis servers, settings per backend, an app client.
+
+Every repository and API test that touches SQL runs on both SQLite and PostgreSQL
+(the ``settings`` fixture is parametrized); the schema is always built by the
+migrations, never by ``create_all``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+
+from tests.support.servers import PostgresServer, RedisServer
+from visiona.app import create_app
+from visiona.kit import migrate
+from visiona.kit.settings import Settings
+
+BACKENDS = ["sqlite", "postgres"]
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL server for the whole run."""
+    server = PostgresServer()
+    server.start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One throwaway Redis server for the whole run."""
+    server = RedisServer()
+    server.start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def pg_url(postgres: PostgresServer) -> str:
+    """A PostgreSQL database migrated to head, shared by the API tests."""
+    url = postgres.create_database("visiona_test")
+    migrate.upgrade(url)
+    return url
+
+
+def make_settings(**overrides: object) -> Settings:
+    """Settings that ignore the developer's environment and .env file."""
+    base: dict[str, object] = {
+        "login_rate_limit_per_address": 100_000,
+        "login_rate_limit": 1_000,
+        "log_level": "WARNING",
+    }
+    base.update(overrides)
+    return Settings(_env_file=None, **base)  # type: ignore[call-arg]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """The SQL backend under test."""
+    return str(request.param)
+
+
+@pytest.fixture
+def settings(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
+    """Settings for ``backend``: SQLite + in-process sessions, or PostgreSQL + Redis."""
+    if backend == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'visiona.db'}"
+        migrate.upgrade(url)
+        return make_settings(database_url=url, data_dir=tmp_path, redis_url=None)
+    pg = request.getfixturevalue("pg_url")
+    redis = request.getfixturevalue("redis_server")
+    return make_settings(database_url=pg, data_dir=tmp_path, redis_url=redis.url)
+
+
+@pytest.fixture
+async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+    """The application with its lifespan running."""
+    application = create_app(settings)
+    async with LifespanManager(application):
+        yield application
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client bound to the application in process."""
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        yield http
+
+
+def unique_email() -> str:
+    """An email no other test uses."""
+    return f"user-{uuid.uuid4().hex[:12]}@example.com"
