@@ -110,6 +110,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.include_router(auth_router, prefix=API_PREFIX)
+    # devices feature routers
+
+    # models feature routers
+
+    # tunnel feature routers
+
     app.include_router(ops_router)
     app.add_middleware(
         RequestContextMiddleware,

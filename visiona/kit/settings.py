@@ -69,6 +69,13 @@ class Settings(BaseSettings):
         1024 * 1024, ge=1024, description="Largest JSON request body accepted (413 above)."
     )
 
+    # -- devices, pairing and agent tokens (devices feature) ------------------
+
+    # -- models and object storage (models feature) ---------------------------
+
+    # -- tunnel (tunnel feature) ----------------------------------------------
+
+    # -- logging and development ----------------------------------------------
     log_level: str = Field("INFO", description="Log level.")
     log_format: Literal["text", "json"] = Field("text", description="Log format.")
     seed_demo_data: bool = Field(
