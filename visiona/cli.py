@@ -7,6 +7,7 @@ import sys
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
 from visiona.kit import migrate as migrations
 from visiona.kit.logs import configure_logging
@@ -26,8 +27,13 @@ def _fail(message: str, code: int = 1) -> None:
 def _settings() -> Settings:
     try:
         return Settings()
-    except ValueError as err:
-        typer.echo(f"error: invalid configuration: {err}", err=True)
+    except ValidationError as err:
+        # Name the variable and the rule, never the value (it may be a DSN with a password).
+        problems = "; ".join(
+            f"VISIONA_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            for e in err.errors(include_input=False, include_url=False)
+        )
+        typer.echo(f"error: invalid configuration: {problems}", err=True)
         raise typer.Exit(2) from err
 
 

@@ -141,38 +141,77 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
-        rid = _incoming_request_id(scope) or uuid.uuid4().hex
-        token = request_id_var.set(rid)
-        started = time.perf_counter()
-        status = 500
         path: str = scope.get("path", "")
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-                headers = list(message.get("headers", []))
-                headers.append((b"x-request-id", rid.encode()))
-                message = {**message, "headers": headers}
-            await send(message)
-
+        limit = None if self._unlimited(path) else self._max
+        exchange = _Exchange(receive, send, _incoming_request_id(scope) or uuid.uuid4().hex, limit)
+        token = request_id_var.set(exchange.request_id)
+        started = time.perf_counter()
         try:
-            limited = not self._unlimited(path)
-            if limited and _content_length(scope) > self._max:
-                await _send_error(send_wrapper, PayloadTooLargeError())
-                return
-            await self._app(
-                scope, _limited(receive, self._max) if limited else receive, send_wrapper
-            )
+            if limit is not None and _content_length(scope) > limit:
+                exchange.too_large = True
+            else:
+                try:
+                    await self._app(scope, exchange.receive, exchange.send)
+                except Exception:
+                    if not exchange.too_large:
+                        raise
+            if exchange.too_large and not exchange.started:
+                exchange.status = PayloadTooLargeError.status_code
+                await _send_error(send, PayloadTooLargeError(), exchange.request_id)
         finally:
             elapsed = time.perf_counter() - started
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
+            template = _route_template(scope)
             method = scope.get("method", "")
-            self._metrics.requests.labels(method, template, str(status)).inc()
+            self._metrics.requests.labels(method, template, str(exchange.status)).inc()
             self._metrics.latency.labels(method, template).observe(elapsed)
-            _ACCESS.info("%s %s %s %.1fms", method, path, status, elapsed * 1000)
+            _ACCESS.info("%s %s %s %.1fms", method, path, exchange.status, elapsed * 1000)
             request_id_var.reset(token)
+
+
+class _Exchange:
+    """One request's receive/send wrappers: body limit, status capture, request-id header."""
+
+    def __init__(self, receive: Receive, send: Send, request_id: str, limit: int | None) -> None:
+        self._receive = receive
+        self._send = send
+        self._limit = limit
+        self._seen = 0
+        self.request_id = request_id
+        self.status = 500
+        self.started = False
+        self.too_large = False
+
+    async def receive(self) -> Message:
+        if self.too_large:
+            return {"type": "http.disconnect"}
+        message = await self._receive()
+        if self._limit is not None and message["type"] == "http.request":
+            self._seen += len(message.get("body", b""))
+            if self._seen > self._limit:
+                # Stop the app reading; the middleware answers 413 whatever the app does.
+                self.too_large = True
+                return {"type": "http.disconnect"}
+        return message
+
+    async def send(self, message: Message) -> None:
+        if self.too_large:
+            return
+        if message["type"] == "http.response.start":
+            self.status = int(message["status"])
+            self.started = True
+            headers = [*message.get("headers", []), (b"x-request-id", self.request_id.encode())]
+            message = {**message, "headers": headers}
+        await self._send(message)
+
+
+def _route_template(scope: Scope) -> str:
+    """The matched route's template (``/api/v1/devices/{device_id}``), never the raw path."""
+    fastapi_scope = scope.get("fastapi")
+    context = (
+        fastapi_scope.get("effective_route_context") if isinstance(fastapi_scope, dict) else None
+    )
+    path = getattr(context, "path", None) or getattr(scope.get("route"), "path", None)
+    return str(path) if path else "unmatched"
 
 
 def _incoming_request_id(scope: Scope) -> str | None:
@@ -193,28 +232,13 @@ def _content_length(scope: Scope) -> int:
     return 0
 
 
-def _limited(receive: Receive, limit: int) -> Receive:
-    seen = 0
-
-    async def wrapper() -> Message:
-        nonlocal seen
-        message = await receive()
-        if message["type"] == "http.request":
-            seen += len(message.get("body", b""))
-            if seen > limit:
-                raise PayloadTooLargeError()
-        return message
-
-    return wrapper
-
-
-async def _send_error(send: Send, err: AppError) -> None:
+async def _send_error(send: Send, err: AppError, request_id: str) -> None:
     response = _json(err)
     await send(
         {
             "type": "http.response.start",
             "status": response.status_code,
-            "headers": response.raw_headers,
+            "headers": [*response.raw_headers, (b"x-request-id", request_id.encode())],
         }
     )
     await send({"type": "http.response.body", "body": response.body})

@@ -1,0 +1,5 @@
+"""`python -m visiona` runs the command line."""
+
+from visiona.cli import main
+
+main()
