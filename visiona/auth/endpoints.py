@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request, Response, status
 
 from visiona.auth import repository, service
 from visiona.auth.dependencies import CurrentPrincipal
+from visiona.auth.passwords import hash_password
 from visiona.auth.schemas import LoginRequest, LoginResponse, RegisterRequest, UserOut
 from visiona.kit.deps import Conn, RuntimeDep, client_address
 from visiona.kit.errors import (
@@ -29,9 +30,13 @@ router = APIRouter(prefix="/auth", tags=["auth"])
     summary="Create an account",
     responses=error_responses(ConflictError),
 )
-async def register(body: RegisterRequest, conn: Conn) -> UserOut:
+async def register(body: RegisterRequest, runtime: RuntimeDep) -> UserOut:
     """Create a user; the password is stored as an argon2id hash. Email taken → 409."""
-    user = await service.register(conn, email=body.email, password=body.password, name=body.name)
+    password_hash = await hash_password(body.password)  # slow by design: before the transaction
+    async with runtime.db.transaction() as conn:
+        user = await service.register(
+            conn, email=body.email, password_hash=password_hash, name=body.name
+        )
     return UserOut.model_validate(user)
 
 
@@ -42,7 +47,7 @@ async def register(body: RegisterRequest, conn: Conn) -> UserOut:
     responses=error_responses(InvalidCredentialsError, RateLimitedError),
 )
 async def login(
-    body: LoginRequest, request: Request, response: Response, conn: Conn, runtime: RuntimeDep
+    body: LoginRequest, request: Request, response: Response, runtime: RuntimeDep
 ) -> LoginResponse:
     """Open a web session: returns a bearer token and sets it as an HttpOnly cookie.
 
@@ -52,7 +57,9 @@ async def login(
     await service.check_login_rate(
         runtime.limiter, settings, email=body.email, address=client_address(request)
     )
-    result = await service.login(conn, runtime.sessions, email=body.email, password=body.password)
+    async with runtime.db.transaction() as conn:
+        user = await service.find_login_user(conn, body.email)
+    result = await service.login(runtime.sessions, user, password=body.password)
     response.set_cookie(
         settings.cookie_name,
         result.token,

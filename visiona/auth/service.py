@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from visiona.auth import repository
-from visiona.auth.passwords import hash_password, verify_password
+from visiona.auth.passwords import verify_password
 from visiona.auth.sessions import SessionStore, WebSession
 from visiona.kit.errors import ConflictError, InvalidCredentialsError, RateLimitedError
 from visiona.kit.ratelimit import RateLimiter
@@ -19,9 +19,13 @@ from visiona.kit.tokens import USER_SESSION_PREFIX, hash_token, new_token
 
 
 async def register(
-    conn: AsyncConnection, *, email: str, password: str, name: str
+    conn: AsyncConnection, *, email: str, password_hash: str, name: str
 ) -> dict[str, Any]:
-    """Create a user with an argon2id password hash; a taken email is a 409."""
+    """Create a user; a taken email (any case) is a 409, a lost race too (unique index).
+
+    The caller hashes the password (:func:`hash_password`) before opening the unit of
+    work, so no lock is held during the deliberately slow hash.
+    """
     if await repository.get_by_email(conn, email) is not None:
         raise ConflictError("An account with this email already exists.")
     return await repository.insert_user(
@@ -29,7 +33,7 @@ async def register(
         user_id=uuid.uuid4(),
         email=email,
         name=name,
-        password_hash=await hash_password(password),
+        password_hash=password_hash,
         now=datetime.now(UTC),
     )
 
@@ -57,11 +61,18 @@ async def check_login_rate(
             raise RateLimitedError(hit.retry_after, "Too many login attempts; try again later.")
 
 
+async def find_login_user(conn: AsyncConnection, email: str) -> dict[str, Any] | None:
+    """The user signing in with ``email``, password hash included (None if unknown)."""
+    return await repository.get_by_email(conn, email)
+
+
 async def login(
-    conn: AsyncConnection, sessions: SessionStore, *, email: str, password: str
+    sessions: SessionStore, user: dict[str, Any] | None, *, password: str
 ) -> LoginResult:
-    """Verify the password and open a web session (one message for every failure)."""
-    user = await repository.get_by_email(conn, email)
+    """Verify the password and open a web session (one message for every failure).
+
+    Runs outside any database transaction: the argon2 check is deliberately slow.
+    """
     if not await verify_password(user["password_hash"] if user else None, password):
         raise InvalidCredentialsError()
     assert user is not None  # noqa: S101 - verify_password is False for a missing user

@@ -86,7 +86,10 @@ def _sqlite_engine(settings: Settings) -> AsyncEngine:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN")
+        # IMMEDIATE takes the write lock up front: a deferred transaction that reads and
+        # then writes fails at once with SQLITE_BUSY when another writer got in between
+        # (the busy timeout cannot help there); this one waits its turn instead.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
 
