@@ -138,14 +138,23 @@ class Stream:
         """Read exactly ``n`` bytes, or raise ``asyncio.IncompleteReadError`` at EOF."""
         if n < 0:
             raise ValueError("readexactly size can not be less than zero")
-        while self._buffered < n:
+        if self._buffered >= n:
+            return self._take(n) if n else b""
+        # Consume as data arrives: waiting for all of ``n`` could exceed the window.
+        parts: list[bytes] = []
+        left = n
+        while left:
+            if self._buffered:
+                part = self._take(left)
+                parts.append(part)
+                left -= len(part)
+                continue
             if self._error is not None:
                 raise self._error
             if self._eof or self._read_closed:
-                partial = self._take(self._buffered) if self._buffered else b""
-                raise asyncio.IncompleteReadError(partial, n)
+                raise asyncio.IncompleteReadError(b"".join(parts), n)
             await self._wait_readable()
-        return self._take(n) if n else b""
+        return b"".join(parts)
 
     async def readuntil(self, separator: bytes = b"\n") -> bytes:
         """Read up to and including ``separator`` (like ``StreamReader.readuntil``)."""
