@@ -221,3 +221,28 @@ async def test_deleted_devices_are_not_listed(client: httpx.AsyncClient) -> None
     await client.delete(f"{API}/devices/{drop['id']}", headers=user.headers)
     items = (await client.get(f"{API}/devices", headers=user.headers)).json()["items"]
     assert [item["id"] for item in items] == [keep["id"]]
+
+
+async def test_openapi_documents_the_routes_and_their_error_codes(
+    client: httpx.AsyncClient,
+) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    paths = spec["paths"]
+    expected = {
+        "/api/v1/devices": {"get", "post"},
+        "/api/v1/devices/{device_id}": {"get", "patch", "delete"},
+        "/api/v1/devices/{device_id}/session-tokens": {"get"},
+        "/api/v1/session-tokens/{token_id}": {"delete"},
+        "/api/v1/pairing-tokens": {"get", "post"},
+        "/api/v1/pairing-tokens/{token_id}": {"delete"},
+        "/api/v1/agent/pair": {"post"},
+        "/api/v1/agent/status": {"post"},
+    }
+    for path, methods in expected.items():
+        assert set(paths[path]) == methods, path
+        for method in methods:
+            assert paths[path][method]["summary"], (path, method)
+    pair_responses = paths["/api/v1/agent/pair"]["post"]["responses"]
+    assert set(pair_responses) >= {"201", "401", "409", "422", "429"}
+    assert "unauthorized" in pair_responses["401"]["description"]
+    assert "conflict" in paths["/api/v1/devices"]["post"]["responses"]["409"]["description"]

@@ -202,3 +202,18 @@ async def test_eight_concurrent_exchanges_of_one_token_have_one_winner(
         headers=bearer(winner["session_token"]),
     )
     assert status.status_code == 204
+
+
+async def test_concurrent_pairs_of_one_serial_with_different_tokens_share_one_device(
+    client: httpx.AsyncClient,
+) -> None:
+    """Find-or-create respects the partial unique index under concurrency: the second
+    insert waits for the first and then re-uses its row instead of failing."""
+    user = await signup(client)
+    tokens = [await pairing_token(client, user) for _ in range(4)]
+    sn = serial()
+    responses = await asyncio.gather(*(pair(client, t["token"], sn) for t in tokens))
+    assert [r.status_code for r in responses] == [201] * 4, [r.text for r in responses]
+    assert len({r.json()["device_id"] for r in responses}) == 1
+    items = (await client.get(f"{API}/devices", headers=user.headers)).json()["items"]
+    assert len(items) == 1

@@ -83,13 +83,3 @@ async def test_a_serial_taken_by_another_user_is_not_a_conflict(client: httpx.As
             f"{API}/devices", json={"name": "Mine", "serial_number": sn}, headers=user.headers
         )
         assert response.status_code == 201, response.text
-
-
-async def test_a_pairing_token_pairs_a_device_for_its_creator_only(
-    client: httpx.AsyncClient,
-) -> None:
-    alice, bob = await signup(client), await signup(client)
-    paired = await paired_device(client, alice)
-    assert (await client.get(f"{API}/devices", headers=bob.headers)).json()["items"] == []
-    mine = await client.get(f"{API}/devices/{paired['device_id']}", headers=alice.headers)
-    assert mine.status_code == 200

@@ -191,11 +191,17 @@ async def rename_device(
     return dict(row._mapping) if row else None
 
 
-async def mark_paired(conn: AsyncConnection, device_id: uuid.UUID, now: datetime) -> None:
-    """Record that an agent paired the device now."""
-    await conn.execute(
-        update(devices).where(devices.c.id == device_id).values(paired_at=now, updated_at=now)
-    )
+async def mark_paired(conn: AsyncConnection, device_id: uuid.UUID, now: datetime) -> bool:
+    """Record that an agent paired the live device now; False if it was deleted meanwhile."""
+    row = (
+        await conn.execute(
+            update(devices)
+            .where(devices.c.id == device_id, _live_device)
+            .values(paired_at=now, updated_at=now)
+            .returning(devices.c.id)
+        )
+    ).one_or_none()
+    return row is not None
 
 
 async def soft_delete_device(

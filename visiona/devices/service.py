@@ -283,9 +283,9 @@ async def pair(
     new_device = device is not None
     if device is None:
         device = await repository.get_live_device_by_serial(conn, owner, serial_number)
-        if device is None:  # deleted between the insert and the read: let the agent retry
-            raise ConflictError("The device changed while pairing; try again.")
-        await repository.mark_paired(conn, device["id"], now)
+        # unpaired between the insert and here: roll everything back, the agent retries
+        if device is None or not await repository.mark_paired(conn, device["id"], now):
+            raise ConflictError("The device was unpaired while pairing; try again.")
     device_id: uuid.UUID = device["id"]
     await repository.bind_pairing_token(conn, parent, device_id)
     session = new_token(DEVICE_SESSION_PREFIX)
