@@ -1,0 +1,121 @@
+package main
+
+import (
+	"io"
+	"io/ioutil"
+	"log"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/yamux"
+)
+
+// tcpPair returns both ends of a loopback TCP connection.
+func tcpPair() (net.Conn, net.Conn) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			log.Fatal(err)
+		}
+		accepted <- c
+	}()
+	client, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		log.Fatal(err)
+	}
+	return client, <-accepted
+}
+
+func writeAll(w io.Writer, total int, chunk []byte) {
+	for sent := 0; sent < total; {
+		n := len(chunk)
+		if total-sent < n {
+			n = total - sent
+		}
+		if _, err := w.Write(chunk[:n]); err != nil {
+			log.Fatal(err)
+		}
+		sent += n
+	}
+}
+
+func benchRawTCP(total int) float64 {
+	a, b := tcpPair()
+	chunk := randomBytes(1 << 20)
+	start := time.Now()
+	go func() {
+		writeAll(a, total, chunk)
+		a.Close()
+	}()
+	if _, err := io.Copy(ioutil.Discard, b); err != nil {
+		log.Fatal(err)
+	}
+	b.Close()
+	return float64(total) / time.Since(start).Seconds() / 1e6
+}
+
+func benchYamux(total, streams, window int, writeSize int) float64 {
+	a, b := tcpPair()
+	cfg := yamuxConfig(window, 0)
+	cfg.EnableKeepAlive = false
+	client, _ := yamux.Client(a, cfg)
+	server, _ := yamux.Server(b, cfg)
+	defer client.Close()
+	defer server.Close()
+	chunk := randomBytes(writeSize)
+	per := total / streams
+	var wg sync.WaitGroup
+	wg.Add(streams)
+	go func() {
+		for i := 0; i < streams; i++ {
+			st, err := server.AcceptStream()
+			if err != nil {
+				log.Fatal(err)
+			}
+			go func() {
+				defer wg.Done()
+				if _, err := io.Copy(ioutil.Discard, st); err != nil {
+					log.Fatal(err)
+				}
+				st.Close()
+			}()
+		}
+	}()
+	start := time.Now()
+	for i := 0; i < streams; i++ {
+		go func() {
+			st, err := client.OpenStream()
+			if err != nil {
+				log.Fatal(err)
+			}
+			writeAll(st, per, chunk)
+			st.Close()
+		}()
+	}
+	wg.Wait()
+	return float64(per*streams) / time.Since(start).Seconds() / 1e6
+}
+
+func runBench(total, window int) {
+	emit(map[string]interface{}{"event": "bench", "name": "raw_tcp", "mbps": benchRawTCP(total)})
+	for _, streams := range []int{1, 8} {
+		emit(map[string]interface{}{
+			"event": "bench", "name": "yamux", "streams": streams, "window": window,
+			"mbps": benchYamux(total, streams, window, 256*1024),
+		})
+	}
+	// Tiny writes: 16-byte writes on one stream, each one a frame.
+	const tiny = 16
+	count := 200000
+	mbps := benchYamux(count*tiny, 1, window, tiny)
+	emit(map[string]interface{}{
+		"event": "bench", "name": "tiny", "size": tiny, "frames_per_s": mbps * 1e6 / tiny,
+	})
+}
