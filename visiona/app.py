@@ -25,6 +25,9 @@ from visiona.kit.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimit
 from visiona.kit.runtime import Runtime
 from visiona.kit.settings import Settings
 from visiona.ops.endpoints import router as ops_router
+from visiona.tunnel.endpoints import HUB_KEY
+from visiona.tunnel.endpoints import router as tunnel_router
+from visiona.tunnel.hub import TunnelHub
 
 _LOGGER = logging.getLogger(__name__)
 API_PREFIX = "/api/v1"
@@ -66,7 +69,7 @@ async def build_runtime(settings: Settings, metrics: Metrics) -> Runtime:
         sessions = MemorySessionStore(settings.session_idle_ttl, settings.session_absolute_ttl)
         limiter = MemoryRateLimiter()
     metrics.gauge("visiona_db_pool_in_use", "Database connections checked out.", db.pool_in_use)
-    return Runtime(
+    runtime = Runtime(
         settings=settings,
         db=db,
         sessions=sessions,
@@ -74,10 +77,19 @@ async def build_runtime(settings: Settings, metrics: Metrics) -> Runtime:
         metrics=metrics,
         redis=redis,
     )
+    hub = TunnelHub(db, settings)
+    await hub.start()
+    hub.register_metrics(metrics)
+    runtime.extras[HUB_KEY] = hub
+    runtime.on_device_revoked.append(hub.device_revoked)
+    return runtime
 
 
 async def close_runtime(runtime: Runtime) -> None:
-    """Release every client the runtime holds."""
+    """Release every client the runtime holds (live tunnels first: they write their status)."""
+    hub = runtime.extras.pop(HUB_KEY, None)
+    if isinstance(hub, TunnelHub):
+        await hub.close()
     if runtime.redis is not None:
         await runtime.redis.aclose()
     await runtime.db.dispose()
@@ -119,6 +131,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # models feature routers
 
     # tunnel feature routers
+    app.include_router(tunnel_router, prefix=API_PREFIX)
 
     app.include_router(ops_router)
     app.add_middleware(

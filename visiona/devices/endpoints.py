@@ -109,6 +109,7 @@ def _session(row: dict[str, Any]) -> SessionTokenOut:
 async def list_devices(  # noqa: PLR0917 - FastAPI injects query parameters by name
     principal: CurrentPrincipal,
     conn: Conn,
+    runtime: RuntimeDep,
     remote_status: Annotated[RemoteStatus | None, Query(description="Tunnel status.")] = None,
     device_status: Annotated[
         UsbStatus | None, Query(alias="status", description="USB status.")
@@ -124,6 +125,7 @@ async def list_devices(  # noqa: PLR0917 - FastAPI injects query parameters by n
         status=device_status,
         cursor=decode_cursor(cursor),
         limit=limit,
+        stale_before=service.stale_before(runtime.settings),
     )
     return DeviceList(items=[_device(row) for row in page.items], next_cursor=page.next_cursor)
 
@@ -155,9 +157,13 @@ async def create_device(body: DeviceCreate, principal: CurrentPrincipal, conn: C
     summary="One of your devices",
     responses=error_responses(UnauthorizedError, NotFoundError, ValidationFailedError),
 )
-async def get_device(device_id: uuid.UUID, principal: CurrentPrincipal, conn: Conn) -> DeviceOut:
-    """The device; unknown, deleted or not yours → 404."""
-    return _device(await service.get_device(conn, principal.user_id, device_id))
+async def get_device(
+    device_id: uuid.UUID, principal: CurrentPrincipal, conn: Conn, runtime: RuntimeDep
+) -> DeviceOut:
+    """The device; unknown, deleted or not yours → 404. A device whose tunnel has not been
+    seen for three status intervals reads ``remote_status=offline``."""
+    stale = service.stale_before(runtime.settings)
+    return _device(await service.get_device(conn, principal.user_id, device_id, stale_before=stale))
 
 
 @router.patch(

@@ -10,7 +10,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, insert, literal, or_, select, true, update
+from sqlalchemy import ColumnElement, and_, case, func, insert, literal, or_, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -50,6 +50,29 @@ _SESSION = (
     session_tokens.c.revoked_at,
 )
 _live_device = devices.c.deleted_at.is_(None)
+
+
+def _remote_status(stale_before: datetime | None) -> Any:
+    """``remote_status`` as read: a device not seen since ``stale_before`` reads ``offline``.
+
+    A node that crashed cannot write ``offline`` for its devices; their ``last_seen_at``
+    stops moving (the tunnel refreshes it every status interval), so readers pass
+    ``stale_before`` = now - three intervals and such devices read as offline.
+    """
+    if stale_before is None:
+        return devices.c.remote_status
+    stale = and_(
+        devices.c.remote_status != "offline",
+        devices.c.last_seen_at < stale_before,
+    )
+    return case((stale, literal("offline")), else_=devices.c.remote_status)
+
+
+def _device_columns(stale_before: datetime | None) -> tuple[Any, ...]:
+    if stale_before is None:
+        return _DEVICE
+    status = _remote_status(stale_before).label("remote_status")
+    return tuple(status if col is devices.c.remote_status else col for col in _DEVICE)
 
 
 def _after(created_at: Any, key: Any, cursor: Cursor | None, key_value: Any) -> ColumnElement[bool]:
@@ -116,12 +139,16 @@ async def insert_device_if_absent(
 
 
 async def get_device(
-    conn: AsyncConnection, owner_user_id: uuid.UUID, device_id: uuid.UUID
+    conn: AsyncConnection,
+    owner_user_id: uuid.UUID,
+    device_id: uuid.UUID,
+    *,
+    stale_before: datetime | None = None,
 ) -> dict[str, Any] | None:
-    """The owner's live device ``device_id``."""
+    """The owner's live device ``device_id`` (``stale_before``: see :func:`_remote_status`)."""
     row = (
         await conn.execute(
-            select(*_DEVICE).where(
+            select(*_device_columns(stale_before)).where(
                 devices.c.id == device_id, devices.c.owner_user_id == owner_user_id, _live_device
             )
         )
@@ -153,16 +180,17 @@ async def list_devices(
     status: str | None,
     cursor: Cursor | None,
     limit: int,
+    stale_before: datetime | None = None,
 ) -> list[dict[str, Any]]:
     """Up to ``limit`` of the owner's live devices after ``cursor``, by (created_at, id)."""
     after_id = uuid.UUID(cursor.key) if cursor else None
-    stmt = select(*_DEVICE).where(
+    stmt = select(*_device_columns(stale_before)).where(
         devices.c.owner_user_id == owner_user_id,
         _live_device,
         _after(devices.c.created_at, devices.c.id, cursor, after_id),
     )
     if remote_status is not None:
-        stmt = stmt.where(devices.c.remote_status == remote_status)
+        stmt = stmt.where(_remote_status(stale_before) == remote_status)
     if status is not None:
         stmt = stmt.where(devices.c.status == status)
     stmt = stmt.order_by(devices.c.created_at, devices.c.id).limit(limit)

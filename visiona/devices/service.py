@@ -77,8 +77,13 @@ async def list_devices(
     status: str | None = None,
     cursor: Cursor | None = None,
     limit: int = DEFAULT_LIMIT,
+    stale_before: datetime | None = None,
 ) -> Page:
-    """The owner's live devices in creation order, one page at a time."""
+    """The owner's live devices in creation order, one page at a time.
+
+    ``stale_before`` (see :func:`stale_before`) applies the liveness rule to
+    ``remote_status``: a device not seen since then reads ``offline``.
+    """
     if cursor is not None:
         try:
             uuid.UUID(cursor.key)
@@ -91,15 +96,29 @@ async def list_devices(
         status=status,
         cursor=cursor,
         limit=limit + 1,
+        stale_before=stale_before,
     )
     return _page(rows, limit, "id")
 
 
+def stale_before(settings: Settings, now: datetime | None = None) -> datetime:
+    """Devices not seen since this instant read ``offline``: three tunnel status intervals ago.
+
+    The tunnel refreshes ``last_seen_at`` of its connected devices every interval; a
+    node that crashed stops doing so, and its devices fall back to offline.
+    """
+    return (now or utcnow()) - timedelta(seconds=3 * settings.tunnel_status_interval)
+
+
 async def get_device(
-    conn: AsyncConnection, owner_user_id: uuid.UUID, device_id: uuid.UUID
+    conn: AsyncConnection,
+    owner_user_id: uuid.UUID,
+    device_id: uuid.UUID,
+    *,
+    stale_before: datetime | None = None,
 ) -> dict[str, Any]:
     """The owner's live device; another user's or a deleted one is a 404."""
-    device = await repository.get_device(conn, owner_user_id, device_id)
+    device = await repository.get_device(conn, owner_user_id, device_id, stale_before=stale_before)
     if device is None:
         raise NotFoundError("Device not found.")
     return device

@@ -87,6 +87,37 @@ class Settings(BaseSettings):
     # -- models and object storage (models feature) ---------------------------
 
     # -- tunnel (tunnel feature) ----------------------------------------------
+    tunnel_status_interval: float = Field(
+        15.0,
+        gt=0,
+        description="Seconds between the batched `last_seen_at` writes (one statement for all "
+        "devices of the node); a device not seen for three intervals reads as offline.",
+    )
+    tunnel_ping_interval: float = Field(
+        15.0, gt=0, description="Seconds between keepalive pings on each agent tunnel."
+    )
+    tunnel_ping_timeout: float = Field(
+        10.0, gt=0, description="Seconds a keepalive ping may wait; a miss marks `reconnecting`."
+    )
+    tunnel_ping_misses: int = Field(
+        3, ge=1, description="Consecutive missed keepalives after which the tunnel is closed."
+    )
+    tunnel_stream_window: int = Field(
+        16 * 1024 * 1024,
+        ge=256 * 1024,
+        le=2**31,
+        description="Receive window granted to each tunnel stream (bytes; 4-16 MiB for bulk).",
+    )
+    tunnel_max_message: int = Field(
+        1024 * 1024,
+        ge=64 * 1024,
+        description="Largest WebSocket message the server sends on a tunnel (bytes).",
+    )
+    proxy_response_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds the proxy waits for the device's response head (504 after).",
+    )
 
     # -- logging and development ----------------------------------------------
     log_level: str = Field("INFO", description="Log level.")

@@ -1,0 +1,1 @@
+"""The server side of the agent tunnel: the live-tunnel hub, status batching, the HTTP proxy."""

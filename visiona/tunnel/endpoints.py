@@ -1,0 +1,119 @@
+"""Routes of the tunnel feature: the agent's WebSocket tunnel and the proxy to devices."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Request, WebSocket
+from fastapi.responses import JSONResponse
+
+from visiona.auth.dependencies import CurrentPrincipal
+from visiona.devices import service as devices_service
+from visiona.devices.service import DeviceIdentity, authenticate_device
+from visiona.kit.database import map_db_error
+from visiona.kit.deps import RuntimeDep
+from visiona.kit.errors import AppError, CsrfError, NotFoundError, UnauthorizedError
+from visiona.kit.http import error_responses
+from visiona.kit.runtime import Runtime
+from visiona.tunnel.errors import DeviceOfflineError, DeviceTimeoutError, DeviceUnreachableError
+from visiona.tunnel.hub import TunnelHub
+from visiona.tunnel.proxy import ProxyExchange, ProxyResponse
+
+_LOGGER = logging.getLogger(__name__)
+HUB_KEY = "tunnel_hub"
+PROXY_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+router = APIRouter()
+
+
+def hub_of(runtime: Runtime) -> TunnelHub:
+    """The application's tunnel hub (built in the lifespan)."""
+    hub: TunnelHub = runtime.extras[HUB_KEY]
+    return hub
+
+
+def _bearer(websocket: WebSocket) -> str | None:
+    scheme, _, value = websocket.headers.get("authorization", "").partition(" ")
+    return value.strip() or None if scheme.lower() == "bearer" else None
+
+
+async def _identify(runtime: Runtime, token: str | None) -> DeviceIdentity:
+    try:
+        async with runtime.db.transaction() as conn:
+            return await authenticate_device(conn, token)
+    except AppError:
+        raise
+    except Exception as err:
+        mapped = map_db_error(err)
+        if mapped is None:
+            raise
+        raise mapped from err
+
+
+@router.websocket("/agent/tunnel", name="agent_tunnel")
+async def agent_tunnel(websocket: WebSocket) -> None:
+    """The agent's tunnel: ``Authorization: Bearer <session token>`` is checked before the
+    upgrade (401 with an error body otherwise); then the WebSocket carries a yamux session
+    in which this server is the client (see docs/tunnel-protocol.md)."""
+    runtime: Runtime = websocket.app.state.runtime
+    try:
+        identity = await _identify(runtime, _bearer(websocket))
+    except AppError as err:
+        await websocket.send_denial_response(
+            JSONResponse(err.body(), status_code=err.status_code, headers=err.headers or None)
+        )
+        return
+    await websocket.accept()
+    await hub_of(runtime).serve(websocket, identity)
+
+
+def _forward_target(request: Request) -> tuple[bytes, str]:
+    """The path and query to request on the device, and the cloud prefix in front of it."""
+    raw: bytes = request.scope.get("raw_path") or request.scope["path"].encode("latin-1")
+    marker = raw.find(b"/proxy/")
+    prefix, path = raw[: marker + len(b"/proxy")], raw[marker + len(b"/proxy") :]
+    query: bytes = request.scope.get("query_string", b"")
+    return (path + b"?" + query) if query else path, prefix.decode("latin-1")
+
+
+@router.api_route(
+    "/devices/{device_id}/proxy/{path:path}",
+    methods=PROXY_METHODS,
+    tags=["devices"],
+    summary="Proxy a request to the device",
+    response_model=None,
+    responses={
+        **error_responses(
+            UnauthorizedError,
+            CsrfError,
+            NotFoundError,
+            DeviceOfflineError,
+            DeviceUnreachableError,
+            DeviceTimeoutError,
+        ),
+        200: {"description": "Whatever the device's local service answers, streamed."},
+    },
+)
+async def proxy(
+    device_id: uuid.UUID,
+    path: str,  # noqa: ARG001 - declared for the route; the raw path is forwarded
+    request: Request,
+    principal: CurrentPrincipal,
+    runtime: RuntimeDep,
+) -> Any:
+    """Forward the request through the device's tunnel to its agent's local service and
+    stream the answer back. Not your device → 404; not connected → 502 ``device_offline``;
+    no response head in time → 504 ``device_timeout``."""
+    link = hub_of(runtime).get(device_id)
+    if link is None or link.owner_user_id != principal.user_id:
+        async with runtime.db.transaction() as conn:
+            await devices_service.get_device(conn, principal.user_id, device_id)
+        raise DeviceOfflineError()
+    target, prefix = _forward_target(request)
+    exchange = ProxyExchange(
+        link.session, request, target, prefix, runtime.settings.proxy_response_timeout
+    )
+    status, headers, framing = await exchange.open()
+    return ProxyResponse(exchange, status, headers, framing)

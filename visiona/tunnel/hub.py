@@ -1,0 +1,253 @@
+"""The per-node hub: device → live tunnel, keepalive, batched status writes, metrics.
+
+One hub per application (built in the lifespan). It holds at most one tunnel per
+device — the newest wins, the older one is closed with GoAway and WebSocket close
+code 4409 ``superseded`` — and closes a tunnel whose credentials were revoked (4401
+``revoked``). Status: a tunnel coming up writes ``online`` + ``last_connected_at`` at
+once; ``last_seen_at`` is refreshed from answered pings and traffic in one UPDATE per
+``tunnel_status_interval`` for all devices of the node; an unanswered keepalive
+writes ``reconnecting``; a tunnel that ends writes ``offline``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec
+
+from visiona.devices.repository import find_valid_session
+from visiona.devices.service import utcnow
+from visiona.tunnel import repository
+from visiona.tunnel.link import (
+    CLOSE_GOING_AWAY,
+    CLOSE_KEEPALIVE,
+    CLOSE_REVOKED,
+    CLOSE_SUPERSEDED,
+    TunnelLink,
+)
+from visiona.yamux import Config, PingTimeoutError, YamuxError
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncConnection
+    from starlette.websockets import WebSocket
+
+    from visiona.devices.service import DeviceIdentity
+    from visiona.kit.database import Database
+    from visiona.kit.metrics import Metrics
+    from visiona.kit.settings import Settings
+
+_LOGGER = logging.getLogger(__name__)
+_P = ParamSpec("_P")
+
+
+class TunnelHub:
+    """Live tunnels of this node and the writer of their devices' remote status."""
+
+    def __init__(self, db: Database, settings: Settings) -> None:
+        """Prepare an empty hub; :meth:`start` resets stale statuses and starts batching."""
+        self._db = db
+        self._settings = settings
+        self._config = Config(
+            enable_keepalive=False,  # the hub pings itself to tell reconnecting from gone
+            keepalive_timeout=settings.tunnel_ping_timeout,
+            max_stream_window=settings.tunnel_stream_window,
+        )
+        self._tunnels: dict[uuid.UUID, TunnelLink] = {}
+        self._seen: set[uuid.UUID] = set()
+        self._flush_task: asyncio.Task[None] | None = None
+        self._serving: set[asyncio.Task[Any]] = set()
+        self._closing = False
+        self._bytes_to_devices = 0
+        self._bytes_from_devices = 0
+
+    # -- lifecycle ----------------------------------------------------------------
+    async def start(self) -> None:
+        """Mark offline the devices a previous run of this node left connected; start batching.
+
+        There is one node today, so every device still marked connected was held by a
+        previous run (a crash leaves them ``online``). With several nodes this becomes
+        "the devices of this node's registry entry"; meanwhile another node's devices
+        would be marked ``online`` again by its next batch.
+        """
+        async with self._db.transaction() as conn:
+            reset = await repository.mark_all_offline(conn)
+        if reset:
+            _LOGGER.info("tunnel: marked %s device(s) offline left from a previous run", reset)
+        self._flush_task = asyncio.get_running_loop().create_task(self._flush_loop())
+
+    async def close(self) -> None:
+        """Close every tunnel (1001), write the last batch, stop batching."""
+        self._closing = True
+        links = list(self._tunnels.values())
+        await asyncio.gather(
+            *(link.close(CLOSE_GOING_AWAY, "server shutting down") for link in links),
+            return_exceptions=True,
+        )
+        if self._serving:
+            await asyncio.wait(list(self._serving), timeout=5)
+        if self._flush_task is not None:
+            self._flush_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flush_task
+            self._flush_task = None
+
+    # -- queries ------------------------------------------------------------------
+    def get(self, device_id: uuid.UUID) -> TunnelLink | None:
+        """The device's live tunnel on this node, if any."""
+        link = self._tunnels.get(device_id)
+        if link is None or link.session.is_closed:
+            return None
+        return link
+
+    def count(self) -> int:
+        """Live tunnels on this node."""
+        return len(self._tunnels)
+
+    def open_streams(self) -> int:
+        """Streams open over all live tunnels."""
+        return sum(link.session.num_streams for link in self._tunnels.values())
+
+    def bytes_to_devices(self) -> int:
+        """Bytes sent to agents (yamux headers included), since start."""
+        live = sum(link.session.bytes_sent for link in self._tunnels.values())
+        return self._bytes_to_devices + live
+
+    def bytes_from_devices(self) -> int:
+        """Bytes received from agents (yamux headers included), since start."""
+        live = sum(link.session.bytes_received for link in self._tunnels.values())
+        return self._bytes_from_devices + live
+
+    def register_metrics(self, metrics: Metrics) -> None:
+        """Expose the hub's gauges on ``/metrics``."""
+        metrics.gauge(
+            "visiona_tunnels_connected", "Agent tunnels connected to this node.", self.count
+        )
+        metrics.gauge(
+            "visiona_tunnel_streams_open",
+            "Streams open over this node's tunnels.",
+            self.open_streams,
+        )
+        metrics.gauge(
+            "visiona_tunnel_bytes_to_devices",
+            "Bytes relayed to agents by this node since start.",
+            self.bytes_to_devices,
+        )
+        metrics.gauge(
+            "visiona_tunnel_bytes_from_devices",
+            "Bytes relayed from agents by this node since start.",
+            self.bytes_from_devices,
+        )
+
+    # -- one tunnel ---------------------------------------------------------------
+    async def serve(self, websocket: WebSocket, identity: DeviceIdentity) -> None:
+        """Run the accepted ``websocket`` as ``identity``'s tunnel until it ends."""
+        link = TunnelLink(
+            websocket,
+            device_id=identity.device_id,
+            owner_user_id=identity.owner_user_id,
+            token_hash=identity.token_hash,
+            config=self._config,
+            max_message=self._settings.tunnel_max_message,
+        )
+        task = asyncio.current_task()
+        if task is not None:
+            self._serving.add(task)
+        device_id = identity.device_id
+        older = self._tunnels.get(device_id)
+        self._tunnels[device_id] = link
+        try:
+            if older is not None:
+                _LOGGER.info("tunnel: device %s reconnected; closing the older tunnel", device_id)
+                await older.close(CLOSE_SUPERSEDED, "superseded")
+            await self._write(repository.mark_connected, device_id, utcnow())
+            _LOGGER.info("tunnel: device %s connected", device_id)
+            if self._closing:
+                await link.close(CLOSE_GOING_AWAY, "server shutting down")
+            pinger = asyncio.get_running_loop().create_task(self._keepalive(link))
+            try:
+                await link.run()
+            finally:
+                pinger.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pinger
+        finally:
+            self._bytes_to_devices += link.session.bytes_sent
+            self._bytes_from_devices += link.session.bytes_received
+            if self._tunnels.get(device_id) is link:
+                del self._tunnels[device_id]
+                self._seen.discard(device_id)
+                await self._write(repository.set_remote_status, device_id, "offline")
+            if task is not None:
+                self._serving.discard(task)
+            _LOGGER.info(
+                "tunnel: device %s disconnected (%s)", device_id, link.session.close_reason
+            )
+
+    async def _keepalive(self, link: TunnelLink) -> None:
+        """Ping every interval; a miss marks ``reconnecting``, too many close the tunnel."""
+        misses = 0
+        session = link.session
+        while not session.is_closed:
+            await asyncio.sleep(self._settings.tunnel_ping_interval)
+            try:
+                await session.ping()
+            except PingTimeoutError:
+                misses += 1
+                if link.healthy:
+                    link.healthy = False
+                    self._seen.discard(link.device_id)
+                    await self._write(repository.set_remote_status, link.device_id, "reconnecting")
+                if misses >= self._settings.tunnel_ping_misses:
+                    _LOGGER.info("tunnel: device %s missed %s keepalives", link.device_id, misses)
+                    await link.close(CLOSE_KEEPALIVE, "keepalive timeout")
+                    return
+                continue
+            except YamuxError:
+                return
+            misses = 0
+            link.healthy = True
+            self._seen.add(link.device_id)
+
+    async def device_revoked(self, device_id: uuid.UUID) -> None:
+        """Revocation hook: close the device's tunnel if its session token no longer holds."""
+        link = self.get(device_id)
+        if link is None:
+            return
+        async with self._db.transaction() as conn:
+            still_valid = await find_valid_session(conn, link.token_hash, utcnow())
+        if still_valid is None:
+            _LOGGER.info("tunnel: device %s credentials revoked; closing its tunnel", device_id)
+            await link.close(CLOSE_REVOKED, "revoked")
+
+    # -- batching -----------------------------------------------------------------
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._settings.tunnel_status_interval)
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Write one batch: every healthy device seen (ping or traffic) since the last one."""
+        seen = self._seen
+        self._seen = set()
+        for device_id, link in self._tunnels.items():
+            if link.traffic_since_last_check():
+                seen.add(device_id)
+        seen = {d for d in seen if d in self._tunnels and self._tunnels[d].healthy}
+        if seen:
+            await self._write(repository.mark_seen, seen, utcnow())
+
+    async def _write(
+        self,
+        statement: Callable[Concatenate[AsyncConnection, _P], Awaitable[object]],
+        *args: _P.args,
+        **kwargs: _P.kwargs,
+    ) -> None:
+        """Run one status statement in its own transaction; a failure is logged, not raised."""
+        try:
+            async with self._db.transaction() as conn:
+                await statement(conn, *args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - status is best effort; the next write repairs it
+            _LOGGER.warning("tunnel: status write failed: %s", type(err).__name__)

@@ -1,0 +1,116 @@
+"""One agent tunnel: a yamux client session over an accepted ASGI WebSocket.
+
+The WebSocket is a byte pipe (message boundaries mean nothing): received binary
+messages are fed to a :class:`~visiona.yamux.FeedTransport`, whose outgoing bytes are
+coalesced while a send is in flight, so a frame's header and body (and usually many
+frames) leave in one message of at most ``max_message`` bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from typing import TYPE_CHECKING
+
+from visiona.yamux import Config, FeedTransport, Session
+
+if TYPE_CHECKING:
+    from starlette.websockets import WebSocket
+
+_LOGGER = logging.getLogger(__name__)
+
+#: WebSocket close codes the server uses (the agent reacts to them; see docs/tunnel-protocol.md).
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_UNSUPPORTED = 1003
+CLOSE_REVOKED = 4401
+CLOSE_KEEPALIVE = 4408
+CLOSE_SUPERSEDED = 4409
+
+
+class TunnelLink:
+    """A live tunnel of one device: its WebSocket, its yamux session and its health."""
+
+    def __init__(
+        self,
+        websocket: WebSocket,
+        *,
+        device_id: uuid.UUID,
+        owner_user_id: uuid.UUID,
+        token_hash: str,
+        config: Config,
+        max_message: int,
+    ) -> None:
+        """Start the yamux client session on ``websocket`` (already accepted)."""
+        self.device_id = device_id
+        self.owner_user_id = owner_user_id
+        self.token_hash = token_hash
+        self.connected_at = time.time()
+        #: False while keepalives go unanswered (the device reads ``reconnecting``).
+        self.healthy = True
+        self._ws = websocket
+        self._close_code = CLOSE_NORMAL
+        self._close_reason = ""
+        self._transport = FeedTransport(self._send, self._close_websocket, max_message=max_message)
+        self.session = Session(self._transport, client=True, config=config)
+        self._seen_bytes = 0
+
+    def __repr__(self) -> str:
+        """Name the device and the session state."""
+        return f"<TunnelLink device={self.device_id} {self.session!r}>"
+
+    async def _send(self, data: bytes) -> None:
+        await self._ws.send({"type": "websocket.send", "bytes": data})
+
+    async def _close_websocket(self) -> None:
+        await self._ws.close(self._close_code, self._close_reason)
+
+    def traffic_since_last_check(self) -> bool:
+        """Whether bytes arrived from the agent since the previous call."""
+        received = self.session.bytes_received
+        moved = received != self._seen_bytes
+        self._seen_bytes = received
+        return moved
+
+    async def run(self) -> None:
+        """Pump received messages into the session until either side ends; then clean up."""
+        reader = asyncio.get_running_loop().create_task(self._read_loop())
+        try:
+            await self.session.closed.wait()
+            await self.session.wait_closed()
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+
+    async def _read_loop(self) -> None:
+        transport = self._transport
+        receive = self._ws.receive
+        exc: BaseException | None = None
+        try:
+            while True:
+                message = await receive()
+                kind = message["type"]
+                if kind == "websocket.receive":
+                    data = message.get("bytes")
+                    if data is None:
+                        await self.close(CLOSE_UNSUPPORTED, "binary messages only")
+                        return
+                    transport.feed_data(data)
+                elif kind == "websocket.disconnect":
+                    break
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # noqa: BLE001 - any receive failure ends the tunnel, reported below
+            exc = err
+        transport.connection_lost(exc)
+
+    async def close(self, code: int, reason: str) -> None:
+        """Send GoAway, flush, close the WebSocket with ``code``/``reason`` and end the session."""
+        if self.session.is_closed:
+            return
+        self._close_code, self._close_reason = code, reason
+        await self.session.close()

@@ -1,0 +1,53 @@
+"""SQL of the tunnel: the devices' remote status columns. Takes a connection; never commits."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Collection
+from datetime import datetime
+
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from visiona.kit.schema import devices
+
+_live = devices.c.deleted_at.is_(None)
+
+
+async def mark_connected(conn: AsyncConnection, device_id: uuid.UUID, now: datetime) -> None:
+    """A tunnel came up: ``online``, connected and seen now."""
+    await conn.execute(
+        update(devices)
+        .where(devices.c.id == device_id, _live)
+        .values(remote_status="online", last_connected_at=now, last_seen_at=now)
+    )
+
+
+async def set_remote_status(
+    conn: AsyncConnection, device_id: uuid.UUID, remote_status: str
+) -> None:
+    """Record a status change (``reconnecting``, ``offline``...) of one device."""
+    await conn.execute(
+        update(devices).where(devices.c.id == device_id, _live).values(remote_status=remote_status)
+    )
+
+
+async def mark_seen(
+    conn: AsyncConnection, device_ids: Collection[uuid.UUID], now: datetime
+) -> None:
+    """One statement for the whole batch: these devices were seen (and are online) at ``now``."""
+    if not device_ids:
+        return
+    await conn.execute(
+        update(devices)
+        .where(devices.c.id.in_(list(device_ids)), _live)
+        .values(last_seen_at=now, remote_status="online")
+    )
+
+
+async def mark_all_offline(conn: AsyncConnection) -> int:
+    """At start-up: every device still marked connected is offline (this node holds none yet)."""
+    result = await conn.execute(
+        update(devices).where(devices.c.remote_status != "offline").values(remote_status="offline")
+    )
+    return int(result.rowcount or 0)
