@@ -180,3 +180,31 @@ async def wait_for(predicate: Callable[[], Awaitable[bool]], *, limit: float = 1
     async with asyncio.timeout(limit):
         while not await predicate():  # noqa: ASYNC110 - polls state no event announces
             await asyncio.sleep(0.02)
+
+
+async def _copy(reader: Any, writer: Any) -> None:
+    """Copy until EOF, then half-close the writer."""
+    while chunk := await reader.read(1 << 20):
+        writer.write(chunk)
+        await writer.drain()
+    writer.write_eof()
+
+
+def forward_to(port: int) -> StreamHandler:
+    """A stream handler dialing ``127.0.0.1:port`` and copying both ways with half-close."""
+
+    async def handler(stream: Stream) -> None:
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            stream.reset()
+            return
+        try:
+            await asyncio.gather(_copy(stream, writer), _copy(reader, stream))
+        except (OSError, YamuxError):
+            stream.reset()
+        finally:
+            writer.close()
+            stream.close()
+
+    return handler

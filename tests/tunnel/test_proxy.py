@@ -1,0 +1,227 @@
+"""The HTTP proxy to devices over the tunnel: framing, streaming, errors, aborts."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.api import User, error_code, signup
+from tests.tunnel.device_service import device_app, pattern
+from tests.tunnel.support import (
+    API,
+    LiveServer,
+    connect_agent,
+    forward_to,
+    paired_agent_token,
+    serve_app,
+    wait_for,
+)
+from visiona.kit.runtime import Runtime
+from visiona.tunnel.endpoints import hub_of
+
+
+@pytest.fixture
+async def device_port() -> AsyncIterator[int]:
+    """The device's local HTTP service on a loopback port."""
+    async with serve_app(device_app()) as service:  # type: ignore[arg-type] - any ASGI app
+        yield service.port
+
+
+@pytest.fixture
+async def connected(
+    live: LiveServer, http: httpx.AsyncClient, device_port: int
+) -> AsyncIterator[tuple[User, str]]:
+    """A user and their device, whose agent forwards to the device service."""
+    user = await signup(http)
+    device_id, token = await paired_agent_token(http, user)
+    async with connect_agent(live, token, forward_to(device_port)):
+        hub = hub_of(_runtime(live))
+        await wait_for(lambda: _true(hub.get(uuid.UUID(device_id)) is not None))
+        yield user, device_id
+
+
+def _runtime(live: LiveServer) -> Runtime:
+    runtime: Runtime = live.app.state.runtime
+    return runtime
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+def _proxy(device_id: str, path: str) -> str:
+    return f"{API}/devices/{device_id}/proxy/{path}"
+
+
+async def test_request_is_forwarded_with_query_and_without_cloud_credentials(
+    http: httpx.AsyncClient, connected: tuple[User, str]
+) -> None:
+    user, device_id = connected
+    response = await http.post(
+        _proxy(device_id, "echo/a%20b/c?x=1&y=%2F"),
+        content=b"hello device",
+        headers={
+            **user.headers,
+            "Cookie": "visiona_session=secret",
+            "Connection": "keep-alive, X-Hop",
+            "X-Hop": "drop me",
+            "Keep-Alive": "timeout=5",
+            "X-Forwarded-Host": "evil.example",
+            "X-Custom": "kept",
+        },
+    )
+    assert response.status_code == 200, response.text
+    seen = response.json()
+    headers = dict(seen["headers"])
+    assert seen["method"] == "POST"
+    assert seen["raw_path"] == "/echo/a%20b/c"
+    assert seen["query"] == "x=1&y=%2F"
+    assert seen["body"] == "hello device"
+    for dropped in ("authorization", "cookie", "x-hop", "keep-alive"):
+        assert dropped not in headers
+    assert headers["x-custom"] == "kept"
+    assert headers["x-forwarded-for"] == "127.0.0.1"
+    assert headers["x-forwarded-proto"] == "http"
+    assert headers["x-forwarded-host"] == http.base_url.netloc.decode()
+    assert headers["x-forwarded-prefix"] == f"{API}/devices/{device_id}/proxy"
+    # the device's hop-by-hop response headers stay on the device's side
+    assert response.headers["x-device"] == "yes"
+    assert "x-private" not in response.headers
+
+
+async def test_methods_are_forwarded(http: httpx.AsyncClient, connected: tuple[User, str]) -> None:
+    user, device_id = connected
+    for method in ("GET", "PUT", "PATCH", "DELETE"):
+        response = await http.request(method, _proxy(device_id, "echo/m"), headers=user.headers)
+        assert response.status_code == 200
+        assert response.json()["method"] == method
+    head = await http.head(_proxy(device_id, "bytes/1000"), headers=user.headers)
+    assert head.status_code == 200
+    assert head.headers["content-length"] == "1000"
+    assert head.content == b""
+
+
+async def test_bodies_stream_both_ways_intact(
+    http: httpx.AsyncClient, connected: tuple[User, str]
+) -> None:
+    user, device_id = connected
+    size = 24 * 1024 * 1024 + 7
+    async with http.stream("GET", _proxy(device_id, f"bytes/{size}"), headers=user.headers) as r:
+        assert r.status_code == 200
+        assert r.headers["content-length"] == str(size)
+        digest = hashlib.sha256()
+        async for chunk in r.aiter_raw():
+            digest.update(chunk)
+    assert digest.hexdigest() == hashlib.sha256(pattern(size)).hexdigest()
+    chunked = await http.get(_proxy(device_id, "bytes/300000?chunked=1"), headers=user.headers)
+    assert chunked.content == pattern(300000)
+
+    payload = pattern(9 * 1024 * 1024 + 3)
+
+    async def upload() -> AsyncIterator[bytes]:  # no Content-Length: sent chunked
+        for start in range(0, len(payload), 100_000):
+            yield payload[start : start + 100_000]
+
+    for content in (payload, upload()):
+        response = await http.post(
+            _proxy(device_id, "upload"), content=content, headers=user.headers
+        )
+        assert response.status_code == 201, response.text
+        assert response.json() == {
+            "sha256": hashlib.sha256(payload).hexdigest(),
+            "size": len(payload),
+        }
+
+
+async def test_concurrent_requests_share_the_tunnel(
+    http: httpx.AsyncClient, connected: tuple[User, str]
+) -> None:
+    user, device_id = connected
+    responses = await asyncio.gather(
+        *(
+            http.get(_proxy(device_id, f"bytes/{100_000 + i}"), headers=user.headers)
+            for i in range(16)
+        )
+    )
+    for i, response in enumerate(responses):
+        assert response.content == pattern(100_000 + i)
+
+
+async def test_offline_foreign_and_unknown_devices(
+    http: httpx.AsyncClient, connected: tuple[User, str]
+) -> None:
+    user, device_id = connected
+    other = await signup(http)
+    foreign = await http.get(_proxy(device_id, "echo/x"), headers=other.headers)
+    assert (foreign.status_code, error_code(foreign)) == (404, "not_found")
+    unknown = await http.get(_proxy(str(uuid.uuid4()), "echo/x"), headers=user.headers)
+    assert unknown.status_code == 404
+    offline_id, _ = await paired_agent_token(http, user)
+    offline = await http.get(_proxy(offline_id, "echo/x"), headers=user.headers)
+    assert (offline.status_code, error_code(offline)) == (502, "device_offline")
+    http.cookies.clear()  # signup left a session cookie in the client
+    anonymous = await http.get(_proxy(device_id, "echo/x"))
+    assert anonymous.status_code == 401
+
+
+async def test_no_response_head_in_time_is_504(
+    http: httpx.AsyncClient, connected: tuple[User, str]
+) -> None:
+    user, device_id = connected
+    response = await http.get(_proxy(device_id, "slow-head"), headers=user.headers)
+    assert (response.status_code, error_code(response)) == (504, "device_timeout")
+
+
+async def test_agent_that_cannot_reach_its_service_is_502(
+    live: LiveServer, http: httpx.AsyncClient
+) -> None:
+    user = await signup(http)
+    device_id, token = await paired_agent_token(http, user)
+
+    async def refuse(stream: Any) -> None:
+        stream.reset()
+
+    async with connect_agent(live, token, refuse):
+        hub = hub_of(_runtime(live))
+        await wait_for(lambda: _true(hub.get(uuid.UUID(device_id)) is not None))
+        response = await http.get(_proxy(device_id, "echo/x"), headers=user.headers)
+    assert (response.status_code, error_code(response)) == (502, "device_unreachable")
+
+
+async def test_tunnel_drop_mid_response_aborts_the_client_response(
+    live: LiveServer, http: httpx.AsyncClient, device_port: int
+) -> None:
+    user = await signup(http)
+    device_id, token = await paired_agent_token(http, user)
+    async with connect_agent(live, token, forward_to(device_port)) as agent:
+        hub = hub_of(_runtime(live))
+        await wait_for(lambda: _true(hub.get(uuid.UUID(device_id)) is not None))
+        async with http.stream("GET", _proxy(device_id, "stall"), headers=user.headers) as r:
+            assert r.status_code == 200
+            chunks = r.aiter_raw()
+            assert await anext(chunks) == b"first part;"
+            agent.ws.transport.abort()  # the agent vanishes: no close frame, no FIN
+            with pytest.raises(httpx.TransportError):
+                async for _ in chunks:
+                    pass
+
+
+async def test_client_going_away_resets_the_stream(
+    live: LiveServer, http: httpx.AsyncClient, connected: tuple[User, str]
+) -> None:
+    user, device_id = connected
+    hub = hub_of(_runtime(live))
+    async with (
+        httpx.AsyncClient(base_url=live.url) as once,
+        once.stream("GET", _proxy(device_id, "stall"), headers=user.headers) as r,
+    ):
+        assert await anext(r.aiter_raw()) == b"first part;"
+        assert hub.open_streams() == 1
+    # the client closed its connection mid-body: the stream is reset, not left open
+    await wait_for(lambda: _true(hub.open_streams() == 0))
