@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -161,6 +162,59 @@ def _require_reachable(settings: Settings) -> migrations.MigrationStatus:
     except PreflightError as err:
         _fail(str(err))
         raise  # unreachable: _fail exits
+
+
+@app.command()
+def agent(  # noqa: PLR0917 - one parameter per command-line option
+    server: Annotated[str, typer.Option(help="The cloud's base URL, e.g. https://cloud.example.")],
+    forward: Annotated[str, typer.Option(help="Local service HOST:PORT each stream is sent to.")],
+    token: Annotated[
+        str | None,
+        typer.Option(
+            help="Pairing token (used once, when no session is stored).",
+            envvar="VISIONA_AGENT_TOKEN",
+        ),
+    ] = None,
+    session_file: Annotated[
+        Path | None, typer.Option(help="Where the session token is kept (0600).")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Device name (default: host name).")] = None,
+    serial: Annotated[str | None, typer.Option(help="Serial number (default: host + MAC).")] = None,
+    device_type: Annotated[str, typer.Option("--type", help="Dongle type.")] = "kl520",
+) -> None:
+    """Run the local agent: pair once, keep the tunnel up, forward streams to --forward.
+
+    Exits 3 when the server refuses the credentials; stops cleanly on SIGTERM/SIGINT.
+    """
+    import socket  # noqa: PLC0415 - only this command needs it
+
+    from visiona.agent import main as agent_main  # noqa: PLC0415 - keep the server light
+    from visiona.agent.runner import AgentOptions  # noqa: PLC0415 - idem
+
+    configure_logging("INFO", "text")
+    try:
+        host, port = agent_main.parse_forward(forward)
+    except ValueError as err:
+        _fail(str(err), 2)
+        raise  # unreachable: _fail exits
+    options = AgentOptions(
+        server=server,
+        forward_host=host,
+        forward_port=port,
+        session_file=session_file or agent_main.default_session_file(),
+        pairing_token=token,
+        name=name or socket.gethostname(),
+        serial_number=serial or agent_main.default_serial(),
+        device_type=device_type,
+    )
+    code = agent_main.run_agent(options)
+    if code:
+        typer.echo(
+            "error: the server refused the agent's credentials; "
+            "pair again with a new pairing token (--token)",
+            err=True,
+        )
+    raise typer.Exit(code)
 
 
 def main() -> None:

@@ -1,0 +1,80 @@
+"""Agent pieces on their own: backoff, session file, options, USB status, URLs."""
+
+from __future__ import annotations
+
+import stat
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from visiona.agent import credentials, usb
+from visiona.agent.credentials import Credentials
+from visiona.agent.main import parse_forward
+from visiona.agent.runner import Backoff, tunnel_url
+
+
+def test_backoff_doubles_from_half_a_second_to_thirty_with_jitter_and_resets() -> None:
+    backoff = Backoff()
+    steps = [0.5, 1, 2, 4, 8, 16, 30, 30, 30]
+    for step in steps:
+        delay = backoff.next_delay()
+        assert step / 2 <= delay <= step
+    backoff.reset()
+    assert 0.25 <= backoff.next_delay() <= 0.5
+    assert len({Backoff().next_delay() for _ in range(20)}) > 1  # jittered
+
+
+def test_session_file_is_private_and_bound_to_its_server(tmp_path: Path) -> None:
+    path = tmp_path / "nested" / "session.json"
+    creds = Credentials("http://cloud:8080", "dev-1", "vst_secret", "2030-01-01T00:00:00Z")
+    credentials.store(path, creds)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert credentials.load(path, "http://cloud:8080/") == creds
+    assert credentials.load(path, "http://elsewhere:8080") is None
+    assert credentials.load(tmp_path / "missing.json", "http://cloud:8080") is None
+    path.write_text("{not json")
+    assert credentials.load(path, "http://cloud:8080") is None
+
+
+def test_forward_and_tunnel_url_parsing() -> None:
+    assert parse_forward("127.0.0.1:8000") == ("127.0.0.1", 8000)
+    assert parse_forward("[::1]:81") == ("::1", 81)
+    for bad in ("nohost", ":80", "host:", "host:0", "host:99999", "host:http"):
+        with pytest.raises(ValueError, match="HOST:PORT"):
+            parse_forward(bad)
+    assert tunnel_url("http://h:1/") == "ws://h:1/api/v1/agent/tunnel"
+    assert tunnel_url("https://cloud.example") == "wss://cloud.example/api/v1/agent/tunnel"
+
+
+def _fake_usb(monkeypatch: pytest.MonkeyPatch, find: object) -> list[dict[str, object]]:
+    calls: list[dict[str, object]] = []
+
+    def record(**kwargs: object) -> object:
+        calls.append(kwargs)
+        if isinstance(find, Exception):
+            raise find
+        return find
+
+    core = types.ModuleType("usb.core")
+    core.find = record  # type: ignore[attr-defined]
+    package = types.ModuleType("usb")
+    package.core = core  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "usb", package)
+    monkeypatch.setitem(sys.modules, "usb.core", core)
+    return calls
+
+
+def test_usb_status_looks_for_kneron_vendor_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _fake_usb(monkeypatch, object())
+    assert usb.usb_status() == "online"
+    assert calls == [{"idVendor": 0x3231}]
+    _fake_usb(monkeypatch, None)
+    assert usb.usb_status() == "offline"
+    _fake_usb(monkeypatch, RuntimeError("No backend available"))
+    assert usb.usb_status() == "unknown"
+
+
+def test_usb_status_on_this_machine_is_a_known_value() -> None:
+    assert usb.usb_status() in {"online", "offline", "unknown"}

@@ -1,0 +1,121 @@
+"""The agent's WebSocket: a picows client carrying the yamux byte stream.
+
+Binary (and continuation) frames are fed to a :class:`~visiona.yamux.FeedTransport`;
+its coalesced outgoing bytes are sent as binary messages, waiting while picows'
+write buffer is over its high-water mark.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from picows import (
+    WSCloseCode,
+    WSFrame,
+    WSInvalidStatusError,
+    WSListener,
+    WSMsgType,
+    WSTransport,
+    ws_connect,
+)
+
+from visiona.agent.credentials import AgentAuthError
+from visiona.yamux import FeedTransport
+
+_LOGGER = logging.getLogger(__name__)
+_MAX_MESSAGE = 1024 * 1024
+
+
+class TunnelSocket(WSListener):
+    """The picows listener of one tunnel connection."""
+
+    def __init__(self) -> None:
+        """Start unconnected; :func:`open_tunnel_socket` wires it up."""
+        super().__init__()
+        self.feed = FeedTransport(self._send, self._close, max_message=_MAX_MESSAGE)
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.disconnected = asyncio.Event()
+        self._ws: WSTransport | None = None
+        self._writable = asyncio.Event()
+        self._writable.set()
+
+    # -- picows callbacks ---------------------------------------------------------
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        """Remember the transport (picows callback)."""
+        self._ws = transport
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        """Feed binary payloads; answer a close frame (picows callback)."""
+        kind = frame.msg_type
+        if kind in {WSMsgType.BINARY, WSMsgType.CONTINUATION}:
+            self.feed.feed_data(frame.get_payload_as_bytes())
+        elif kind == WSMsgType.CLOSE:
+            code = frame.get_close_code()
+            message = frame.get_close_message() or b""
+            self.close_code = int(code.value)
+            self.close_reason = message.decode("utf-8", "replace")
+            transport.send_close(frame.get_close_code(), frame.get_close_message())
+            transport.disconnect()
+        elif kind == WSMsgType.TEXT:
+            transport.send_close(WSCloseCode.UNSUPPORTED_DATA, b"binary messages only")
+            transport.disconnect()
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:  # noqa: ARG002 - picows signature
+        """End the session (picows callback)."""
+        self._writable.set()
+        self.feed.connection_lost(None)
+        self.disconnected.set()
+
+    def pause_writing(self) -> None:
+        """picows' buffer is full: hold the next send."""
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        """picows' buffer drained."""
+        self._writable.set()
+
+    # -- FeedTransport callables --------------------------------------------------
+    async def _send(self, data: bytes) -> None:
+        if self._ws is None or self.disconnected.is_set():
+            raise ConnectionError("the tunnel WebSocket is closed")
+        self._ws.send(WSMsgType.BINARY, data)
+        if not self._writable.is_set():
+            await self._writable.wait()
+
+    def _close(self) -> None:
+        if self._ws is not None and not self.disconnected.is_set():
+            self._ws.send_close(WSCloseCode.OK)
+            self._ws.disconnect()
+
+
+async def open_tunnel_socket(
+    url: str, token: str, *, handshake_timeout: float = 10.0
+) -> TunnelSocket:
+    """Upgrade to the tunnel WebSocket at ``url`` as the holder of session ``token``.
+
+    Raises :class:`AgentAuthError` when the server answers 401/403 before the upgrade.
+    """
+    try:
+        _transport, listener = await ws_connect(
+            TunnelSocket,
+            url,
+            extra_headers={"Authorization": f"Bearer {token}"},
+            websocket_handshake_timeout=handshake_timeout,
+            max_frame_size=16 * 1024 * 1024,
+            enable_auto_pong=True,
+        )
+    except WSInvalidStatusError as err:
+        status = _status_of(err)
+        if status in {401, 403}:
+            raise AgentAuthError(status, "session token") from err
+        raise ConnectionError(f"tunnel upgrade refused with HTTP {status}") from err
+    assert isinstance(listener, TunnelSocket)  # noqa: S101 - the factory above builds it
+    return listener
+
+
+def _status_of(err: Any) -> int:
+    response = getattr(err, "response", None)
+    return int(getattr(response, "status", 0) or 0)
