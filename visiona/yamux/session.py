@@ -8,6 +8,7 @@ when it ends nothing of it is left running.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -224,8 +225,7 @@ class Session:
         while True:
             while self._accept_queue:
                 stream = self._accept_queue.popleft()
-                if stream._finished:
-                    continue
+                stream._accepted = True
                 self._streams_accepted += 1
                 stream._recv_window += self._extra_window
                 self._send_frame(WINDOW_UPDATE, ACK, stream.stream_id, self._extra_window)
@@ -565,6 +565,9 @@ class Session:
         """A stream ended: unregister it and give back its open slot."""
         if self._streams.get(stream.stream_id) is stream:
             del self._streams[stream.stream_id]
+        if not stream._outbound and not stream._accepted:
+            with contextlib.suppress(ValueError):
+                self._accept_queue.remove(stream)
         if stream._syn_pending:
             stream._syn_pending = False
             self._release_syn_slot()

@@ -47,6 +47,7 @@ class Stream:
         self._loop = session._loop
         self._id = stream_id
         self._outbound = outbound
+        self._accepted = False  # handed out by accept_stream (inbound streams only)
         # receiving
         self._chunks: deque[bytes] = deque()
         self._offset = 0  # bytes of _chunks[0] already consumed
