@@ -62,12 +62,17 @@ async def test_async_with_closes_the_stream_and_resets_on_error(make_pair: PairF
         stream.write(b"done")
     peer = await server.accept_stream()
     assert await peer.read() == b"done"
-    with pytest.raises(RuntimeError):
-        async with await client.open_stream() as failing:
-            failing.write(b"partial")
-            second = await server.accept_stream()
-            assert await second.readexactly(7) == b"partial"
+    failing = await client.open_stream()
+    failing.write(b"partial")
+    second = await server.accept_stream()
+    assert await second.readexactly(7) == b"partial"
+
+    async def fail_inside() -> None:
+        async with failing:
             raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        await fail_inside()
     with pytest.raises(ConnectionResetError):
         await second.read()
 
