@@ -47,7 +47,8 @@ from .transport import Buffer, ByteTransport
 
 _LOGGER = logging.getLogger(__name__)
 
-_FLUSH_SIZE = 64 * 1024
+_FLUSH_SIZE = 64 * 1024  # flush the coalescing buffer once it holds this much
+_ZERO_COPY_MIN = 16 * 1024  # payloads this large are not copied into it
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -524,13 +525,28 @@ class Session:
             self._flush_handle = self._loop.call_soon(self._flush)
 
     def _send_data(self, stream_id: int, payload: Buffer) -> None:
-        """Queue a Data frame (credit already taken by the stream)."""
+        """Queue a Data frame (credit already taken by the stream).
+
+        Small payloads are copied into the coalescing buffer; large immutable ones go
+        to the transport as they are, right behind the buffer (no copy).
+        """
         if self._terminated:
             return
         wbuf = self._wbuf
-        wbuf += HEADER.pack(0, DATA, 0, stream_id, len(payload))
-        wbuf += payload
+        size = len(payload)
+        wbuf += HEADER.pack(0, DATA, 0, stream_id, size)
         self._frames_sent += 1
+        if size >= _ZERO_COPY_MIN and (
+            type(payload) is bytes or (type(payload) is memoryview and type(payload.obj) is bytes)
+        ):
+            if self._flush_handle is not None:
+                self._flush_handle.cancel()
+                self._flush_handle = None
+            self._wbuf = bytearray()
+            self._bytes_sent += len(wbuf) + size
+            self._transport.writelines([wbuf, payload])
+            return
+        wbuf += payload
         if len(wbuf) >= _FLUSH_SIZE:
             self._flush()
         elif self._flush_handle is None:

@@ -133,7 +133,9 @@ class Stream:
             if self._eof or self._read_closed:
                 return b""
             await self._wait_readable()
-        return self._take(n)
+        # Up to n bytes of the first buffered chunk: no join, and no copy at all when
+        # the whole chunk fits (the socket's read size bounds the answer instead).
+        return self._take(min(n, len(self._chunks[0]) - self._offset))
 
     async def readexactly(self, n: int) -> bytes:
         """Read exactly ``n`` bytes, or raise ``asyncio.IncompleteReadError`` at EOF."""
