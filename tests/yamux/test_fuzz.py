@@ -164,6 +164,7 @@ async def test_random_frames_never_escape_the_session(
         await asyncio.sleep(0)
         assert session.num_streams == 0
         assert session._ka_handle is None
+        assert session._abort_handle is None  # the transport reported its end
         assert asyncio.all_tasks() <= tasks_before | {asyncio.current_task()}
     finally:
         logger.removeHandler(records)

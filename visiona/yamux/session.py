@@ -114,6 +114,7 @@ class Session:
         # keepalive
         self._ka_handle: asyncio.TimerHandle | None = None
         self._ka_ping_id: int | None = None
+        self._abort_handle: asyncio.TimerHandle | None = None
         # lifecycle and counters
         self._terminated = False
         self._close_reason: YamuxError | None = None
@@ -315,6 +316,9 @@ class Session:
 
     def connection_lost(self, exc: BaseException | None) -> None:
         """The transport is gone."""
+        if self._abort_handle is not None:
+            self._abort_handle.cancel()
+            self._abort_handle = None
         if not self._terminated:
             reason = SessionClosedError("connection lost")
             reason.__cause__ = exc
@@ -653,6 +657,10 @@ class Session:
             self._ka_handle.cancel()
             self._ka_handle = None
         self._transport.close()
+        # A peer that stops reading must not keep the transport (and its buffer) alive.
+        self._abort_handle = self._loop.call_later(
+            self._config.close_timeout, self._transport.abort
+        )
         streams = list(self._streams.values())
         self._streams.clear()
         for stream in streams:
