@@ -15,6 +15,8 @@ from fastapi import FastAPI
 from visiona import __version__
 from visiona.auth.endpoints import router as auth_router
 from visiona.auth.sessions import MemorySessionStore, RedisSessionStore, SessionStore
+from visiona.devices.endpoints import agent_router
+from visiona.devices.endpoints import router as devices_router
 from visiona.kit.database import Database
 from visiona.kit.http import RequestContextMiddleware, install_error_handlers
 from visiona.kit.metrics import Metrics
@@ -111,6 +113,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(auth_router, prefix=API_PREFIX)
     # devices feature routers
+    app.include_router(devices_router, prefix=API_PREFIX)
+    app.include_router(agent_router, prefix=API_PREFIX)
 
     # models feature routers
 

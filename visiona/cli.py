@@ -67,6 +67,7 @@ def serve(
                 f"database {settings.database_target} has {len(status.pending)} pending "
                 "migration(s); run `visiona migrate up` or `visiona serve --migrate`"
             )
+    seed_demo_at_startup(settings)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
@@ -77,6 +78,44 @@ def serve(
         ws_max_size=16 * 1024 * 1024,
         timeout_graceful_shutdown=10,
     )
+
+
+@app.command("seed-demo")
+def seed_demo() -> None:
+    """Create the demo user, device and model if missing, and print a new pairing token.
+
+    For development only. Idempotent: run twice, it leaves one of each.
+    """
+    settings = _settings()
+    configure_logging(settings.log_level, settings.log_format)
+    status = _require_reachable(settings)
+    if not status.up_to_date:
+        if not settings.is_sqlite:
+            _fail(
+                f"database {settings.database_target} has {len(status.pending)} pending "
+                "migration(s); run `visiona migrate up` first"
+            )
+        migrations.upgrade(settings.database)
+    _print_demo_seed(settings)
+
+
+def seed_demo_at_startup(settings: Settings) -> None:
+    """`serve`'s hook: seed demo data when VISIONA_SEED_DEMO_DATA is true (schema is current)."""
+    if settings.seed_demo_data:
+        _print_demo_seed(settings)
+
+
+def _print_demo_seed(settings: Settings) -> None:
+    from visiona.devices import demo  # noqa: PLC0415 - only this command needs it
+    from visiona.kit.errors import AppError  # noqa: PLC0415 - idem
+
+    typer.secho(demo.WARNING, err=True, fg=typer.colors.RED, bold=True)
+    try:
+        data = asyncio.run(demo.run_seed_demo(settings))
+    except AppError as err:
+        _fail(f"demo data not created: {err.message}")
+        raise  # unreachable: _fail exits
+    typer.echo(demo.report(data))
 
 
 @migrate_app.command("up")

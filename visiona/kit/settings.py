@@ -70,6 +70,19 @@ class Settings(BaseSettings):
     )
 
     # -- devices, pairing and agent tokens (devices feature) ------------------
+    pairing_token_ttl: int = Field(
+        900, ge=1, description="Default lifetime of a pairing token (s)."
+    )
+    pairing_token_max_ttl: int = Field(
+        24 * 3600, ge=1, description="Longest `ttl_seconds` a user may ask for a pairing token."
+    )
+    session_token_ttl: int = Field(
+        90 * 24 * 3600, ge=1, description="Lifetime of an agent session token (s)."
+    )
+    pair_rate_limit: int = Field(
+        60, ge=1, description="Agent pair attempts per client address per window."
+    )
+    pair_rate_window: int = Field(60, ge=1, description="Agent pair rate-limit window (s).")
 
     # -- models and object storage (models feature) ---------------------------
 

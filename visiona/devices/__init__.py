@@ -1,0 +1,1 @@
+"""Devices, pairing tokens, agent session tokens, the pair exchange and unpair."""

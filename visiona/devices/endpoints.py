@@ -1,0 +1,354 @@
+"""HTTP routes for devices, pairing tokens, session tokens and the agent (HTTP in/out only).
+
+Unpair and session-token revocation open their unit of work here, explicitly, so that
+``Runtime.device_revoked`` (the tunnel's hook to close a live tunnel) runs only after
+the revocation has committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request, Response, status
+
+from visiona.auth.dependencies import CurrentPrincipal
+from visiona.devices import service
+from visiona.devices.dependencies import CurrentDevice
+from visiona.devices.pagination import DEFAULT_LIMIT, MAX_LIMIT, decode_cursor
+from visiona.devices.schemas import (
+    AgentStatusRequest,
+    DeviceCreate,
+    DeviceList,
+    DeviceOut,
+    DeviceUpdate,
+    PairingTokenCreate,
+    PairingTokenCreated,
+    PairingTokenList,
+    PairingTokenOut,
+    PairRequest,
+    PairResponse,
+    RemoteStatus,
+    SessionTokenList,
+    SessionTokenOut,
+    UsbStatus,
+)
+from visiona.kit.deps import Conn, RuntimeDep, client_address
+from visiona.kit.errors import (
+    ConflictError,
+    CsrfError,
+    NotFoundError,
+    RateLimitedError,
+    UnauthorizedError,
+    ValidationFailedError,
+)
+from visiona.kit.http import error_responses
+from visiona.kit.runtime import Runtime
+
+_LOGGER = logging.getLogger(__name__)
+
+router = APIRouter()
+agent_router = APIRouter(prefix="/agent", tags=["agent"])
+
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"Page size, 1 to {MAX_LIMIT}.")]
+CursorParam = Annotated[
+    str | None,
+    Query(max_length=512, description="`next_cursor` of the previous page."),
+]
+_NO_CONTENT: dict[str, Any] = {
+    "status_code": status.HTTP_204_NO_CONTENT,
+    "response_class": Response,
+}
+
+
+async def _close_tunnel(runtime: Runtime, device_id: uuid.UUID) -> None:
+    """Run the revocation hooks after commit; a failing hook does not undo the revocation."""
+    try:
+        await runtime.device_revoked(device_id)
+    except Exception:
+        _LOGGER.exception("closing the tunnel of device %s failed", device_id)
+
+
+def _device(row: dict[str, Any]) -> DeviceOut:
+    return DeviceOut.model_validate(row)
+
+
+def _pairing(row: dict[str, Any]) -> PairingTokenOut:
+    return PairingTokenOut(
+        id=row["token_hash"],
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+        used_at=row["used_at"],
+        revoked_at=row["revoked_at"],
+        device_id=row["device_id"],
+    )
+
+
+def _session(row: dict[str, Any]) -> SessionTokenOut:
+    return SessionTokenOut(
+        id=row["token_hash"],
+        device_id=row["device_id"],
+        pairing_token_id=row["parent_token_hash"],
+        created_at=row["created_at"],
+        expires_at=row["expires_at"],
+        revoked_at=row["revoked_at"],
+    )
+
+
+# -- devices ------------------------------------------------------------------
+
+
+@router.get(
+    "/devices",
+    response_model=DeviceList,
+    tags=["devices"],
+    summary="List your devices",
+    responses=error_responses(UnauthorizedError, ValidationFailedError),
+)
+async def list_devices(  # noqa: PLR0917 - FastAPI injects query parameters by name
+    principal: CurrentPrincipal,
+    conn: Conn,
+    remote_status: Annotated[RemoteStatus | None, Query(description="Tunnel status.")] = None,
+    device_status: Annotated[
+        UsbStatus | None, Query(alias="status", description="USB status.")
+    ] = None,
+    limit: Limit = DEFAULT_LIMIT,
+    cursor: CursorParam = None,
+) -> DeviceList:
+    """Your live devices in creation order (oldest first), optionally filtered by status."""
+    page = await service.list_devices(
+        conn,
+        principal.user_id,
+        remote_status=remote_status,
+        status=device_status,
+        cursor=decode_cursor(cursor),
+        limit=limit,
+    )
+    return DeviceList(items=[_device(row) for row in page.items], next_cursor=page.next_cursor)
+
+
+@router.post(
+    "/devices",
+    status_code=status.HTTP_201_CREATED,
+    response_model=DeviceOut,
+    tags=["devices"],
+    summary="Register a device",
+    responses=error_responses(UnauthorizedError, CsrfError, ConflictError, ValidationFailedError),
+)
+async def create_device(body: DeviceCreate, principal: CurrentPrincipal, conn: Conn) -> DeviceOut:
+    """Register a device by hand. A live device of yours with the same serial → 409."""
+    row = await service.create_device(
+        conn,
+        principal.user_id,
+        name=body.name,
+        serial_number=body.serial_number,
+        device_type=body.device_type,
+    )
+    return _device(row)
+
+
+@router.get(
+    "/devices/{device_id}",
+    response_model=DeviceOut,
+    tags=["devices"],
+    summary="One of your devices",
+    responses=error_responses(UnauthorizedError, NotFoundError, ValidationFailedError),
+)
+async def get_device(device_id: uuid.UUID, principal: CurrentPrincipal, conn: Conn) -> DeviceOut:
+    """The device; unknown, deleted or not yours → 404."""
+    return _device(await service.get_device(conn, principal.user_id, device_id))
+
+
+@router.patch(
+    "/devices/{device_id}",
+    response_model=DeviceOut,
+    tags=["devices"],
+    summary="Rename a device",
+    responses=error_responses(UnauthorizedError, CsrfError, NotFoundError, ValidationFailedError),
+)
+async def rename_device(
+    device_id: uuid.UUID, body: DeviceUpdate, principal: CurrentPrincipal, conn: Conn
+) -> DeviceOut:
+    """Change the device's name."""
+    return _device(await service.rename_device(conn, principal.user_id, device_id, body.name))
+
+
+@router.delete(
+    "/devices/{device_id}",
+    **_NO_CONTENT,
+    tags=["devices"],
+    summary="Unpair a device",
+    responses=error_responses(UnauthorizedError, CsrfError, NotFoundError, ValidationFailedError),
+)
+async def unpair_device(
+    device_id: uuid.UUID, principal: CurrentPrincipal, runtime: RuntimeDep
+) -> Response:
+    """Soft-delete the device and revoke all its pairing and session tokens in one
+    transaction; then close its live tunnel. The serial can be paired again later
+    (as a new device)."""
+    async with runtime.db.transaction() as conn:
+        result = await service.unpair_device(conn, principal.user_id, device_id)
+    _LOGGER.info(
+        "device %s unpaired: %d pairing and %d session tokens revoked",
+        device_id,
+        result.pairing_tokens,
+        result.session_tokens,
+    )
+    await _close_tunnel(runtime, device_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+# -- session tokens -------------------------------------------------------------
+
+
+@router.get(
+    "/devices/{device_id}/session-tokens",
+    response_model=SessionTokenList,
+    tags=["session tokens"],
+    summary="A device's session tokens",
+    responses=error_responses(UnauthorizedError, NotFoundError, ValidationFailedError),
+)
+async def list_session_tokens(
+    device_id: uuid.UUID,
+    principal: CurrentPrincipal,
+    conn: Conn,
+    limit: Limit = DEFAULT_LIMIT,
+    cursor: CursorParam = None,
+) -> SessionTokenList:
+    """The device's agent session tokens, revoked ones included; never the plaintext."""
+    page = await service.list_session_tokens(
+        conn, principal.user_id, device_id, cursor=decode_cursor(cursor), limit=limit
+    )
+    return SessionTokenList(
+        items=[_session(row) for row in page.items], next_cursor=page.next_cursor
+    )
+
+
+@router.delete(
+    "/session-tokens/{token_id}",
+    **_NO_CONTENT,
+    tags=["session tokens"],
+    summary="Revoke a session token",
+    responses=error_responses(UnauthorizedError, CsrfError, NotFoundError),
+)
+async def revoke_session_token(
+    token_id: str, principal: CurrentPrincipal, runtime: RuntimeDep
+) -> Response:
+    """Revoke the token (idempotent) and close the live tunnel of its device."""
+    async with runtime.db.transaction() as conn:
+        device_id = await service.revoke_session_token(conn, principal.user_id, token_id)
+    _LOGGER.info("a session token of device %s was revoked", device_id)
+    await _close_tunnel(runtime, device_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+# -- pairing tokens -------------------------------------------------------------
+
+
+@router.post(
+    "/pairing-tokens",
+    status_code=status.HTTP_201_CREATED,
+    response_model=PairingTokenCreated,
+    tags=["pairing tokens"],
+    summary="Create a pairing token",
+    responses=error_responses(UnauthorizedError, CsrfError, ValidationFailedError),
+)
+async def create_pairing_token(
+    principal: CurrentPrincipal,
+    conn: Conn,
+    runtime: RuntimeDep,
+    body: PairingTokenCreate | None = None,
+) -> PairingTokenCreated:
+    """A one-time token for `visiona agent --token`. The plaintext is in this response
+    only; it expires after `ttl_seconds` (default 900, at most the configured maximum)."""
+    ttl = service.pairing_ttl(runtime.settings, body.ttl_seconds if body else None)
+    issued = await service.create_pairing_token(conn, principal.user_id, ttl)
+    return PairingTokenCreated(id=issued.id, token=issued.token, expires_at=issued.expires_at)
+
+
+@router.get(
+    "/pairing-tokens",
+    response_model=PairingTokenList,
+    tags=["pairing tokens"],
+    summary="List your pairing tokens",
+    responses=error_responses(UnauthorizedError, ValidationFailedError),
+)
+async def list_pairing_tokens(
+    principal: CurrentPrincipal,
+    conn: Conn,
+    limit: Limit = DEFAULT_LIMIT,
+    cursor: CursorParam = None,
+) -> PairingTokenList:
+    """Your pairing tokens, used and revoked ones included; never the plaintext."""
+    page = await service.list_pairing_tokens(
+        conn, principal.user_id, cursor=decode_cursor(cursor), limit=limit
+    )
+    return PairingTokenList(
+        items=[_pairing(row) for row in page.items], next_cursor=page.next_cursor
+    )
+
+
+@router.delete(
+    "/pairing-tokens/{token_id}",
+    **_NO_CONTENT,
+    tags=["pairing tokens"],
+    summary="Revoke a pairing token",
+    responses=error_responses(UnauthorizedError, CsrfError, NotFoundError),
+)
+async def revoke_pairing_token(token_id: str, principal: CurrentPrincipal, conn: Conn) -> Response:
+    """Revoke the token (idempotent); it can no longer be exchanged."""
+    await service.revoke_pairing_token(conn, principal.user_id, token_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+# -- the agent ------------------------------------------------------------------
+
+
+@agent_router.post(
+    "/pair",
+    status_code=status.HTTP_201_CREATED,
+    response_model=PairResponse,
+    summary="Exchange a pairing token for a session token",
+    responses=error_responses(
+        UnauthorizedError, ConflictError, RateLimitedError, ValidationFailedError
+    ),
+)
+async def pair(body: PairRequest, request: Request, runtime: RuntimeDep) -> PairResponse:
+    """Consume the pairing token, create (or re-use, same owner and serial) the device and
+    issue a `vst_…` session token, in one transaction. Any invalid, unknown, expired,
+    used or revoked token → the same 401. Limited per client address (429)."""
+    await service.check_pair_rate(runtime.limiter, runtime.settings, client_address(request))
+    async with runtime.db.transaction() as conn:
+        paired = await service.pair(
+            conn,
+            runtime.settings,
+            pairing_token=body.pairing_token,
+            serial_number=body.serial_number,
+            device_type=body.device_type,
+            name=body.name,
+        )
+    _LOGGER.info(
+        "device %s paired for user %s (%s)",
+        paired.device_id,
+        paired.owner_user_id,
+        "new device" if paired.new_device else "existing device",
+    )
+    return PairResponse(
+        device_id=paired.device_id,
+        session_token=paired.session_token,
+        expires_at=paired.expires_at,
+    )
+
+
+@agent_router.post(
+    "/status",
+    **_NO_CONTENT,
+    summary="Report the dongle's USB status",
+    responses=error_responses(UnauthorizedError, ValidationFailedError),
+)
+async def report_status(body: AgentStatusRequest, device: CurrentDevice, conn: Conn) -> Response:
+    """Store `usb_status` (online | offline | unknown) as the device's `status`.
+    Authenticated by `Authorization: Bearer <session token>`."""
+    await service.report_usb_status(conn, device, body.usb_status)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
