@@ -55,6 +55,7 @@ def make_settings(**overrides: object) -> Settings:
     base: dict[str, object] = {
         "login_rate_limit_per_address": 100_000,
         "login_rate_limit": 1_000,
+        "pair_rate_limit": 1_000_000,
         "log_level": "WARNING",
     }
     base.update(overrides)

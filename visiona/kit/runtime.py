@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -16,6 +17,8 @@ if TYPE_CHECKING:
     from visiona.kit.metrics import Metrics
     from visiona.kit.ratelimit import RateLimiter
     from visiona.kit.settings import Settings
+
+_LOGGER = logging.getLogger(__name__)
 
 DeviceHook = Callable[["uuid.UUID"], Awaitable[None]]
 
@@ -36,6 +39,13 @@ class Runtime:
     extras: dict[str, Any] = field(default_factory=dict)
 
     async def device_revoked(self, device_id: uuid.UUID) -> None:
-        """Run every revocation hook for ``device_id``."""
+        """Run every revocation hook for ``device_id``; one failing hook stops no other.
+
+        Called after the revocation has committed, so a hook's failure is logged and
+        never undoes it.
+        """
         for hook in self.on_device_revoked:
-            await hook(device_id)
+            try:
+                await hook(device_id)
+            except Exception:
+                _LOGGER.exception("revocation hook for device %s failed", device_id)

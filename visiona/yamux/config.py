@@ -31,7 +31,7 @@ class Config:
     #: ``max_stream_window`` breaks interop; it exists to bound frames for closed streams.
     max_frame_size: int | None = None
     #: largest Data frame we send (bigger writes are split).
-    send_frame_size: int = 64 * 1024
+    send_frame_size: int = 256 * 1024
     #: streams that may be open at once (both directions); a SYN beyond is a protocol error.
     max_streams: int = 8192
     #: seconds an opened stream may wait for the peer's ACK before it is reset.

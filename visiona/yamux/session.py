@@ -8,6 +8,7 @@ when it ends nothing of it is left running.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import time
@@ -46,7 +47,8 @@ from .transport import Buffer, ByteTransport
 
 _LOGGER = logging.getLogger(__name__)
 
-_FLUSH_SIZE = 64 * 1024
+_FLUSH_SIZE = 64 * 1024  # flush the coalescing buffer once it holds this much
+_ZERO_COPY_MIN = 16 * 1024  # payloads this large are not copied into it
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -112,6 +114,7 @@ class Session:
         # keepalive
         self._ka_handle: asyncio.TimerHandle | None = None
         self._ka_ping_id: int | None = None
+        self._abort_handle: asyncio.TimerHandle | None = None
         # lifecycle and counters
         self._terminated = False
         self._close_reason: YamuxError | None = None
@@ -224,8 +227,7 @@ class Session:
         while True:
             while self._accept_queue:
                 stream = self._accept_queue.popleft()
-                if stream._finished:
-                    continue
+                stream._accepted = True
                 self._streams_accepted += 1
                 stream._recv_window += self._extra_window
                 self._send_frame(WINDOW_UPDATE, ACK, stream.stream_id, self._extra_window)
@@ -314,6 +316,9 @@ class Session:
 
     def connection_lost(self, exc: BaseException | None) -> None:
         """The transport is gone."""
+        if self._abort_handle is not None:
+            self._abort_handle.cancel()
+            self._abort_handle = None
         if not self._terminated:
             reason = SessionClosedError("connection lost")
             reason.__cause__ = exc
@@ -524,13 +529,28 @@ class Session:
             self._flush_handle = self._loop.call_soon(self._flush)
 
     def _send_data(self, stream_id: int, payload: Buffer) -> None:
-        """Queue a Data frame (credit already taken by the stream)."""
+        """Queue a Data frame (credit already taken by the stream).
+
+        Small payloads are copied into the coalescing buffer; large immutable ones go
+        to the transport as they are, right behind the buffer (no copy).
+        """
         if self._terminated:
             return
         wbuf = self._wbuf
-        wbuf += HEADER.pack(0, DATA, 0, stream_id, len(payload))
-        wbuf += payload
+        size = len(payload)
+        wbuf += HEADER.pack(0, DATA, 0, stream_id, size)
         self._frames_sent += 1
+        if size >= _ZERO_COPY_MIN and (
+            type(payload) is bytes or (type(payload) is memoryview and type(payload.obj) is bytes)
+        ):
+            if self._flush_handle is not None:
+                self._flush_handle.cancel()
+                self._flush_handle = None
+            self._wbuf = bytearray()
+            self._bytes_sent += len(wbuf) + size
+            self._transport.writelines([wbuf, payload])
+            return
+        wbuf += payload
         if len(wbuf) >= _FLUSH_SIZE:
             self._flush()
         elif self._flush_handle is None:
@@ -565,6 +585,9 @@ class Session:
         """A stream ended: unregister it and give back its open slot."""
         if self._streams.get(stream.stream_id) is stream:
             del self._streams[stream.stream_id]
+        if not stream._outbound and not stream._accepted:
+            with contextlib.suppress(ValueError):
+                self._accept_queue.remove(stream)
         if stream._syn_pending:
             stream._syn_pending = False
             self._release_syn_slot()
@@ -634,6 +657,10 @@ class Session:
             self._ka_handle.cancel()
             self._ka_handle = None
         self._transport.close()
+        # A peer that stops reading must not keep the transport (and its buffer) alive.
+        self._abort_handle = self._loop.call_later(
+            self._config.close_timeout, self._transport.abort
+        )
         streams = list(self._streams.values())
         self._streams.clear()
         for stream in streams:

@@ -47,6 +47,7 @@ class Stream:
         self._loop = session._loop
         self._id = stream_id
         self._outbound = outbound
+        self._accepted = False  # handed out by accept_stream (inbound streams only)
         # receiving
         self._chunks: deque[bytes] = deque()
         self._offset = 0  # bytes of _chunks[0] already consumed
@@ -132,7 +133,9 @@ class Stream:
             if self._eof or self._read_closed:
                 return b""
             await self._wait_readable()
-        return self._take(n)
+        # Up to n bytes of the first buffered chunk: no join, and no copy at all when
+        # the whole chunk fits (the socket's read size bounds the answer instead).
+        return self._take(min(n, len(self._chunks[0]) - self._offset))
 
     async def readexactly(self, n: int) -> bytes:
         """Read exactly ``n`` bytes, or raise ``asyncio.IncompleteReadError`` at EOF."""

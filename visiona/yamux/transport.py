@@ -91,6 +91,11 @@ class ByteTransport(abc.ABC):
         The transport may keep a reference to ``data``: the caller must not mutate it.
         """
 
+    def writelines(self, chunks: list[Buffer]) -> None:
+        """Queue several buffers at once (a vectored write where the loop supports it)."""
+        for chunk in chunks:
+            self.write(chunk)
+
     @abc.abstractmethod
     def close(self) -> None:
         """Send what is queued, then close. Idempotent."""
@@ -197,6 +202,11 @@ class TcpTransport(ByteTransport, asyncio.Protocol):
         """Queue ``data`` on the socket."""
         if self._transport is not None and not self._transport.is_closing():
             self._transport.write(data)
+
+    def writelines(self, chunks: list[Buffer]) -> None:
+        """Queue several buffers (uvloop sends them with one ``writev``)."""
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.writelines(chunks)
 
     def close(self) -> None:
         """Flush and close the socket."""

@@ -1,0 +1,258 @@
+"""Throughput of visiona.yamux next to hashicorp/yamux (Go) measured in the same run.
+
+Every scenario runs in one process over loopback TCP, client and server sessions
+both in it: the Python session on uvloop (one thread), the Go library in the peer
+binary of the interop tests (``-mode bench``; goroutines on every core). Raw TCP
+in each language is the ceiling. Figures are medians of ``ROUNDS`` rounds, MB =
+10^6 bytes; the machine is shared, so only ratios measured in the same run mean much.
+
+Reproduce: ``.venv/bin/python -m bench yamux`` (env ``YAMUX_BENCH_MIB`` sets the
+bytes per scenario, ``YAMUX_BENCH_ROUNDS`` the rounds, ``YAMUX_BENCH_MALLOC=0`` keeps
+glibc's default malloc thresholds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import uvloop
+
+from tests.interop.gopeer import build_peer
+from visiona.yamux import Config, Session, Stream, open_tcp_session, serve_tcp
+
+MIB = 1024 * 1024
+TOTAL = int(os.environ.get("YAMUX_BENCH_MIB", "256")) * MIB
+ROUNDS = int(os.environ.get("YAMUX_BENCH_ROUNDS", "3"))
+TINY_SIZE = 16
+TINY_COUNT = 200_000
+WRITE_SIZE = 256 * 1024
+WINDOWS = {"256k": 256 * 1024, "16m": 16 * MIB}
+
+
+def tune_malloc() -> bool:
+    """Keep glibc from mmapping/unmapping every 128 KiB+ buffer (see PERF-NOTES).
+
+    An application choice, not the library's: set ``YAMUX_BENCH_MALLOC=0`` to skip it.
+    """
+    if os.environ.get("YAMUX_BENCH_MALLOC", "1") == "0":
+        return False
+    libc_name = ctypes.util.find_library("c")
+    if not libc_name:
+        return False
+    libc = ctypes.CDLL(libc_name)
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    ok = libc.mallopt(m_mmap_threshold, 8 * MIB) and libc.mallopt(m_trim_threshold, 64 * MIB)
+    return bool(ok)
+
+
+# -- Python scenarios --------------------------------------------------------------------
+
+
+class _Sink(asyncio.Protocol):
+    def __init__(self, total: int, done: asyncio.Future[None]) -> None:
+        self.left = total
+        self.done = done
+
+    def data_received(self, data: bytes) -> None:
+        self.left -= len(data)
+        if self.left <= 0 and not self.done.done():
+            self.done.set_result(None)
+
+
+class _Source(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.writable: asyncio.Future[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # a stream socket's transport
+
+    def pause_writing(self) -> None:
+        self.writable = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self.writable is not None and not self.writable.done():
+            self.writable.set_result(None)
+
+
+async def py_raw_tcp(total: int) -> float:
+    """Raw TCP with asyncio protocols: the Python ceiling."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    server = await loop.create_server(lambda: _Sink(total, done), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    _, source = await loop.create_connection(_Source, "127.0.0.1", port)
+    if source.transport is None:
+        raise RuntimeError("no transport")
+    chunk = os.urandom(WRITE_SIZE)
+    started = time.perf_counter()
+    for _ in range(total // WRITE_SIZE):
+        source.transport.write(chunk)
+        if source.writable is not None:
+            await source.writable
+            source.writable = None
+    await done
+    elapsed = time.perf_counter() - started
+    source.transport.close()
+    server.close()
+    return total / elapsed / 1e6
+
+
+async def _yamux_run(
+    streams: int,
+    config: Config,
+    send: Callable[[Stream], Awaitable[None]],
+    expect: int,
+) -> float:
+    """Open ``streams`` streams, run ``send`` on each, time until the peer read ``expect``."""
+    accepted: asyncio.Queue[Session] = asyncio.Queue()
+    server = await serve_tcp(accepted.put_nowait, "127.0.0.1", 0, config=config)
+    port = server.sockets[0].getsockname()[1]
+    client = await open_tcp_session("127.0.0.1", port, config=config)
+    server_session = await accepted.get()
+
+    async def drain_one() -> int:
+        stream = await server_session.accept_stream()
+        count = 0
+        while block := await stream.read(1 << 20):
+            count += len(block)
+        return count
+
+    async def send_one() -> None:
+        stream = await client.open_stream()
+        await send(stream)
+        stream.write_eof()
+
+    started = time.perf_counter()
+    readers = [asyncio.ensure_future(drain_one()) for _ in range(streams)]
+    await asyncio.gather(*(send_one() for _ in range(streams)))
+    received = sum(await asyncio.gather(*readers))
+    elapsed = time.perf_counter() - started
+    if received != expect:
+        raise RuntimeError(f"received {received} bytes, expected {expect}")
+    await client.close()
+    await server_session.wait_closed()
+    server.close()
+    return elapsed
+
+
+async def py_yamux(total: int, streams: int, window: int) -> float:
+    """Bulk transfer on ``streams`` streams; MB/s."""
+    config = Config(max_stream_window=window, enable_keepalive=False)
+    chunk = os.urandom(WRITE_SIZE)
+    per = total // streams // WRITE_SIZE
+
+    async def send(stream: Stream) -> None:
+        for _ in range(per):
+            stream.write(chunk)
+            await stream.drain()
+
+    elapsed = await _yamux_run(streams, config, send, per * WRITE_SIZE * streams)
+    return per * WRITE_SIZE * streams / elapsed / 1e6
+
+
+async def py_tiny(count: int) -> float:
+    """``count`` writes of 16 bytes on one stream (each a frame); frames per second."""
+    config = Config(enable_keepalive=False)
+    payload = os.urandom(TINY_SIZE)
+
+    async def send(stream: Stream) -> None:
+        for i in range(count):
+            stream.write(payload)
+            if i % 256 == 255:
+                await stream.drain()
+
+    elapsed = await _yamux_run(1, config, send, count * TINY_SIZE)
+    return count / elapsed
+
+
+async def python_round() -> dict[str, float]:
+    """One round of every Python scenario."""
+    out = {"raw_tcp": await py_raw_tcp(TOTAL)}
+    for label, window in WINDOWS.items():
+        for streams in (1, 8):
+            out[f"yamux_{streams}_{label}"] = await py_yamux(TOTAL, streams, window)
+    out["tiny"] = await py_tiny(TINY_COUNT)
+    return out
+
+
+# -- Go scenarios --------------------------------------------------------------------------
+
+
+def go_round(binary: str) -> dict[str, float]:
+    """One round of every Go scenario (the peer binary, in-process, loopback TCP)."""
+    out: dict[str, float] = {}
+    for label, window in WINDOWS.items():
+        proc = subprocess.run(
+            [binary, "-mode", "bench", "-bytes", str(TOTAL), "-window", str(window)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        for line in proc.stdout.splitlines():
+            event: dict[str, Any] = json.loads(line)
+            if event["name"] == "raw_tcp":
+                out.setdefault("raw_tcp", event["mbps"])
+            elif event["name"] == "yamux":
+                out[f"yamux_{event['streams']}_{label}"] = event["mbps"]
+            elif event["name"] == "tiny" and label == "256k":
+                out["tiny"] = event["frames_per_s"]
+    return out
+
+
+# -- report ----------------------------------------------------------------------------------
+
+ROWS = [
+    ("raw_tcp", "raw TCP, one connection (ceiling)", "MB/s"),
+    ("yamux_1_256k", "yamux, 1 stream, 256 KiB window", "MB/s"),
+    ("yamux_8_256k", "yamux, 8 streams, 256 KiB window", "MB/s"),
+    ("yamux_1_16m", "yamux, 1 stream, 16 MiB window", "MB/s"),
+    ("yamux_8_16m", "yamux, 8 streams, 16 MiB window", "MB/s"),
+    ("tiny", f"yamux, {TINY_SIZE}-byte writes on 1 stream", "frames/s"),
+]
+
+
+def _median(rounds: list[dict[str, float]], key: str) -> float:
+    return statistics.median(r[key] for r in rounds)
+
+
+def report(py: list[dict[str, float]], go: list[dict[str, float]], malloc_tuned: bool) -> None:
+    """Print the table with ratios."""
+    print(
+        f"{TOTAL // MIB} MiB per scenario, {ROUNDS} rounds (medians), writes of "
+        f"{WRITE_SIZE // 1024} KiB; Python {sys.version.split()[0]} on uvloop, "
+        f"malloc thresholds raised: {'yes' if malloc_tuned else 'no'}"
+    )
+    header = f"{'scenario':44} {'Python':>12} {'Go':>12} {'Py/Go':>7}"
+    print(header)
+    print("-" * len(header))
+    for key, label, unit in ROWS:
+        p, g = _median(py, key), _median(go, key)
+        fmt = ",.0f"
+        print(f"{label:44} {p:>12{fmt}} {g:>12{fmt}} {p / g:>7.2f}  {unit}")
+    for key, label, _ in ROWS[1:5]:
+        p = _median(py, key) / _median(py, "raw_tcp")
+        g = _median(go, key) / _median(go, "raw_tcp")
+        print(f"  share of own raw TCP, {label[7:]:34} Python {p:5.2f}   Go {g:5.2f}")
+
+
+def main() -> None:
+    """Build the Go peer, run both sides ``ROUNDS`` times, print the comparison."""
+    binary = str(build_peer())
+    malloc_tuned = tune_malloc()
+    py_rounds: list[dict[str, float]] = []
+    go_rounds: list[dict[str, float]] = []
+    for _ in range(ROUNDS):
+        go_rounds.append(go_round(binary))
+        py_rounds.append(uvloop.run(python_round()))
+    report(py_rounds, go_rounds, malloc_tuned)
