@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from tests.tunnel.gotunnel import build_tunnel_peer
 from tests.tunnel.support import LiveServer, serve_app
 from visiona.app import create_app
 from visiona.kit.settings import Settings
@@ -50,3 +52,9 @@ def http_factory() -> Callable[[LiveServer], Any]:
         return httpx.AsyncClient(base_url=server.url, timeout=30)
 
     return factory
+
+
+@pytest.fixture(scope="session")
+def go_tunnel_peer() -> Path:
+    """The Go tunnel peer (agent and cloud stand-in), built once per test session."""
+    return build_tunnel_peer()
