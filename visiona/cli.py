@@ -14,6 +14,7 @@ from visiona.kit import migrate as migrations
 from visiona.kit.logs import configure_logging
 from visiona.kit.preflight import PreflightError, check_dependencies
 from visiona.kit.settings import Settings
+from visiona.malloc import tune_malloc
 
 app = typer.Typer(help="visionA cloud backend and local agent.", no_args_is_help=True)
 migrate_app = typer.Typer(help="Schema migrations.", no_args_is_help=True)
@@ -69,6 +70,7 @@ def serve(
                 "migration(s); run `visiona migrate up` or `visiona serve --migrate`"
             )
     seed_demo_at_startup(settings)
+    tune_malloc()
     uvicorn.run(
         create_app(settings),
         host=settings.host,

@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 
 from visiona.agent.runner import Agent, AgentOptions
+from visiona.malloc import tune_malloc
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ async def _run(options: AgentOptions) -> int:
 
 def run_agent(options: AgentOptions) -> int:
     """Run the agent until SIGTERM/SIGINT (0) or refused credentials (3); uvloop if present."""
+    tune_malloc()
     try:
         import uvloop  # noqa: PLC0415 - optional speed-up
 

@@ -10,6 +10,8 @@
 //	    /api/v1/agent/tunnel (yamux client) and /proxy/<path> which sends each request
 //	    over a new stream to the connected agent and streams the answer back.
 //
+//	-mode origin, -mode load: the bench's local HTTP service and load client (bench.go).
+//
 // Events are JSON lines on stdout.
 package main
 
@@ -351,13 +353,22 @@ func main() {
 	serial := flag.String("serial", "GO-AGENT-1", "agent: serial number")
 	listen := flag.String("listen", "127.0.0.1:0", "cloud: listen address")
 	window := flag.Int("window", 16*1024*1024, "receive window per stream (bytes)")
+	url := flag.String("url", "", "load: URL to GET")
+	auth := flag.String("auth", "", "load: Authorization header value")
+	n := flag.Int("n", 1, "load: requests")
+	workers := flag.Int("c", 1, "load: concurrent workers")
+	newConn := flag.Bool("new-conn", false, "load: a new connection per request")
 	flag.Parse()
 	switch *mode {
 	case "agent":
 		runAgent(*server, *token, *fwd, *sessionFile, *serial, *window)
 	case "cloud":
 		runCloud(*listen, *window)
+	case "origin":
+		runOrigin(*listen)
+	case "load":
+		runLoad(*url, *auth, *n, *workers, *newConn)
 	default:
-		log.Fatalf("-mode must be agent or cloud")
+		log.Fatalf("-mode must be agent, cloud, origin or load")
 	}
 }
