@@ -280,7 +280,7 @@ def main() -> None:
                         str(tmp / "py-session.json"),
                         "--serial",
                         "BENCH",
-                    ],  # fmt: skip
+                    ],
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )
