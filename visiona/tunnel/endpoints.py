@@ -78,24 +78,6 @@ def _forward_target(request: Request) -> tuple[bytes, str]:
     return (path + b"?" + query) if query else path, prefix.decode("latin-1")
 
 
-@router.api_route(
-    "/devices/{device_id}/proxy/{path:path}",
-    methods=PROXY_METHODS,
-    tags=["devices"],
-    summary="Proxy a request to the device",
-    response_model=None,
-    responses={
-        **error_responses(
-            UnauthorizedError,
-            CsrfError,
-            NotFoundError,
-            DeviceOfflineError,
-            DeviceUnreachableError,
-            DeviceTimeoutError,
-        ),
-        200: {"description": "Whatever the device's local service answers, streamed."},
-    },
-)
 async def proxy(
     device_id: uuid.UUID,
     path: str,  # noqa: ARG001 - declared for the route; the raw path is forwarded
@@ -117,3 +99,28 @@ async def proxy(
     )
     status, headers, framing = await exchange.open()
     return ProxyResponse(exchange, status, headers, framing)
+
+
+_PROXY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **error_responses(
+        UnauthorizedError,
+        CsrfError,
+        NotFoundError,
+        DeviceOfflineError,
+        DeviceUnreachableError,
+        DeviceTimeoutError,
+    ),
+    200: {"description": "Whatever the device's local service answers, streamed."},
+}
+# One route per method, so each OpenAPI operation has its own id.
+for _method in PROXY_METHODS:
+    router.add_api_route(
+        "/devices/{device_id}/proxy/{path:path}",
+        proxy,
+        methods=[_method],
+        operation_id=f"proxy_to_device_{_method.lower()}",
+        tags=["devices"],
+        summary=f"Proxy a {_method} request to the device",
+        response_model=None,
+        responses=_PROXY_RESPONSES,
+    )
