@@ -376,15 +376,26 @@ class Stream:
         frame_size = self._session._send_frame_size
         send = self._session._send_data
         while pending and self._send_window > 0:
+            limit = min(self._send_window, frame_size)
             chunk = pending[0]
-            take = min(len(chunk), self._send_window, frame_size)
-            if take == len(chunk):
-                pending.popleft()
-                piece = chunk
-            else:
+            piece: bytes | memoryview
+            if len(chunk) >= limit:
                 view = chunk if isinstance(chunk, memoryview) else memoryview(chunk)
-                piece = view[:take]
-                pending[0] = view[take:]
+                piece = view[:limit]
+                if len(chunk) == limit:
+                    pending.popleft()
+                else:
+                    pending[0] = view[limit:]
+            else:
+                # Small writes that waited for credit leave together, as one frame.
+                parts = [pending.popleft()]
+                size = len(chunk)
+                while pending and size + len(pending[0]) <= limit:
+                    part = pending.popleft()
+                    parts.append(part)
+                    size += len(part)
+                piece = b"".join(parts) if len(parts) > 1 else parts[0]
+            take = len(piece)
             self._send_window -= take
             self._pending_size -= take
             send(self._id, piece)
