@@ -1,10 +1,11 @@
 """Throughput of visiona.yamux next to hashicorp/yamux (Go) measured in the same run.
 
-Every scenario runs in one process over loopback TCP, client and server sessions
-both in it: the Python session on uvloop (one thread), the Go library in the peer
-binary of the interop tests (``-mode bench``; goroutines on every core). Raw TCP
-in each language is the ceiling. Figures are medians of ``ROUNDS`` rounds, MB =
-10^6 bytes; the machine is shared, so only ratios measured in the same run mean much.
+Every scenario runs in one process, client and server both in it, over loopback
+TCP or a WebSocket on it (the ``websockets`` package in Python, gorilla/websocket in
+Go): the Python session on uvloop (one thread), the Go library in the peer binary of
+the interop tests (``-mode bench``; goroutines on every core). Raw TCP in each
+language is the ceiling. Figures are medians of ``ROUNDS`` rounds, MB = 10^6 bytes;
+the machine is shared, so only ratios measured in the same run mean much.
 
 Reproduce: ``.venv/bin/python -m bench yamux`` (env ``YAMUX_BENCH_MIB`` sets the
 bytes per scenario, ``YAMUX_BENCH_ROUNDS`` the rounds, ``YAMUX_BENCH_MALLOC=0`` keeps
@@ -28,6 +29,7 @@ from typing import Any
 import uvloop
 
 from tests.interop.gopeer import build_peer
+from tests.interop.pyservice import ws_client_session, ws_server
 from visiona.yamux import Config, Session, Stream, open_tcp_session, serve_tcp
 
 MIB = 1024 * 1024
@@ -36,6 +38,7 @@ ROUNDS = int(os.environ.get("YAMUX_BENCH_ROUNDS", "3"))
 TINY_SIZE = 16
 TINY_COUNT = 200_000
 WRITE_SIZE = 256 * 1024
+RAW_WRITE_SIZE = MIB  # raw TCP writes as large as the session's batched writes
 WINDOWS = {"256k": 256 * 1024, "16m": 16 * MIB}
 
 
@@ -94,9 +97,9 @@ async def py_raw_tcp(total: int) -> float:
     _, source = await loop.create_connection(_Source, "127.0.0.1", port)
     if source.transport is None:
         raise RuntimeError("no transport")
-    chunk = os.urandom(WRITE_SIZE)
+    chunk = os.urandom(RAW_WRITE_SIZE)
     started = time.perf_counter()
-    for _ in range(total // WRITE_SIZE):
+    for _ in range(total // RAW_WRITE_SIZE):
         source.transport.write(chunk)
         if source.writable is not None:
             await source.writable
@@ -113,8 +116,11 @@ async def _yamux_run(
     config: Config,
     send: Callable[[Stream], Awaitable[None]],
     expect: int,
-) -> float:
-    """Open ``streams`` streams, run ``send`` on each, time until the peer read ``expect``."""
+) -> tuple[float, int]:
+    """Open ``streams`` streams, run ``send`` on each, time until the peer read ``expect``.
+
+    Returns the seconds taken and the number of frames the sending session sent.
+    """
     accepted: asyncio.Queue[Session] = asyncio.Queue()
     server = await serve_tcp(accepted.put_nowait, "127.0.0.1", 0, config=config)
     port = server.sockets[0].getsockname()[1]
@@ -140,10 +146,11 @@ async def _yamux_run(
     elapsed = time.perf_counter() - started
     if received != expect:
         raise RuntimeError(f"received {received} bytes, expected {expect}")
+    frames = client.stats().frames_sent
     await client.close()
     await server_session.wait_closed()
     server.close()
-    return elapsed
+    return elapsed, frames
 
 
 async def py_yamux(total: int, streams: int, window: int) -> float:
@@ -157,12 +164,47 @@ async def py_yamux(total: int, streams: int, window: int) -> float:
             stream.write(chunk)
             await stream.drain()
 
-    elapsed = await _yamux_run(streams, config, send, per * WRITE_SIZE * streams)
+    elapsed, _ = await _yamux_run(streams, config, send, per * WRITE_SIZE * streams)
     return per * WRITE_SIZE * streams / elapsed / 1e6
 
 
-async def py_tiny(count: int) -> float:
-    """``count`` writes of 16 bytes on one stream (each a frame); frames per second."""
+async def py_yamux_ws(total: int, window: int) -> float:
+    """One stream over a loopback WebSocket (``websockets`` on both ends); MB/s."""
+    config = Config(max_stream_window=window, enable_keepalive=False)
+    chunk = os.urandom(WRITE_SIZE)
+    count = total // WRITE_SIZE
+    async with ws_server(client=False, config=config) as (port, sessions):
+        url = f"ws://127.0.0.1:{port}/"
+        async with ws_client_session(url, client=True, config=config) as client:
+            server_session = await sessions.get()
+
+            async def drain_one() -> int:
+                stream = await server_session.accept_stream()
+                received = 0
+                while block := await stream.read(1 << 20):
+                    received += len(block)
+                return received
+
+            started = time.perf_counter()
+            reader = asyncio.ensure_future(drain_one())
+            stream = await client.open_stream()
+            for _ in range(count):
+                stream.write(chunk)
+                await stream.drain()
+            stream.write_eof()
+            received = await reader
+            elapsed = time.perf_counter() - started
+    if received != count * WRITE_SIZE:
+        raise RuntimeError(f"received {received} bytes, expected {count * WRITE_SIZE}")
+    return received / elapsed / 1e6
+
+
+async def py_tiny(count: int) -> tuple[float, float]:
+    """``count`` writes of 16 bytes on one stream; writes and frames per second.
+
+    A write is one frame unless it had to wait for credit: writes queued meanwhile
+    leave together as one frame (Go sends one frame per write, always).
+    """
     config = Config(enable_keepalive=False)
     payload = os.urandom(TINY_SIZE)
 
@@ -172,8 +214,8 @@ async def py_tiny(count: int) -> float:
             if i % 256 == 255:
                 await stream.drain()
 
-    elapsed = await _yamux_run(1, config, send, count * TINY_SIZE)
-    return count / elapsed
+    elapsed, frames = await _yamux_run(1, config, send, count * TINY_SIZE)
+    return count / elapsed, frames / elapsed
 
 
 async def python_round() -> dict[str, float]:
@@ -182,7 +224,8 @@ async def python_round() -> dict[str, float]:
     for label, window in WINDOWS.items():
         for streams in (1, 8):
             out[f"yamux_{streams}_{label}"] = await py_yamux(TOTAL, streams, window)
-    out["tiny"] = await py_tiny(TINY_COUNT)
+        out[f"ws_{label}"] = await py_yamux_ws(TOTAL, window)
+    out["tiny"], out["tiny_frames"] = await py_tiny(TINY_COUNT)
     return out
 
 
@@ -205,20 +248,25 @@ def go_round(binary: str) -> dict[str, float]:
                 out.setdefault("raw_tcp", event["mbps"])
             elif event["name"] == "yamux":
                 out[f"yamux_{event['streams']}_{label}"] = event["mbps"]
+            elif event["name"] == "yamux_ws":
+                out[f"ws_{label}"] = event["mbps"]
             elif event["name"] == "tiny" and label == "256k":
-                out["tiny"] = event["frames_per_s"]
+                out["tiny"] = out["tiny_frames"] = event["frames_per_s"]
     return out
 
 
 # -- report ----------------------------------------------------------------------------------
 
 ROWS = [
-    ("raw_tcp", "raw TCP, one connection (ceiling)", "MB/s"),
+    ("raw_tcp", "raw TCP, 1 MiB writes (ceiling)", "MB/s"),
     ("yamux_1_256k", "yamux, 1 stream, 256 KiB window", "MB/s"),
     ("yamux_8_256k", "yamux, 8 streams, 256 KiB window", "MB/s"),
     ("yamux_1_16m", "yamux, 1 stream, 16 MiB window", "MB/s"),
     ("yamux_8_16m", "yamux, 8 streams, 16 MiB window", "MB/s"),
-    ("tiny", f"yamux, {TINY_SIZE}-byte writes on 1 stream", "frames/s"),
+    ("ws_256k", "yamux over WebSocket, 1 stream, 256 KiB", "MB/s"),
+    ("ws_16m", "yamux over WebSocket, 1 stream, 16 MiB", "MB/s"),
+    ("tiny", f"yamux, {TINY_SIZE}-byte writes on 1 stream", "writes/s"),
+    ("tiny_frames", "  the same, frames sent", "frames/s"),
 ]
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from tests.yamux.conftest import RawFactory
 from tests.yamux.helpers import data, frame, loop_errors, read_until
-from visiona.yamux import Config, ProtocolError
+from visiona.yamux import Config, ProtocolError, Stream, YamuxError
 from visiona.yamux.frames import DATA, FIN, GO_AWAY, HEADER, PING, SYN, WINDOW_UPDATE, GoAwayCode
 
 KIB = 1024
@@ -106,3 +106,22 @@ async def test_frames_for_a_stream_we_reset_are_dropped_quietly(
     assert header.length == 7
     assert not session.is_closed
     assert caplog.records == []
+
+
+async def test_an_internal_failure_ends_the_session_with_go_away_internal_error(
+    make_raw: RawFactory, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+):
+    def broken(self: Stream, payload: bytes) -> None:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(Stream, "_on_data", broken)
+    session, reader, writer = await make_raw()
+    with loop_errors() as errors, caplog.at_level(logging.WARNING, logger="visiona.yamux"):
+        writer.write(data(1, b"payload", SYN))
+        header, _ = await read_until(reader, GO_AWAY)
+        await session.closed.wait()
+    assert header.length == GoAwayCode.INTERNAL_ERROR
+    assert isinstance(session.close_reason, YamuxError)
+    assert isinstance(session.close_reason.__cause__, RuntimeError)
+    assert len(caplog.records) == 1
+    assert errors == []

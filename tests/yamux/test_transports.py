@@ -117,3 +117,33 @@ async def test_python_sessions_talk_over_a_websocket():
             server = await sessions.get()
             await exchange(client, server, 8 * MIB)
             await exchange(server, client, 8 * MIB)
+
+
+async def test_a_peer_that_stops_reading_does_not_keep_the_session_alive():
+    stuck = asyncio.Event()
+
+    async def never_sent(chunk: bytes) -> None:
+        await stuck.wait()  # the far end stopped reading
+
+    transport = FeedTransport(never_sent)
+    session = Session(transport, client=True, config=Config(close_timeout=0.05))
+    stream = await session.open_stream()
+    stream.write(b"x" * 1000)
+    await session.close()  # gives up flushing after close_timeout
+    assert session.is_closed
+    assert transport._writer_task is not None
+    await asyncio.wait_for(transport._writer_task, 10)
+    assert transport._writer_task.done()
+
+
+async def test_fed_transport_task_ends_with_its_session():
+    left, right = feed_pair()
+    client = Session(left, client=True)
+    server = Session(right, client=False)
+    await client.ping()
+    await client.close()
+    await server.closed.wait()
+    await server.wait_closed()
+    for transport in (left, right):
+        assert transport._writer_task is not None
+        await asyncio.wait_for(transport._writer_task, 10)

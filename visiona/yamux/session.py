@@ -49,6 +49,7 @@ _LOGGER = logging.getLogger(__name__)
 
 _FLUSH_SIZE = 64 * 1024  # flush the coalescing buffer once it holds this much
 _ZERO_COPY_MIN = 16 * 1024  # payloads this large are not copied into it
+_BATCH_SIZE = 1024 * 1024  # write queued large payloads once this much is waiting
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -102,7 +103,9 @@ class Session:
         self._local_go_away = False
         self._remote_go_away = False
         # writing
-        self._wbuf = bytearray()
+        self._wbuf = bytearray()  # small frames, coalesced
+        self._wlist: list[Buffer] = []  # queued buffers (wbuf pieces and large payloads)
+        self._wlist_size = 0
         self._flush_handle: asyncio.Handle | None = None
         self._write_paused = False
         self._writable_waiter: asyncio.Future[None] | None = None
@@ -163,7 +166,7 @@ class Session:
     @property
     def bytes_sent(self) -> int:
         """Bytes written to the transport (headers included)."""
-        return self._bytes_sent + len(self._wbuf)
+        return self._bytes_sent + self._wlist_size + len(self._wbuf)
 
     @property
     def bytes_received(self) -> int:
@@ -531,8 +534,8 @@ class Session:
     def _send_data(self, stream_id: int, payload: Buffer) -> None:
         """Queue a Data frame (credit already taken by the stream).
 
-        Small payloads are copied into the coalescing buffer; large immutable ones go
-        to the transport as they are, right behind the buffer (no copy).
+        Small payloads are copied into the coalescing buffer; large immutable ones are
+        queued as they are (no copy) and go out with it in one vectored write.
         """
         if self._terminated:
             return
@@ -543,12 +546,13 @@ class Session:
         if size >= _ZERO_COPY_MIN and (
             type(payload) is bytes or (type(payload) is memoryview and type(payload.obj) is bytes)
         ):
-            if self._flush_handle is not None:
-                self._flush_handle.cancel()
-                self._flush_handle = None
             self._wbuf = bytearray()
-            self._bytes_sent += len(wbuf) + size
-            self._transport.writelines([wbuf, payload])
+            self._wlist += (wbuf, payload)
+            self._wlist_size += len(wbuf) + size
+            if self._wlist_size >= _BATCH_SIZE:
+                self._flush()
+            elif self._flush_handle is None:
+                self._flush_handle = self._loop.call_soon(self._flush)
             return
         wbuf += payload
         if len(wbuf) >= _FLUSH_SIZE:
@@ -557,11 +561,21 @@ class Session:
             self._flush_handle = self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
+        """Hand everything queued to the transport, in order."""
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
         wbuf = self._wbuf
-        if wbuf:
+        if self._wlist:
+            chunks = self._wlist
+            if wbuf:
+                chunks.append(wbuf)
+                self._wbuf = bytearray()
+            self._bytes_sent += self._wlist_size + len(wbuf)
+            self._wlist = []
+            self._wlist_size = 0
+            self._transport.writelines(chunks)
+        elif wbuf:
             self._bytes_sent += len(wbuf)
             self._wbuf = bytearray()
             self._transport.write(wbuf)

@@ -29,6 +29,7 @@ _LOGGER = logging.getLogger(__name__)
 
 Buffer = bytes | bytearray | memoryview
 _READLINE_LIMIT = 64 * 1024
+_JOIN_LIMIT = 64 * 1024
 
 
 class Stream:
@@ -133,9 +134,12 @@ class Stream:
             if self._eof or self._read_closed:
                 return b""
             await self._wait_readable()
-        # Up to n bytes of the first buffered chunk: no join, and no copy at all when
-        # the whole chunk fits (the socket's read size bounds the answer instead).
-        return self._take(min(n, len(self._chunks[0]) - self._offset))
+        # A large first chunk is returned alone (no join; no copy at all when it fits
+        # whole); small chunks (tiny frames) are joined, up to _JOIN_LIMIT bytes.
+        first_left = len(self._chunks[0]) - self._offset
+        if first_left >= n or first_left >= _JOIN_LIMIT or len(self._chunks) == 1:
+            return self._take(min(n, first_left))
+        return self._take(min(n, self._buffered, _JOIN_LIMIT))
 
     async def readexactly(self, n: int) -> bytes:
         """Read exactly ``n`` bytes, or raise ``asyncio.IncompleteReadError`` at EOF."""
@@ -376,15 +380,26 @@ class Stream:
         frame_size = self._session._send_frame_size
         send = self._session._send_data
         while pending and self._send_window > 0:
+            limit = min(self._send_window, frame_size)
             chunk = pending[0]
-            take = min(len(chunk), self._send_window, frame_size)
-            if take == len(chunk):
-                pending.popleft()
-                piece = chunk
-            else:
+            piece: bytes | memoryview
+            if len(chunk) >= limit:
                 view = chunk if isinstance(chunk, memoryview) else memoryview(chunk)
-                piece = view[:take]
-                pending[0] = view[take:]
+                piece = view[:limit]
+                if len(chunk) == limit:
+                    pending.popleft()
+                else:
+                    pending[0] = view[limit:]
+            else:
+                # Small writes that waited for credit leave together, as one frame.
+                parts = [pending.popleft()]
+                size = len(chunk)
+                while pending and size + len(pending[0]) <= limit:
+                    part = pending.popleft()
+                    parts.append(part)
+                    size += len(part)
+                piece = b"".join(parts) if len(parts) > 1 else parts[0]
+            take = len(piece)
             self._send_window -= take
             self._pending_size -= take
             send(self._id, piece)

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, cast
 
@@ -330,7 +331,8 @@ class FeedTransport(ByteTransport):
         self._max_message = max_message
         self._write_high = write_high
         self._extra = dict(extra or {})
-        self._out = bytearray()
+        self._out: deque[Buffer] = deque()  # references, not copies (see write())
+        self._out_size = 0
         self._wakeup: asyncio.Event | None = None
         self._writer_task: asyncio.Task[None] | None = None
         self._closing = False
@@ -354,6 +356,7 @@ class FeedTransport(ByteTransport):
         self._lost = True
         self._closing = True
         self._out.clear()
+        self._out_size = 0
         if self._wakeup is not None:
             self._wakeup.set()
         self._deliver_lost(exc)
@@ -365,14 +368,38 @@ class FeedTransport(ByteTransport):
         self._writer_task = asyncio.get_running_loop().create_task(self._write_loop())
 
     def write(self, data: Buffer) -> None:
-        """Queue ``data``; it goes out with the next ``send``."""
-        if self._closing:
+        """Queue ``data`` (by reference, as the contract allows) for the next message."""
+        if self._closing or not data:
             return
-        self._out += data
+        self._out.append(data)
+        self._out_size += len(data)
         if self._wakeup is not None:
             self._wakeup.set()
-        if len(self._out) > self._write_high:
+        if self._out_size > self._write_high:
             self._set_write_paused(paused=True)
+
+    def _next_message(self) -> bytes:
+        """Take up to ``max_message`` queued bytes as one message (one copy at most)."""
+        out = self._out
+        first = out[0]
+        limit = self._max_message
+        if len(first) > limit:
+            view = first if isinstance(first, memoryview) else memoryview(first)
+            message = bytes(view[:limit])
+            out[0] = view[limit:]
+        elif len(out) == 1 or len(first) + len(out[1]) > limit:
+            out.popleft()
+            message = first if type(first) is bytes else bytes(first)
+        else:
+            parts = [out.popleft()]
+            size = len(first)
+            while out and size + len(out[0]) <= limit:
+                part = out.popleft()
+                parts.append(part)
+                size += len(part)
+            message = b"".join(parts)
+        self._out_size -= len(message)
+        return message
 
     async def _write_loop(self) -> None:
         assert self._wakeup is not None  # noqa: S101 - set by _start before the task runs
@@ -385,16 +412,10 @@ class FeedTransport(ByteTransport):
                     self._wakeup.clear()
                     await self._wakeup.wait()
                     continue
-                if len(self._out) <= self._max_message:
-                    chunk = bytes(self._out)
-                    self._out.clear()
-                else:
-                    chunk = bytes(self._out[: self._max_message])
-                    del self._out[: self._max_message]
-                result = self._send(chunk)
+                result = self._send(self._next_message())
                 if inspect.isawaitable(result):
                     await result
-                if self._write_paused and len(self._out) <= self._write_high // 4:
+                if self._write_paused and self._out_size <= self._write_high // 4:
                     self._set_write_paused(paused=False)
         except asyncio.CancelledError:
             pass
@@ -428,6 +449,7 @@ class FeedTransport(ByteTransport):
     def abort(self) -> None:
         """Drop what is queued and call ``close`` without waiting for a send."""
         self._out.clear()
+        self._out_size = 0
         self._closing = True
         if self._writer_task is not None and not self._writer_task.done():
             self._writer_task.cancel()

@@ -2,12 +2,13 @@ package main
 
 import (
 	"io"
-	"io/ioutil"
 	"log"
 	"net"
+	"net/http"
 	"sync"
 	"time"
 
+	"github.com/gorilla/websocket"
 	"github.com/hashicorp/yamux"
 )
 
@@ -46,6 +47,21 @@ func writeAll(w io.Writer, total int, chunk []byte) {
 	}
 }
 
+// drain reads r to EOF with a 256 KiB buffer (io.Copy to ioutil.Discard would use
+// 8 KiB reads, which is not what a tuned reader does).
+func drain(r io.Reader) error {
+	buf := make([]byte, 256*1024)
+	for {
+		_, err := r.Read(buf)
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
 func benchRawTCP(total int) float64 {
 	a, b := tcpPair()
 	chunk := randomBytes(1 << 20)
@@ -54,7 +70,7 @@ func benchRawTCP(total int) float64 {
 		writeAll(a, total, chunk)
 		a.Close()
 	}()
-	if _, err := io.Copy(ioutil.Discard, b); err != nil {
+	if err := drain(b); err != nil {
 		log.Fatal(err)
 	}
 	b.Close()
@@ -81,7 +97,7 @@ func benchYamux(total, streams, window int, writeSize int) float64 {
 			}
 			go func() {
 				defer wg.Done()
-				if _, err := io.Copy(ioutil.Discard, st); err != nil {
+				if err := drain(st); err != nil {
 					log.Fatal(err)
 				}
 				st.Close()
@@ -111,6 +127,10 @@ func runBench(total, window int) {
 			"mbps": benchYamux(total, streams, window, 256*1024),
 		})
 	}
+	emit(map[string]interface{}{
+		"event": "bench", "name": "yamux_ws", "streams": 1, "window": window,
+		"mbps": benchYamuxWS(total, window),
+	})
 	// Tiny writes: 16-byte writes on one stream, each one a frame.
 	const tiny = 16
 	count := 200000
@@ -118,4 +138,62 @@ func runBench(total, window int) {
 	emit(map[string]interface{}{
 		"event": "bench", "name": "tiny", "size": tiny, "frames_per_s": mbps * 1e6 / tiny,
 	})
+}
+
+// wsPair returns both ends of a loopback WebSocket, as byte streams.
+func wsPair() (io.ReadWriteCloser, io.ReadWriteCloser) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		log.Fatal(err)
+	}
+	accepted := make(chan *websocket.Conn, 1)
+	upgrader := websocket.Upgrader{ReadBufferSize: 64 * 1024, WriteBufferSize: 64 * 1024}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := upgrader.Upgrade(w, r, nil)
+		if err != nil {
+			log.Fatal(err)
+		}
+		accepted <- c
+	})}
+	go srv.Serve(ln)
+	d := websocket.Dialer{ReadBufferSize: 64 * 1024, WriteBufferSize: 64 * 1024}
+	client, _, err := d.Dial("ws://"+ln.Addr().String()+"/", nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	server := <-accepted
+	ln.Close()
+	return &wsConn{c: client}, &wsConn{c: server}
+}
+
+// benchYamuxWS sends total bytes on one stream, yamux over a loopback WebSocket.
+func benchYamuxWS(total, window int) float64 {
+	a, b := wsPair()
+	cfg := yamuxConfig(window, 0)
+	cfg.EnableKeepAlive = false
+	client, _ := yamux.Client(a, cfg)
+	server, _ := yamux.Server(b, cfg)
+	defer client.Close()
+	defer server.Close()
+	chunk := randomBytes(256 * 1024)
+	done := make(chan struct{})
+	go func() {
+		st, err := server.AcceptStream()
+		if err != nil {
+			log.Fatal(err)
+		}
+		if err := drain(st); err != nil {
+			log.Fatal(err)
+		}
+		close(done)
+	}()
+	start := time.Now()
+	st, err := client.OpenStream()
+	if err != nil {
+		log.Fatal(err)
+	}
+	writeAll(st, total, chunk)
+	st.Close()
+	<-done
+	return float64(total) / time.Since(start).Seconds() / 1e6
 }
