@@ -22,6 +22,8 @@ from visiona.kit.migrate import status_from_connection, upgrade_on_connection
 from visiona.kit.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from visiona.kit.runtime import Runtime
 from visiona.kit.settings import Settings
+from visiona.models.endpoints import router as models_router
+from visiona.models.storage import ObjectStorage
 from visiona.ops.endpoints import router as ops_router
 
 _LOGGER = logging.getLogger(__name__)
@@ -37,7 +39,9 @@ def _is_memory(settings: Settings) -> bool:
 
 
 async def build_runtime(settings: Settings, metrics: Metrics) -> Runtime:
-    """Build the database, session store and rate limiter described by ``settings``."""
+    """Build the database, session store, rate limiter and model storage of ``settings``."""
+    # First: a bad storage URL or option fails before any connection is opened.
+    model_storage = ObjectStorage.from_settings(settings)
     db = Database(settings.build_engine(), settings.database_target)
     async with db.engine.begin() as conn:
         if _is_memory(settings):
@@ -71,6 +75,7 @@ async def build_runtime(settings: Settings, metrics: Metrics) -> Runtime:
         limiter=limiter,
         metrics=metrics,
         redis=redis,
+        model_storage=model_storage,
     )
 
 
@@ -78,6 +83,8 @@ async def close_runtime(runtime: Runtime) -> None:
     """Release every client the runtime holds."""
     if runtime.redis is not None:
         await runtime.redis.aclose()
+    # obstore stores hold no connection that needs closing; drop the reference.
+    runtime.model_storage = None
     await runtime.db.dispose()
 
 
@@ -91,10 +98,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         runtime = await build_runtime(settings, metrics)
         app.state.runtime = runtime
         _LOGGER.info(
-            "visiona %s ready: database %s, sessions %s",
+            "visiona %s ready: database %s, sessions %s, model files %s",
             __version__,
             settings.database_target,
             settings.redis_target or "in-process",
+            settings.storage_target,
         )
         try:
             yield
@@ -113,6 +121,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # devices feature routers
 
     # models feature routers
+    app.include_router(models_router, prefix=API_PREFIX)
 
     # tunnel feature routers
 
