@@ -343,7 +343,7 @@ async def download_file(
     span = _parse_range(wanted, size) if wanted else None
     if span == "unsatisfiable":
         return Response(
-            status_code=status.HTTP_416_REQUESTED_RANGE_NOT_SATISFIABLE,
+            status_code=status.HTTP_416_RANGE_NOT_SATISFIABLE,
             headers={**headers, "Content-Range": f"bytes */{size}"},
         )
     start, end = span if isinstance(span, tuple) else (0, None)
