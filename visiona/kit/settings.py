@@ -75,6 +75,7 @@ class Settings(BaseSettings):
     # -- models and object storage (models feature) ---------------------------
     storage_url: str | None = Field(
         None,
+        repr=False,
         description="Object store for model files: `s3://bucket/prefix`, `gs://…`, `az://…`, "
         "`memory://` or `file:///path`; unset means the directory DATA_DIR/objects.",
     )
