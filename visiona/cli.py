@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from visiona.client import commands as client_commands
 from visiona.kit import migrate as migrations
 from visiona.kit.logs import configure_logging
 from visiona.kit.preflight import PreflightError, check_dependencies
@@ -121,3 +122,9 @@ def _require_reachable(settings: Settings) -> migrations.MigrationStatus:
 def main() -> None:
     """Console-script entry point."""
     sys.exit(app())
+
+
+# -- client commands for users (visiona.client) ------------------------------------
+app.command("login")(client_commands.login)
+app.add_typer(client_commands.models_app, name="models")
+app.add_typer(client_commands.devices_app, name="devices")
