@@ -166,7 +166,7 @@ class ApiClient:
             if on_start:
                 on_start(total)
             with partial.open("wb") as out:
-                for chunk in response.iter_bytes(CHUNK):
+                for chunk in response.iter_bytes():
                     out.write(chunk)
                     digest.update(chunk)
                     if progress:

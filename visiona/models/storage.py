@@ -43,11 +43,13 @@ _LOGGER = logging.getLogger(__name__)
 
 # Bytes handed to obstore at a time (bigger chunks cross the Python/Rust boundary less).
 _COALESCE = 1024 * 1024
-# S3-style multipart parts: 5 MiB is the smallest part S3 accepts; at most
-# _PART_SIZE * _PART_CONCURRENCY bytes of one upload are in memory at once.
-_PART_SIZE = 5 * 1024 * 1024
-_PART_CONCURRENCY = 4
+# Multipart parts (S3 accepts 5 MiB and up): at most _PART_SIZE * _PART_CONCURRENCY
+# bytes of one upload are in memory at once. 8 MiB parts write to the local store
+# about 2.5x faster than 5 MiB ones here (bench/bench_models.py).
+_PART_SIZE = 8 * 1024 * 1024
+_PART_CONCURRENCY = 2
 _READ_CHUNK = 256 * 1024
+_LOCAL_READ_CHUNK = 1024 * 1024
 _DURATION_KEYS = frozenset({"retry_timeout", "init_backoff", "max_backoff"})
 _MISSING = (FileNotFoundError, obs_exc.NotFoundError)
 _FAILED = (obs_exc.BaseError, OSError)
@@ -97,6 +99,7 @@ class ObjectStorage:
         """Wrap ``store``; ``target`` names it in logs without secrets."""
         self._store = store
         self.target = target
+        self._local = isinstance(store, LocalStore)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ObjectStorage:
@@ -181,6 +184,8 @@ class ObjectStorage:
 
     async def open(self, key: str, start: int = 0, end: int | None = None) -> ObjectRange:
         """Open bytes ``[start, end)`` of ``key`` (to its end when ``end`` is None)."""
+        if self._local:
+            return await self._open_by_ranges(key, start, end)
         options: GetOptions = {}
         if start or end is not None:
             options["range"] = (start, end) if end is not None else {"offset": start}
@@ -198,6 +203,32 @@ class ObjectStorage:
             end=stop,
             size=size,
         )
+
+    async def _open_by_ranges(self, key: str, start: int, end: int | None) -> ObjectRange:
+        """The local store's streaming get is slow (~200 MB/s here); range reads are not."""
+        try:
+            meta = await obstore.head_async(self._store, key)
+        except _MISSING as err:
+            raise ObjectMissingError(key) from err
+        except _FAILED as err:
+            raise self._unavailable("head", err) from err
+        size = int(meta["size"])
+        stop = size if end is None else min(end, size)
+        return ObjectRange(chunks=self._ranges(key, start, stop), start=start, end=stop, size=size)
+
+    async def _ranges(self, key: str, start: int, stop: int) -> AsyncIterator[bytes]:
+        offset = start
+        while offset < stop:
+            length = min(_LOCAL_READ_CHUNK, stop - offset)
+            try:
+                chunk = await obstore.get_range_async(self._store, key, start=offset, length=length)
+            except _FAILED as err:  # gone or failing mid-way: the body ends short
+                _LOGGER.warning(
+                    "reading %s from %s failed: %s", key, self.target, type(err).__name__
+                )
+                raise
+            offset += len(chunk)
+            yield bytes(chunk)
 
     async def _stream(self, stream: AsyncIterator[Any], key: str) -> AsyncIterator[bytes]:
         try:
