@@ -50,6 +50,7 @@ def serve(
     if updates:
         settings = settings.model_copy(update=updates)
     configure_logging(settings.log_level, settings.log_format)
+    _check_storage(settings)
     try:
         status = asyncio.run(check_dependencies(settings))
     except PreflightError as err:
@@ -109,6 +110,16 @@ def migrate_status() -> None:
     typer.echo(f"current:  {status.current or 'base (empty)'}")
     typer.echo(f"head:     {status.head}")
     typer.echo(f"pending:  {', '.join(status.pending) if status.pending else 'none'}")
+
+
+def _check_storage(settings: Settings) -> None:
+    """Fail with one line when the model storage URL or options cannot build a store."""
+    from visiona.models.storage import ObjectStorage, StorageConfigError  # noqa: PLC0415
+
+    try:
+        ObjectStorage.from_settings(settings)
+    except StorageConfigError as err:
+        _fail(str(err))
 
 
 def _require_reachable(settings: Settings) -> migrations.MigrationStatus:

@@ -109,3 +109,21 @@ def test_bad_options_fail_with_a_line_that_leaks_no_secret() -> None:
     assert "s3://bucket/prefix" in str(caught.value)
     assert "hunter2" not in repr(settings)
     assert settings.storage_target == "s3://bucket/prefix"
+
+
+def test_serve_refuses_bad_storage_options_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner  # noqa: PLC0415 - only this test needs it
+
+    from visiona.cli import app  # noqa: PLC0415 - only this test needs it
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("VISIONA_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("VISIONA_STORAGE_URL", "s3://bucket/prefix")
+    monkeypatch.setenv("VISIONA_STORAGE_OPTIONS", '{"no_such_option": "s3cr3t"}')
+    result = CliRunner().invoke(app, ["serve", "--port", "0"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: storage s3://bucket/prefix: ")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "s3cr3t" not in result.output
