@@ -124,3 +124,18 @@ async def test_storage_down_is_a_503_and_leaves_no_row(down_app: FastAPI) -> Non
         assert await model_rows(down_app, user.id) == []
         listed = await client.get(API, headers=user.headers)
         assert listed.status_code == 200
+
+
+async def test_healthz_names_the_object_store_when_it_is_down(down_app: FastAPI) -> None:
+    transport = httpx.ASGITransport(app=down_app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        response = await client.get("/healthz")
+    assert response.status_code == 503
+    assert response.json()["checks"]["object_storage"] == "unavailable"
+    assert response.json()["checks"]["database"] == "ok"
+
+
+async def test_healthz_checks_the_object_store(s3_client: httpx.AsyncClient) -> None:
+    response = await s3_client.get("/healthz")
+    assert response.status_code == 200
+    assert response.json()["checks"]["object_storage"] == "ok"

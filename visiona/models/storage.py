@@ -265,6 +265,10 @@ class ObjectStorage:
             raise self._unavailable("head", err) from err
         return True
 
+    async def ping(self) -> None:
+        """Reach the store (a HEAD of a key that need not exist); raise if unreachable."""
+        await self.exists("healthz")
+
     async def _discard(self, key: str) -> None:
         try:
             await obstore.delete_async(self._store, key)
