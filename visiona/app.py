@@ -136,7 +136,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def _brings_own_limit(path: str) -> bool:
-    """Uploads and proxied requests stream large bodies and enforce their own limits."""
-    return path.startswith((f"{API_PREFIX}/models", f"{API_PREFIX}/devices/")) and (
-        "/proxy/" in path or path.startswith(f"{API_PREFIX}/models")
-    )
+    """Uploads and proxied requests stream large bodies and enforce their own limits.
+
+    Only the two model upload routes (``POST /models``, ``PUT /models/{id}/file``) are
+    exempt among the models routes: ``PATCH /models/{id}`` is JSON and keeps the limit.
+    """
+    models = f"{API_PREFIX}/models"
+    if path == models or (path.startswith(f"{models}/") and path.endswith("/file")):
+        return True
+    return path.startswith(f"{API_PREFIX}/devices/") and "/proxy/" in path

@@ -482,3 +482,14 @@ async def test_a_missing_object_is_a_503_not_a_crash(
     response = await client.get(f"{API}/{model['id']}/file", headers=user.headers)
     assert response.status_code == 503
     assert error_code(response) == "storage_unavailable"
+
+
+async def test_patch_keeps_the_json_body_limit(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    user = await signup(client)
+    model = await uploaded(client, user, nef(100))
+    huge = {"name": "x", "labels": ["y" * 90] * (settings.max_body_bytes // 90 + 1)}
+    response = await client.patch(f"{API}/{model['id']}", headers=user.headers, json=huge)
+    assert response.status_code == 413
+    assert error_code(response) == "payload_too_large"
