@@ -172,14 +172,18 @@ class ObjectStorage:
             await self._discard(temp)
             if source_error is not None:
                 raise source_error from None
-            raise self._unavailable("put", err) from err
+            if isinstance(err, _FAILED):
+                raise self._unavailable("put", err) from err
+            raise  # cancellation or a bug: not the store's fault
         sha256 = digest.hexdigest()
         key = final_key(sha256)
         try:
             await obstore.rename_async(self._store, temp, key)
         except BaseException as err:
             await self._discard(temp)
-            raise self._unavailable("rename", err) from err
+            if isinstance(err, _FAILED):
+                raise self._unavailable("rename", err) from err
+            raise
         return StoredObject(key=key, size=size, sha256=sha256)
 
     async def open(self, key: str, start: int = 0, end: int | None = None) -> ObjectRange:
