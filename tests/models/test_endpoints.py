@@ -493,3 +493,20 @@ async def test_patch_keeps_the_json_body_limit(
     response = await client.patch(f"{API}/{model['id']}", headers=user.headers, json=huge)
     assert response.status_code == 413
     assert error_code(response) == "payload_too_large"
+
+
+async def test_openapi_documents_the_multipart_uploads(client: httpx.AsyncClient) -> None:
+    spec = (await client.get("/openapi.json")).json()
+    upload_body = spec["paths"]["/api/v1/models"]["post"]["requestBody"]["content"]
+    schema = upload_body["multipart/form-data"]["schema"]
+    assert schema["required"] == ["file", "target_chip"]
+    assert schema["properties"]["target_chip"]["enum"] == [
+        "kl520",
+        "kl530",
+        "kl630",
+        "kl720",
+        "kl730",
+    ]
+    replace = spec["paths"]["/api/v1/models/{model_id}/file"]["put"]["requestBody"]
+    assert "multipart/form-data" in replace["content"]
+    assert "413" in spec["paths"]["/api/v1/models"]["post"]["responses"]

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import re
 import uuid
-from typing import Annotated, Any
+from collections.abc import AsyncIterator, Awaitable
+from typing import Annotated, Any, TypeVar
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Query, Request, Response, status
@@ -43,6 +44,7 @@ from visiona.models.schemas import (
 from visiona.models.storage import ObjectStorage, StoredObject, model_key
 
 router = APIRouter(prefix="/models", tags=["models"])
+T = TypeVar("T")
 
 # Room for the text fields and multipart framing on top of the file itself.
 _FORM_OVERHEAD = 1024 * 1024
@@ -107,7 +109,7 @@ def _form(request: Request, max_bytes: int) -> StreamingForm:
     return StreamingForm(request.headers.get("content-type"), _body(request))
 
 
-async def _body(request: Request) -> Any:
+async def _body(request: Request) -> AsyncIterator[bytes]:
     try:
         async for chunk in request.stream():
             yield chunk
@@ -116,8 +118,8 @@ async def _body(request: Request) -> Any:
 
 
 async def _record_or_discard(
-    storage: ObjectStorage, stored: StoredObject, coro: Any, *, keep: str | None = None
-) -> Any:
+    storage: ObjectStorage, stored: StoredObject, coro: Awaitable[T], *, keep: str | None = None
+) -> T:
     """Await ``coro`` (a unit of work using ``stored``); delete the object if it fails.
 
     ``keep`` is a key still in use by the committed state (a re-upload of the same
