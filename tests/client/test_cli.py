@@ -20,6 +20,7 @@ from tests.support.models import nef
 from visiona.app import create_app
 from visiona.cli import app as cli
 from visiona.client.commands import render_devices
+from visiona.client.http import partial_path
 from visiona.kit import migrate
 
 LIMIT = 2 * 1024 * 1024
@@ -123,7 +124,28 @@ def test_upload_list_download_round_trip(
     assert down.exit_code == 0, down.output
     assert target.read_bytes() == content
     assert f"sha256 {sha} ok" in down.stdout
-    assert not target.with_name("copy.nef.part").exists()
+    assert list(target.parent.iterdir()) == [target]  # no partial file left
+
+    # An interrupted download resumes from its partial file with a range request.
+    resumed = tmp_path / "out" / "resumed.nef"
+    partial_path(resumed, sha).write_bytes(content[:300_000])
+    again = run("models", "download", model_id, "-o", str(resumed))
+    assert again.exit_code == 0, again.output
+    assert resumed.read_bytes() == content
+    assert not partial_path(resumed, sha).exists()
+
+    # A partial file that is not a prefix of the model fails the sha256 check (which
+    # also proves the client resumed with a 206: a 200 would have started over), is
+    # dropped, and the next attempt succeeds.
+    broken = tmp_path / "out" / "broken.nef"
+    partial_path(broken, sha).write_bytes(b"not the model")
+    failed = run("models", "download", model_id, "-o", str(broken))
+    assert failed.exit_code == 1
+    assert "does not match its sha256" in failed.stderr
+    assert not broken.exists()
+    assert not partial_path(broken, sha).exists()
+    assert run("models", "download", model_id, "-o", str(broken)).exit_code == 0
+    assert broken.read_bytes() == content
 
 
 def test_errors_are_one_line_with_a_non_zero_exit(

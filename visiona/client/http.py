@@ -153,37 +153,67 @@ class ApiClient:
     ) -> dict[str, Any]:
         """Download a model's file to ``dest`` and check its sha256; return the model.
 
-        The bytes go to ``dest`` + ``.part`` first and replace ``dest`` only when the
-        sha256 matches the one the server recorded at upload.
+        The bytes go to ``partial_path(dest, sha256)`` first and replace ``dest`` only
+        when the sha256 matches the one the server recorded. A transfer that breaks
+        off keeps that partial file, and the next call resumes it with a range
+        request (``If-Range`` makes the server send the whole file again if the
+        model's file was replaced in between).
         """
         model: dict[str, Any] = self.call("GET", f"/models/{quote(model_id, safe='')}")
-        request = self._http.build_request("GET", f"{API}/models/{model['id']}/file")
-        response = self._send(request, stream=True)
-        partial = dest.with_name(dest.name + ".part")
-        digest = hashlib.sha256()
-        try:
-            total = int(response.headers.get("content-length", model["file_size"]))
-            if on_start:
-                on_start(total)
-            with partial.open("wb") as out:
-                for chunk in response.iter_bytes():
-                    out.write(chunk)
-                    digest.update(chunk)
-                    if progress:
-                        progress(len(chunk))
-        except httpx.TransportError as err:
-            partial.unlink(missing_ok=True)
-            raise ClientError(f"the download broke off ({type(err).__name__})") from None
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
-        finally:
-            response.close()
-        if digest.hexdigest() != model["sha256"]:
+        sha256, size = str(model["sha256"]), int(model["file_size"])
+        partial = partial_path(dest, sha256)
+        digest, have = _hash_file(partial)
+        if on_start:
+            on_start(size)
+        if progress and have:
+            progress(have)
+        if have < size:
+            headers = {"Range": f"bytes={have}-", "If-Range": f'"{sha256}"'} if have else {}
+            request = self._http.build_request(
+                "GET", f"{API}/models/{model['id']}/file", headers=headers
+            )
+            response = self._send(request, stream=True)
+            try:
+                if response.status_code != 206:  # the whole file: start over
+                    digest, have = hashlib.sha256(), 0
+                with partial.open("ab" if have else "wb") as out:
+                    for chunk in response.iter_bytes():
+                        out.write(chunk)
+                        digest.update(chunk)
+                        have += len(chunk)
+                        if progress:
+                            progress(len(chunk))
+            except httpx.TransportError as err:
+                raise ClientError(
+                    f"the download broke off after {have} of {size} bytes "
+                    f"({type(err).__name__}); run the same command again to resume"
+                ) from None
+            finally:
+                response.close()
+        if digest.hexdigest() != sha256:
             partial.unlink(missing_ok=True)
             raise ClientError("the downloaded file does not match its sha256; nothing was saved")
         partial.replace(dest)
         return model
+
+
+def partial_path(dest: Path, sha256: str) -> Path:
+    """Where a download of the file with ``sha256`` to ``dest`` is kept until it is whole."""
+    return dest.with_name(f"{dest.name}.{sha256[:16]}.part")
+
+
+def _hash_file(path: Path) -> tuple[Any, int]:
+    """The sha256 state and size of ``path`` so far (empty when it does not exist)."""
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with path.open("rb") as handle:
+            while chunk := handle.read(CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+    except FileNotFoundError:
+        pass
+    return digest, size
 
 
 def multipart_file(
