@@ -185,8 +185,6 @@ def test_errors_are_one_line_with_a_non_zero_exit(
 
 
 def test_devices_table_rendering() -> None:
-    # GET /devices is built in another branch; this checks the rendering of its
-    # documented shape only (the command's error path is tested above).
     text = render_devices(
         [
             {
@@ -202,3 +200,25 @@ def test_devices_table_rendering() -> None:
     assert "desk" in text
     assert "online" in text
     assert text.endswith("1 device(s)")
+
+
+def test_devices_list_shows_the_users_devices(server: str, account: str, config_home: Path) -> None:
+    assert login(server, account).exit_code == 0
+    token = json.loads(next(config_home.rglob("credentials.json")).read_text())["token"]
+    created = httpx.post(
+        f"{server}/api/v1/devices",
+        json={"name": "bench-pc", "device_type": "kl720", "serial_number": "CLI-SN-7"},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert created.status_code == 201, created.text
+
+    table = run("devices", "list")
+    assert table.exit_code == 0, table.stderr
+    assert "bench-pc" in table.stdout
+    assert "CLI-SN-7" in table.stdout
+    assert "offline" in table.stdout
+
+    as_json = run("devices", "list", "--json")
+    assert as_json.exit_code == 0
+    items = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert [item["serial_number"] for item in items] == ["CLI-SN-7"]
