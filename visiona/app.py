@@ -24,6 +24,8 @@ from visiona.kit.migrate import status_from_connection, upgrade_on_connection
 from visiona.kit.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
 from visiona.kit.runtime import Runtime
 from visiona.kit.settings import Settings
+from visiona.models.endpoints import router as models_router
+from visiona.models.storage import ObjectStorage
 from visiona.ops.endpoints import router as ops_router
 from visiona.tunnel.endpoints import HUB_KEY
 from visiona.tunnel.endpoints import router as tunnel_router
@@ -42,7 +44,9 @@ def _is_memory(settings: Settings) -> bool:
 
 
 async def build_runtime(settings: Settings, metrics: Metrics) -> Runtime:
-    """Build the database, session store and rate limiter described by ``settings``."""
+    """Build the database, session store, rate limiter and model storage of ``settings``."""
+    # First: a bad storage URL or option fails before any connection is opened.
+    model_storage = ObjectStorage.from_settings(settings)
     db = Database(settings.build_engine(), settings.database_target)
     async with db.engine.begin() as conn:
         if _is_memory(settings):
@@ -76,6 +80,7 @@ async def build_runtime(settings: Settings, metrics: Metrics) -> Runtime:
         limiter=limiter,
         metrics=metrics,
         redis=redis,
+        model_storage=model_storage,
     )
     hub = TunnelHub(db, settings)
     await hub.start()
@@ -92,6 +97,8 @@ async def close_runtime(runtime: Runtime) -> None:
         await hub.close()
     if runtime.redis is not None:
         await runtime.redis.aclose()
+    # obstore stores hold no connection that needs closing; drop the reference.
+    runtime.model_storage = None
     await runtime.db.dispose()
 
 
@@ -105,10 +112,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         runtime = await build_runtime(settings, metrics)
         app.state.runtime = runtime
         _LOGGER.info(
-            "visiona %s ready: database %s, sessions %s",
+            "visiona %s ready: database %s, sessions %s, model files %s",
             __version__,
             settings.database_target,
             settings.redis_target or "in-process",
+            settings.storage_target,
         )
         try:
             yield
@@ -129,6 +137,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(agent_router, prefix=API_PREFIX)
 
     # models feature routers
+    app.include_router(models_router, prefix=API_PREFIX)
 
     # tunnel feature routers
     app.include_router(tunnel_router, prefix=API_PREFIX)
@@ -144,7 +153,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def _brings_own_limit(path: str) -> bool:
-    """Uploads and proxied requests stream large bodies and enforce their own limits."""
-    return path.startswith((f"{API_PREFIX}/models", f"{API_PREFIX}/devices/")) and (
-        "/proxy/" in path or path.startswith(f"{API_PREFIX}/models")
-    )
+    """Uploads and proxied requests stream large bodies and enforce their own limits.
+
+    Only the two model upload routes (``POST /models``, ``PUT /models/{id}/file``) are
+    exempt among the models routes: ``PATCH /models/{id}`` is JSON and keeps the limit.
+    """
+    models = f"{API_PREFIX}/models"
+    if path == models or (path.startswith(f"{models}/") and path.endswith("/file")):
+        return True
+    return path.startswith(f"{API_PREFIX}/devices/") and "/proxy/" in path

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 
+from visiona.client import commands as client_commands
 from visiona.kit import migrate as migrations
 from visiona.kit.logs import configure_logging
 from visiona.kit.preflight import PreflightError, check_dependencies
@@ -57,6 +58,7 @@ def serve(
     if updates:
         settings = settings.model_copy(update=updates)
     configure_logging(settings.log_level, settings.log_format)
+    _check_storage(settings)
     try:
         status = asyncio.run(check_dependencies(settings))
     except PreflightError as err:
@@ -158,6 +160,16 @@ def migrate_status() -> None:
     typer.echo(f"pending:  {', '.join(status.pending) if status.pending else 'none'}")
 
 
+def _check_storage(settings: Settings) -> None:
+    """Fail with one line when the model storage URL or options cannot build a store."""
+    from visiona.models.storage import ObjectStorage, StorageConfigError  # noqa: PLC0415
+
+    try:
+        ObjectStorage.from_settings(settings)
+    except StorageConfigError as err:
+        _fail(str(err))
+
+
 def _require_reachable(settings: Settings) -> migrations.MigrationStatus:
     try:
         return asyncio.run(check_dependencies(settings.model_copy(update={"redis_url": None})))
@@ -222,3 +234,9 @@ def agent(  # noqa: PLR0917 - one parameter per command-line option
 def main() -> None:
     """Console-script entry point."""
     sys.exit(app())
+
+
+# -- client commands for users (visiona.client) ------------------------------------
+app.command("login")(client_commands.login)
+app.add_typer(client_commands.models_app, name="models")
+app.add_typer(client_commands.devices_app, name="devices")

@@ -12,7 +12,7 @@ async def test_healthz_reports_each_dependency(client: httpx.AsyncClient) -> Non
     assert response.status_code == 200
     assert response.json() == {
         "status": "ok",
-        "checks": {"database": "ok", "session_store": "ok"},
+        "checks": {"database": "ok", "session_store": "ok", "object_storage": "ok"},
     }
 
 

@@ -147,3 +147,10 @@ class SessionStoreUnavailableError(ServiceUnavailableError):
 
     code = "session_store_unavailable"
     default_message = "The session store is temporarily unavailable."
+
+
+class StorageUnavailableError(ServiceUnavailableError):
+    """The object store (model files) cannot be reached or failed."""
+
+    code = "storage_unavailable"
+    default_message = "The file storage is temporarily unavailable."

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from visiona.kit.metrics import Metrics
     from visiona.kit.ratelimit import RateLimiter
     from visiona.kit.settings import Settings
+    from visiona.models.storage import ObjectStorage
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -33,6 +34,8 @@ class Runtime:
     limiter: RateLimiter
     metrics: Metrics
     redis: Redis | None = None
+    # Model files (the models feature); built from settings in the lifespan.
+    model_storage: ObjectStorage | None = None
     # Called after a device's credentials are revoked and committed (unpair, token
     # revocation); the tunnel registers one to close the live tunnel.
     on_device_revoked: list[DeviceHook] = field(default_factory=list)

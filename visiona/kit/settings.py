@@ -8,7 +8,8 @@ built at import time.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -85,6 +86,22 @@ class Settings(BaseSettings):
     pair_rate_window: int = Field(60, ge=1, description="Agent pair rate-limit window (s).")
 
     # -- models and object storage (models feature) ---------------------------
+    storage_url: str | None = Field(
+        None,
+        repr=False,
+        description="Object store for model files: `s3://bucket/prefix`, `gs://…`, `az://…`, "
+        "`memory://` or `file:///path`; unset means the directory DATA_DIR/objects.",
+    )
+    storage_options: dict[str, Any] = Field(
+        {},
+        repr=False,
+        description="JSON object of obstore options for STORAGE_URL (e.g. `endpoint`, "
+        "`region`, `access_key_id`, `client_options`, `retry_config` with durations in "
+        "seconds). Never logged.",
+    )
+    model_max_bytes: int = Field(
+        512 * 1024 * 1024, ge=1, description="Largest model file accepted (413 above)."
+    )
 
     # -- tunnel (tunnel feature) ----------------------------------------------
     tunnel_status_interval: float = Field(
@@ -171,6 +188,17 @@ class Settings(BaseSettings):
         from visiona.kit.database import create_engine_for  # noqa: PLC0415 - keep import light
 
         return create_engine_for(self)
+
+    # -- object storage -------------------------------------------------------
+
+    @property
+    def storage_target(self) -> str:
+        """The object store as ``scheme://host/path`` (or the local directory), never secrets."""
+        if not self.storage_url:
+            return f"local:{(self.data_dir / 'objects').as_posix()}"
+        parts = urlsplit(self.storage_url)
+        host = parts.hostname or ""
+        return f"{parts.scheme}://{host}{parts.path}"
 
     # -- redis ----------------------------------------------------------------
 

@@ -43,13 +43,14 @@ async def _check(name: str, probe: Any) -> tuple[str, str]:
     responses={503: {"model": Health, "description": "A dependency is unavailable."}},
 )
 async def healthz(runtime: RuntimeDep) -> JSONResponse:
-    """200 when the database and the session store answer within 1 s each, else 503."""
-    results = dict(
-        await asyncio.gather(
-            _check("database", runtime.db.ping),
-            _check("session_store", runtime.sessions.ping),
-        )
-    )
+    """200 when the database, the session store and the object store answer within 1 s each."""
+    checks = [
+        _check("database", runtime.db.ping),
+        _check("session_store", runtime.sessions.ping),
+    ]
+    if runtime.model_storage is not None:
+        checks.append(_check("object_storage", runtime.model_storage.ping))
+    results = dict(await asyncio.gather(*checks))
     healthy = all(value == "ok" for value in results.values())
     body: dict[str, Any] = {"status": "ok" if healthy else "unavailable", "checks": results}
     if not healthy:

@@ -1,0 +1,1 @@
+"""Client commands for users: log in, upload and download models, list devices."""

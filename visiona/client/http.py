@@ -1,0 +1,253 @@
+"""A small synchronous HTTP client of the visionA API (httpx), for the command line.
+
+Every failure becomes a :class:`ClientError` with one line a person can act on:
+the server's own error message when there is one, otherwise what went wrong on
+the way (unreachable server, connection dropped).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+API = "/api/v1"
+CHUNK = 1024 * 1024
+
+Progress = Callable[[int], None]
+
+
+class ClientError(Exception):
+    """A request failed; ``str()`` is the one line to show."""
+
+
+def _reason(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+        error = body["error"]
+        details = "; ".join(
+            f"{'.'.join(str(p) for p in field['loc'][1:])}: {field['message']}"
+            for field in error.get("fields", [])
+        )
+        text = f"{error['message']} {details}" if details else error["message"]
+        message = f"{text} ({error['code']}, HTTP {response.status_code})"
+    except (ValueError, KeyError, TypeError):
+        message = f"HTTP {response.status_code} {response.reason_phrase}"
+    if response.status_code == 401:
+        message += "; run `visiona login`"
+    return message
+
+
+class ApiClient:
+    """The API of one server, authenticated with a session token when one is given."""
+
+    def __init__(self, server: str, token: str | None = None, *, timeout: float = 30.0) -> None:
+        """Prepare a client of ``server`` (e.g. ``http://127.0.0.1:8080``)."""
+        self.server = server.rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(
+            base_url=self.server,
+            headers=headers,
+            timeout=httpx.Timeout(timeout, read=max(timeout, 300.0)),
+        )
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def __enter__(self) -> ApiClient:
+        """Use as a context manager."""
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        """Close on leaving the block."""
+        self.close()
+
+    # -- plumbing ----------------------------------------------------------------
+
+    def _send(self, request: httpx.Request, *, stream: bool = False) -> httpx.Response:
+        try:
+            response = self._http.send(request, stream=stream)
+        except httpx.TimeoutException as err:
+            raise ClientError(
+                f"{self.server} did not answer in time ({type(err).__name__})"
+            ) from None
+        except httpx.ConnectError:
+            raise ClientError(f"cannot reach {self.server}") from None
+        except httpx.TransportError as err:
+            raise ClientError(
+                f"the connection to {self.server} broke ({type(err).__name__})"
+            ) from None
+        if response.is_error:
+            if stream:
+                response.read()
+                response.close()
+            raise ClientError(_reason(response))
+        return response
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        """Send a JSON request to ``/api/v1{path}`` and return the decoded body (or None)."""
+        response = self._send(self._http.build_request(method, f"{API}{path}", **kwargs))
+        if response.status_code == 204 or not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            raise ClientError(f"{self.server} did not answer with JSON") from None
+
+    def pages(self, path: str, params: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+        """Every item of a paginated list, following ``next_cursor``."""
+        query = dict(params or {})
+        while True:
+            body = self.call("GET", path, params=query)
+            yield from body["items"]
+            cursor = body.get("next_cursor")
+            if not cursor:
+                return
+            query["cursor"] = cursor
+
+    # -- use cases -----------------------------------------------------------------
+
+    def login(self, email: str, password: str) -> str:
+        """Sign in; return the session token."""
+        body = self.call("POST", "/auth/login", json={"email": email, "password": password})
+        return str(body["token"])
+
+    def upload_model(
+        self,
+        path: Path,
+        *,
+        chip: str,
+        name: str | None,
+        labels: list[str],
+        progress: Progress | None = None,
+    ) -> dict[str, Any]:
+        """Upload ``path`` as a model, streaming it (with its exact Content-Length)."""
+        fields = [("target_chip", chip)]
+        if name:
+            fields.append(("name", name))
+        fields += [("labels", label) for label in labels]
+        content_type, length, body = multipart_file(path, fields, progress)
+        request = self._http.build_request(
+            "POST",
+            f"{API}/models",
+            content=body,
+            headers={"Content-Type": content_type, "Content-Length": str(length)},
+        )
+        result: dict[str, Any] = self._send(request).json()
+        return result
+
+    def download_model(
+        self,
+        model_id: str,
+        dest: Path,
+        *,
+        on_start: Callable[[int], None] | None = None,
+        progress: Progress | None = None,
+    ) -> dict[str, Any]:
+        """Download a model's file to ``dest`` and check its sha256; return the model.
+
+        The bytes go to ``partial_path(dest, sha256)`` first and replace ``dest`` only
+        when the sha256 matches the one the server recorded. A transfer that breaks
+        off keeps that partial file, and the next call resumes it with a range
+        request (``If-Range`` makes the server send the whole file again if the
+        model's file was replaced in between).
+        """
+        model: dict[str, Any] = self.call("GET", f"/models/{quote(model_id, safe='')}")
+        sha256, size = str(model["sha256"]), int(model["file_size"])
+        partial = partial_path(dest, sha256)
+        digest, have = _hash_file(partial)
+        if on_start:
+            on_start(size)
+        if progress and have:
+            progress(have)
+        if have < size:
+            headers = {"Range": f"bytes={have}-", "If-Range": f'"{sha256}"'} if have else {}
+            request = self._http.build_request(
+                "GET", f"{API}/models/{model['id']}/file", headers=headers
+            )
+            response = self._send(request, stream=True)
+            try:
+                if response.status_code != 206:  # the whole file: start over
+                    digest, have = hashlib.sha256(), 0
+                with partial.open("ab" if have else "wb") as out:
+                    for chunk in response.iter_bytes():
+                        out.write(chunk)
+                        digest.update(chunk)
+                        have += len(chunk)
+                        if progress:
+                            progress(len(chunk))
+            except httpx.TransportError as err:
+                raise ClientError(
+                    f"the download broke off after {have} of {size} bytes "
+                    f"({type(err).__name__}); run the same command again to resume"
+                ) from None
+            finally:
+                response.close()
+        if digest.hexdigest() != sha256:
+            partial.unlink(missing_ok=True)
+            raise ClientError("the downloaded file does not match its sha256; nothing was saved")
+        partial.replace(dest)
+        return model
+
+
+def partial_path(dest: Path, sha256: str) -> Path:
+    """Where a download of the file with ``sha256`` to ``dest`` is kept until it is whole."""
+    return dest.with_name(f"{dest.name}.{sha256[:16]}.part")
+
+
+def _hash_file(path: Path) -> tuple[Any, int]:
+    """The sha256 state and size of ``path`` so far (empty when it does not exist)."""
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with path.open("rb") as handle:
+            while chunk := handle.read(CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+    except FileNotFoundError:
+        pass
+    return digest, size
+
+
+def multipart_file(
+    path: Path, fields: list[tuple[str, str]], progress: Progress | None = None
+) -> tuple[str, int, Iterator[bytes]]:
+    """A ``multipart/form-data`` body of text ``fields`` and the file at ``path``.
+
+    Returns the Content-Type, the exact length and an iterator that reads the file
+    in 1 MiB chunks as it is sent (so memory stays flat and progress is real).
+    """
+    boundary = f"visiona-{secrets.token_hex(16)}"
+    head = b"".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n'.encode()
+        + value.encode()
+        + b"\r\n"
+        for key, value in fields
+    )
+    filename = (
+        path.name.replace("\\", "\\\\").replace('"', "%22").replace("\r", "").replace("\n", "")
+    )
+    head += (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+        "Content-Type: application/octet-stream\r\n\r\n"
+    ).encode()
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    size = os.stat(path).st_size
+
+    def body() -> Iterator[bytes]:
+        yield head
+        with path.open("rb") as handle:
+            while chunk := handle.read(CHUNK):
+                yield chunk
+                if progress:
+                    progress(len(chunk))
+        yield tail
+
+    return f"multipart/form-data; boundary={boundary}", len(head) + size + len(tail), body()

@@ -1,0 +1,1 @@
+"""Models: AI model records, their files in object storage, upload and download."""

@@ -1,0 +1,274 @@
+"""Use cases for models. Opens no transaction of its own and never commits.
+
+An upload is two steps with a transaction only around the second: the file is
+streamed to object storage first (:func:`receive_file`, no database connection
+held, however long it takes), then the record is written (:func:`create_model` or
+:func:`replace_file`) in a short unit of work opened by the caller. The caller
+deletes the new object if that unit of work fails, and deletes a replaced object
+only after it committed (:func:`visiona.models.storage.ObjectStorage.delete_quietly`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import PurePosixPath
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from visiona.kit.errors import NotFoundError, StorageUnavailableError, ValidationFailedError
+from visiona.models import repository
+from visiona.models.multipart import StreamingForm
+from visiona.models.schemas import ModelPatch, ModelSource, UploadFields
+from visiona.models.storage import ObjectMissingError, ObjectRange, ObjectStorage, StoredObject
+
+_LOGGER = logging.getLogger(__name__)
+
+
+def _not_found() -> NotFoundError:
+    return NotFoundError("Model not found.")
+
+
+def _invalid(loc: list[str], message: str, kind: str = "value_error") -> ValidationFailedError:
+    return ValidationFailedError([{"loc": loc, "message": message, "type": kind}])
+
+
+# -- upload ------------------------------------------------------------------------
+
+
+def upload_fields(form: StreamingForm) -> UploadFields:
+    """Validate the text fields of an upload (422 with the failing fields)."""
+    raw: dict[str, Any] = {}
+    for name, values in form.fields.items():
+        if name == "labels":
+            raw[name] = _labels(values)
+        else:
+            raw[name] = values[0] if len(values) == 1 else values
+    if "name" not in raw and form.filename:
+        raw["name"] = PurePosixPath(form.filename.replace("\\", "/")).stem or form.filename
+    try:
+        return UploadFields.model_validate(raw)
+    except ValidationError as err:
+        raise ValidationFailedError(
+            [
+                {
+                    "loc": ["body", *(str(part) for part in error["loc"])],
+                    "message": error["msg"],
+                    "type": error["type"],
+                }
+                for error in err.errors()
+            ]
+        ) from None
+
+
+def _labels(values: list[str]) -> Any:
+    """Labels as repeated fields, or one field holding a JSON list."""
+    if len(values) == 1 and values[0].lstrip().startswith("["):
+        try:
+            return json.loads(values[0])
+        except ValueError:
+            raise _invalid(["body", "labels"], "labels is not a valid JSON list") from None
+    return values
+
+
+async def receive_file(
+    form: StreamingForm,
+    storage: ObjectStorage,
+    *,
+    final_key: Callable[[str], str],
+    max_bytes: int,
+    check_fields: Callable[[], object] | None = None,
+) -> StoredObject:
+    """Stream the form's file part to storage; return it once the whole body is read.
+
+    ``check_fields`` runs before the file is stored when the text fields came first
+    (so a bad field is refused before any byte is stored) and, in any case, after
+    the body was read. A missing or empty file is a 422. On any failure the object
+    is deleted again.
+    """
+    if not await form.until_file():
+        raise _invalid(["body", "file"], "Field required", "missing")
+    if check_fields is not None and "target_chip" in form.fields:
+        check_fields()
+    stored = await storage.put_stream(form.file_chunks(), final_key=final_key, max_bytes=max_bytes)
+    try:
+        await _complete(form, stored, check_fields)
+    except BaseException:
+        await storage.delete_quietly(stored.key)
+        raise
+    return stored
+
+
+async def _complete(
+    form: StreamingForm, stored: StoredObject, check_fields: Callable[[], object] | None
+) -> None:
+    await form.finish()
+    if check_fields is not None:
+        check_fields()
+    if stored.size == 0:
+        raise _invalid(["body", "file"], "The file is empty.")
+
+
+async def create_model(
+    conn: AsyncConnection,
+    *,
+    owner_id: uuid.UUID,
+    model_id: uuid.UUID,
+    fields: UploadFields,
+    stored: StoredObject,
+) -> dict[str, Any]:
+    """Record an uploaded model whose file is already stored."""
+    now = datetime.now(UTC)
+    model = await repository.upsert(
+        conn,
+        {
+            "id": model_id,
+            "owner_user_id": owner_id,
+            "name": fields.name,
+            "target_chip": fields.target_chip.value,
+            "labels": fields.labels,
+            "file_size": stored.size,
+            "sha256": stored.sha256,
+            "source": ModelSource.UPLOADED.value,
+            "storage_key": stored.key,
+            "created_at": now,
+            "updated_at": now,
+            "uploaded_at": now,
+        },
+    )
+    if model is None:  # a fresh uuid4 cannot collide with a live row of someone else
+        raise _not_found()
+    return model
+
+
+async def require_model(
+    conn: AsyncConnection, owner_id: uuid.UUID, model_id: uuid.UUID
+) -> dict[str, Any]:
+    """The caller's live model, or 404 (also when it is someone else's)."""
+    model = await repository.get(conn, owner_id, model_id)
+    if model is None:
+        raise _not_found()
+    return model
+
+
+@dataclass(frozen=True)
+class Replaced:
+    """A model after its file was replaced, and the key of the object it no longer uses."""
+
+    model: dict[str, Any]
+    old_key: str | None
+
+
+async def replace_file(
+    conn: AsyncConnection, *, owner_id: uuid.UUID, model_id: uuid.UUID, stored: StoredObject
+) -> Replaced:
+    """Point the model at a new file (upsert by id: created_at and the id are kept)."""
+    current = await repository.get(conn, owner_id, model_id, for_update=True)
+    if current is None:
+        raise _not_found()
+    now = datetime.now(UTC)
+    values = {
+        key: current[key]
+        for key in ("id", "owner_user_id", "name", "target_chip", "labels", "source")
+    }
+    values.update(
+        file_size=stored.size,
+        sha256=stored.sha256,
+        storage_key=stored.key,
+        created_at=now,  # ignored on conflict: the upsert keeps the original
+        updated_at=now,
+        uploaded_at=now,
+    )
+    model = await repository.upsert(conn, values)
+    if model is None:
+        raise _not_found()
+    old = current["storage_key"]
+    return Replaced(model=model, old_key=old if old != stored.key else None)
+
+
+# -- read, change, delete ---------------------------------------------------------
+
+
+def encode_cursor(model: dict[str, Any]) -> str:
+    """The opaque position after ``model`` in the newest-first order."""
+    raw = f"{model['created_at'].isoformat()}|{model['id']}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    """Parse a cursor from :func:`encode_cursor` (422 when it is not one)."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created, _, model_id = raw.partition("|")
+        moment = datetime.fromisoformat(created)
+        position = uuid.UUID(model_id)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise _invalid(["query", "cursor"], "Not a cursor returned by this API.")
+    return moment, position
+
+
+async def list_models(
+    conn: AsyncConnection,
+    owner_id: uuid.UUID,
+    *,
+    chip: str | None,
+    source: str | None,
+    limit: int,
+    cursor: str | None,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of the caller's models, newest first, and the cursor of the next page."""
+    after = decode_cursor(cursor) if cursor else None
+    rows = await repository.list_page(
+        conn, owner_id, chip=chip, source=source, limit=limit + 1, after=after
+    )
+    if len(rows) > limit:
+        return rows[:limit], encode_cursor(rows[limit - 1])
+    return rows, None
+
+
+async def update_model(
+    conn: AsyncConnection, owner_id: uuid.UUID, model_id: uuid.UUID, patch: ModelPatch
+) -> dict[str, Any]:
+    """Rename or relabel the caller's model."""
+    changes = patch.model_dump(exclude_unset=True, exclude_none=True)
+    if not changes:
+        return await require_model(conn, owner_id, model_id)
+    model = await repository.update_fields(conn, owner_id, model_id, changes, datetime.now(UTC))
+    if model is None:
+        raise _not_found()
+    return model
+
+
+async def delete_model(
+    conn: AsyncConnection, owner_id: uuid.UUID, model_id: uuid.UUID
+) -> str | None:
+    """Soft-delete the caller's model; return the key of its file (to delete after commit)."""
+    model = await repository.soft_delete(conn, owner_id, model_id, datetime.now(UTC))
+    if model is None:
+        raise _not_found()
+    key: str | None = model["storage_key"]
+    return key
+
+
+async def open_file(
+    storage: ObjectStorage, model: dict[str, Any], start: int, end: int | None
+) -> ObjectRange:
+    """Open ``[start, end)`` of the model's file (503 if the object is gone or unreachable)."""
+    key = model["storage_key"]
+    if not key:
+        raise _not_found()
+    with contextlib.suppress(ObjectMissingError):
+        return await storage.open(key, start, end)
+    _LOGGER.error("model %s: object %s is missing from storage", model["id"], key)
+    raise StorageUnavailableError("The model file is not available.")
