@@ -1,49 +1,123 @@
-"""The forwarder: each stream the cloud opens is copied to and from a local TCP service."""
+"""The forwarder: each stream the cloud opens is copied to and from a local TCP service.
+
+The local side is an :class:`asyncio.Protocol` (no stream reader/writer pair): bytes
+from the local service go straight into the yamux stream, reading pauses only while
+the stream's backlog drains; bytes from the stream are written to the socket by the
+stream's own task, which waits while the socket's buffer is full. Both directions
+half-close: the local service's EOF becomes a FIN, the cloud's FIN a socket EOF.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+from typing import cast
 
 from visiona.yamux import Stream, YamuxError
 
 _LOGGER = logging.getLogger(__name__)
-_CHUNK = 256 * 1024
+_READ_SIZE = 1024 * 1024
 
 
-async def _to_local(stream: Stream, writer: asyncio.StreamWriter) -> None:
-    while chunk := await stream.read(_CHUNK * 4):
-        writer.write(chunk)
-        await writer.drain()
-    if writer.can_write_eof():
-        writer.write_eof()  # half-close: the local service sees the end of the request
+class _LocalSide(asyncio.Protocol):
+    """The local TCP connection of one stream."""
 
+    def __init__(self, stream: Stream) -> None:
+        self._stream = stream
+        self._loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.ended = self._loop.create_future()  # the local service will send nothing more
+        self._drainer: asyncio.Task[None] | None = None
+        self._writable: asyncio.Future[None] | None = None
 
-async def _to_cloud(reader: asyncio.StreamReader, stream: Stream) -> None:
-    while chunk := await reader.read(_CHUNK):
-        stream.write(chunk)
-        await stream.drain()
-    stream.write_eof()
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._stream.write(data)
+        except YamuxError:
+            self._abort()
+            return
+        if self._drainer is None:
+            # hold further reads until the stream's backlog is small again
+            assert self.transport is not None  # noqa: S101 - set by connection_made
+            self.transport.pause_reading()
+            self._drainer = self._loop.create_task(self._drain())
+
+    async def _drain(self) -> None:
+        try:
+            await self._stream.drain()
+        except YamuxError:
+            self._abort()
+            return
+        finally:
+            self._drainer = None
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
+        if self.ended.done() and not self._stream.is_closing():
+            self._stream.write_eof()
+
+    def eof_received(self) -> bool:
+        if self._drainer is None:
+            with contextlib.suppress(YamuxError):
+                self._stream.write_eof()  # FIN after what is queued
+        self._end()
+        return True  # keep the socket open: the answer may still be going to the service
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None:
+            self._stream.reset()
+        self._end()
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._writable = self._loop.create_future()
+
+    def resume_writing(self) -> None:
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+        self._writable = None
+
+    async def writable(self) -> None:
+        """Wait while the socket's outgoing buffer is over its high-water mark."""
+        if self._writable is not None:
+            await self._writable
+
+    def _end(self) -> None:
+        if not self.ended.done():
+            self.ended.set_result(None)
+
+    def _abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
 
 
 async def forward_stream(stream: Stream, host: str, port: int) -> None:
     """Dial ``host:port`` and copy both ways with half-close; reset the stream on failure."""
+    loop = asyncio.get_running_loop()
     try:
-        reader, writer = await asyncio.open_connection(host, port, limit=_CHUNK * 4)
+        _, local = await loop.create_connection(lambda: _LocalSide(stream), host, port)
     except OSError as err:
         _LOGGER.warning("agent: cannot reach %s:%s: %s", host, port, err.strerror or err)
         stream.reset()
         return
+    transport = local.transport
+    assert transport is not None  # noqa: S101 - set by connection_made
     try:
-        async with asyncio.TaskGroup() as group:
-            group.create_task(_to_local(stream, writer))
-            group.create_task(_to_cloud(reader, stream))
-    except* (OSError, YamuxError) as errors:
-        _LOGGER.debug("agent: stream %s ended early: %r", stream.stream_id, errors.exceptions[0])
+        while chunk := await stream.read(_READ_SIZE):
+            if transport.is_closing():
+                raise ConnectionResetError("the local service closed the connection")
+            transport.write(chunk)
+            await local.writable()
+        if transport.can_write_eof() and not transport.is_closing():
+            transport.write_eof()  # half-close: the local service sees the end of the request
+        await local.ended
+    except (OSError, YamuxError) as err:
+        _LOGGER.debug("agent: stream %s ended early: %r", stream.stream_id, err)
         stream.reset()
     finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
+        transport.close()
         stream.close()

@@ -114,6 +114,8 @@ class ProxyExchange:
         self._sent = 0
         self._body_done = False
         self._client_gone = False
+        self._chunked = False
+        self._final_sent = False
         self._complete = False
         self._length = 0
         self._pump: asyncio.Task[None] | None = None
@@ -130,43 +132,56 @@ class ProxyExchange:
             raise DeviceUnreachableError() from err
         headers, has_body = request_head(self._request, self._prefix)
         method = self._request.method.encode("ascii")
-        data = self._h11.send(h11.Request(method=method, target=self._target, headers=headers))
-        self._stream.write(data or b"")
-        if not has_body:
-            self._write_end()
-        self._pump = asyncio.get_running_loop().create_task(self._pump_body(has_body=has_body))
+        self._chunked = any(k == b"transfer-encoding" for k, _ in headers)
+        # The head is written by hand (the caller's headers were parsed by our HTTP server);
+        # h11 only learns the method, to frame the response it will parse.
+        self._h11.send(h11.Request(method=method, target=b"/", headers=[(b"host", b"device")]))
+        self._h11.send(h11.EndOfMessage())
+        lines = [method, b" ", self._target, b" HTTP/1.1\r\n"]
+        for name, value in headers:
+            lines += (name, b": ", value, b"\r\n")
+        lines.append(b"\r\n")
+        self._stream.write(b"".join(lines))
         try:
-            head = await self._await_head()
+            if has_body:
+                self._pump = asyncio.get_running_loop().create_task(self._pump_body())
+                return await self._await_head()
+            self._body_done = True
+            async with asyncio.timeout(self._timeout):
+                return await self._read_head()
+        except TimeoutError as err:
+            await self.abort()
+            raise DeviceTimeoutError() from err
         except BaseException:
             await self.abort()
             raise
-        return head
 
-    def _write_end(self) -> None:
-        assert self._stream is not None  # noqa: S101 - open() set it
-        data = self._h11.send(h11.EndOfMessage())
-        if data:
-            self._stream.write(data)
-        self._body_done = True
-
-    async def _pump_body(self, *, has_body: bool) -> None:
+    async def _pump_body(self) -> None:
         """Copy the request body to the stream, then watch for the client going away."""
         stream = self._stream
         assert stream is not None  # noqa: S101 - open() set it
         try:
-            if has_body:
+            if not self._body_done:
+                chunked = self._chunked
                 async for chunk in self._request.stream():
                     if chunk:
-                        stream.write(self._h11.send(h11.Data(data=chunk)) or b"")
+                        if chunked:
+                            stream.write(b"%x\r\n" % len(chunk))
+                            stream.write(chunk)
+                            stream.write(b"\r\n")
+                        else:
+                            stream.write(chunk)
                         self._sent += len(chunk)
                         await stream.drain()
-                self._write_end()
+                if chunked:
+                    stream.write(b"0\r\n\r\n")
+                self._body_done = True
             while (await self._request.receive())["type"] != "http.disconnect":
                 pass
             self._client_gone = True
         except ClientDisconnect:
             self._client_gone = True
-        except (YamuxError, h11.LocalProtocolError):
+        except YamuxError:
             return
         if self._client_gone and not stream.at_eof():
             _LOGGER.debug("proxy: client went away; resetting stream %s", stream.stream_id)
@@ -234,6 +249,8 @@ class ProxyExchange:
     ) -> None:
         """Send the response head and stream the body to the ASGI ``send``."""
         await send({"type": "http.response.start", "status": status, "headers": headers})
+        if self._pump is None:  # no request body: watch for the client going away from now on
+            self._pump = asyncio.get_running_loop().create_task(self._pump_body())
         try:
             if framing == "length":
                 await self._relay_length(send)
@@ -248,7 +265,8 @@ class ProxyExchange:
             raise TunnelDroppedError("the tunnel dropped in the middle of the response") from err
         finally:
             await self.abort()
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        if not self._final_sent:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _relay_length(self, send: Send) -> None:
         stream = self._stream
@@ -259,6 +277,10 @@ class ProxyExchange:
             if not chunk:
                 raise asyncio.IncompleteReadError(b"", left)
             left -= len(chunk)
+            if not left:  # the last piece ends the response: one write less
+                self._final_sent = True
+                await send({"type": "http.response.body", "body": chunk, "more_body": False})
+                return
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
 
     async def _relay_eof(self, send: Send) -> None:
