@@ -95,6 +95,9 @@ class FakeAgent:
     #: while true, received bytes are held (not fed): the agent looks dead to pings
     deaf: bool = False
     held: list[bytes] = field(default_factory=list)
+    #: sizes of the binary messages received and sent, in order
+    message_sizes: list[int] = field(default_factory=list)
+    sent_sizes: list[int] = field(default_factory=list)
 
     async def _accept_loop(self) -> None:
         with contextlib.suppress(YamuxError):
@@ -115,6 +118,7 @@ class FakeAgent:
             async for message in self.ws:
                 if not isinstance(message, bytes):
                     continue
+                self.message_sizes.append(len(message))
                 if self.deaf:
                     self.held.append(message)
                     continue
@@ -147,11 +151,17 @@ async def connect_agent(
         max_size=None,
         compression=None,
     )
-    transport = FeedTransport(ws.send, ws.close)
+    sent_sizes: list[int] = []
+
+    async def send(data: bytes) -> None:
+        sent_sizes.append(len(data))
+        await ws.send(data)
+
+    transport = FeedTransport(send, ws.close)
     session = Session(
         transport, client=False, config=config or Config(max_stream_window=16 * 1024 * 1024)
     )
-    agent = FakeAgent(ws=ws, session=session, handler=handler)
+    agent = FakeAgent(ws=ws, session=session, handler=handler, sent_sizes=sent_sizes)
     background = [
         asyncio.create_task(agent._read_loop(transport)),
         asyncio.create_task(agent._accept_loop()),

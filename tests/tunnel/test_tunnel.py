@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import struct
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -96,6 +97,37 @@ async def test_connect_carries_streams_and_marks_the_device_online(
         assert agent.close_code is None
     await wait_for(lambda: _status_is(live, device_id, "offline"))
     assert hub.get(uuid.UUID(device_id)) is None
+
+
+async def test_writes_are_coalesced_into_large_messages_both_ways(
+    live: LiveServer, http: httpx.AsyncClient
+) -> None:
+    user = await signup(http)
+    device_id, token = await paired_agent_token(http, user)
+    async with connect_agent(live, token) as agent:
+        hub = hub_of(_runtime(live))
+        await wait_for(lambda: _true(hub.get(uuid.UUID(device_id)) is not None))
+        link = hub.get(uuid.UUID(device_id))
+        assert link is not None
+        agent.message_sizes.clear()
+        agent.sent_sizes.clear()
+        stream = await link.session.open_stream()
+        stream.write(b"x" * 100)
+        await wait_for(lambda: _true(bool(agent.message_sizes)))
+        # SYN (12 bytes) and the data frame (12 + 100) travel in one message
+        assert agent.message_sizes[:1] == [12 + 12 + 100]
+        payload = b"y" * (3 * 1024 * 1024)
+        stream.write(payload)
+        echoed = await stream.readexactly(100 + len(payload))
+        assert echoed == b"x" * 100 + payload
+        # 64 KiB frames are joined into messages of hundreds of KiB (at most 1 MiB)
+        assert max(agent.message_sizes) >= 256 * 1024
+        assert max(agent.message_sizes) <= 1024 * 1024
+        assert len(agent.message_sizes) < len(payload) // (64 * 1024)
+        # the server takes a 2 MiB message: one Data frame of 2 MiB - 12 bytes on the stream
+        body = b"z" * (2 * 1024 * 1024 - 12)
+        await agent.ws.send(struct.pack(">BBHII", 0, 0, 0, stream.stream_id, len(body)) + body)
+        assert await stream.readexactly(len(body)) == body
 
 
 async def test_the_newest_tunnel_wins_and_the_older_is_closed_4409(
