@@ -1,9 +1,9 @@
 """The forwarder: each stream the cloud opens is copied to and from a local TCP service.
 
 The local side is an :class:`asyncio.Protocol` (no stream reader/writer pair): bytes
-from the local service go straight into the yamux stream, reading pauses only while
-the stream's backlog drains; bytes from the stream are written to the socket by the
-stream's own task, which waits while the socket's buffer is full. Both directions
+from the local service go straight into the yamux stream, and after every MiB reading
+pauses until the stream's backlog has drained; bytes from the stream are written to
+the socket by the stream's own task, which waits while the socket's buffer is full. Both directions
 half-close: the local service's EOF becomes a FIN, the cloud's FIN a socket EOF.
 """
 
@@ -18,6 +18,7 @@ from visiona.yamux import Stream, YamuxError
 
 _LOGGER = logging.getLogger(__name__)
 _READ_SIZE = 1024 * 1024
+_CHECK_EVERY = 1024 * 1024
 
 
 class _LocalSide(asyncio.Protocol):
@@ -30,6 +31,7 @@ class _LocalSide(asyncio.Protocol):
         self.ended = self._loop.create_future()  # the local service will send nothing more
         self._drainer: asyncio.Task[None] | None = None
         self._writable: asyncio.Future[None] | None = None
+        self._unchecked = 0  # bytes written to the stream since its backlog was last checked
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -40,8 +42,10 @@ class _LocalSide(asyncio.Protocol):
         except YamuxError:
             self._abort()
             return
-        if self._drainer is None:
-            # hold further reads until the stream's backlog is small again
+        self._unchecked += len(data)
+        if self._drainer is None and self._unchecked >= _CHECK_EVERY:
+            # every MiB, hold further reads until the stream's backlog is small again
+            self._unchecked = 0
             assert self.transport is not None  # noqa: S101 - set by connection_made
             self.transport.pause_reading()
             self._drainer = self._loop.create_task(self._drain())

@@ -26,6 +26,8 @@ from visiona.yamux import FeedTransport
 
 _LOGGER = logging.getLogger(__name__)
 _MAX_MESSAGE = 1024 * 1024
+_WRITE_HIGH = 4 * 1024 * 1024
+_WRITE_LOW = 1024 * 1024
 
 
 class TunnelSocket(WSListener):
@@ -44,8 +46,11 @@ class TunnelSocket(WSListener):
 
     # -- picows callbacks ---------------------------------------------------------
     def on_ws_connected(self, transport: WSTransport) -> None:
-        """Remember the transport (picows callback)."""
+        """Remember the transport; let a few messages queue before pausing (picows callback)."""
         self._ws = transport
+        # The default 64 KiB high-water mark pauses after every 1 MiB message until the
+        # socket buffer is nearly empty: sending and draining would never overlap.
+        transport.underlying_transport.set_write_buffer_limits(high=_WRITE_HIGH, low=_WRITE_LOW)
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         """Feed binary payloads; answer a close frame (picows callback)."""
