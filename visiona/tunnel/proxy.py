@@ -249,14 +249,14 @@ class ProxyExchange:
     ) -> None:
         """Send the response head and stream the body to the ASGI ``send``."""
         await send({"type": "http.response.start", "status": status, "headers": headers})
-        if self._pump is None:  # no request body: watch for the client going away from now on
-            self._pump = asyncio.get_running_loop().create_task(self._pump_body())
         try:
             if framing == "length":
                 await self._relay_length(send)
             elif framing == "eof":
+                self._watch_client()
                 await self._relay_eof(send)
             elif framing == "chunked":
+                self._watch_client()
                 await self._relay_chunked(send)
             self._complete = not self._client_gone
         except (YamuxError, asyncio.IncompleteReadError, h11.RemoteProtocolError) as err:
@@ -267,6 +267,15 @@ class ProxyExchange:
             await self.abort()
         if not self._final_sent:
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    def _watch_client(self) -> None:
+        """Start watching for the client going away (the body pump does it after the body).
+
+        Not needed when the whole answer is already here (a tiny response), which saves
+        a task per request.
+        """
+        if self._pump is None:
+            self._pump = asyncio.get_running_loop().create_task(self._pump_body())
 
     async def _relay_length(self, send: Send) -> None:
         stream = self._stream
@@ -282,6 +291,7 @@ class ProxyExchange:
                 await send({"type": "http.response.body", "body": chunk, "more_body": False})
                 return
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            self._watch_client()  # more to come: notice a client that goes away meanwhile
 
     async def _relay_eof(self, send: Send) -> None:
         stream = self._stream
