@@ -9,12 +9,13 @@ import os
 import pytest
 
 from tests.yamux.conftest import PairFactory, RawFactory
-from tests.yamux.helpers import frame, read_frame, read_until
+from tests.yamux.helpers import MemoryTransport, frame, read_frame, read_until
 from visiona.yamux import (
     Config,
     KeepAliveTimeoutError,
     OpenTimeoutError,
     RemoteGoAwayError,
+    Session,
     SessionClosedError,
     StreamResetError,
 )
@@ -262,3 +263,17 @@ async def test_many_streams_carry_their_own_bytes(make_pair: PairFactory):
     await asyncio.gather(*(one(10_000 * i + 1) for i in range(50)))
     server_task.cancel()
     assert client.num_streams == 0
+
+
+async def test_a_cancelled_acceptor_does_not_swallow_a_stream():
+    transport = MemoryTransport()
+    server = Session(transport, client=False, config=Config(enable_keepalive=False))
+    first = asyncio.ensure_future(server.accept_stream())
+    second = asyncio.ensure_future(server.accept_stream())
+    await asyncio.sleep(0)
+    transport.feed(frame(WINDOW_UPDATE, SYN, 1, 0))  # wakes the first acceptor...
+    first.cancel()  # ...which is cancelled before it runs
+    peer = await second
+    assert peer.stream_id == 1
+    assert first.cancelled()
+    await server.close()
