@@ -67,6 +67,7 @@ class _Sink(asyncio.Protocol):
         self.done = done
 
     def data_received(self, data: bytes) -> None:
+        """Count the bytes; resolve ``done`` once all arrived."""
         self.left -= len(data)
         if self.left <= 0 and not self.done.done():
             self.done.set_result(None)
@@ -78,12 +79,15 @@ class _Source(asyncio.Protocol):
         self.writable: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Keep the transport to write on."""
         self.transport = transport  # type: ignore[assignment]  # a stream socket's transport
 
     def pause_writing(self) -> None:
+        """The socket buffer is full: the writer waits on ``writable``."""
         self.writable = asyncio.get_running_loop().create_future()
 
     def resume_writing(self) -> None:
+        """The socket buffer drained: release the writer."""
         if self.writable is not None and not self.writable.done():
             self.writable.set_result(None)
 

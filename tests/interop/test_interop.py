@@ -92,6 +92,19 @@ async def test_64mib_each_way_arrive_intact_through_go(go_peer: Path, net: str, 
 
 
 @pytest.mark.parametrize("net", NETS)
+async def test_credit_from_a_large_go_window_is_used(go_peer: Path, net: str):
+    # Go grants 16 MiB per stream with its ACK (a window update of 16 MiB - 256 KiB).
+    async with go_service(go_peer, net, BIG_WINDOW, "-window", str(16 * MIB)) as (session, _):
+        stream = await session.open_stream()
+        request = b"E" + U64.pack(1) + b"!"
+        stream.write(request)
+        assert await stream.readexactly(1) == b"!"  # Go has accepted (ACKed) the stream
+        assert stream._send_window == 16 * MIB - len(request)
+        stream.close()
+        await echo(session, 64 * MIB, chunk=4 * MIB)
+
+
+@pytest.mark.parametrize("net", NETS)
 async def test_32_concurrent_streams_arrive_intact_through_go(go_peer: Path, net: str):
     async with go_service(go_peer, net, BIG_WINDOW) as (session, _):
         await asyncio.gather(*(echo(session, 512 * 1024 + 4099 * i) for i in range(32)))

@@ -9,16 +9,17 @@ import os
 import pytest
 
 from tests.yamux.conftest import PairFactory, RawFactory
-from tests.yamux.helpers import frame, read_frame, read_until
+from tests.yamux.helpers import MemoryTransport, data, frame, read_frame, read_until
 from visiona.yamux import (
     Config,
     KeepAliveTimeoutError,
     OpenTimeoutError,
     RemoteGoAwayError,
+    Session,
     SessionClosedError,
     StreamResetError,
 )
-from visiona.yamux.frames import ACK, GO_AWAY, PING, RST, SYN, WINDOW_UPDATE, GoAwayCode
+from visiona.yamux.frames import ACK, DATA, FIN, GO_AWAY, PING, RST, SYN, WINDOW_UPDATE, GoAwayCode
 
 
 async def test_client_opens_odd_ids_and_server_even_ids(make_pair: PairFactory):
@@ -262,3 +263,36 @@ async def test_many_streams_carry_their_own_bytes(make_pair: PairFactory):
     await asyncio.gather(*(one(10_000 * i + 1) for i in range(50)))
     server_task.cancel()
     assert client.num_streams == 0
+
+
+async def test_a_cancelled_acceptor_does_not_swallow_a_stream():
+    transport = MemoryTransport()
+    server = Session(transport, client=False, config=Config(enable_keepalive=False))
+    first = asyncio.ensure_future(server.accept_stream())
+    second = asyncio.ensure_future(server.accept_stream())
+    await asyncio.sleep(0)
+    transport.feed(frame(WINDOW_UPDATE, SYN, 1, 0))  # wakes the first acceptor...
+    first.cancel()  # ...which is cancelled before it runs
+    peer = await second
+    assert peer.stream_id == 1
+    assert first.cancelled()
+    await server.close()
+
+
+async def test_flags_on_data_frames_open_end_and_reset_streams(make_raw: RawFactory):
+    session, reader, writer = await make_raw()
+    writer.write(data(1, b"hello", SYN | FIN))  # open, send and half-close in one frame
+    stream = await session.accept_stream()
+    assert await stream.read() == b"hello"
+    assert stream.at_eof()
+    writer.write(data(3, b"doomed", SYN))
+    doomed = await session.accept_stream()
+    assert await doomed.read(100) == b"doomed"
+    writer.write(data(3, b"", RST))
+    with pytest.raises(StreamResetError):
+        await doomed.read(100)
+    stream.write(b"reply")
+    stream.write_eof()
+    header, payload = await read_until(reader, DATA)
+    assert (header.stream_id, payload) == (1, b"reply")
+    assert not session.is_closed

@@ -147,3 +147,30 @@ async def test_fed_transport_task_ends_with_its_session():
     for transport in (left, right):
         assert transport._writer_task is not None
         await asyncio.wait_for(transport._writer_task, 10)
+
+
+async def test_feed_transport_pauses_the_session_until_its_sends_complete():
+    gate = asyncio.Event()
+    sent: list[bytes] = []
+
+    async def slow_send(chunk: bytes) -> None:
+        await gate.wait()
+        sent.append(chunk)
+
+    transport = FeedTransport(slow_send, write_high=100_000, max_message=50_000)
+    session = Session(transport, client=True, config=Config(max_stream_window=4 * MIB))
+    stream = await session.open_stream()
+    stream.write(os.urandom(200_000))  # within the initial 256 KiB credit
+    await asyncio.sleep(0)
+    assert transport.write_paused
+    drained = asyncio.ensure_future(transport.drain())
+    stream_drained = asyncio.ensure_future(stream.drain())
+    await asyncio.sleep(0)
+    assert not drained.done()
+    assert not stream_drained.done()
+    gate.set()
+    await drained
+    await stream_drained
+    assert not transport.write_paused
+    assert sum(map(len, sent)) >= 200_000
+    await session.close()

@@ -207,6 +207,9 @@ class Session:
                         self._check_open()
             except TimeoutError as err:
                 raise OpenTimeoutError("too many unacknowledged opens") from err
+            except asyncio.CancelledError:
+                self._wake_one(self._syn_waiters)
+                raise
         if self._next_id >= MAX_STREAM_ID - 1:
             raise StreamsExhaustedError("no stream id left in this session")
         if len(self._streams) >= self._config.max_streams:
@@ -240,9 +243,12 @@ class Session:
             self._accept_waiters.append(waiter)
             try:
                 await waiter
-            finally:
+            except asyncio.CancelledError:
                 if waiter in self._accept_waiters:
                     self._accept_waiters.remove(waiter)
+                elif self._accept_queue:
+                    self._wake_one(self._accept_waiters)
+                raise
 
     async def ping(self) -> float:
         """Send a ping and return the round-trip time in seconds."""
@@ -514,11 +520,7 @@ class Session:
         stream = Stream(self, stream_id, outbound=False)
         self._streams[stream_id] = stream
         self._accept_queue.append(stream)
-        while self._accept_waiters:
-            waiter = self._accept_waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                break
+        self._wake_one(self._accept_waiters)
         return stream
 
     # -- writing ----------------------------------------------------------------------
@@ -608,11 +610,7 @@ class Session:
 
     def _release_syn_slot(self) -> None:
         self._syn_inflight -= 1
-        while self._syn_waiters:
-            waiter = self._syn_waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                break
+        self._wake_one(self._syn_waiters)
 
     def _new_ping(self) -> tuple[int, asyncio.Future[None]]:
         ping_id = self._ping_id
@@ -648,6 +646,15 @@ class Session:
         self._ka_handle = None
         _LOGGER.warning("yamux: keepalive ping unanswered; closing the session")
         self._terminate(KeepAliveTimeoutError("keepalive ping unanswered"), None)
+
+    @staticmethod
+    def _wake_one(waiters: deque[asyncio.Future[None]]) -> None:
+        """Wake the first waiter still waiting (also: in place of a cancelled one)."""
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
     @staticmethod
     def _wake_all(waiters: deque[asyncio.Future[None]]) -> None:

@@ -32,6 +32,7 @@ class _ServerSide(TcpTransport):
     def __init__(
         self, handler: SessionHandler, client: bool, config: Config | None, tasks: set[Any]
     ) -> None:
+        """Remember what to do with each new session."""
         super().__init__()
         self._handler = handler
         self._client = client
@@ -39,6 +40,7 @@ class _ServerSide(TcpTransport):
         self._tasks = tasks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Start the session and hand it to the handler (asyncio callback)."""
         super().connection_made(transport)
         session = Session(self, client=self._client, config=self._config)
         try:

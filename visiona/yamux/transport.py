@@ -66,6 +66,7 @@ class ByteTransport(abc.ABC):
         self._early_eof = False
         self._early_lost: tuple[BaseException | None] | None = None
         self._write_paused = False
+        self._resumed: asyncio.Future[None] | None = None
         self._closed: asyncio.Future[None] | None = None
 
     # -- the session's side ---------------------------------------------------------
@@ -113,6 +114,20 @@ class ByteTransport(abc.ABC):
         """Wait until the transport is closed."""
         await asyncio.shield(self._closed_future())
 
+    @property
+    def write_paused(self) -> bool:
+        """True while the outgoing buffer is over its high-water mark."""
+        return self._write_paused
+
+    async def drain(self) -> None:
+        """Wait until the outgoing buffer is below its low-water mark (or closed)."""
+        while self._write_paused and not self._closed_future().done():
+            if self._resumed is None or self._resumed.done():
+                self._resumed = asyncio.get_running_loop().create_future()
+            await asyncio.wait(
+                [self._resumed, self._closed_future()], return_when=asyncio.FIRST_COMPLETED
+            )
+
     # -- for subclasses ---------------------------------------------------------------
     @abc.abstractmethod
     def _start(self) -> None:
@@ -148,6 +163,8 @@ class ByteTransport(abc.ABC):
         if paused == self._write_paused:
             return
         self._write_paused = paused
+        if not paused and self._resumed is not None and not self._resumed.done():
+            self._resumed.set_result(None)
         if self._sink is not None:
             if paused:
                 self._sink.pause_writing()
