@@ -1,0 +1,146 @@
+"""Build and drive the Go (hashicorp/yamux) peer used by the interop tests and the bench.
+
+The peer's source is ``tests/interop/go/src/yamuxpeer``; it is built in GOPATH mode
+(no module proxy here) against Debian's ``golang-github-hashicorp-yamux-dev`` and
+``golang-github-gorilla-websocket-dev`` into ``tests/interop/bin/`` (gitignored).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+GO_SOURCE = HERE / "go" / "src" / "yamuxpeer"
+BIN_DIR = HERE / "bin"
+PEER_BINARY = BIN_DIR / "yamuxpeer"
+SYSTEM_GOPATH = "/usr/share/gocode"
+
+
+class GoPeerError(RuntimeError):
+    """The Go peer could not be built or misbehaved."""
+
+
+def build_peer() -> Path:
+    """Build the Go peer (incremental thanks to a cached GOCACHE) and return its path."""
+    go = shutil.which("go")
+    if go is None:
+        raise GoPeerError("go is not installed: run `make system-deps` (scripts/system-deps.sh)")
+    BIN_DIR.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="yamuxpeer-gopath-") as gopath:
+        src = Path(gopath) / "src"
+        src.mkdir()
+        (src / "yamuxpeer").symlink_to(GO_SOURCE, target_is_directory=True)
+        env = {
+            **os.environ,
+            "GOPATH": f"{gopath}:{SYSTEM_GOPATH}",
+            "GO111MODULE": "off",
+            "GOFLAGS": "",
+            "GOCACHE": str(BIN_DIR / "gocache"),
+            "CGO_ENABLED": "0",
+        }
+        proc = subprocess.run(
+            [go, "build", "-o", str(PEER_BINARY), "yamuxpeer"],
+            cwd=gopath,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    if proc.returncode != 0:
+        raise GoPeerError(f"go build failed:\n{proc.stdout}{proc.stderr}")
+    return PEER_BINARY
+
+
+class GoPeer:
+    """A running ``yamuxpeer`` process and the JSON events it prints."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        """Wrap ``proc`` (started with stdout and stderr pipes)."""
+        self.proc = proc
+        self.stderr: list[str] = []
+        self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._backlog: list[dict[str, Any]] = []
+        self._tasks = [
+            asyncio.create_task(self._read_stdout()),
+            asyncio.create_task(self._read_stderr()),
+        ]
+
+    async def _read_stdout(self) -> None:
+        assert self.proc.stdout is not None
+        async for line in self.proc.stdout:
+            with contextlib.suppress(ValueError):
+                await self._events.put(json.loads(line))
+        await self._events.put({"event": "exit"})
+
+    async def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        async for line in self.proc.stderr:
+            self.stderr.append(line.decode(errors="replace").rstrip())
+
+    async def event(self, name: str, *, limit: float = 60.0) -> dict[str, Any]:
+        """Return the next event called ``name`` (others are kept for later calls).
+
+        ``limit`` only guards against a hung peer (seconds); it is no assertion on speed.
+        """
+        for index, event in enumerate(self._backlog):
+            if event["event"] == name:
+                return self._backlog.pop(index)
+        async with asyncio.timeout(limit):
+            while True:
+                event = await self._events.get()
+                if event["event"] == name:
+                    return event
+                if event["event"] == "exit":
+                    raise GoPeerError(
+                        f"peer exited while waiting for {name!r}; stderr:\n"
+                        + "\n".join(self.stderr[-20:])
+                    )
+                self._backlog.append(event)
+
+    def events_seen(self) -> list[dict[str, Any]]:
+        """Events received but not consumed by :meth:`event`."""
+        while not self._events.empty():
+            self._backlog.append(self._events.get_nowait())
+        return list(self._backlog)
+
+    async def wait(self, *, limit: float = 30.0) -> int:
+        """Wait (at most ``limit`` seconds) for the process to exit; return its exit code."""
+        async with asyncio.timeout(limit):
+            code = await self.proc.wait()
+            await asyncio.gather(*self._tasks)
+        return code
+
+    async def stop(self) -> None:
+        """Kill the process if it still runs and reap it."""
+        if self.proc.returncode is None:
+            self.proc.kill()
+        await self.proc.wait()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+@contextlib.asynccontextmanager
+async def run_peer(binary: Path, *args: str) -> AsyncIterator[GoPeer]:
+    """Start ``binary`` with ``args``; kill it on exit if it is still running."""
+    proc = await asyncio.create_subprocess_exec(
+        str(binary),
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    peer = GoPeer(proc)
+    try:
+        yield peer
+    finally:
+        await peer.stop()
