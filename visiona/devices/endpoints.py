@@ -16,7 +16,6 @@ from fastapi import APIRouter, Query, Request, Response, status
 from visiona.auth.dependencies import CurrentPrincipal
 from visiona.devices import service
 from visiona.devices.dependencies import CurrentDevice
-from visiona.devices.pagination import DEFAULT_LIMIT, MAX_LIMIT, decode_cursor
 from visiona.devices.schemas import (
     AgentStatusRequest,
     DeviceCreate,
@@ -44,6 +43,7 @@ from visiona.kit.errors import (
     ValidationFailedError,
 )
 from visiona.kit.http import error_responses
+from visiona.kit.pagination import DEFAULT_LIMIT, MAX_LIMIT, decode_cursor
 from visiona.kit.runtime import Runtime
 
 _LOGGER = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from sqlalchemy import ColumnElement, and_, case, func, insert, literal, or_, se
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from visiona.devices.pagination import Cursor
+from visiona.kit.pagination import Cursor
 from visiona.kit.schema import UTCDateTime, devices, models, pairing_tokens, session_tokens
 
 _DEVICE = (

@@ -17,7 +17,6 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from visiona.devices import repository
-from visiona.devices.pagination import DEFAULT_LIMIT, Cursor, bad_cursor, encode_cursor
 from visiona.kit.errors import (
     ConflictError,
     NotFoundError,
@@ -25,6 +24,7 @@ from visiona.kit.errors import (
     UnauthorizedError,
     ValidationFailedError,
 )
+from visiona.kit.pagination import DEFAULT_LIMIT, Cursor, bad_cursor, encode_cursor
 from visiona.kit.ratelimit import RateLimiter
 from visiona.kit.settings import Settings
 from visiona.kit.tokens import (

@@ -10,8 +10,6 @@ only after it committed (:func:`visiona.models.storage.ObjectStorage.delete_quie
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
 import json
 import logging
@@ -26,6 +24,7 @@ from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from visiona.kit.errors import NotFoundError, StorageUnavailableError, ValidationFailedError
+from visiona.kit.pagination import bad_cursor, decode_cursor, encode_cursor
 from visiona.models import repository
 from visiona.models.multipart import StreamingForm
 from visiona.models.schemas import ModelPatch, ModelSource, UploadFields
@@ -198,24 +197,14 @@ async def replace_file(
 # -- read, change, delete ---------------------------------------------------------
 
 
-def encode_cursor(model: dict[str, Any]) -> str:
-    """The opaque position after ``model`` in the newest-first order."""
-    raw = f"{model['created_at'].isoformat()}|{model['id']}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    """Parse a cursor from :func:`encode_cursor` (422 when it is not one)."""
+def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    """Parse a cursor handed out by :func:`list_models` (422 when it is not one)."""
+    position = decode_cursor(cursor)
+    assert position is not None  # noqa: S101 - decode_cursor returns None only for None
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        created, _, model_id = raw.partition("|")
-        moment = datetime.fromisoformat(created)
-        position = uuid.UUID(model_id)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        moment = None
-    if moment is None or moment.tzinfo is None:
-        raise _invalid(["query", "cursor"], "Not a cursor returned by this API.")
-    return moment, position
+        return position.created_at, uuid.UUID(position.key)
+    except ValueError as err:
+        raise bad_cursor() from err
 
 
 async def list_models(
@@ -228,12 +217,13 @@ async def list_models(
     cursor: str | None,
 ) -> tuple[list[dict[str, Any]], str | None]:
     """One page of the caller's models, newest first, and the cursor of the next page."""
-    after = decode_cursor(cursor) if cursor else None
+    after = _decode_cursor(cursor) if cursor else None
     rows = await repository.list_page(
         conn, owner_id, chip=chip, source=source, limit=limit + 1, after=after
     )
     if len(rows) > limit:
-        return rows[:limit], encode_cursor(rows[limit - 1])
+        last = rows[limit - 1]
+        return rows[:limit], encode_cursor(last["created_at"], str(last["id"]))
     return rows, None
 
 

@@ -1,6 +1,6 @@
 """Keyset pagination: an opaque cursor naming the last row of the previous page.
 
-Lists are ordered by ``(created_at, key)``; the cursor is the URL-safe base64 of
+Lists are ordered by ``(created_at, key)`` (either direction); the cursor is the URL-safe base64 of
 that pair, so a page never skips or repeats a row when rows are added meanwhile.
 """
 
