@@ -44,6 +44,22 @@ class LoadResult:
         )
 
 
+@dataclass
+class WrkResult:
+    """What wrk reports: requests per second and latency percentiles in ms."""
+
+    rps: float
+    p50: float
+    p99: float
+
+    def line(self, label: str) -> str:
+        """One printable line."""
+        return (
+            f"{label:<44} {self.rps:>9.0f} req/s  p50 {self.p50:6.2f} ms  "
+            f"p99 {self.p99:6.2f} ms  (wrk, 5 s)"
+        )
+
+
 @contextmanager
 def visiona_server(env: dict[str, str]) -> Iterator[str]:
     """Run `visiona serve --migrate` on a free port with ``env``; yield its base URL."""

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Installs the server binaries the test suite and benchmarks start as throwaway
-# processes (PostgreSQL, Redis) and the Go toolchain + libraries for the yamux
-# interop peer, from Debian's packages, only when they are missing.
+# processes (PostgreSQL, Redis), the Go toolchain + libraries for the yamux
+# interop peer, and wrk for the benchmarks, from Debian's packages, only when
+# they are missing.
 set -euo pipefail
 
 need=()
 pg_bindir() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
 [ -n "$(pg_bindir)" ] && [ -x "$(pg_bindir)/initdb" ] || need+=(postgresql)
 command -v redis-server >/dev/null || need+=(redis-server)
+command -v redis-benchmark >/dev/null || need+=(redis-tools)
+command -v wrk >/dev/null || need+=(wrk)  # the benchmarks' HTTP load generator
 command -v go >/dev/null || need+=(golang-go)
 [ -d /usr/share/gocode/src/github.com/hashicorp/yamux ] || need+=(golang-github-hashicorp-yamux-dev)
 [ -d /usr/share/gocode/src/github.com/gorilla/websocket ] || need+=(golang-github-gorilla-websocket-dev)

@@ -69,6 +69,12 @@ def _sqlite_engine(settings: Settings) -> AsyncEngine:
     }
     if memory:
         kwargs["poolclass"] = StaticPool
+    else:
+        # Every transaction takes SQLite's write lock (BEGIN IMMEDIATE, below), so more
+        # connections only add waiters polling in SQLite's busy handler, which sleeps
+        # in steps of up to 100 ms. One connection makes callers queue fairly in the
+        # pool instead (bounded by the pool timeout → 503).
+        kwargs.update(pool_size=1, max_overflow=0, pool_timeout=settings.db_pool_timeout)
     engine = create_async_engine(url, **kwargs)
     busy_ms = settings.sqlite_busy_timeout_ms
 
