@@ -18,7 +18,7 @@ from tests.support.servers import PostgresServer
 from visiona.kit import migrate
 from visiona.kit.schema import metadata
 
-TABLES = {"users", "models", "devices", "pairing_tokens", "session_tokens"}
+TABLES = {"users", "models", "devices", "pairing_tokens", "session_tokens", "deployments"}
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

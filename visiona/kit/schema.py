@@ -214,3 +214,20 @@ Index(
 )
 Index("idx_session_tokens_device", session_tokens.c.device_id)
 Index("idx_session_tokens_parent", session_tokens.c.parent_token_hash)
+
+deployments = Table(
+    "deployments",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("owner_user_id", Uuid, ForeignKey("users.id"), nullable=False),
+    Column("device_id", Uuid, ForeignKey("devices.id"), nullable=False),
+    Column("model_id", Uuid, ForeignKey("models.id"), nullable=False),
+    # pending | transferring | succeeded | failed
+    Column("status", Text, nullable=False, server_default="pending"),
+    Column("error", Text, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False, server_default=_now()),
+    Column("updated_at", UTCDateTime, nullable=False, server_default=_now()),
+    Column("finished_at", UTCDateTime, nullable=True),
+)
+Index("idx_deployments_device", deployments.c.device_id, deployments.c.created_at)
+Index("idx_deployments_model", deployments.c.model_id)
