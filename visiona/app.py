@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from visiona import __version__
 from visiona.auth.endpoints import router as auth_router
 from visiona.auth.sessions import MemorySessionStore, RedisSessionStore, SessionStore
+from visiona.deployments.endpoints import router as deployments_router
 from visiona.devices.endpoints import agent_router
 from visiona.devices.endpoints import router as devices_router
 from visiona.kit.database import Database
@@ -141,6 +142,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # tunnel feature routers
     app.include_router(tunnel_router, prefix=API_PREFIX)
+
+    # deployments feature routers
+    app.include_router(deployments_router, prefix=API_PREFIX)
 
     app.include_router(ops_router)
     app.add_middleware(

@@ -195,6 +195,19 @@ def agent(  # noqa: PLR0917 - one parameter per command-line option
     name: Annotated[str | None, typer.Option(help="Device name (default: host name).")] = None,
     serial: Annotated[str | None, typer.Option(help="Serial number (default: host + MAC).")] = None,
     device_type: Annotated[str, typer.Option("--type", help="Dongle type.")] = "kl520",
+    models_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where deployed models are written (default ~/.local/share/visiona/models)."
+        ),
+    ] = None,
+    deploy_hook: Annotated[
+        str | None,
+        typer.Option(
+            help="Command run after each deployed model (VISIONA_MODEL_PATH, VISIONA_MODEL_ID, "
+            "VISIONA_MODEL_SHA256, VISIONA_MODEL_CHIP in its environment)."
+        ),
+    ] = None,
 ) -> None:
     """Run the local agent: pair once, keep the tunnel up, forward streams to --forward.
 
@@ -220,6 +233,8 @@ def agent(  # noqa: PLR0917 - one parameter per command-line option
         name=name or socket.gethostname(),
         serial_number=serial or agent_main.default_serial(),
         device_type=device_type,
+        models_dir=models_dir,
+        deploy_hook=deploy_hook,
     )
     code = agent_main.run_agent(options)
     if code:

@@ -99,8 +99,11 @@ class _LocalSide(asyncio.Protocol):
             self.transport.abort()
 
 
-async def forward_stream(stream: Stream, host: str, port: int) -> None:
-    """Dial ``host:port`` and copy both ways with half-close; reset the stream on failure."""
+async def forward_stream(stream: Stream, host: str, port: int, head: bytes = b"") -> None:
+    """Dial ``host:port`` and copy both ways with half-close; reset the stream on failure.
+
+    ``head``: bytes of the stream already read by the caller, sent to the service first.
+    """
     loop = asyncio.get_running_loop()
     try:
         _, local = await loop.create_connection(lambda: _LocalSide(stream), host, port)
@@ -110,6 +113,8 @@ async def forward_stream(stream: Stream, host: str, port: int) -> None:
         return
     transport = local.transport
     assert transport is not None  # noqa: S101 - set by connection_made
+    if head:
+        transport.write(head)
     try:
         while chunk := await stream.read(_READ_SIZE):
             if transport.is_closing():

@@ -13,7 +13,7 @@ import httpx
 
 from visiona.agent import credentials
 from visiona.agent.credentials import AgentAuthError, Credentials
-from visiona.agent.forward import forward_stream
+from visiona.agent.deploy import DeploySettings, default_models_dir, dispatch_stream
 from visiona.agent.usb import UsbStatus, usb_status
 from visiona.agent.websocket import open_tunnel_socket
 from visiona.yamux import Config, Session, YamuxError
@@ -38,6 +38,10 @@ class AgentOptions:
     device_type: str = "kl520"
     usb_poll_interval: float = 5.0
     stream_window: int = 16 * 1024 * 1024
+    #: where deployed models are written (None: :func:`~visiona.agent.deploy.default_models_dir`)
+    models_dir: Path | None = None
+    #: command run after each deployment (see :mod:`visiona.agent.deploy`)
+    deploy_hook: str | None = None
 
 
 class Backoff:
@@ -78,6 +82,9 @@ class Agent:
         self._options = options
         self._stable_after = stable_after
         self._config = Config(max_stream_window=options.stream_window)
+        self._deploy = DeploySettings(
+            models_dir=options.models_dir or default_models_dir(), hook=options.deploy_hook
+        )
         self.connected = asyncio.Event()
         self.connections = 0
 
@@ -180,7 +187,9 @@ class Agent:
             while True:
                 stream = await session.accept_stream()
                 task = loop.create_task(
-                    forward_stream(stream, options.forward_host, options.forward_port)
+                    dispatch_stream(
+                        stream, options.forward_host, options.forward_port, self._deploy
+                    )
                 )
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)

@@ -135,6 +135,12 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds the proxy waits for the device's response head (504 after).",
     )
+    deploy_answer_timeout: float = Field(
+        300.0,
+        gt=0,
+        description="Seconds a deployment waits for the agent's answer once the model file "
+        "was sent (the agent verifies it and runs its deploy hook); the record fails after.",
+    )
 
     # -- logging and development ----------------------------------------------
     log_level: str = Field("INFO", description="Log level.")

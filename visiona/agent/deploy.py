@@ -1,0 +1,259 @@
+"""Model deployment on the agent: the reserved ``PUT /visiona/models/{id}`` path.
+
+:func:`dispatch_stream` sits in front of the forwarder. It reads the first bytes of
+each stream: a stream that starts with ``PUT /visiona/models/`` is a deployment from
+the cloud and is handled here; any other stream goes to the local service exactly
+as before (:func:`visiona.agent.forward.forward_stream`), with the bytes already read
+written first.
+
+A deployment is streamed to a temporary file in the models directory while its
+sha256 is computed; once the length and the hash match the headers it is renamed
+(``os.replace``, atomic) to ``<models-dir>/<model_id>.nef``. Then the optional hook
+command runs with ``VISIONA_MODEL_PATH``, ``VISIONA_MODEL_ID``, ``VISIONA_MODEL_SHA256``
+and ``VISIONA_MODEL_CHIP`` in its environment. The answer is a small JSON body: 200
+``{"model_id", "path", "size", "sha256"}``, or ``{"error": {"code", "message"}}``
+with 400 (bad request), 422 (``sha256_mismatch``), 500 (``hook_failed``,
+``write_failed``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shlex
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import h11
+
+from visiona.agent.forward import forward_stream
+from visiona.yamux import Stream, YamuxError
+
+_LOGGER = logging.getLogger(__name__)
+RESERVED = b"PUT /visiona/models/"
+_HEAD_LIMIT = 16 * 1024
+_FIRST_READ = 64 * 1024
+_READ_SIZE = 1024 * 1024
+_REASONS = {200: "OK", 400: "Bad Request", 422: "Unprocessable Content", 500: "Server Error"}
+
+
+@dataclass(frozen=True)
+class DeploySettings:
+    """Where deployed models go and what runs after each one."""
+
+    models_dir: Path
+    hook: str | None = None
+
+
+def default_models_dir() -> Path:
+    """``~/.local/share/visiona/models``."""
+    return Path.home() / ".local" / "share" / "visiona" / "models"
+
+
+class DeployError(Exception):
+    """A deployment refused or failed: answered with ``status`` and ``code``."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        """Remember the answer to give."""
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+async def dispatch_stream(stream: Stream, host: str, port: int, deploy: DeploySettings) -> None:
+    """Handle a deployment stream here; forward every other stream to ``host:port``."""
+    try:
+        head = await stream.read(_FIRST_READ)
+        while head and len(head) < len(RESERVED) and RESERVED.startswith(head):
+            more = await stream.read(_FIRST_READ)
+            if not more:
+                break
+            head += more
+    except YamuxError:
+        stream.reset()
+        return
+    if head.startswith(RESERVED):
+        await handle_deployment(stream, head, deploy)
+    else:
+        await forward_stream(stream, host, port, head)
+
+
+async def handle_deployment(stream: Stream, data: bytes, deploy: DeploySettings) -> None:
+    """Receive one model (``data``: what was already read from the stream) and answer."""
+    try:
+        try:
+            status, body = 200, await _receive(stream, data, deploy)
+        except DeployError as err:
+            _LOGGER.warning("agent: deployment refused (%s): %s", err.code, err.message)
+            status, body = err.status, {"error": {"code": err.code, "message": err.message}}
+        _answer(stream, status, body)
+        await stream.drain()
+    except (YamuxError, asyncio.IncompleteReadError) as err:
+        _LOGGER.warning("agent: deployment stream %s ended early: %r", stream.stream_id, err)
+        stream.reset()
+    finally:
+        stream.close()
+
+
+def _answer(stream: Stream, status: int, body: dict[str, Any]) -> None:
+    payload = json.dumps(body, separators=(",", ":")).encode()
+    head = (
+        f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {len(payload)}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode("ascii")
+    stream.write(head + payload)
+    stream.write_eof()
+
+
+@dataclass(frozen=True)
+class _Request:
+    model_id: uuid.UUID
+    length: int
+    sha256: str
+    chip: str
+
+
+async def _read_head(stream: Stream, data: bytes) -> tuple[_Request, bytes]:
+    """Parse the request head (at most 16 KiB); return it and the body bytes already read."""
+    while b"\r\n\r\n" not in data:
+        if len(data) > _HEAD_LIMIT:
+            raise DeployError(400, "bad_request", "The request head is too large.")
+        more = await stream.read(_FIRST_READ)
+        if not more:
+            raise asyncio.IncompleteReadError(data, None)
+        data += more
+    end = data.index(b"\r\n\r\n") + 4
+    if end > _HEAD_LIMIT:
+        raise DeployError(400, "bad_request", "The request head is too large.")
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(data[:end])
+    try:
+        event = conn.next_event()
+    except h11.RemoteProtocolError as err:
+        raise DeployError(400, "bad_request", f"Invalid request: {err}") from err
+    if not isinstance(event, h11.Request):
+        raise DeployError(400, "bad_request", "Invalid request.")
+    headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in event.headers}
+    target = event.target.decode("latin-1").split("?", 1)[0]
+    try:
+        model_id = uuid.UUID(target.removeprefix(RESERVED[4:].decode()))
+    except ValueError:
+        raise DeployError(400, "bad_request", "The model id is not a UUID.") from None
+    length = headers.get("content-length", "")
+    sha256 = headers.get("x-visiona-sha256", "").strip().lower()
+    if not length.isdigit():
+        raise DeployError(400, "bad_request", "Content-Length is required.")
+    if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+        raise DeployError(400, "bad_request", "X-Visiona-Sha256 must be a hex sha256.")
+    chip = headers.get("x-visiona-chip", "").strip()
+    return _Request(model_id, int(length), sha256, chip), data[end:]
+
+
+async def _receive(stream: Stream, data: bytes, deploy: DeploySettings) -> dict[str, Any]:
+    request, body = await _read_head(stream, data)
+    models_dir = deploy.models_dir
+    try:
+        await asyncio.to_thread(models_dir.mkdir, parents=True, exist_ok=True)
+        fd, temp_name = tempfile.mkstemp(
+            prefix=f".{request.model_id}.", suffix=".part", dir=models_dir
+        )
+    except OSError as err:
+        raise DeployError(
+            500, "write_failed", f"Cannot write to the models directory: {err}"
+        ) from err
+    temp = Path(temp_name)
+    final = models_dir / f"{request.model_id}.nef"
+    try:
+        with os.fdopen(fd, "wb") as file:
+            digest = await _copy_to_file(stream, body, request.length, file)
+        if digest != request.sha256:
+            raise DeployError(422, "sha256_mismatch", "The file's sha256 does not match.")
+        await asyncio.to_thread(os.replace, temp, final)
+    except OSError as err:
+        raise DeployError(500, "write_failed", f"Cannot write the model file: {err}") from err
+    finally:
+        await asyncio.to_thread(temp.unlink, missing_ok=True)
+    _LOGGER.info("agent: model %s stored in %s (%s bytes)", request.model_id, final, request.length)
+    if deploy.hook:
+        await _run_hook(deploy.hook, final, request)
+    return {
+        "model_id": str(request.model_id),
+        "path": str(final),
+        "size": request.length,
+        "sha256": request.sha256,
+    }
+
+
+def _write(file: IO[bytes], digest: Any, chunk: bytes) -> None:
+    file.write(chunk)
+    digest.update(chunk)
+
+
+async def _copy_to_file(stream: Stream, first: bytes, length: int, file: IO[bytes]) -> str:
+    """Write exactly ``length`` body bytes to ``file``; return their sha256 (hex)."""
+    digest = hashlib.sha256()
+    if len(first) > length:
+        raise DeployError(400, "bad_request", "More data than Content-Length.")
+    left = length - len(first)
+    chunk = first
+    while True:
+        if chunk:
+            await asyncio.to_thread(_write, file, digest, chunk)
+        if not left:
+            break
+        chunk = await stream.read(min(left, _READ_SIZE))
+        if not chunk:
+            raise asyncio.IncompleteReadError(b"", left)
+        left -= len(chunk)
+    await asyncio.to_thread(_flush, file)
+    return digest.hexdigest()
+
+
+def _flush(file: IO[bytes]) -> None:
+    file.flush()
+    os.fsync(file.fileno())
+
+
+async def _run_hook(command: str, path: Path, request: _Request) -> None:
+    """Run the deploy hook; a failure to start it or a non-zero exit is a 500 ``hook_failed``."""
+    env = {
+        **os.environ,
+        "VISIONA_MODEL_PATH": str(path),
+        "VISIONA_MODEL_ID": str(request.model_id),
+        "VISIONA_MODEL_SHA256": request.sha256,
+        "VISIONA_MODEL_CHIP": request.chip,
+    }
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *shlex.split(command),
+            env=env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+    except (OSError, ValueError) as err:
+        raise DeployError(500, "hook_failed", f"The deploy hook could not start: {err}") from err
+    try:
+        _, stderr = await process.communicate()
+    except asyncio.CancelledError:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        raise
+    if process.returncode != 0:
+        tail = stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
+        raise DeployError(
+            500,
+            "hook_failed",
+            f"The deploy hook exited with {process.returncode}: {tail[0][:500]}".rstrip(": "),
+        )
+    _LOGGER.info("agent: deploy hook for model %s succeeded", request.model_id)

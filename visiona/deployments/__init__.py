@@ -1,0 +1,1 @@
+"""Deployments: push a stored model through a device's tunnel to its agent."""

@@ -1,0 +1,109 @@
+"""HTTP routes for deployments (HTTP in/out only).
+
+``POST /devices/{id}/deployments`` does not use the per-request unit of work: it
+opens short transactions itself (check and record, then each status change), so
+no database connection is held while the file crosses the tunnel.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Query, status
+
+from visiona.auth.dependencies import CurrentPrincipal
+from visiona.deployments import service
+from visiona.deployments.schemas import (
+    DeploymentCreate,
+    DeploymentOut,
+    DeploymentPage,
+    DeploymentStatus,
+)
+from visiona.kit.deps import Conn, RuntimeDep
+from visiona.kit.errors import (
+    CsrfError,
+    NotFoundError,
+    StorageUnavailableError,
+    UnauthorizedError,
+    ValidationFailedError,
+)
+from visiona.kit.http import error_responses
+from visiona.tunnel.endpoints import hub_of
+from visiona.tunnel.errors import DeviceOfflineError
+
+router = APIRouter(prefix="/devices", tags=["deployments"])
+
+
+@router.post(
+    "/{device_id}/deployments",
+    status_code=status.HTTP_201_CREATED,
+    response_model=DeploymentOut,
+    summary="Deploy a model to a device",
+    responses=error_responses(
+        UnauthorizedError,
+        CsrfError,
+        NotFoundError,
+        service.ChipMismatchError,
+        service.ModelFileMissingError,
+        ValidationFailedError,
+        DeviceOfflineError,
+        StorageUnavailableError,
+    ),
+)
+async def create_deployment(
+    device_id: uuid.UUID, body: DeploymentCreate, principal: CurrentPrincipal, runtime: RuntimeDep
+) -> DeploymentOut:
+    """Send the model's file through the device's tunnel to its agent and wait for the outcome.
+
+    Answers 201 with the record in its final state: ``succeeded``, or ``failed`` with
+    the reason in ``error`` (tunnel dropped, checksum refused, hook failed, ...).
+    Another user's device or model → 404; a model without a file → 409
+    ``model_file_missing``; a model for another chip than the device type → 409
+    ``chip_mismatch``; a device that is not connected → 502 ``device_offline`` (the
+    record is kept as ``failed``).
+    """
+    storage = runtime.model_storage
+    if storage is None:
+        raise StorageUnavailableError()
+    async with runtime.db.transaction() as conn:
+        deployment, model = await service.prepare(conn, principal.user_id, device_id, body.model_id)
+    link = hub_of(runtime).get(device_id)
+    if link is None or link.owner_user_id != principal.user_id:
+        await service.mark(
+            runtime.db, deployment["id"], DeploymentStatus.FAILED, service.OFFLINE_REASON
+        )
+        raise DeviceOfflineError()
+    record = await service.transfer(
+        runtime.db,
+        storage,
+        link,
+        deployment,
+        model,
+        answer_timeout=runtime.settings.deploy_answer_timeout,
+    )
+    return DeploymentOut.model_validate(record)
+
+
+@router.get(
+    "/{device_id}/deployments",
+    response_model=DeploymentPage,
+    summary="Deployments of a device",
+    responses=error_responses(UnauthorizedError, NotFoundError, ValidationFailedError),
+)
+async def list_deployments(
+    device_id: uuid.UUID,
+    principal: CurrentPrincipal,
+    conn: Conn,
+    limit: Annotated[int, Query(ge=1, le=200, description="Page size.")] = 50,
+    cursor: Annotated[
+        str | None, Query(max_length=200, description="`next_cursor` of the previous page.")
+    ] = None,
+) -> DeploymentPage:
+    """The device's deployments, newest first, one page at a time (404 when not yours)."""
+    rows, next_cursor = await service.list_deployments(
+        conn, principal.user_id, device_id, limit=limit, cursor=cursor
+    )
+    return DeploymentPage(
+        items=[DeploymentOut.model_validate(r) for r in rows], next_cursor=next_cursor
+    )

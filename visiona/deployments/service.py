@@ -1,0 +1,185 @@
+"""Use cases for deployments.
+
+``POST /devices/{id}/deployments`` waits for the transfer (it is bounded by the
+file size and ``deploy_answer_timeout``) and answers with the record in its final
+state. Every state change is its own short transaction (:func:`prepare`,
+:func:`mark`); no database connection is held while bytes move through the tunnel.
+A request cancelled mid-transfer (client gone, server shutting down) still marks
+its record ``failed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from visiona.deployments import repository
+from visiona.deployments.schemas import DeploymentStatus
+from visiona.deployments.transfer import TransferFailedError, send_model
+from visiona.devices import service as devices_service
+from visiona.kit.errors import ConflictError, NotFoundError, StorageUnavailableError
+from visiona.kit.pagination import bad_cursor, decode_cursor, encode_cursor
+from visiona.models import service as models_service
+from visiona.models.storage import ObjectMissingError
+
+if TYPE_CHECKING:
+    from visiona.kit.database import Database
+    from visiona.models.storage import ObjectStorage
+    from visiona.tunnel.link import TunnelLink
+
+_LOGGER = logging.getLogger(__name__)
+
+OFFLINE_REASON = "the device is not connected"
+
+
+class ChipMismatchError(ConflictError):
+    """The model is compiled for another chip than the device's dongle."""
+
+    code = "chip_mismatch"
+    default_message = "The model's target chip does not match the device type."
+
+
+class ModelFileMissingError(ConflictError):
+    """The model has no stored file to deploy."""
+
+    code = "model_file_missing"
+    default_message = "The model has no file to deploy."
+
+
+def utcnow() -> datetime:
+    """The current time, UTC."""
+    return datetime.now(UTC)
+
+
+async def prepare(
+    conn: AsyncConnection, owner_id: uuid.UUID, device_id: uuid.UUID, model_id: uuid.UUID
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Check the device and the model and record a ``pending`` deployment.
+
+    Another user's or a deleted device or model is a 404; a model without a file or
+    for another chip than the device's type is a 409 (and nothing is recorded).
+    Returns the deployment and the model.
+    """
+    device = await devices_service.get_device(conn, owner_id, device_id)
+    model = await models_service.require_model(conn, owner_id, model_id)
+    if not model["storage_key"] or not model["sha256"]:
+        raise ModelFileMissingError()
+    device_type = (device["device_type"] or "").strip().lower()
+    if device_type != model["target_chip"]:
+        raise ChipMismatchError(
+            f"The model is built for {model['target_chip']} but the device is "
+            f"{device_type or 'of an unknown type'}."
+        )
+    now = utcnow()
+    deployment = await repository.insert_deployment(
+        conn,
+        {
+            "id": uuid.uuid4(),
+            "owner_user_id": owner_id,
+            "device_id": device_id,
+            "model_id": model_id,
+            "status": DeploymentStatus.PENDING.value,
+            "created_at": now,
+            "updated_at": now,
+        },
+    )
+    return deployment, model
+
+
+async def mark(
+    db: Database, deployment_id: uuid.UUID, status: DeploymentStatus, error: str | None = None
+) -> dict[str, Any]:
+    """Move the deployment to ``status`` in its own transaction; return the record.
+
+    A record that is already final is left as it is (and returned as it is).
+    """
+    final = status in {DeploymentStatus.SUCCEEDED, DeploymentStatus.FAILED}
+    async with db.transaction() as conn:
+        record = await repository.set_status(
+            conn, deployment_id, status=status.value, now=utcnow(), error=error, final=final
+        )
+        if record is None:
+            record = await repository.get_deployment(conn, deployment_id)
+    if record is None:  # pragma: no cover - records are never deleted
+        raise NotFoundError("Deployment not found.")
+    return record
+
+
+async def transfer(
+    db: Database,
+    storage: ObjectStorage,
+    link: TunnelLink,
+    deployment: dict[str, Any],
+    model: dict[str, Any],
+    *,
+    answer_timeout: float,
+) -> dict[str, Any]:
+    """Send the model through ``link`` and record the outcome; return the final record.
+
+    ``transferring`` is recorded before the first byte; ``succeeded`` once the agent
+    answered 200, ``failed`` with the reason otherwise, and also when this task is
+    cancelled (the record never stays ``transferring``).
+    """
+    deployment_id: uuid.UUID = deployment["id"]
+    await mark(db, deployment_id, DeploymentStatus.TRANSFERRING)
+    try:
+        try:
+            opened = await storage.open(model["storage_key"])
+        except StorageUnavailableError as err:
+            raise TransferFailedError(f"the model file could not be read: {err.message}") from err
+        except ObjectMissingError as err:
+            raise TransferFailedError("the model file is missing from storage") from err
+        await send_model(
+            link.session,
+            opened.chunks,
+            model_id=model["id"],
+            size=model["file_size"],
+            sha256=model["sha256"],
+            chip=model["target_chip"],
+            answer_timeout=answer_timeout,
+        )
+    except TransferFailedError as err:
+        _LOGGER.warning("deployment %s failed: %s", deployment_id, err)
+        return await mark(db, deployment_id, DeploymentStatus.FAILED, str(err))
+    except BaseException:
+        # Cancelled (client gone, shutdown) or an unexpected error: never leave it transferring.
+        await asyncio.shield(
+            mark(db, deployment_id, DeploymentStatus.FAILED, "the transfer was interrupted")
+        )
+        raise
+    _LOGGER.info(
+        "deployment %s: model %s is on device %s", deployment_id, model["id"], link.device_id
+    )
+    return await mark(db, deployment_id, DeploymentStatus.SUCCEEDED)
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    position = decode_cursor(cursor)
+    assert position is not None  # noqa: S101 - decode_cursor returns None only for None
+    try:
+        return position.created_at, uuid.UUID(position.key)
+    except ValueError as err:
+        raise bad_cursor() from err
+
+
+async def list_deployments(
+    conn: AsyncConnection,
+    owner_id: uuid.UUID,
+    device_id: uuid.UUID,
+    *,
+    limit: int,
+    cursor: str | None,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of the device's deployments, newest first (404 when not the caller's device)."""
+    await devices_service.get_device(conn, owner_id, device_id)
+    after = _decode_cursor(cursor) if cursor else None
+    rows = await repository.list_page(conn, owner_id, device_id, limit=limit + 1, after=after)
+    if len(rows) > limit:
+        last = rows[limit - 1]
+        return rows[:limit], encode_cursor(last["created_at"], str(last["id"]))
+    return rows, None
