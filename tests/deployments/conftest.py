@@ -15,9 +15,7 @@ from visiona.kit.settings import Settings
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     """No pair rate limit in the way; an agent that does not answer fails within a test."""
-    return settings.model_copy(
-        update={"pair_rate_limit": 1_000_000, "deploy_answer_timeout": 2.0}
-    )
+    return settings.model_copy(update={"pair_rate_limit": 1_000_000, "deploy_answer_timeout": 2.0})
 
 
 @pytest.fixture

@@ -72,7 +72,9 @@ class Received:
         return hashlib.sha256(self.body).hexdigest()
 
 
-async def read_request(stream: Stream, received: Received, *, body_limit: int | None = None) -> None:
+async def read_request(
+    stream: Stream, received: Received, *, body_limit: int | None = None
+) -> None:
     """Parse one request from ``stream`` with h11 into ``received`` (up to ``body_limit`` bytes)."""
     conn = h11.Connection(h11.SERVER)
     while True:

@@ -141,7 +141,9 @@ async def test_list_pages_newest_first(client: httpx.AsyncClient) -> None:
         if cursor is None:
             break
     assert seen == [item["id"] for item in every]
-    assert [d["created_at"] for d in every] == sorted((d["created_at"] for d in every), reverse=True)
+    assert [d["created_at"] for d in every] == sorted(
+        (d["created_at"] for d in every), reverse=True
+    )
 
 
 async def test_openapi_documents_both_routes(client: httpx.AsyncClient) -> None:
