@@ -17,12 +17,19 @@ from visiona.kit.deps import RuntimeDep
 from visiona.kit.errors import AppError, CsrfError, NotFoundError, UnauthorizedError
 from visiona.kit.http import error_responses
 from visiona.kit.runtime import Runtime
-from visiona.tunnel.errors import DeviceOfflineError, DeviceTimeoutError, DeviceUnreachableError
+from visiona.tunnel.errors import (
+    DeviceOfflineError,
+    DeviceTimeoutError,
+    DeviceUnreachableError,
+    ReservedPathError,
+)
 from visiona.tunnel.hub import TunnelHub
 from visiona.tunnel.proxy import ProxyExchange, ProxyResponse
 
 _LOGGER = logging.getLogger(__name__)
 HUB_KEY = "tunnel_hub"
+#: Targets the agent answers itself (see docs/tunnel-protocol.md); never proxied.
+RESERVED_PREFIX = b"/visiona/"
 PROXY_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 router = APIRouter()
@@ -87,13 +94,16 @@ async def proxy(
 ) -> Any:
     """Forward the request through the device's tunnel to its agent's local service and
     stream the answer back. Not your device → 404; not connected → 502 ``device_offline``;
-    no response head in time → 504 ``device_timeout``."""
+    no response head in time → 504 ``device_timeout``; a target under ``/visiona/`` (the
+    agent's own paths, e.g. deployments) → 403 ``reserved_path``."""
+    target, prefix = _forward_target(request)
+    if target.startswith(RESERVED_PREFIX):
+        raise ReservedPathError()
     link = hub_of(runtime).get(device_id)
     if link is None or link.owner_user_id != principal.user_id:
         async with runtime.db.transaction() as conn:
             await devices_service.get_device(conn, principal.user_id, device_id)
         raise DeviceOfflineError()
-    target, prefix = _forward_target(request)
     exchange = ProxyExchange(
         link.session, request, target, prefix, runtime.settings.proxy_response_timeout
     )
@@ -105,6 +115,7 @@ _PROXY_RESPONSES: dict[int | str, dict[str, Any]] = {
     **error_responses(
         UnauthorizedError,
         CsrfError,
+        ReservedPathError,
         NotFoundError,
         DeviceOfflineError,
         DeviceUnreachableError,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from visiona.kit.errors import AppError
+from visiona.kit.errors import AppError, ForbiddenError
 
 
 class DeviceOfflineError(AppError):
@@ -27,3 +27,10 @@ class DeviceTimeoutError(AppError):
     status_code = 504
     code = "device_timeout"
     default_message = "The device did not answer in time."
+
+
+class ReservedPathError(ForbiddenError):
+    """The proxy target is ``/visiona/...``: the agent handles those paths itself."""
+
+    code = "reserved_path"
+    default_message = "Paths under /visiona/ are reserved for the agent and cannot be proxied."
