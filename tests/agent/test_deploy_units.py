@@ -1,0 +1,192 @@
+"""The agent's dispatcher and deployment handler on a yamux session over loopback TCP."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from visiona.agent.deploy import DeploySettings, dispatch_stream
+from visiona.yamux import Session, YamuxError
+from visiona.yamux.tcp import open_tcp_session, serve_tcp
+
+MODEL = uuid.UUID("6f1c7a52-8d3e-4f59-9a57-0c1a2b3c4d5e")
+
+
+class Harness:
+    """A client session whose streams the agent's dispatcher handles on the other side."""
+
+    def __init__(self, deploy: DeploySettings) -> None:
+        self.client: Session | None = None
+        #: what the dispatcher uses for the next stream (a test may swap it)
+        self.deploy = deploy
+
+    async def exchange(self, *pieces: bytes, eof: bool = True) -> bytes:
+        """Write ``pieces`` (each flushed on its own) and read until the agent ends the stream."""
+        assert self.client is not None
+        stream = await self.client.open_stream()
+        for piece in pieces:
+            stream.write(piece)
+            await stream.drain()
+            await self.client.ping()
+        if eof:
+            stream.write_eof()
+        answer = bytearray()
+        try:
+            while chunk := await stream.read(1 << 20):
+                answer += chunk
+        except YamuxError:
+            return b"<reset>" + bytes(answer)
+        return bytes(answer)
+
+
+async def _echo_service(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.write(await reader.read())  # everything up to the half-close, echoed once
+    await writer.drain()
+    writer.close()
+
+
+@pytest.fixture
+async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    """The dispatcher behind a yamux server session; the local service echoes its input."""
+    service = await asyncio.start_server(_echo_service, "127.0.0.1", 0)
+    port = service.sockets[0].getsockname()[1]
+    h = Harness(DeploySettings(models_dir=tmp_path / "models"))
+    handlers: set[asyncio.Task[None]] = set()
+
+    async def accept(session: Session) -> None:
+        while True:
+            stream = await session.accept_stream()
+            task = asyncio.create_task(dispatch_stream(stream, "127.0.0.1", port, h.deploy))
+            handlers.add(task)
+            task.add_done_callback(handlers.discard)
+
+    acceptors: list[asyncio.Task[None]] = []
+    server = await serve_tcp(
+        lambda session: acceptors.append(asyncio.create_task(accept(session))), "127.0.0.1", 0
+    )
+    client = await open_tcp_session("127.0.0.1", server.sockets[0].getsockname()[1])
+    h.client = client
+    yield h
+    await client.close()
+    for task in [*acceptors, *handlers]:
+        task.cancel()
+    await asyncio.gather(*acceptors, *handlers, return_exceptions=True)
+    server.close()
+    service.close()
+
+
+def _head(content: bytes, *, target: str | None = None, sha: str | None = None) -> bytes:
+    return (
+        f"PUT {target or f'/visiona/models/{MODEL}'} HTTP/1.1\r\nHost: device\r\n"
+        f"Content-Length: {len(content)}\r\n"
+        f"X-Visiona-Sha256: {sha or hashlib.sha256(content).hexdigest()}\r\n"
+        "X-Visiona-Chip: kl520\r\n\r\n"
+    ).encode()
+
+
+def _parse(answer: bytes) -> tuple[int, dict[str, Any]]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    parsed: dict[str, Any] = json.loads(body)
+    return status, parsed
+
+
+async def test_a_head_split_across_writes_is_still_a_deployment(harness: Harness) -> None:
+    content = b"\x01" * 300_000
+    raw = _head(content) + content
+    status, body = _parse(await harness.exchange(raw[:2], raw[2:10], raw[10:]))
+    assert status == 200
+    stored = harness.deploy.models_dir / f"{MODEL}.nef"
+    assert body == {
+        "model_id": str(MODEL),
+        "path": str(stored),
+        "size": len(content),
+        "sha256": hashlib.sha256(content).hexdigest(),
+    }
+    assert stored.read_bytes() == content
+
+
+async def test_a_redeployment_replaces_the_file(harness: Harness) -> None:
+    for content in (b"first version", b"second, longer version"):
+        status, _ = _parse(await harness.exchange(_head(content) + content))
+        assert status == 200
+    assert (harness.deploy.models_dir / f"{MODEL}.nef").read_bytes() == b"second, longer version"
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"PUT /visiona/other HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi",
+        b"PUT /visionary HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /visiona/models/x HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"P",
+    ],
+)
+async def test_every_other_stream_is_forwarded_byte_for_byte(
+    harness: Harness, request_bytes: bytes
+) -> None:
+    assert await harness.exchange(request_bytes[:1], request_bytes[1:]) == request_bytes
+    assert not harness.deploy.models_dir.exists()
+
+
+@pytest.mark.parametrize(
+    ("head", "message"),
+    [
+        (_head(b"x", target="/visiona/models/not-a-uuid"), "The model id is not a UUID."),
+        (_head(b"x", sha="zz"), "X-Visiona-Sha256 must be a hex sha256."),
+        (
+            f"PUT /visiona/models/{MODEL} HTTP/1.1\r\nHost: d\r\nX-Visiona-Sha256: {'a' * 64}"
+            "\r\nTransfer-Encoding: chunked\r\n\r\n".encode(),
+            "Content-Length is required.",
+        ),
+        (b"PUT /visiona/models/" + b"a" * 20_000 + b" HTTP/1.1\r\n\r\n", None),
+    ],
+)
+async def test_a_bad_request_is_a_400(harness: Harness, head: bytes, message: str | None) -> None:
+    status, body = _parse(await harness.exchange(head + b"x"))
+    assert status == 400
+    assert body["error"]["code"] == "bad_request"
+    if message is not None:
+        assert body["error"]["message"] == message
+    assert not harness.deploy.models_dir.exists() or not any(harness.deploy.models_dir.iterdir())
+
+
+async def test_a_wrong_checksum_is_a_422_and_nothing_is_kept(harness: Harness) -> None:
+    content = b"model bytes"
+    status, body = _parse(await harness.exchange(_head(content, sha="0" * 64) + content))
+    assert status == 422
+    assert body["error"]["code"] == "sha256_mismatch"
+    assert list(harness.deploy.models_dir.iterdir()) == []
+
+
+async def test_a_body_cut_short_resets_and_leaves_no_file(harness: Harness) -> None:
+    content = b"y" * 100_000
+    answer = await harness.exchange(_head(content) + content[:40_000])
+    assert answer == b"<reset>"
+    assert list(harness.deploy.models_dir.iterdir()) == []
+
+
+async def test_an_unwritable_models_dir_is_a_500(harness: Harness, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    harness.deploy = DeploySettings(models_dir=blocker / "models")
+    status, body = _parse(await harness.exchange(_head(b"abc") + b"abc"))
+    assert status == 500
+    assert body["error"]["code"] == "write_failed"
+
+
+async def test_a_hook_that_cannot_start_is_a_500(harness: Harness, tmp_path: Path) -> None:
+    harness.deploy = DeploySettings(
+        models_dir=tmp_path / "models", hook=str(tmp_path / "no-such-tool") + " --flash"
+    )
+    status, body = _parse(await harness.exchange(_head(b"abc") + b"abc"))
+    assert status == 500
+    assert body["error"]["code"] == "hook_failed"
+    assert body["error"]["message"].startswith("The deploy hook could not start")
