@@ -81,6 +81,7 @@ def serve(
         access_log=False,
         ws="websockets-sansio",
         ws_max_size=16 * 1024 * 1024,
+        ws_ping_interval=None,  # yamux keepalive already proves the tunnel alive
         timeout_graceful_shutdown=10,
     )
 

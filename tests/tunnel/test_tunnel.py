@@ -280,6 +280,10 @@ async def test_a_device_not_seen_for_three_intervals_reads_offline(
         )
     shown = (await http.get(f"{API}/devices/{device_id}", headers=user.headers)).json()
     assert shown["remote_status"] == "offline"
+    renamed = await http.patch(
+        f"{API}/devices/{device_id}", json={"name": "renamed"}, headers=user.headers
+    )
+    assert renamed.json()["remote_status"] == "offline"
     listed = await http.get(
         f"{API}/devices", params={"remote_status": "online"}, headers=user.headers
     )

@@ -171,10 +171,18 @@ async def get_device(
     responses=error_responses(UnauthorizedError, CsrfError, NotFoundError, ValidationFailedError),
 )
 async def rename_device(
-    device_id: uuid.UUID, body: DeviceUpdate, principal: CurrentPrincipal, conn: Conn
+    device_id: uuid.UUID,
+    body: DeviceUpdate,
+    principal: CurrentPrincipal,
+    conn: Conn,
+    runtime: RuntimeDep,
 ) -> DeviceOut:
     """Change the device's name."""
-    return _device(await service.rename_device(conn, principal.user_id, device_id, body.name))
+    stale = service.stale_before(runtime.settings)
+    device = await service.rename_device(
+        conn, principal.user_id, device_id, body.name, stale_before=stale
+    )
+    return _device(device)
 
 
 @router.delete(

@@ -204,6 +204,7 @@ async def rename_device(
     *,
     name: str,
     now: datetime,
+    stale_before: datetime | None = None,
 ) -> dict[str, Any] | None:
     """Rename the owner's live device; None when there is no such device."""
     row = (
@@ -213,7 +214,7 @@ async def rename_device(
                 devices.c.id == device_id, devices.c.owner_user_id == owner_user_id, _live_device
             )
             .values(name=name, updated_at=now)
-            .returning(*_DEVICE)
+            .returning(*_device_columns(stale_before))
         )
     ).one_or_none()
     return dict(row._mapping) if row else None

@@ -148,10 +148,17 @@ async def create_device(
 
 
 async def rename_device(
-    conn: AsyncConnection, owner_user_id: uuid.UUID, device_id: uuid.UUID, name: str
+    conn: AsyncConnection,
+    owner_user_id: uuid.UUID,
+    device_id: uuid.UUID,
+    name: str,
+    *,
+    stale_before: datetime | None = None,
 ) -> dict[str, Any]:
-    """Rename the owner's device (404 when not theirs)."""
-    device = await repository.rename_device(conn, owner_user_id, device_id, name=name, now=utcnow())
+    """Rename the owner's device (404 when not theirs); the answer reads like a GET."""
+    device = await repository.rename_device(
+        conn, owner_user_id, device_id, name=name, now=utcnow(), stale_before=stale_before
+    )
     if device is None:
         raise NotFoundError("Device not found.")
     return device
