@@ -1,4 +1,4 @@
-"""API benchmark: `GET /auth/me` and a write (register), 1 and 16 clients, per backend.
+"""API benchmark: `GET /auth/me` and two writes (register, device create), 1 and 16 clients.
 
 Reads are driven by wrk when it is installed (`make bench` installs it), writes by an
 httpx client. Each backend's figures are printed next to a floor measured on the same servers in
@@ -25,6 +25,7 @@ from tests.support.servers import PostgresServer, RedisServer, postgres_bindir
 
 ME_REQUESTS = 2000
 REGISTER_REQUESTS = 100
+DEVICE_REQUESTS = 1000
 PASSWORD = "benchmark password"
 
 
@@ -62,6 +63,22 @@ async def _scenarios(base: str) -> list[tuple[str, LoadResult | WrkResult]]:
             (
                 f"POST /auth/register, {concurrency} client(s)",
                 await drive(concurrency, REGISTER_REQUESTS, register, base),
+            )
+        )
+
+    async def create_device(c: httpx.AsyncClient, i: int) -> httpx.Response:
+        return await c.post(
+            "/api/v1/devices",
+            json={"name": "bench", "device_type": "kl520", "serial_number": f"{run_id}-{i}"},
+            headers=headers,
+        )
+
+    for concurrency in (1, 16):
+        run_id = uuid.uuid4().hex[:8]
+        results.append(
+            (
+                f"POST /devices, {concurrency} client(s)",
+                await drive(concurrency, DEVICE_REQUESTS, create_device, base),
             )
         )
     return results
