@@ -19,9 +19,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-GO_SOURCE = HERE / "go" / "src" / "yamuxpeer"
 BIN_DIR = HERE / "bin"
-PEER_BINARY = BIN_DIR / "yamuxpeer"
 SYSTEM_GOPATH = "/usr/share/gocode"
 
 
@@ -29,16 +27,17 @@ class GoPeerError(RuntimeError):
     """The Go peer could not be built or misbehaved."""
 
 
-def build_peer() -> Path:
-    """Build the Go peer (incremental thanks to a cached GOCACHE) and return its path."""
+def build_go_program(name: str) -> Path:
+    """Build ``tests/interop/go/src/<name>`` (incremental: a cached GOCACHE) into bin/."""
     go = shutil.which("go")
     if go is None:
         raise GoPeerError("go is not installed: run `make system-deps` (scripts/system-deps.sh)")
     BIN_DIR.mkdir(exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="yamuxpeer-gopath-") as gopath:
+    binary = BIN_DIR / name
+    with tempfile.TemporaryDirectory(prefix=f"{name}-gopath-") as gopath:
         src = Path(gopath) / "src"
         src.mkdir()
-        (src / "yamuxpeer").symlink_to(GO_SOURCE, target_is_directory=True)
+        (src / name).symlink_to(HERE / "go" / "src" / name, target_is_directory=True)
         env = {
             **os.environ,
             "GOPATH": f"{gopath}:{SYSTEM_GOPATH}",
@@ -48,7 +47,7 @@ def build_peer() -> Path:
             "CGO_ENABLED": "0",
         }
         proc = subprocess.run(
-            [go, "build", "-o", str(PEER_BINARY), "yamuxpeer"],
+            [go, "build", "-o", str(binary), name],
             cwd=gopath,
             env=env,
             capture_output=True,
@@ -57,7 +56,12 @@ def build_peer() -> Path:
         )
     if proc.returncode != 0:
         raise GoPeerError(f"go build failed:\n{proc.stdout}{proc.stderr}")
-    return PEER_BINARY
+    return binary
+
+
+def build_peer() -> Path:
+    """Build the yamux peer and return its path."""
+    return build_go_program("yamuxpeer")
 
 
 class GoPeer:
