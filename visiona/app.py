@@ -28,7 +28,7 @@ from visiona.kit.settings import Settings
 from visiona.models.endpoints import router as models_router
 from visiona.models.storage import ObjectStorage
 from visiona.ops.endpoints import router as ops_router
-from visiona.tunnel.endpoints import HUB_KEY
+from visiona.tokens.endpoints import router as tokens_router
 from visiona.tunnel.endpoints import router as tunnel_router
 from visiona.tunnel.hub import TunnelHub
 from visiona.wire import API_PREFIX
@@ -86,15 +86,15 @@ async def build_runtime(settings: Settings, metrics: Metrics) -> Runtime:
     hub = TunnelHub(db, settings)
     await hub.start()
     hub.register_metrics(metrics)
-    runtime.extras[HUB_KEY] = hub
+    runtime.hub = hub
     runtime.on_device_revoked.append(hub.device_revoked)
     return runtime
 
 
 async def close_runtime(runtime: Runtime) -> None:
     """Release every client the runtime holds (live tunnels first: they write their status)."""
-    hub = runtime.extras.pop(HUB_KEY, None)
-    if isinstance(hub, TunnelHub):
+    hub, runtime.hub = runtime.hub, None
+    if hub is not None:
         await hub.close()
     if runtime.redis is not None:
         await runtime.redis.aclose()
@@ -135,6 +135,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(auth_router, prefix=API_PREFIX)
     # devices feature routers
     app.include_router(devices_router, prefix=API_PREFIX)
+    app.include_router(tokens_router, prefix=API_PREFIX)
     app.include_router(agent_router, prefix=API_PREFIX)
 
     # models feature routers

@@ -112,7 +112,7 @@ def seed_demo_at_startup(settings: Settings) -> None:
 
 
 def _print_demo_seed(settings: Settings) -> None:
-    from visiona.devices import demo  # noqa: PLC0415 - only this command needs it
+    from visiona.demo import seed as demo  # noqa: PLC0415 - only this command needs it
     from visiona.kit.errors import AppError  # noqa: PLC0415 - idem
 
     typer.secho(demo.WARNING, err=True, fg=typer.colors.RED, bold=True)

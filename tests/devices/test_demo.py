@@ -16,7 +16,7 @@ from tests.devices.helpers import API, pair
 from tests.support.api import error_code
 from visiona import cli
 from visiona.app import create_app
-from visiona.devices import demo
+from visiona.demo import seed as demo
 from visiona.kit.database import Database
 from visiona.kit.schema import devices, models, pairing_tokens, users
 from visiona.kit.settings import Settings

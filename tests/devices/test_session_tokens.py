@@ -17,9 +17,9 @@ from tests.devices.helpers import (
     set_session_expiry,
 )
 from tests.support.api import error_code, signup
-from visiona.devices.service import DeviceIdentity, authenticate_device
 from visiona.kit.errors import UnauthorizedError
 from visiona.kit.tokens import hash_token
+from visiona.tokens.service import DeviceIdentity, authenticate_device
 
 
 async def _authenticate(app: FastAPI, token: str | None) -> DeviceIdentity:

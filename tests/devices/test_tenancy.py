@@ -10,8 +10,8 @@ from fastapi import FastAPI
 
 from tests.devices.helpers import API, bearer, paired_device, pairing_token, runtime
 from tests.support.api import error_code, signup
-from visiona.devices.service import authenticate_device
 from visiona.kit.tokens import hash_token
+from visiona.tokens.service import authenticate_device
 
 
 async def test_another_users_resources_are_404_on_every_route(

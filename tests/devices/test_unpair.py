@@ -12,8 +12,8 @@ from sqlalchemy import select
 
 from tests.devices.helpers import API, bearer, pair, paired_device, pairing_token, runtime
 from tests.support.api import User, signup
-from visiona.devices import repository
 from visiona.kit.schema import devices, pairing_tokens, session_tokens
+from visiona.tokens import repository
 
 
 async def _state(app: FastAPI, device_id: str) -> dict[str, Any]:

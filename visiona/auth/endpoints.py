@@ -33,6 +33,7 @@ router = APIRouter(prefix="/auth", tags=["auth"])
 async def register(body: RegisterRequest, runtime: RuntimeDep) -> UserOut:
     """Create a user; the password is stored as an argon2id hash. Email taken → 409."""
     password_hash = await hash_password(body.password)  # slow by design: before the transaction
+    # unit of work: its own, opened after the slow password hash
     async with runtime.db.transaction() as conn:
         user = await service.register(
             conn, email=body.email, password_hash=password_hash, name=body.name
@@ -57,6 +58,7 @@ async def login(
     await service.check_login_rate(
         runtime.limiter, settings, email=body.email, address=client_address(request)
     )
+    # unit of work: its own, only for the lookup: the slow check runs after it
     async with runtime.db.transaction() as conn:
         user = await service.find_login_user(conn, body.email)
     result = await service.login(runtime.sessions, user, password=body.password)

@@ -1,17 +1,56 @@
-"""SQL for users. Takes a connection; never commits."""
+"""SQL for users. Takes a connection; never commits.
+
+Statements are built once, here, with bind parameters.
+"""
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import bindparam, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from visiona.kit.records import build, columns_of
 from visiona.kit.schema import users
 
-_PUBLIC = (users.c.id, users.c.email, users.c.name, users.c.created_at, users.c.updated_at)
+
+@dataclass(frozen=True, slots=True)
+class User:
+    """A user's public fields."""
+
+    id: uuid.UUID
+    email: str
+    name: str
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """A user and the password hash to check a sign-in against (never leaves the server)."""
+
+    id: uuid.UUID
+    email: str
+    name: str
+    created_at: datetime
+    updated_at: datetime
+    password_hash: str | None
+
+    def user(self) -> User:
+        """The public fields only."""
+        return User(self.id, self.email, self.name, self.created_at, self.updated_at)
+
+
+_PUBLIC = columns_of(User, users)
+_user = build(User)
+_credentials = build(Credentials)
+_INSERT = insert(users).returning(*_PUBLIC)
+_BY_EMAIL = select(*columns_of(Credentials, users)).where(
+    func.lower(users.c.email) == bindparam("email_lower")
+)
+_BY_ID = select(*_PUBLIC).where(users.c.id == bindparam("user_id"))
 
 
 async def insert_user(
@@ -22,38 +61,26 @@ async def insert_user(
     name: str,
     password_hash: str | None,
     now: datetime,
-) -> dict[str, Any]:
+) -> User:
     """Insert a user; a duplicate email (any case) raises the driver's unique error."""
-    row = (
-        await conn.execute(
-            insert(users)
-            .values(
-                id=user_id,
-                email=email,
-                name=name,
-                password_hash=password_hash,
-                created_at=now,
-                updated_at=now,
-            )
-            .returning(*_PUBLIC)
-        )
-    ).one()
-    return dict(row._mapping)
+    values = {
+        "id": user_id,
+        "email": email,
+        "name": name,
+        "password_hash": password_hash,
+        "created_at": now,
+        "updated_at": now,
+    }
+    return _user((await conn.execute(_INSERT, values)).one())
 
 
-async def get_by_email(conn: AsyncConnection, email: str) -> dict[str, Any] | None:
+async def get_by_email(conn: AsyncConnection, email: str) -> Credentials | None:
     """The user with ``email`` (case-insensitive), password hash included."""
-    row = (
-        await conn.execute(
-            select(*_PUBLIC, users.c.password_hash).where(
-                func.lower(users.c.email) == email.lower()
-            )
-        )
-    ).one_or_none()
-    return dict(row._mapping) if row else None
+    row = (await conn.execute(_BY_EMAIL, {"email_lower": email.lower()})).one_or_none()
+    return _credentials(row) if row else None
 
 
-async def get_by_id(conn: AsyncConnection, user_id: uuid.UUID) -> dict[str, Any] | None:
+async def get_by_id(conn: AsyncConnection, user_id: uuid.UUID) -> User | None:
     """The public fields of the user ``user_id``."""
-    row = (await conn.execute(select(*_PUBLIC).where(users.c.id == user_id))).one_or_none()
-    return dict(row._mapping) if row else None
+    row = (await conn.execute(_BY_ID, {"user_id": user_id})).one_or_none()
+    return _user(row) if row else None

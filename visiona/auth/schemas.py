@@ -41,6 +41,8 @@ class LoginRequest(BaseModel):
 class UserOut(BaseModel):
     """A user, as shown to that user."""
 
+    model_config = ConfigDict(from_attributes=True)
+
     id: uuid.UUID
     email: str
     name: str

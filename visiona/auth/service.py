@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from visiona.auth import repository
 from visiona.auth.passwords import verify_password
+from visiona.auth.repository import Credentials, User
 from visiona.auth.sessions import SessionStore, WebSession
 from visiona.kit.clock import utcnow
 from visiona.kit.errors import ConflictError, InvalidCredentialsError, RateLimitedError
@@ -18,9 +18,7 @@ from visiona.kit.settings import Settings
 from visiona.kit.tokens import USER_SESSION_PREFIX, hash_token, new_token
 
 
-async def register(
-    conn: AsyncConnection, *, email: str, password_hash: str, name: str
-) -> dict[str, Any]:
+async def register(conn: AsyncConnection, *, email: str, password_hash: str, name: str) -> User:
     """Create a user; a taken email (any case) is a 409, a lost race too (unique index).
 
     The caller hashes the password (:func:`hash_password`) before opening the unit of
@@ -42,7 +40,7 @@ async def register(
 class LoginResult:
     """A user, the plaintext token (shown once) and the session."""
 
-    user: dict[str, Any]
+    user: User
     token: str
     session: WebSession
 
@@ -61,25 +59,22 @@ async def check_login_rate(
             raise RateLimitedError(hit.retry_after, "Too many login attempts; try again later.")
 
 
-async def find_login_user(conn: AsyncConnection, email: str) -> dict[str, Any] | None:
+async def find_login_user(conn: AsyncConnection, email: str) -> Credentials | None:
     """The user signing in with ``email``, password hash included (None if unknown)."""
     return await repository.get_by_email(conn, email)
 
 
-async def login(
-    sessions: SessionStore, user: dict[str, Any] | None, *, password: str
-) -> LoginResult:
+async def login(sessions: SessionStore, found: Credentials | None, *, password: str) -> LoginResult:
     """Verify the password and open a web session (one message for every failure).
 
     Runs outside any database transaction: the argon2 check is deliberately slow.
     """
-    if not await verify_password(user["password_hash"] if user else None, password):
+    if not await verify_password(found.password_hash if found else None, password):
         raise InvalidCredentialsError()
-    assert user is not None  # noqa: S101 - verify_password is False for a missing user
-    user.pop("password_hash", None)
+    assert found is not None  # noqa: S101 - verify_password is False for a missing user
     token = new_token(USER_SESSION_PREFIX)
-    session = await sessions.create(hash_token(token), user["id"])
-    return LoginResult(user=user, token=token, session=session)
+    session = await sessions.create(hash_token(token), found.id)
+    return LoginResult(user=found.user(), token=token, session=session)
 
 
 async def logout(sessions: SessionStore, token: str) -> None:

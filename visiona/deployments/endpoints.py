@@ -66,12 +66,13 @@ async def create_deployment(
     storage = runtime.model_storage
     if storage is None:
         raise StorageUnavailableError()
+    # unit of work: deployment transfer: check and record here, each state change on its own
     async with runtime.db.transaction() as conn:
         deployment, model = await service.prepare(conn, principal.user_id, device_id, body.model_id)
     link = hub_of(runtime).get(device_id)
     if link is None or link.owner_user_id != principal.user_id:
         await service.mark(
-            runtime.db, deployment["id"], DeploymentStatus.FAILED, service.OFFLINE_REASON
+            runtime.db, deployment.id, DeploymentStatus.FAILED, service.OFFLINE_REASON
         )
         raise DeviceOfflineError()
     record = await service.transfer(

@@ -1,61 +1,120 @@
 """SQL for deployment records. Takes a connection; never commits.
 
 Reads are scoped to the owner; every status change is one short ``UPDATE``.
+Statements without per-call structure are built once, here, with bind parameters.
 """
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from visiona.deployments.schemas import DeploymentStatus
 from visiona.kit.pagination import Keyset, Page, PageRequest, paginate
-from visiona.kit.schema import deployments
+from visiona.kit.records import AnyRow, columns_of
+from visiona.kit.schema import UTCDateTime, deployments
 
-_COLUMNS = tuple(deployments.c)
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """One model pushed to one device."""
+
+    id: uuid.UUID
+    owner_user_id: uuid.UUID
+    device_id: uuid.UUID
+    model_id: uuid.UUID
+    status: DeploymentStatus
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+
+
+_COLUMNS = columns_of(Deployment, deployments)
 _ORDER = Keyset(deployments.c.created_at, deployments.c.id, descending=True, parse_key=uuid.UUID)
+_FINAL = (DeploymentStatus.SUCCEEDED.value, DeploymentStatus.FAILED.value)
+_now = bindparam("now", type_=UTCDateTime())
+_INSERT = insert(deployments).returning(*_COLUMNS)
+_GET = select(*_COLUMNS).where(deployments.c.id == bindparam("deployment_id"))
+# Only a record still pending or transferring moves; a final state is final.
+# ``finished_at`` is set (bound to now) when the new status is final.
+_SET_STATUS = (
+    update(deployments)
+    .where(
+        deployments.c.id == bindparam("deployment_id"),
+        deployments.c.status.in_(
+            (DeploymentStatus.PENDING.value, DeploymentStatus.TRANSFERRING.value)
+        ),
+    )
+    .values(
+        status=bindparam("new_status"),
+        updated_at=_now,
+        error=bindparam("reason"),
+        finished_at=func.coalesce(
+            bindparam("finished", type_=UTCDateTime()), deployments.c.finished_at
+        ),
+    )
+    .returning(*_COLUMNS)
+)
 
 
-async def insert_deployment(conn: AsyncConnection, values: dict[str, Any]) -> dict[str, Any]:
-    """Insert a deployment and return it."""
-    row = (await conn.execute(insert(deployments).values(**values).returning(*_COLUMNS))).one()
-    return dict(row._mapping)
+def _deployment(row: AnyRow) -> Deployment:
+    id_, owner, device, model, status, error, created, updated, finished = row
+    return Deployment(
+        id_, owner, device, model, DeploymentStatus(status), error, created, updated, finished
+    )
+
+
+async def insert_deployment(
+    conn: AsyncConnection,
+    *,
+    deployment_id: uuid.UUID,
+    owner_user_id: uuid.UUID,
+    device_id: uuid.UUID,
+    model_id: uuid.UUID,
+    now: datetime,
+) -> Deployment:
+    """Record a ``pending`` deployment and return it."""
+    values = {
+        "id": deployment_id,
+        "owner_user_id": owner_user_id,
+        "device_id": device_id,
+        "model_id": model_id,
+        "status": DeploymentStatus.PENDING.value,
+        "created_at": now,
+        "updated_at": now,
+    }
+    return _deployment((await conn.execute(_INSERT, values)).one())
 
 
 async def set_status(
     conn: AsyncConnection,
     deployment_id: uuid.UUID,
     *,
-    status: str,
+    status: DeploymentStatus,
     now: datetime,
     error: str | None = None,
-    final: bool = False,
-) -> dict[str, Any] | None:
+) -> Deployment | None:
     """Move a deployment that is not final yet to ``status``; return it, or None if it was."""
-    values: dict[str, Any] = {"status": status, "updated_at": now, "error": error}
-    if final:
-        values["finished_at"] = now
-    stmt = (
-        update(deployments)
-        .where(
-            deployments.c.id == deployment_id,
-            deployments.c.status.in_(("pending", "transferring")),
-        )
-        .values(**values)
-        .returning(*_COLUMNS)
-    )
-    row = (await conn.execute(stmt)).one_or_none()
-    return dict(row._mapping) if row else None
+    params = {
+        "deployment_id": deployment_id,
+        "new_status": status.value,
+        "now": now,
+        "reason": error,
+        "finished": now if status.value in _FINAL else None,
+    }
+    row = (await conn.execute(_SET_STATUS, params)).one_or_none()
+    return _deployment(row) if row else None
 
 
-async def get_deployment(conn: AsyncConnection, deployment_id: uuid.UUID) -> dict[str, Any] | None:
+async def get_deployment(conn: AsyncConnection, deployment_id: uuid.UUID) -> Deployment | None:
     """The deployment ``deployment_id``, or None."""
-    stmt = select(*_COLUMNS).where(deployments.c.id == deployment_id)
-    row = (await conn.execute(stmt)).one_or_none()
-    return dict(row._mapping) if row else None
+    row = (await conn.execute(_GET, {"deployment_id": deployment_id})).one_or_none()
+    return _deployment(row) if row else None
 
 
 async def list_page(
@@ -63,9 +122,9 @@ async def list_page(
     owner_id: uuid.UUID,
     device_id: uuid.UUID,
     page: PageRequest,
-) -> Page[dict[str, Any]]:
+) -> Page[Deployment]:
     """One page of the device's deployments, newest first (ties: the higher id first)."""
     stmt = select(*_COLUMNS).where(
         deployments.c.device_id == device_id, deployments.c.owner_user_id == owner_id
     )
-    return await paginate(conn, stmt, _ORDER, page, lambda row: dict(row._mapping))
+    return await paginate(conn, stmt, _ORDER, page, _deployment)

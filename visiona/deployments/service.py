@@ -13,11 +13,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from visiona.deployments import repository
+from visiona.deployments.repository import Deployment
 from visiona.deployments.schemas import DeploymentStatus
 from visiona.deployments.transfer import TransferFailedError, send_model
 from visiona.devices import service as devices_service
@@ -51,9 +53,20 @@ class ModelFileMissingError(ConflictError):
     default_message = "The model has no file to deploy."
 
 
+@dataclass(frozen=True, slots=True)
+class ModelFile:
+    """The model file a deployment sends (checked to exist when it was recorded)."""
+
+    model_id: uuid.UUID
+    storage_key: str
+    sha256: str
+    size: int
+    chip: str
+
+
 async def prepare(
     conn: AsyncConnection, owner_id: uuid.UUID, device_id: uuid.UUID, model_id: uuid.UUID
-) -> tuple[dict[str, Any], dict[str, Any]]:
+) -> tuple[Deployment, ModelFile]:
     """Check the device and the model and record a ``pending`` deployment.
 
     Another user's or a deleted device or model is a 404; a model without a file or
@@ -62,41 +75,45 @@ async def prepare(
     """
     device = await devices_service.get_device(conn, owner_id, device_id)
     model = await models_service.require_model(conn, owner_id, model_id)
-    if not model["storage_key"] or not model["sha256"]:
+    if not model.storage_key or not model.sha256:
         raise ModelFileMissingError()
-    device_type = (device["device_type"] or "").strip().lower()
-    if device_type != model["target_chip"]:
+    device_type = (device.device_type or "").strip().lower()
+    if device_type != model.target_chip:
         raise ChipMismatchError(
-            f"The model is built for {model['target_chip']} but the device is "
+            f"The model is built for {model.target_chip} but the device is "
             f"{device_type or 'of an unknown type'}."
         )
-    now = utcnow()
     deployment = await repository.insert_deployment(
         conn,
-        {
-            "id": uuid.uuid4(),
-            "owner_user_id": owner_id,
-            "device_id": device_id,
-            "model_id": model_id,
-            "status": DeploymentStatus.PENDING.value,
-            "created_at": now,
-            "updated_at": now,
-        },
+        deployment_id=uuid.uuid4(),
+        owner_user_id=owner_id,
+        device_id=device_id,
+        model_id=model_id,
+        now=utcnow(),
     )
-    return deployment, model
+    file = ModelFile(
+        model_id=model.id,
+        storage_key=model.storage_key,
+        sha256=model.sha256,
+        size=model.file_size,
+        chip=model.target_chip,
+    )
+    return deployment, file
 
 
 async def mark(
     db: Database, deployment_id: uuid.UUID, status: DeploymentStatus, error: str | None = None
-) -> dict[str, Any]:
+) -> Deployment:
     """Move the deployment to ``status`` in its own transaction; return the record.
 
     A record that is already final is left as it is (and returned as it is).
     """
-    final = status in {DeploymentStatus.SUCCEEDED, DeploymentStatus.FAILED}
+    # unit of work: the named exception of a service opening its own — the transfer
+    # records each state change in a short transaction of its own, so nothing is held
+    # open while the file crosses the tunnel (docs/database.md, "Unit of work").
     async with db.transaction() as conn:
         record = await repository.set_status(
-            conn, deployment_id, status=status.value, now=utcnow(), error=error, final=final
+            conn, deployment_id, status=status, now=utcnow(), error=error
         )
         if record is None:
             record = await repository.get_deployment(conn, deployment_id)
@@ -109,22 +126,22 @@ async def transfer(
     db: Database,
     storage: ObjectStorage,
     link: TunnelLink,
-    deployment: dict[str, Any],
-    model: dict[str, Any],
+    deployment: Deployment,
+    model: ModelFile,
     *,
     answer_timeout: float,
-) -> dict[str, Any]:
+) -> Deployment:
     """Send the model through ``link`` and record the outcome; return the final record.
 
     ``transferring`` is recorded before the first byte; ``succeeded`` once the agent
     answered 200, ``failed`` with the reason otherwise, and also when this task is
     cancelled (the record never stays ``transferring``).
     """
-    deployment_id: uuid.UUID = deployment["id"]
+    deployment_id = deployment.id
     await mark(db, deployment_id, DeploymentStatus.TRANSFERRING)
     try:
         try:
-            opened = await storage.open(model["storage_key"])
+            opened = await storage.open(model.storage_key)
         except StorageUnavailableError as err:
             raise TransferFailedError(f"the model file could not be read: {err.message}") from err
         except ObjectMissingError as err:
@@ -132,10 +149,10 @@ async def transfer(
         await send_model(
             link.session,
             opened.chunks,
-            model_id=model["id"],
-            size=model["file_size"],
-            sha256=model["sha256"],
-            chip=model["target_chip"],
+            model_id=model.model_id,
+            size=model.size,
+            sha256=model.sha256,
+            chip=model.chip,
             answer_timeout=answer_timeout,
         )
     except TransferFailedError as err:
@@ -148,7 +165,7 @@ async def transfer(
         )
         raise
     _LOGGER.info(
-        "deployment %s: model %s is on device %s", deployment_id, model["id"], link.device_id
+        "deployment %s: model %s is on device %s", deployment_id, model.model_id, link.device_id
     )
     return await mark(db, deployment_id, DeploymentStatus.SUCCEEDED)
 
@@ -158,7 +175,7 @@ async def list_deployments(
     owner_id: uuid.UUID,
     device_id: uuid.UUID,
     page: PageRequest,
-) -> Page[dict[str, Any]]:
+) -> Page[Deployment]:
     """One page of the device's deployments, newest first (404 when not the caller's device)."""
     await devices_service.get_device(conn, owner_id, device_id)
     return await repository.list_page(conn, owner_id, device_id, page)

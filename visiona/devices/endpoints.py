@@ -1,8 +1,9 @@
-"""HTTP routes for devices, pairing tokens, session tokens and the agent (HTTP in/out only).
+"""HTTP routes for devices and the agent's pair exchange and status report (HTTP in/out only).
 
-Unpair and session-token revocation open their unit of work here, explicitly, so that
-``Runtime.device_revoked`` (the tunnel's hook to close a live tunnel) runs only after
-the revocation has committed.
+Unpair opens its unit of work here, explicitly, so that ``Runtime.device_revoked``
+(the tunnel's hook to close a live tunnel) runs only after the revocation has
+committed; the pair exchange opens its own after the rate check. The other routes use
+the per-request unit of work.
 """
 
 from __future__ import annotations
@@ -15,21 +16,14 @@ from fastapi import APIRouter, Query, Request, Response, status
 
 from visiona.auth.dependencies import CurrentPrincipal
 from visiona.devices import service
-from visiona.devices.dependencies import CurrentDevice
 from visiona.devices.schemas import (
     AgentStatusRequest,
     DeviceCreate,
     DeviceList,
     DeviceOut,
     DeviceUpdate,
-    PairingTokenCreate,
-    PairingTokenCreated,
-    PairingTokenList,
-    PairingTokenOut,
     PairRequest,
     PairResponse,
-    SessionTokenList,
-    SessionTokenOut,
 )
 from visiona.kit.deps import Conn, RuntimeDep, client_address
 from visiona.kit.errors import (
@@ -42,7 +36,7 @@ from visiona.kit.errors import (
 )
 from visiona.kit.http import error_responses
 from visiona.kit.pagination import PageParams
-from visiona.kit.runtime import Runtime
+from visiona.tokens.dependencies import CurrentDevice
 from visiona.wire import RemoteStatus, UsbStatus
 
 _LOGGER = logging.getLogger(__name__)
@@ -54,37 +48,6 @@ _NO_CONTENT: dict[str, Any] = {
     "status_code": status.HTTP_204_NO_CONTENT,
     "response_class": Response,
 }
-
-
-async def _close_tunnel(runtime: Runtime, device_id: uuid.UUID) -> None:
-    """Run the revocation hooks after commit (each failure is logged, none undoes it)."""
-    await runtime.device_revoked(device_id)
-
-
-def _device(row: dict[str, Any]) -> DeviceOut:
-    return DeviceOut.model_validate(row)
-
-
-def _pairing(row: dict[str, Any]) -> PairingTokenOut:
-    return PairingTokenOut(
-        id=row["token_hash"],
-        created_at=row["created_at"],
-        expires_at=row["expires_at"],
-        used_at=row["used_at"],
-        revoked_at=row["revoked_at"],
-        device_id=row["device_id"],
-    )
-
-
-def _session(row: dict[str, Any]) -> SessionTokenOut:
-    return SessionTokenOut(
-        id=row["token_hash"],
-        device_id=row["device_id"],
-        pairing_token_id=row["parent_token_hash"],
-        created_at=row["created_at"],
-        expires_at=row["expires_at"],
-        revoked_at=row["revoked_at"],
-    )
 
 
 # -- devices ------------------------------------------------------------------
@@ -116,7 +79,9 @@ async def list_devices(  # noqa: PLR0917 - FastAPI injects query parameters by n
         page=page,
         stale_before=service.stale_before(runtime.settings),
     )
-    return DeviceList(items=[_device(row) for row in found.items], next_cursor=found.next_cursor)
+    return DeviceList(
+        items=[DeviceOut.model_validate(row) for row in found.items], next_cursor=found.next_cursor
+    )
 
 
 @router.post(
@@ -136,7 +101,7 @@ async def create_device(body: DeviceCreate, principal: CurrentPrincipal, conn: C
         serial_number=body.serial_number,
         device_type=body.device_type,
     )
-    return _device(row)
+    return DeviceOut.model_validate(row)
 
 
 @router.get(
@@ -152,7 +117,9 @@ async def get_device(
     """The device; unknown, deleted or not yours → 404. A device whose tunnel has not been
     seen for three status intervals reads ``remote_status=offline``."""
     stale = service.stale_before(runtime.settings)
-    return _device(await service.get_device(conn, principal.user_id, device_id, stale_before=stale))
+    return DeviceOut.model_validate(
+        await service.get_device(conn, principal.user_id, device_id, stale_before=stale)
+    )
 
 
 @router.patch(
@@ -174,7 +141,7 @@ async def rename_device(
     device = await service.rename_device(
         conn, principal.user_id, device_id, body.name, stale_before=stale
     )
-    return _device(device)
+    return DeviceOut.model_validate(device)
 
 
 @router.delete(
@@ -190,6 +157,7 @@ async def unpair_device(
     """Soft-delete the device and revoke all its pairing and session tokens in one
     transaction; then close its live tunnel. The serial can be paired again later
     (as a new device)."""
+    # unit of work: its own, so the revocation hooks run after the commit
     async with runtime.db.transaction() as conn:
         result = await service.unpair_device(conn, principal.user_id, device_id)
     _LOGGER.info(
@@ -198,104 +166,7 @@ async def unpair_device(
         result.pairing_tokens,
         result.session_tokens,
     )
-    await _close_tunnel(runtime, device_id)
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
-
-
-# -- session tokens -------------------------------------------------------------
-
-
-@router.get(
-    "/devices/{device_id}/session-tokens",
-    response_model=SessionTokenList,
-    tags=["session tokens"],
-    summary="A device's session tokens",
-    responses=error_responses(UnauthorizedError, NotFoundError, ValidationFailedError),
-)
-async def list_session_tokens(
-    device_id: uuid.UUID,
-    principal: CurrentPrincipal,
-    conn: Conn,
-    page: PageParams,
-) -> SessionTokenList:
-    """The device's agent session tokens, revoked ones included; never the plaintext."""
-    found = await service.list_session_tokens(conn, principal.user_id, device_id, page)
-    return SessionTokenList(
-        items=[_session(row) for row in found.items], next_cursor=found.next_cursor
-    )
-
-
-@router.delete(
-    "/session-tokens/{token_id}",
-    **_NO_CONTENT,
-    tags=["session tokens"],
-    summary="Revoke a session token",
-    responses=error_responses(UnauthorizedError, CsrfError, NotFoundError),
-)
-async def revoke_session_token(
-    token_id: str, principal: CurrentPrincipal, runtime: RuntimeDep
-) -> Response:
-    """Revoke the token (idempotent) and close the live tunnel of its device."""
-    async with runtime.db.transaction() as conn:
-        device_id = await service.revoke_session_token(conn, principal.user_id, token_id)
-    _LOGGER.info("a session token of device %s was revoked", device_id)
-    await _close_tunnel(runtime, device_id)
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
-
-
-# -- pairing tokens -------------------------------------------------------------
-
-
-@router.post(
-    "/pairing-tokens",
-    status_code=status.HTTP_201_CREATED,
-    response_model=PairingTokenCreated,
-    tags=["pairing tokens"],
-    summary="Create a pairing token",
-    responses=error_responses(UnauthorizedError, CsrfError, ValidationFailedError),
-)
-async def create_pairing_token(
-    principal: CurrentPrincipal,
-    conn: Conn,
-    runtime: RuntimeDep,
-    body: PairingTokenCreate | None = None,
-) -> PairingTokenCreated:
-    """A one-time token for `visiona agent --token`. The plaintext is in this response
-    only; it expires after `ttl_seconds` (default 900, at most the configured maximum)."""
-    ttl = service.pairing_ttl(runtime.settings, body.ttl_seconds if body else None)
-    issued = await service.create_pairing_token(conn, principal.user_id, ttl)
-    return PairingTokenCreated(id=issued.id, token=issued.token, expires_at=issued.expires_at)
-
-
-@router.get(
-    "/pairing-tokens",
-    response_model=PairingTokenList,
-    tags=["pairing tokens"],
-    summary="List your pairing tokens",
-    responses=error_responses(UnauthorizedError, ValidationFailedError),
-)
-async def list_pairing_tokens(
-    principal: CurrentPrincipal,
-    conn: Conn,
-    page: PageParams,
-) -> PairingTokenList:
-    """Your pairing tokens, used and revoked ones included; never the plaintext."""
-    found = await service.list_pairing_tokens(conn, principal.user_id, page)
-    return PairingTokenList(
-        items=[_pairing(row) for row in found.items], next_cursor=found.next_cursor
-    )
-
-
-@router.delete(
-    "/pairing-tokens/{token_id}",
-    **_NO_CONTENT,
-    tags=["pairing tokens"],
-    summary="Revoke a pairing token",
-    responses=error_responses(UnauthorizedError, CsrfError, NotFoundError),
-)
-async def revoke_pairing_token(token_id: str, principal: CurrentPrincipal, conn: Conn) -> Response:
-    """Revoke the token (idempotent); it can no longer be exchanged."""
-    await service.revoke_pairing_token(conn, principal.user_id, token_id)
+    await runtime.device_revoked(device_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -316,6 +187,7 @@ async def pair(body: PairRequest, request: Request, runtime: RuntimeDep) -> Pair
     issue a `vst_…` session token, in one transaction. Any invalid, unknown, expired,
     used or revoked token → the same 401. Limited per client address (429)."""
     await service.check_pair_rate(runtime.limiter, runtime.settings, client_address(request))
+    # unit of work: its own, opened after the rate check (a refused attempt holds none)
     async with runtime.db.transaction() as conn:
         paired = await service.pair(
             conn,

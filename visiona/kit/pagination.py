@@ -12,16 +12,17 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import Depends, Query
-from sqlalchemy import ColumnElement, Row, Select, and_, or_
+from sqlalchemy import ColumnElement, Select, and_, or_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from visiona.kit.errors import ValidationFailedError
+from visiona.kit.records import AnyRow
 
 T = TypeVar("T")
 
@@ -111,19 +112,21 @@ async def paginate(
     stmt: Select[Any],
     keyset: Keyset,
     page: PageRequest,
-    build: Callable[[Row[Any]], T],
+    build: Callable[[AnyRow], T],
+    *,
+    params: Mapping[str, Any] | None = None,
 ) -> Page[T]:
     """Run ``stmt`` for one page in ``keyset`` order; ``build`` makes each item from its row.
 
-    ``stmt`` must select ``keyset``'s two columns. One row more than the page is read
-    to know whether another page follows; a cursor this server did not hand out is a
-    422 ``validation_error``.
+    ``stmt`` must select ``keyset``'s two columns; ``params`` binds its bind parameters.
+    One row more than the page is read to know whether another page follows; a cursor
+    this server did not hand out is a 422 ``validation_error``.
     """
     position = decode_cursor(page.cursor)
     if position is not None:
         stmt = stmt.where(keyset.after(position))
     stmt = stmt.order_by(*keyset.order_by()).limit(page.limit + 1)
-    rows = (await conn.execute(stmt)).all()
+    rows = (await conn.execute(stmt, dict(params or {}))).all()
     next_cursor = None
     if len(rows) > page.limit:
         rows = rows[: page.limit]

@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 from sqlalchemy import Column, Row, Table
 
 T = TypeVar("T")
+#: A result row of any width.
+AnyRow = Row[*tuple[Any, ...]]
 
 
 def columns_of(record: type[Any], table: Table, **replace: Any) -> tuple[Any, ...]:
@@ -38,10 +40,10 @@ def columns_of(record: type[Any], table: Table, **replace: Any) -> tuple[Any, ..
     return tuple(selected)
 
 
-def build(record: Callable[..., T]) -> Callable[[Row[Any]], T]:
+def build(record: Callable[..., T]) -> Callable[[AnyRow], T]:
     """A builder of ``record`` from a row selected with :func:`columns_of` (positional)."""
 
-    def make(row: Row[Any]) -> T:
+    def make(row: AnyRow) -> T:
         return record(*row)
 
     return make

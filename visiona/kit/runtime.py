@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import uuid
@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from visiona.kit.ratelimit import RateLimiter
     from visiona.kit.settings import Settings
     from visiona.models.storage import ObjectStorage
+    from visiona.tunnel.hub import TunnelHub
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -39,7 +40,8 @@ class Runtime:
     # Called after a device's credentials are revoked and committed (unpair, token
     # revocation); the tunnel registers one to close the live tunnel.
     on_device_revoked: list[DeviceHook] = field(default_factory=list)
-    extras: dict[str, Any] = field(default_factory=dict)
+    # This node's agent tunnels (the tunnel feature); built in the lifespan.
+    hub: TunnelHub | None = None
 
     async def device_revoked(self, device_id: uuid.UUID) -> None:
         """Run every revocation hook for ``device_id``; one failing hook stops no other.

@@ -34,6 +34,7 @@ from visiona.kit.pagination import PageParams
 from visiona.kit.runtime import Runtime
 from visiona.models import service
 from visiona.models.multipart import InvalidMultipartError, StreamingForm
+from visiona.models.repository import Model
 from visiona.models.schemas import (
     ModelOut,
     ModelPage,
@@ -180,7 +181,8 @@ async def _create(
     model_id: uuid.UUID,
     fields: UploadFields,
     stored: StoredObject,
-) -> dict[str, Any]:
+) -> Model:
+    # unit of work: streaming upload: the record is written once the bytes are stored
     async with runtime.db.transaction() as conn:
         return await service.create_model(
             conn, owner_id=owner, model_id=model_id, fields=fields, stored=stored
@@ -206,7 +208,7 @@ async def list_models(
         conn,
         principal.user_id,
         chip=chip.value if chip else None,
-        source=source.value if source else None,
+        source=source,
         page=page,
     )
     return ModelPage(
@@ -249,6 +251,7 @@ async def delete_model(
     model_id: uuid.UUID, principal: CurrentPrincipal, runtime: RuntimeDep, storage: StorageDep
 ) -> Response:
     """Soft-delete the model (404 afterwards); its file is deleted once that is committed."""
+    # unit of work: its own, so the file is deleted only after the commit
     async with runtime.db.transaction() as conn:
         key = await service.delete_model(conn, principal.user_id, model_id)
     if key:
@@ -283,6 +286,7 @@ async def replace_file(
     The old file is deleted after the change is committed.
     """
     owner = principal.user_id
+    # unit of work: streaming upload: a short check before any byte, the record after
     async with runtime.db.transaction() as conn:  # 404 before any byte is stored
         current = await service.require_model(conn, owner, model_id)
     limit = runtime.settings.model_max_bytes
@@ -293,7 +297,7 @@ async def replace_file(
         max_bytes=limit,
     )
     replaced = await _record_or_discard(
-        storage, stored, _replace(runtime, owner, model_id, stored), keep=current["storage_key"]
+        storage, stored, _replace(runtime, owner, model_id, stored), keep=current.storage_key
     )
     if replaced.old_key:
         await storage.delete_quietly(replaced.old_key)
@@ -303,6 +307,7 @@ async def replace_file(
 async def _replace(
     runtime: Runtime, owner: uuid.UUID, model_id: uuid.UUID, stored: StoredObject
 ) -> service.Replaced:
+    # unit of work: streaming upload: the record is written once the bytes are stored
     async with runtime.db.transaction() as conn:
         return await service.replace_file(conn, owner_id=owner, model_id=model_id, stored=stored)
 
@@ -332,8 +337,8 @@ async def download_file(
     interrupted download can resume (`If-Range` with the ETag is honoured).
     """
     model = await service.require_model(conn, principal.user_id, model_id)
-    size = int(model["file_size"])
-    etag = f'"{model["sha256"]}"'
+    size = model.file_size
+    etag = f'"{model.sha256}"'
     headers = {"ETag": etag, "Accept-Ranges": "bytes", "Cache-Control": "private, no-cache"}
     if _matches(request.headers.get("if-none-match"), etag):
         return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
@@ -350,7 +355,7 @@ async def download_file(
     start, end = span if isinstance(span, tuple) else (0, None)
     opened = await service.open_file(storage, model, start, end)
     headers["Content-Length"] = str(opened.end - opened.start)
-    headers["Content-Disposition"] = _disposition(str(model["name"]))
+    headers["Content-Disposition"] = _disposition(model.name)
     code = status.HTTP_200_OK
     if isinstance(span, tuple):
         code = status.HTTP_206_PARTIAL_CONTENT

@@ -82,7 +82,7 @@ class ModelOut(BaseModel):
     labels: list[str]
     file_size: int
     sha256: str | None
-    source: str
+    source: ModelSource
     created_at: datetime
     updated_at: datetime
     uploaded_at: datetime | None

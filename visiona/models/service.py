@@ -27,6 +27,7 @@ from visiona.kit.errors import NotFoundError, StorageUnavailableError, Validatio
 from visiona.kit.pagination import Page, PageRequest
 from visiona.models import repository
 from visiona.models.multipart import StreamingForm
+from visiona.models.repository import Model, ModelWrite
 from visiona.models.schemas import ModelPatch, ModelSource, UploadFields
 from visiona.models.storage import ObjectMissingError, ObjectRange, ObjectStorage, StoredObject
 
@@ -124,34 +125,32 @@ async def create_model(
     model_id: uuid.UUID,
     fields: UploadFields,
     stored: StoredObject,
-) -> dict[str, Any]:
+) -> Model:
     """Record an uploaded model whose file is already stored."""
     now = utcnow()
     model = await repository.upsert(
         conn,
-        {
-            "id": model_id,
-            "owner_user_id": owner_id,
-            "name": fields.name,
-            "target_chip": fields.target_chip.value,
-            "labels": fields.labels,
-            "file_size": stored.size,
-            "sha256": stored.sha256,
-            "source": ModelSource.UPLOADED.value,
-            "storage_key": stored.key,
-            "created_at": now,
-            "updated_at": now,
-            "uploaded_at": now,
-        },
+        ModelWrite(
+            id=model_id,
+            owner_user_id=owner_id,
+            name=fields.name,
+            target_chip=fields.target_chip.value,
+            labels=tuple(fields.labels),
+            file_size=stored.size,
+            sha256=stored.sha256,
+            source=ModelSource.UPLOADED,
+            storage_key=stored.key,
+            created_at=now,
+            updated_at=now,
+            uploaded_at=now,
+        ),
     )
     if model is None:  # a fresh uuid4 cannot collide with a live row of someone else
         raise _not_found()
     return model
 
 
-async def require_model(
-    conn: AsyncConnection, owner_id: uuid.UUID, model_id: uuid.UUID
-) -> dict[str, Any]:
+async def require_model(conn: AsyncConnection, owner_id: uuid.UUID, model_id: uuid.UUID) -> Model:
     """The caller's live model, or 404 (also when it is someone else's)."""
     model = await repository.get(conn, owner_id, model_id)
     if model is None:
@@ -159,11 +158,11 @@ async def require_model(
     return model
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Replaced:
     """A model after its file was replaced, and the key of the object it no longer uses."""
 
-    model: dict[str, Any]
+    model: Model
     old_key: str | None
 
 
@@ -175,11 +174,14 @@ async def replace_file(
     if current is None:
         raise _not_found()
     now = utcnow()
-    values = {
-        key: current[key]
-        for key in ("id", "owner_user_id", "name", "target_chip", "labels", "source")
-    }
-    values.update(
+    values = ModelWrite(
+        id=current.id,
+        owner_user_id=current.owner_user_id,
+        name=current.name,
+        target_chip=current.target_chip,
+        labels=current.labels,
+        source=current.source,
+        faa_object_key=current.faa_object_key,
         file_size=stored.size,
         sha256=stored.sha256,
         storage_key=stored.key,
@@ -190,7 +192,7 @@ async def replace_file(
     model = await repository.upsert(conn, values)
     if model is None:
         raise _not_found()
-    old = current["storage_key"]
+    old = current.storage_key
     return Replaced(model=model, old_key=old if old != stored.key else None)
 
 
@@ -202,21 +204,22 @@ async def list_models(
     owner_id: uuid.UUID,
     *,
     chip: str | None,
-    source: str | None,
+    source: ModelSource | None,
     page: PageRequest,
-) -> Page[dict[str, Any]]:
+) -> Page[Model]:
     """One page of the caller's models, newest first."""
     return await repository.list_page(conn, owner_id, chip=chip, source=source, page=page)
 
 
 async def update_model(
     conn: AsyncConnection, owner_id: uuid.UUID, model_id: uuid.UUID, patch: ModelPatch
-) -> dict[str, Any]:
+) -> Model:
     """Rename or relabel the caller's model."""
-    changes = patch.model_dump(exclude_unset=True, exclude_none=True)
-    if not changes:
+    if patch.name is None and patch.labels is None:
         return await require_model(conn, owner_id, model_id)
-    model = await repository.update_fields(conn, owner_id, model_id, changes, utcnow())
+    model = await repository.update_fields(
+        conn, owner_id, model_id, name=patch.name, labels=patch.labels, now=utcnow()
+    )
     if model is None:
         raise _not_found()
     return model
@@ -229,18 +232,17 @@ async def delete_model(
     model = await repository.soft_delete(conn, owner_id, model_id, utcnow())
     if model is None:
         raise _not_found()
-    key: str | None = model["storage_key"]
-    return key
+    return model.storage_key
 
 
 async def open_file(
-    storage: ObjectStorage, model: dict[str, Any], start: int, end: int | None
+    storage: ObjectStorage, model: Model, start: int, end: int | None
 ) -> ObjectRange:
     """Open ``[start, end)`` of the model's file (503 if the object is gone or unreachable)."""
-    key = model["storage_key"]
+    key = model.storage_key
     if not key:
         raise _not_found()
     with contextlib.suppress(ObjectMissingError):
         return await storage.open(key, start, end)
-    _LOGGER.error("model %s: object %s is missing from storage", model["id"], key)
+    _LOGGER.error("model %s: object %s is missing from storage", model.id, key)
     raise StorageUnavailableError("The model file is not available.")

@@ -11,12 +11,12 @@ from fastapi.responses import JSONResponse
 
 from visiona.auth.dependencies import CurrentPrincipal
 from visiona.devices import service as devices_service
-from visiona.devices.service import DeviceIdentity, authenticate_device
 from visiona.kit.database import map_db_error
 from visiona.kit.deps import RuntimeDep
 from visiona.kit.errors import AppError, CsrfError, NotFoundError, UnauthorizedError
 from visiona.kit.http import error_responses
 from visiona.kit.runtime import Runtime
+from visiona.tokens.service import DeviceIdentity, authenticate_device
 from visiona.tunnel.errors import (
     DeviceOfflineError,
     DeviceTimeoutError,
@@ -28,7 +28,6 @@ from visiona.tunnel.proxy import ProxyExchange, ProxyResponse
 from visiona.wire import RESERVED_PREFIX
 
 _LOGGER = logging.getLogger(__name__)
-HUB_KEY = "tunnel_hub"
 #: Targets the agent answers itself (see docs/tunnel-protocol.md); never proxied.
 _RESERVED = RESERVED_PREFIX.encode("ascii")
 PROXY_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -38,8 +37,9 @@ router = APIRouter()
 
 def hub_of(runtime: Runtime) -> TunnelHub:
     """The application's tunnel hub (built in the lifespan)."""
-    hub: TunnelHub = runtime.extras[HUB_KEY]
-    return hub
+    if runtime.hub is None:
+        raise RuntimeError("the tunnel hub is not running")
+    return runtime.hub
 
 
 def _bearer(websocket: WebSocket) -> str | None:
@@ -49,6 +49,7 @@ def _bearer(websocket: WebSocket) -> str | None:
 
 async def _identify(runtime: Runtime, token: str | None) -> DeviceIdentity:
     try:
+        # unit of work: its own, before the WebSocket upgrade (the tunnel outlives any transaction)
         async with runtime.db.transaction() as conn:
             return await authenticate_device(conn, token)
     except AppError:
@@ -102,6 +103,7 @@ async def proxy(
         raise ReservedPathError()
     link = hub_of(runtime).get(device_id)
     if link is None or link.owner_user_id != principal.user_id:
+        # unit of work: its own, only when the device is not connected (a proxy holds none)
         async with runtime.db.transaction() as conn:
             await devices_service.get_device(conn, principal.user_id, device_id)
         raise DeviceOfflineError()

@@ -18,8 +18,8 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec
 
-from visiona.devices.repository import find_valid_session
 from visiona.kit.clock import utcnow
+from visiona.tokens import service as tokens
 from visiona.tunnel import repository
 from visiona.tunnel.link import TunnelLink
 from visiona.wire import CLOSE_GOING_AWAY, CLOSE_KEEPALIVE, CLOSE_REVOKED, CLOSE_SUPERSEDED
@@ -29,10 +29,10 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection
     from starlette.websockets import WebSocket
 
-    from visiona.devices.service import DeviceIdentity
     from visiona.kit.database import Database
     from visiona.kit.metrics import Metrics
     from visiona.kit.settings import Settings
+    from visiona.tokens.service import DeviceIdentity
 
 _LOGGER = logging.getLogger(__name__)
 _P = ParamSpec("_P")
@@ -212,8 +212,8 @@ class TunnelHub:
         if link is None:
             return
         async with self._db.transaction() as conn:
-            still_valid = await find_valid_session(conn, link.token_hash, utcnow())
-        if still_valid is None:
+            still_valid = await tokens.session_holds(conn, link.token_hash)
+        if not still_valid:
             _LOGGER.info("tunnel: device %s credentials revoked; closing its tunnel", device_id)
             await link.close(CLOSE_REVOKED, "revoked")
 

@@ -1,4 +1,7 @@
-"""SQL of the tunnel: the devices' remote status columns. Takes a connection; never commits."""
+"""SQL of the tunnel: the devices' remote status columns. Takes a connection; never commits.
+
+Statements are built once, here, with bind parameters.
+"""
 
 from __future__ import annotations
 
@@ -6,30 +9,41 @@ import uuid
 from collections.abc import Collection
 from datetime import datetime
 
-from sqlalchemy import update
+from sqlalchemy import bindparam, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from visiona.kit.schema import devices
+from visiona.kit.schema import UTCDateTime, devices
+from visiona.wire import RemoteStatus
 
 _live = devices.c.deleted_at.is_(None)
+_now = bindparam("now", type_=UTCDateTime())
+_one = (devices.c.id == bindparam("device_id")) & _live
+_CONNECTED = (
+    update(devices)
+    .where(_one)
+    .values(remote_status="online", last_connected_at=_now, last_seen_at=_now)
+)
+_SET_STATUS = update(devices).where(_one).values(remote_status=bindparam("new_status"))
+_SEEN = (
+    update(devices)
+    .where(devices.c.id.in_(bindparam("device_ids", expanding=True)), _live)
+    .values(last_seen_at=_now, remote_status="online")
+)
+_ALL_OFFLINE = (
+    update(devices).where(devices.c.remote_status != "offline").values(remote_status="offline")
+)
 
 
 async def mark_connected(conn: AsyncConnection, device_id: uuid.UUID, now: datetime) -> None:
     """A tunnel came up: ``online``, connected and seen now."""
-    await conn.execute(
-        update(devices)
-        .where(devices.c.id == device_id, _live)
-        .values(remote_status="online", last_connected_at=now, last_seen_at=now)
-    )
+    await conn.execute(_CONNECTED, {"device_id": device_id, "now": now})
 
 
 async def set_remote_status(
-    conn: AsyncConnection, device_id: uuid.UUID, remote_status: str
+    conn: AsyncConnection, device_id: uuid.UUID, remote_status: RemoteStatus
 ) -> None:
     """Record a status change (``reconnecting``, ``offline``...) of one device."""
-    await conn.execute(
-        update(devices).where(devices.c.id == device_id, _live).values(remote_status=remote_status)
-    )
+    await conn.execute(_SET_STATUS, {"device_id": device_id, "new_status": remote_status})
 
 
 async def mark_seen(
@@ -38,16 +52,10 @@ async def mark_seen(
     """One statement for the whole batch: these devices were seen (and are online) at ``now``."""
     if not device_ids:
         return
-    await conn.execute(
-        update(devices)
-        .where(devices.c.id.in_(list(device_ids)), _live)
-        .values(last_seen_at=now, remote_status="online")
-    )
+    await conn.execute(_SEEN, {"device_ids": list(device_ids), "now": now})
 
 
 async def mark_all_offline(conn: AsyncConnection) -> int:
     """At start-up: every device still marked connected is offline (this node holds none yet)."""
-    result = await conn.execute(
-        update(devices).where(devices.c.remote_status != "offline").values(remote_status="offline")
-    )
+    result = await conn.execute(_ALL_OFFLINE)
     return int(result.rowcount or 0)

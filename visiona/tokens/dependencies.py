@@ -7,8 +7,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from visiona.auth.dependencies import bearer_token
-from visiona.devices.service import DeviceIdentity, authenticate_device
 from visiona.kit.deps import Conn
+from visiona.tokens.service import DeviceIdentity, authenticate_device
 
 
 async def current_device(request: Request, conn: Conn) -> DeviceIdentity:

@@ -19,12 +19,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from visiona.auth import repository as users
 from visiona.auth.passwords import hash_password
-from visiona.devices import repository
+from visiona.devices import service as devices
 from visiona.kit.clock import utcnow
 from visiona.kit.database import Database
 from visiona.kit.errors import ConflictError
 from visiona.kit.settings import Settings
-from visiona.kit.tokens import PAIRING_PREFIX, hash_token, new_token
+from visiona.models import repository as models
+from visiona.models.repository import ModelWrite
+from visiona.models.schemas import ModelSource
+from visiona.tokens import service as tokens
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -64,50 +67,47 @@ async def seed_demo(conn: AsyncConnection) -> DemoData:
     """Create whatever demo rows are missing, and a new 24 h pairing token, on ``conn``."""
     now = utcnow()
     password = await _ensure_user(conn, now)
-    device = await repository.insert_device_if_absent(
+    device, device_created = await devices.ensure_device(
         conn,
-        device_id=uuid.uuid4(),
-        owner_user_id=DEMO_USER_ID,
+        DEMO_USER_ID,
         name=DEMO_DEVICE_NAME,
         device_type=DEMO_DEVICE_TYPE,
         serial_number=DEMO_SERIAL,
         now=now,
     )
-    device_created = device is not None
-    if device is None:
-        device = await repository.get_live_device_by_serial(conn, DEMO_USER_ID, DEMO_SERIAL)
-        assert device is not None  # noqa: S101 - the insert found it live in this transaction
-    model_id = await repository.find_live_model(
-        conn, DEMO_USER_ID, DEMO_MODEL_NAME, DEMO_MODEL_CHIP
-    )
+    model_id = await models.find_live_by_name(conn, DEMO_USER_ID, DEMO_MODEL_NAME, DEMO_MODEL_CHIP)
     model_created = model_id is None
     if model_id is None:
         model_id = uuid.uuid4()
-        await repository.insert_model_record(
+        await models.upsert(
             conn,
-            model_id=model_id,
-            owner_user_id=DEMO_USER_ID,
-            name=DEMO_MODEL_NAME,
-            target_chip=DEMO_MODEL_CHIP,
-            source="builtin",
-            labels=["face"],
-            now=now,
+            ModelWrite(
+                id=model_id,
+                owner_user_id=DEMO_USER_ID,
+                name=DEMO_MODEL_NAME,
+                target_chip=DEMO_MODEL_CHIP,
+                file_size=0,
+                sha256=None,
+                source=ModelSource.BUILTIN,
+                labels=("face",),
+                storage_key=None,
+                created_at=now,
+                updated_at=now,
+                uploaded_at=None,
+            ),
         )
-    token = new_token(PAIRING_PREFIX)
-    expires_at = now + DEMO_PAIRING_TTL
-    await repository.insert_pairing_token(
-        conn, token_hash=hash_token(token), user_id=DEMO_USER_ID, now=now, expires_at=expires_at
-    )
+    ttl = int(DEMO_PAIRING_TTL.total_seconds())
+    issued = await tokens.create_pairing_token(conn, DEMO_USER_ID, ttl, now=now)
     return DemoData(
         user_id=DEMO_USER_ID,
         email=DEMO_EMAIL,
         password=password,
-        device_id=device["id"],
+        device_id=device.id,
         device_created=device_created,
         model_id=model_id,
         model_created=model_created,
-        pairing_token=token,
-        pairing_expires_at=expires_at,
+        pairing_token=issued.token,
+        pairing_expires_at=issued.expires_at,
     )
 
 

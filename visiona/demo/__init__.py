@@ -1,0 +1,1 @@
+"""Demo data for development (``visiona seed-demo``, ``VISIONA_SEED_DEMO_DATA``)."""

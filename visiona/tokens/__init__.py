@@ -1,0 +1,1 @@
+"""Pairing tokens and device session tokens: issue, list, revoke, exchange, check."""

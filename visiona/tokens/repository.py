@@ -1,0 +1,254 @@
+"""SQL for pairing tokens and device session tokens. Takes a connection; never commits.
+
+Tokens are stored by their sha256 only (``token_hash``, also their public id). "Now"
+is bound from Python; statements without per-call structure are built once, here.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import ColumnElement, Table, bindparam, func, insert, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from visiona.kit.pagination import Keyset, Page, PageRequest, paginate
+from visiona.kit.records import build, columns_of
+from visiona.kit.schema import UTCDateTime, devices, pairing_tokens, session_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class PairingToken:
+    """A pairing token (never its plaintext)."""
+
+    token_hash: str
+    user_id: uuid.UUID
+    device_id: uuid.UUID | None
+    created_at: datetime
+    expires_at: datetime | None
+    used_at: datetime | None
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionToken:
+    """A device session token (never its plaintext)."""
+
+    token_hash: str
+    user_id: uuid.UUID
+    device_id: uuid.UUID
+    parent_token_hash: str | None
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ValidSession:
+    """A session token that still holds, and the device and owner it speaks for."""
+
+    token_hash: str
+    device_id: uuid.UUID
+    owner_user_id: uuid.UUID
+
+
+_now = bindparam("now", type_=UTCDateTime())
+_PAIRING = columns_of(PairingToken, pairing_tokens)
+_SESSION = columns_of(SessionToken, session_tokens)
+_pairing = build(PairingToken)
+_session = build(SessionToken)
+_PAIRING_ORDER = Keyset(pairing_tokens.c.created_at, pairing_tokens.c.token_hash)
+_SESSION_ORDER = Keyset(session_tokens.c.created_at, session_tokens.c.token_hash)
+
+
+def _unexpired(table: Table) -> ColumnElement[bool]:
+    return or_(table.c.expires_at.is_(None), table.c.expires_at > _now)
+
+
+def _revoke_one(table: Table) -> ColumnElement[bool]:
+    return (table.c.token_hash == bindparam("hash")) & (table.c.user_id == bindparam("owner"))
+
+
+# A repeated revocation keeps the first time: ``coalesce(revoked_at, :now)``.
+_REVOKE_PAIRING = (
+    update(pairing_tokens)
+    .where(_revoke_one(pairing_tokens))
+    .values(revoked_at=func.coalesce(pairing_tokens.c.revoked_at, _now))
+    .returning(pairing_tokens.c.token_hash)
+)
+_REVOKE_SESSION = (
+    update(session_tokens)
+    .where(_revoke_one(session_tokens))
+    .values(revoked_at=func.coalesce(session_tokens.c.revoked_at, _now))
+    .returning(session_tokens.c.device_id)
+)
+_INSERT_PAIRING = insert(pairing_tokens).returning(*_PAIRING)
+_INSERT_SESSION = insert(session_tokens).returning(*_SESSION)
+_CONSUME_PAIRING = (
+    update(pairing_tokens)
+    .where(
+        pairing_tokens.c.token_hash == bindparam("hash"),
+        pairing_tokens.c.used_at.is_(None),
+        pairing_tokens.c.revoked_at.is_(None),
+        _unexpired(pairing_tokens),
+    )
+    .values(used_at=_now)
+    .returning(pairing_tokens.c.user_id)
+)
+_BIND_PAIRING = (
+    update(pairing_tokens)
+    .where(pairing_tokens.c.token_hash == bindparam("hash"))
+    .values(device_id=bindparam("device"))
+)
+_REVOKE_PAIRING_OF_DEVICE = (
+    update(pairing_tokens)
+    .where(pairing_tokens.c.device_id == bindparam("device"), pairing_tokens.c.revoked_at.is_(None))
+    .values(revoked_at=_now)
+)
+_REVOKE_SESSIONS_OF_DEVICE = (
+    update(session_tokens)
+    .where(session_tokens.c.device_id == bindparam("device"), session_tokens.c.revoked_at.is_(None))
+    .values(revoked_at=_now)
+)
+_VALID_SESSION = (
+    select(session_tokens.c.token_hash, session_tokens.c.device_id, devices.c.owner_user_id)
+    .join(devices, devices.c.id == session_tokens.c.device_id)
+    .where(
+        session_tokens.c.token_hash == bindparam("hash"),
+        session_tokens.c.revoked_at.is_(None),
+        _unexpired(session_tokens),
+        devices.c.deleted_at.is_(None),
+    )
+)
+_valid_session = build(ValidSession)
+
+
+# -- pairing tokens -------------------------------------------------------------
+
+
+async def insert_pairing_token(
+    conn: AsyncConnection,
+    *,
+    token_hash: str,
+    user_id: uuid.UUID,
+    now: datetime,
+    expires_at: datetime | None,
+) -> PairingToken:
+    """Store a new pairing token (its hash only)."""
+    values = {
+        "token_hash": token_hash,
+        "user_id": user_id,
+        "kind": "pairing",
+        "created_at": now,
+        "expires_at": expires_at,
+    }
+    return _pairing((await conn.execute(_INSERT_PAIRING, values)).one())
+
+
+async def list_pairing_tokens(
+    conn: AsyncConnection, user_id: uuid.UUID, page: PageRequest
+) -> Page[PairingToken]:
+    """One page of the user's pairing tokens, by (created_at, hash)."""
+    stmt = select(*_PAIRING).where(pairing_tokens.c.user_id == user_id)
+    return await paginate(conn, stmt, _PAIRING_ORDER, page, _pairing)
+
+
+async def revoke_pairing_token(
+    conn: AsyncConnection, user_id: uuid.UUID, token_hash: str, now: datetime
+) -> bool:
+    """Revoke the user's pairing token (idempotent); False when the user has no such token."""
+    params = {"hash": token_hash, "owner": user_id, "now": now}
+    return (await conn.execute(_REVOKE_PAIRING, params)).one_or_none() is not None
+
+
+async def consume_pairing_token(
+    conn: AsyncConnection, token_hash: str, now: datetime
+) -> uuid.UUID | None:
+    """Mark a usable pairing token used, in one conditional UPDATE; its owner, or None.
+
+    Usable means unused, unrevoked and unexpired. On PostgreSQL the row lock this
+    takes makes racing exchanges wait; when the winner commits, the losers' WHERE
+    no longer matches, so exactly one exchange succeeds.
+    """
+    row = (await conn.execute(_CONSUME_PAIRING, {"hash": token_hash, "now": now})).one_or_none()
+    if row is None:
+        return None
+    owner: uuid.UUID = row.user_id
+    return owner
+
+
+async def bind_pairing_token(conn: AsyncConnection, token_hash: str, device_id: uuid.UUID) -> None:
+    """Record which device a consumed pairing token paired."""
+    await conn.execute(_BIND_PAIRING, {"hash": token_hash, "device": device_id})
+
+
+async def revoke_pairing_tokens_of_device(
+    conn: AsyncConnection, device_id: uuid.UUID, now: datetime
+) -> int:
+    """Revoke every not yet revoked pairing token bound to the device; how many."""
+    result = await conn.execute(_REVOKE_PAIRING_OF_DEVICE, {"device": device_id, "now": now})
+    return int(result.rowcount)
+
+
+# -- session tokens -------------------------------------------------------------
+
+
+async def insert_session_token(
+    conn: AsyncConnection,
+    *,
+    token_hash: str,
+    user_id: uuid.UUID,
+    device_id: uuid.UUID,
+    parent_token_hash: str | None,
+    now: datetime,
+    expires_at: datetime | None,
+) -> SessionToken:
+    """Store a new session token (its hash only)."""
+    values = {
+        "token_hash": token_hash,
+        "user_id": user_id,
+        "device_id": device_id,
+        "parent_token_hash": parent_token_hash,
+        "created_at": now,
+        "expires_at": expires_at,
+    }
+    return _session((await conn.execute(_INSERT_SESSION, values)).one())
+
+
+async def list_session_tokens(
+    conn: AsyncConnection, user_id: uuid.UUID, device_id: uuid.UUID, page: PageRequest
+) -> Page[SessionToken]:
+    """One page of the device's session tokens, by (created_at, hash)."""
+    stmt = select(*_SESSION).where(
+        session_tokens.c.user_id == user_id, session_tokens.c.device_id == device_id
+    )
+    return await paginate(conn, stmt, _SESSION_ORDER, page, _session)
+
+
+async def revoke_session_token(
+    conn: AsyncConnection, user_id: uuid.UUID, token_hash: str, now: datetime
+) -> uuid.UUID | None:
+    """Revoke the user's session token (idempotent); its device id, or None if not theirs."""
+    params = {"hash": token_hash, "owner": user_id, "now": now}
+    row = (await conn.execute(_REVOKE_SESSION, params)).one_or_none()
+    if row is None:
+        return None
+    device_id: uuid.UUID = row.device_id
+    return device_id
+
+
+async def revoke_session_tokens_of_device(
+    conn: AsyncConnection, device_id: uuid.UUID, now: datetime
+) -> int:
+    """Revoke every not yet revoked session token of the device; how many."""
+    result = await conn.execute(_REVOKE_SESSIONS_OF_DEVICE, {"device": device_id, "now": now})
+    return int(result.rowcount)
+
+
+async def find_valid_session(
+    conn: AsyncConnection, token_hash: str, now: datetime
+) -> ValidSession | None:
+    """The session token ``token_hash`` if unrevoked, unexpired and its device is live."""
+    row = (await conn.execute(_VALID_SESSION, {"hash": token_hash, "now": now})).one_or_none()
+    return _valid_session(row) if row else None

@@ -1,0 +1,221 @@
+"""Use cases for pairing tokens and device session tokens.
+
+Every function takes the connection of a unit of work opened at the edge and never
+commits. :func:`authenticate_device` is how the tunnel and the agent routes check a
+session token; :func:`session_holds` is how the tunnel re-checks one after a
+revocation.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from visiona.kit.clock import utcnow
+from visiona.kit.errors import NotFoundError, UnauthorizedError, ValidationFailedError
+from visiona.kit.pagination import Page, PageRequest
+from visiona.kit.settings import Settings
+from visiona.kit.tokens import (
+    DEVICE_SESSION_PREFIX,
+    PAIRING_PREFIX,
+    has_prefix,
+    hash_token,
+    new_token,
+)
+from visiona.tokens import repository
+from visiona.tokens.repository import PairingToken, SessionToken
+
+_TOKEN_ID = re.compile(r"^[0-9a-f]{64}$")
+# One message for every failing agent token: no oracle for used / expired / unknown.
+AGENT_TOKEN_REJECTED = "The token is not valid."  # noqa: S105 - a message, not a secret
+
+
+def agent_unauthorized() -> UnauthorizedError:
+    """The one 401 for every failing agent token."""
+    return UnauthorizedError(AGENT_TOKEN_REJECTED, headers={"WWW-Authenticate": "Bearer"})
+
+
+# -- pairing tokens -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    """A token's public id, its plaintext (shown once) and its end of life."""
+
+    id: str
+    token: str
+    expires_at: datetime
+
+
+def pairing_ttl(settings: Settings, ttl_seconds: int | None) -> int:
+    """The lifetime to give a pairing token: the default, or the asked one within the max."""
+    if ttl_seconds is None:
+        return min(settings.pairing_token_ttl, settings.pairing_token_max_ttl)
+    if ttl_seconds > settings.pairing_token_max_ttl:
+        raise ValidationFailedError(
+            [
+                {
+                    "loc": ["body", "ttl_seconds"],
+                    "message": f"must be at most {settings.pairing_token_max_ttl}",
+                    "type": "less_than_equal",
+                }
+            ]
+        )
+    return ttl_seconds
+
+
+async def create_pairing_token(
+    conn: AsyncConnection, user_id: uuid.UUID, ttl: int, *, now: datetime | None = None
+) -> IssuedToken:
+    """Issue a pairing token for ``user_id`` valid for ``ttl`` seconds."""
+    token = new_token(PAIRING_PREFIX)
+    now = now or utcnow()
+    expires_at = now + timedelta(seconds=ttl)
+    row = await repository.insert_pairing_token(
+        conn, token_hash=hash_token(token), user_id=user_id, now=now, expires_at=expires_at
+    )
+    return IssuedToken(id=row.token_hash, token=token, expires_at=expires_at)
+
+
+async def list_pairing_tokens(
+    conn: AsyncConnection, user_id: uuid.UUID, page: PageRequest
+) -> Page[PairingToken]:
+    """The user's pairing tokens (used and revoked ones too), in creation order."""
+    return await repository.list_pairing_tokens(conn, user_id, page)
+
+
+async def revoke_pairing_token(conn: AsyncConnection, user_id: uuid.UUID, token_id: str) -> None:
+    """Revoke the user's pairing token; a malformed, unknown or foreign id is a 404."""
+    if not _TOKEN_ID.match(token_id) or not await repository.revoke_pairing_token(
+        conn, user_id, token_id, utcnow()
+    ):
+        raise NotFoundError("Pairing token not found.")
+
+
+async def consume_pairing_token(
+    conn: AsyncConnection, pairing_token: str, now: datetime
+) -> tuple[str, uuid.UUID]:
+    """Use up a pairing token: its hash and its owner. Any bad token is the same 401.
+
+    One conditional UPDATE: the winner of a race takes it, every other caller waits
+    for the winner's commit and then gets the 401.
+    """
+    if not has_prefix(pairing_token, PAIRING_PREFIX):
+        raise agent_unauthorized()
+    token_hash = hash_token(pairing_token)
+    owner = await repository.consume_pairing_token(conn, token_hash, now)
+    if owner is None:
+        raise agent_unauthorized()
+    return token_hash, owner
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedSession:
+    """A new device session token: the plaintext (shown once) and its end of life."""
+
+    token: str
+    expires_at: datetime
+
+
+async def issue_session_token(
+    conn: AsyncConnection,
+    settings: Settings,
+    *,
+    pairing_hash: str,
+    owner_user_id: uuid.UUID,
+    device_id: uuid.UUID,
+    now: datetime,
+) -> IssuedSession:
+    """Bind the consumed pairing token to the device and issue its session token."""
+    await repository.bind_pairing_token(conn, pairing_hash, device_id)
+    token = new_token(DEVICE_SESSION_PREFIX)
+    expires_at = now + timedelta(seconds=settings.session_token_ttl)
+    await repository.insert_session_token(
+        conn,
+        token_hash=hash_token(token),
+        user_id=owner_user_id,
+        device_id=device_id,
+        parent_token_hash=pairing_hash,
+        now=now,
+        expires_at=expires_at,
+    )
+    return IssuedSession(token=token, expires_at=expires_at)
+
+
+# -- session tokens -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceIdentity:
+    """An agent authenticated by its session token."""
+
+    device_id: uuid.UUID
+    owner_user_id: uuid.UUID
+    token_hash: str
+
+
+async def authenticate_device(
+    conn: AsyncConnection, token: str | None, *, now: datetime | None = None
+) -> DeviceIdentity:
+    """The device a session token speaks for; any failure is the same 401.
+
+    Valid means: a ``vst_`` token whose hash is stored, unrevoked, unexpired, and
+    whose device is not deleted. This is what the tunnel calls before the
+    WebSocket upgrade.
+    """
+    if not token or not has_prefix(token, DEVICE_SESSION_PREFIX):
+        raise agent_unauthorized()
+    found = await repository.find_valid_session(conn, hash_token(token), now or utcnow())
+    if found is None:
+        raise agent_unauthorized()
+    return DeviceIdentity(
+        device_id=found.device_id, owner_user_id=found.owner_user_id, token_hash=found.token_hash
+    )
+
+
+async def session_holds(conn: AsyncConnection, token_hash: str) -> bool:
+    """Whether the session token ``token_hash`` is still valid (unrevoked, unexpired, live)."""
+    return await repository.find_valid_session(conn, token_hash, utcnow()) is not None
+
+
+async def list_session_tokens(
+    conn: AsyncConnection, owner_user_id: uuid.UUID, device_id: uuid.UUID, page: PageRequest
+) -> Page[SessionToken]:
+    """The session tokens of the owner's device (revoked ones too), in creation order.
+
+    The caller checks first that the device is the owner's and live (a 404 otherwise).
+    """
+    return await repository.list_session_tokens(conn, owner_user_id, device_id, page)
+
+
+async def revoke_session_token(
+    conn: AsyncConnection, owner_user_id: uuid.UUID, token_id: str
+) -> uuid.UUID:
+    """Revoke the owner's session token; returns its device. Not theirs → 404."""
+    device_id = None
+    if _TOKEN_ID.match(token_id):
+        device_id = await repository.revoke_session_token(conn, owner_user_id, token_id, utcnow())
+    if device_id is None:
+        raise NotFoundError("Session token not found.")
+    return device_id
+
+
+@dataclass(frozen=True, slots=True)
+class Revoked:
+    """How many tokens of a device a revocation reached."""
+
+    pairing_tokens: int
+    session_tokens: int
+
+
+async def revoke_all_of_device(
+    conn: AsyncConnection, device_id: uuid.UUID, now: datetime
+) -> Revoked:
+    """Revoke every pairing and session token bound to the device (unpair)."""
+    pairing = await repository.revoke_pairing_tokens_of_device(conn, device_id, now)
+    sessions = await repository.revoke_session_tokens_of_device(conn, device_id, now)
+    return Revoked(pairing_tokens=pairing, session_tokens=sessions)
