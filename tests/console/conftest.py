@@ -31,7 +31,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         database_url=url,
         data_dir=data,
         redis_url=None,
-        tunnel_status_interval=0.5,
+        tunnel_status_interval=2.0,
         model_max_bytes=MODEL_MAX_BYTES,
     )
     with live_server(settings) as server:

@@ -275,8 +275,9 @@ def start_agent(command: str, workdir: Path, name: str, serial: str) -> subproce
     )
 
 
-def stop_agent(process: subprocess.Popen[bytes]) -> None:
-    """Make sure the agent is gone."""
+def stop_agent(process: subprocess.Popen[bytes]) -> str:
+    """Make sure the agent is gone; its stderr (for a failing test's report)."""
     if process.poll() is None:
         process.kill()
-    process.wait(30)
+    _, stderr = process.communicate(timeout=30)
+    return stderr.decode(errors="replace")

@@ -12,7 +12,8 @@
 
   // -- helpers -----------------------------------------------------------------
 
-  async function api(method, path, body) {
+  // A JSON request to a URL of this server; resolves to {ok, status, data}.
+  async function request(method, url, body) {
     const init = { method, credentials: "same-origin", headers: { Accept: "application/json" } };
     if (body !== undefined) {
       init.headers["Content-Type"] = "application/json";
@@ -20,7 +21,7 @@
     }
     let response;
     try {
-      response = await fetch(path.startsWith("/api") ? path : API + path, init);
+      response = await fetch(url, init);
     } catch (err) {
       return { ok: false, status: 0, data: null };
     }
@@ -33,6 +34,11 @@
       }
     }
     return { ok: response.ok, status: response.status, data };
+  }
+
+  // A call of the JSON API (path relative to /api/v1).
+  function api(method, path, body) {
+    return request(method, API + path, body);
   }
 
   const FIELD_NAMES = { name: "Name", email: "Email", password: "Password", target_chip: "Target chip", labels: "Labels", file: "File", model_id: "Model" };
@@ -237,7 +243,7 @@
   async function refreshDevices() {
     const table = $("[data-live-devices]");
     if (!table) return;
-    const result = await api("GET", "/devices.json?" + table.dataset.query);
+    const result = await request("GET", "/devices.json?" + table.dataset.query);
     if (result.status === 401) {
       location.assign("/sign-in?next=" + encodeURIComponent(location.pathname + location.search));
       return;
@@ -329,7 +335,7 @@
 
   async function checkPaired() {
     if (!connect.id || connect.paired) return;
-    const result = await api("GET", "/pairing-tokens/" + encodeURIComponent(connect.id) + ".json");
+    const result = await request("GET", "/pairing-tokens/" + encodeURIComponent(connect.id) + ".json");
     if (!result.ok || !result.data || !result.data.used) return;
     connect.paired = true;
     stopConnectTimers();
