@@ -531,26 +531,26 @@
       xhr.send(data);
     });
 
+  }
+
+  // The rename dialog lives in a <template> until needed (its labels stay out of the page).
+  function renameModel(button) {
+    const template = $("#rename-template");
+    document.body.append(template.content.cloneNode(true));
     const dialog = $("#rename-dialog");
-    const renameForm = $("#rename-model-form");
-    renameForm.addEventListener("submit", async (event) => {
+    const form = $("#rename-model-form");
+    form.name.value = button.dataset.name;
+    form.addEventListener("submit", async (event) => {
       event.preventDefault();
-      showError(renameForm, "");
-      const result = await api("PATCH", "/models/" + dialog.dataset.modelId, { name: renameForm.name.value.trim() });
-      if (!result.ok) return showError(renameForm, errorText(result));
+      showError(form, "");
+      const result = await api("PATCH", "/models/" + button.dataset.modelId, { name: form.name.value.trim() });
+      if (!result.ok) return showError(form, errorText(result));
       dialog.close();
       toast("Renamed to " + result.data.name + ".");
       await refreshRegions(["models-list"]);
     });
     $("[data-close]", dialog).addEventListener("click", () => dialog.close());
-  }
-
-  function renameModel(button) {
-    const dialog = $("#rename-dialog");
-    const form = $("#rename-model-form");
-    dialog.dataset.modelId = button.dataset.modelId;
-    form.name.value = button.dataset.name;
-    showError(form, "");
+    dialog.addEventListener("close", () => dialog.remove());
     dialog.showModal();
     form.name.select();
   }
