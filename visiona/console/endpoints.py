@@ -7,6 +7,7 @@ template; changes are made by the pages' scripts through the JSON API.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable
 from functools import cache
 from typing import Annotated, Any
 
@@ -22,11 +23,9 @@ from visiona.auth.schemas import RegisterRequest
 from visiona.console.security import ConsoleRoute, safe_next
 from visiona.console.views import (
     STATUS_FILTERS,
-    cursor_of,
     environment,
     every_row,
     field,
-    from_page,
     matches,
     sorted_newest_first,
     tunnel_badge,
@@ -35,7 +34,7 @@ from visiona.deployments import service as deployments
 from visiona.devices import service as devices
 from visiona.kit.deps import Conn, RuntimeDep
 from visiona.kit.errors import NotFoundError, UnauthorizedError
-from visiona.kit.pagination import MAX_LIMIT
+from visiona.kit.pagination import Page, PageRequest
 from visiona.kit.runtime import Runtime
 from visiona.models import service as models
 from visiona.models.schemas import ModelSource, TargetChip
@@ -116,13 +115,9 @@ def _password_min() -> int:
 async def _all_devices(conn: AsyncConnection, runtime: Runtime, user_id: uuid.UUID) -> list[Any]:
     stale = devices.stale_before(runtime.settings)
 
-    async def fetch(cursor: str | None) -> tuple[list[Any], str | None]:
-        page = await devices.list_devices(
-            conn, user_id, cursor=cursor_of(cursor), limit=MAX_LIMIT, stale_before=stale
-        )
-        return from_page(page)
-
-    return await every_row(fetch)
+    return await every_row(
+        lambda page: devices.list_devices(conn, user_id, page=page, stale_before=stale)
+    )
 
 
 async def _device_list(
@@ -194,19 +189,11 @@ async def device_page(
     if device is None or parsed is None:
         return render(request, "not_found.html", 404, title="Not found", what="device", nav="")
 
-    async def sessions(cursor: str | None) -> tuple[list[Any], str | None]:
-        page = await devices.list_session_tokens(
-            conn, owner, parsed, cursor=cursor_of(cursor), limit=MAX_LIMIT
-        )
-        return from_page(page)
-
-    async def all_models(cursor: str | None) -> tuple[list[Any], str | None]:
-        return await models.list_models(
-            conn, owner, chip=None, source=None, limit=MAX_LIMIT, cursor=cursor
-        )
-
-    history, _ = await deployments.list_deployments(conn, owner, parsed, limit=50, cursor=None)
-    every_model = await every_row(all_models)
+    sessions = await every_row(lambda page: devices.list_session_tokens(conn, owner, parsed, page))
+    every_model = await every_row(
+        lambda page: models.list_models(conn, owner, chip=None, source=None, page=page)
+    )
+    history = await deployments.list_deployments(conn, owner, parsed, PageRequest(limit=50))
     chip = str(field(device, "device_type") or "").strip().lower()
     return render(
         request,
@@ -214,8 +201,8 @@ async def device_page(
         title=field(device, "name"),
         nav="devices",
         device=device,
-        session_tokens=sorted_newest_first(await every_row(sessions)),
-        deployments=history,
+        session_tokens=sorted_newest_first(sessions),
+        deployments=history.items,
         model_names={str(field(m, "id")): field(m, "name") for m in every_model},
         deployable=[m for m in every_model if field(m, "target_chip") == chip],
         chip=chip,
@@ -240,14 +227,9 @@ async def models_page(  # noqa: PLR0917 - FastAPI injects query parameters by na
     chip = chip if chip in chips else ""
     source = source if source in sources else ""
 
-    async def fetch(cursor: str | None) -> tuple[list[Any], str | None]:
-        return await models.list_models(
-            conn,
-            principal.user_id,
-            chip=chip or None,
-            source=source or None,
-            limit=MAX_LIMIT,
-            cursor=cursor,
+    def fetch(page: PageRequest) -> Awaitable[Page[Any]]:
+        return models.list_models(
+            conn, principal.user_id, chip=chip or None, source=source or None, page=page
         )
 
     return render(
@@ -268,13 +250,7 @@ async def models_page(  # noqa: PLR0917 - FastAPI injects query parameters by na
 
 
 async def _pairing_tokens(conn: AsyncConnection, user_id: uuid.UUID) -> list[Any]:
-    async def fetch(cursor: str | None) -> tuple[list[Any], str | None]:
-        page = await devices.list_pairing_tokens(
-            conn, user_id, cursor=cursor_of(cursor), limit=MAX_LIMIT
-        )
-        return from_page(page)
-
-    return await every_row(fetch)
+    return await every_row(lambda page: devices.list_pairing_tokens(conn, user_id, page))
 
 
 @router.get("/pairing-tokens")

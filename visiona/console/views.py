@@ -14,7 +14,7 @@ from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 
-from visiona.kit.pagination import MAX_LIMIT, Cursor, decode_cursor
+from visiona.kit.pagination import MAX_LIMIT, PageRequest
 
 #: at most this many rows are read for one console list (devices, tokens)
 MAX_ROWS = 2000
@@ -122,37 +122,23 @@ def matches(device: Any, status: str, query: str) -> bool:
     )
 
 
-PageFetch = Callable[[str | None], Awaitable[tuple[list[Any], str | None]]]
+PageFetch = Callable[[PageRequest], Awaitable[Any]]
 
 
 async def every_row(fetch: PageFetch) -> list[Any]:
     """All rows of a paged service call, up to :data:`MAX_ROWS`.
 
-    ``fetch(cursor)`` returns one page as ``(items, next_cursor)``.
+    ``fetch(page)`` is the service's list call for one :class:`PageRequest`.
     """
     rows: list[Any] = []
     cursor: str | None = None
     while len(rows) < MAX_ROWS:
-        items, cursor = await fetch(cursor)
-        rows.extend(items)
+        page = await fetch(PageRequest(limit=MAX_LIMIT, cursor=cursor))
+        rows.extend(field(page, "items"))
+        cursor = field(page, "next_cursor")
         if not cursor:
             break
     return rows
-
-
-def from_page(page: Any) -> tuple[list[Any], str | None]:
-    """``(items, next_cursor)`` of a service's page object."""
-    return list(field(page, "items")), field(page, "next_cursor")
-
-
-def cursor_of(value: str | None) -> Cursor | None:
-    """The parsed form of a cursor string (None for None)."""
-    return decode_cursor(value)
-
-
-def page_limit() -> int:
-    """The page size the console asks the services for."""
-    return MAX_LIMIT
 
 
 def short_id(value: str | uuid.UUID | None, length: int = 12) -> str:
