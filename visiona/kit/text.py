@@ -25,4 +25,7 @@ def check_storable(value: str) -> str:
     return value
 
 
-StoredStr = Annotated[str, AfterValidator(check_storable)]
+#: Add to an ``Annotated[str, StringConstraints(...), STORABLE]`` (after the constraints,
+#: which a nested ``Annotated`` would drop).
+STORABLE = AfterValidator(check_storable)
+StoredStr = Annotated[str, STORABLE]
