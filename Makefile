@@ -28,13 +28,13 @@ run: install
 	$(VENV)/bin/visiona serve --host $(HOST) --port $(PORT)
 
 lint: install
-	$(VENV)/bin/ruff check visiona tests bench
-	$(VENV)/bin/ruff format --check visiona tests bench
+	$(VENV)/bin/ruff check visiona tests bench testkit
+	$(VENV)/bin/ruff format --check visiona tests bench testkit
 	$(VENV)/bin/mypy visiona
 
 format: install
-	$(VENV)/bin/ruff format visiona tests bench
-	$(VENV)/bin/ruff check --fix visiona tests bench
+	$(VENV)/bin/ruff format visiona tests bench testkit
+	$(VENV)/bin/ruff check --fix visiona tests bench testkit
 
 test: install system-deps lint
 	$(VENV)/bin/pytest
@@ -43,4 +43,4 @@ bench: install system-deps
 	$(VENV)/bin/python -m bench
 
 clean:
-	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache tests/interop/bin
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache testkit/bin

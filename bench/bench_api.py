@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 
 from bench.support import LoadResult, WrkResult, drive, visiona_server
-from tests.support.servers import PostgresServer, RedisServer, postgres_bindir
+from testkit.servers import PostgresServer, RedisServer, postgres_bindir
 
 ME_REQUESTS = 2000
 REGISTER_REQUESTS = 100

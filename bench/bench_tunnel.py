@@ -36,8 +36,8 @@ from typing import Any
 import httpx
 import uvloop
 
-from tests.support.servers import free_port
-from tests.tunnel.gotunnel import build_tunnel_peer
+from testkit.gopeer import build_tunnel_peer
+from testkit.servers import free_port
 from visiona.agent.websocket import open_tunnel_socket
 from visiona.yamux import Session
 

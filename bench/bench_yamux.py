@@ -28,8 +28,8 @@ from typing import Any
 
 import uvloop
 
-from tests.interop.gopeer import build_peer
-from tests.interop.pyservice import ws_client_session, ws_server
+from testkit.gopeer import build_peer
+from testkit.pyservice import ws_client_session, ws_server
 from visiona.yamux import Config, Session, Stream, open_tcp_session, serve_tcp
 
 MIB = 1024 * 1024

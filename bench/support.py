@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from tests.support.servers import free_port
+from testkit.servers import free_port
 
 
 @dataclass

@@ -1,8 +1,12 @@
-"""Shared fixtures: throwaway PostgreSQL and Redis servers, settings per backend, an app client.
+"""Shared fixtures: throwaway PostgreSQL and Redis servers, settings per backend, an app client,
+the app served live on loopback.
 
 Every repository and API test that touches SQL runs on both SQLite and PostgreSQL
 (the ``settings`` fixture is parametrized); the schema is always built by the
-migrations, never by ``create_all``.
+migrations, never by ``create_all``. Isolation: on SQLite every test has its own
+database file; on PostgreSQL every test module has its own database, cloned with
+``CREATE DATABASE … TEMPLATE`` from one migrated once per run (a clone takes a few
+milliseconds where migrating takes seconds).
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
-from tests.support.servers import PostgresServer, RedisServer
+from testkit.live import LiveServer, serve_app
+from testkit.servers import PostgresServer, RedisServer
 from visiona.app import create_app
 from visiona.kit import migrate
 from visiona.kit.settings import Settings
@@ -43,11 +48,17 @@ def redis_server() -> Iterator[RedisServer]:
 
 
 @pytest.fixture(scope="session")
-def pg_url(postgres: PostgresServer) -> str:
-    """A PostgreSQL database migrated to head, shared by the API tests."""
-    url = postgres.create_database("visiona_test")
-    migrate.upgrade(url)
-    return url
+def pg_template(postgres: PostgresServer) -> str:
+    """The name of a PostgreSQL database migrated to head, cloned by :func:`pg_url`."""
+    name = "visiona_template"
+    migrate.upgrade(postgres.create_database(name))  # disposes its engine: no session left
+    return name
+
+
+@pytest.fixture(scope="module")
+def pg_url(postgres: PostgresServer, pg_template: str) -> str:
+    """This test module's own PostgreSQL database, migrated to head."""
+    return postgres.clone_database(pg_template)
 
 
 def make_settings(**overrides: object) -> Settings:
@@ -86,6 +97,20 @@ async def app(settings: Settings) -> AsyncIterator[FastAPI]:
     application = create_app(settings)
     async with LifespanManager(application):
         yield application
+
+
+@pytest.fixture
+async def live(settings: Settings) -> AsyncIterator[LiveServer]:
+    """The application in uvicorn on 127.0.0.1 (port 0), in the test's event loop."""
+    async with serve_app(create_app(settings)) as server:
+        yield server
+
+
+@pytest.fixture
+async def http(live: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client of the live server."""
+    async with httpx.AsyncClient(base_url=live.url, timeout=30) as client:
+        yield client
 
 
 @pytest.fixture

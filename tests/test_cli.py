@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.servers import PostgresServer, free_port
+from testkit.servers import PostgresServer, free_port
 
 VISIONA = [sys.executable, "-m", "visiona"]
 CONNECT_TIMEOUT = 2

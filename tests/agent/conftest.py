@@ -1,15 +1,13 @@
-"""Fixtures of the agent tests: the server (uvicorn, loopback) and a device service."""
+"""Fixtures of the agent tests: SQLite only, short intervals, and a device service."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import httpx
 import pytest
 
+from testkit.live import serve_app
 from tests.tunnel.device_service import device_app
-from tests.tunnel.support import LiveServer, serve_app
-from visiona.app import create_app
 from visiona.kit.settings import Settings
 
 
@@ -21,22 +19,8 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    """No pair rate limit in the way; a short status interval."""
-    return settings.model_copy(update={"pair_rate_limit": 1_000_000, "tunnel_status_interval": 0.2})
-
-
-@pytest.fixture
-async def live(settings: Settings) -> AsyncIterator[LiveServer]:
-    """The server in uvicorn on 127.0.0.1 (port 0)."""
-    async with serve_app(create_app(settings)) as server:
-        yield server
-
-
-@pytest.fixture
-async def http(live: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
-    """An HTTP client of the live server."""
-    async with httpx.AsyncClient(base_url=live.url, timeout=30) as client:
-        yield client
+    """A short status interval."""
+    return settings.model_copy(update={"tunnel_status_interval": 0.2})
 
 
 @pytest.fixture

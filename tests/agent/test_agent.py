@@ -14,10 +14,11 @@ from pathlib import Path
 
 import httpx
 
+from testkit.live import LiveServer
 from tests.devices.helpers import pairing_token
 from tests.support.api import User, signup
 from tests.tunnel.device_service import pattern
-from tests.tunnel.support import API, LiveServer, wait_for
+from tests.tunnel.support import API, wait_for
 from visiona.agent.runner import Agent, AgentOptions
 from visiona.kit.runtime import Runtime
 from visiona.tunnel.endpoints import hub_of

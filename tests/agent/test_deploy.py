@@ -18,13 +18,14 @@ from pathlib import Path
 
 import httpx
 
+from testkit.live import LiveServer
 from tests.agent.test_agent import _cli, _options, running
 from tests.deployments.helpers import deploy, deployments_of, set_model_sha
 from tests.devices.helpers import pairing_token
 from tests.support.api import User, signup
 from tests.support.models import nef, uploaded
 from tests.tunnel.device_service import pattern
-from tests.tunnel.support import API, LiveServer, wait_for
+from tests.tunnel.support import API, wait_for
 from visiona.agent.runner import Agent
 from visiona.kit.runtime import Runtime
 

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from tests.support.servers import RedisServer, free_port
+from testkit.servers import RedisServer, free_port
 from visiona.auth.sessions import MemorySessionStore, RedisSessionStore
 from visiona.kit.errors import SessionStoreUnavailableError
 

@@ -13,9 +13,9 @@ import httpx
 import pytest
 from typer.testing import CliRunner, Result
 
+from testkit.live import serve_in_thread
 from tests.conftest import make_settings
 from tests.support.api import PASSWORD
-from tests.support.live import LiveServer
 from tests.support.models import nef
 from visiona.app import create_app
 from visiona.cli import app as cli
@@ -33,7 +33,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     url = f"sqlite+aiosqlite:///{data / 'visiona.db'}"
     migrate.upgrade(url)
     settings = make_settings(database_url=url, data_dir=data, model_max_bytes=LIMIT)
-    with LiveServer(create_app(settings)) as live:
+    with serve_in_thread(create_app(settings)) as live:
         yield live.url
 
 

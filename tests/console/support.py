@@ -23,8 +23,8 @@ from typing import Any
 import httpx
 from playwright.sync_api import BrowserContext, ConsoleMessage, Page, Request
 
+from testkit.live import serve_app
 from tests.tunnel.device_service import device_app
-from tests.tunnel.support import serve_app
 from visiona.app import create_app
 from visiona.kit import migrate
 from visiona.kit.settings import Settings

@@ -15,6 +15,7 @@ import uuid
 
 import httpx
 
+from testkit.live import LiveServer
 from tests.deployments.helpers import (
     Received,
     answer,
@@ -24,7 +25,7 @@ from tests.deployments.helpers import (
     read_request,
 )
 from tests.support.api import signup
-from tests.tunnel.support import LiveServer, connect_agent, wait_for
+from tests.tunnel.support import connect_agent, wait_for
 from visiona.deployments import service
 from visiona.deployments.schemas import DeploymentStatus
 from visiona.kit.runtime import Runtime

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.interop.gopeer import build_peer
+from testkit.gopeer import build_peer
 
 
 @pytest.fixture(scope="session")

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.interop.gopeer import GoPeer, run_peer
-from tests.interop.pyservice import CommandService, ws_client_session, ws_server
+from testkit.gopeer import GoPeer, run_peer
+from testkit.pyservice import CommandService, ws_client_session, ws_server
 from visiona.yamux import (
     Config,
     RemoteGoAwayError,

@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import func, insert, select
 
+from testkit.servers import free_port
 from tests.conftest import make_settings
-from tests.support.servers import free_port
 from visiona.kit.database import Database
 from visiona.kit.errors import ConflictError, DatabaseUnavailableError
 from visiona.kit.schema import devices, users

@@ -21,9 +21,9 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
+from testkit.servers import PostgresServer
 from tests.conftest import make_settings
 from tests.support.api import PASSWORD
-from tests.support.servers import PostgresServer
 from visiona.app import create_app
 from visiona.kit import migrate
 from visiona.kit.logs import configure_logging

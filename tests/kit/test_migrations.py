@@ -14,7 +14,7 @@ from sqlalchemy import Connection, inspect
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from tests.support.servers import PostgresServer
+from testkit.servers import PostgresServer
 from visiona.kit import migrate
 from visiona.kit.schema import metadata
 

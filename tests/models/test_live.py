@@ -11,9 +11,9 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from testkit.live import serve_in_thread
 from tests.conftest import make_settings
 from tests.support.api import PASSWORD
-from tests.support.live import LiveServer
 from tests.support.models import CONTENT_TYPE, files_under, multipart_head, nef
 from visiona.app import create_app
 from visiona.kit import migrate
@@ -25,7 +25,7 @@ def live(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     url = f"sqlite+aiosqlite:///{tmp_path / 'visiona.db'}"
     migrate.upgrade(url)
     settings = make_settings(database_url=url, data_dir=tmp_path)
-    with LiveServer(create_app(settings)) as server:
+    with serve_in_thread(create_app(settings)) as server:
         yield server.url, tmp_path
 
 

@@ -11,10 +11,10 @@ import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
+from testkit.servers import free_port
 from tests.models.conftest import MODEL_LIMIT, s3_options
 from tests.support.api import error_code, signup
 from tests.support.models import CONTENT_TYPE, model_rows, nef, streamed_body, uploaded
-from tests.support.servers import free_port
 from visiona.app import create_app
 from visiona.kit.settings import Settings
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import httpx
 
+from testkit.live import serve_in_thread
 from tests.support.api import signup
-from tests.support.live import LiveServer
 from tests.support.models import CONTENT_TYPE, nef, streamed_body
 from visiona.app import create_app
 from visiona.kit import migrate
@@ -36,7 +36,7 @@ async def probe(size: int, data_dir: Path) -> None:
         log_level="WARNING",
     )
     # A real server on loopback: httpx's in-process transport buffers whole responses.
-    with LiveServer(create_app(settings)) as server:
+    with serve_in_thread(create_app(settings)) as server:
         async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
             user = await signup(client)
             created = await client.post(

@@ -1,18 +1,17 @@
-"""Fixtures of the tunnel tests: the app served by uvicorn on a loopback port."""
+"""Fixtures of the tunnel tests: short intervals, and the Go tunnel peer."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.tunnel.gotunnel import build_tunnel_peer
-from tests.tunnel.support import LiveServer, serve_app
-from visiona.app import create_app
+from testkit.gopeer import build_tunnel_peer
+from testkit.live import LiveServer
 from visiona.kit.settings import Settings
 
 
@@ -21,27 +20,12 @@ def settings(settings: Settings) -> Settings:
     """Short status interval and keepalive so status changes show within a test."""
     return settings.model_copy(
         update={
-            "pair_rate_limit": 1_000_000,
             "tunnel_status_interval": 0.2,
             "tunnel_ping_interval": 0.2,
             "tunnel_ping_timeout": 0.5,
             "proxy_response_timeout": 1.0,
         }
     )
-
-
-@pytest.fixture
-async def live(settings: Settings) -> AsyncIterator[LiveServer]:
-    """The application in uvicorn on 127.0.0.1 (port 0)."""
-    async with serve_app(create_app(settings)) as server:
-        yield server
-
-
-@pytest.fixture
-async def http(live: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
-    """An HTTP client of the live server."""
-    async with httpx.AsyncClient(base_url=live.url, timeout=30) as client:
-        yield client
 
 
 @pytest.fixture

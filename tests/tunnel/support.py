@@ -13,64 +13,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-import uvicorn
-from fastapi import FastAPI
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from testkit.live import LiveServer
 from tests.devices.helpers import pair, pairing_token
 from tests.support.api import User
 from visiona.yamux import Config, FeedTransport, Session, Stream, YamuxError
 
 API = "/api/v1"
 StreamHandler = Callable[[Stream], Awaitable[None]]
-
-
-@dataclass
-class LiveServer:
-    """An application served by uvicorn on a loopback port."""
-
-    app: FastAPI
-    port: int
-
-    @property
-    def url(self) -> str:
-        """``http://127.0.0.1:<port>``."""
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        """The tunnel endpoint's ``ws://`` URL."""
-        return f"ws://127.0.0.1:{self.port}{API}/agent/tunnel"
-
-
-@contextlib.asynccontextmanager
-async def serve_app(app: FastAPI) -> AsyncIterator[LiveServer]:
-    """Run ``app`` (lifespan included) in uvicorn on 127.0.0.1, port 0, in this event loop."""
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=0,
-        ws="websockets-sansio",
-        ws_max_size=16 * 1024 * 1024,
-        log_config=None,
-        access_log=False,
-        lifespan="on",
-        timeout_graceful_shutdown=5,
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-            raise RuntimeError("uvicorn stopped before it started")
-        await asyncio.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield LiveServer(app=app, port=port)
-    finally:
-        server.should_exit = True
-        await task
 
 
 async def echo_handler(stream: Stream) -> None:

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.interop.pyservice import ws_client_session, ws_server
+from testkit.pyservice import ws_client_session, ws_server
 from visiona.yamux import (
     Config,
     FeedTransport,

@@ -11,7 +11,7 @@ import os
 
 import uvloop
 
-from tests.interop.pyservice import ws_client_session, ws_server
+from testkit.pyservice import ws_client_session, ws_server
 from visiona.yamux import Config, Session, open_tcp_session, serve_tcp
 
 MIB = 1024 * 1024

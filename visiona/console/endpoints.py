@@ -38,6 +38,7 @@ from visiona.kit.pagination import Page, PageRequest
 from visiona.kit.runtime import Runtime
 from visiona.models import service as models
 from visiona.models.schemas import ModelSource, TargetChip
+from visiona.tokens import service as token_service
 
 router = APIRouter(route_class=ConsoleRoute, include_in_schema=False)
 
@@ -189,7 +190,9 @@ async def device_page(
     if device is None or parsed is None:
         return render(request, "not_found.html", 404, title="Not found", what="device", nav="")
 
-    sessions = await every_row(lambda page: devices.list_session_tokens(conn, owner, parsed, page))
+    sessions = await every_row(
+        lambda page: token_service.list_session_tokens(conn, owner, parsed, page)
+    )
     every_model = await every_row(
         lambda page: models.list_models(conn, owner, chip=None, source=None, page=page)
     )
@@ -229,7 +232,11 @@ async def models_page(  # noqa: PLR0917 - FastAPI injects query parameters by na
 
     def fetch(page: PageRequest) -> Awaitable[Page[Any]]:
         return models.list_models(
-            conn, principal.user_id, chip=chip or None, source=source or None, page=page
+            conn,
+            principal.user_id,
+            chip=chip or None,
+            source=ModelSource(source) if source else None,
+            page=page,
         )
 
     return render(
@@ -250,7 +257,7 @@ async def models_page(  # noqa: PLR0917 - FastAPI injects query parameters by na
 
 
 async def _pairing_tokens(conn: AsyncConnection, user_id: uuid.UUID) -> list[Any]:
-    return await every_row(lambda page: devices.list_pairing_tokens(conn, user_id, page))
+    return await every_row(lambda page: token_service.list_pairing_tokens(conn, user_id, page))
 
 
 @router.get("/pairing-tokens")

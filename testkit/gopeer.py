@@ -1,8 +1,8 @@
 """Build and drive the Go (hashicorp/yamux) peer used by the interop tests and the bench.
 
-The peer's source is ``tests/interop/go/src/yamuxpeer``; it is built in GOPATH mode
+The peer's source is ``testkit/go/src/yamuxpeer`` (and ``tunnelpeer``); it is built in GOPATH mode
 (no module proxy here) against Debian's ``golang-github-hashicorp-yamux-dev`` and
-``golang-github-gorilla-websocket-dev`` into ``tests/interop/bin/`` (gitignored).
+``golang-github-gorilla-websocket-dev`` into ``testkit/bin/`` (gitignored).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ class GoPeerError(RuntimeError):
 
 
 def build_go_program(name: str) -> Path:
-    """Build ``tests/interop/go/src/<name>`` (incremental: a cached GOCACHE) into bin/."""
+    """Build ``testkit/go/src/<name>`` (incremental: a cached GOCACHE) into bin/."""
     go = shutil.which("go")
     if go is None:
         raise GoPeerError("go is not installed: run `make system-deps` (scripts/system-deps.sh)")
@@ -62,6 +62,11 @@ def build_go_program(name: str) -> Path:
 def build_peer() -> Path:
     """Build the yamux peer and return its path."""
     return build_go_program("yamuxpeer")
+
+
+def build_tunnel_peer() -> Path:
+    """Build the Go tunnel peer (agent and cloud stand-in) and return its path."""
+    return build_go_program("tunnelpeer")
 
 
 class GoPeer:

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 
@@ -181,6 +182,15 @@ class PostgresServer:
     def create_database(self, name: str) -> str:
         """Create database ``name`` and return its SQLAlchemy URL."""
         self.psql(f'CREATE DATABASE "{name}"')
+        return self.url(name)
+
+    def clone_database(self, template: str) -> str:
+        """A new database copied from ``template`` (``CREATE DATABASE … TEMPLATE``); its URL.
+
+        The template must have no open session (PostgreSQL refuses to copy it then).
+        """
+        name = f"visiona_{uuid.uuid4().hex[:12]}"
+        self.psql(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
         return self.url(name)
 
     def url(self, dbname: str) -> str:
