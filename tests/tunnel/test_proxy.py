@@ -11,15 +11,14 @@ from typing import Any
 import httpx
 import pytest
 
+from testkit.live import LiveServer, serve_app
 from tests.support.api import User, error_code, signup
 from tests.tunnel.device_service import device_app, pattern
 from tests.tunnel.support import (
     API,
-    LiveServer,
     connect_agent,
     forward_to,
     paired_agent_token,
-    serve_app,
     wait_for,
 )
 from visiona.kit.runtime import Runtime

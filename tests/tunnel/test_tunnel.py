@@ -15,13 +15,12 @@ from sqlalchemy import event, select, update
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+from testkit.live import LiveServer, serve_app
 from tests.support.api import signup
 from tests.tunnel.support import (
     API,
-    LiveServer,
     connect_agent,
     paired_agent_token,
-    serve_app,
     wait_for,
 )
 from visiona.app import create_app
