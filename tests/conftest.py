@@ -27,6 +27,18 @@ from visiona.kit import migrate
 from visiona.kit.settings import Settings
 
 BACKENDS = ["sqlite", "postgres"]
+_BROWSER_TESTS = Path(__file__).parent / "console"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the browser tests last.
+
+    Playwright's sync API keeps an event loop running in the main thread for as long
+    as its session-scoped browser lives, and pytest-asyncio cannot start a test's
+    loop while one runs: every async test after the first browser test would fail
+    at setup. After all the others, the browser tests run undisturbed.
+    """
+    items.sort(key=lambda item: item.path.is_relative_to(_BROWSER_TESTS))
 
 
 @pytest.fixture(scope="session")
