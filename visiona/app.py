@@ -31,9 +31,9 @@ from visiona.ops.endpoints import router as ops_router
 from visiona.tunnel.endpoints import HUB_KEY
 from visiona.tunnel.endpoints import router as tunnel_router
 from visiona.tunnel.hub import TunnelHub
+from visiona.wire import API_PREFIX
 
 _LOGGER = logging.getLogger(__name__)
-API_PREFIX = "/api/v1"
 
 
 class MigrationsPendingError(RuntimeError):

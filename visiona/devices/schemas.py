@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from visiona.kit.text import StoredStr
-
-RemoteStatus = Literal["online", "offline", "reconnecting", "error"]
-UsbStatus = Literal["online", "offline", "unknown"]
+from visiona.wire import RemoteStatus, UsbStatus
 
 _NAME = Field(min_length=1, max_length=200, examples=["Lab KL520"])
 _SERIAL = Field(min_length=1, max_length=128, examples=["KL520-0001"])
@@ -43,10 +40,12 @@ class DeviceOut(BaseModel):
     name: str
     device_type: str | None
     serial_number: str | None
-    remote_status: str = Field(
+    remote_status: RemoteStatus = Field(
         description="Tunnel level, seen by the cloud: online | offline | reconnecting | error."
     )
-    status: str = Field(description="USB level, reported by the agent: online | offline | unknown.")
+    status: UsbStatus = Field(
+        description="USB level, reported by the agent: online | offline | unknown."
+    )
     last_seen_at: datetime | None
     last_connected_at: datetime | None
     paired_at: datetime | None
