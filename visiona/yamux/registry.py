@@ -70,6 +70,7 @@ class StreamRegistry:
         self.syn_waiters: deque[asyncio.Future[None]] = deque()
         self.streams_opened = 0
         self.streams_accepted = 0
+        self.streams_refused = 0
 
     def is_known(self, stream_id: int) -> bool:
         """Whether ``stream_id`` was opened in this session (by either side) already."""

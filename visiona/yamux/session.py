@@ -59,6 +59,7 @@ class SessionStats:
     frames_received: int
     streams_opened: int
     streams_accepted: int
+    streams_refused: int
     open_streams: int
 
 
@@ -150,6 +151,7 @@ class Session:
             frames_received=self._parser.frames_received,
             streams_opened=registry.streams_opened,
             streams_accepted=registry.streams_accepted,
+            streams_refused=registry.streams_refused,
             open_streams=len(registry.streams),
         )
 
@@ -383,20 +385,25 @@ class Session:
         if stream_id in registry.streams:
             raise ProtocolError(f"duplicate SYN for stream {stream_id}")
         registry.max_peer_id = max(registry.max_peer_id, stream_id)
-        if self._local_go_away:
-            self._writer.send_frame(WINDOW_UPDATE, RST, stream_id, 0)
+        if self._local_go_away or self._config.refuse_streams:
+            self._refuse(stream_id)
             return None
         if len(registry.streams) >= self._config.max_streams:
             raise ProtocolError(f"SYN for stream {stream_id} beyond max_streams")
         if len(registry.accept_queue) >= self._config.accept_backlog:
             _LOGGER.warning("yamux: accept backlog full; resetting stream %s", stream_id)
-            self._writer.send_frame(WINDOW_UPDATE, RST, stream_id, 0)
+            self._refuse(stream_id)
             return None
         stream = Stream(registry, stream_id, outbound=False)
         registry.streams[stream_id] = stream
         registry.accept_queue.append(stream)
         wake_one(registry.accept_waiters)
         return stream
+
+    def _refuse(self, stream_id: int) -> None:
+        """Reset the peer's new stream at once; its frames (in flight) are dropped."""
+        self._registry.streams_refused += 1
+        self._writer.send_frame(WINDOW_UPDATE, RST, stream_id, 0)
 
     # -- bookkeeping ------------------------------------------------------------------
     def _send_ping(self, ping_id: int) -> None:
