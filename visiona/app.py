@@ -15,11 +15,13 @@ from fastapi import FastAPI
 from visiona import __version__
 from visiona.auth.endpoints import router as auth_router
 from visiona.auth.sessions import MemorySessionStore, RedisSessionStore, SessionStore
+from visiona.console import install as install_console
 from visiona.deployments.endpoints import router as deployments_router
 from visiona.devices.endpoints import agent_router
 from visiona.devices.endpoints import router as devices_router
 from visiona.kit.database import Database
 from visiona.kit.http import RequestContextMiddleware, install_error_handlers
+from visiona.kit.logs import install_server_log_filters
 from visiona.kit.metrics import Metrics
 from visiona.kit.migrate import status_from_connection, upgrade_on_connection
 from visiona.kit.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
@@ -31,9 +33,9 @@ from visiona.ops.endpoints import router as ops_router
 from visiona.tunnel.endpoints import HUB_KEY
 from visiona.tunnel.endpoints import router as tunnel_router
 from visiona.tunnel.hub import TunnelHub
+from visiona.wire import API_PREFIX
 
 _LOGGER = logging.getLogger(__name__)
-API_PREFIX = "/api/v1"
 
 
 class MigrationsPendingError(RuntimeError):
@@ -132,6 +134,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    install_server_log_filters()
     app.include_router(auth_router, prefix=API_PREFIX)
     # devices feature routers
     app.include_router(devices_router, prefix=API_PREFIX)
@@ -147,6 +150,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(deployments_router, prefix=API_PREFIX)
 
     app.include_router(ops_router)
+
+    # the web console (pages at /, scripts and styles at /static)
+    install_console(app)
+
     app.add_middleware(
         RequestContextMiddleware,
         metrics=metrics,

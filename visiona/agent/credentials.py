@@ -11,8 +11,9 @@ from pathlib import Path
 
 import httpx
 
+from visiona.wire import API_PREFIX, PAIR_PATH
+
 _LOGGER = logging.getLogger(__name__)
-API = "/api/v1"
 
 
 class AgentAuthError(Exception):
@@ -74,7 +75,7 @@ async def pair(
 ) -> Credentials:
     """Exchange ``pairing_token`` for a device and a session token."""
     response = await http.post(
-        f"{server.rstrip('/')}{API}/agent/pair",
+        f"{server.rstrip('/')}{API_PREFIX}{PAIR_PATH}",
         json={
             "pairing_token": pairing_token,
             "serial_number": serial_number,

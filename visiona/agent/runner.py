@@ -14,14 +14,13 @@ import httpx
 from visiona.agent import credentials
 from visiona.agent.credentials import AgentAuthError, Credentials
 from visiona.agent.deploy import DeploySettings, default_models_dir, dispatch_stream
-from visiona.agent.usb import UsbStatus, usb_status
+from visiona.agent.usb import usb_status
 from visiona.agent.websocket import open_tunnel_socket
+from visiona.wire import API_PREFIX, CLOSE_REVOKED, STATUS_PATH, TUNNEL_PATH, UsbStatus
 from visiona.yamux import Config, Session, YamuxError
 
 _LOGGER = logging.getLogger(__name__)
 EXIT_AUTH_REFUSED = 3
-#: the server closed the tunnel because the credentials were revoked (the next upgrade gets 401)
-CLOSE_REVOKED = 4401
 
 
 @dataclass(frozen=True)
@@ -71,7 +70,7 @@ def tunnel_url(server: str) -> str:
         base = "wss://" + base.removeprefix("https://")
     elif base.startswith("http://"):
         base = "ws://" + base.removeprefix("http://")
-    return f"{base}{credentials.API}/agent/tunnel"
+    return f"{base}{API_PREFIX}{TUNNEL_PATH}"
 
 
 class Agent:
@@ -197,7 +196,7 @@ class Agent:
     async def _report_usb(self, http: httpx.AsyncClient, creds: Credentials) -> None:
         """POST the USB status on connect and whenever it changes."""
         last: UsbStatus | None = None
-        url = f"{creds.server}{credentials.API}/agent/status"
+        url = f"{creds.server}{API_PREFIX}{STATUS_PATH}"
         headers = {"Authorization": f"Bearer {creds.session_token}"}
         while True:
             status = await asyncio.to_thread(usb_status)

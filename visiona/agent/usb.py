@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-from typing import Literal
+
+from visiona.wire import UsbStatus
 
 _LOGGER = logging.getLogger(__name__)
 KNERON_VENDOR_ID = 0x3231
-UsbStatus = Literal["online", "offline", "unknown"]
 
 
 def usb_status() -> UsbStatus:

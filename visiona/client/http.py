@@ -17,7 +17,9 @@ from urllib.parse import quote
 
 import httpx
 
-API = "/api/v1"
+from visiona.wire import API_PREFIX
+
+API = API_PREFIX
 CHUNK = 1024 * 1024
 
 Progress = Callable[[int], None]

@@ -8,9 +8,8 @@ no database connection is held while the file crosses the tunnel.
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, status
 
 from visiona.auth.dependencies import CurrentPrincipal
 from visiona.deployments import service
@@ -29,6 +28,7 @@ from visiona.kit.errors import (
     ValidationFailedError,
 )
 from visiona.kit.http import error_responses
+from visiona.kit.pagination import PageParams
 from visiona.tunnel.endpoints import hub_of
 from visiona.tunnel.errors import DeviceOfflineError
 
@@ -47,7 +47,8 @@ router = APIRouter(prefix="/devices", tags=["deployments"])
         service.ChipMismatchError,
         service.ModelFileMissingError,
         ValidationFailedError,
-        DeviceOfflineError,
+        service.DeploymentOfflineError,
+        service.DeploymentFailedError,
         StorageUnavailableError,
     ),
 )
@@ -56,12 +57,13 @@ async def create_deployment(
 ) -> DeploymentOut:
     """Send the model's file through the device's tunnel to its agent and wait for the outcome.
 
-    Answers 201 with the record in its final state: ``succeeded``, or ``failed`` with
-    the reason in ``error`` (tunnel dropped, checksum refused, hook failed, ...).
+    Answers 201 with the ``succeeded`` record. A failed transfer (tunnel dropped,
+    checksum refused, hook failed, no answer, ...) → 502 ``deployment_failed``, and a
+    device that is not connected → 502 ``device_offline``: both keep the record as
+    ``failed`` and return it under ``error.deployment`` (its ``id`` and ``error``).
     Another user's device or model → 404; a model without a file → 409
     ``model_file_missing``; a model for another chip than the device type → 409
-    ``chip_mismatch``; a device that is not connected → 502 ``device_offline`` (the
-    record is kept as ``failed``).
+    ``chip_mismatch`` (nothing recorded).
     """
     storage = runtime.model_storage
     if storage is None:
@@ -70,10 +72,10 @@ async def create_deployment(
         deployment, model = await service.prepare(conn, principal.user_id, device_id, body.model_id)
     link = hub_of(runtime).get(device_id)
     if link is None or link.owner_user_id != principal.user_id:
-        await service.mark(
+        failed = await service.mark(
             runtime.db, deployment["id"], DeploymentStatus.FAILED, service.OFFLINE_REASON
         )
-        raise DeviceOfflineError()
+        raise service.DeploymentOfflineError(failed, DeviceOfflineError.default_message)
     record = await service.transfer(
         runtime.db,
         storage,
@@ -82,6 +84,8 @@ async def create_deployment(
         model,
         answer_timeout=runtime.settings.deploy_answer_timeout,
     )
+    if record["status"] != DeploymentStatus.SUCCEEDED:
+        raise service.DeploymentFailedError(record)
     return DeploymentOut.model_validate(record)
 
 
@@ -95,15 +99,10 @@ async def list_deployments(
     device_id: uuid.UUID,
     principal: CurrentPrincipal,
     conn: Conn,
-    limit: Annotated[int, Query(ge=1, le=200, description="Page size.")] = 50,
-    cursor: Annotated[
-        str | None, Query(max_length=200, description="`next_cursor` of the previous page.")
-    ] = None,
+    page: PageParams,
 ) -> DeploymentPage:
     """The device's deployments, newest first, one page at a time (404 when not yours)."""
-    rows, next_cursor = await service.list_deployments(
-        conn, principal.user_id, device_id, limit=limit, cursor=cursor
-    )
+    found = await service.list_deployments(conn, principal.user_id, device_id, page)
     return DeploymentPage(
-        items=[DeploymentOut.model_validate(r) for r in rows], next_cursor=next_cursor
+        items=[DeploymentOut.model_validate(r) for r in found.items], next_cursor=found.next_cursor
     )

@@ -16,6 +16,7 @@ from visiona.kit.database import map_db_error
 from visiona.kit.deps import RuntimeDep
 from visiona.kit.errors import AppError, CsrfError, NotFoundError, UnauthorizedError
 from visiona.kit.http import error_responses
+from visiona.kit.logs import end_incomplete_on_purpose
 from visiona.kit.runtime import Runtime
 from visiona.tunnel.errors import (
     DeviceOfflineError,
@@ -25,11 +26,12 @@ from visiona.tunnel.errors import (
 )
 from visiona.tunnel.hub import TunnelHub
 from visiona.tunnel.proxy import ProxyExchange, ProxyResponse
+from visiona.wire import RESERVED_PREFIX
 
 _LOGGER = logging.getLogger(__name__)
 HUB_KEY = "tunnel_hub"
 #: Targets the agent answers itself (see docs/tunnel-protocol.md); never proxied.
-RESERVED_PREFIX = b"/visiona/"
+_RESERVED = RESERVED_PREFIX.encode("ascii")
 PROXY_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 router = APIRouter()
@@ -71,6 +73,7 @@ async def agent_tunnel(websocket: WebSocket) -> None:
         await websocket.send_denial_response(
             JSONResponse(err.body(), status_code=err.status_code, headers=err.headers or None)
         )
+        end_incomplete_on_purpose()  # a denial is a complete answer; uvicorn thinks not
         return
     await websocket.accept()
     await hub_of(runtime).serve(websocket, identity)
@@ -97,7 +100,7 @@ async def proxy(
     no response head in time → 504 ``device_timeout``; a target under ``/visiona/`` (the
     agent's own paths, e.g. deployments) → 403 ``reserved_path``."""
     target, prefix = _forward_target(request)
-    if target.startswith(RESERVED_PREFIX):
+    if target.startswith(_RESERVED):
         raise ReservedPathError()
     link = hub_of(runtime).get(device_id)
     if link is None or link.owner_user_id != principal.user_id:
