@@ -9,20 +9,12 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
+from visiona.models.chips import TargetChip
+
 MAX_LABELS = 100
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 Label = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
-
-
-class TargetChip(StrEnum):
-    """Kneron chips a ``.nef`` model can be compiled for."""
-
-    KL520 = "kl520"
-    KL530 = "kl530"
-    KL630 = "kl630"
-    KL720 = "kl720"
-    KL730 = "kl730"
 
 
 class ModelSource(StrEnum):
