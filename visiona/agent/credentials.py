@@ -41,14 +41,28 @@ class Credentials:
     expires_at: str
     #: sha256 of the pairing token this session came from ("" when unknown)
     paired_with: str = ""
+    #: when the agent received this token (its clock; "" when unknown)
+    issued_at: str = ""
 
     def expires(self) -> datetime | None:
         """``expires_at`` as an aware datetime (None when unreadable)."""
-        try:
-            at = datetime.fromisoformat(self.expires_at)
-        except ValueError:
-            return None
-        return at if at.tzinfo else at.replace(tzinfo=UTC)
+        return _instant(self.expires_at)
+
+    def issued(self) -> datetime | None:
+        """``issued_at`` as an aware datetime (None when unknown)."""
+        return _instant(self.issued_at)
+
+
+def _instant(text: str) -> datetime | None:
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
 
 
 def token_digest(token: str) -> str:
@@ -178,6 +192,7 @@ async def pair(
         session_token=str(body["session_token"]),
         expires_at=str(body["expires_at"]),
         paired_with=token_digest(pairing_token),
+        issued_at=_now(),
     )
 
 
@@ -199,6 +214,7 @@ async def renew(http: httpx.AsyncClient, creds: Credentials) -> Credentials:
         session_token=str(body["session_token"]),
         expires_at=str(body["expires_at"]),
         paired_with=creds.paired_with,
+        issued_at=_now(),
     )
 
 

@@ -59,8 +59,9 @@ def describe_close(code: int | None, reason: str, *, stopping: bool) -> str:
     """The close of a tunnel in words: ``server shutting down (1001)``, never ``code None``."""
     if code is None:
         return "agent stopping" if stopping else "connection lost without a close frame"
-    meaning = reason or CLOSE_MEANINGS.get(code, "closed")
-    return f"{meaning} ({code})"
+    meaning = CLOSE_MEANINGS.get(code) or reason or "closed"
+    detail = f": {reason}" if reason and reason != meaning else ""
+    return f"{meaning} ({code}{detail})"
 
 
 @dataclass(frozen=True)
@@ -155,9 +156,13 @@ class Agent:
             try:
                 while not stop.is_set():
                     started = loop.time()
+                    presented = self._creds.session_token
                     try:
                         await self._connect_once(http, stop)
                     except AgentAuthError as err:
+                        if self._creds.session_token != presented:
+                            _LOGGER.info("agent: session renewed meanwhile; reconnecting")
+                            continue
                         _LOGGER.error(  # noqa: TRY400 - an expected refusal, no traceback
                             "agent: %s; the dead session is in %s: pair again with a new "
                             "pairing token (--token)",
@@ -242,10 +247,16 @@ class Agent:
         return None
 
     def _renew_delay(self) -> float:
-        expires = self._creds.expires()
+        """Seconds until renewal is due: ``renew_before`` ahead of expiry, but never in the
+        first two thirds of the token's life (so a short-lived token is not renewed
+        over and over)."""
+        expires, issued = self._creds.expires(), self._creds.issued()
         if expires is None:
             return 86400.0
-        due = (expires - datetime.now(UTC)).total_seconds() - self._options.renew_before
+        ahead = self._options.renew_before
+        if issued is not None:
+            ahead = min(ahead, (expires - issued).total_seconds() / 3)
+        due = (expires - datetime.now(UTC)).total_seconds() - ahead
         return max(0.0, due)
 
     async def _renew_loop(self, http: httpx.AsyncClient, stop: asyncio.Event) -> None:
