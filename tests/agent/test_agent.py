@@ -21,7 +21,7 @@ from tests.tunnel.support import API, LiveServer, wait_for
 from visiona.agent.runner import Agent, AgentOptions
 from visiona.kit.runtime import Runtime
 from visiona.tunnel.endpoints import hub_of
-from visiona.tunnel.link import CLOSE_GOING_AWAY
+from visiona.wire import CLOSE_GOING_AWAY
 
 
 def _runtime(live: LiveServer) -> Runtime:

@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from tests.support.api import signup
 from tests.support.models import runtime_of
+from visiona.kit.pagination import PageRequest, encode_cursor
 from visiona.models import repository
 
 
@@ -76,10 +77,14 @@ async def test_list_page_orders_newest_first_with_ties_broken_by_id(
     async with runtime_of(app).db.transaction() as conn:
         for model_id in ids:  # the same created_at: the id decides
             await repository.upsert(conn, values(model_id, owner, moment, labels=None))
-        first = await repository.list_page(conn, owner, chip=None, source=None, limit=2, after=None)
-        assert [row["id"] for row in first] == [ids[2], ids[1]]
-        assert first[0]["labels"] == []
-        rest = await repository.list_page(
-            conn, owner, chip=None, source=None, limit=2, after=(moment, ids[1])
+        first = await repository.list_page(
+            conn, owner, chip=None, source=None, page=PageRequest(limit=2)
         )
-        assert [row["id"] for row in rest] == [ids[0]]
+        assert [row["id"] for row in first.items] == [ids[2], ids[1]]
+        assert first.items[0]["labels"] == []
+        assert first.next_cursor == encode_cursor(moment, str(ids[1]))
+        rest = await repository.list_page(
+            conn, owner, chip=None, source=None, page=PageRequest(2, first.next_cursor)
+        )
+        assert [row["id"] for row in rest.items] == [ids[0]]
+        assert rest.next_cursor is None

@@ -25,7 +25,7 @@ from tests.tunnel.support import (
     wait_for,
 )
 from visiona.app import create_app
-from visiona.devices.service import utcnow
+from visiona.kit.clock import utcnow
 from visiona.kit.runtime import Runtime
 from visiona.kit.schema import devices
 from visiona.kit.settings import Settings

@@ -14,8 +14,9 @@ from typing import Any
 
 import httpx
 
+from visiona.wire import API_PREFIX, PAIR_PATH, RENEW_PATH
+
 _LOGGER = logging.getLogger(__name__)
-API = "/api/v1"
 
 
 class AgentAuthError(Exception):
@@ -171,7 +172,7 @@ async def pair(
     """
     response = await _post(
         http,
-        f"{server.rstrip('/')}{API}/agent/pair",
+        f"{server.rstrip('/')}{API_PREFIX}{PAIR_PATH}",
         json={
             "pairing_token": pairing_token,
             "serial_number": serial_number,
@@ -200,7 +201,7 @@ async def renew(http: httpx.AsyncClient, creds: Credentials) -> Credentials:
     """Trade the current session token for a new one of the same device."""
     response = await _post(
         http,
-        f"{creds.server}{API}/agent/session/renew",
+        f"{creds.server}{API_PREFIX}{RENEW_PATH}",
         headers={"Authorization": f"Bearer {creds.session_token}"},
     )
     if response.status_code in {401, 403}:

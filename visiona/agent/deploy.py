@@ -34,10 +34,11 @@ from typing import IO, Any
 import h11
 
 from visiona.agent.forward import forward_stream
+from visiona.wire import CHIP_HEADER, MODELS_PATH, SHA256_HEADER
 from visiona.yamux import Stream, YamuxError
 
 _LOGGER = logging.getLogger(__name__)
-RESERVED = b"PUT /visiona/models/"
+RESERVED = f"PUT {MODELS_PATH}".encode("ascii")
 _HEAD_LIMIT = 16 * 1024
 _FIRST_READ = 64 * 1024
 _READ_SIZE = 1024 * 1024
@@ -146,16 +147,16 @@ async def _read_head(stream: Stream, data: bytes) -> tuple[_Request, bytes]:
     headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in event.headers}
     target = event.target.decode("latin-1").split("?", 1)[0]
     try:
-        model_id = uuid.UUID(target.removeprefix(RESERVED[4:].decode()))
+        model_id = uuid.UUID(target.removeprefix(MODELS_PATH))
     except ValueError:
         raise DeployError(400, "bad_request", "The model id is not a UUID.") from None
     length = headers.get("content-length", "")
-    sha256 = headers.get("x-visiona-sha256", "").strip().lower()
+    sha256 = headers.get(SHA256_HEADER.lower(), "").strip().lower()
     if not length.isdigit():
         raise DeployError(400, "bad_request", "Content-Length is required.")
     if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
-        raise DeployError(400, "bad_request", "X-Visiona-Sha256 must be a hex sha256.")
-    chip = headers.get("x-visiona-chip", "").strip()
+        raise DeployError(400, "bad_request", f"{SHA256_HEADER} must be a hex sha256.")
+    chip = headers.get(CHIP_HEADER.lower(), "").strip()
     return _Request(model_id, int(length), sha256, chip), data[end:]
 
 

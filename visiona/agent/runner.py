@@ -17,23 +17,33 @@ import httpx
 from visiona.agent import credentials
 from visiona.agent.credentials import AgentAuthError, Credentials, ServerUnavailableError
 from visiona.agent.deploy import DeploySettings, default_models_dir, dispatch_stream
-from visiona.agent.usb import UsbStatus, usb_status
+from visiona.agent.usb import usb_status
 from visiona.agent.websocket import open_tunnel_socket
+from visiona.wire import (
+    API_PREFIX,
+    CLOSE_GOING_AWAY,
+    CLOSE_KEEPALIVE,
+    CLOSE_NORMAL,
+    CLOSE_REVOKED,
+    CLOSE_SUPERSEDED,
+    CLOSE_UNSUPPORTED,
+    STATUS_PATH,
+    TUNNEL_PATH,
+    UsbStatus,
+)
 from visiona.yamux import Config, Session, YamuxError
 
 _LOGGER = logging.getLogger(__name__)
 EXIT_AUTH_REFUSED = 3
-#: the server closed the tunnel because the credentials were revoked (the next upgrade gets 401)
-CLOSE_REVOKED = 4401
 #: WebSocket close codes the server uses (docs/tunnel-protocol.md §12) and what they mean
 CLOSE_MEANINGS = {
-    1000: "normal close",
-    1001: "server shutting down",
-    1003: "binary messages only",
+    CLOSE_NORMAL: "normal close",
+    CLOSE_GOING_AWAY: "server shutting down",
+    CLOSE_UNSUPPORTED: "binary messages only",
     1006: "connection lost",
     CLOSE_REVOKED: "credentials revoked",
-    4408: "keepalive timeout",
-    4409: "superseded by another tunnel of this device",
+    CLOSE_KEEPALIVE: "keepalive timeout",
+    CLOSE_SUPERSEDED: "superseded by another tunnel of this device",
 }
 _HOST = re.compile(
     r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*)$"
@@ -113,7 +123,7 @@ def tunnel_url(server: str) -> str:
         base = "wss://" + base.removeprefix("https://")
     elif base.startswith("http://"):
         base = "ws://" + base.removeprefix("http://")
-    return f"{base}{credentials.API}/agent/tunnel"
+    return f"{base}{API_PREFIX}{TUNNEL_PATH}"
 
 
 class Agent:
@@ -340,7 +350,7 @@ class Agent:
             status = await asyncio.to_thread(usb_status)
             if status != last:
                 creds = self._creds  # renewal may have replaced the token
-                url = f"{creds.server}{credentials.API}/agent/status"
+                url = f"{creds.server}{API_PREFIX}{STATUS_PATH}"
                 headers = {"Authorization": f"Bearer {creds.session_token}"}
                 try:
                     response = await http.post(url, json={"usb_status": status}, headers=headers)

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, Literal
+from typing import Any
+
+from visiona.wire import UsbStatus
 
 _LOGGER = logging.getLogger(__name__)
 KNERON_VENDOR_ID = 0x3231
-UsbStatus = Literal["online", "offline", "unknown"]
 PRODUCT_TYPES = {
     0x0100: "kl520",
     0x0720: "kl720",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -12,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from visiona.auth import repository
 from visiona.auth.passwords import verify_password
 from visiona.auth.sessions import SessionStore, WebSession
+from visiona.kit.clock import utcnow
 from visiona.kit.errors import ConflictError, InvalidCredentialsError, RateLimitedError
 from visiona.kit.ratelimit import RateLimiter
 from visiona.kit.settings import Settings
@@ -34,7 +34,7 @@ async def register(
         email=email,
         name=name,
         password_hash=password_hash,
-        now=datetime.now(UTC),
+        now=utcnow(),
     )
 
 

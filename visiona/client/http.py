@@ -18,8 +18,9 @@ from urllib.parse import quote
 import httpx
 
 from visiona.client.errors import ClientError
+from visiona.wire import API_PREFIX
 
-API = "/api/v1"
+API = API_PREFIX
 CHUNK = 1024 * 1024
 
 Progress = Callable[[int], None]

@@ -8,9 +8,8 @@ no database connection is held while the file crosses the tunnel.
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, status
 
 from visiona.auth.dependencies import CurrentPrincipal
 from visiona.deployments import service
@@ -29,6 +28,7 @@ from visiona.kit.errors import (
     ValidationFailedError,
 )
 from visiona.kit.http import error_responses
+from visiona.kit.pagination import PageParams
 from visiona.tunnel.endpoints import hub_of
 from visiona.tunnel.errors import DeviceOfflineError
 
@@ -95,15 +95,10 @@ async def list_deployments(
     device_id: uuid.UUID,
     principal: CurrentPrincipal,
     conn: Conn,
-    limit: Annotated[int, Query(ge=1, le=200, description="Page size.")] = 50,
-    cursor: Annotated[
-        str | None, Query(max_length=200, description="`next_cursor` of the previous page.")
-    ] = None,
+    page: PageParams,
 ) -> DeploymentPage:
     """The device's deployments, newest first, one page at a time (404 when not yours)."""
-    rows, next_cursor = await service.list_deployments(
-        conn, principal.user_id, device_id, limit=limit, cursor=cursor
-    )
+    found = await service.list_deployments(conn, principal.user_id, device_id, page)
     return DeploymentPage(
-        items=[DeploymentOut.model_validate(r) for r in rows], next_cursor=next_cursor
+        items=[DeploymentOut.model_validate(r) for r in found.items], next_cursor=found.next_cursor
     )

@@ -9,12 +9,14 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from visiona.kit.pagination import Keyset, Page, PageRequest, paginate
 from visiona.kit.schema import deployments
 
 _COLUMNS = tuple(deployments.c)
+_ORDER = Keyset(deployments.c.created_at, deployments.c.id, descending=True, parse_key=uuid.UUID)
 
 
 async def insert_deployment(conn: AsyncConnection, values: dict[str, Any]) -> dict[str, Any]:
@@ -60,21 +62,10 @@ async def list_page(
     conn: AsyncConnection,
     owner_id: uuid.UUID,
     device_id: uuid.UUID,
-    *,
-    limit: int,
-    after: tuple[datetime, uuid.UUID] | None,
-) -> list[dict[str, Any]]:
-    """Up to ``limit`` deployments of the device, newest first, strictly after ``after``."""
+    page: PageRequest,
+) -> Page[dict[str, Any]]:
+    """One page of the device's deployments, newest first (ties: the higher id first)."""
     stmt = select(*_COLUMNS).where(
         deployments.c.device_id == device_id, deployments.c.owner_user_id == owner_id
     )
-    if after is not None:
-        created, last_id = after
-        stmt = stmt.where(
-            or_(
-                deployments.c.created_at < created,
-                and_(deployments.c.created_at == created, deployments.c.id < last_id),
-            )
-        )
-    stmt = stmt.order_by(deployments.c.created_at.desc(), deployments.c.id.desc()).limit(limit)
-    return [dict(row._mapping) for row in (await conn.execute(stmt)).all()]
+    return await paginate(conn, stmt, _ORDER, page, lambda row: dict(row._mapping))

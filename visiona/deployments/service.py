@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -22,8 +21,9 @@ from visiona.deployments import repository
 from visiona.deployments.schemas import DeploymentStatus
 from visiona.deployments.transfer import TransferFailedError, send_model
 from visiona.devices import service as devices_service
+from visiona.kit.clock import utcnow
 from visiona.kit.errors import ConflictError, NotFoundError, StorageUnavailableError
-from visiona.kit.pagination import bad_cursor, decode_cursor, encode_cursor
+from visiona.kit.pagination import Page, PageRequest
 from visiona.models import service as models_service
 from visiona.models.storage import ObjectMissingError
 
@@ -49,11 +49,6 @@ class ModelFileMissingError(ConflictError):
 
     code = "model_file_missing"
     default_message = "The model has no file to deploy."
-
-
-def utcnow() -> datetime:
-    """The current time, UTC."""
-    return datetime.now(UTC)
 
 
 async def prepare(
@@ -158,28 +153,12 @@ async def transfer(
     return await mark(db, deployment_id, DeploymentStatus.SUCCEEDED)
 
 
-def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    position = decode_cursor(cursor)
-    assert position is not None  # noqa: S101 - decode_cursor returns None only for None
-    try:
-        return position.created_at, uuid.UUID(position.key)
-    except ValueError as err:
-        raise bad_cursor() from err
-
-
 async def list_deployments(
     conn: AsyncConnection,
     owner_id: uuid.UUID,
     device_id: uuid.UUID,
-    *,
-    limit: int,
-    cursor: str | None,
-) -> tuple[list[dict[str, Any]], str | None]:
+    page: PageRequest,
+) -> Page[dict[str, Any]]:
     """One page of the device's deployments, newest first (404 when not the caller's device)."""
     await devices_service.get_device(conn, owner_id, device_id)
-    after = _decode_cursor(cursor) if cursor else None
-    rows = await repository.list_page(conn, owner_id, device_id, limit=limit + 1, after=after)
-    if len(rows) > limit:
-        last = rows[limit - 1]
-        return rows[:limit], encode_cursor(last["created_at"], str(last["id"]))
-    return rows, None
+    return await repository.list_page(conn, owner_id, device_id, page)

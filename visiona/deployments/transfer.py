@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import h11
 
 from visiona.kit.errors import AppError
+from visiona.wire import CHIP_HEADER, MODELS_PATH, SHA256_HEADER
 from visiona.yamux import YamuxError
 
 if TYPE_CHECKING:
@@ -29,8 +30,6 @@ if TYPE_CHECKING:
 _LOGGER = logging.getLogger(__name__)
 _READ_SIZE = 64 * 1024
 _ANSWER_LIMIT = 64 * 1024
-#: The path prefix the agent handles itself instead of forwarding it.
-MODELS_PATH = "/visiona/models/"
 
 
 class TransferFailedError(Exception):
@@ -44,8 +43,8 @@ def request_head(model_id: uuid.UUID, *, size: int, sha256: str, chip: str) -> b
         "Host: device",
         "Content-Type: application/octet-stream",
         f"Content-Length: {size}",
-        f"X-Visiona-Sha256: {sha256}",
-        f"X-Visiona-Chip: {chip}",
+        f"{SHA256_HEADER}: {sha256}",
+        f"{CHIP_HEADER}: {chip}",
         "Connection: close",
     ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")

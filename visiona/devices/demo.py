@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from visiona.auth import repository as users
 from visiona.auth.passwords import hash_password
 from visiona.devices import repository
-from visiona.devices.service import utcnow
+from visiona.kit.clock import utcnow
 from visiona.kit.database import Database
 from visiona.kit.errors import ConflictError
 from visiona.kit.settings import Settings

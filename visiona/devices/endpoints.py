@@ -28,10 +28,8 @@ from visiona.devices.schemas import (
     PairingTokenOut,
     PairRequest,
     PairResponse,
-    RemoteStatus,
     SessionTokenList,
     SessionTokenOut,
-    UsbStatus,
 )
 from visiona.kit.deps import Conn, RuntimeDep, client_address
 from visiona.kit.errors import (
@@ -43,19 +41,15 @@ from visiona.kit.errors import (
     ValidationFailedError,
 )
 from visiona.kit.http import error_responses
-from visiona.kit.pagination import DEFAULT_LIMIT, MAX_LIMIT, decode_cursor
+from visiona.kit.pagination import PageParams
 from visiona.kit.runtime import Runtime
+from visiona.wire import RemoteStatus, UsbStatus
 
 _LOGGER = logging.getLogger(__name__)
 
 router = APIRouter()
 agent_router = APIRouter(prefix="/agent", tags=["agent"])
 
-Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"Page size, 1 to {MAX_LIMIT}.")]
-CursorParam = Annotated[
-    str | None,
-    Query(max_length=512, description="`next_cursor` of the previous page."),
-]
 _NO_CONTENT: dict[str, Any] = {
     "status_code": status.HTTP_204_NO_CONTENT,
     "response_class": Response,
@@ -107,24 +101,22 @@ async def list_devices(  # noqa: PLR0917 - FastAPI injects query parameters by n
     principal: CurrentPrincipal,
     conn: Conn,
     runtime: RuntimeDep,
+    page: PageParams,
     remote_status: Annotated[RemoteStatus | None, Query(description="Tunnel status.")] = None,
     device_status: Annotated[
         UsbStatus | None, Query(alias="status", description="USB status.")
     ] = None,
-    limit: Limit = DEFAULT_LIMIT,
-    cursor: CursorParam = None,
 ) -> DeviceList:
     """Your live devices in creation order (oldest first), optionally filtered by status."""
-    page = await service.list_devices(
+    found = await service.list_devices(
         conn,
         principal.user_id,
         remote_status=remote_status,
         status=device_status,
-        cursor=decode_cursor(cursor),
-        limit=limit,
+        page=page,
         stale_before=service.stale_before(runtime.settings),
     )
-    return DeviceList(items=[_device(row) for row in page.items], next_cursor=page.next_cursor)
+    return DeviceList(items=[_device(row) for row in found.items], next_cursor=found.next_cursor)
 
 
 @router.post(
@@ -224,15 +216,12 @@ async def list_session_tokens(
     device_id: uuid.UUID,
     principal: CurrentPrincipal,
     conn: Conn,
-    limit: Limit = DEFAULT_LIMIT,
-    cursor: CursorParam = None,
+    page: PageParams,
 ) -> SessionTokenList:
     """The device's agent session tokens, revoked ones included; never the plaintext."""
-    page = await service.list_session_tokens(
-        conn, principal.user_id, device_id, cursor=decode_cursor(cursor), limit=limit
-    )
+    found = await service.list_session_tokens(conn, principal.user_id, device_id, page)
     return SessionTokenList(
-        items=[_session(row) for row in page.items], next_cursor=page.next_cursor
+        items=[_session(row) for row in found.items], next_cursor=found.next_cursor
     )
 
 
@@ -288,15 +277,12 @@ async def create_pairing_token(
 async def list_pairing_tokens(
     principal: CurrentPrincipal,
     conn: Conn,
-    limit: Limit = DEFAULT_LIMIT,
-    cursor: CursorParam = None,
+    page: PageParams,
 ) -> PairingTokenList:
     """Your pairing tokens, used and revoked ones included; never the plaintext."""
-    page = await service.list_pairing_tokens(
-        conn, principal.user_id, cursor=decode_cursor(cursor), limit=limit
-    )
+    found = await service.list_pairing_tokens(conn, principal.user_id, page)
     return PairingTokenList(
-        items=[_pairing(row) for row in page.items], next_cursor=page.next_cursor
+        items=[_pairing(row) for row in found.items], next_cursor=found.next_cursor
     )
 
 

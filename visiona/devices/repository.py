@@ -10,11 +10,11 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, func, insert, literal, or_, select, true, update
+from sqlalchemy import ColumnElement, Row, and_, case, func, insert, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from visiona.kit.pagination import Cursor
+from visiona.kit.pagination import Keyset, Page, PageRequest, paginate
 from visiona.kit.schema import UTCDateTime, devices, models, pairing_tokens, session_tokens
 
 _DEVICE = (
@@ -75,14 +75,13 @@ def _device_columns(stale_before: datetime | None) -> tuple[Any, ...]:
     return tuple(status if col is devices.c.remote_status else col for col in _DEVICE)
 
 
-def _after(created_at: Any, key: Any, cursor: Cursor | None, key_value: Any) -> ColumnElement[bool]:
-    """Rows strictly after the cursor in ``(created_at, key)`` order."""
-    if cursor is None:
-        return true()
-    return or_(
-        created_at > cursor.created_at,
-        and_(created_at == cursor.created_at, key > key_value),
-    )
+_DEVICE_ORDER = Keyset(devices.c.created_at, devices.c.id, parse_key=uuid.UUID)
+_PAIRING_ORDER = Keyset(pairing_tokens.c.created_at, pairing_tokens.c.token_hash)
+_SESSION_ORDER = Keyset(session_tokens.c.created_at, session_tokens.c.token_hash)
+
+
+def _as_dict(row: Row[Any]) -> dict[str, Any]:
+    return dict(row._mapping)
 
 
 def _keep_first(column: Any, now: datetime) -> ColumnElement[datetime]:
@@ -178,23 +177,18 @@ async def list_devices(
     *,
     remote_status: str | None,
     status: str | None,
-    cursor: Cursor | None,
-    limit: int,
+    page: PageRequest,
     stale_before: datetime | None = None,
-) -> list[dict[str, Any]]:
-    """Up to ``limit`` of the owner's live devices after ``cursor``, by (created_at, id)."""
-    after_id = uuid.UUID(cursor.key) if cursor else None
+) -> Page[dict[str, Any]]:
+    """One page of the owner's live devices, by (created_at, id)."""
     stmt = select(*_device_columns(stale_before)).where(
-        devices.c.owner_user_id == owner_user_id,
-        _live_device,
-        _after(devices.c.created_at, devices.c.id, cursor, after_id),
+        devices.c.owner_user_id == owner_user_id, _live_device
     )
     if remote_status is not None:
         stmt = stmt.where(_remote_status(stale_before) == remote_status)
     if status is not None:
         stmt = stmt.where(devices.c.status == status)
-    stmt = stmt.order_by(devices.c.created_at, devices.c.id).limit(limit)
-    return [dict(row._mapping) for row in await conn.execute(stmt)]
+    return await paginate(conn, stmt, _DEVICE_ORDER, page, _as_dict)
 
 
 async def rename_device(
@@ -294,24 +288,11 @@ async def insert_pairing_token(
 
 
 async def list_pairing_tokens(
-    conn: AsyncConnection, user_id: uuid.UUID, *, cursor: Cursor | None, limit: int
-) -> list[dict[str, Any]]:
-    """Up to ``limit`` of the user's pairing tokens after ``cursor``, by (created_at, hash)."""
-    stmt = (
-        select(*_PAIRING)
-        .where(
-            pairing_tokens.c.user_id == user_id,
-            _after(
-                pairing_tokens.c.created_at,
-                pairing_tokens.c.token_hash,
-                cursor,
-                cursor.key if cursor else None,
-            ),
-        )
-        .order_by(pairing_tokens.c.created_at, pairing_tokens.c.token_hash)
-        .limit(limit)
-    )
-    return [dict(row._mapping) for row in await conn.execute(stmt)]
+    conn: AsyncConnection, user_id: uuid.UUID, page: PageRequest
+) -> Page[dict[str, Any]]:
+    """One page of the user's pairing tokens, by (created_at, hash)."""
+    stmt = select(*_PAIRING).where(pairing_tokens.c.user_id == user_id)
+    return await paginate(conn, stmt, _PAIRING_ORDER, page, _as_dict)
 
 
 async def revoke_pairing_token(
@@ -410,27 +391,13 @@ async def list_session_tokens(
     conn: AsyncConnection,
     user_id: uuid.UUID,
     device_id: uuid.UUID,
-    *,
-    cursor: Cursor | None,
-    limit: int,
-) -> list[dict[str, Any]]:
-    """Up to ``limit`` of the device's session tokens after ``cursor``, by (created_at, hash)."""
-    stmt = (
-        select(*_SESSION)
-        .where(
-            session_tokens.c.user_id == user_id,
-            session_tokens.c.device_id == device_id,
-            _after(
-                session_tokens.c.created_at,
-                session_tokens.c.token_hash,
-                cursor,
-                cursor.key if cursor else None,
-            ),
-        )
-        .order_by(session_tokens.c.created_at, session_tokens.c.token_hash)
-        .limit(limit)
+    page: PageRequest,
+) -> Page[dict[str, Any]]:
+    """One page of the device's session tokens, by (created_at, hash)."""
+    stmt = select(*_SESSION).where(
+        session_tokens.c.user_id == user_id, session_tokens.c.device_id == device_id
     )
-    return [dict(row._mapping) for row in await conn.execute(stmt)]
+    return await paginate(conn, stmt, _SESSION_ORDER, page, _as_dict)
 
 
 async def revoke_session_token(

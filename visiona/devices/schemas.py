@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-RemoteStatus = Literal["online", "offline", "reconnecting", "error"]
-UsbStatus = Literal["online", "offline", "unknown"]
+from visiona.kit.text import StoredStr
+from visiona.wire import RemoteStatus, UsbStatus
 
 _NAME = Field(min_length=1, max_length=200, examples=["Lab KL520"])
 _SERIAL = Field(min_length=1, max_length=128, examples=["KL520-0001"])
@@ -21,9 +20,9 @@ class DeviceCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = _NAME
-    serial_number: str = _SERIAL
-    device_type: str | None = Field(None, min_length=1, max_length=64, examples=["kl520"])
+    name: StoredStr = _NAME
+    serial_number: StoredStr = _SERIAL
+    device_type: StoredStr | None = Field(None, min_length=1, max_length=64, examples=["kl520"])
 
 
 class DeviceUpdate(BaseModel):
@@ -31,7 +30,7 @@ class DeviceUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = _NAME
+    name: StoredStr = _NAME
 
 
 class DeviceOut(BaseModel):
@@ -41,10 +40,12 @@ class DeviceOut(BaseModel):
     name: str
     device_type: str | None
     serial_number: str | None
-    remote_status: str = Field(
+    remote_status: RemoteStatus = Field(
         description="Tunnel level, seen by the cloud: online | offline | reconnecting | error."
     )
-    status: str = Field(description="USB level, reported by the agent: online | offline | unknown.")
+    status: UsbStatus = Field(
+        description="USB level, reported by the agent: online | offline | unknown."
+    )
     last_seen_at: datetime | None
     last_connected_at: datetime | None
     paired_at: datetime | None
@@ -123,10 +124,10 @@ class PairRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    pairing_token: str = Field(max_length=1024, description="The `vpt_…` plaintext.")
-    serial_number: str = _SERIAL
-    device_type: str = _DEVICE_TYPE
-    name: str = _NAME
+    pairing_token: StoredStr = Field(max_length=1024, description="The `vpt_…` plaintext.")
+    serial_number: StoredStr = _SERIAL
+    device_type: StoredStr = _DEVICE_TYPE
+    name: StoredStr = _NAME
 
 
 class PairResponse(BaseModel):

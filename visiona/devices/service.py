@@ -11,12 +11,13 @@ import logging
 import re
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from visiona.devices import repository
+from visiona.kit.clock import utcnow
 from visiona.kit.errors import (
     ConflictError,
     NotFoundError,
@@ -24,7 +25,7 @@ from visiona.kit.errors import (
     UnauthorizedError,
     ValidationFailedError,
 )
-from visiona.kit.pagination import DEFAULT_LIMIT, Cursor, bad_cursor, encode_cursor
+from visiona.kit.pagination import Page, PageRequest
 from visiona.kit.ratelimit import RateLimiter
 from visiona.kit.settings import Settings
 from visiona.kit.tokens import (
@@ -45,27 +46,6 @@ def _agent_unauthorized() -> UnauthorizedError:
     return UnauthorizedError(AGENT_TOKEN_REJECTED, headers={"WWW-Authenticate": "Bearer"})
 
 
-def utcnow() -> datetime:
-    """The current time, aware UTC (bound into SQL instead of the database's ``now()``)."""
-    return datetime.now(UTC)
-
-
-@dataclass(frozen=True)
-class Page:
-    """One page of rows and the cursor of the next page (None on the last)."""
-
-    items: list[dict[str, Any]]
-    next_cursor: str | None
-
-
-def _page(rows: list[dict[str, Any]], limit: int, key: str) -> Page:
-    if len(rows) <= limit:
-        return Page(items=rows, next_cursor=None)
-    rows = rows[:limit]
-    last = rows[-1]
-    return Page(items=rows, next_cursor=encode_cursor(last["created_at"], str(last[key])))
-
-
 # -- devices ------------------------------------------------------------------
 
 
@@ -75,30 +55,22 @@ async def list_devices(
     *,
     remote_status: str | None = None,
     status: str | None = None,
-    cursor: Cursor | None = None,
-    limit: int = DEFAULT_LIMIT,
+    page: PageRequest,
     stale_before: datetime | None = None,
-) -> Page:
+) -> Page[dict[str, Any]]:
     """The owner's live devices in creation order, one page at a time.
 
     ``stale_before`` (see :func:`stale_before`) applies the liveness rule to
     ``remote_status``: a device not seen since then reads ``offline``.
     """
-    if cursor is not None:
-        try:
-            uuid.UUID(cursor.key)
-        except ValueError as err:
-            raise bad_cursor() from err
-    rows = await repository.list_devices(
+    return await repository.list_devices(
         conn,
         owner_user_id,
         remote_status=remote_status,
         status=status,
-        cursor=cursor,
-        limit=limit + 1,
+        page=page,
         stale_before=stale_before,
     )
-    return _page(rows, limit, "id")
 
 
 def stale_before(settings: Settings, now: datetime | None = None) -> datetime:
@@ -232,13 +204,10 @@ async def create_pairing_token(conn: AsyncConnection, user_id: uuid.UUID, ttl: i
 async def list_pairing_tokens(
     conn: AsyncConnection,
     user_id: uuid.UUID,
-    *,
-    cursor: Cursor | None = None,
-    limit: int = DEFAULT_LIMIT,
-) -> Page:
+    page: PageRequest,
+) -> Page[dict[str, Any]]:
     """The user's pairing tokens (used and revoked ones too), in creation order."""
-    rows = await repository.list_pairing_tokens(conn, user_id, cursor=cursor, limit=limit + 1)
-    return _page(rows, limit, "token_hash")
+    return await repository.list_pairing_tokens(conn, user_id, page)
 
 
 async def revoke_pairing_token(conn: AsyncConnection, user_id: uuid.UUID, token_id: str) -> None:
@@ -410,16 +379,11 @@ async def list_session_tokens(
     conn: AsyncConnection,
     owner_user_id: uuid.UUID,
     device_id: uuid.UUID,
-    *,
-    cursor: Cursor | None = None,
-    limit: int = DEFAULT_LIMIT,
-) -> Page:
+    page: PageRequest,
+) -> Page[dict[str, Any]]:
     """The session tokens of the owner's live device (revoked ones too), in creation order."""
     await get_device(conn, owner_user_id, device_id)
-    rows = await repository.list_session_tokens(
-        conn, owner_user_id, device_id, cursor=cursor, limit=limit + 1
-    )
-    return _page(rows, limit, "token_hash")
+    return await repository.list_session_tokens(conn, owner_user_id, device_id, page)
 
 
 async def revoke_session_token(

@@ -30,6 +30,7 @@ from visiona.kit.errors import (
     ValidationFailedError,
 )
 from visiona.kit.http import error_responses
+from visiona.kit.pagination import PageParams
 from visiona.kit.runtime import Runtime
 from visiona.models import service
 from visiona.models.chips import TargetChip
@@ -196,23 +197,21 @@ async def list_models(
     *,
     principal: CurrentPrincipal,
     conn: Conn,
+    page: PageParams,
     chip: Annotated[TargetChip | None, Query(description="Only this target chip.")] = None,
     source: Annotated[ModelSource | None, Query(description="Only this source.")] = None,
-    limit: Annotated[int, Query(ge=1, le=200, description="Page size.")] = 50,
-    cursor: Annotated[
-        str | None, Query(max_length=200, description="`next_cursor` of the previous page.")
-    ] = None,
 ) -> ModelPage:
     """The caller's live models, newest first, one page at a time."""
-    rows, next_cursor = await service.list_models(
+    found = await service.list_models(
         conn,
         principal.user_id,
         chip=chip.value if chip else None,
         source=source.value if source else None,
-        limit=limit,
-        cursor=cursor,
+        page=page,
     )
-    return ModelPage(items=[ModelOut.model_validate(r) for r in rows], next_cursor=next_cursor)
+    return ModelPage(
+        items=[ModelOut.model_validate(r) for r in found.items], next_cursor=found.next_cursor
+    )
 
 
 @router.get(

@@ -10,10 +10,11 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from visiona.kit.pagination import Keyset, Page, PageRequest, paginate
 from visiona.kit.schema import models
 
 _COLUMNS = tuple(models.c)
@@ -30,6 +31,9 @@ _UPSERT_SET = (
     "updated_at",
     "uploaded_at",
 )
+
+
+_ORDER = Keyset(models.c.created_at, models.c.id, descending=True, parse_key=uuid.UUID)
 
 
 def _live(owner_id: uuid.UUID) -> Any:
@@ -79,25 +83,15 @@ async def list_page(
     *,
     chip: str | None,
     source: str | None,
-    limit: int,
-    after: tuple[datetime, uuid.UUID] | None,
-) -> list[dict[str, Any]]:
-    """Up to ``limit`` live models, newest first, strictly after the ``after`` position."""
+    page: PageRequest,
+) -> Page[dict[str, Any]]:
+    """One page of the owner's live models, newest first (ties: the higher id first)."""
     stmt = select(*_COLUMNS).where(_live(owner_id))
     if chip is not None:
         stmt = stmt.where(models.c.target_chip == chip)
     if source is not None:
         stmt = stmt.where(models.c.source == source)
-    if after is not None:
-        created, last_id = after
-        stmt = stmt.where(
-            or_(
-                models.c.created_at < created,
-                and_(models.c.created_at == created, models.c.id < last_id),
-            )
-        )
-    stmt = stmt.order_by(models.c.created_at.desc(), models.c.id.desc()).limit(limit)
-    return [_row(row) for row in (await conn.execute(stmt)).all()]
+    return await paginate(conn, stmt, _ORDER, page, _row)
 
 
 async def update_fields(

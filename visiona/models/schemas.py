@@ -9,12 +9,17 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-from visiona.models.chips import TargetChip
+from visiona.kit.text import STORABLE
+from visiona.models.chips import TargetChip as TargetChip  # noqa: PLC0414 - re-exported: callers import it from here
 
 MAX_LABELS = 100
 
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-Label = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+Name = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), STORABLE
+]
+Label = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), STORABLE
+]
 
 
 class ModelSource(StrEnum):

@@ -16,15 +16,15 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from visiona.kit.clock import utcnow
 from visiona.kit.errors import NotFoundError, StorageUnavailableError, ValidationFailedError
-from visiona.kit.pagination import bad_cursor, decode_cursor, encode_cursor
+from visiona.kit.pagination import Page, PageRequest
 from visiona.models import repository
 from visiona.models.multipart import StreamingForm
 from visiona.models.schemas import ModelPatch, ModelSource, UploadFields
@@ -126,7 +126,7 @@ async def create_model(
     stored: StoredObject,
 ) -> dict[str, Any]:
     """Record an uploaded model whose file is already stored."""
-    now = datetime.now(UTC)
+    now = utcnow()
     model = await repository.upsert(
         conn,
         {
@@ -174,7 +174,7 @@ async def replace_file(
     current = await repository.get(conn, owner_id, model_id, for_update=True)
     if current is None:
         raise _not_found()
-    now = datetime.now(UTC)
+    now = utcnow()
     values = {
         key: current[key]
         for key in ("id", "owner_user_id", "name", "target_chip", "labels", "source")
@@ -197,34 +197,16 @@ async def replace_file(
 # -- read, change, delete ---------------------------------------------------------
 
 
-def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    """Parse a cursor handed out by :func:`list_models` (422 when it is not one)."""
-    position = decode_cursor(cursor)
-    assert position is not None  # noqa: S101 - decode_cursor returns None only for None
-    try:
-        return position.created_at, uuid.UUID(position.key)
-    except ValueError as err:
-        raise bad_cursor() from err
-
-
 async def list_models(
     conn: AsyncConnection,
     owner_id: uuid.UUID,
     *,
     chip: str | None,
     source: str | None,
-    limit: int,
-    cursor: str | None,
-) -> tuple[list[dict[str, Any]], str | None]:
-    """One page of the caller's models, newest first, and the cursor of the next page."""
-    after = _decode_cursor(cursor) if cursor else None
-    rows = await repository.list_page(
-        conn, owner_id, chip=chip, source=source, limit=limit + 1, after=after
-    )
-    if len(rows) > limit:
-        last = rows[limit - 1]
-        return rows[:limit], encode_cursor(last["created_at"], str(last["id"]))
-    return rows, None
+    page: PageRequest,
+) -> Page[dict[str, Any]]:
+    """One page of the caller's models, newest first."""
+    return await repository.list_page(conn, owner_id, chip=chip, source=source, page=page)
 
 
 async def update_model(
@@ -234,7 +216,7 @@ async def update_model(
     changes = patch.model_dump(exclude_unset=True, exclude_none=True)
     if not changes:
         return await require_model(conn, owner_id, model_id)
-    model = await repository.update_fields(conn, owner_id, model_id, changes, datetime.now(UTC))
+    model = await repository.update_fields(conn, owner_id, model_id, changes, utcnow())
     if model is None:
         raise _not_found()
     return model
@@ -244,7 +226,7 @@ async def delete_model(
     conn: AsyncConnection, owner_id: uuid.UUID, model_id: uuid.UUID
 ) -> str | None:
     """Soft-delete the caller's model; return the key of its file (to delete after commit)."""
-    model = await repository.soft_delete(conn, owner_id, model_id, datetime.now(UTC))
+    model = await repository.soft_delete(conn, owner_id, model_id, utcnow())
     if model is None:
         raise _not_found()
     key: str | None = model["storage_key"]

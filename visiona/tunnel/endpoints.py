@@ -25,11 +25,12 @@ from visiona.tunnel.errors import (
 )
 from visiona.tunnel.hub import TunnelHub
 from visiona.tunnel.proxy import ProxyExchange, ProxyResponse
+from visiona.wire import RESERVED_PREFIX
 
 _LOGGER = logging.getLogger(__name__)
 HUB_KEY = "tunnel_hub"
 #: Targets the agent answers itself (see docs/tunnel-protocol.md); never proxied.
-RESERVED_PREFIX = b"/visiona/"
+_RESERVED = RESERVED_PREFIX.encode("ascii")
 PROXY_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 router = APIRouter()
@@ -97,7 +98,7 @@ async def proxy(
     no response head in time → 504 ``device_timeout``; a target under ``/visiona/`` (the
     agent's own paths, e.g. deployments) → 403 ``reserved_path``."""
     target, prefix = _forward_target(request)
-    if target.startswith(RESERVED_PREFIX):
+    if target.startswith(_RESERVED):
         raise ReservedPathError()
     link = hub_of(runtime).get(device_id)
     if link is None or link.owner_user_id != principal.user_id:

@@ -19,15 +19,10 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec
 
 from visiona.devices.repository import find_valid_session
-from visiona.devices.service import utcnow
+from visiona.kit.clock import utcnow
 from visiona.tunnel import repository
-from visiona.tunnel.link import (
-    CLOSE_GOING_AWAY,
-    CLOSE_KEEPALIVE,
-    CLOSE_REVOKED,
-    CLOSE_SUPERSEDED,
-    TunnelLink,
-)
+from visiona.tunnel.link import TunnelLink
+from visiona.wire import CLOSE_GOING_AWAY, CLOSE_KEEPALIVE, CLOSE_REVOKED, CLOSE_SUPERSEDED
 from visiona.yamux import Config, PingTimeoutError, YamuxError
 
 if TYPE_CHECKING:

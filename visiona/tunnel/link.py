@@ -15,20 +15,13 @@ import time
 import uuid
 from typing import TYPE_CHECKING
 
+from visiona.wire import CLOSE_NORMAL, CLOSE_UNSUPPORTED
 from visiona.yamux import Config, FeedTransport, Session
 
 if TYPE_CHECKING:
     from starlette.websockets import WebSocket
 
 _LOGGER = logging.getLogger(__name__)
-
-#: WebSocket close codes the server uses (the agent reacts to them; see docs/tunnel-protocol.md).
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
-CLOSE_UNSUPPORTED = 1003
-CLOSE_REVOKED = 4401
-CLOSE_KEEPALIVE = 4408
-CLOSE_SUPERSEDED = 4409
 
 
 class TunnelLink:
