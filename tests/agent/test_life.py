@@ -27,7 +27,7 @@ from tests.tunnel.support import API, LiveServer, wait_for
 from visiona.agent.runner import Agent
 from visiona.cli import app as cli
 from visiona.tunnel.endpoints import hub_of
-from visiona.tunnel.link import CLOSE_GOING_AWAY
+from visiona.wire import CLOSE_GOING_AWAY
 
 
 async def _agent_cli(*args: str) -> asyncio.subprocess.Process:

@@ -91,12 +91,12 @@ def agent(  # noqa: PLR0917 - one parameter per command-line option
     from visiona.agent.usb import detect_device_type  # noqa: PLC0415 - idem
     from visiona.kit.logs import configure_logging  # noqa: PLC0415 - idem
 
-    configure_logging("INFO", "text")
     try:
         host, port = agent_main.parse_forward(forward)
         check_server_url(server)
     except ValueError as err:
         raise _fail(str(err), 2) from None
+    configure_logging("INFO", "text")
     options = AgentOptions(
         server=server,
         forward_host=host,

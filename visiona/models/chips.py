@@ -13,3 +13,13 @@ class TargetChip(StrEnum):
     KL630 = "kl630"
     KL720 = "kl720"
     KL730 = "kl730"
+
+    @classmethod
+    def _missing_(cls, value: object) -> TargetChip | None:
+        """Case-insensitive: ``KL520`` is ``kl520`` on every route and in the CLI."""
+        if isinstance(value, str):
+            lowered = value.strip().lower()
+            for chip in cls:
+                if chip.value == lowered:
+                    return chip
+        return None
