@@ -27,6 +27,7 @@ from visiona.kit.edge import (
     install_security_schemes,
 )
 from visiona.kit.http import RequestContextMiddleware, install_error_handlers
+from visiona.kit.logs import install_server_log_filters
 from visiona.kit.metrics import Metrics
 from visiona.kit.migrate import status_from_connection, upgrade_on_connection
 from visiona.kit.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
@@ -139,6 +140,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    install_server_log_filters()
     app.include_router(auth_router, prefix=API_PREFIX)
     # devices feature routers
     app.include_router(devices_router, prefix=API_PREFIX)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 
@@ -15,6 +15,14 @@ class _CallbackGauge(Collector):
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         yield GaugeMetricFamily(self._name, self._doc, value=self._read())
+
+
+class _CallbackCounter(Collector):
+    def __init__(self, name: str, doc: str, read: Callable[[], float]) -> None:
+        self._name, self._doc, self._read = name, doc, read
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        yield CounterMetricFamily(self._name, self._doc, value=self._read())
 
 
 class Metrics:
@@ -45,6 +53,10 @@ class Metrics:
     def gauge(self, name: str, doc: str, read: Callable[[], float]) -> None:
         """Register a gauge whose value is read at scrape time."""
         self.registry.register(_CallbackGauge(name, doc, read))
+
+    def counter(self, name: str, doc: str, read: Callable[[], float]) -> None:
+        """Register a counter (``name`` without ``_total``) whose value is read at scrape time."""
+        self.registry.register(_CallbackCounter(name, doc, read))
 
     def new_gauge(self, name: str, doc: str) -> Gauge:
         """Register and return a plain gauge."""
