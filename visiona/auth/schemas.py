@@ -8,6 +8,8 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from visiona.kit.text import StoredStr
+
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
@@ -16,9 +18,9 @@ class RegisterRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    email: str = Field(max_length=254, examples=["ada@example.com"])
+    email: StoredStr = Field(max_length=254, examples=["ada@example.com"])
     password: str = Field(min_length=8, max_length=1024)
-    name: str = Field("", max_length=200)
+    name: StoredStr = Field("", max_length=200)
 
     @field_validator("email")
     @classmethod
@@ -34,7 +36,7 @@ class LoginRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    email: str = Field(min_length=1, max_length=254)
+    email: StoredStr = Field(min_length=1, max_length=254)
     password: str = Field(min_length=1, max_length=1024)
 
 

@@ -7,6 +7,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from visiona.kit.text import StoredStr
 from visiona.wire import RemoteStatus, UsbStatus
 
 _NAME = Field(min_length=1, max_length=200, examples=["Lab KL520"])
@@ -19,9 +20,9 @@ class DeviceCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = _NAME
-    serial_number: str = _SERIAL
-    device_type: str | None = Field(None, min_length=1, max_length=64, examples=["kl520"])
+    name: StoredStr = _NAME
+    serial_number: StoredStr = _SERIAL
+    device_type: StoredStr | None = Field(None, min_length=1, max_length=64, examples=["kl520"])
 
 
 class DeviceUpdate(BaseModel):
@@ -29,7 +30,7 @@ class DeviceUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = _NAME
+    name: StoredStr = _NAME
 
 
 class DeviceOut(BaseModel):
@@ -123,10 +124,10 @@ class PairRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    pairing_token: str = Field(max_length=1024, description="The `vpt_…` plaintext.")
-    serial_number: str = _SERIAL
-    device_type: str = _DEVICE_TYPE
-    name: str = _NAME
+    pairing_token: StoredStr = Field(max_length=1024, description="The `vpt_…` plaintext.")
+    serial_number: StoredStr = _SERIAL
+    device_type: StoredStr = _DEVICE_TYPE
+    name: StoredStr = _NAME
 
 
 class PairResponse(BaseModel):

@@ -16,12 +16,18 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import asyncpg
 from sqlalchemy import event, text
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import StaticPool
 
-from visiona.kit.errors import AppError, ConflictError, DatabaseUnavailableError
+from visiona.kit.errors import (
+    AppError,
+    ConflictError,
+    DatabaseUnavailableError,
+    InvalidValueError,
+)
 
 if TYPE_CHECKING:
     from visiona.kit.settings import Settings
@@ -32,6 +38,7 @@ _LOGGER = logging.getLogger(__name__)
 _PG_UNIQUE = "23505"
 _PG_FOREIGN_KEY = "23503"
 _PG_UNAVAILABLE_CLASSES = ("08", "57P", "53")  # connection, operator intervention, resources
+_PG_DATA_EXCEPTION = "22"  # bad text, too long, invalid text representation, out of range
 _SQLITE_CONFLICTS = {
     "SQLITE_CONSTRAINT_UNIQUE",
     "SQLITE_CONSTRAINT_PRIMARYKEY",
@@ -51,6 +58,7 @@ def create_engine_for(settings: Settings) -> AsyncEngine:
         pool_timeout=settings.db_pool_timeout,
         pool_recycle=settings.db_pool_recycle,
         pool_pre_ping=True,
+        hide_parameters=True,  # statement parameters (emails, hashes) never reach a log
         connect_args={
             "timeout": settings.db_connect_timeout,
             "command_timeout": settings.db_command_timeout,
@@ -66,6 +74,7 @@ def _sqlite_engine(settings: Settings) -> AsyncEngine:
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
     kwargs: dict[str, Any] = {
         "connect_args": {"timeout": settings.sqlite_busy_timeout_ms / 1000},
+        "hide_parameters": True,  # statement parameters never reach a log
     }
     if memory:
         kwargs["poolclass"] = StaticPool
@@ -103,7 +112,9 @@ def _sqlite_engine(settings: Settings) -> AsyncEngine:
 def map_db_error(err: BaseException) -> AppError | None:  # noqa: PLR0911 - a flat decision table
     """Translate a driver or pool error into an :class:`AppError`, or None if unknown.
 
-    Unique and foreign-key violations become 409 ``conflict``; refused connections,
+    Unique and foreign-key violations become 409 ``conflict``; a value the database
+    refuses (PostgreSQL's data exceptions, class 22, asyncpg's own argument check)
+    becomes 422 ``invalid_value``; refused connections,
     pool timeouts and a server that went away become 503 ``database_unavailable``.
     The driver's text is never carried over.
     """
@@ -117,6 +128,12 @@ def map_db_error(err: BaseException) -> AppError | None:  # noqa: PLR0911 - a fl
         if sqlstate in (_PG_UNIQUE, _PG_FOREIGN_KEY):
             return ConflictError()
         inner = getattr(orig, "__cause__", None) or orig
+        if (
+            isinstance(err, sa_exc.DataError)
+            or isinstance(inner, asyncpg.DataError)
+            or (isinstance(sqlstate, str) and sqlstate.startswith(_PG_DATA_EXCEPTION))
+        ):
+            return InvalidValueError()
         if isinstance(inner, sqlite3.IntegrityError) or isinstance(orig, sqlite3.IntegrityError):
             name = getattr(inner, "sqlite_errorname", "")
             if name in _SQLITE_CONFLICTS or "UNIQUE" in str(inner) or "FOREIGN KEY" in str(inner):

@@ -116,6 +116,14 @@ class ValidationFailedError(AppError):
         return body
 
 
+class InvalidValueError(AppError):
+    """A value the database refuses (bad text, out of range) that validation let through."""
+
+    status_code = 422
+    code = "invalid_value"
+    default_message = "A value in the request cannot be stored."
+
+
 class RateLimitedError(AppError):
     """Too many attempts; ``Retry-After`` says when to try again."""
 

@@ -7,10 +7,13 @@ never a stack trace, driver message or SQL text.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
+import traceback
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
@@ -36,6 +39,7 @@ if TYPE_CHECKING:
 
 _LOGGER = logging.getLogger(__name__)
 _ACCESS = logging.getLogger("visiona.access")
+_PACKAGE = "visiona"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -101,15 +105,15 @@ def install_error_handlers(app: FastAPI) -> None:
             headers=getattr(exc, "headers", None),
         )
 
-    async def on_sql(_request: Request, exc: Exception) -> JSONResponse:
+    async def on_sql(request: Request, exc: Exception) -> JSONResponse:
         mapped = map_db_error(exc)
         if mapped is not None:
             return _json(mapped)
-        _LOGGER.error("unmapped database error: %s", type(exc).__name__, exc_info=exc)
+        _log_failure("unmapped database error", request, exc)
         return _json(AppError())
 
-    async def on_unexpected(_request: Request, exc: Exception) -> JSONResponse:
-        _LOGGER.error("unhandled error: %s", type(exc).__name__, exc_info=exc)
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        _log_failure("unhandled error", request, exc)
         return _json(AppError())
 
     app.add_exception_handler(AppError, on_app_error)
@@ -117,6 +121,32 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(SQLAlchemyError, on_sql)
     app.add_exception_handler(Exception, on_unexpected)
+
+
+def _log_failure(what: str, request: Request, exc: BaseException) -> None:
+    """One ERROR line: the exception type, the route and where it was raised.
+
+    Never the exception's text nor a traceback with messages: a driver error's text
+    carries the statement and its parameters (an email, a password hash), and other
+    exceptions may quote the input. The request id is added by the log filter.
+    """
+    _LOGGER.error(
+        "%s: %s on %s %s at %s",
+        what,
+        type(exc).__name__,
+        request.method,
+        _route_template(request.scope),
+        _raised_at(exc),
+    )
+
+
+def _raised_at(exc: BaseException, depth: int = 3) -> str:
+    """Where ``exc`` was raised: the innermost ``depth`` frames of this package, or of any."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    ours = [frame for frame in frames if f"{_PACKAGE}{os.sep}" in frame.filename]
+    chosen = (ours or frames)[-depth:]
+    where = [f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(chosen)]
+    return " < ".join(where) or "unknown"
 
 
 class RequestContextMiddleware:
