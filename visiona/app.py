@@ -21,6 +21,7 @@ from visiona.devices.endpoints import agent_router
 from visiona.devices.endpoints import router as devices_router
 from visiona.kit.database import Database
 from visiona.kit.http import RequestContextMiddleware, install_error_handlers
+from visiona.kit.logs import install_server_log_filters
 from visiona.kit.metrics import Metrics
 from visiona.kit.migrate import status_from_connection, upgrade_on_connection
 from visiona.kit.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
@@ -133,6 +134,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    install_server_log_filters()
     app.include_router(auth_router, prefix=API_PREFIX)
     # devices feature routers
     app.include_router(devices_router, prefix=API_PREFIX)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -194,11 +195,15 @@ async def test_agent_that_cannot_reach_its_service_is_502(
     assert (response.status_code, error_code(response)) == (502, "device_unreachable")
 
 
-async def test_tunnel_drop_mid_response_aborts_the_client_response(
-    live: LiveServer, http: httpx.AsyncClient, device_port: int
+async def test_tunnel_drop_mid_response_aborts_the_client_response_with_one_info_line(
+    live: LiveServer,
+    http: httpx.AsyncClient,
+    device_port: int,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     user = await signup(http)
     device_id, token = await paired_agent_token(http, user)
+    caplog.set_level(logging.INFO)
     async with connect_agent(live, token, forward_to(device_port)) as agent:
         hub = hub_of(_runtime(live))
         await wait_for(lambda: _true(hub.get(uuid.UUID(device_id)) is not None))
@@ -210,6 +215,12 @@ async def test_tunnel_drop_mid_response_aborts_the_client_response(
             with pytest.raises(httpx.TransportError):
                 async for _ in chunks:
                     pass
+        await wait_for(lambda: _true(hub.get(uuid.UUID(device_id)) is None))
+    errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert errors == [], [(r.name, r.getMessage()) for r in errors]
+    assert not [r for r in caplog.records if r.exc_info], "no traceback for a dropped tunnel"
+    broke_off = [r for r in caplog.records if "broke off" in r.getMessage()]
+    assert [(r.name, r.levelno) for r in broke_off] == [("visiona.tunnel.proxy", logging.INFO)]
 
 
 async def test_client_going_away_resets_the_stream(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import struct
 import uuid
 from datetime import timedelta
@@ -30,6 +31,7 @@ from visiona.kit.runtime import Runtime
 from visiona.kit.schema import devices
 from visiona.kit.settings import Settings
 from visiona.tunnel.endpoints import hub_of
+from visiona.yamux import StreamResetError
 
 
 def _runtime(live: LiveServer) -> Runtime:
@@ -53,10 +55,11 @@ async def _denied(live: LiveServer, headers: dict[str, str]) -> tuple[int, dict[
 
 
 async def test_upgrade_without_or_with_a_bad_token_is_401_with_an_error_body(
-    live: LiveServer, http: httpx.AsyncClient
+    live: LiveServer, http: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     user = await signup(http)
     _, token = await paired_agent_token(http, user)
+    caplog.set_level(logging.INFO)
     for headers in ({}, {"Authorization": "Bearer vst_nope"}, {"Authorization": f"Basic {token}"}):
         status, body = await _denied(live, headers)
         assert status == 401
@@ -64,6 +67,35 @@ async def test_upgrade_without_or_with_a_bad_token_is_401_with_an_error_body(
     # a user's web session token is no agent credential either
     status, _ = await _denied(live, {"Authorization": f"Bearer {user.token}"})
     assert status == 401
+    # A refusal is an answer, not a server error (uvicorn calls it a missing handshake).
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], [(r.name, r.getMessage()) for r in errors]
+
+
+async def test_a_stream_the_agent_opens_is_reset_at_once_and_counted(
+    live: LiveServer, http: httpx.AsyncClient
+) -> None:
+    user = await signup(http)
+    device_id, token = await paired_agent_token(http, user)
+    async with connect_agent(live, token) as agent:
+        hub = hub_of(_runtime(live))
+        await wait_for(lambda: _true(hub.get(uuid.UUID(device_id)) is not None))
+        streams = [await agent.session.open_stream() for _ in range(5)]
+        for stream in streams:
+            stream.write(b"x" * 200 * 1024)  # held nowhere on the server
+        for stream in streams:
+            with pytest.raises(StreamResetError):
+                await stream.read()
+        assert hub.open_streams() == 0
+        metrics = (await http.get("/metrics")).text
+        assert "visiona_tunnel_streams_refused_total 5.0" in metrics
+        # The tunnel itself is unharmed: the server's streams still work.
+        link = hub.get(uuid.UUID(device_id))
+        assert link is not None
+        stream = await link.session.open_stream()
+        stream.write(b"ping")
+        stream.write_eof()
+        assert await stream.read() == b"ping"
 
 
 async def test_connect_carries_streams_and_marks_the_device_online(

@@ -133,9 +133,9 @@ async def test_random_frames_never_escape_the_session(
             transport.feed(raw[start:cut])  # raises into the test if anything escapes
             start = cut
             if accept:
-                while session._accept_queue and not session.is_closed:
+                while session._registry.accept_queue and not session.is_closed:
                     stream = await session.accept_stream()
-                    await stream.read(100) if stream._buffered else None
+                    await stream.read(100) if stream.buffered else None
         warnings = [r for r in records.records if r.levelno >= logging.WARNING]
         assert not [r for r in warnings if r.levelno >= logging.ERROR], "internal error"
         event(f"ended: {type(session.close_reason).__name__}" if session.is_closed else "open")
@@ -151,19 +151,18 @@ async def test_random_frames_never_escape_the_session(
                 assert len(warnings) == 1
             assert transport.is_closed
             assert session.num_streams == 0
-            assert not session._accept_queue
-            assert not session._wbuf
-            assert not session._hbuf
-            assert session._body_stream is None
+            assert not session._registry.accept_queue
+            assert session._writer.idle
+            assert session._parser.idle
         else:
             assert not warnings
-            for stream in session._streams.values():
+            for stream in session._registry.streams.values():
                 # Never more buffered than the window we granted.
-                assert stream._buffered + stream._recv_window <= CONFIG.max_stream_window
+                assert stream.buffered + stream._recv_window <= CONFIG.max_stream_window
         await session.close()
         await asyncio.sleep(0)
         assert session.num_streams == 0
-        assert session._ka_handle is None
+        assert not session._pings.keepalive_armed
         assert session._abort_handle is None  # the transport reported its end
         assert asyncio.all_tasks() <= tasks_before | {asyncio.current_task()}
     finally:

@@ -10,7 +10,7 @@ import pytest
 
 from tests.yamux.conftest import RawFactory
 from tests.yamux.helpers import data, frame, loop_errors, read_until
-from visiona.yamux import Config, ProtocolError, Stream, YamuxError
+from visiona.yamux import Config, ProtocolError, Session, Stream, YamuxError, serve_tcp
 from visiona.yamux.frames import DATA, FIN, GO_AWAY, HEADER, PING, SYN, WINDOW_UPDATE, GoAwayCode
 
 KIB = 1024
@@ -65,7 +65,7 @@ async def test_malformed_input_ends_session_with_protocol_error(
     assert "protocol error" in warnings[0].getMessage()
     assert errors == []
     assert session.num_streams == 0
-    assert session._accept_queue == type(session._accept_queue)()
+    assert not session._registry.accept_queue
 
 
 async def test_window_overrun_ends_session_with_protocol_error(make_raw: RawFactory):
@@ -114,7 +114,7 @@ async def test_an_internal_failure_ends_the_session_with_go_away_internal_error(
     def broken(self: Stream, payload: bytes) -> None:
         raise RuntimeError("bug")
 
-    monkeypatch.setattr(Stream, "_on_data", broken)
+    monkeypatch.setattr(Stream, "feed_data", broken)
     session, reader, writer = await make_raw()
     with loop_errors() as errors, caplog.at_level(logging.WARNING, logger="visiona.yamux"):
         writer.write(data(1, b"payload", SYN))
@@ -125,3 +125,27 @@ async def test_an_internal_failure_ends_the_session_with_go_away_internal_error(
     assert isinstance(session.close_reason.__cause__, RuntimeError)
     assert len(caplog.records) == 1
     assert errors == []
+
+
+async def test_a_failing_tcp_session_handler_ends_the_session_with_go_away_internal_error(
+    caplog: pytest.LogCaptureFixture,
+):
+    sessions: list[Session] = []
+
+    def broken(session: Session) -> None:
+        sessions.append(session)
+        raise RuntimeError("handler bug")
+
+    server = await serve_tcp(broken, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with caplog.at_level(logging.ERROR, logger="visiona.yamux"):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            header, _ = await read_until(reader, GO_AWAY)
+            writer.close()
+        assert header.length == GoAwayCode.INTERNAL_ERROR
+        assert sessions[0].is_closed
+        assert sessions[0].close_reason is None  # a local decision, not a peer's fault
+        assert [r.getMessage() for r in caplog.records] == ["yamux: session handler failed"]
+    finally:
+        server.close()

@@ -116,6 +116,27 @@ async def test_syn_after_local_go_away_is_reset(make_raw: RawFactory):
     assert not session.is_closed
 
 
+async def test_refuse_streams_resets_every_peer_open_at_once_and_keeps_nothing(
+    make_raw: RawFactory,
+):
+    session, reader, writer = await make_raw(Config(refuse_streams=True), client=True)
+    payload = b"x" * 200 * 1024
+    for stream_id in (2, 4, 6):  # data with the SYN, then more data in flight
+        writer.write(data(stream_id, payload, SYN) + data(stream_id, payload))
+    writer.write(frame(PING, SYN, 0, 7))
+    for stream_id in (2, 4, 6):
+        header, _ = await read_frame(reader)
+        assert (header.type, header.flags, header.stream_id) == (WINDOW_UPDATE, RST, stream_id)
+    header, _ = await read_frame(reader)  # the pong: every frame above has been handled
+    assert (header.type, header.flags, header.length) == (PING, ACK, 7)
+    assert session.num_streams == 0
+    assert session.stats().streams_refused == 3
+    assert not session.is_closed
+    # Our own opens still work.
+    stream = await session.open_stream()
+    assert stream.stream_id == 1
+
+
 async def test_stream_beyond_the_accept_backlog_is_reset(make_pair: PairFactory):
     client, server = await make_pair(server_config=Config(accept_backlog=2))
     streams = [await client.open_stream() for _ in range(3)]

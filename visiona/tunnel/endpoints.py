@@ -16,6 +16,7 @@ from visiona.kit.database import map_db_error
 from visiona.kit.deps import RuntimeDep
 from visiona.kit.errors import AppError, CsrfError, NotFoundError, UnauthorizedError
 from visiona.kit.http import error_responses
+from visiona.kit.logs import end_incomplete_on_purpose
 from visiona.kit.runtime import Runtime
 from visiona.tunnel.errors import (
     DeviceOfflineError,
@@ -72,6 +73,7 @@ async def agent_tunnel(websocket: WebSocket) -> None:
         await websocket.send_denial_response(
             JSONResponse(err.body(), status_code=err.status_code, headers=err.headers or None)
         )
+        end_incomplete_on_purpose()  # a denial is a complete answer; uvicorn thinks not
         return
     await websocket.accept()
     await hub_of(runtime).serve(websocket, identity)

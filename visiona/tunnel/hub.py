@@ -47,6 +47,7 @@ class TunnelHub:
         self._settings = settings
         self._config = Config(
             enable_keepalive=False,  # the hub pings itself to tell reconnecting from gone
+            refuse_streams=True,  # agents open no streams: a SYN is reset, nothing is kept
             keepalive_timeout=settings.tunnel_ping_timeout,
             max_stream_window=settings.tunnel_stream_window,
         )
@@ -57,6 +58,7 @@ class TunnelHub:
         self._closing = False
         self._bytes_to_devices = 0
         self._bytes_from_devices = 0
+        self._streams_refused = 0
 
     # -- lifecycle ----------------------------------------------------------------
     async def start(self) -> None:
@@ -115,6 +117,11 @@ class TunnelHub:
         live = sum(link.session.bytes_received for link in self._tunnels.values())
         return self._bytes_from_devices + live
 
+    def streams_refused(self) -> int:
+        """Streams agents tried to open (each reset at once), since start."""
+        live = sum(link.session.stats().streams_refused for link in self._tunnels.values())
+        return self._streams_refused + live
+
     def register_metrics(self, metrics: Metrics) -> None:
         """Expose the hub's gauges on ``/metrics``."""
         metrics.gauge(
@@ -134,6 +141,11 @@ class TunnelHub:
             "visiona_tunnel_bytes_from_devices",
             "Bytes relayed from agents by this node since start.",
             self.bytes_from_devices,
+        )
+        metrics.counter(
+            "visiona_tunnel_streams_refused",
+            "Streams agents tried to open on this node (agents open none; each is reset).",
+            self.streams_refused,
         )
 
     # -- one tunnel ---------------------------------------------------------------
@@ -171,6 +183,7 @@ class TunnelHub:
         finally:
             self._bytes_to_devices += link.session.bytes_sent
             self._bytes_from_devices += link.session.bytes_received
+            self._streams_refused += link.session.stats().streams_refused
             if self._tunnels.get(device_id) is link:
                 del self._tunnels[device_id]
                 self._seen.discard(device_id)

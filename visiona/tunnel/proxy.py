@@ -18,6 +18,7 @@ import h11
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
+from visiona.kit.logs import end_incomplete_on_purpose
 from visiona.tunnel.errors import DeviceTimeoutError, DeviceUnreachableError
 from visiona.yamux import YamuxError
 
@@ -55,10 +56,6 @@ _DROPPED_REQUEST = HOP_BY_HOP | {
     b"x-real-ip",
 }
 _DROPPED_RESPONSE = HOP_BY_HOP | {b"content-length"}
-
-
-class TunnelDroppedError(ConnectionError):
-    """The tunnel or the stream ended in the middle of a response: the client's is aborted."""
 
 
 def _connection_tokens(headers: list[tuple[bytes, bytes]]) -> set[bytes]:
@@ -260,9 +257,15 @@ class ProxyExchange:
                 await self._relay_chunked(send)
             self._complete = not self._client_gone
         except (YamuxError, asyncio.IncompleteReadError, h11.RemoteProtocolError) as err:
-            if self._client_gone:
-                return
-            raise TunnelDroppedError("the tunnel dropped in the middle of the response") from err
+            if not self._client_gone:
+                # Returning without completing the response is how ASGI aborts it: the
+                # server closes the connection, the client sees a truncated response.
+                _LOGGER.info(
+                    "proxy: the device's response broke off (%s); aborting the client's",
+                    type(err).__name__,
+                )
+                end_incomplete_on_purpose()
+            return
         finally:
             await self.abort()
         if not self._final_sent:

@@ -19,6 +19,9 @@ class Config:
     #: streams the peer opened that wait for :meth:`Session.accept_stream`; more are reset.
     #: Also the number of our own opens that may wait for the peer's ACK at once.
     accept_backlog: int = 256
+    #: answer every stream the peer opens with RST at once (for a side that never
+    #: accepts streams: nothing of such a stream is kept, so a hostile peer costs O(1)).
+    refuse_streams: bool = False
     #: send a ping every ``keepalive_interval`` seconds and end the session when unanswered.
     enable_keepalive: bool = True
     keepalive_interval: float = 30.0

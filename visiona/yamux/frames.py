@@ -26,6 +26,9 @@ MAX_WINDOW = 0xFFFFFFFF
 
 HEADER = struct.Struct(">BBHII")
 
+#: What may be written: immutable ``bytes`` are queued by reference, the rest copied.
+Buffer = bytes | bytearray | memoryview
+
 
 class FrameType(enum.IntEnum):
     """The four frame types."""
@@ -80,7 +83,7 @@ def encode_header(frame_type: int, flags: int, stream_id: int, length: int) -> b
     return HEADER.pack(PROTO_VERSION, frame_type, flags, stream_id, length)
 
 
-def decode_header(data: bytes | bytearray | memoryview, offset: int = 0) -> Header:
+def decode_header(data: Buffer, offset: int = 0) -> Header:
     """Decode the 12 header bytes at ``offset`` (no validation)."""
     return Header(*HEADER.unpack_from(data, offset))
 

@@ -3,7 +3,8 @@
 A :class:`Stream` behaves like an ``asyncio.StreamReader`` and ``StreamWriter`` in one
 object (``read``/``readexactly``/``readuntil``/``readline`` and ``write``/``drain``/
 ``write_eof``/``close``/``wait_closed``), so ordinary protocol code runs on it. Its
-state lives here; the session drives it from the frames it parses.
+state lives here: the session drives it through the methods of its "session side"
+section, and the stream reaches its session only through a :class:`StreamOwner`.
 """
 
 from __future__ import annotations
@@ -11,25 +12,51 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import (
     OpenTimeoutError,
+    ProtocolError,
     SessionClosedError,
     StreamClosedError,
     StreamResetError,
     YamuxError,
 )
-from .frames import FIN, INITIAL_STREAM_WINDOW, RST, WINDOW_UPDATE
+from .frames import ACK, FIN, INITIAL_STREAM_WINDOW, MAX_WINDOW, RST, SYN, WINDOW_UPDATE, Buffer
 
 if TYPE_CHECKING:
     from .session import Session
+    from .writer import FrameWriter
 
 _LOGGER = logging.getLogger(__name__)
 
-Buffer = bytes | bytearray | memoryview
 _READLINE_LIMIT = 64 * 1024
 _JOIN_LIMIT = 64 * 1024
+
+
+class StreamOwner(Protocol):
+    """All a stream uses of its session (implemented by the session's stream registry)."""
+
+    #: the public session object (``Stream.session``, extra info)
+    session: Session
+    loop: asyncio.AbstractEventLoop
+    #: where the stream's frames go
+    writer: FrameWriter
+    #: send a window update once this much was read
+    credit_threshold: int
+    #: the largest Data frame to send
+    send_frame_size: int
+    #: ``drain()`` waits while more than this waits for credit
+    write_buffer_high: int
+    #: seconds an open may wait for the peer's ACK
+    open_timeout: float
+
+    def stream_ended(self, stream: Stream, *, queued: bool, held_slot: bool) -> None:
+        """The stream ended: unregister it (``queued``: never accepted; ``held_slot``:
+        an open of ours still unacknowledged)."""
+
+    def open_acknowledged(self) -> None:
+        """Our open was acknowledged: its slot is free."""
 
 
 class Stream:
@@ -42,10 +69,14 @@ class Stream:
     FIN. ``close()`` sends FIN and abandons reading; ``reset()`` aborts both directions.
     """
 
-    def __init__(self, session: Session, stream_id: int, *, outbound: bool) -> None:
+    def __init__(self, owner: StreamOwner, stream_id: int, *, outbound: bool) -> None:
         """Create the state of stream ``stream_id`` (internal: the session calls this)."""
-        self._session = session
-        self._loop = session._loop
+        self._owner = owner
+        self._loop = owner.loop
+        self._writer = owner.writer
+        self._credit_threshold = owner.credit_threshold
+        self._frame_size = owner.send_frame_size
+        self._write_high = owner.write_buffer_high
         self._id = stream_id
         self._outbound = outbound
         self._accepted = False  # handed out by accept_stream (inbound streams only)
@@ -82,19 +113,25 @@ class Stream:
     @property
     def session(self) -> Session:
         """The session this stream belongs to."""
-        return self._session
+        return self._owner.session
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         """Return ``stream_id``, ``session`` or the transport's info (``peername``...)."""
         if name == "stream_id":
             return self._id
+        session = self._owner.session
         if name == "session":
-            return self._session
-        return self._session.get_extra_info(name, default)
+            return session
+        return session.get_extra_info(name, default)
 
     def at_eof(self) -> bool:
         """True once the peer's FIN arrived and every buffered byte has been read."""
         return (self._eof or self._read_closed) and not self._buffered
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not read yet."""
+        return self._buffered
 
     def is_closing(self) -> bool:
         """True once our write side is closed (``write_eof``/``close``/reset/session end)."""
@@ -249,7 +286,7 @@ class Stream:
         size = len(out)
         self._buffered -= size
         self._consumed += size
-        if self._consumed >= self._session._credit_threshold:
+        if self._consumed >= self._credit_threshold:
             self._send_credit()
         return out
 
@@ -260,7 +297,7 @@ class Stream:
         if self._eof or self._finished or not delta:
             return
         self._recv_window += delta
-        self._session._send_frame(WINDOW_UPDATE, 0, self._id, delta)
+        self._writer.send_frame(WINDOW_UPDATE, 0, self._id, delta)
 
     async def _wait_readable(self) -> None:
         waiter = self._loop.create_future()
@@ -282,13 +319,9 @@ class Stream:
         size = len(data)
         if not size:
             return
-        if (
-            not self._pending_size
-            and size <= self._send_window
-            and size <= self._session._send_frame_size
-        ):
+        if not self._pending_size and size <= self._send_window and size <= self._frame_size:
             self._send_window -= size
-            self._session._send_data(self._id, data)
+            self._writer.send_data(self._id, data)
             return
         self._pending.append(data if isinstance(data, bytes) else bytes(data))
         self._pending_size += size
@@ -313,13 +346,13 @@ class Stream:
 
     async def drain(self) -> None:
         """Wait until little queued data is left and the transport accepts more."""
-        session = self._session
+        writer = self._writer
         while True:
             if self._error is not None:
                 raise self._error
             if self._write_error is not None:
                 raise self._write_error
-            if self._pending_size > session._write_buffer_high:
+            if self._pending_size > self._write_high:
                 waiter = self._loop.create_future()
                 self._drain_waiter = waiter
                 try:
@@ -327,8 +360,8 @@ class Stream:
                 finally:
                     self._drain_waiter = None
                 continue
-            if session._write_paused:
-                await session._wait_writable()
+            if writer.paused:
+                await writer.wait_writable()
                 continue
             return
 
@@ -360,7 +393,7 @@ class Stream:
         """Abort the stream in both directions (RST); pending data is dropped."""
         if self._finished:
             return
-        self._session._send_frame(WINDOW_UPDATE, RST, self._id, 0)
+        self._writer.send_frame(WINDOW_UPDATE, RST, self._id, 0)
         self._fail(StreamResetError(f"stream {self._id} was reset locally"))
 
     async def __aenter__(self) -> Stream:
@@ -377,8 +410,8 @@ class Stream:
     def _push(self) -> None:
         """Send queued data as far as the peer's credit allows."""
         pending = self._pending
-        frame_size = self._session._send_frame_size
-        send = self._session._send_data
+        frame_size = self._frame_size
+        send = self._writer.send_data
         while pending and self._send_window > 0:
             limit = min(self._send_window, frame_size)
             chunk = pending[0]
@@ -405,24 +438,66 @@ class Stream:
             send(self._id, piece)
         if not self._pending_size and self._write_closed and not self._fin_sent:
             self._send_fin()
-        if self._pending_size <= self._session._write_buffer_high:
+        if self._pending_size <= self._write_high:
             waiter = self._drain_waiter
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
 
     def _send_fin(self) -> None:
         self._fin_sent = True
-        self._session._send_frame(WINDOW_UPDATE, FIN, self._id, 0)
+        self._writer.send_frame(WINDOW_UPDATE, FIN, self._id, 0)
         self._wake_done()
         if self._eof:
             self._finish()
 
-    # -- driven by the session --------------------------------------------------------
-    def _on_data(self, data: bytes) -> None:
-        """Payload for this stream arrived (window already checked by the session)."""
+    # -- the session's side: called by the session (and its parser) only ------------
+    def send_syn(self, extra_window: int) -> None:
+        """Open the stream (SYN granting ``extra_window``); reset it if no ACK comes in time."""
+        self._syn_pending = True
+        self._recv_window += extra_window
+        self._writer.send_frame(WINDOW_UPDATE, SYN, self._id, extra_window)
+        self._open_timer = self._loop.call_later(self._owner.open_timeout, self._on_open_timeout)
+
+    def send_ack(self, extra_window: int) -> None:
+        """Accept the peer's open (ACK granting ``extra_window``)."""
+        self._accepted = True
+        self._recv_window += extra_window
+        self._writer.send_frame(WINDOW_UPDATE, ACK, self._id, extra_window)
+
+    def receive_data(self, data: bytes) -> None:
+        """A whole plain Data frame: charge the window, then buffer (or drop) ``data``."""
+        size = len(data)
+        if size > self._recv_window or self._eof:
+            self.charge(size)  # raises the precise protocol error
+        self._recv_window -= size
+        if self._read_closed:
+            self._consumed += size
+            if self._consumed >= self._credit_threshold:
+                self._send_credit()
+            return
+        self._chunks.append(data)
+        self._buffered += size
+        waiter = self._read_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def charge(self, length: int) -> None:
+        """A Data frame of ``length`` bytes is coming: take it from the receive window."""
+        if self._eof:
+            raise ProtocolError(f"data on stream {self._id} after its FIN")
+        if length > self._recv_window:
+            raise ProtocolError(
+                f"stream {self._id} overran its window ({length} > {self._recv_window} bytes)"
+            )
+        self._recv_window -= length
+
+    def feed_data(self, data: bytes) -> None:
+        """Payload of a frame already charged: buffer it (dropped once ended or closed)."""
+        if self._finished:
+            return
         if self._read_closed:
             self._consumed += len(data)
-            if self._consumed >= self._session._credit_threshold:
+            if self._consumed >= self._credit_threshold:
                 self._send_credit()
             return
         self._chunks.append(data)
@@ -431,36 +506,46 @@ class Stream:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def _on_window(self, delta: int) -> None:
+    def grant(self, delta: int) -> None:
+        """The peer gave ``delta`` bytes of send credit (a window update)."""
+        if self._send_window + delta > MAX_WINDOW:
+            raise ProtocolError(f"window update overflows stream {self._id}'s window")
         self._send_window += delta
         if self._pending:
             self._push()
 
-    def _on_ack(self) -> None:
+    def peer_acked(self) -> None:
+        """The peer acknowledged our open (ACK)."""
         if self._syn_pending:
             self._syn_pending = False
             if self._open_timer is not None:
                 self._open_timer.cancel()
                 self._open_timer = None
-            self._session._release_syn_slot()
+            self._owner.open_acknowledged()
 
-    def _on_fin(self) -> None:
+    def peer_fin(self) -> None:
+        """The peer closed its direction (FIN): read what is buffered, then EOF."""
+        if self._eof:
+            raise ProtocolError(f"second FIN on stream {self._id}")
+        if self._finished:
+            return
         self._eof = True
         self._wake_reader()
         if self._fin_sent:
             self._finish()
 
-    def _on_rst(self) -> None:
+    def peer_reset(self) -> None:
+        """The peer reset the stream (RST)."""
         self._fail(StreamResetError(f"stream {self._id} was reset by the peer"))
 
     def _on_open_timeout(self) -> None:
         self._open_timer = None
         if self._syn_pending and not self._finished:
             _LOGGER.debug("stream %s: no ACK within the open timeout; resetting", self._id)
-            self._session._send_frame(WINDOW_UPDATE, RST, self._id, 0)
+            self._writer.send_frame(WINDOW_UPDATE, RST, self._id, 0)
             self._fail(OpenTimeoutError(f"stream {self._id} was not acknowledged in time"))
 
-    def _on_session_end(self, reason: YamuxError | None) -> None:
+    def session_ended(self, reason: YamuxError | None) -> None:
         """The session ended: wake everyone; keep only data that is complete (FIN seen)."""
         self._pending.clear()
         self._pending_size = 0
@@ -496,7 +581,11 @@ class Stream:
                 self._open_timer.cancel()
                 self._open_timer = None
             if notify_session:
-                self._session._forget(self)
+                self._owner.stream_ended(
+                    self,
+                    queued=not self._outbound and not self._accepted,
+                    held_slot=self._syn_pending,
+                )
             self._syn_pending = False
         self._wake_reader()
         waiter = self._drain_waiter

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .config import Config
+from .frames import GoAwayCode
 from .session import Session
 from .transport import TcpTransport
 
@@ -47,7 +48,7 @@ class _ServerSide(TcpTransport):
             result = self._handler(session)
         except Exception:
             _LOGGER.exception("yamux: session handler failed")
-            session._terminate(None, 2)
+            session.abort(GoAwayCode.INTERNAL_ERROR)
             return
         if inspect.isawaitable(result):
             task = asyncio.ensure_future(result)

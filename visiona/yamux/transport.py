@@ -26,9 +26,10 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, cast
 
+from .frames import Buffer
+
 _LOGGER = logging.getLogger(__name__)
 
-Buffer = bytes | bytearray | memoryview
 _READ_SIZE = 256 * 1024
 
 
@@ -356,7 +357,7 @@ class FeedTransport(ByteTransport):
         self._lost = False
 
     # -- the owner's side -------------------------------------------------------------
-    def feed_data(self, data: bytes | bytearray | memoryview) -> None:
+    def feed_data(self, data: Buffer) -> None:
         """Hand bytes received from the peer to the session."""
         if not self._lost and data:
             self._deliver(bytes(data) if not isinstance(data, bytes) else data)
