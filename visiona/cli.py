@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -34,6 +35,8 @@ def _settings() -> Settings:
         # Name the variable and the rule, never the value (it may be a DSN with a password).
         problems = "; ".join(
             f"VISIONA_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            if e["loc"]
+            else str(e["msg"]).removeprefix("Value error, ")
             for e in err.errors(include_input=False, include_url=False)
         )
         typer.echo(f"error: invalid configuration: {problems}", err=True)
@@ -73,10 +76,21 @@ def serve(
             )
     seed_demo_at_startup(settings)
     tune_malloc()
-    uvicorn.run(
+    # Bind here, so port 0 works and a cluster node knows the address the others reach.
+    sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((settings.host, settings.port))
+    except OSError as err:
+        _fail(f"cannot bind {settings.host}:{settings.port}: {err.strerror}")
+    sock.listen(2048)
+    bound = sock.getsockname()[1]
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    if settings.clustered and not settings.node_url:
+        settings = settings.model_copy(update={"node_url": f"http://{host}:{bound}"})
+    typer.echo(f"visiona: running on http://{host}:{bound}", err=True)
+    config = uvicorn.Config(
         create_app(settings),
-        host=settings.host,
-        port=settings.port,
         log_config=None,
         access_log=False,
         ws="websockets-sansio",
@@ -84,6 +98,7 @@ def serve(
         ws_ping_interval=None,  # yamux keepalive already proves the tunnel alive
         timeout_graceful_shutdown=10,
     )
+    uvicorn.Server(config).run(sockets=[sock])
 
 
 @app.command("seed-demo")
