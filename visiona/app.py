@@ -15,6 +15,8 @@ from fastapi import FastAPI
 from visiona import __version__
 from visiona.auth.endpoints import router as auth_router
 from visiona.auth.sessions import MemorySessionStore, RedisSessionStore, SessionStore
+from visiona.cluster.endpoints import router as internal_router
+from visiona.cluster.service import CLUSTER_KEY, Cluster, build_cluster
 from visiona.console import install as install_console
 from visiona.deployments.endpoints import router as deployments_router
 from visiona.devices.endpoints import agent_router
@@ -91,19 +93,29 @@ async def build_runtime(settings: Settings, metrics: Metrics) -> Runtime:
         redis=redis,
         model_storage=model_storage,
     )
-    hub = TunnelHub(db, settings)
+    cluster = build_cluster(runtime, None)
+    hub = TunnelHub(db, settings, cluster.registry if cluster else None)
     await hub.start()
     hub.register_metrics(metrics)
     runtime.extras[HUB_KEY] = hub
     runtime.on_device_revoked.append(hub.device_revoked)
+    if cluster is not None:
+        # Other nodes close their tunnel of a revoked device; so does this one on theirs.
+        runtime.on_device_revoked.append(cluster.registry.publish_revoked)
+        cluster.registry.listen_revoked(hub.device_revoked)
     return runtime
 
 
 async def close_runtime(runtime: Runtime) -> None:
     """Release every client the runtime holds (live tunnels first: they write their status)."""
+    cluster = runtime.extras.pop(CLUSTER_KEY, None)
+    if isinstance(cluster, Cluster):
+        await cluster.registry.close()
     hub = runtime.extras.pop(HUB_KEY, None)
     if isinstance(hub, TunnelHub):
         await hub.close()
+    if isinstance(cluster, Cluster):
+        await cluster.forwarder.close()
     if runtime.redis is not None:
         await runtime.redis.aclose()
     # obstore stores hold no connection that needs closing; drop the reference.
@@ -156,6 +168,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(deployments_router, prefix=API_PREFIX)
 
     app.include_router(ops_router)
+    app.include_router(internal_router)
 
     # the web console (pages at /, scripts and styles at /static)
     install_console(app)
@@ -182,4 +195,4 @@ def _brings_own_limit(path: str) -> bool:
     models = f"{API_PREFIX}/models"
     if path == models or (path.startswith(f"{models}/") and path.endswith("/file")):
         return True
-    return path.startswith(f"{API_PREFIX}/devices/") and "/proxy/" in path
+    return path.startswith((f"{API_PREFIX}/devices/", "/internal/")) and "/proxy/" in path

@@ -79,6 +79,8 @@ def _settings() -> Settings:
         # Name the variable and the rule, never the value (it may be a DSN with a password).
         problems = "; ".join(
             f"VISIONA_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            if e["loc"]
+            else str(e["msg"]).removeprefix("Value error, ")
             for e in err.errors(include_input=False, include_url=False)
         )
         typer.echo(f"error: invalid configuration: {problems}", err=True)
@@ -121,6 +123,11 @@ def serve(
     except OSError as err:
         _fail(f"cannot listen on {settings.host}:{settings.port} ({err.strerror or err})")
         raise  # unreachable: _fail exits
+    if settings.clustered and not settings.node_url:
+        # port 0 works: a cluster node tells the others the address it really got
+        bound_host, bound_port = listener.getsockname()[:2]
+        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+        settings = settings.model_copy(update={"node_url": f"http://{shown}:{bound_port}"})
     try:
         status = _arun(check_dependencies(settings))
     except PreflightError as err:
@@ -138,8 +145,6 @@ def serve(
     tune_malloc()
     config = uvicorn.Config(
         create_app(settings),
-        host=settings.host,
-        port=settings.port,
         log_config=None,
         access_log=False,
         ws="websockets-sansio",

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request, WebSocket
 from fastapi.responses import JSONResponse
 
 from visiona.auth.dependencies import CurrentPrincipal
+from visiona.cluster.service import forward_proxy
 from visiona.devices import service as devices_service
 from visiona.devices.service import DeviceIdentity, authenticate_device
 from visiona.kit.database import map_db_error
@@ -102,10 +103,41 @@ async def proxy(
     target, prefix = _forward_target(request)
     if target.startswith(_RESERVED):
         raise ReservedPathError()
+    if hub_of(runtime).get(device_id) is None:
+        forwarded = await forward_proxy(
+            runtime,
+            request,
+            device_id=device_id,
+            target=target,
+            prefix=prefix,
+            user_id=principal.user_id,
+        )
+        if forwarded is not None:
+            return forwarded
+    return await proxy_local(
+        runtime,
+        request,
+        device_id=device_id,
+        user_id=principal.user_id,
+        target=target,
+        prefix=prefix,
+    )
+
+
+async def proxy_local(
+    runtime: Runtime,
+    request: Request,
+    *,
+    device_id: uuid.UUID,
+    user_id: uuid.UUID,
+    target: bytes,
+    prefix: str,
+) -> Any:
+    """Proxy through this node's tunnel of the device (no tunnel here → 502 offline)."""
     link = hub_of(runtime).get(device_id)
-    if link is None or link.owner_user_id != principal.user_id:
+    if link is None or link.owner_user_id != user_id:
         async with runtime.db.transaction() as conn:
-            await devices_service.get_device(conn, principal.user_id, device_id)
+            await devices_service.get_device(conn, user_id, device_id)
         raise DeviceOfflineError()
     exchange = ProxyExchange(
         link.session, request, target, prefix, runtime.settings.proxy_response_timeout

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection
     from starlette.websockets import WebSocket
 
+    from visiona.cluster.registry import Lease, TunnelRegistry
     from visiona.devices.service import DeviceIdentity
     from visiona.kit.database import Database
     from visiona.kit.metrics import Metrics
@@ -41,9 +42,17 @@ _P = ParamSpec("_P")
 class TunnelHub:
     """Live tunnels of this node and the writer of their devices' remote status."""
 
-    def __init__(self, db: Database, settings: Settings) -> None:
-        """Prepare an empty hub; :meth:`start` resets stale statuses and starts batching."""
+    def __init__(
+        self, db: Database, settings: Settings, registry: TunnelRegistry | None = None
+    ) -> None:
+        """Prepare an empty hub; :meth:`start` resets stale statuses and starts batching.
+
+        With a ``registry`` (a cluster) each tunnel holds a lease in Redis, renewed at
+        each keepalive; without one the node behaves as the only one.
+        """
         self._db = db
+        self.registry = registry
+        self._leases: dict[uuid.UUID, Lease] = {}
         self._settings = settings
         self._config = Config(
             enable_keepalive=False,  # the hub pings itself to tell reconnecting from gone
@@ -70,10 +79,22 @@ class TunnelHub:
         would be marked ``online`` again by its next batch.
         """
         async with self._db.transaction() as conn:
-            reset = await repository.mark_all_offline(conn)
+            if self.registry is None:
+                reset = await repository.mark_all_offline(conn)
+            else:
+                reset = await self._reset_own(conn)
         if reset:
             _LOGGER.info("tunnel: marked %s device(s) offline left from a previous run", reset)
         self._flush_task = asyncio.get_running_loop().create_task(self._flush_loop())
+
+    async def _reset_own(self, conn: AsyncConnection) -> int:
+        """Cluster start-up: offline only devices whose lease is gone or names this node."""
+        registry = self.registry
+        assert registry is not None  # noqa: S101 - only called with a registry
+        connected = await repository.connected_device_ids(conn)
+        owners = await registry.owners(connected)
+        stale = [d for d, o in owners.items() if o is None or o.node_id == registry.node_id]
+        return await repository.mark_offline(conn, stale)
 
     async def close(self) -> None:
         """Close every tunnel (1001), write the last batch, stop batching."""
@@ -170,6 +191,7 @@ class TunnelHub:
                 _LOGGER.info("tunnel: device %s reconnected; closing the older tunnel", device_id)
                 await older.close(CLOSE_SUPERSEDED, "superseded")
             await self._write(repository.mark_connected, device_id, utcnow())
+            await self._claim(link)
             _LOGGER.info("tunnel: device %s connected", device_id)
             if self._closing:
                 await link.close(CLOSE_GOING_AWAY, "server shutting down")
@@ -187,12 +209,66 @@ class TunnelHub:
             if self._tunnels.get(device_id) is link:
                 del self._tunnels[device_id]
                 self._seen.discard(device_id)
-                await self._write(repository.set_remote_status, device_id, "offline")
+                if await self._release(device_id):
+                    await self._write(repository.set_remote_status, device_id, "offline")
             if task is not None:
                 self._serving.discard(task)
             _LOGGER.info(
                 "tunnel: device %s disconnected (%s)", device_id, link.session.close_reason
             )
+
+    # -- the registry lease (cluster only) ---------------------------------------
+    async def _claim(self, link: TunnelLink) -> None:
+        if self.registry is None:
+            return
+        try:
+            self._leases[link.device_id] = await self.registry.claim(link.device_id)
+        except Exception as err:  # noqa: BLE001 - Redis away: the next renewal claims again
+            _LOGGER.warning(
+                "cluster: lease of device %s not taken: %s", link.device_id, type(err).__name__
+            )
+
+    async def _release(self, device_id: uuid.UUID) -> bool:
+        """Drop the device's lease; False when another node holds the device now."""
+        lease = self._leases.pop(device_id, None)
+        if self.registry is None:
+            return True
+        try:
+            if lease is not None:
+                await self.registry.release(lease)
+            owner = await self.registry.owner(device_id)
+        except Exception as err:  # noqa: BLE001 - Redis away: the lease expires by itself
+            _LOGGER.warning(
+                "cluster: lease of device %s not released: %s", device_id, type(err).__name__
+            )
+            return True
+        return owner is None or owner.node_id == self.registry.node_id
+
+    async def _renew(self, link: TunnelLink) -> bool:
+        """Renew the lease and re-check revocation; False when the tunnel was closed."""
+        registry = self.registry
+        if registry is None:
+            return True
+        lease = self._leases.get(link.device_id)
+        try:
+            if lease is None or not await registry.renew(lease):
+                owner = await registry.owner(link.device_id)
+                if owner is not None and owner.node_id != registry.node_id:
+                    _LOGGER.info(
+                        "tunnel: device %s is now held by node %s; closing here",
+                        link.device_id,
+                        owner.node_id,
+                    )
+                    self._leases.pop(link.device_id, None)
+                    await link.close(CLOSE_SUPERSEDED, "superseded")
+                    return False
+                await self._claim(link)
+        except Exception as err:  # noqa: BLE001 - Redis away: keep the tunnel, retry next time
+            _LOGGER.warning(
+                "cluster: lease of device %s not renewed: %s", link.device_id, type(err).__name__
+            )
+        await self.device_revoked(link.device_id)
+        return not link.session.is_closed
 
     async def _keepalive(self, link: TunnelLink) -> None:
         """Ping every interval; a miss marks ``reconnecting``, too many close the tunnel."""
@@ -200,6 +276,8 @@ class TunnelHub:
         session = link.session
         while not session.is_closed:
             await asyncio.sleep(self._settings.tunnel_ping_interval)
+            if not await self._renew(link):
+                return
             try:
                 await session.ping()
             except PingTimeoutError:
