@@ -20,6 +20,12 @@ from visiona.deployments.endpoints import router as deployments_router
 from visiona.devices.endpoints import agent_router
 from visiona.devices.endpoints import router as devices_router
 from visiona.kit.database import Database
+from visiona.kit.edge import (
+    HeadAsGetMiddleware,
+    create_fastapi,
+    install_cors,
+    install_security_schemes,
+)
 from visiona.kit.http import RequestContextMiddleware, install_error_handlers
 from visiona.kit.logs import install_server_log_filters
 from visiona.kit.metrics import Metrics
@@ -126,7 +132,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await close_runtime(runtime)
 
-    app = FastAPI(
+    app = create_fastapi(
         title="visionA API",
         version=__version__,
         description="Cloud backend for Kneron edge-AI USB accelerators. "
@@ -160,6 +166,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_body_bytes=settings.max_body_bytes,
         unlimited=_brings_own_limit,
     )
+    # issue 11: HEAD like GET, CORS for listed origins, bearer + cookie in OpenAPI
+    app.add_middleware(HeadAsGetMiddleware)
+    install_cors(app, settings.cors_origins)
+    install_security_schemes(app, settings.cookie_name)
     return app
 
 

@@ -339,6 +339,26 @@ async def pair(body: PairRequest, request: Request, runtime: RuntimeDep) -> Pair
 
 
 @agent_router.post(
+    "/session/renew",
+    response_model=PairResponse,
+    summary="Renew the agent's session token",
+    responses=error_responses(UnauthorizedError),
+)
+async def renew_session(device: CurrentDevice, conn: Conn, runtime: RuntimeDep) -> PairResponse:
+    """Trade the presented `vst_…` session token for a new one of the same device, valid
+    VISIONA_SESSION_TOKEN_TTL seconds from now. In one transaction the new token is
+    stored with `parent_token_hash` = the old token's hash and the old token is revoked.
+    A revoked, expired or unpaired device's token → 401. The live tunnel stays up."""
+    renewed = await service.renew_session(conn, runtime.settings, device)
+    _LOGGER.info("device %s renewed its session token", renewed.device_id)
+    return PairResponse(
+        device_id=renewed.device_id,
+        session_token=renewed.session_token,
+        expires_at=renewed.expires_at,
+    )
+
+
+@agent_router.post(
     "/status",
     **_NO_CONTENT,
     summary="Report the dongle's USB status",

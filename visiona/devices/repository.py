@@ -415,6 +415,16 @@ async def revoke_session_token(
     return row.device_id if row else None
 
 
+async def revoke_live_session_token(conn: AsyncConnection, token_hash: str, now: datetime) -> bool:
+    """Revoke the session token if nobody did yet; False when it was already revoked."""
+    result = await conn.execute(
+        update(session_tokens)
+        .where(session_tokens.c.token_hash == token_hash, session_tokens.c.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
+    return int(result.rowcount) == 1
+
+
 async def revoke_session_tokens_of_device(
     conn: AsyncConnection, device_id: uuid.UUID, now: datetime
 ) -> int:

@@ -333,6 +333,39 @@ async def authenticate_device(
     )
 
 
+async def renew_session(
+    conn: AsyncConnection, settings: Settings, device: DeviceIdentity
+) -> Paired:
+    """A new session token for the device, revoking the presented one, all on ``conn``.
+
+    The new token's ``parent_token_hash`` is the old token's hash. Revoking is
+    conditional, so of two renewals racing with one token only one wins (the other
+    gets 401 and its new token is rolled back); a revoked or unpaired device is
+    refused by :func:`authenticate_device` before this runs.
+    """
+    now = utcnow()
+    if not await repository.revoke_live_session_token(conn, device.token_hash, now):
+        raise _agent_unauthorized()
+    session = new_token(DEVICE_SESSION_PREFIX)
+    expires_at = now + timedelta(seconds=settings.session_token_ttl)
+    await repository.insert_session_token(
+        conn,
+        token_hash=hash_token(session),
+        user_id=device.owner_user_id,
+        device_id=device.device_id,
+        parent_token_hash=device.token_hash,
+        now=now,
+        expires_at=expires_at,
+    )
+    return Paired(
+        device_id=device.device_id,
+        owner_user_id=device.owner_user_id,
+        session_token=session,
+        expires_at=expires_at,
+        new_device=False,
+    )
+
+
 async def report_usb_status(conn: AsyncConnection, device: DeviceIdentity, usb_status: str) -> None:
     """Store the USB status the agent reports for its device."""
     if not await repository.set_usb_status(conn, device.device_id, usb_status, utcnow()):

@@ -94,8 +94,10 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, StarletteHTTPException)  # noqa: S101 - registered for it only
         if exc.status_code == 404:
             return _json(NotFoundError())
-        if exc.status_code == 405:
-            return _json(MethodNotAllowedError())
+        if exc.status_code == 405:  # keep Starlette's Allow header
+            response = _json(MethodNotAllowedError())
+            response.headers.update(getattr(exc, "headers", None) or {})
+            return response
         if exc.status_code == 413:
             return _json(PayloadTooLargeError())
         err = AppError(str(exc.detail) if exc.detail else "HTTP error.")

@@ -60,6 +60,11 @@ class Settings(BaseSettings):
     )
     cookie_name: str = Field("visiona_session", description="Web session cookie name.")
     cookie_secure: bool = Field(default=False, description="Mark the session cookie `Secure`.")
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins allowed to call the API from a browser (CORS, with credentials), "
+        'as a JSON list, e.g. `["https://app.example"]`; empty = no CORS.',
+    )
 
     login_rate_limit: int = Field(10, ge=1, description="Login attempts per email per window.")
     login_rate_limit_per_address: int = Field(
