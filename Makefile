@@ -9,7 +9,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: install run test lint format bench system-deps clean
+.PHONY: install run test lint format bench screenshots system-deps clean
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -41,6 +41,10 @@ test: install system-deps lint
 
 bench: install system-deps
 	$(VENV)/bin/python -m bench
+
+# the console's pages with demo data, rendered by Chromium into docs/screenshots/
+screenshots: install system-deps
+	$(VENV)/bin/python -m tests.console.screenshots docs/screenshots
 
 clean:
 	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache tests/interop/bin

@@ -32,6 +32,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         data_dir=data,
         redis_url=None,
         tunnel_status_interval=2.0,
+        tunnel_ping_interval=1.0,
         model_max_bytes=MODEL_MAX_BYTES,
     )
     with live_server(settings) as server:

@@ -66,6 +66,10 @@ def test_connect_a_real_agent_watch_it_come_online_deploy_rename_filter_and_unpa
         text,
     ), text
     expect(dialog.get_by_text(re.compile(r"Expires in 1[45]:\d\d"))).to_be_visible()
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live.url)
+    dialog.get_by_role("button", name="Copy command").click()
+    expect(dialog.get_by_text("Copied.")).to_be_visible()
+    assert page.evaluate("navigator.clipboard.readText()") == text
 
     name = f"Lab dongle {uuid.uuid4().hex[:4]}"
     agent = start_agent(text, workdir, name, f"SN-{uuid.uuid4().hex[:8]}")
@@ -77,6 +81,11 @@ def test_connect_a_real_agent_watch_it_come_online_deploy_rename_filter_and_unpa
         expect(_row(page, name).get_by_text("Online", exact=True)).to_be_visible(timeout=20_000)
         # all of it without a reload
         assert page.evaluate("window.__sameDocument") is True
+        last_seen = _row(page, name).locator("time")
+        expect(last_seen).to_have_text(re.compile(r"just now|seconds? ago"))
+        expect(last_seen).to_have_attribute(
+            "title", re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC$")
+        )
 
         # filter and search, kept in the URL
         page.get_by_label("Status").select_option("online")

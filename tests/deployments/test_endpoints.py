@@ -23,6 +23,7 @@ async def test_offline_device_is_502_and_a_failed_record(client: httpx.AsyncClie
     assert response.status_code == 502
     assert response.json()["error"]["code"] == "device_offline"
     [record] = await deployments_of(client, user, device_id)
+    assert response.json()["error"]["deployment"] == record
     assert record["status"] == "failed"
     assert record["model_id"] == model_id
     assert record["device_id"] == device_id

@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import json
 import uuid
+from typing import Any
 
 import httpx
 
@@ -74,6 +75,18 @@ async def test_model_is_streamed_with_its_headers_and_the_record_succeeds(
     assert await deployments_of(http, user, device_id) == [record]
 
 
+def _failed(response: httpx.Response) -> dict[str, Any]:
+    """A failed deployment is a 502 ``deployment_failed`` carrying its ``failed`` record."""
+    assert response.status_code == 502, response.text
+    error = response.json()["error"]
+    assert error["code"] == "deployment_failed"
+    record: dict[str, Any] = error["deployment"]
+    assert record["status"] == "failed"
+    assert error["message"] == record["error"]
+    uuid.UUID(record["id"])
+    return record
+
+
 async def test_an_agent_refusal_fails_the_record_with_its_reason(
     live: LiveServer, http: httpx.AsyncClient
 ) -> None:
@@ -88,9 +101,7 @@ async def test_an_agent_refusal_fails_the_record_with_its_reason(
     async with connect_agent(live, token, agent):
         await _connected(live, device_id)
         response = await deploy(http, user, device_id, model_id)
-    assert response.status_code == 201, response.text
-    record = response.json()
-    assert record["status"] == "failed"
+    record = _failed(response)
     assert record["error"] == "the agent answered 500: hook_failed: flash tool exited with 2"
 
 
@@ -107,8 +118,7 @@ async def test_a_stream_reset_mid_transfer_fails_the_record(
     async with connect_agent(live, token, agent):
         await _connected(live, device_id)
         response = await deploy(http, user, device_id, model_id)
-    record = response.json()
-    assert record["status"] == "failed"
+    record = _failed(response)
     assert "tunnel dropped during the transfer" in record["error"]
 
 
@@ -130,9 +140,7 @@ async def test_a_tunnel_dropped_mid_transfer_fails_the_record(
         await half_way.wait()
         await fake.ws.close()
         response = await request
-    assert response.status_code == 201, response.text
-    record = response.json()
-    assert record["status"] == "failed"
+    record = _failed(response)
     assert "tunnel" in record["error"]
     assert (await deployments_of(http, user, device_id))[0]["status"] == "failed"
 
@@ -150,8 +158,7 @@ async def test_an_agent_that_never_answers_fails_the_record(
     async with connect_agent(live, token, agent):
         await _connected(live, device_id)
         response = await deploy(http, user, device_id, model_id)
-    record = response.json()
-    assert record["status"] == "failed"
+    record = _failed(response)
     assert "did not answer" in record["error"]
 
 

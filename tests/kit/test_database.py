@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import func, insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tests.conftest import make_settings
 from tests.support.servers import free_port
@@ -91,3 +92,30 @@ async def test_unreachable_postgres_is_database_unavailable() -> None:
         assert "secret" not in str(info.value)
     finally:
         await db.dispose()
+
+
+async def _driver_in_transaction(conn: AsyncConnection) -> bool:
+    raw = (await conn.get_raw_connection()).driver_connection
+    if hasattr(raw, "is_in_transaction"):  # asyncpg
+        return bool(raw.is_in_transaction())
+    return bool(raw.in_transaction)  # aiosqlite → sqlite3
+
+
+async def test_a_read_opens_no_transaction_on_the_server(db: Database) -> None:
+    # No BEGIN/COMMIT around a read: one round trip on PostgreSQL, and on SQLite no
+    # write lock (writes take BEGIN IMMEDIATE).
+    async with db.reading() as conn:
+        assert (await conn.execute(select(func.count()).select_from(users))).scalar_one() >= 0
+        assert not await _driver_in_transaction(conn)
+    async with db.transaction() as conn:
+        await conn.execute(select(func.count()).select_from(users))
+        assert await _driver_in_transaction(conn)
+
+
+async def test_a_read_sees_what_committed_writes_left(db: Database) -> None:
+    row = _user(f"{uuid.uuid4().hex}@example.com")
+    async with db.transaction() as conn:
+        await conn.execute(insert(users).values(**row))
+    async with db.reading() as conn:
+        found = await conn.execute(select(users.c.email).where(users.c.id == row["id"]))
+        assert found.scalar_one() == row["email"]

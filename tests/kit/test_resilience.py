@@ -115,3 +115,33 @@ async def test_redis_down_is_503_and_recovers(
     # Redis keeps nothing on disk: the old session is gone, a new login works.
     again = await signup(http)
     assert await _eventually(http, "GET", "/api/v1/auth/me", headers=again.headers) == 200
+
+
+_TERMINATE = (
+    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+    "WHERE application_name = 'visiona' AND pid <> pg_backend_pid()"
+)
+
+
+async def test_pooled_connections_killed_by_the_server_are_replaced_transparently(
+    http: httpx.AsyncClient, own_postgres: PostgresServer
+) -> None:
+    # No pre-ping: the pool hands out connections without a round trip, so a pooled
+    # connection the server terminated must be noticed at checkout and replaced.
+    user = await signup(http)
+    assert (await http.get("/api/v1/auth/me", headers=user.headers)).status_code == 200
+    killed = await asyncio.to_thread(own_postgres.psql, _TERMINATE)
+    assert int(killed) >= 1
+    await asyncio.sleep(0.05)  # the server's goodbye reaches the idle connection
+
+    read = await http.get("/api/v1/auth/me", headers=user.headers)
+    assert read.status_code == 200, read.text
+
+    await asyncio.to_thread(own_postgres.psql, _TERMINATE)
+    await asyncio.sleep(0.05)
+    write = await http.post(
+        "/api/v1/devices",
+        json={"name": "after kill", "device_type": "kl520", "serial_number": "kill-1"},
+        headers=user.headers,
+    )
+    assert write.status_code == 201, write.text

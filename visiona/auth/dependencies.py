@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 from fastapi import Depends, Request
 
-from visiona.kit.deps import get_runtime
+from visiona.kit.deps import runtime_of
 from visiona.kit.errors import CsrfError, UnauthorizedError
 from visiona.kit.tokens import USER_SESSION_PREFIX, has_prefix, hash_token
 
@@ -46,7 +46,7 @@ def _same_origin(request: Request) -> bool:
 
 async def current_principal(request: Request) -> Principal:
     """Authenticate the caller (401 otherwise); enforce same-origin for cookie writes."""
-    runtime = get_runtime(request)
+    runtime = runtime_of(request)
     token = bearer_token(request)
     via_cookie = False
     if token is None:

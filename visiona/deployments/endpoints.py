@@ -47,7 +47,8 @@ router = APIRouter(prefix="/devices", tags=["deployments"])
         service.ChipMismatchError,
         service.ModelFileMissingError,
         ValidationFailedError,
-        DeviceOfflineError,
+        service.DeploymentOfflineError,
+        service.DeploymentFailedError,
         StorageUnavailableError,
     ),
 )
@@ -56,12 +57,13 @@ async def create_deployment(
 ) -> DeploymentOut:
     """Send the model's file through the device's tunnel to its agent and wait for the outcome.
 
-    Answers 201 with the record in its final state: ``succeeded``, or ``failed`` with
-    the reason in ``error`` (tunnel dropped, checksum refused, hook failed, ...).
+    Answers 201 with the ``succeeded`` record. A failed transfer (tunnel dropped,
+    checksum refused, hook failed, no answer, ...) → 502 ``deployment_failed``, and a
+    device that is not connected → 502 ``device_offline``: both keep the record as
+    ``failed`` and return it under ``error.deployment`` (its ``id`` and ``error``).
     Another user's device or model → 404; a model without a file → 409
     ``model_file_missing``; a model for another chip than the device type → 409
-    ``chip_mismatch``; a device that is not connected → 502 ``device_offline`` (the
-    record is kept as ``failed``).
+    ``chip_mismatch`` (nothing recorded).
     """
     storage = runtime.model_storage
     if storage is None:
@@ -70,10 +72,10 @@ async def create_deployment(
         deployment, model = await service.prepare(conn, principal.user_id, device_id, body.model_id)
     link = hub_of(runtime).get(device_id)
     if link is None or link.owner_user_id != principal.user_id:
-        await service.mark(
+        failed = await service.mark(
             runtime.db, deployment["id"], DeploymentStatus.FAILED, service.OFFLINE_REASON
         )
-        raise DeviceOfflineError()
+        raise service.DeploymentOfflineError(failed, DeviceOfflineError.default_message)
     record = await service.transfer(
         runtime.db,
         storage,
@@ -82,6 +84,8 @@ async def create_deployment(
         model,
         answer_timeout=runtime.settings.deploy_answer_timeout,
     )
+    if record["status"] != DeploymentStatus.SUCCEEDED:
+        raise service.DeploymentFailedError(record)
     return DeploymentOut.model_validate(record)
 
 

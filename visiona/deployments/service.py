@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from visiona.deployments import repository
-from visiona.deployments.schemas import DeploymentStatus
+from visiona.deployments.schemas import DeploymentOut, DeploymentStatus
 from visiona.deployments.transfer import TransferFailedError, send_model
 from visiona.devices import service as devices_service
 from visiona.kit.clock import utcnow
-from visiona.kit.errors import ConflictError, NotFoundError, StorageUnavailableError
+from visiona.kit.errors import AppError, ConflictError, NotFoundError, StorageUnavailableError
 from visiona.kit.pagination import Page, PageRequest
 from visiona.models import service as models_service
 from visiona.models.storage import ObjectMissingError
@@ -49,6 +49,34 @@ class ModelFileMissingError(ConflictError):
 
     code = "model_file_missing"
     default_message = "The model has no file to deploy."
+
+
+class DeploymentFailedError(AppError):
+    """The transfer failed: 502 with the reason and the (kept, ``failed``) record."""
+
+    status_code = 502
+    code = "deployment_failed"
+    default_message = "The deployment failed."
+
+    def __init__(self, record: dict[str, Any], message: str | None = None) -> None:
+        """Fail with ``record`` (its ``error`` is the message unless one is given)."""
+        super().__init__(message or record.get("error") or None)
+        self.record = record
+
+    def body(self) -> dict[str, Any]:
+        """The error body, with the failed record under ``deployment``."""
+        body = super().body()
+        body["error"]["deployment"] = DeploymentOut.model_validate(self.record).model_dump(
+            mode="json"
+        )
+        return body
+
+
+class DeploymentOfflineError(DeploymentFailedError):
+    """The device has no live tunnel: 502 ``device_offline``, the record is kept ``failed``."""
+
+    code = "device_offline"
+    default_message = "The device is not connected."
 
 
 async def prepare(

@@ -2,8 +2,16 @@
 
 One SQLAlchemy Core implementation serves SQLite (aiosqlite) and PostgreSQL
 (asyncpg). A unit of work is opened at the edge (a request or a command) with
-:meth:`Database.transaction`; repositories receive the connection and never
-commit. Driver errors are mapped to :mod:`visiona.kit.errors` here, once.
+:meth:`Database.transaction` (writes: one transaction, committed at the end) or
+:meth:`Database.reading` (reads: autocommit, no BEGIN/COMMIT, so a simple read is one
+PostgreSQL round trip and never takes SQLite's write lock); repositories receive the
+connection and never commit. Driver errors are mapped to :mod:`visiona.kit.errors`
+here, once.
+
+Pooled connections are not pinged before use (a ping is a round trip per request).
+Instead a connection the driver already knows is closed (the server terminated it,
+e.g. ``pg_terminate_backend`` or a restart) is discarded at checkout and replaced
+transparently; one that dies unnoticed fails its first statement, which maps to 503.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ _PG_UNIQUE = "23505"
 _PG_FOREIGN_KEY = "23503"
 _PG_UNAVAILABLE_CLASSES = ("08", "57P", "53")  # connection, operator intervention, resources
 _PG_DATA_EXCEPTION = "22"  # bad text, too long, invalid text representation, out of range
+_AUTOCOMMIT = "AUTOCOMMIT"
 _SQLITE_CONFLICTS = {
     "SQLITE_CONSTRAINT_UNIQUE",
     "SQLITE_CONSTRAINT_PRIMARYKEY",
@@ -51,13 +60,13 @@ def create_engine_for(settings: Settings) -> AsyncEngine:
     url = settings.database
     if url.get_backend_name() == "sqlite":
         return _sqlite_engine(settings)
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         pool_timeout=settings.db_pool_timeout,
         pool_recycle=settings.db_pool_recycle,
-        pool_pre_ping=True,
+        pool_pre_ping=False,  # see the module docstring: checked at checkout instead
         hide_parameters=True,  # statement parameters (emails, hashes) never reach a log
         connect_args={
             "timeout": settings.db_connect_timeout,
@@ -65,6 +74,22 @@ def create_engine_for(settings: Settings) -> AsyncEngine:
             "server_settings": {"application_name": "visiona"},
         },
     )
+    event.listen(engine.sync_engine, "checkout", _discard_closed)
+    return engine
+
+
+def _discard_closed(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+    """Refuse a pooled asyncpg connection that the server has already closed.
+
+    asyncpg notices the server's goodbye (an error message, then EOF) while the
+    connection idles in the pool; ``is_closed()`` reads that flag without a round
+    trip. Raising ``DisconnectionError`` makes the pool open a fresh connection.
+    """
+    inner = getattr(dbapi_conn, "_connection", None)
+    is_closed = getattr(inner, "is_closed", None)
+    if callable(is_closed) and is_closed():
+        _LOGGER.info("discarding a pooled database connection the server closed")
+        raise sa_exc.DisconnectionError
 
 
 def _sqlite_engine(settings: Settings) -> AsyncEngine:
@@ -101,6 +126,10 @@ def _sqlite_engine(settings: Settings) -> AsyncEngine:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
+        # Reads (Database.reading) run in autocommit: no BEGIN, no lock beyond the
+        # statement's own shared one, so they never queue behind the write lock.
+        if conn.get_execution_options().get("isolation_level") == _AUTOCOMMIT:
+            return
         # IMMEDIATE takes the write lock up front: a deferred transaction that reads and
         # then writes fails at once with SQLITE_BUSY when another writer got in between
         # (the busy timeout cannot help there); this one waits its turn instead.
@@ -160,6 +189,8 @@ class Database:
         """Wrap ``engine``; ``target`` is its credential-free name for logs."""
         self.engine = engine
         self.target = target
+        # The same pool; connections checked out through it run in autocommit.
+        self._reader = engine.execution_options(isolation_level=_AUTOCOMMIT)
 
     @property
     def dialect(self) -> str:
@@ -169,30 +200,55 @@ class Database:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:
         """Open one unit of work: commit when the block ends, roll back on error."""
+        conn = await self._connect(self.engine)
         try:
-            conn = await self.engine.connect()
+            async with conn.begin():
+                yield conn
+        except sa_exc.SQLAlchemyError as err:
+            mapped = self._mapped(err)
+            if mapped is None:
+                raise
+            raise mapped from err
+        finally:
+            await _close_quietly(conn)
+
+    @asynccontextmanager
+    async def reading(self) -> AsyncIterator[AsyncConnection]:
+        """Open a read: autocommit, every statement its own snapshot, nothing to commit.
+
+        For reads that a single statement answers (or whose statements need not see one
+        snapshot); anything that writes uses :meth:`transaction`.
+        """
+        conn = await self._connect(self._reader)
+        try:
+            yield conn
+        except sa_exc.SQLAlchemyError as err:
+            mapped = self._mapped(err)
+            if mapped is None:
+                raise
+            raise mapped from err
+        finally:
+            await _close_quietly(conn)
+
+    async def _connect(self, engine: AsyncEngine) -> AsyncConnection:
+        try:
+            return await engine.connect()
         except Exception as err:
             mapped = map_db_error(err)
             if mapped is None:
                 raise
             _LOGGER.warning("database %s unavailable: %s", self.target, type(err).__name__)
             raise mapped from err
-        try:
-            async with conn.begin():
-                yield conn
-        except sa_exc.SQLAlchemyError as err:
-            mapped = map_db_error(err)
-            if mapped is None:
-                raise
-            if isinstance(mapped, DatabaseUnavailableError):
-                _LOGGER.warning("database %s unavailable: %s", self.target, type(err).__name__)
-            raise mapped from err
-        finally:
-            await _close_quietly(conn)
+
+    def _mapped(self, err: sa_exc.SQLAlchemyError) -> AppError | None:
+        mapped = map_db_error(err)
+        if isinstance(mapped, DatabaseUnavailableError):
+            _LOGGER.warning("database %s unavailable: %s", self.target, type(err).__name__)
+        return mapped
 
     async def ping(self, within: float = 1.0) -> None:
         """Run ``SELECT 1`` within ``within`` seconds; raise on failure."""
-        async with asyncio.timeout(within), self.transaction() as conn:
+        async with asyncio.timeout(within), self.reading() as conn:
             await conn.execute(text("SELECT 1"))
 
     def pool_in_use(self) -> int:

@@ -1,4 +1,9 @@
-"""FastAPI dependencies shared by every feature: the runtime and the unit of work."""
+"""FastAPI dependencies shared by every feature: the runtime and the unit of work.
+
+The unit-of-work rule, predictable from the route: ``GET`` and ``HEAD`` run as a read
+(:meth:`Database.reading`: autocommit, no BEGIN/COMMIT, no SQLite write lock); every
+other method runs in one transaction committed before the response is sent.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +15,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from visiona.kit.runtime import Runtime
 
+READ_METHODS = frozenset({"GET", "HEAD"})
 
-def get_runtime(request: Request) -> Runtime:
-    """The application's :class:`Runtime`."""
+
+async def get_runtime(request: Request) -> Runtime:
+    """The application's :class:`Runtime` (async: FastAPI runs sync dependencies in a thread)."""
+    return runtime_of(request)
+
+
+def runtime_of(request: Request) -> Runtime:
+    """The application's :class:`Runtime`, for code that holds the request."""
     runtime: Runtime = request.app.state.runtime
     return runtime
 
@@ -21,8 +33,10 @@ RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
 async def unit_of_work(request: Request) -> AsyncIterator[AsyncConnection]:
-    """One transaction per request: committed when the endpoint returns, else rolled back."""
-    async with get_runtime(request).db.transaction() as conn:
+    """A read for GET/HEAD; otherwise one transaction, committed when the endpoint returns."""
+    db = runtime_of(request).db
+    opened = db.reading() if request.method in READ_METHODS else db.transaction()
+    async with opened as conn:
         yield conn
 
 

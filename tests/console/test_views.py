@@ -1,0 +1,84 @@
+"""The console's presentation rules: badges, sizes, the filter, the no-JS-safe forms."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+
+import httpx
+import pytest
+
+from visiona.console.views import (
+    deployment_badge,
+    matches,
+    pairing_state,
+    session_state,
+    size,
+    tunnel_badge,
+    usb_label,
+)
+
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+SEEN = NOW - timedelta(days=20)
+
+
+@pytest.mark.parametrize(
+    ("remote_status", "last_connected_at", "label", "kind"),
+    [
+        ("online", SEEN, "Online", "online"),
+        ("reconnecting", SEEN, "Reconnecting", "reconnecting"),
+        ("offline", SEEN, "Offline", "offline"),
+        ("error", SEEN, "Offline", "offline"),
+        ("offline", None, "Never connected", "never"),
+    ],
+)
+def test_tunnel_badge_reads_the_status_and_whether_it_ever_connected(
+    remote_status: str, last_connected_at: datetime | None, label: str, kind: str
+) -> None:
+    badge = tunnel_badge({"remote_status": remote_status, "last_connected_at": last_connected_at})
+    assert (badge.label, badge.kind) == (label, kind)
+
+
+def test_offline_is_neutral_not_the_error_colour() -> None:
+    assert tunnel_badge({"remote_status": "offline", "last_connected_at": SEEN}).kind != "error"
+
+
+def test_rows_may_be_mappings_or_objects() -> None:
+    row = SimpleNamespace(remote_status="online", last_connected_at=SEEN, status="offline")
+    assert tunnel_badge(row).label == "Online"
+    assert usb_label(row) == "Disconnected"
+    assert usb_label({"status": "weird"}) == "Unknown"
+
+
+def test_token_states() -> None:
+    fresh = {"revoked_at": None, "used_at": None, "expires_at": NOW + timedelta(minutes=5)}
+    assert pairing_state(fresh, NOW).label == "Unused"
+    assert pairing_state({**fresh, "used_at": NOW}, NOW).label == "Used"
+    assert pairing_state({**fresh, "expires_at": NOW}, NOW).label == "Expired"
+    assert pairing_state({**fresh, "used_at": NOW, "revoked_at": NOW}, NOW).label == "Revoked"
+    assert session_state({"revoked_at": None, "expires_at": None}, NOW).label == "Active"
+    assert session_state({"revoked_at": NOW, "expires_at": None}, NOW).label == "Revoked"
+    assert deployment_badge({"status": "failed"}).label == "Failed"
+
+
+@pytest.mark.parametrize(
+    ("num_bytes", "text"),
+    [(0, "0 bytes"), (1023, "1023 bytes"), (1024, "1.0 KiB"), (4 * 1024 * 1024, "4.0 MiB")],
+)
+def test_size(num_bytes: int, text: str) -> None:
+    assert size(num_bytes) == text
+
+
+def test_filter_and_search() -> None:
+    online = {"remote_status": "online", "name": "Lab PC", "serial_number": "KL-1"}
+    gone = {"remote_status": "reconnecting", "name": "Door", "serial_number": "kl-2"}
+    assert [matches(d, "online", "") for d in (online, gone)] == [True, False]
+    assert [matches(d, "offline", "") for d in (online, gone)] == [False, True]
+    assert [matches(d, "all", "KL-2") for d in (online, gone)] == [False, True]
+    assert [matches(d, "all", "lab") for d in (online, gone)] == [True, False]
+
+
+def test_forms_post_so_a_password_never_lands_in_a_url(http: httpx.Client) -> None:
+    for path in ("/sign-in", "/sign-up"):
+        assert '<form id="sign-' in http.get(path).text
+        assert 'method="post"' in http.get(path).text
