@@ -13,7 +13,7 @@ from visiona.auth.dependencies import CurrentPrincipal
 from visiona.devices import service as devices_service
 from visiona.devices.service import DeviceIdentity, authenticate_device
 from visiona.kit.database import map_db_error
-from visiona.kit.deps import get_runtime
+from visiona.kit.deps import runtime_of
 from visiona.kit.errors import AppError, CsrfError, NotFoundError, UnauthorizedError
 from visiona.kit.http import error_responses
 from visiona.kit.logs import end_incomplete_on_purpose
@@ -98,8 +98,8 @@ async def proxy(
     stream the answer back. Not your device → 404; not connected → 502 ``device_offline``;
     no response head in time → 504 ``device_timeout``; a target under ``/visiona/`` (the
     agent's own paths, e.g. deployments) → 403 ``reserved_path``."""
-    # The runtime is read directly: as a (sync) dependency it costs a thread-pool hop.
-    runtime = get_runtime(request)
+    # The runtime is read directly: no dependency to solve for it.
+    runtime = runtime_of(request)
     target, prefix = _forward_target(request)
     if target.startswith(_RESERVED):
         raise ReservedPathError()
