@@ -119,3 +119,18 @@ async def test_unreachable_redis_is_session_store_unavailable() -> None:
         assert len(errors) == 2
     finally:
         await client.aclose()
+
+
+async def test_redis_touch_reloads_its_script_after_redis_forgot_it(redis_client: Redis) -> None:
+    # A restarted (or flushed) Redis answers NOSCRIPT to EVALSHA; the store loads the
+    # script once and the session check still succeeds in the same call.
+    prefix = f"t:{uuid.uuid4().hex}:"
+    store = RedisSessionStore(redis_client, idle_ttl=100, absolute_ttl=1000, prefix=prefix)
+    user = uuid.uuid4()
+    await store.create("h", user)
+    await redis_client.script_flush()
+    session = await store.touch("h")
+    assert session is not None
+    assert session.user_id == user
+    again = await store.touch("h")
+    assert again is not None

@@ -8,13 +8,14 @@ so no cleanup task exists. Tokens are stored under their sha256 only.
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from visiona.kit.errors import SessionStoreUnavailableError
 
@@ -139,7 +140,9 @@ class RedisSessionStore:
         self._absolute = absolute_ttl
         self._prefix = prefix
         self._on_error = on_error
-        self._touch = redis.register_script(_TOUCH_SCRIPT)
+        # EVALSHA directly (redis-py's Script object re-checks its registration on every
+        # call); the script is loaded once when Redis answers NOSCRIPT (after a restart).
+        self._touch_sha = hashlib.sha1(_TOUCH_SCRIPT.encode(), usedforsecurity=False).hexdigest()
 
     def _unavailable(self) -> SessionStoreUnavailableError:
         if self._on_error is not None:
@@ -159,8 +162,13 @@ class RedisSessionStore:
 
     async def touch(self, token_hash: str) -> WebSession | None:
         """Check the deadline and refresh the idle TTL in one round trip."""
+        key = self._prefix + token_hash
         try:
-            raw = await self._touch(keys=[self._prefix + token_hash], args=[self._idle])
+            try:
+                raw = await self._evalsha_touch(key)
+            except NoScriptError:
+                await self._redis.script_load(_TOUCH_SCRIPT)
+                raw = await self._evalsha_touch(key)
         except (RedisError, OSError) as err:
             raise self._unavailable() from err
         if not raw:
@@ -168,6 +176,11 @@ class RedisSessionStore:
         text = raw.decode() if isinstance(raw, bytes) else str(raw)
         deadline, user_id, _created = text.split("|", 2)
         return WebSession(user_id=uuid.UUID(user_id), expires_at=float(deadline))
+
+    async def _evalsha_touch(self, key: str) -> object:
+        # redis-py leaves execute_command untyped; the reply is the script's value.
+        command = self._redis.execute_command
+        return await command("EVALSHA", self._touch_sha, 1, key, self._idle)  # type: ignore[no-untyped-call]
 
     async def delete(self, token_hash: str) -> None:
         """End the session."""

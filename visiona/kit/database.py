@@ -46,8 +46,8 @@ _LOGGER = logging.getLogger(__name__)
 _PG_UNIQUE = "23505"
 _PG_FOREIGN_KEY = "23503"
 _PG_UNAVAILABLE_CLASSES = ("08", "57P", "53")  # connection, operator intervention, resources
-_PG_DATA_EXCEPTION = "22"  # bad text, too long, invalid text representation, out of range
 _AUTOCOMMIT = "AUTOCOMMIT"
+_PG_DATA_EXCEPTION = "22"  # bad text, too long, invalid text representation, out of range
 _SQLITE_CONFLICTS = {
     "SQLITE_CONSTRAINT_UNIQUE",
     "SQLITE_CONSTRAINT_PRIMARYKEY",

@@ -192,8 +192,7 @@ class RequestContextMiddleware:
             elapsed = time.perf_counter() - started
             template = _route_template(scope)
             method = scope.get("method", "")
-            self._metrics.requests.labels(method, template, str(exchange.status)).inc()
-            self._metrics.latency.labels(method, template).observe(elapsed)
+            self._metrics.observe_request(method, template, exchange.status, elapsed)
             _ACCESS.info("%s %s %s %.1fms", method, path, exchange.status, elapsed * 1000)
             request_id_var.reset(token)
 

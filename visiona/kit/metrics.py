@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -44,11 +45,26 @@ class Metrics:
             registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
+        # Route templates and statuses are bounded sets, so this cache is too.
+        self._request_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.session_store_errors = Counter(
             "visiona_session_store_errors_total",
             "Failed calls to the web-session store.",
             registry=self.registry,
         )
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count one request and its latency (children cached: no label lookup per call)."""
+        key = (method, route, status)
+        child = self._request_children.get(key)
+        if child is None:
+            child = (
+                self.requests.labels(method, route, str(status)),
+                self.latency.labels(method, route),
+            )
+            self._request_children[key] = child
+        child[0].inc()
+        child[1].observe(seconds)
 
     def gauge(self, name: str, doc: str, read: Callable[[], float]) -> None:
         """Register a gauge whose value is read at scrape time."""
