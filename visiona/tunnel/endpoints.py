@@ -14,7 +14,7 @@ from visiona.cluster.service import forward_proxy
 from visiona.devices import service as devices_service
 from visiona.devices.service import DeviceIdentity, authenticate_device
 from visiona.kit.database import map_db_error
-from visiona.kit.deps import RuntimeDep
+from visiona.kit.deps import runtime_of
 from visiona.kit.errors import AppError, CsrfError, NotFoundError, UnauthorizedError
 from visiona.kit.http import error_responses
 from visiona.kit.logs import end_incomplete_on_purpose
@@ -94,12 +94,13 @@ async def proxy(
     path: str,  # noqa: ARG001 - declared for the route; the raw path is forwarded
     request: Request,
     principal: CurrentPrincipal,
-    runtime: RuntimeDep,
 ) -> Any:
     """Forward the request through the device's tunnel to its agent's local service and
     stream the answer back. Not your device → 404; not connected → 502 ``device_offline``;
     no response head in time → 504 ``device_timeout``; a target under ``/visiona/`` (the
     agent's own paths, e.g. deployments) → 403 ``reserved_path``."""
+    # The runtime is read directly: no dependency to solve for it.
+    runtime = runtime_of(request)
     target, prefix = _forward_target(request)
     if target.startswith(_RESERVED):
         raise ReservedPathError()

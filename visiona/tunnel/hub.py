@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec
 
 from visiona.devices.repository import find_valid_session
@@ -23,7 +23,7 @@ from visiona.kit.clock import utcnow
 from visiona.tunnel import repository
 from visiona.tunnel.link import TunnelLink
 from visiona.wire import CLOSE_GOING_AWAY, CLOSE_KEEPALIVE, CLOSE_REVOKED, CLOSE_SUPERSEDED
-from visiona.yamux import Config, PingTimeoutError, YamuxError
+from visiona.yamux import Config
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection
@@ -64,6 +64,7 @@ class TunnelHub:
         self._seen: set[uuid.UUID] = set()
         self._flush_task: asyncio.Task[None] | None = None
         self._serving: set[asyncio.Task[Any]] = set()
+        self._chores: set[asyncio.Task[None]] = set()
         self._closing = False
         self._bytes_to_devices = 0
         self._bytes_from_devices = 0
@@ -106,6 +107,8 @@ class TunnelHub:
         )
         if self._serving:
             await asyncio.wait(list(self._serving), timeout=5)
+        if self._chores:
+            await asyncio.wait(list(self._chores), timeout=5)
         if self._flush_task is not None:
             self._flush_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -186,6 +189,7 @@ class TunnelHub:
         device_id = identity.device_id
         older = self._tunnels.get(device_id)
         self._tunnels[device_id] = link
+        lease_task: asyncio.Task[None] | None = None
         try:
             if older is not None:
                 _LOGGER.info("tunnel: device %s reconnected; closing the older tunnel", device_id)
@@ -195,14 +199,14 @@ class TunnelHub:
             _LOGGER.info("tunnel: device %s connected", device_id)
             if self._closing:
                 await link.close(CLOSE_GOING_AWAY, "server shutting down")
-            pinger = asyncio.get_running_loop().create_task(self._keepalive(link))
-            try:
-                await link.run()
-            finally:
-                pinger.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await pinger
+            if not link.session.is_closed:
+                self._start_keepalive(link)
+                if self.registry is not None:  # no task per tunnel on a single node
+                    lease_task = asyncio.get_running_loop().create_task(self._lease_loop(link))
+            await link.run()
         finally:
+            if lease_task is not None:
+                lease_task.cancel()
             self._bytes_to_devices += link.session.bytes_sent
             self._bytes_from_devices += link.session.bytes_received
             self._streams_refused += link.session.stats().streams_refused
@@ -270,32 +274,47 @@ class TunnelHub:
         await self.device_revoked(link.device_id)
         return not link.session.is_closed
 
-    async def _keepalive(self, link: TunnelLink) -> None:
-        """Ping every interval; a miss marks ``reconnecting``, too many close the tunnel."""
-        misses = 0
-        session = link.session
-        while not session.is_closed:
+    async def _lease_loop(self, link: TunnelLink) -> None:
+        """Cluster only: renew the device's lease (and re-check revocation) every interval."""
+        while not link.session.is_closed:
             await asyncio.sleep(self._settings.tunnel_ping_interval)
             if not await self._renew(link):
                 return
-            try:
-                await session.ping()
-            except PingTimeoutError:
-                misses += 1
-                if link.healthy:
-                    link.healthy = False
-                    self._seen.discard(link.device_id)
-                    await self._write(repository.set_remote_status, link.device_id, "reconnecting")
-                if misses >= self._settings.tunnel_ping_misses:
-                    _LOGGER.info("tunnel: device %s missed %s keepalives", link.device_id, misses)
-                    await link.close(CLOSE_KEEPALIVE, "keepalive timeout")
-                    return
-                continue
-            except YamuxError:
-                return
-            misses = 0
+
+    def _start_keepalive(self, link: TunnelLink) -> None:
+        """Ping every interval (a yamux timer, no task); a miss marks ``reconnecting``,
+        ``tunnel_ping_misses`` in a row close the tunnel."""
+        device_id = link.device_id
+
+        def on_answer() -> None:
             link.healthy = True
-            self._seen.add(link.device_id)
+            self._seen.add(device_id)
+
+        def on_miss(misses: int) -> bool:
+            if link.healthy:
+                link.healthy = False
+                self._seen.discard(device_id)
+                self._background(
+                    self._write(repository.set_remote_status, device_id, "reconnecting")
+                )
+            if misses >= self._settings.tunnel_ping_misses:
+                _LOGGER.info("tunnel: device %s missed %s keepalives", device_id, misses)
+                self._background(link.close(CLOSE_KEEPALIVE, "keepalive timeout"))
+                return False
+            return True
+
+        link.session.keep_alive(
+            self._settings.tunnel_ping_interval,
+            self._settings.tunnel_ping_timeout,
+            on_miss=on_miss,
+            on_answer=on_answer,
+        )
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` (a status write, a close) as a task the hub keeps until it ends."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._chores.add(task)
+        task.add_done_callback(self._chores.discard)
 
     async def device_revoked(self, device_id: uuid.UUID) -> None:
         """Revocation hook: close the device's tunnel if its session token no longer holds."""
