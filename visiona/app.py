@@ -151,6 +151,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         RequestContextMiddleware,
         metrics=metrics,
         max_body_bytes=settings.max_body_bytes,
+        body_read_timeout=settings.body_read_timeout,
         unlimited=_brings_own_limit,
     )
     return app

@@ -52,6 +52,7 @@ def serve(
     import uvicorn  # noqa: PLC0415 - only the server needs it
 
     from visiona.app import create_app  # noqa: PLC0415 - keep client commands light
+    from visiona.kit.serve import server_config  # noqa: PLC0415 - only the server needs it
 
     settings = _settings()
     updates = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
@@ -73,17 +74,7 @@ def serve(
             )
     seed_demo_at_startup(settings)
     tune_malloc()
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        ws="websockets-sansio",
-        ws_max_size=16 * 1024 * 1024,
-        ws_ping_interval=None,  # yamux keepalive already proves the tunnel alive
-        timeout_graceful_shutdown=10,
-    )
+    uvicorn.Server(server_config(create_app(settings), settings)).run()
 
 
 @app.command("seed-demo")
