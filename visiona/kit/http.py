@@ -29,10 +29,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from visiona.kit.database import map_db_error
 from visiona.kit.errors import (
     AppError,
+    BadRequestError,
+    ForbiddenError,
     MethodNotAllowedError,
     NotFoundError,
     PayloadTooLargeError,
     RequestTimeoutError,
+    UnauthorizedError,
     ValidationFailedError,
 )
 from visiona.kit.logs import request_id_var
@@ -74,6 +77,22 @@ def _json(err: AppError) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status_code, headers=err.headers or None)
 
 
+class _UnparsableBodyError(BadRequestError):
+    """FastAPI could not parse the body: invalid UTF-8, or JSON nested too deep."""
+
+    default_message = "The request body could not be parsed (invalid UTF-8 or JSON too deep)."
+
+
+_FRAMEWORK_ERRORS: dict[int, type[AppError]] = {
+    400: _UnparsableBodyError,
+    401: UnauthorizedError,
+    403: ForbiddenError,
+    404: NotFoundError,
+    405: MethodNotAllowedError,
+    413: PayloadTooLargeError,
+}
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the one error renderer for every kind of failure."""
 
@@ -94,18 +113,14 @@ def install_error_handlers(app: FastAPI) -> None:
         return _json(ValidationFailedError(fields))
 
     async def on_http(_request: Request, exc: Exception) -> JSONResponse:
+        # The framework's own HTTP errors (routing, body parsing) get documented codes.
         assert isinstance(exc, StarletteHTTPException)  # noqa: S101 - registered for it only
-        if exc.status_code == 404:
-            return _json(NotFoundError())
-        if exc.status_code == 405:
-            return _json(MethodNotAllowedError())
-        if exc.status_code == 413:
-            return _json(PayloadTooLargeError())
-        err = AppError(str(exc.detail) if exc.detail else "HTTP error.")
+        known = _FRAMEWORK_ERRORS.get(exc.status_code)
+        if known is not None:
+            return _json(known())
+        err = BadRequestError() if exc.status_code < 500 else AppError()
         return JSONResponse(
-            {"error": {"code": "http_error", "message": err.message}},
-            status_code=exc.status_code,
-            headers=getattr(exc, "headers", None),
+            err.body(), status_code=exc.status_code, headers=getattr(exc, "headers", None)
         )
 
     async def on_sql(request: Request, exc: Exception) -> JSONResponse:
