@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs the server binaries the test suite and benchmarks start as throwaway
 # processes (PostgreSQL, Redis), the Go toolchain + libraries for the yamux
-# interop peer, and wrk for the benchmarks, from Debian's packages, only when
-# they are missing.
+# interop peer, wrk for the benchmarks and Chromium for the console's browser
+# tests, from Debian's packages, only when they are missing.
 set -euo pipefail
 
 need=()
@@ -12,6 +12,7 @@ command -v redis-server >/dev/null || need+=(redis-server)
 command -v redis-benchmark >/dev/null || need+=(redis-tools)
 command -v wrk >/dev/null || need+=(wrk)  # the benchmarks' HTTP load generator
 command -v go >/dev/null || need+=(golang-go)
+command -v chromium >/dev/null || need+=(chromium)  # the console's browser tests (Playwright)
 [ -d /usr/share/gocode/src/github.com/hashicorp/yamux ] || need+=(golang-github-hashicorp-yamux-dev)
 [ -d /usr/share/gocode/src/github.com/gorilla/websocket ] || need+=(golang-github-gorilla-websocket-dev)
 

@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from visiona import __version__
 from visiona.auth.endpoints import router as auth_router
 from visiona.auth.sessions import MemorySessionStore, RedisSessionStore, SessionStore
+from visiona.console import install as install_console
 from visiona.deployments.endpoints import router as deployments_router
 from visiona.devices.endpoints import agent_router
 from visiona.devices.endpoints import router as devices_router
@@ -147,6 +148,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(deployments_router, prefix=API_PREFIX)
 
     app.include_router(ops_router)
+
+    # the web console (pages at /, scripts and styles at /static)
+    install_console(app)
+
     app.add_middleware(
         RequestContextMiddleware,
         metrics=metrics,

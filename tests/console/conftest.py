@@ -1,0 +1,71 @@
+"""Fixtures of the browser tests: one live server and one Chromium for the whole session.
+
+Every test gets a fresh browser context and page (pytest-playwright's fixtures,
+pointed at Debian's Chromium). The ``page`` records every request and console
+error; at the end of each test no request may have left the server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from playwright.sync_api import BrowserContext, Page
+
+from tests.conftest import make_settings
+from tests.console.support import Live, Watch, launch_args, live_server, watch
+
+#: small enough to be refused in a test, big enough for a few MiB
+MODEL_MAX_BYTES = 8 * 1024 * 1024
+
+
+@pytest.fixture(scope="session")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
+    """The console server on SQLite (the browser does not care about the database)."""
+    data = tmp_path_factory.mktemp("console")
+    url = f"sqlite+aiosqlite:///{data / 'visiona.db'}"
+    settings = make_settings(
+        database_url=url,
+        data_dir=data,
+        redis_url=None,
+        tunnel_status_interval=2.0,
+        model_max_bytes=MODEL_MAX_BYTES,
+    )
+    with live_server(settings) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def base_url(live: Live) -> str:
+    """Relative ``page.goto`` paths resolve against the live server."""
+    return live.url
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[str, Any]:
+    """Debian's Chromium with the flags that keep it offline and quiet."""
+    return {**browser_type_launch_args, **launch_args()}
+
+
+@pytest.fixture
+def http(live: Live) -> Iterator[httpx.Client]:
+    """An API client of the live server (for setting up data)."""
+    with httpx.Client(base_url=live.url, timeout=30) as client:
+        yield client
+
+
+@pytest.fixture
+def seen(context: BrowserContext, page: Page, live: Live) -> Iterator[Watch]:
+    """What the page requested and printed; nothing may leave the server."""
+    record = watch(page, live.url)
+    yield record
+    assert record.foreign() == [], "requests left the server"
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """A folder for an agent's files."""
+    return tmp_path

@@ -1,0 +1,201 @@
+"""The devices pages in Chromium: connect a real agent, live status, filter, deploy, unpair."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from pathlib import Path
+
+import httpx
+from playwright.sync_api import Locator, Page, expect
+
+from tests.console.support import (
+    Live,
+    Watch,
+    create_device,
+    pair_device,
+    register,
+    sign_in,
+    start_agent,
+    stop_agent,
+    upload_model,
+)
+
+MODEL = bytes(range(256)) * 8192  # 2 MiB
+
+
+def _row(page: Page, name: str) -> Locator:
+    return page.get_by_role("row").filter(has=page.get_by_role("link", name=name, exact=True))
+
+
+def test_empty_state_explains_and_offers_to_connect_a_device(
+    page: Page, seen: Watch, http: httpx.Client, live: Live
+) -> None:
+    sign_in(page.context, live, register(http))
+    page.goto("/")
+    expect(page.get_by_role("heading", name="Devices")).to_be_visible()
+    expect(page.get_by_text("A device is a Kneron USB dongle")).to_be_visible()
+    expect(page.get_by_role("button", name="Connect a device")).to_have_count(1)
+    expect(page.get_by_role("table")).to_be_hidden()
+    assert seen.errors == []
+
+
+def test_connect_a_real_agent_watch_it_come_online_deploy_rename_filter_and_unpair(
+    page: Page, seen: Watch, http: httpx.Client, live: Live, workdir: Path
+) -> None:
+    account = register(http)
+    upload_model(http, account, "people-detector", MODEL)
+    upload_model(http, account, "other-chip", MODEL, chip="kl720")
+    create_device(http, account, "Spare dongle", "SPARE-1")
+    sign_in(page.context, live, account)
+    page.goto("/devices")
+    page.evaluate("window.__sameDocument = true")
+    expect(_row(page, "Spare dongle").get_by_text("Never connected")).to_be_visible()
+
+    # the connect dialog: a one-time token, its countdown and the command to copy
+    page.get_by_role("button", name="Connect a device").click()
+    dialog = page.get_by_role("dialog", name="Connect a device")
+    expect(dialog).to_be_visible()
+    command = dialog.locator("code")
+    expect(command).to_contain_text("--token vpt_")
+    dialog.get_by_label("Local port of the device's service").fill(str(live.device_port))
+    text = command.inner_text()
+    assert re.fullmatch(
+        rf"visiona agent --server {re.escape(live.url)} --token vpt_\S+ "
+        rf"--forward 127\.0\.0\.1:{live.device_port}",
+        text,
+    ), text
+    expect(dialog.get_by_text(re.compile(r"Expires in 1[45]:\d\d"))).to_be_visible()
+
+    name = f"Lab dongle {uuid.uuid4().hex[:4]}"
+    agent = start_agent(text, workdir, name, f"SN-{uuid.uuid4().hex[:8]}")
+    try:
+        expect(dialog.get_by_role("status").filter(has_text="Paired")).to_contain_text(
+            name, timeout=30_000
+        )
+        dialog.get_by_role("button", name="Close").click()
+        expect(_row(page, name).get_by_text("Online", exact=True)).to_be_visible(timeout=20_000)
+        # all of it without a reload
+        assert page.evaluate("window.__sameDocument") is True
+
+        # filter and search, kept in the URL
+        page.get_by_label("Status").select_option("online")
+        expect(page).to_have_url(re.compile(r"status=online"))
+        expect(_row(page, name)).to_be_visible()
+        expect(_row(page, "Spare dongle")).to_have_count(0)
+        page.get_by_label("Status").select_option("offline")
+        expect(page).to_have_url(re.compile(r"status=offline"))
+        expect(_row(page, "Spare dongle")).to_be_visible()
+        expect(_row(page, name)).to_have_count(0)
+        page.get_by_label("Status").select_option("all")
+        page.get_by_label("Search by name or serial").fill("spare-1")
+        page.get_by_role("button", name="Search").click()
+        expect(page).to_have_url(re.compile(r"q=spare-1"))
+        expect(_row(page, "Spare dongle")).to_be_visible()
+        expect(_row(page, name)).to_have_count(0)
+        page.reload()
+        expect(page.get_by_label("Search by name or serial")).to_have_value("spare-1")
+        expect(_row(page, name)).to_have_count(0)
+        page.goto("/devices")
+
+        # the device page: statuses, deploy (only matching models), rename
+        _row(page, name).get_by_role("link").click()
+        expect(page.get_by_role("heading", name=name, level=1)).to_be_visible()
+        expect(page.get_by_text("Online", exact=True)).to_be_visible()
+        options = page.get_by_label("Model").locator("option").all_inner_texts()
+        assert [o.split(" (")[0] for o in options] == ["people-detector"]
+        page.get_by_role("button", name="Deploy").click()
+        deployments = page.locator('[data-region="deployments"]')
+        expect(deployments.get_by_role("row").filter(has_text="people-detector")).to_contain_text(
+            "Succeeded", timeout=30_000
+        )
+        stored = list((workdir / "models").rglob("*"))
+        assert any(p.is_file() and p.stat().st_size == len(MODEL) for p in stored), stored
+
+        renamed = f"{name} (bench)"
+        page.get_by_label("Name").fill(renamed)
+        page.get_by_role("button", name="Rename").click()
+        expect(page.get_by_role("heading", name=renamed, level=1)).to_be_visible()
+        page.reload()
+        expect(page.get_by_role("heading", name=renamed, level=1)).to_be_visible()
+
+        # unpair: a confirmation naming the device, then the agent is cut off (exit 3)
+        page.get_by_role("button", name="Unpair").click()
+        confirm = page.get_by_role("dialog")
+        expect(confirm).to_contain_text(f"Unpair “{renamed}”?")
+        confirm.get_by_role("button", name="Cancel").click()
+        expect(confirm).to_be_hidden()
+        assert agent.poll() is None
+        page.get_by_role("button", name="Unpair").click()
+        page.get_by_role("dialog").get_by_role("button", name="Unpair").click()
+        expect(page).to_have_url(re.compile(r"/devices$"))
+        expect(_row(page, renamed)).to_have_count(0)
+        assert agent.wait(30) == 3
+    finally:
+        print("agent stderr:", stop_agent(agent))  # noqa: T201 - shown when the test fails
+    assert seen.errors == []
+
+
+def test_bulk_unpair_asks_first_and_removes_only_the_selection(
+    page: Page, seen: Watch, http: httpx.Client, live: Live
+) -> None:
+    account = register(http)
+    for index in range(3):
+        create_device(http, account, f"Bulk {index}", f"BULK-{index}")
+    sign_in(page.context, live, account)
+    page.goto("/devices")
+    unpair = page.get_by_role("button", name="Unpair")
+    expect(unpair).to_be_disabled()
+    page.get_by_label("Select Bulk 0").check()
+    page.get_by_label("Select Bulk 2").check()
+    expect(unpair).to_be_enabled()
+    unpair.click()
+    confirm = page.get_by_role("dialog")
+    expect(confirm).to_contain_text("Unpair 2 devices?")
+    expect(confirm).to_contain_text("Bulk 0, Bulk 2")
+    confirm.get_by_role("button", name="Cancel").click()
+    expect(_row(page, "Bulk 0")).to_be_visible()
+
+    unpair.click()
+    page.get_by_role("dialog").get_by_role("button", name="Unpair").click()
+    expect(_row(page, "Bulk 0")).to_have_count(0)
+    expect(_row(page, "Bulk 2")).to_have_count(0)
+    expect(_row(page, "Bulk 1")).to_be_visible()
+    assert [
+        d["name"] for d in http.get("/api/v1/devices", headers=account.headers).json()["items"]
+    ] == ["Bulk 1"]
+    assert seen.errors == []
+
+
+def test_revoke_a_session_token_from_the_device_page(
+    page: Page, seen: Watch, http: httpx.Client, live: Live
+) -> None:
+    account = register(http)
+    paired = pair_device(http, account, "Token holder")
+    sign_in(page.context, live, account)
+    page.goto(f"/devices/{paired['device_id']}")
+    tokens = page.locator('[data-region="session-tokens"]')
+    expect(tokens.get_by_text("Active")).to_be_visible()
+    tokens.get_by_role("button", name="Revoke").click()
+    expect(tokens.get_by_text("Revoked")).to_be_visible()
+    expect(tokens.get_by_role("button", name="Revoke")).to_have_count(0)
+    refused = http.post(
+        "/api/v1/agent/status",
+        json={"usb_status": "online"},
+        headers={"Authorization": f"Bearer {paired['session_token']}"},
+    )
+    assert refused.status_code == 401
+    assert seen.errors == []
+
+
+def test_a_device_of_another_user_is_not_found(
+    page: Page, seen: Watch, http: httpx.Client, live: Live
+) -> None:
+    other = create_device(http, register(http), "Secret lab 7", "OTHER-1")
+    sign_in(page.context, live, register(http))
+    response = page.goto(f"/devices/{other['id']}")
+    assert response is not None
+    assert response.status == 404
+    expect(page.get_by_role("heading", name="Not found")).to_be_visible()
+    expect(page.get_by_text("Secret lab 7")).to_have_count(0)
+    assert seen.errors_except_expected_statuses(404) == []

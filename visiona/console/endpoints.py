@@ -1,0 +1,300 @@
+"""Console pages (HTML) and the two small JSON documents their scripts poll.
+
+Every handler reads through the features' services and hands the rows to a
+template; changes are made by the pages' scripts through the JSON API.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable
+from functools import cache
+from typing import Annotated, Any
+
+from annotated_types import MinLen
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from jinja2 import Environment
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from visiona.auth import repository as users
+from visiona.auth.dependencies import CurrentPrincipal, Principal, current_principal
+from visiona.auth.schemas import RegisterRequest
+from visiona.console.security import ConsoleRoute, safe_next
+from visiona.console.views import (
+    STATUS_FILTERS,
+    environment,
+    every_row,
+    field,
+    matches,
+    sorted_newest_first,
+    tunnel_badge,
+)
+from visiona.deployments import service as deployments
+from visiona.devices import service as devices
+from visiona.kit.deps import Conn, RuntimeDep
+from visiona.kit.errors import NotFoundError, UnauthorizedError
+from visiona.kit.pagination import Page, PageRequest
+from visiona.kit.runtime import Runtime
+from visiona.models import service as models
+from visiona.models.schemas import ModelSource, TargetChip
+
+router = APIRouter(route_class=ConsoleRoute, include_in_schema=False)
+
+Text = Annotated[str, Query(max_length=200)]
+PRODUCT = "visionA"
+
+
+@cache
+def _templates() -> Environment:
+    return environment()
+
+
+def render(request: Request, template: str, status_code: int = 200, **context: Any) -> Response:
+    """Render ``template`` with the context every page has (product name, server URL)."""
+    html = (
+        _templates()
+        .get_template(template)
+        .render(
+            product=PRODUCT,
+            server_url=str(request.base_url).rstrip("/"),
+            path=request.url.path,
+            **context,
+        )
+    )
+    return HTMLResponse(html, status_code=status_code)
+
+
+async def _signed_in(request: Request) -> Principal | None:
+    try:
+        return await current_principal(request)
+    except UnauthorizedError:
+        return None
+
+
+# -- signed out -------------------------------------------------------------------
+
+
+@router.get("/")
+async def home(_principal: CurrentPrincipal) -> Response:
+    """The devices page is the landing page."""
+    return RedirectResponse("/devices", status_code=303)
+
+
+@router.get("/sign-in")
+async def sign_in_page(request: Request, next: Text = "") -> Response:  # noqa: A002 - the URL's name
+    """The sign-in form; a signed-in visitor goes straight on."""
+    target = safe_next(next)
+    if await _signed_in(request) is not None:
+        return RedirectResponse(target, status_code=303)
+    return render(request, "sign_in.html", next=target, title="Sign in")
+
+
+@router.get("/sign-up")
+async def sign_up_page(request: Request, next: Text = "") -> Response:  # noqa: A002 - the URL's name
+    """The create-account form."""
+    target = safe_next(next)
+    if await _signed_in(request) is not None:
+        return RedirectResponse(target, status_code=303)
+    return render(
+        request, "sign_up.html", next=target, title="Create account", password_min=_password_min()
+    )
+
+
+def _password_min() -> int:
+    """The shortest password the API accepts, read from its request schema."""
+    for rule in RegisterRequest.model_fields["password"].metadata:
+        if isinstance(rule, MinLen):
+            return int(rule.min_length)
+    return 1
+
+
+# -- devices ----------------------------------------------------------------------
+
+
+async def _all_devices(conn: AsyncConnection, runtime: Runtime, user_id: uuid.UUID) -> list[Any]:
+    stale = devices.stale_before(runtime.settings)
+
+    return await every_row(
+        lambda page: devices.list_devices(conn, user_id, page=page, stale_before=stale)
+    )
+
+
+async def _device_list(
+    conn: AsyncConnection, runtime: Runtime, user_id: uuid.UUID, status: str, query: str
+) -> dict[str, Any]:
+    everything = await _all_devices(conn, runtime, user_id)
+    shown = [device for device in everything if matches(device, status, query.strip())]
+    return {"devices": shown, "total": len(everything), "status": status, "q": query}
+
+
+def _status_filter(value: str) -> str:
+    return value if value in STATUS_FILTERS else "all"
+
+
+@router.get("/devices")
+async def devices_page(  # noqa: PLR0917 - FastAPI injects query parameters by name
+    request: Request,
+    principal: CurrentPrincipal,
+    conn: Conn,
+    runtime: RuntimeDep,
+    status: Text = "all",
+    q: Text = "",
+) -> Response:
+    """The devices table with its filter, search, bulk unpair and connect dialog."""
+    listing = await _device_list(conn, runtime, principal.user_id, _status_filter(status), q)
+    return render(request, "devices.html", title="Devices", nav="devices", **listing)
+
+
+@router.get("/devices.json")
+async def devices_rows(
+    principal: CurrentPrincipal,
+    conn: Conn,
+    runtime: RuntimeDep,
+    status: Text = "all",
+    q: Text = "",
+) -> Response:
+    """What the devices page polls: the filtered rows as HTML plus a summary per device."""
+    listing = await _device_list(conn, runtime, principal.user_id, _status_filter(status), q)
+    html = _templates().get_template("_device_rows.html").render(devices=listing["devices"])
+    summary = [
+        {"id": str(field(d, "id")), "name": field(d, "name"), "status": tunnel_badge(d).label}
+        for d in listing["devices"]
+    ]
+    return JSONResponse({"total": listing["total"], "devices": summary, "rows_html": html})
+
+
+def _device_id(value: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return None
+
+
+@router.get("/devices/{device_id}")
+async def device_page(
+    request: Request, device_id: str, principal: CurrentPrincipal, conn: Conn, runtime: RuntimeDep
+) -> Response:
+    """One device: details, rename, session tokens, deployments, deploy form, unpair."""
+    owner, parsed = principal.user_id, _device_id(device_id)
+    stale = devices.stale_before(runtime.settings)
+    try:
+        device = (
+            None
+            if parsed is None
+            else await devices.get_device(conn, owner, parsed, stale_before=stale)
+        )
+    except NotFoundError:
+        device = None
+    if device is None or parsed is None:
+        return render(request, "not_found.html", 404, title="Not found", what="device", nav="")
+
+    sessions = await every_row(lambda page: devices.list_session_tokens(conn, owner, parsed, page))
+    every_model = await every_row(
+        lambda page: models.list_models(conn, owner, chip=None, source=None, page=page)
+    )
+    history = await deployments.list_deployments(conn, owner, parsed, PageRequest(limit=50))
+    chip = str(field(device, "device_type") or "").strip().lower()
+    return render(
+        request,
+        "device.html",
+        title=field(device, "name"),
+        nav="devices",
+        device=device,
+        session_tokens=sorted_newest_first(sessions),
+        deployments=history.items,
+        model_names={str(field(m, "id")): field(m, "name") for m in every_model},
+        deployable=[m for m in every_model if field(m, "target_chip") == chip],
+        chip=chip,
+    )
+
+
+# -- models -----------------------------------------------------------------------
+
+
+@router.get("/models")
+async def models_page(  # noqa: PLR0917 - FastAPI injects query parameters by name
+    request: Request,
+    principal: CurrentPrincipal,
+    conn: Conn,
+    runtime: RuntimeDep,
+    chip: Text = "",
+    source: Text = "",
+) -> Response:
+    """The models list with chip and source filters, and the upload form."""
+    chips = [c.value for c in TargetChip]
+    sources = [s.value for s in ModelSource]
+    chip = chip if chip in chips else ""
+    source = source if source in sources else ""
+
+    def fetch(page: PageRequest) -> Awaitable[Page[Any]]:
+        return models.list_models(
+            conn, principal.user_id, chip=chip or None, source=source or None, page=page
+        )
+
+    return render(
+        request,
+        "models.html",
+        title="Models",
+        nav="models",
+        models=await every_row(fetch),
+        chips=chips,
+        sources=sources,
+        chip=chip,
+        source=source,
+        max_bytes=runtime.settings.model_max_bytes,
+    )
+
+
+# -- pairing tokens and account ------------------------------------------------------
+
+
+async def _pairing_tokens(conn: AsyncConnection, user_id: uuid.UUID) -> list[Any]:
+    return await every_row(lambda page: devices.list_pairing_tokens(conn, user_id, page))
+
+
+@router.get("/pairing-tokens")
+async def pairing_tokens_page(
+    request: Request, principal: CurrentPrincipal, conn: Conn, runtime: RuntimeDep
+) -> Response:
+    """Unused and used pairing tokens, newest first, with revoke."""
+    tokens = sorted_newest_first(await _pairing_tokens(conn, principal.user_id))
+    names = {
+        str(field(d, "id")): field(d, "name")
+        for d in await _all_devices(conn, runtime, principal.user_id)
+    }
+    return render(
+        request,
+        "pairing_tokens.html",
+        title="Pairing tokens",
+        nav="pairing-tokens",
+        tokens=tokens,
+        device_names=names,
+    )
+
+
+@router.get("/pairing-tokens/{token_id}.json")
+async def pairing_token_state(token_id: str, principal: CurrentPrincipal, conn: Conn) -> Response:
+    """What the connect dialog polls: whether its token was used, and by which device."""
+    for token in await _pairing_tokens(conn, principal.user_id):
+        if field(token, "token_hash") != token_id:
+            continue
+        device_id = field(token, "device_id")
+        device: dict[str, str] | None = None
+        if device_id is not None:
+            try:
+                found = await devices.get_device(conn, principal.user_id, device_id)
+                device = {"id": str(device_id), "name": str(field(found, "name"))}
+            except NotFoundError:
+                device = None
+        return JSONResponse({"used": field(token, "used_at") is not None, "device": device})
+    raise NotFoundError("Pairing token not found.")
+
+
+@router.get("/account")
+async def account_page(request: Request, principal: CurrentPrincipal, conn: Conn) -> Response:
+    """The signed-in user's email and name."""
+    user = await users.get_by_id(conn, principal.user_id)
+    if user is None:  # the account is gone; the session is meaningless
+        raise UnauthorizedError("Session expired or not valid.")
+    return render(request, "account.html", title="Account", nav="account", user=user)

@@ -1,0 +1,608 @@
+// visionA console: the little JavaScript the server-rendered pages need.
+// Every change goes through the JSON API (/api/v1) with the session cookie; the
+// browser adds the Origin header the API's same-origin check looks for.
+// Text from users is only ever set with textContent, never as HTML.
+"use strict";
+
+(function () {
+  const API = "/api/v1";
+  const POLL_MS = 3000;
+  const $ = (selector, root) => (root || document).querySelector(selector);
+  const $$ = (selector, root) => Array.from((root || document).querySelectorAll(selector));
+
+  // -- helpers -----------------------------------------------------------------
+
+  // A JSON request to a URL of this server; resolves to {ok, status, data}.
+  async function request(method, url, body) {
+    const init = { method, credentials: "same-origin", headers: { Accept: "application/json" } };
+    if (body !== undefined) {
+      init.headers["Content-Type"] = "application/json";
+      init.body = JSON.stringify(body);
+    }
+    let response;
+    try {
+      response = await fetch(url, init);
+    } catch (err) {
+      return { ok: false, status: 0, data: null };
+    }
+    let data = null;
+    if (response.status !== 204) {
+      try {
+        data = await response.json();
+      } catch (err) {
+        data = null;
+      }
+    }
+    return { ok: response.ok, status: response.status, data };
+  }
+
+  // A call of the JSON API (path relative to /api/v1).
+  function api(method, path, body) {
+    return request(method, API + path, body);
+  }
+
+  const FIELD_NAMES = { name: "Name", email: "Email", password: "Password", target_chip: "Target chip", labels: "Labels", file: "File", model_id: "Model" };
+
+  function errorText(result, fallback) {
+    if (result.status === 0) return "The server cannot be reached. Check your connection and try again.";
+    const error = result.data && result.data.error;
+    if (!error) return fallback || "Something went wrong (HTTP " + result.status + ").";
+    if (Array.isArray(error.fields) && error.fields.length) {
+      return error.fields
+        .map((f) => {
+          const loc = Array.isArray(f.loc) ? f.loc.filter((p) => p !== "body") : [];
+          const name = FIELD_NAMES[loc[0]] || loc[0];
+          return name ? name + ": " + f.message : f.message;
+        })
+        .join(" ");
+    }
+    return error.message;
+  }
+
+  function showError(form, text) {
+    const slot = $("[data-form-error]", form);
+    if (!slot) return;
+    slot.textContent = text || "";
+    slot.hidden = !text;
+  }
+
+  let toastTimer = null;
+  function toast(text) {
+    const el = $("#toast");
+    if (!el) return;
+    el.textContent = text;
+    el.hidden = false;
+    clearTimeout(toastTimer);
+    toastTimer = setTimeout(() => { el.hidden = true; }, 4000);
+  }
+
+  // Relative times ("3 minutes ago"); the exact time stays in the title (hover).
+  const UNITS = [["year", 31536000], ["month", 2592000], ["week", 604800], ["day", 86400], ["hour", 3600], ["minute", 60], ["second", 1]];
+  const rtf = new Intl.RelativeTimeFormat("en", { numeric: "auto" });
+  function relative(iso) {
+    const seconds = (Date.parse(iso) - Date.now()) / 1000;
+    if (Math.abs(seconds) < 10) return seconds <= 0 ? "just now" : "in a few seconds";
+    for (const [unit, size] of UNITS) {
+      if (Math.abs(seconds) >= size || unit === "second") return rtf.format(Math.round(seconds / size), unit);
+    }
+    return iso;
+  }
+  function refreshTimes(root) {
+    for (const el of $$("time[data-relative]", root)) el.textContent = relative(el.getAttribute("datetime"));
+  }
+
+  // A confirmation in a modal <dialog>: resolves true when the user confirms.
+  function confirmAction(title, message, okLabel) {
+    const dialog = $("#confirm-dialog");
+    $("#confirm-title").textContent = title;
+    $("#confirm-message").textContent = message;
+    $("#confirm-ok").textContent = okLabel;
+    dialog.returnValue = "";
+    dialog.showModal();
+    $("#confirm-ok").focus();
+    return new Promise((resolve) => {
+      dialog.addEventListener("close", () => resolve(dialog.returnValue === "confirm"), { once: true });
+    });
+  }
+
+  // Re-read the current page and swap the given regions (keeps scripts' state, no reload).
+  async function refreshRegions(names) {
+    let response;
+    try {
+      response = await fetch(location.href, { credentials: "same-origin", headers: { Accept: "text/html" } });
+    } catch (err) {
+      return false;
+    }
+    if (response.redirected && new URL(response.url).pathname === "/sign-in") {
+      location.assign(response.url);
+      return false;
+    }
+    if (!response.ok) return false;
+    const doc = new DOMParser().parseFromString(await response.text(), "text/html");
+    for (const name of names) {
+      const fresh = $('[data-region="' + name + '"]', doc);
+      const current = $('[data-region="' + name + '"]');
+      if (fresh && current) {
+        current.replaceWith(document.adoptNode(fresh));
+      }
+    }
+    refreshTimes(document);
+    return true;
+  }
+
+  async function copyText(text, statusEl) {
+    try {
+      await navigator.clipboard.writeText(text);
+      if (statusEl) statusEl.textContent = "Copied.";
+      else toast("Copied.");
+    } catch (err) {
+      if (statusEl) statusEl.textContent = "Select the text and press Ctrl+C to copy.";
+      else toast("Copying is not allowed here: select the text and copy it.");
+    }
+  }
+
+  function visible() {
+    return document.visibilityState === "visible";
+  }
+
+  // A poll that runs only while the tab is visible, and at once when it becomes visible.
+  function poll(fn, interval) {
+    let timer = null;
+    let running = false;
+    async function tick() {
+      if (running || !visible()) return;
+      running = true;
+      try {
+        await fn();
+      } finally {
+        running = false;
+      }
+    }
+    timer = setInterval(tick, interval);
+    document.addEventListener("visibilitychange", () => { if (visible()) tick(); });
+    return { stop: () => clearInterval(timer), now: tick };
+  }
+
+  // -- sign in / sign up / sign out ------------------------------------------------
+
+  function setupSignIn() {
+    const form = $("#sign-in-form");
+    if (!form) return;
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      showError(form, "");
+      const button = $("button[type=submit]", form);
+      button.disabled = true;
+      const result = await api("POST", "/auth/login", { email: form.email.value.trim(), password: form.password.value });
+      button.disabled = false;
+      if (result.ok) {
+        location.assign(form.dataset.next || "/devices");
+        return;
+      }
+      const text = result.status === 401 ? "Wrong email or password." : errorText(result);
+      showError(form, text);
+      form.password.value = "";
+      form.password.focus();
+    });
+  }
+
+  function setupSignUp() {
+    const form = $("#sign-up-form");
+    if (!form) return;
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      showError(form, "");
+      const button = $("button[type=submit]", form);
+      button.disabled = true;
+      const email = form.email.value.trim();
+      const password = form.password.value;
+      const created = await api("POST", "/auth/register", { name: form.name.value.trim(), email, password });
+      if (!created.ok) {
+        button.disabled = false;
+        showError(form, errorText(created));
+        return;
+      }
+      const login = await api("POST", "/auth/login", { email, password });
+      button.disabled = false;
+      if (!login.ok) {
+        showError(form, "Your account was created, but signing in failed: " + errorText(login));
+        return;
+      }
+      location.assign(form.dataset.next || "/devices");
+    });
+  }
+
+  async function signOut() {
+    await api("POST", "/auth/logout");
+    location.assign("/sign-in");
+  }
+
+  // -- devices list ------------------------------------------------------------------
+
+  function selectedIds() {
+    return $$("input[data-select]:checked").map((box) => box.value);
+  }
+
+  function updateSelection() {
+    const button = $('[data-action="bulk-unpair"]');
+    if (!button) return;
+    const ids = selectedIds();
+    const all = $$("input[data-select]");
+    button.disabled = ids.length === 0;
+    const count = $("[data-selection-count]");
+    if (count) count.textContent = ids.length ? ids.length + " selected" : "";
+    const selectAll = $("[data-select-all]");
+    if (selectAll) {
+      selectAll.checked = all.length > 0 && ids.length === all.length;
+      selectAll.indeterminate = ids.length > 0 && ids.length < all.length;
+    }
+  }
+
+  let devicesPoll = null;
+
+  async function refreshDevices() {
+    const table = $("[data-live-devices]");
+    if (!table) return;
+    const result = await request("GET", "/devices.json?" + table.dataset.query);
+    if (result.status === 401) {
+      location.assign("/sign-in?next=" + encodeURIComponent(location.pathname + location.search));
+      return;
+    }
+    if (!result.ok || !result.data) return;
+    const checked = new Set(selectedIds());
+    const body = $("[data-rows]", table);
+    const template = document.createElement("template");
+    template.innerHTML = result.data.rows_html;
+    body.replaceChildren(template.content);
+    for (const box of $$("input[data-select]", body)) box.checked = checked.has(box.value);
+    const total = result.data.total;
+    for (const el of $$("[data-when-devices]")) el.hidden = total === 0;
+    const empty = $("[data-empty-state]");
+    if (empty) empty.hidden = total > 0;
+    const noMatch = $("[data-no-match]");
+    if (noMatch) noMatch.hidden = result.data.devices.length > 0;
+    refreshTimes(body);
+    updateSelection();
+  }
+
+  function setupDevices() {
+    if (!$("[data-live-devices]")) return;
+    document.addEventListener("change", (event) => {
+      if (event.target.matches("[data-select-all]")) {
+        for (const box of $$("input[data-select]")) box.checked = event.target.checked;
+      }
+      if (event.target.matches("[data-select], [data-select-all]")) updateSelection();
+    });
+    devicesPoll = poll(refreshDevices, POLL_MS);
+    updateSelection();
+  }
+
+  async function bulkUnpair() {
+    const ids = selectedIds();
+    if (!ids.length) return;
+    const names = ids.map((id) => ($('tr[data-device-id="' + id + '"]') || {}).dataset?.name || id);
+    const what = ids.length === 1 ? "“" + names[0] + "”" : ids.length + " devices";
+    const ok = await confirmAction(
+      "Unpair " + what + "?",
+      "Unpairing removes " + (ids.length === 1 ? "the device" : "these devices: " + names.join(", ")) +
+        ", revokes " + (ids.length === 1 ? "its" : "their") + " tokens and disconnects " + (ids.length === 1 ? "its agent" : "their agents") + ". This cannot be undone.",
+      "Unpair"
+    );
+    if (!ok) return;
+    const failures = [];
+    for (const id of ids) {
+      const result = await api("DELETE", "/devices/" + encodeURIComponent(id));
+      if (!result.ok && result.status !== 404) failures.push(errorText(result));
+    }
+    for (const box of $$("input[data-select]")) box.checked = false;
+    await refreshDevices();
+    toast(failures.length ? "Some devices were not unpaired: " + failures[0] : (ids.length === 1 ? "Device unpaired." : ids.length + " devices unpaired."));
+  }
+
+  // -- connect dialog ------------------------------------------------------------------
+
+  const connect = { token: null, id: null, expiresAt: 0, timer: null, poller: null, paired: false };
+
+  function connectCommand() {
+    const code = $("#connect-command");
+    const port = $("#connect-port").value || "8080";
+    return "visiona agent --server " + code.dataset.server + " --token " + (connect.token || "…") + " --forward 127.0.0.1:" + port;
+  }
+
+  function renderCommand() {
+    $("#connect-command").textContent = connectCommand();
+  }
+
+  function stopConnectTimers() {
+    clearInterval(connect.timer);
+    clearInterval(connect.poller);
+    connect.timer = connect.poller = null;
+  }
+
+  function tickExpiry() {
+    const left = Math.max(0, Math.round((connect.expiresAt - Date.now()) / 1000));
+    const minutes = Math.floor(left / 60);
+    const seconds = String(left % 60).padStart(2, "0");
+    $("#connect-expiry").textContent = minutes + ":" + seconds;
+    if (left === 0 && !connect.paired) {
+      stopConnectTimers();
+      const status = $("#connect-status");
+      status.textContent = "This token has expired. Create a new one.";
+      status.className = "expired";
+      $("#connect-new").hidden = false;
+    }
+  }
+
+  async function checkPaired() {
+    if (!connect.id || connect.paired) return;
+    const result = await request("GET", "/pairing-tokens/" + encodeURIComponent(connect.id) + ".json");
+    if (!result.ok || !result.data || !result.data.used) return;
+    connect.paired = true;
+    stopConnectTimers();
+    const status = $("#connect-status");
+    const name = result.data.device ? result.data.device.name : "The device";
+    status.textContent = "Paired: " + name + " is connected and now in your device list.";
+    status.className = "paired";
+    $("#connect-expiry").textContent = "used";
+    if (devicesPoll) devicesPoll.now();
+  }
+
+  async function newToken() {
+    stopConnectTimers();
+    connect.token = connect.id = null;
+    connect.paired = false;
+    $("#connect-new").hidden = true;
+    const status = $("#connect-status");
+    status.textContent = "Creating a pairing token…";
+    status.className = "waiting";
+    $("#connect-copied").textContent = "";
+    renderCommand();
+    const result = await api("POST", "/pairing-tokens", {});
+    if (!result.ok) {
+      status.textContent = "No token: " + errorText(result);
+      status.className = "expired";
+      $("#connect-new").hidden = false;
+      return;
+    }
+    connect.token = result.data.token;
+    connect.id = result.data.id;
+    connect.expiresAt = Date.parse(result.data.expires_at);
+    renderCommand();
+    status.textContent = "Waiting for the agent to pair…";
+    tickExpiry();
+    connect.timer = setInterval(tickExpiry, 1000);
+    connect.poller = setInterval(() => { if (visible()) checkPaired(); }, 1500);
+  }
+
+  function setupConnect() {
+    const dialog = $("#connect-dialog");
+    if (!dialog) return;
+    $("#connect-port").addEventListener("input", renderCommand);
+    $("#connect-copy").addEventListener("click", () => copyText(connectCommand(), $("#connect-copied")));
+    $("#connect-new").addEventListener("click", newToken);
+    $("#connect-close").addEventListener("click", () => dialog.close());
+    dialog.addEventListener("close", () => {
+      stopConnectTimers();
+      connect.token = null; // shown once: gone with the dialog
+      renderCommand();
+      if (document.body.dataset.page === "pairing-tokens") refreshRegions(["tokens"]);
+    });
+  }
+
+  function openConnect() {
+    const dialog = $("#connect-dialog");
+    if (!dialog) return;
+    dialog.showModal();
+    newToken();
+  }
+
+  // -- device page ---------------------------------------------------------------------
+
+  function setupDevice() {
+    const form = $("#rename-form");
+    if (!form) return;
+    const id = form.dataset.deviceId;
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      showError(form, "");
+      const result = await api("PATCH", "/devices/" + id, { name: form.name.value.trim() });
+      if (!result.ok) {
+        showError(form, errorText(result));
+        return;
+      }
+      $("[data-device-name]").textContent = result.data.name;
+      document.title = result.data.name + " · visionA";
+      $('[data-action="unpair"]').dataset.name = result.data.name;
+      toast("Renamed to " + result.data.name + ".");
+    });
+    const deploy = $("#deploy-form");
+    if (deploy) {
+      deploy.addEventListener("submit", async (event) => {
+        event.preventDefault();
+        showError(deploy, "");
+        const button = $("button[type=submit]", deploy);
+        const spinner = $("progress", deploy);
+        button.disabled = true;
+        spinner.hidden = false;
+        const result = await api("POST", "/devices/" + id + "/deployments", { model_id: deploy.model_id.value });
+        button.disabled = false;
+        spinner.hidden = true;
+        if (!result.ok) showError(deploy, errorText(result));
+        else if (result.data.status === "failed") showError(deploy, "Deployment failed: " + (result.data.error || "unknown error"));
+        else toast("Deployment succeeded.");
+        await refreshRegions(["deployments"]);
+      });
+    }
+    poll(() => refreshRegions(["device-details"]), POLL_MS);
+  }
+
+  async function unpairOne(button) {
+    const name = button.dataset.name;
+    const ok = await confirmAction(
+      "Unpair “" + name + "”?",
+      "Unpairing removes “" + name + "”, revokes its tokens and disconnects its agent. This cannot be undone.",
+      "Unpair"
+    );
+    if (!ok) return;
+    const result = await api("DELETE", "/devices/" + button.dataset.deviceId);
+    if (!result.ok && result.status !== 404) {
+      toast("Not unpaired: " + errorText(result));
+      return;
+    }
+    location.assign("/devices");
+  }
+
+  async function revokeSession(button) {
+    const result = await api("DELETE", "/session-tokens/" + encodeURIComponent(button.dataset.tokenId));
+    if (!result.ok) {
+      toast("Not revoked: " + errorText(result));
+      return;
+    }
+    toast("Session token revoked.");
+    await refreshRegions(["session-tokens", "device-details"]);
+  }
+
+  async function revokePairing(button) {
+    const result = await api("DELETE", "/pairing-tokens/" + encodeURIComponent(button.dataset.tokenId));
+    if (!result.ok) {
+      toast("Not revoked: " + errorText(result));
+      return;
+    }
+    toast("Pairing token revoked.");
+    await refreshRegions(["tokens"]);
+  }
+
+  // -- models page ---------------------------------------------------------------------
+
+  function formatBytes(n) {
+    const units = ["bytes", "KiB", "MiB", "GiB"];
+    let i = 0;
+    while (n >= 1024 && i < units.length - 1) { n /= 1024; i += 1; }
+    return i === 0 ? n + " bytes" : n.toFixed(1) + " " + units[i];
+  }
+
+  function setupUpload() {
+    const form = $("#upload-form");
+    if (!form) return;
+    const progress = $("#upload-progress");
+    const percent = $("#upload-percent");
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      showError(form, "");
+      const file = form.file.files[0];
+      if (!file) return showError(form, "File: choose a .nef file to upload.");
+      if (!form.target_chip.value) return showError(form, "Target chip: choose the chip the model is built for.");
+      const max = Number(form.dataset.maxBytes);
+      if (max && file.size > max) return showError(form, "File: " + formatBytes(file.size) + " is too large; the limit is " + formatBytes(max) + ".");
+      const data = new FormData();
+      data.append("target_chip", form.target_chip.value);
+      if (form.name.value.trim()) data.append("name", form.name.value.trim());
+      for (const label of form.labels.value.split(",").map((l) => l.trim()).filter(Boolean)) data.append("labels", label);
+      data.append("file", file);
+      const xhr = new XMLHttpRequest();
+      const button = $("button[type=submit]", form);
+      button.disabled = true;
+      progress.hidden = false;
+      progress.value = 0;
+      percent.textContent = "0%";
+      xhr.upload.addEventListener("progress", (e) => {
+        if (!e.lengthComputable) return;
+        progress.value = Math.floor((e.loaded / e.total) * 100);
+        percent.textContent = progress.value + "% of " + formatBytes(e.total);
+      });
+      xhr.addEventListener("loadend", async () => {
+        button.disabled = false;
+        let body = null;
+        try { body = JSON.parse(xhr.responseText); } catch (err) { body = null; }
+        const result = { ok: xhr.status >= 200 && xhr.status < 300, status: xhr.status, data: body };
+        if (!result.ok) {
+          progress.hidden = true;
+          percent.textContent = "";
+          showError(form, result.status === 413 ? "File: too large for this server." : errorText(result));
+          return;
+        }
+        progress.value = 100;
+        percent.textContent = "Uploaded " + body.name + ".";
+        form.reset();
+        await refreshRegions(["models-list"]);
+      });
+      xhr.open("POST", API + "/models");
+      xhr.setRequestHeader("Accept", "application/json");
+      xhr.send(data);
+    });
+
+  }
+
+  // The rename dialog lives in a <template> until needed (its labels stay out of the page).
+  function renameModel(button) {
+    const template = $("#rename-template");
+    document.body.append(template.content.cloneNode(true));
+    const dialog = $("#rename-dialog");
+    const form = $("#rename-model-form");
+    form.name.value = button.dataset.name;
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      showError(form, "");
+      const result = await api("PATCH", "/models/" + button.dataset.modelId, { name: form.name.value.trim() });
+      if (!result.ok) return showError(form, errorText(result));
+      dialog.close();
+      toast("Renamed to " + result.data.name + ".");
+      await refreshRegions(["models-list"]);
+    });
+    $("[data-close]", dialog).addEventListener("click", () => dialog.close());
+    dialog.addEventListener("close", () => dialog.remove());
+    dialog.showModal();
+    form.name.select();
+  }
+
+  async function deleteModel(button) {
+    const name = button.dataset.name;
+    const ok = await confirmAction("Delete “" + name + "”?", "The model “" + name + "” and its file are deleted. Models already on devices stay there.", "Delete");
+    if (!ok) return;
+    const result = await api("DELETE", "/models/" + button.dataset.modelId);
+    if (!result.ok && result.status !== 404) return toast("Not deleted: " + errorText(result));
+    toast("Model deleted.");
+    await refreshRegions(["models-list"]);
+  }
+
+  // -- wiring --------------------------------------------------------------------------
+
+  const ACTIONS = {
+    "sign-out": signOut,
+    connect: openConnect,
+    "bulk-unpair": bulkUnpair,
+    unpair: unpairOne,
+    "revoke-session": revokeSession,
+    "revoke-pairing": revokePairing,
+    "rename-model": renameModel,
+    "delete-model": deleteModel,
+  };
+
+  document.addEventListener("click", (event) => {
+    const copy = event.target.closest("[data-copy]");
+    if (copy) {
+      copyText(copy.dataset.copy);
+      return;
+    }
+    const button = event.target.closest("[data-action]");
+    if (button && ACTIONS[button.dataset.action]) {
+      event.preventDefault();
+      ACTIONS[button.dataset.action](button);
+    }
+  });
+
+  document.addEventListener("change", (event) => {
+    if (event.target.matches("select[data-autosubmit]")) event.target.form.requestSubmit();
+  });
+
+  document.addEventListener("DOMContentLoaded", () => {
+    refreshTimes(document);
+    setInterval(() => refreshTimes(document), 30000);
+    setupSignIn();
+    setupSignUp();
+    setupDevices();
+    setupConnect();
+    setupDevice();
+    setupUpload();
+  });
+})();

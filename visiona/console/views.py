@@ -1,0 +1,170 @@
+"""Presentation helpers of the console: labels, times, filters and the template engine.
+
+Rows from the services may be mappings or objects; :func:`field` reads both, so
+the console does not depend on how a repository shapes its rows.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from visiona.kit.pagination import MAX_LIMIT, PageRequest
+
+#: at most this many rows are read for one console list (devices, tokens)
+MAX_ROWS = 2000
+STATUS_FILTERS = ("all", "online", "offline")
+
+
+def field(row: Any, name: str) -> Any:
+    """``row[name]`` for a mapping, ``row.name`` for an object."""
+    if isinstance(row, Mapping):
+        return row.get(name)
+    return getattr(row, name, None)
+
+
+@dataclass(frozen=True)
+class Badge:
+    """A status shown as a coloured badge: its text and its CSS kind."""
+
+    label: str
+    kind: str
+
+
+def tunnel_badge(device: Any) -> Badge:
+    """The device's tunnel status as the console shows it."""
+    status = field(device, "remote_status")
+    if status == "online":
+        return Badge("Online", "online")
+    if status == "reconnecting":
+        return Badge("Reconnecting", "reconnecting")
+    if field(device, "last_connected_at") is None:
+        return Badge("Never connected", "never")
+    return Badge("Offline", "offline")
+
+
+def usb_label(device: Any) -> str:
+    """The dongle's USB status as the console shows it."""
+    return {"online": "Connected", "offline": "Disconnected"}.get(
+        str(field(device, "status")), "Unknown"
+    )
+
+
+def pairing_state(token: Any, now: datetime | None = None) -> Badge:
+    """Unused, used, expired or revoked."""
+    if field(token, "revoked_at") is not None:
+        return Badge("Revoked", "offline")
+    if field(token, "used_at") is not None:
+        return Badge("Used", "online")
+    expires = field(token, "expires_at")
+    if expires is not None and _aware(expires) <= (now or datetime.now(UTC)):
+        return Badge("Expired", "offline")
+    return Badge("Unused", "reconnecting")
+
+
+def session_state(token: Any, now: datetime | None = None) -> Badge:
+    """Active, expired or revoked."""
+    if field(token, "revoked_at") is not None:
+        return Badge("Revoked", "offline")
+    expires = field(token, "expires_at")
+    if expires is not None and _aware(expires) <= (now or datetime.now(UTC)):
+        return Badge("Expired", "offline")
+    return Badge("Active", "online")
+
+
+def deployment_badge(deployment: Any) -> Badge:
+    """A deployment's status."""
+    status = str(field(deployment, "status"))
+    kind = {"succeeded": "online", "failed": "error"}.get(status, "reconnecting")
+    return Badge(status.capitalize(), kind)
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def iso(moment: datetime | None) -> str:
+    """An ISO 8601 UTC timestamp for scripts (empty for None)."""
+    return _aware(moment).astimezone(UTC).isoformat() if moment else ""
+
+
+def exact(moment: datetime | None) -> str:
+    """The exact time for people, in UTC."""
+    return _aware(moment).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if moment else ""
+
+
+def size(num_bytes: int | None) -> str:
+    """A byte count for people (KiB, MiB, GiB)."""
+    value = float(num_bytes or 0)
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{int(value)} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"  # pragma: no cover - the loop always returns
+
+
+def matches(device: Any, status: str, query: str) -> bool:
+    """Whether the device passes the status filter and the name/serial search."""
+    if status == "online" and field(device, "remote_status") != "online":
+        return False
+    if status == "offline" and field(device, "remote_status") == "online":
+        return False
+    if not query:
+        return True
+    needle = query.casefold()
+    return any(
+        needle in str(field(device, key) or "").casefold() for key in ("name", "serial_number")
+    )
+
+
+PageFetch = Callable[[PageRequest], Awaitable[Any]]
+
+
+async def every_row(fetch: PageFetch) -> list[Any]:
+    """All rows of a paged service call, up to :data:`MAX_ROWS`.
+
+    ``fetch(page)`` is the service's list call for one :class:`PageRequest`.
+    """
+    rows: list[Any] = []
+    cursor: str | None = None
+    while len(rows) < MAX_ROWS:
+        page = await fetch(PageRequest(limit=MAX_LIMIT, cursor=cursor))
+        rows.extend(field(page, "items"))
+        cursor = field(page, "next_cursor")
+        if not cursor:
+            break
+    return rows
+
+
+def short_id(value: str | uuid.UUID | None, length: int = 12) -> str:
+    """The first characters of an id or digest."""
+    return str(value or "")[:length]
+
+
+def environment() -> Environment:
+    """The console's Jinja2 environment: autoescaped templates from the package."""
+    env = Environment(
+        loader=PackageLoader("visiona.console", "templates"),
+        autoescape=select_autoescape(default=True, default_for_string=True),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(iso=iso, exact=exact, size=size, short=short_id)
+    env.globals.update(
+        tunnel_badge=tunnel_badge,
+        usb_label=usb_label,
+        pairing_state=pairing_state,
+        session_state=session_state,
+        deployment_badge=deployment_badge,
+    )
+    return env
+
+
+def sorted_newest_first(rows: Iterable[Any]) -> list[Any]:
+    """Rows by ``created_at``, newest first."""
+    return sorted(rows, key=lambda row: _aware(field(row, "created_at")), reverse=True)
