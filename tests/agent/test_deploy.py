@@ -147,7 +147,9 @@ async def test_a_failing_hook_fails_the_record_with_its_reason(
         device_id = await _online_device(http, user)
         model = await uploaded(http, user, nef(50_000), chip="kl720")
         response = await deploy(http, user, device_id, str(model["id"]))
-    record = response.json()
+    assert response.status_code == 502, response.text
+    assert response.json()["error"]["code"] == "deployment_failed"
+    record = response.json()["error"]["deployment"]
     assert record["status"] == "failed"
     assert record["error"] == (
         "the agent answered 500: hook_failed: The deploy hook exited with 4: no dongle on the bus"
@@ -174,7 +176,8 @@ async def test_a_wrong_checksum_is_refused_and_nothing_is_kept(
         # a later, correct deployment of another model still works on the same tunnel
         good = await uploaded(http, user, nef(20_000, seed=3), chip="kl720")
         second = await deploy(http, user, device_id, str(good["id"]))
-    record = response.json()
+    assert response.status_code == 502, response.text
+    record = response.json()["error"]["deployment"]
     assert record["status"] == "failed"
     assert record["error"].startswith("the agent answered 422: sha256_mismatch")
     assert second.json()["status"] == "succeeded"

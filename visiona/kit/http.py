@@ -78,9 +78,11 @@ def _json(err: AppError) -> JSONResponse:
 
 
 class _UnparsableBodyError(BadRequestError):
-    """FastAPI could not parse the body: invalid UTF-8, or JSON nested too deep."""
+    """FastAPI could not parse the body: not UTF-8, nested too deep, a number too long."""
 
-    default_message = "The request body could not be parsed (invalid UTF-8 or JSON too deep)."
+    default_message = (
+        "The request body could not be parsed (not UTF-8, nested too deep, or a number too long)."
+    )
 
 
 _FRAMEWORK_ERRORS: dict[int, type[AppError]] = {
