@@ -177,6 +177,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         RequestContextMiddleware,
         metrics=metrics,
         max_body_bytes=settings.max_body_bytes,
+        body_read_timeout=settings.body_read_timeout,
         unlimited=_brings_own_limit,
     )
     # issue 11: HEAD like GET, CORS for listed origins, bearer + cookie in OpenAPI

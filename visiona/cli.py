@@ -104,12 +104,12 @@ def serve(
     ] = False,
 ) -> None:
     """Serve the API. Embedded defaults (SQLite, in-process sessions) need no configuration."""
-    import uvicorn  # noqa: PLC0415 - only the server needs it
 
     from visiona.app import create_app  # noqa: PLC0415 - keep client commands light
     from visiona.kit import migrate as migrations  # noqa: PLC0415 - idem
     from visiona.kit.listen import bind_socket  # noqa: PLC0415 - idem
     from visiona.kit.preflight import PreflightError, check_dependencies  # noqa: PLC0415
+    from visiona.kit.serve import server_config  # noqa: PLC0415 - idem
     from visiona.malloc import tune_malloc  # noqa: PLC0415 - idem
 
     settings = _settings()
@@ -143,15 +143,7 @@ def serve(
             )
     seed_demo_at_startup(settings)
     tune_malloc()
-    config = uvicorn.Config(
-        create_app(settings),
-        log_config=None,
-        access_log=False,
-        ws="websockets-sansio",
-        ws_max_size=16 * 1024 * 1024,
-        ws_ping_interval=None,  # yamux keepalive already proves the tunnel alive
-        timeout_graceful_shutdown=10,
-    )
+    config = server_config(create_app(settings), settings)
     _make_server(config, listener).run(sockets=[listener])
 
 

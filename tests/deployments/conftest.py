@@ -21,7 +21,7 @@ def settings(settings: Settings) -> Settings:
 @pytest.fixture
 async def live(settings: Settings) -> AsyncIterator[LiveServer]:
     """The application in uvicorn on 127.0.0.1 (port 0)."""
-    async with serve_app(create_app(settings)) as server:
+    async with serve_app(create_app(settings), settings) as server:
         yield server
 
 

@@ -20,6 +20,8 @@ from websockets.exceptions import ConnectionClosed
 
 from tests.devices.helpers import pair, pairing_token
 from tests.support.api import User
+from visiona.kit.serve import server_config
+from visiona.kit.settings import Settings
 from visiona.yamux import Config, FeedTransport, Session, Stream, YamuxError
 
 API = "/api/v1"
@@ -45,19 +47,27 @@ class LiveServer:
 
 
 @contextlib.asynccontextmanager
-async def serve_app(app: FastAPI) -> AsyncIterator[LiveServer]:
-    """Run ``app`` (lifespan included) in uvicorn on 127.0.0.1, port 0, in this event loop."""
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=0,
-        ws="websockets-sansio",
-        ws_max_size=16 * 1024 * 1024,
-        log_config=None,
-        access_log=False,
-        lifespan="on",
-        timeout_graceful_shutdown=5,
-    )
+async def serve_app(app: FastAPI, settings: Settings | None = None) -> AsyncIterator[LiveServer]:
+    """Run ``app`` (lifespan included) in uvicorn on 127.0.0.1, port 0, in this event loop.
+
+    With ``settings``, the server is configured exactly as ``visiona serve`` does it
+    (:func:`visiona.kit.serve.server_config`); without, as a plain uvicorn (a device).
+    """
+    if settings is not None:
+        config = server_config(app, settings, host="127.0.0.1", port=0)
+        config.timeout_graceful_shutdown = 5
+    else:
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=0,
+            ws="websockets-sansio",
+            ws_max_size=16 * 1024 * 1024,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=5,
+        )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     while not server.started:

@@ -25,8 +25,6 @@ from visiona.cluster.service import cluster_of
 from visiona.kit.deps import RuntimeDep
 from visiona.kit.errors import UnauthorizedError
 from visiona.tunnel.endpoints import PROXY_METHODS, _forward_target, proxy_local
-from visiona.tunnel.errors import ReservedPathError
-from visiona.wire import RESERVED_PREFIX
 
 _OURS = {
     h.encode() for h in (TOKEN_HEADER, USER_HEADER, CLIENT_HEADER, PROTO_HEADER, PREFIX_HEADER)
@@ -48,15 +46,13 @@ def _caller(request: Request, runtime: RuntimeDep) -> uuid.UUID:
 
 async def internal_proxy(
     device_id: uuid.UUID,
-    path: str,  # noqa: ARG001 - declared for the route; the raw path is forwarded
+    path: str,
     request: Request,
     runtime: RuntimeDep,
 ) -> Any:
     """A request forwarded by another node: proxy it through this node's tunnel only."""
     user_id = _caller(request, runtime)
-    target, _ = _forward_target(request)
-    if target.startswith(RESERVED_PREFIX.encode("ascii")):
-        raise ReservedPathError()
+    target, _ = _forward_target(request, path)  # normalised again: never trust the hop
     # The device sees the original client, scheme and prefix, not the forwarding node.
     client = request.headers.get(CLIENT_HEADER)
     if client:

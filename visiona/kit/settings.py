@@ -74,6 +74,22 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         1024 * 1024, ge=1024, description="Largest JSON request body accepted (413 above)."
     )
+    max_header_bytes: int = Field(
+        32 * 1024,
+        ge=1024,
+        description="Largest request head (request line and headers) accepted (431 above).",
+    )
+    max_headers: int = Field(100, ge=8, description="Most request headers accepted (431 above).")
+    body_read_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds a request body may stall between two reads (408 after).",
+    )
+    forwarded_allow_ips: str = Field(
+        "",
+        description="Comma-separated addresses of proxies trusted to set `X-Forwarded-For` "
+        "and `X-Forwarded-Proto` (`*` for any); empty: none, the peer address counts.",
+    )
 
     # -- devices, pairing and agent tokens (devices feature) ------------------
     pairing_token_ttl: int = Field(

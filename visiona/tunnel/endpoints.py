@@ -27,12 +27,15 @@ from visiona.tunnel.errors import (
 )
 from visiona.tunnel.hub import TunnelHub
 from visiona.tunnel.proxy import ProxyExchange, ProxyResponse
-from visiona.wire import RESERVED_PREFIX
+from visiona.tunnel.target import (
+    InvalidProxyPathError,
+    cloud_prefix,
+    device_target,
+    sandboxed_headers,
+)
 
 _LOGGER = logging.getLogger(__name__)
 HUB_KEY = "tunnel_hub"
-#: Targets the agent answers itself (see docs/tunnel-protocol.md); never proxied.
-_RESERVED = RESERVED_PREFIX.encode("ascii")
 PROXY_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 router = APIRouter()
@@ -80,30 +83,28 @@ async def agent_tunnel(websocket: WebSocket) -> None:
     await hub_of(runtime).serve(websocket, identity)
 
 
-def _forward_target(request: Request) -> tuple[bytes, str]:
+def _forward_target(request: Request, path: str) -> tuple[bytes, str]:
     """The path and query to request on the device, and the cloud prefix in front of it."""
-    raw: bytes = request.scope.get("raw_path") or request.scope["path"].encode("latin-1")
-    marker = raw.find(b"/proxy/")
-    prefix, path = raw[: marker + len(b"/proxy")], raw[marker + len(b"/proxy") :]
     query: bytes = request.scope.get("query_string", b"")
-    return (path + b"?" + query) if query else path, prefix.decode("latin-1")
+    return device_target(path, query), cloud_prefix(path, request.scope["path"])
 
 
 async def proxy(
     device_id: uuid.UUID,
-    path: str,  # noqa: ARG001 - declared for the route; the raw path is forwarded
+    path: str,
     request: Request,
     principal: CurrentPrincipal,
 ) -> Any:
     """Forward the request through the device's tunnel to its agent's local service and
     stream the answer back. Not your device → 404; not connected → 502 ``device_offline``;
     no response head in time → 504 ``device_timeout``; a target under ``/visiona/`` (the
-    agent's own paths, e.g. deployments) → 403 ``reserved_path``."""
+    agent's own paths, e.g. deployments), in any encoding or letter case → 403
+    ``reserved_path``; a ``..`` segment or a control character → 400 ``bad_request``.
+    The device receives the decoded path re-encoded canonically, ``//`` and ``.``
+    collapsed."""
     # The runtime is read directly: no dependency to solve for it.
     runtime = runtime_of(request)
-    target, prefix = _forward_target(request)
-    if target.startswith(_RESERVED):
-        raise ReservedPathError()
+    target, prefix = _forward_target(request, path)
     if hub_of(runtime).get(device_id) is None:
         forwarded = await forward_proxy(
             runtime,
@@ -144,11 +145,12 @@ async def proxy_local(
         link.session, request, target, prefix, runtime.settings.proxy_response_timeout
     )
     status, headers, framing = await exchange.open()
-    return ProxyResponse(exchange, status, headers, framing)
+    return ProxyResponse(exchange, status, sandboxed_headers(headers), framing)
 
 
 _PROXY_RESPONSES: dict[int | str, dict[str, Any]] = {
     **error_responses(
+        InvalidProxyPathError,
         UnauthorizedError,
         CsrfError,
         ReservedPathError,

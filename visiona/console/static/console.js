@@ -429,8 +429,9 @@
         const result = await api("POST", "/devices/" + id + "/deployments", { model_id: deploy.model_id.value });
         button.disabled = false;
         spinner.hidden = true;
-        if (!result.ok) showError(deploy, errorText(result));
-        else if (result.data.status === "failed") showError(deploy, "Deployment failed: " + (result.data.error || "unknown error"));
+        const failed = !result.ok && result.data && result.data.error && result.data.error.code === "deployment_failed";
+        if (failed) showError(deploy, "Deployment failed: " + result.data.error.message);
+        else if (!result.ok) showError(deploy, errorText(result));
         else toast("Deployment succeeded.");
         await refreshRegions(["deployments"]);
       });
