@@ -9,17 +9,27 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: install run test lint format bench screenshots system-deps clean
+.PHONY: install install-dev run test lint format bench screenshots system-deps clean
 
 $(UV):
 	$(PYTHON) -m venv .tools
 	.tools/bin/pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
 
+# Two stamps: .installed = what running needs (no dev group), .installed-dev = that plus
+# the test and lint tools. `uv sync` is exact, so a runtime-only sync removes the tools;
+# .installed-dev depends on .installed and is rebuilt after it.
 $(VENV)/.installed: $(UV) pyproject.toml uv.lock
+	$(UV) sync --frozen --no-dev --python $(PYTHON)
+	rm -f $(VENV)/.installed-dev
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
 	$(UV) sync --frozen --python $(PYTHON)
 	touch $@
 
 install: $(VENV)/.installed
+
+install-dev: $(VENV)/.installed-dev
 
 system-deps:
 	bash scripts/system-deps.sh
@@ -27,23 +37,23 @@ system-deps:
 run: install
 	$(VENV)/bin/visiona serve --host $(HOST) --port $(PORT)
 
-lint: install
+lint: install-dev
 	$(VENV)/bin/ruff check visiona tests bench testkit
 	$(VENV)/bin/ruff format --check visiona tests bench testkit
 	$(VENV)/bin/mypy visiona
 
-format: install
+format: install-dev
 	$(VENV)/bin/ruff format visiona tests bench testkit
 	$(VENV)/bin/ruff check --fix visiona tests bench testkit
 
-test: install system-deps lint
+test: install-dev system-deps lint
 	$(VENV)/bin/pytest
 
-bench: install system-deps
+bench: install-dev system-deps
 	$(VENV)/bin/python -m bench
 
 # the console's pages with demo data, rendered by Chromium into docs/screenshots/
-screenshots: install system-deps
+screenshots: install-dev system-deps
 	$(VENV)/bin/python -m tests.console.screenshots docs/screenshots
 
 clean:

@@ -234,11 +234,19 @@ def _wait_online(base: str, user_token: str) -> str:
     raise RuntimeError("the Python agent did not come online")
 
 
-def _row(label: str, ours: float, refs: dict[str, float], unit: str, higher_better: bool) -> str:
-    parts = [f"{label:<34} python {ours:9.2f} {unit}"]
-    for name, value in refs.items():
-        ratio = (ours / value) if higher_better else (value / ours)
-        parts.append(f"{name} {value:9.2f} {unit} (python/{name} x{ratio:.2f})")
+def _row(label: str, runs: dict[str, list[float]], unit: str, *, higher_better: bool) -> str:
+    """One figure: python's median and range, then each reference with python's ratio to it.
+
+    A ratio above 1 means python does better (more MB/s, or fewer ms).
+    """
+    med = {name: statistics.median(values) for name, values in runs.items()}
+    ours = runs["python"]
+    parts = [f"{label:<30} python {med['python']:9.2f} {unit} [{min(ours):.2f}-{max(ours):.2f}]"]
+    for name, value in med.items():
+        if name == "python":
+            continue
+        ratio = (med["python"] / value) if higher_better else (value / med["python"])
+        parts.append(f"{name} {value:9.2f} (x{ratio:.2f})")
     return "  |  ".join(parts)
 
 
@@ -304,51 +312,38 @@ def main() -> None:
 
 
 def _report(binary: Path, paths: dict[str, tuple[str, str]]) -> None:
+    """Every scenario, ``ROUNDS`` times, the paths interleaved within each round.
+
+    Order per round: python, go pair, direct, then the next scenario, so a drift of the
+    (shared) machine hits all three alike; each figure is the median of its rounds.
+    """
     for url, auth in paths.values():  # warm up every path
         _load(binary, f"{url}/bytes/{64 * 1024 * 1024}", n=2, auth=auth)
         _load(binary, f"{url}/tiny", n=50, new_conn=True, auth=auth)
-    big: dict[str, float] = {}
-    for name, (url, auth) in paths.items():
-        runs = [_load(binary, f"{url}/bytes/{BIG}", n=1, auth=auth)["mbps"] for _ in range(ROUNDS)]
-        big[name] = statistics.median(runs)
+    each = BIG // 4
+    big: dict[str, list[float]] = {name: [] for name in paths}
+    p50: dict[str, list[float]] = {name: [] for name in paths}
+    p99: dict[str, list[float]] = {name: [] for name in paths}
+    par: dict[str, list[float]] = {name: [] for name in paths}
+    for _ in range(ROUNDS):
+        for name, (url, auth) in paths.items():
+            big[name].append(_load(binary, f"{url}/bytes/{BIG}", n=1, auth=auth)["mbps"])
+        for name, (url, auth) in paths.items():
+            tiny = _load(binary, f"{url}/tiny", n=TINY, new_conn=True, auth=auth)
+            p50[name].append(tiny["p50_ms"])
+            p99[name].append(tiny["p99_ms"])
+        for name, (url, auth) in paths.items():
+            result = _load(binary, f"{url}/bytes/{each}", n=PARALLEL, c=PARALLEL, auth=auth)
+            par[name].append(result["mbps"])
     print(
-        _row(
-            f"{BIG / GIB:g} GiB download (MB/s)",
-            big["python"],
-            {k: v for k, v in big.items() if k != "python"},
-            "MB/s",
-            higher_better=True,
-        ),
+        f"medians of {ROUNDS} interleaved rounds [python's range]; (xR) = python's ratio to "
+        "that path, > 1 is better; the machine is shared, so only same-run ratios mean much",
         flush=True,
     )
-    tiny = {
-        name: _load(binary, f"{url}/tiny", n=TINY, new_conn=True, auth=auth)
-        for name, (url, auth) in paths.items()
-    }
-    for q in ("p50_ms", "p99_ms"):
-        refs = {k: v[q] for k, v in tiny.items() if k != "python"}
-        print(
-            _row(
-                f"{TINY} tiny sequential {q[:3]} (ms)",
-                tiny["python"][q],
-                refs,
-                "ms",
-                higher_better=False,
-            ),
-            flush=True,
-        )
-    each = BIG // 4
-    par = {
-        name: _load(binary, f"{url}/bytes/{each}", n=PARALLEL, c=PARALLEL, auth=auth)["mbps"]
-        for name, (url, auth) in paths.items()
-    }
+    print(_row(f"{BIG / GIB:g} GiB download (MB/s)", big, "MB/s", higher_better=True))
+    print(_row(f"{TINY} tiny sequential p50 (ms)", p50, "ms", higher_better=False))
+    print(_row(f"{TINY} tiny sequential p99 (ms)", p99, "ms", higher_better=False))
     print(
-        _row(
-            f"{PARALLEL} parallel x {each / GIB:g} GiB (MB/s)",
-            par["python"],
-            {k: v for k, v in par.items() if k != "python"},
-            "MB/s",
-            higher_better=True,
-        ),
+        _row(f"{PARALLEL} parallel x {each / GIB:g} GiB (MB/s)", par, "MB/s", higher_better=True),
         flush=True,
     )

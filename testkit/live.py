@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import uvicorn
 from fastapi import FastAPI
 
+from visiona.kit.serve import server_config
+from visiona.kit.settings import Settings
 from visiona.wire import API_PREFIX, TUNNEL_PATH
 
 
@@ -38,7 +40,13 @@ class LiveServer:
         return f"ws://127.0.0.1:{self.port}{API_PREFIX}{TUNNEL_PATH}"
 
 
-def _server(app: FastAPI) -> uvicorn.Server:
+def _server(app: FastAPI, settings: Settings | None = None) -> uvicorn.Server:
+    """With ``settings``, configured exactly as ``visiona serve`` does it
+    (:func:`visiona.kit.serve.server_config`); without, as a plain uvicorn (a device)."""
+    if settings is not None:
+        configured = server_config(app, settings, host="127.0.0.1", port=0)
+        configured.timeout_graceful_shutdown = 5
+        return uvicorn.Server(configured)
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
@@ -58,9 +66,9 @@ def _port(server: uvicorn.Server) -> int:
 
 
 @contextlib.asynccontextmanager
-async def serve_app(app: FastAPI) -> AsyncIterator[LiveServer]:
+async def serve_app(app: FastAPI, settings: Settings | None = None) -> AsyncIterator[LiveServer]:
     """Run ``app`` (lifespan included) in uvicorn on 127.0.0.1, port 0, in this event loop."""
-    server = _server(app)
+    server = _server(app, settings)
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():
@@ -75,9 +83,11 @@ async def serve_app(app: FastAPI) -> AsyncIterator[LiveServer]:
 
 
 @contextlib.contextmanager
-def serve_in_thread(app: FastAPI, *, timeout: float = 30) -> Iterator[LiveServer]:
+def serve_in_thread(
+    app: FastAPI, settings: Settings | None = None, *, timeout: float = 30
+) -> Iterator[LiveServer]:
     """Run ``app`` like :func:`serve_app`, in a background thread with its own loop."""
-    server = _server(app)
+    server = _server(app, settings)
     thread = threading.Thread(target=server.run, name="live-server", daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout

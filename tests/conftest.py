@@ -114,7 +114,7 @@ async def app(settings: Settings) -> AsyncIterator[FastAPI]:
 @pytest.fixture
 async def live(settings: Settings) -> AsyncIterator[LiveServer]:
     """The application in uvicorn on 127.0.0.1 (port 0), in the test's event loop."""
-    async with serve_app(create_app(settings)) as server:
+    async with serve_app(create_app(settings), settings) as server:
         yield server
 
 

@@ -139,3 +139,113 @@ def test_invalid_configuration_is_one_clear_error_without_the_value(tmp_path: Pa
     assert result.returncode == 2
     assert result.stderr.startswith("error: invalid configuration: VISIONA_DATABASE_URL")
     assert "topsecret" not in result.stderr
+
+
+# -- start-up, help text, user errors (issue 11, item 2) ------------------------------
+
+SERVER_STACK = ("alembic", "sqlalchemy", "fastapi", "uvicorn")
+
+
+def test_client_and_agent_help_do_not_import_the_server_stack(tmp_path: Path) -> None:
+    probe = (
+        "import sys\n"
+        "sys.argv = ['visiona', *sys.argv[1:]]\n"
+        "from visiona.cli import main\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        f"loaded = sorted({{m.split('.')[0] for m in sys.modules}} & set({SERVER_STACK!r}))\n"
+        "print('LOADED', loaded, file=sys.stderr)\n"
+    )
+    for args in (["devices", "list", "--help"], ["--help"], ["--version"], ["agent", "--help"]):
+        result = subprocess.run(
+            [sys.executable, "-c", probe, *args],
+            cwd=tmp_path,
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert "LOADED []" in result.stderr, (args, result.stderr)
+
+
+def test_version_prints_the_package_version(tmp_path: Path) -> None:
+    from visiona import __version__  # noqa: PLC0415 - the value under test
+
+    result = _run(["--version"], tmp_path, 60)
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"visiona {__version__}"
+
+
+def test_help_shows_no_python_type_names(tmp_path: Path) -> None:
+    for args in (
+        ["--help"],
+        ["models", "upload", "--help"],
+        ["models", "list", "--help"],
+        ["devices", "list", "--help"],
+        ["agent", "--help"],
+        ["migrate", "up", "--help"],
+    ):
+        result = _run(args, tmp_path, 60)
+        assert result.returncode == 0, result.stderr
+        for name in ("<bool>", "<str>", "<list[str]>", "<int>", "<path>"):
+            assert name not in result.stdout, (args, name, result.stdout)
+    upload = _run(["models", "upload", "--help"], tmp_path, 60).stdout
+    assert "--label LABEL" in upload
+    assert "kl520|kl530" in upload
+
+
+def test_migrate_to_an_unknown_revision_is_one_line_exit_2(tmp_path: Path) -> None:
+    result = _run(["migrate", "up", "--to", "bogus"], tmp_path, 60)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [errors[0]]
+    assert "cannot migrate to 'bogus'" in errors[0]
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_migrate_and_seed_demo_keep_alembic_quiet_unless_verbose(tmp_path: Path) -> None:
+    quiet = _run(["migrate", "up"], tmp_path, 60)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "alembic" not in quiet.stderr
+    assert "Running upgrade" not in quiet.stderr
+    down = _run(["migrate", "down", "--to", "base", "-v"], tmp_path, 60)
+    assert down.returncode == 0, down.stderr
+    assert "Running downgrade" in down.stderr
+    seeded = _run(["seed-demo"], tmp_path, 90)
+    assert seeded.returncode == 0, seeded.stderr
+    assert "Running upgrade" not in seeded.stderr
+    assert "alembic" not in seeded.stderr
+
+
+def test_serve_on_a_busy_port_fails_before_it_says_ready(tmp_path: Path) -> None:
+    import socket  # noqa: PLC0415 - only this test holds a port
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = _run(["serve", "--port", str(port)], tmp_path, 60)
+    assert result.returncode == 1
+    assert " ready: " not in result.stderr
+    assert f"error: cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_make_run_installs_without_the_dev_group_and_make_test_with_it() -> None:
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run(
+        ["make", "-n", "-B", "run"], cwd=root, capture_output=True, text=True, check=True
+    ).stdout
+    syncs = [line for line in run.splitlines() if " sync " in line]
+    assert syncs, run
+    assert all("--no-dev" in line for line in syncs), syncs
+    test = subprocess.run(
+        ["make", "-n", "-B", "test"], cwd=root, capture_output=True, text=True, check=True
+    ).stdout
+    syncs = [line for line in test.splitlines() if " sync " in line]
+    assert any("--no-dev" not in line for line in syncs), syncs
+    assert test.index("--no-dev") < test.index("pytest")

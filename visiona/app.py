@@ -15,11 +15,19 @@ from fastapi import FastAPI
 from visiona import __version__
 from visiona.auth.endpoints import router as auth_router
 from visiona.auth.sessions import MemorySessionStore, RedisSessionStore, SessionStore
+from visiona.cluster.endpoints import router as internal_router
+from visiona.cluster.service import build_cluster
 from visiona.console import install as install_console
 from visiona.deployments.endpoints import router as deployments_router
 from visiona.devices.endpoints import agent_router
 from visiona.devices.endpoints import router as devices_router
 from visiona.kit.database import Database
+from visiona.kit.edge import (
+    HeadAsGetMiddleware,
+    create_fastapi,
+    install_cors,
+    install_security_schemes,
+)
 from visiona.kit.http import RequestContextMiddleware, install_error_handlers
 from visiona.kit.logs import install_server_log_filters
 from visiona.kit.metrics import Metrics
@@ -85,19 +93,29 @@ async def build_runtime(settings: Settings, metrics: Metrics) -> Runtime:
         redis=redis,
         model_storage=model_storage,
     )
-    hub = TunnelHub(db, settings)
+    cluster = build_cluster(runtime, None)
+    hub = TunnelHub(db, settings, cluster.registry if cluster else None)
     await hub.start()
     hub.register_metrics(metrics)
     runtime.hub = hub
     runtime.on_device_revoked.append(hub.device_revoked)
+    if cluster is not None:
+        # Other nodes close their tunnel of a revoked device; so does this one on theirs.
+        runtime.on_device_revoked.append(cluster.registry.publish_revoked)
+        cluster.registry.listen_revoked(hub.device_revoked)
     return runtime
 
 
 async def close_runtime(runtime: Runtime) -> None:
     """Release every client the runtime holds (live tunnels first: they write their status)."""
+    cluster, runtime.cluster = runtime.cluster, None
+    if cluster is not None:
+        await cluster.registry.close()
     hub, runtime.hub = runtime.hub, None
     if hub is not None:
         await hub.close()
+    if cluster is not None:
+        await cluster.forwarder.close()
     if runtime.redis is not None:
         await runtime.redis.aclose()
     # obstore stores hold no connection that needs closing; drop the reference.
@@ -126,7 +144,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await close_runtime(runtime)
 
-    app = FastAPI(
+    app = create_fastapi(
         title="visionA API",
         version=__version__,
         description="Cloud backend for Kneron edge-AI USB accelerators. "
@@ -151,6 +169,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(deployments_router, prefix=API_PREFIX)
 
     app.include_router(ops_router)
+    app.include_router(internal_router)
 
     # the web console (pages at /, scripts and styles at /static)
     install_console(app)
@@ -159,8 +178,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         RequestContextMiddleware,
         metrics=metrics,
         max_body_bytes=settings.max_body_bytes,
+        body_read_timeout=settings.body_read_timeout,
         unlimited=_brings_own_limit,
     )
+    # issue 11: HEAD like GET, CORS for listed origins, bearer + cookie in OpenAPI
+    app.add_middleware(HeadAsGetMiddleware)
+    install_cors(app, settings.cors_origins)
+    install_security_schemes(app, settings.cookie_name)
     return app
 
 
@@ -173,4 +197,4 @@ def _brings_own_limit(path: str) -> bool:
     models = f"{API_PREFIX}/models"
     if path == models or (path.startswith(f"{models}/") and path.endswith("/file")):
         return True
-    return path.startswith(f"{API_PREFIX}/devices/") and "/proxy/" in path
+    return path.startswith((f"{API_PREFIX}/devices/", "/internal/")) and "/proxy/" in path

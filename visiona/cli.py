@@ -1,25 +1,66 @@
-"""The `visiona` command line: serve, migrate, seed-demo, agent and client commands."""
+"""The `visiona` command line: serve, migrate, seed-demo, agent and client commands.
+
+Start-up matters here: client commands and the agent must not pay for the server
+stack (FastAPI, SQLAlchemy, Alembic), so this module imports only typer and the
+light client/agent command modules; every server command imports what it needs
+inside its body.
+"""
 
 from __future__ import annotations
 
-import asyncio
+import logging
 import sys
-from pathlib import Path
-from typing import Annotated
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from pydantic import ValidationError
+import typer.main
 
+from visiona import __version__
+from visiona.agent.cli import agent_app
 from visiona.client import commands as client_commands
-from visiona.kit import migrate as migrations
-from visiona.kit.logs import configure_logging
-from visiona.kit.preflight import PreflightError, check_dependencies
-from visiona.kit.settings import Settings
-from visiona.malloc import tune_malloc
 
-app = typer.Typer(help="visionA cloud backend and local agent.", no_args_is_help=True)
-migrate_app = typer.Typer(help="Schema migrations.", no_args_is_help=True)
+if TYPE_CHECKING:
+    from visiona.kit.migrate import MigrationStatus
+    from visiona.kit.settings import Settings
+
+app = typer.Typer(
+    rich_markup_mode=None,
+    help="visionA cloud backend and local agent.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,  # a bug prints a plain traceback, a user error one line
+)
+migrate_app = typer.Typer(rich_markup_mode=None, help="Schema migrations.", no_args_is_help=True)
 app.add_typer(migrate_app, name="migrate")
+
+T = TypeVar("T")
+VerboseOption = Annotated[
+    bool, typer.Option("-v", "--verbose", help="Show the migration tool's own log lines.")
+]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"visiona {__version__}")
+        raise typer.Exit
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """visionA cloud backend and local agent."""
+
+
+def _arun(coro: Coroutine[Any, Any, T]) -> T:
+    import asyncio  # noqa: PLC0415 - server commands only: asyncio costs start-up time
+
+    return asyncio.run(coro)
 
 
 def _fail(message: str, code: int = 1) -> None:
@@ -28,16 +69,30 @@ def _fail(message: str, code: int = 1) -> None:
 
 
 def _settings() -> Settings:
+    from pydantic import ValidationError  # noqa: PLC0415 - server commands only
+
+    from visiona.kit.settings import Settings  # noqa: PLC0415 - keep client commands light
+
     try:
         return Settings()
     except ValidationError as err:
         # Name the variable and the rule, never the value (it may be a DSN with a password).
         problems = "; ".join(
             f"VISIONA_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}"
+            if e["loc"]
+            else str(e["msg"]).removeprefix("Value error, ")
             for e in err.errors(include_input=False, include_url=False)
         )
         typer.echo(f"error: invalid configuration: {problems}", err=True)
         raise typer.Exit(2) from err
+
+
+def _logging(settings: Settings, *, verbose: bool = True) -> None:
+    """The configured log set-up; Alembic's INFO lines only when ``verbose``."""
+    from visiona.kit.logs import configure_logging  # noqa: PLC0415 - server commands only
+
+    configure_logging(settings.log_level, settings.log_format)
+    logging.getLogger("alembic").setLevel(logging.NOTSET if verbose else logging.WARNING)
 
 
 @app.command()
@@ -49,20 +104,35 @@ def serve(
     ] = False,
 ) -> None:
     """Serve the API. Embedded defaults (SQLite, in-process sessions) need no configuration."""
-    import uvicorn  # noqa: PLC0415 - only the server needs it
 
     from visiona.app import create_app  # noqa: PLC0415 - keep client commands light
+    from visiona.kit import migrate as migrations  # noqa: PLC0415 - idem
+    from visiona.kit.listen import bind_socket  # noqa: PLC0415 - idem
+    from visiona.kit.preflight import PreflightError, check_dependencies  # noqa: PLC0415
+    from visiona.kit.serve import server_config  # noqa: PLC0415 - idem
+    from visiona.malloc import tune_malloc  # noqa: PLC0415 - idem
 
     settings = _settings()
     updates = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
     if updates:
         settings = settings.model_copy(update=updates)
-    configure_logging(settings.log_level, settings.log_format)
+    _logging(settings)
     _check_storage(settings)
     try:
-        status = asyncio.run(check_dependencies(settings))
+        listener = bind_socket(settings.host, settings.port)
+    except OSError as err:
+        _fail(f"cannot listen on {settings.host}:{settings.port} ({err.strerror or err})")
+        raise  # unreachable: _fail exits
+    if settings.clustered and not settings.node_url:
+        # port 0 works: a cluster node tells the others the address it really got
+        bound_host, bound_port = listener.getsockname()[:2]
+        shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+        settings = settings.model_copy(update={"node_url": f"http://{shown}:{bound_port}"})
+    try:
+        status = _arun(check_dependencies(settings))
     except PreflightError as err:
         _fail(str(err))
+        raise  # unreachable: _fail exits
     if not status.up_to_date:
         if settings.is_sqlite or migrate:
             migrations.upgrade(settings.database)
@@ -73,27 +143,44 @@ def serve(
             )
     seed_demo_at_startup(settings)
     tune_malloc()
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        ws="websockets-sansio",
-        ws_max_size=16 * 1024 * 1024,
-        ws_ping_interval=None,  # yamux keepalive already proves the tunnel alive
-        timeout_graceful_shutdown=10,
-    )
+    config = server_config(create_app(settings), settings)
+    _make_server(config, listener).run(sockets=[listener])
+
+
+def _server_class() -> Any:
+    import uvicorn  # noqa: PLC0415 - only the server needs it
+
+    class Server(uvicorn.Server):
+        """uvicorn on a socket bound beforehand; says where it listens once it does."""
+
+        def __init__(self, config: uvicorn.Config, listener: Any) -> None:
+            super().__init__(config)
+            self._listener = listener
+
+        async def startup(self, sockets: list[Any] | None = None) -> None:
+            await super().startup(sockets)
+            if self.started:  # uvicorn logs no address for a socket it was given
+                host, port = self._listener.getsockname()[:2]
+                shown = f"[{host}]" if ":" in host else host
+                logging.getLogger("visiona.serve").info(
+                    "visiona running on http://%s:%d (Ctrl+C to stop)", shown, port
+                )
+
+    return Server
+
+
+def _make_server(config: Any, listener: Any) -> Any:
+    return _server_class()(config, listener)
 
 
 @app.command("seed-demo")
-def seed_demo() -> None:
+def seed_demo(verbose: VerboseOption = False) -> None:
     """Create the demo user, device and model if missing, and print a new pairing token.
 
     For development only. Idempotent: run twice, it leaves one of each.
     """
     settings = _settings()
-    configure_logging(settings.log_level, settings.log_format)
+    _logging(settings, verbose=verbose)
     status = _require_reachable(settings)
     if not status.up_to_date:
         if not settings.is_sqlite:
@@ -101,7 +188,7 @@ def seed_demo() -> None:
                 f"database {settings.database_target} has {len(status.pending)} pending "
                 "migration(s); run `visiona migrate up` first"
             )
-        migrations.upgrade(settings.database)
+        _migrate("upgrade", settings, "head")
     _print_demo_seed(settings)
 
 
@@ -117,22 +204,37 @@ def _print_demo_seed(settings: Settings) -> None:
 
     typer.secho(demo.WARNING, err=True, fg=typer.colors.RED, bold=True)
     try:
-        data = asyncio.run(demo.run_seed_demo(settings))
+        data = _arun(demo.run_seed_demo(settings))
     except AppError as err:
         _fail(f"demo data not created: {err.message}")
         raise  # unreachable: _fail exits
     typer.echo(demo.report(data))
 
 
+def _migrate(direction: str, settings: Settings, revision: str) -> None:
+    """Run Alembic's upgrade/downgrade; an unknown revision is one line, exit 2."""
+    from alembic.util.exc import CommandError  # noqa: PLC0415 - server commands only
+
+    from visiona.kit import migrate as migrations  # noqa: PLC0415 - idem
+
+    run = migrations.upgrade if direction == "upgrade" else migrations.downgrade
+    try:
+        run(settings.database, revision)
+    except CommandError as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        _fail(f"cannot migrate to {revision!r}: {first}", 2)
+
+
 @migrate_app.command("up")
 def migrate_up(
     to: Annotated[str, typer.Option("--to", help="Target revision.")] = "head",
+    verbose: VerboseOption = False,
 ) -> None:
     """Apply pending migrations."""
     settings = _settings()
-    configure_logging(settings.log_level, settings.log_format)
+    _logging(settings, verbose=verbose)
     _require_reachable(settings)
-    migrations.upgrade(settings.database, to)
+    _migrate("upgrade", settings, to)
     typer.echo(f"migrated {settings.database_target} to {to}")
 
 
@@ -141,12 +243,13 @@ def migrate_down(
     to: Annotated[
         str, typer.Option("--to", help="Target revision, or `base` for an empty schema.")
     ] = "-1",
+    verbose: VerboseOption = False,
 ) -> None:
     """Revert one migration (or down to --to)."""
     settings = _settings()
-    configure_logging(settings.log_level, settings.log_format)
+    _logging(settings, verbose=verbose)
     _require_reachable(settings)
-    migrations.downgrade(settings.database, to)
+    _migrate("downgrade", settings, to)
     typer.echo(f"reverted {settings.database_target} to {to}")
 
 
@@ -171,88 +274,48 @@ def _check_storage(settings: Settings) -> None:
         _fail(str(err))
 
 
-def _require_reachable(settings: Settings) -> migrations.MigrationStatus:
+def _require_reachable(settings: Settings) -> MigrationStatus:
+    from visiona.kit.preflight import PreflightError, check_dependencies  # noqa: PLC0415
+
     try:
-        return asyncio.run(check_dependencies(settings.model_copy(update={"redis_url": None})))
+        return _arun(check_dependencies(settings.model_copy(update={"redis_url": None})))
     except PreflightError as err:
         _fail(str(err))
         raise  # unreachable: _fail exits
 
 
-@app.command()
-def agent(  # noqa: PLR0917 - one parameter per command-line option
-    server: Annotated[str, typer.Option(help="The cloud's base URL, e.g. https://cloud.example.")],
-    forward: Annotated[str, typer.Option(help="Local service HOST:PORT each stream is sent to.")],
-    token: Annotated[
-        str | None,
-        typer.Option(
-            help="Pairing token (used once, when no session is stored).",
-            envvar="VISIONA_AGENT_TOKEN",
-        ),
-    ] = None,
-    session_file: Annotated[
-        Path | None, typer.Option(help="Where the session token is kept (0600).")
-    ] = None,
-    name: Annotated[str | None, typer.Option(help="Device name (default: host name).")] = None,
-    serial: Annotated[str | None, typer.Option(help="Serial number (default: host + MAC).")] = None,
-    device_type: Annotated[str, typer.Option("--type", help="Dongle type.")] = "kl520",
-    models_dir: Annotated[
-        Path | None,
-        typer.Option(
-            help="Where deployed models are written (default ~/.local/share/visiona/models)."
-        ),
-    ] = None,
-    deploy_hook: Annotated[
-        str | None,
-        typer.Option(
-            help="Command run after each deployed model (VISIONA_MODEL_PATH, VISIONA_MODEL_ID, "
-            "VISIONA_MODEL_SHA256, VISIONA_MODEL_CHIP in its environment)."
-        ),
-    ] = None,
-) -> None:
-    """Run the local agent: pair once, keep the tunnel up, forward streams to --forward.
+def plain_metavars(command: Any) -> Any:
+    """Replace typer's ``<bool>``/``<str>``/``<list[str]>`` type labels in help, in place.
 
-    Exits 3 when the server refuses the credentials; stops cleanly on SIGTERM/SIGINT.
+    Flags show nothing after their name, options show their name in capitals
+    (``--server SERVER``), repeatable ones too; explicit metavars are kept.
     """
-    import socket  # noqa: PLC0415 - only this command needs it
+    params = list(getattr(command, "params", []))
+    help_option = command.get_help_option(typer.Context(command))
+    if help_option is not None:
+        params.append(help_option)
+    for param in params:
+        if param.param_type_name != "option" or param.metavar is not None:
+            continue
+        if param.is_flag:
+            param.metavar = ""
+        elif not param.type_descriptor.is_choice:  # choices stay listed: <kl520|kl720|...>
+            param.metavar = str(param.name).upper()
+    for sub in getattr(command, "commands", {}).values():
+        plain_metavars(sub)
+    return command
 
-    from visiona.agent import main as agent_main  # noqa: PLC0415 - keep the server light
-    from visiona.agent.runner import AgentOptions  # noqa: PLC0415 - idem
 
-    configure_logging("INFO", "text")
-    try:
-        host, port = agent_main.parse_forward(forward)
-    except ValueError as err:
-        _fail(str(err), 2)
-        raise  # unreachable: _fail exits
-    options = AgentOptions(
-        server=server,
-        forward_host=host,
-        forward_port=port,
-        session_file=session_file or agent_main.default_session_file(),
-        pairing_token=token,
-        name=name or socket.gethostname(),
-        serial_number=serial or agent_main.default_serial(),
-        device_type=device_type,
-        models_dir=models_dir,
-        deploy_hook=deploy_hook,
-    )
-    code = agent_main.run_agent(options)
-    if code:
-        typer.echo(
-            "error: the server refused the agent's credentials; "
-            "pair again with a new pairing token (--token)",
-            err=True,
-        )
-    raise typer.Exit(code)
+def command() -> Any:
+    """The click command tree of ``visiona`` with plain help labels."""
+    return plain_metavars(typer.main.get_command(app))
 
 
 def main() -> None:
     """Console-script entry point."""
-    sys.exit(app())
+    sys.exit(command()())
 
 
-# -- client commands for users (visiona.client) ------------------------------------
-app.command("login")(client_commands.login)
-app.add_typer(client_commands.models_app, name="models")
-app.add_typer(client_commands.devices_app, name="devices")
+# -- the agent (visiona.agent.cli) and client commands for users (visiona.client) ----
+app.add_typer(agent_app, name="agent")
+client_commands.register(app)

@@ -17,6 +17,8 @@ TUNNEL_PATH: Final = "/agent/tunnel"
 #: The pair exchange and the USB status report, under :data:`API_PREFIX`.
 PAIR_PATH: Final = "/agent/pair"
 STATUS_PATH: Final = "/agent/status"
+#: The agent trades its session token for a new one before it expires.
+RENEW_PATH: Final = "/agent/session/renew"
 
 # -- WebSocket close codes the server sends on the tunnel ----------------------------
 CLOSE_NORMAL: Final = 1000

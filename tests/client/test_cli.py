@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import stat
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -86,7 +89,7 @@ def test_wrong_password_is_one_line_and_saves_nothing(
     result = run("login", "--server", server, "--email", account, stdin="wrong password\n")
     assert result.exit_code == 1
     assert result.stderr.strip().splitlines() == [
-        "error: Invalid email or password. (invalid_credentials, HTTP 401); run `visiona login`"
+        "error: Invalid email or password. (invalid_credentials, HTTP 401)"
     ]
     assert not (config_home / "visiona" / "credentials.json").exists()
 
@@ -222,3 +225,188 @@ def test_devices_list_shows_the_users_devices(server: str, account: str, config_
     assert as_json.exit_code == 0
     items = [json.loads(line) for line in as_json.stdout.splitlines()]
     assert [item["serial_number"] for item in items] == ["CLI-SN-7"]
+
+
+# -- the complete user CLI (issue 11, item 2) -------------------------------------------
+
+
+def _token_of(config_home: Path) -> str:
+    return str(json.loads(next(config_home.rglob("credentials.json")).read_text())["token"])
+
+
+def test_login_prompts_for_email_and_hidden_password(
+    server: str, account: str, config_home: Path
+) -> None:
+    result = run("login", "--server", server, stdin=f"{account}\n{PASSWORD}\n")
+    assert result.exit_code == 0, result.output
+    assert "Email:" in result.stdout
+    assert "Password:" in result.stdout
+    assert PASSWORD not in result.stdout  # hidden input is not echoed
+
+
+def test_logout_ends_the_session_on_the_server_and_forgets_it(
+    server: str, account: str, config_home: Path
+) -> None:
+    assert login(server, account).exit_code == 0
+    token = _token_of(config_home)
+    result = run("logout")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == f"logged out of {server}"
+    assert not (config_home / "visiona" / "credentials.json").exists()
+    me = httpx.get(f"{server}/api/v1/auth/me", headers={"Authorization": f"Bearer {token}"})
+    assert me.status_code == 401
+    assert run("logout").stdout.strip() == "not logged in"
+
+
+def test_models_show_rename_delete(
+    server: str, account: str, config_home: Path, tmp_path: Path
+) -> None:
+    assert login(server, account).exit_code == 0
+    source = tmp_path / "cam.nef"
+    source.write_bytes(nef(2_500))
+    up = run("models", "upload", str(source), "--chip", "KL630")
+    assert up.exit_code == 0, up.output
+    model_id = up.stdout.split()[1]
+    assert "2.5 kB" in up.stdout  # one unit system: decimal, as the progress bars
+
+    shown = run("models", "show", model_id, "--json")
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.stdout)["target_chip"] == "kl630"
+    table = run("models", "show", model_id)
+    assert "2.5 kB" in table.stdout
+    assert "cam" in table.stdout
+
+    renamed = run("models", "rename", model_id, "front camera")
+    assert renamed.exit_code == 0, renamed.output
+    assert json.loads(run("models", "show", model_id, "--json").stdout)["name"] == "front camera"
+
+    refused = run("models", "delete", model_id, stdin="n\n")
+    assert refused.exit_code == 1
+    assert run("models", "show", model_id).exit_code == 0
+    deleted = run("models", "delete", model_id, "--yes")
+    assert deleted.exit_code == 0, deleted.output
+    gone = run("models", "show", model_id)
+    assert gone.exit_code == 1
+    assert gone.stderr.strip() == "error: Model not found. (not_found, HTTP 404)"
+
+
+def test_devices_show_rename_unpair_with_confirmation(
+    server: str, account: str, config_home: Path
+) -> None:
+    assert login(server, account).exit_code == 0
+    created = httpx.post(
+        f"{server}/api/v1/devices",
+        json={"name": "lab", "device_type": "kl520", "serial_number": f"SN-{uuid.uuid4().hex[:8]}"},
+        headers={"Authorization": f"Bearer {_token_of(config_home)}"},
+    ).json()
+    device_id = created["id"]
+    shown = run("devices", "show", device_id, "--json")
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.stdout)["name"] == "lab"
+    assert "lab" in run("devices", "show", device_id).stdout
+
+    assert run("devices", "rename", device_id, "lab bench").exit_code == 0
+    assert json.loads(run("devices", "show", device_id, "--json").stdout)["name"] == "lab bench"
+
+    kept = run("devices", "unpair", device_id, stdin="n\n")
+    assert kept.exit_code == 1
+    assert "unpair lab bench" in kept.stdout
+    assert run("devices", "show", device_id).exit_code == 0
+    unpaired = run("devices", "unpair", device_id, stdin="y\n")
+    assert unpaired.exit_code == 0, unpaired.output
+    assert run("devices", "show", device_id).exit_code == 1
+    assert run("devices", "unpair", str(uuid.uuid4()), "--yes").exit_code == 1
+
+
+def test_pairing_tokens_create_list_revoke(server: str, account: str, config_home: Path) -> None:
+    assert login(server, account).exit_code == 0
+    created = run("pairing-tokens", "create", "--json")
+    assert created.exit_code == 0, created.output
+    body = json.loads(created.stdout)
+    assert body["agent_command"] == (
+        f"visiona agent --server {server} --token {body['token']} --forward 127.0.0.1:8000"
+    )
+    text = run("pairing-tokens", "create", "--forward", "127.0.0.1:9000")
+    assert "visiona agent --server" in text.stdout
+    assert "--forward 127.0.0.1:9000" in text.stdout
+
+    listed = run("pairing-tokens", "list", "--json")
+    items = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert len(items) == 2
+    assert all("token" not in item for item in items)
+    assert "unused" in run("pairing-tokens", "list").stdout
+
+    revoked = run("pairing-tokens", "revoke", body["id"])
+    assert revoked.exit_code == 0, revoked.output
+    states = {
+        json.loads(line)["id"]: json.loads(line)["revoked_at"]
+        for line in run("pairing-tokens", "list", "--json").stdout.splitlines()
+    }
+    assert states[body["id"]] is not None
+    pair = httpx.post(
+        f"{server}/api/v1/agent/pair",
+        json={
+            "pairing_token": body["token"],
+            "serial_number": "SN-R",
+            "device_type": "kl520",
+            "name": "x",
+        },
+    )
+    assert pair.status_code == 401
+
+
+def test_deploy_to_a_real_agent_and_list_deployments(
+    server: str, account: str, config_home: Path, tmp_path: Path
+) -> None:
+    assert login(server, account).exit_code == 0
+    source = tmp_path / "det.nef"
+    content = nef(300_000)
+    source.write_bytes(content)
+    model_id = run("models", "upload", str(source), "--chip", "kl720").stdout.split()[1]
+    command = run("pairing-tokens", "create").stdout.splitlines()[-1].split()
+    assert command[:2] == ["visiona", "agent"]
+    models_dir = tmp_path / "models"
+    extra = ["--session-file", str(tmp_path / "agent.json"), "--models-dir", str(models_dir)]
+    extra += ["--type", "kl720", "--serial", f"SN-{uuid.uuid4().hex[:8]}"]
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "visiona", *command[1:], *extra],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        headers = {"Authorization": f"Bearer {_token_of(config_home)}"}
+        device_id = None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            items = httpx.get(f"{server}/api/v1/devices", headers=headers).json()["items"]
+            online = [d for d in items if d["remote_status"] == "online"]
+            if online:
+                device_id = online[0]["id"]
+                break
+            time.sleep(0.2)
+        assert device_id is not None, "the agent did not come online"
+
+        deployed = run("devices", "deploy", device_id, model_id)
+        assert deployed.exit_code == 0, deployed.output
+        assert deployed.stdout.startswith("deployed det to ")
+        assert (models_dir / f"{model_id}.nef").read_bytes() == content
+
+        listed = run("deployments", "list", device_id, "--json")
+        records = [json.loads(line) for line in listed.stdout.splitlines()]
+        assert [(r["model_id"], r["status"]) for r in records] == [(model_id, "succeeded")]
+        assert "succeeded" in run("deployments", "list", device_id).stdout
+    finally:
+        agent.terminate()
+        agent.wait(timeout=30)
+
+    # the agent is gone: the deployment fails, one line, non-zero exit
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        shown = json.loads(run("devices", "show", device_id, "--json").stdout)
+        if shown["remote_status"] != "online":
+            break
+        time.sleep(0.2)
+    failed = run("devices", "deploy", device_id, model_id)
+    assert failed.exit_code == 1
+    assert len(failed.stderr.strip().splitlines()) == 1
+    assert "device_offline" in failed.stderr

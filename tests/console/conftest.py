@@ -1,8 +1,11 @@
-"""Fixtures of the browser tests: one live server and one Chromium for the whole session.
+"""Fixtures of the browser tests: one live server and one Chromium for all of them.
 
-Every test gets a fresh browser context and page (pytest-playwright's fixtures,
-pointed at Debian's Chromium). The ``page`` records every request and console
-error; at the end of each test no request may have left the server.
+Every test gets a fresh browser context and page (pytest-playwright's ``context``
+and ``page``). Playwright itself, the browser and the server are scoped to this
+package, not the session: Playwright's sync API keeps an event loop current in
+the test thread while it runs, which the rest of the suite must not inherit.
+``seen`` records every request and console error; at the end of each test no
+request may have left the server.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import BrowserContext, Page
+from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
 
 from tests.conftest import make_settings
 from tests.console.support import Live, Watch, launch_args, live_server, watch
@@ -22,7 +25,7 @@ from tests.console.support import Live, Watch, launch_args, live_server, watch
 MODEL_MAX_BYTES = 8 * 1024 * 1024
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     """The console server on SQLite (the browser does not care about the database)."""
     data = tmp_path_factory.mktemp("console")
@@ -39,16 +42,31 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         yield server
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def base_url(live: Live) -> str:
     """Relative ``page.goto`` paths resolve against the live server."""
     return live.url
 
 
-@pytest.fixture(scope="session")
-def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[str, Any]:
-    """Debian's Chromium with the flags that keep it offline and quiet."""
-    return {**browser_type_launch_args, **launch_args()}
+@pytest.fixture(scope="package")
+def playwright() -> Iterator[Playwright]:
+    """Playwright for this package only (its loop is gone again afterwards)."""
+    with sync_playwright() as driver:
+        yield driver
+
+
+@pytest.fixture(scope="package")
+def browser(playwright: Playwright) -> Iterator[Browser]:
+    """One Debian Chromium for every browser test, with a fresh user data dir."""
+    chromium = playwright.chromium.launch(**launch_args())
+    yield chromium
+    chromium.close()
+
+
+@pytest.fixture(scope="package")
+def browser_context_args(base_url: str) -> dict[str, Any]:
+    """Each test's context: relative URLs against the live server, a desktop viewport."""
+    return {"base_url": base_url, "viewport": {"width": 1280, "height": 800}}
 
 
 @pytest.fixture

@@ -102,3 +102,24 @@ def test_sign_out_ends_the_session_on_the_server(
     page.goto("/devices")
     expect(page).to_have_url(re.compile(r"/sign-in\?next=%2Fdevices$"))
     assert seen.errors == []
+
+
+def test_sign_in_works_with_the_keyboard_alone(page: Page, seen: Watch, http: httpx.Client) -> None:
+    account = register(http)
+    page.goto("/sign-in")
+    page.get_by_label("Email").focus()
+    page.keyboard.type(account.email)
+    page.keyboard.press("Tab")
+    expect(page.get_by_label("Password")).to_be_focused()
+    page.keyboard.type(PASSWORD)
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="Devices")).to_be_visible()
+    # the connect dialog opens from the keyboard and Escape closes it
+    page.get_by_role("button", name="Connect a device").focus()
+    page.keyboard.press("Enter")
+    dialog = page.get_by_role("dialog", name="Connect a device")
+    expect(dialog).to_be_visible()
+    expect(dialog.locator("code")).to_contain_text("--token vpt_")
+    page.keyboard.press("Escape")
+    expect(dialog).to_be_hidden()
+    assert seen.errors == []

@@ -208,3 +208,40 @@ def test_a_device_of_another_user_is_not_found(
     expect(page.get_by_role("heading", name="Not found")).to_be_visible()
     expect(page.get_by_text("Secret lab 7")).to_have_count(0)
     assert seen.errors_except_expected_statuses(404) == []
+
+
+def test_deploying_to_a_device_that_is_not_connected_says_so_inline(
+    page: Page, seen: Watch, http: httpx.Client, live: Live
+) -> None:
+    account = register(http)
+    paired = pair_device(http, account, "Unplugged")
+    upload_model(http, account, "Detector", b"d" * 1000)
+    sign_in(page.context, live, account)
+    page.goto(f"/devices/{paired['device_id']}")
+    page.get_by_role("button", name="Deploy").click()
+    expect(page.get_by_role("alert")).to_have_text(re.compile("not connected"))
+    row = page.locator('[data-region="deployments"]').get_by_role("row").filter(has_text="Detector")
+    expect(row).to_contain_text("Failed")
+    expect(row).to_contain_text("the device is not connected")
+    assert seen.errors_except_expected_statuses(502) == []
+
+
+def test_the_pairing_token_expires_in_the_dialog_and_a_new_one_can_be_made(
+    page: Page, seen: Watch, http: httpx.Client, live: Live
+) -> None:
+    sign_in(page.context, live, register(http))
+    page.clock.install()
+    page.goto("/devices")
+    page.get_by_role("button", name="Connect a device").click()
+    dialog = page.get_by_role("dialog", name="Connect a device")
+    first = dialog.locator("code")
+    expect(first).to_contain_text("--token vpt_")
+    token = first.inner_text()
+    page.clock.fast_forward("16:00")
+    expect(dialog.get_by_text("This token has expired")).to_be_visible()
+    expect(dialog.get_by_text("Expires in 0:00")).to_be_visible()
+    dialog.get_by_role("button", name="New token").click()
+    expect(dialog.get_by_text("Waiting for the agent to pair")).to_be_visible()
+    expect(first).to_contain_text("--token vpt_")
+    assert first.inner_text() != token
+    assert seen.errors == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -235,3 +236,92 @@ async def test_client_going_away_resets_the_stream(
         assert hub.open_streams() == 1
     # the client closed its connection mid-body: the stream is reset, not left open
     await wait_for(lambda: _true(hub.open_streams() == 0))
+
+
+async def _raw(
+    live: LiveServer, target: str, headers: dict[str, str]
+) -> tuple[int, list[tuple[str, str]], bytes]:
+    """One GET with ``target`` sent byte for byte (like ``curl --path-as-is``)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", live.port)
+    lines = [f"GET {target} HTTP/1.1", "Host: 127.0.0.1", "Connection: close"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+    await writer.drain()
+    data = await asyncio.wait_for(reader.read(), timeout=30)
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    pairs = [(k.strip().lower(), v.strip()) for k, _, v in (h.partition(":") for h in header_lines)]
+    return int(status_line.split()[1]), pairs, body
+
+
+async def test_percent_encoded_route_reaches_the_device_with_a_clean_target(
+    live: LiveServer, connected: tuple[User, str]
+) -> None:
+    user, device_id = connected
+    status, _, body = await _raw(
+        live, f"{API}/devices/{device_id}/prox%79/echo/x%2Fy?q=1", user.headers
+    )
+    assert status == 200, body
+    seen = json.loads(body)
+    assert seen["raw_path"] == "/echo/x/y"
+    assert seen["query"] == "q=1"
+    assert dict(seen["headers"])["x-forwarded-prefix"] == f"{API}/devices/{device_id}/proxy"
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["../../etc/passwd", "%2e%2e/%2e%2e/etc/passwd", "a/..%2F..%2Fetc", "a/%2E%2E/b"],
+)
+async def test_dot_dot_segments_are_refused_before_the_device(
+    live: LiveServer, connected: tuple[User, str], path: str
+) -> None:
+    user, device_id = connected
+    status, _, body = await _raw(live, f"{API}/devices/{device_id}/proxy/{path}", user.headers)
+    assert status == 400, body
+    assert json.loads(body)["error"]["code"] == "bad_request"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "visiona/models/x",
+        "/visiona/models/x",
+        "%2Fvisiona%2Fmodels/x",
+        "ViSiOnA/models/x",
+        "%76isiona/models/x",
+        "./visiona/models/x",
+        "visiona%2fmodels%2fx",
+    ],
+)
+async def test_reserved_prefix_is_unreachable_in_every_encoding(
+    live: LiveServer, connected: tuple[User, str], path: str
+) -> None:
+    user, device_id = connected
+    status, _, body = await _raw(live, f"{API}/devices/{device_id}/proxy/{path}", user.headers)
+    assert status == 403, body
+    assert json.loads(body)["error"]["code"] == "reserved_path"
+
+
+async def test_proxied_responses_are_sandboxed_with_the_devices_own_date_and_server(
+    live: LiveServer, connected: tuple[User, str]
+) -> None:
+    user, device_id = connected
+    status, headers, body = await _raw(live, _proxy(device_id, "echo/page"), user.headers)
+    assert status == 200, body
+    names = [name for name, _ in headers]
+    assert names.count("date") == 1
+    assert [v for k, v in headers if k == "server"] == ["uvicorn"]  # the device's server
+    policy = [v for k, v in headers if k == "content-security-policy"]
+    assert len(policy) == 1
+    assert policy[0].startswith("sandbox")
+    assert "allow-same-origin" not in policy[0]
+    assert [v for k, v in headers if k == "x-content-type-options"] == ["nosniff"]
+
+
+async def test_cloud_responses_carry_one_date_and_no_server_header(live: LiveServer) -> None:
+    status, headers, _ = await _raw(live, "/healthz", {})
+    assert status == 200
+    names = [name for name, _ in headers]
+    assert names.count("date") == 1
+    assert "server" not in names

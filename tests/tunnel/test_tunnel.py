@@ -250,7 +250,7 @@ async def test_last_seen_is_written_in_one_statement_per_interval_for_all_device
 ) -> None:
     # a long interval: the test triggers the batch itself, pings run every 0.2 s meanwhile
     quiet = settings.model_copy(update={"tunnel_status_interval": 3600.0})
-    async with serve_app(create_app(quiet)) as live, http_factory(live) as http:
+    async with serve_app(create_app(quiet), quiet) as live, http_factory(live) as http:
         user = await signup(http)
         agents = [await paired_agent_token(http, user) for _ in range(3)]
         hub = hub_of(_runtime(live))
@@ -293,7 +293,7 @@ async def test_start_marks_offline_what_a_previous_run_left_online(settings: Set
                 .where(devices.c.id == uuid.UUID(device_id))
                 .values(remote_status="online", last_seen_at=utcnow())
             )
-    async with serve_app(create_app(settings)) as live:
+    async with serve_app(create_app(settings), settings) as live:
         assert (await _row(live, device_id))["remote_status"] == "offline"
 
 

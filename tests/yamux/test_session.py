@@ -317,3 +317,33 @@ async def test_flags_on_data_frames_open_end_and_reset_streams(make_raw: RawFact
     header, payload = await read_until(reader, DATA)
     assert (header.stream_id, payload) == (1, b"reply")
     assert not session.is_closed
+
+
+async def test_keep_alive_with_a_policy_counts_misses_and_answers(
+    make_pair: PairFactory, make_raw: RawFactory
+):
+    client, _server = await make_pair()
+    answered = asyncio.Event()
+    client.keep_alive(0.01, 1.0, on_miss=lambda _misses: True, on_answer=answered.set)
+    async with asyncio.timeout(10):
+        await answered.wait()
+    # A peer that never answers: two misses, then the policy stops; the session stays up.
+    session, reader, _ = await make_raw(client=True)
+    misses: list[int] = []
+    stopped = asyncio.Event()
+
+    def on_miss(count: int) -> bool:
+        misses.append(count)
+        if count == 2:
+            stopped.set()
+        return count < 2
+
+    session.keep_alive(0.01, 0.01, on_miss=on_miss)
+    async with asyncio.timeout(10):
+        await stopped.wait()
+    pings = [await read_frame(reader) for _ in range(2)]
+    assert [(h.type, h.flags) for h, _ in pings] == [(PING, SYN), (PING, SYN)]
+    await asyncio.sleep(0.05)
+    assert misses == [1, 2]
+    assert not session.is_closed
+    assert not session._pings.keepalive_armed

@@ -1,17 +1,20 @@
-"""The agent's session: pairing over HTTP and the 0600 session file."""
+"""The agent's session: pairing and renewal over HTTP, the 0600 session file, run state."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 
-from visiona.wire import API_PREFIX, PAIR_PATH
+from visiona.wire import API_PREFIX, PAIR_PATH, RENEW_PATH
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -25,6 +28,10 @@ class AgentAuthError(Exception):
         self.status = status
 
 
+class ServerUnavailableError(Exception):
+    """The server could not be reached or answered 5xx: worth retrying later."""
+
+
 @dataclass(frozen=True)
 class Credentials:
     """What pairing gives the agent: its device and session token for one server."""
@@ -33,17 +40,54 @@ class Credentials:
     device_id: str
     session_token: str
     expires_at: str
+    #: sha256 of the pairing token this session came from ("" when unknown)
+    paired_with: str = ""
+    #: when the agent received this token (its clock; "" when unknown)
+    issued_at: str = ""
+
+    def expires(self) -> datetime | None:
+        """``expires_at`` as an aware datetime (None when unreadable)."""
+        return _instant(self.expires_at)
+
+    def issued(self) -> datetime | None:
+        """``issued_at`` as an aware datetime (None when unknown)."""
+        return _instant(self.issued_at)
+
+
+def _instant(text: str) -> datetime | None:
+    try:
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def token_digest(token: str) -> str:
+    """The hex sha256 of a token (what the session file keeps of a pairing token)."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def load_any(path: Path) -> Credentials | None:
+    """The stored session whatever its server, or None (no file, unreadable)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        known = {f.name for f in fields(Credentials)}
+        return Credentials(**{k: v for k, v in data.items() if k in known})
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError, AttributeError) as err:
+        _LOGGER.warning("agent: ignoring unreadable session file %s (%s)", path, type(err).__name__)
+        return None
 
 
 def load(path: Path, server: str) -> Credentials | None:
     """The stored session for ``server``, or None (no file, another server, unreadable)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        creds = Credentials(**data)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, TypeError) as err:
-        _LOGGER.warning("agent: ignoring unreadable session file %s (%s)", path, type(err).__name__)
+    creds = load_any(path)
+    if creds is None:
         return None
     if creds.server.rstrip("/") != server.rstrip("/"):
         _LOGGER.info("agent: the session file is for another server; pairing again")
@@ -51,17 +95,65 @@ def load(path: Path, server: str) -> Credentials | None:
     return creds
 
 
-def store(path: Path, creds: Credentials) -> None:
-    """Write ``creds`` to ``path`` readable by the owner only (0600), atomically."""
+def _write_private(path: Path, payload: dict[str, Any]) -> None:
+    """Write JSON to ``path`` atomically, readable by the owner only (0600)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        json.dump(asdict(creds), out)
-    os.replace(tmp, path)
-    os.chmod(path, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            os.fchmod(out.fileno(), 0o600)  # whatever the umask said
+            json.dump(payload, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def store(path: Path, creds: Credentials) -> None:
+    """Write ``creds`` to ``path`` readable by the owner only (0600), atomically."""
+    _write_private(path, asdict(creds))
+
+
+def state_path(session_file: Path) -> Path:
+    """Where the last run's tunnel state is kept: next to the session file."""
+    return session_file.with_name(f"{session_file.stem}.state.json")
+
+
+def store_state(session_file: Path, tunnel: str, last_close: str | None = None) -> None:
+    """Record the tunnel state (``up``, ``down``, ``stopped``, ``refused``) for `agent status`."""
+    payload = {"tunnel": tunnel, "since": datetime.now(UTC).isoformat(timespec="seconds")}
+    if last_close:
+        payload["last_close"] = last_close
+    try:
+        _write_private(state_path(session_file), payload)
+    except OSError as err:
+        _LOGGER.debug("agent: cannot record the tunnel state: %s", err)
+
+
+def load_state(session_file: Path) -> dict[str, Any]:
+    """The last recorded tunnel state ({} when none)."""
+    try:
+        data = json.loads(state_path(session_file).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+async def _post(http: httpx.AsyncClient, url: str, **kwargs: Any) -> httpx.Response:
+    try:
+        response = await http.post(url, **kwargs)
+    except httpx.HTTPError as err:
+        reason = str(err) or type(err).__name__
+        raise ServerUnavailableError(f"cannot reach {url} ({reason})") from None
+    if response.status_code >= 500:
+        raise ServerUnavailableError(f"{url} answered HTTP {response.status_code}")
+    return response
 
 
 async def pair(
@@ -73,8 +165,13 @@ async def pair(
     serial_number: str,
     device_type: str,
 ) -> Credentials:
-    """Exchange ``pairing_token`` for a device and a session token."""
-    response = await http.post(
+    """Exchange ``pairing_token`` for a device and a session token.
+
+    Raises :class:`AgentAuthError` on 401/403 and :class:`ServerUnavailableError`
+    when the server is unreachable or answers 5xx (or 429).
+    """
+    response = await _post(
+        http,
         f"{server.rstrip('/')}{API_PREFIX}{PAIR_PATH}",
         json={
             "pairing_token": pairing_token,
@@ -85,11 +182,45 @@ async def pair(
     )
     if response.status_code in {401, 403}:
         raise AgentAuthError(response.status_code, "pairing token")
-    response.raise_for_status()
+    if response.status_code == 429:
+        raise ServerUnavailableError("pairing is rate limited (HTTP 429)")
+    if response.is_error:
+        raise AgentAuthError(response.status_code, f"pairing request ({_code(response)})")
     body = response.json()
     return Credentials(
         server=server.rstrip("/"),
         device_id=str(body["device_id"]),
         session_token=str(body["session_token"]),
         expires_at=str(body["expires_at"]),
+        paired_with=token_digest(pairing_token),
+        issued_at=_now(),
     )
+
+
+async def renew(http: httpx.AsyncClient, creds: Credentials) -> Credentials:
+    """Trade the current session token for a new one of the same device."""
+    response = await _post(
+        http,
+        f"{creds.server}{API_PREFIX}{RENEW_PATH}",
+        headers={"Authorization": f"Bearer {creds.session_token}"},
+    )
+    if response.status_code in {401, 403}:
+        raise AgentAuthError(response.status_code, "session token")
+    if response.is_error:
+        raise ServerUnavailableError(f"renewal answered HTTP {response.status_code}")
+    body = response.json()
+    return Credentials(
+        server=creds.server,
+        device_id=str(body["device_id"]),
+        session_token=str(body["session_token"]),
+        expires_at=str(body["expires_at"]),
+        paired_with=creds.paired_with,
+        issued_at=_now(),
+    )
+
+
+def _code(response: httpx.Response) -> str:
+    try:
+        return str(response.json()["error"]["code"])
+    except (ValueError, KeyError, TypeError):
+        return f"HTTP {response.status_code}"

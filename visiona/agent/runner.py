@@ -6,21 +6,72 @@ import asyncio
 import contextlib
 import logging
 import random
+import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
 from visiona.agent import credentials
-from visiona.agent.credentials import AgentAuthError, Credentials
+from visiona.agent.credentials import AgentAuthError, Credentials, ServerUnavailableError
 from visiona.agent.deploy import DeploySettings, default_models_dir, dispatch_stream
 from visiona.agent.usb import usb_status
 from visiona.agent.websocket import open_tunnel_socket
-from visiona.wire import API_PREFIX, CLOSE_REVOKED, STATUS_PATH, TUNNEL_PATH, UsbStatus
+from visiona.wire import (
+    API_PREFIX,
+    CLOSE_GOING_AWAY,
+    CLOSE_KEEPALIVE,
+    CLOSE_NORMAL,
+    CLOSE_REVOKED,
+    CLOSE_SUPERSEDED,
+    CLOSE_UNSUPPORTED,
+    STATUS_PATH,
+    TUNNEL_PATH,
+    UsbStatus,
+)
 from visiona.yamux import Config, Session, YamuxError
 
 _LOGGER = logging.getLogger(__name__)
 EXIT_AUTH_REFUSED = 3
+#: WebSocket close codes the server uses (docs/tunnel-protocol.md §12) and what they mean
+CLOSE_MEANINGS = {
+    CLOSE_NORMAL: "normal close",
+    CLOSE_GOING_AWAY: "server shutting down",
+    CLOSE_UNSUPPORTED: "binary messages only",
+    1006: "connection lost",
+    CLOSE_REVOKED: "credentials revoked",
+    CLOSE_KEEPALIVE: "keepalive timeout",
+    CLOSE_SUPERSEDED: "superseded by another tunnel of this device",
+}
+_HOST = re.compile(
+    r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*)$"
+)
+
+
+def check_server_url(server: str) -> None:
+    """``ValueError`` with one clear line unless ``server`` is an http(s) URL with a host."""
+    parts = urlsplit(server)
+    if parts.scheme not in {"http", "https"}:
+        raise ValueError(f"--server must start with http:// or https://, got {server!r}")
+    host = parts.netloc.rpartition("@")[2]
+    host = host.rsplit(":", 1)[0] if not host.endswith("]") and host.count(":") == 1 else host
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ValueError(f"--server has a bad port: {server!r}") from None
+    if not host or not _HOST.match(host):
+        raise ValueError(f"--server has no valid host name: {server!r}")
+
+
+def describe_close(code: int | None, reason: str, *, stopping: bool) -> str:
+    """The close of a tunnel in words: ``server shutting down (1001)``, never ``code None``."""
+    if code is None:
+        return "agent stopping" if stopping else "connection lost without a close frame"
+    meaning = CLOSE_MEANINGS.get(code) or reason or "closed"
+    detail = f": {reason}" if reason and reason != meaning else ""
+    return f"{meaning} ({code}{detail})"
 
 
 @dataclass(frozen=True)
@@ -41,6 +92,8 @@ class AgentOptions:
     models_dir: Path | None = None
     #: command run after each deployment (see :mod:`visiona.agent.deploy`)
     deploy_hook: str | None = None
+    #: renew the session token this many seconds before it expires
+    renew_before: float = 30 * 86400.0
 
 
 class Backoff:
@@ -86,15 +139,21 @@ class Agent:
         )
         self.connected = asyncio.Event()
         self.connections = 0
+        self.renewals = 0
+        self._creds = Credentials(server="", device_id="", session_token="", expires_at="")
 
     async def run(self, stop: asyncio.Event) -> int:
         """Run until ``stop`` is set (exit code 0) or the server refuses us (exit code 3)."""
+        session_file = self._options.session_file
         async with httpx.AsyncClient(timeout=15) as http:
             try:
-                creds = await self._credentials(http)
+                creds = await self._credentials(http, stop)
             except AgentAuthError as err:
-                _LOGGER.error("agent: %s; get a new pairing token and run again", err)  # noqa: TRY400 - an expected refusal, no traceback
+                _LOGGER.error("agent: %s; get a new pairing token and run again with --token", err)  # noqa: TRY400 - an expected refusal, no traceback
                 return EXIT_AUTH_REFUSED
+            if creds is None:  # stopped while waiting for the server
+                return 0
+            self._creds = creds
             _LOGGER.info(
                 "agent: device %s, forwarding to %s:%s",
                 creds.device_id,
@@ -103,61 +162,150 @@ class Agent:
             )
             backoff = Backoff()
             loop = asyncio.get_running_loop()
-            while not stop.is_set():
-                started = loop.time()
-                try:
-                    await self._connect_once(http, creds, stop)
-                except AgentAuthError as err:
-                    _LOGGER.error(  # noqa: TRY400 - an expected refusal, no traceback
-                        "agent: %s; remove %s and pair again with a new pairing token",
-                        err,
-                        self._options.session_file,
-                    )
-                    return EXIT_AUTH_REFUSED
-                except (OSError, TimeoutError, YamuxError) as err:
-                    _LOGGER.warning("agent: tunnel failed: %s", err or type(err).__name__)
-                except Exception as err:  # noqa: BLE001 - picows raises its own handshake errors
-                    _LOGGER.warning("agent: tunnel failed: %s: %s", type(err).__name__, err)
-                if stop.is_set():
-                    break
-                if loop.time() - started >= self._stable_after:
-                    backoff.reset()
-                delay = backoff.next_delay()
-                _LOGGER.info("agent: reconnecting in %.1fs", delay)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), delay)
+            renewer = loop.create_task(self._renew_loop(http, stop))
+            try:
+                while not stop.is_set():
+                    started = loop.time()
+                    presented = self._creds.session_token
+                    try:
+                        await self._connect_once(http, stop)
+                    except AgentAuthError as err:
+                        if self._creds.session_token != presented:
+                            _LOGGER.info("agent: session renewed meanwhile; reconnecting")
+                            continue
+                        _LOGGER.error(  # noqa: TRY400 - an expected refusal, no traceback
+                            "agent: %s; the dead session is in %s: pair again with a new "
+                            "pairing token (--token)",
+                            err,
+                            session_file,
+                        )
+                        credentials.store_state(session_file, "refused", str(err))
+                        return EXIT_AUTH_REFUSED
+                    except (OSError, TimeoutError, YamuxError) as err:
+                        _LOGGER.warning("agent: tunnel failed: %s", err or type(err).__name__)
+                    except Exception as err:  # noqa: BLE001 - picows raises its own handshake errors
+                        _LOGGER.warning("agent: tunnel failed: %s: %s", type(err).__name__, err)
+                    if stop.is_set():
+                        break
+                    if loop.time() - started >= self._stable_after:
+                        backoff.reset()
+                    delay = backoff.next_delay()
+                    _LOGGER.info("agent: reconnecting in %.1fs", delay)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), delay)
+            finally:
+                renewer.cancel()
+                await asyncio.gather(renewer, return_exceptions=True)
+        _LOGGER.info("agent: stopped")
         return 0
 
-    async def _credentials(self, http: httpx.AsyncClient) -> Credentials:
+    async def _credentials(
+        self, http: httpx.AsyncClient, stop: asyncio.Event
+    ) -> Credentials | None:
+        """The session to use: a new pairing when ``--token`` is new, else the stored one."""
         options = self._options
-        creds = credentials.load(options.session_file, options.server)
-        if creds is not None:
+        stored = credentials.load(options.session_file, options.server)
+        token = options.pairing_token
+        if token and (stored is None or stored.paired_with != credentials.token_digest(token)):
+            try:
+                creds = await self._pair_with_retry(http, token, stop)
+            except AgentAuthError as err:
+                if stored is None:
+                    raise
+                _LOGGER.warning("agent: %s; keeping the stored session", err)
+                return stored
+            if creds is None:
+                return None
+            credentials.store(options.session_file, creds)
+            _LOGGER.info(
+                "agent: paired; session stored in %s%s",
+                options.session_file,
+                " (replacing the previous session)" if stored is not None else "",
+            )
             return creds
-        if not options.pairing_token:
-            raise AgentAuthError(401, "pairing (no session stored and no --token given)")
-        creds = await credentials.pair(
-            http,
-            options.server,
-            pairing_token=options.pairing_token,
-            name=options.name,
-            serial_number=options.serial_number,
-            device_type=options.device_type,
+        if stored is not None:
+            return stored
+        raise AgentAuthError(
+            401, f"pairing (no session in {options.session_file} and no --token given)"
         )
-        credentials.store(options.session_file, creds)
-        _LOGGER.info("agent: paired; session stored in %s", options.session_file)
-        return creds
 
-    async def _connect_once(
-        self, http: httpx.AsyncClient, creds: Credentials, stop: asyncio.Event
-    ) -> None:
+    async def _pair_with_retry(
+        self, http: httpx.AsyncClient, token: str, stop: asyncio.Event
+    ) -> Credentials | None:
+        """Pair, retrying with backoff and jitter while the server is unreachable or 5xx."""
+        options = self._options
+        backoff = Backoff()
+        attempt = 0
+        while not stop.is_set():
+            attempt += 1
+            try:
+                return await credentials.pair(
+                    http,
+                    options.server,
+                    pairing_token=token,
+                    name=options.name,
+                    serial_number=options.serial_number,
+                    device_type=options.device_type,
+                )
+            except ServerUnavailableError as err:
+                delay = backoff.next_delay()
+                _LOGGER.warning(
+                    "agent: pairing attempt %d failed: %s; retrying in %.1fs", attempt, err, delay
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+        return None
+
+    def _renew_delay(self) -> float:
+        """Seconds until renewal is due: ``renew_before`` ahead of expiry, but never in the
+        first two thirds of the token's life (so a short-lived token is not renewed
+        over and over)."""
+        expires, issued = self._creds.expires(), self._creds.issued()
+        if expires is None:
+            return 86400.0
+        ahead = self._options.renew_before
+        if issued is not None:
+            ahead = min(ahead, (expires - issued).total_seconds() / 3)
+        due = (expires - datetime.now(UTC)).total_seconds() - ahead
+        return max(0.0, due)
+
+    async def _renew_loop(self, http: httpx.AsyncClient, stop: asyncio.Event) -> None:
+        """Renew the session token ``renew_before`` seconds before it expires, and store it."""
+        backoff = Backoff(first=5.0, cap=600.0)
+        while not stop.is_set():
+            delay = self._renew_delay()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), min(delay, 86400.0))
+                continue
+            try:
+                renewed = await credentials.renew(http, self._creds)
+            except AgentAuthError as err:
+                _LOGGER.warning("agent: session renewal refused: %s", err)
+                return
+            except ServerUnavailableError as err:
+                wait = backoff.next_delay()
+                _LOGGER.warning("agent: session renewal failed: %s; retrying in %.0fs", err, wait)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), wait)
+                continue
+            backoff.reset()
+            credentials.store(self._options.session_file, renewed)
+            self._creds = renewed
+            self.renewals += 1
+            _LOGGER.info("agent: session renewed; it now expires %s", renewed.expires_at)
+
+    async def _connect_once(self, http: httpx.AsyncClient, stop: asyncio.Event) -> None:
+        creds = self._creds
         socket = await open_tunnel_socket(tunnel_url(creds.server), creds.session_token)
         session = Session(socket.feed, client=False, config=self._config)
         self.connections += 1
         self.connected.set()
         _LOGGER.info("agent: tunnel up")
+        credentials.store_state(self._options.session_file, "up")
         tasks: set[asyncio.Task[None]] = set()
         loop = asyncio.get_running_loop()
-        reporter = loop.create_task(self._report_usb(http, creds))
+        reporter = loop.create_task(self._report_usb(http))
         acceptor = loop.create_task(self._accept(session, tasks))
         stopper = loop.create_task(stop.wait())
         closed = loop.create_task(session.closed.wait())
@@ -173,8 +321,10 @@ class Agent:
             await asyncio.gather(
                 reporter, acceptor, stopper, closed, *tasks, return_exceptions=True
             )
-        _LOGGER.info(
-            "agent: tunnel closed (code %s %s)", socket.close_code, socket.close_reason or ""
+        what = describe_close(socket.close_code, socket.close_reason, stopping=stop.is_set())
+        _LOGGER.info("agent: tunnel closed: %s", what)
+        credentials.store_state(
+            self._options.session_file, "stopped" if stop.is_set() else "down", what
         )
         if socket.close_code == CLOSE_REVOKED:
             _LOGGER.warning("agent: the server revoked this agent's credentials")
@@ -193,14 +343,15 @@ class Agent:
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
 
-    async def _report_usb(self, http: httpx.AsyncClient, creds: Credentials) -> None:
+    async def _report_usb(self, http: httpx.AsyncClient) -> None:
         """POST the USB status on connect and whenever it changes."""
         last: UsbStatus | None = None
-        url = f"{creds.server}{API_PREFIX}{STATUS_PATH}"
-        headers = {"Authorization": f"Bearer {creds.session_token}"}
         while True:
             status = await asyncio.to_thread(usb_status)
             if status != last:
+                creds = self._creds  # renewal may have replaced the token
+                url = f"{creds.server}{API_PREFIX}{STATUS_PATH}"
+                headers = {"Authorization": f"Bearer {creds.session_token}"}
                 try:
                     response = await http.post(url, json={"usb_status": status}, headers=headers)
                     if response.status_code == 204:

@@ -1,4 +1,4 @@
-"""Client commands: ``visiona login``, ``visiona models ...``, ``visiona devices list``.
+"""Client commands: login/logout, models, devices, deployments and pairing tokens.
 
 They talk to a running server over HTTP with the session token saved by ``login``
 (:mod:`visiona.client.config`). Every failure prints one line, ``error: ...``, on
@@ -14,33 +14,47 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
+from urllib.parse import quote
 
 import typer
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.table import Table
 
-from visiona.client.config import Credentials, load_credentials, save_credentials
-from visiona.client.http import ApiClient, ClientError
-from visiona.models.schemas import TargetChip
+from visiona.client.config import (
+    Credentials,
+    forget_credentials,
+    load_credentials,
+    save_credentials,
+)
+from visiona.client.errors import ClientError
+from visiona.models.chips import TargetChip
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from visiona.client.http import ApiClient
 
 _LOGGER = logging.getLogger(__name__)
 DEFAULT_SERVER = "http://127.0.0.1:8080"
 
-models_app = typer.Typer(help="Upload, list and download your AI models.", no_args_is_help=True)
-devices_app = typer.Typer(help="Your paired devices.", no_args_is_help=True)
+models_app = typer.Typer(
+    rich_markup_mode=None, help="Upload, list and download your AI models.", no_args_is_help=True
+)
+devices_app = typer.Typer(rich_markup_mode=None, help="Your paired devices.", no_args_is_help=True)
+deployments_app = typer.Typer(
+    rich_markup_mode=None, help="Models deployed to your devices.", no_args_is_help=True
+)
+pairing_app = typer.Typer(
+    rich_markup_mode=None,
+    help="One-time pairing tokens that let an agent join your account.",
+    no_args_is_help=True,
+)
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+YesOption = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
 ServerOption = Annotated[
     str | None,
     typer.Option(
@@ -73,6 +87,8 @@ def one_line_errors(command: Callable[P, R]) -> Callable[P, R]:
 
 @contextmanager
 def _session(server: str | None) -> Iterator[ApiClient]:
+    from visiona.client.http import ApiClient  # noqa: PLC0415 - httpx only when a command runs
+
     credentials = load_credentials()
     if credentials is None:
         raise _fail("not logged in; run `visiona login` first")
@@ -81,11 +97,22 @@ def _session(server: str | None) -> Iterator[ApiClient]:
 
 
 def _progress() -> Progress:
+    # rich is imported where it is used: `--help` and `--version` need none of it
+    from rich.console import Console  # noqa: PLC0415
+    from rich.progress import (  # noqa: PLC0415
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     console = Console(stderr=True)
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
-        DownloadColumn(),
+        DownloadColumn(binary_units=False),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
         console=console,
@@ -95,12 +122,18 @@ def _progress() -> Progress:
 
 
 def _size(count: int) -> str:
-    value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{count} B"  # pragma: no cover - the loop always returns
+    """A size in the decimal units (kB, MB, GB) the progress bars use too."""
+    from rich import filesize  # noqa: PLC0415 - see _progress
+
+    return str(filesize.decimal(count))
+
+
+def _path_id(value: str) -> str:
+    return quote(value, safe="")
+
+
+def _echo_json(value: Any) -> None:
+    typer.echo(json.dumps(value))
 
 
 # -- login ------------------------------------------------------------------------
@@ -117,10 +150,30 @@ def login(
     ] = DEFAULT_SERVER,
 ) -> None:
     """Sign in and save the session token (0600 file in your config directory)."""
+    from visiona.client.http import ApiClient  # noqa: PLC0415 - httpx only when a command runs
+
     with ApiClient(server) as api:
         token = api.login(email, password)
     path = save_credentials(Credentials(server=server.rstrip("/"), token=token, email=email))
     typer.echo(f"logged in to {server} as {email} (session saved in {path})")
+
+
+@one_line_errors
+def logout() -> None:
+    """Sign out: end the session on the server and delete the saved session file."""
+    from visiona.client.http import ApiClient  # noqa: PLC0415 - httpx only when a command runs
+
+    credentials = load_credentials()
+    if credentials is None:
+        typer.echo("not logged in")
+        return
+    try:
+        with ApiClient(credentials.server, credentials.token) as api:
+            api.call("POST", "/auth/logout", login_hint=False)
+    except ClientError as err:
+        typer.echo(f"warning: the server did not end the session: {err}", err=True)
+    forget_credentials()
+    typer.echo(f"logged out of {credentials.server}")
 
 
 # -- models -----------------------------------------------------------------------
@@ -180,7 +233,7 @@ def list_models(
 
 def render_models(items: list[dict[str, Any]]) -> str:
     """The models as a plain table (one line per model)."""
-    table = Table("id", "name", "chip", "size", "labels", "created")
+    table = _table("id", "name", "chip", "size", "labels", "created")
     for item in items:
         table.add_row(
             str(item["id"]),
@@ -193,7 +246,15 @@ def render_models(items: list[dict[str, Any]]) -> str:
     return _text(table) + f"{len(items)} model(s)"
 
 
+def _table(*columns: str) -> Table:
+    from rich.table import Table  # noqa: PLC0415 - see _progress
+
+    return Table(*columns)
+
+
 def _text(table: Table) -> str:
+    from rich.console import Console  # noqa: PLC0415 - see _progress
+
     console = Console(width=200, file=io.StringIO(), color_system=None)
     console.print(table)
     out = console.file
@@ -252,7 +313,7 @@ def list_devices(
 
 def render_devices(items: list[dict[str, Any]]) -> str:
     """The devices as a plain table (one line per device)."""
-    table = Table("id", "name", "type", "serial", "remote", "usb")
+    table = _table("id", "name", "type", "serial", "remote", "usb")
     for item in items:
         table.add_row(
             str(item.get("id", "")),
@@ -263,3 +324,246 @@ def render_devices(items: list[dict[str, Any]]) -> str:
             str(item.get("status", "")),
         )
     return _text(table) + f"{len(items)} device(s)"
+
+
+@devices_app.command("show")
+@one_line_errors
+def show_device(
+    device_id: Annotated[str, typer.Argument(metavar="DEVICE", help="The device's id.")],
+    as_json: JsonOption = False,
+    server: ServerOption = None,
+) -> None:
+    """Show one device."""
+    with _session(server) as api:
+        device = api.call("GET", f"/devices/{_path_id(device_id)}")
+    if as_json:
+        _echo_json(device)
+        return
+    typer.echo(_fields(device))
+
+
+def _fields(item: dict[str, Any]) -> str:
+    width = max(len(key) for key in item)
+    return "\n".join(f"{key + ':':<{width + 1}} {_plain(value)}" for key, value in item.items())
+
+
+def _plain(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    return str(value)
+
+
+@devices_app.command("rename")
+@one_line_errors
+def rename_device(
+    device_id: Annotated[str, typer.Argument(metavar="DEVICE", help="The device's id.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The new name.")],
+    server: ServerOption = None,
+) -> None:
+    """Rename a device."""
+    with _session(server) as api:
+        device = api.call("PATCH", f"/devices/{_path_id(device_id)}", json={"name": name})
+    typer.echo(f"renamed {device['id']} to {device['name']}")
+
+
+@devices_app.command("unpair")
+@one_line_errors
+def unpair_device(
+    device_id: Annotated[str, typer.Argument(metavar="DEVICE", help="The device's id.")],
+    yes: YesOption = False,
+    server: ServerOption = None,
+) -> None:
+    """Unpair a device: its tokens are revoked and its tunnel closed (asks first)."""
+    with _session(server) as api:
+        device = api.call("GET", f"/devices/{_path_id(device_id)}")
+        if not yes and not typer.confirm(
+            f"unpair {device['name']} ({device['id']})? its agent will need a new pairing"
+        ):
+            raise _fail("not unpaired")
+        api.call("DELETE", f"/devices/{_path_id(device_id)}")
+    typer.echo(f"unpaired {device['id']}")
+
+
+@devices_app.command("deploy")
+@one_line_errors
+def deploy(
+    device_id: Annotated[str, typer.Argument(metavar="DEVICE", help="The device's id.")],
+    model_id: Annotated[str, typer.Argument(metavar="MODEL", help="The model's id.")],
+    as_json: JsonOption = False,
+    server: ServerOption = None,
+) -> None:
+    """Send a model to a device and wait for the agent's answer (exit 1 when it fails)."""
+    from rich.console import Console  # noqa: PLC0415 - see _progress
+
+    console = Console(stderr=True)
+    with _session(server) as api:
+        model = api.call("GET", f"/models/{_path_id(model_id)}")
+        with console.status(
+            f"deploying {model['name']} ({_size(int(model['file_size']))}) to {device_id}"
+        ):
+            record = api.call(
+                "POST",
+                f"/devices/{_path_id(device_id)}/deployments",
+                json={"model_id": model_id},
+            )
+    if as_json:
+        _echo_json(record)
+    if record["status"] != "succeeded":
+        raise _fail(f"deployment {record['id']} {record['status']}: {record.get('error') or ''}")
+    if not as_json:
+        typer.echo(f"deployed {model['name']} to {device_id} (deployment {record['id']})")
+
+
+@deployments_app.command("list")
+@one_line_errors
+def list_deployments(
+    device_id: Annotated[str, typer.Argument(metavar="DEVICE", help="The device's id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+    server: ServerOption = None,
+) -> None:
+    """List a device's deployments, newest first."""
+    with _session(server) as api:
+        items = list(api.pages(f"/devices/{_path_id(device_id)}/deployments", {"limit": "200"}))
+    if as_json:
+        for item in items:
+            _echo_json(item)
+        return
+    table = _table("id", "model", "status", "error", "created")
+    for item in items:
+        table.add_row(
+            str(item["id"]),
+            str(item["model_id"]),
+            str(item["status"]),
+            str(item.get("error") or ""),
+            str(item["created_at"])[:19].replace("T", " "),
+        )
+    typer.echo(_text(table) + f"{len(items)} deployment(s)")
+
+
+# -- models: show, rename, delete ---------------------------------------------------
+
+
+@models_app.command("show")
+@one_line_errors
+def show_model(
+    model_id: Annotated[str, typer.Argument(metavar="ID", help="The model's id.")],
+    as_json: JsonOption = False,
+    server: ServerOption = None,
+) -> None:
+    """Show one model."""
+    with _session(server) as api:
+        model = api.call("GET", f"/models/{_path_id(model_id)}")
+    if as_json:
+        _echo_json(model)
+        return
+    shown = dict(model)
+    if "file_size" in shown:
+        shown["file_size"] = _size(int(shown["file_size"]))
+    typer.echo(_fields(shown))
+
+
+@models_app.command("rename")
+@one_line_errors
+def rename_model(
+    model_id: Annotated[str, typer.Argument(metavar="ID", help="The model's id.")],
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The new name.")],
+    server: ServerOption = None,
+) -> None:
+    """Rename a model."""
+    with _session(server) as api:
+        model = api.call("PATCH", f"/models/{_path_id(model_id)}", json={"name": name})
+    typer.echo(f"renamed {model['id']} to {model['name']}")
+
+
+@models_app.command("delete")
+@one_line_errors
+def delete_model(
+    model_id: Annotated[str, typer.Argument(metavar="ID", help="The model's id.")],
+    yes: YesOption = False,
+    server: ServerOption = None,
+) -> None:
+    """Delete a model and its file (asks first)."""
+    with _session(server) as api:
+        model = api.call("GET", f"/models/{_path_id(model_id)}")
+        if not yes and not typer.confirm(f"delete {model['name']} ({model['id']})?"):
+            raise _fail("not deleted")
+        api.call("DELETE", f"/models/{_path_id(model_id)}")
+    typer.echo(f"deleted {model['id']}")
+
+
+# -- pairing tokens -----------------------------------------------------------------
+
+
+@pairing_app.command("create")
+@one_line_errors
+def create_pairing_token(
+    ttl: Annotated[
+        int | None, typer.Option("--ttl", min=1, help="Lifetime in seconds (server default).")
+    ] = None,
+    forward: Annotated[
+        str, typer.Option(help="The local service the agent command forwards to.")
+    ] = "127.0.0.1:8000",
+    as_json: JsonOption = False,
+    server: ServerOption = None,
+) -> None:
+    """Create a pairing token and print the agent command that uses it (shown once)."""
+    body = {"ttl_seconds": ttl} if ttl else {}
+    with _session(server) as api:
+        created = api.call("POST", "/pairing-tokens", json=body)
+        base = api.server
+    command = f"visiona agent --server {base} --token {created['token']} --forward {forward}"
+    if as_json:
+        _echo_json({**created, "agent_command": command})
+        return
+    typer.echo(f"pairing token {created['token']} (expires {created['expires_at']})")
+    typer.echo("on the computer with the dongle, run:")
+    typer.echo(f"  {command}")
+
+
+@pairing_app.command("list")
+@one_line_errors
+def list_pairing_tokens(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+    server: ServerOption = None,
+) -> None:
+    """List your pairing tokens (never their plaintext)."""
+    with _session(server) as api:
+        items = list(api.pages("/pairing-tokens", {"limit": "200"}))
+    if as_json:
+        for item in items:
+            _echo_json(item)
+        return
+    table = _table("id", "state", "expires", "device")
+    for item in items:
+        state = "revoked" if item.get("revoked_at") else "used" if item.get("used_at") else "unused"
+        table.add_row(
+            str(item["id"])[:16],
+            state,
+            str(item.get("expires_at") or "")[:19].replace("T", " "),
+            str(item.get("device_id") or ""),
+        )
+    typer.echo(_text(table) + f"{len(items)} pairing token(s)")
+
+
+@pairing_app.command("revoke")
+@one_line_errors
+def revoke_pairing_token(
+    token_id: Annotated[str, typer.Argument(metavar="ID", help="The token's id (from list).")],
+    server: ServerOption = None,
+) -> None:
+    """Revoke a pairing token so no agent can use it."""
+    with _session(server) as api:
+        api.call("DELETE", f"/pairing-tokens/{_path_id(token_id)}")
+    typer.echo(f"revoked {token_id}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the client commands to the root ``visiona`` command."""
+    app.command("login")(login)
+    app.command("logout")(logout)
+    app.add_typer(models_app, name="models")
+    app.add_typer(devices_app, name="devices")
+    app.add_typer(deployments_app, name="deployments")
+    app.add_typer(pairing_app, name="pairing-tokens")

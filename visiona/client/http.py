@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 import httpx
 
+from visiona.client.errors import ClientError
 from visiona.wire import API_PREFIX
 
 API = API_PREFIX
@@ -25,11 +26,7 @@ CHUNK = 1024 * 1024
 Progress = Callable[[int], None]
 
 
-class ClientError(Exception):
-    """A request failed; ``str()`` is the one line to show."""
-
-
-def _reason(response: httpx.Response) -> str:
+def _reason(response: httpx.Response, *, login_hint: bool = True) -> str:
     try:
         body = response.json()
         error = body["error"]
@@ -41,7 +38,7 @@ def _reason(response: httpx.Response) -> str:
         message = f"{text} ({error['code']}, HTTP {response.status_code})"
     except (ValueError, KeyError, TypeError):
         message = f"HTTP {response.status_code} {response.reason_phrase}"
-    if response.status_code == 401:
+    if response.status_code == 401 and login_hint:
         message += "; run `visiona login`"
     return message
 
@@ -73,7 +70,9 @@ class ApiClient:
 
     # -- plumbing ----------------------------------------------------------------
 
-    def _send(self, request: httpx.Request, *, stream: bool = False) -> httpx.Response:
+    def _send(
+        self, request: httpx.Request, *, stream: bool = False, login_hint: bool = True
+    ) -> httpx.Response:
         try:
             response = self._http.send(request, stream=stream)
         except httpx.TimeoutException as err:
@@ -90,12 +89,18 @@ class ApiClient:
             if stream:
                 response.read()
                 response.close()
-            raise ClientError(_reason(response))
+            raise ClientError(_reason(response, login_hint=login_hint))
         return response
 
-    def call(self, method: str, path: str, **kwargs: Any) -> Any:
-        """Send a JSON request to ``/api/v1{path}`` and return the decoded body (or None)."""
-        response = self._send(self._http.build_request(method, f"{API}{path}", **kwargs))
+    def call(self, method: str, path: str, *, login_hint: bool = True, **kwargs: Any) -> Any:
+        """Send a JSON request to ``/api/v1{path}`` and return the decoded body (or None).
+
+        A 401 ends with "run `visiona login`" unless ``login_hint`` is False (``login``
+        itself, where a 401 means a wrong email or password).
+        """
+        response = self._send(
+            self._http.build_request(method, f"{API}{path}", **kwargs), login_hint=login_hint
+        )
         if response.status_code == 204 or not response.content:
             return None
         try:
@@ -118,7 +123,9 @@ class ApiClient:
 
     def login(self, email: str, password: str) -> str:
         """Sign in; return the session token."""
-        body = self.call("POST", "/auth/login", json={"email": email, "password": password})
+        body = self.call(
+            "POST", "/auth/login", json={"email": email, "password": password}, login_hint=False
+        )
         return str(body["token"])
 
     def upload_model(

@@ -9,12 +9,11 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable
 from functools import cache
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from annotated_types import MinLen
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
-from jinja2 import Environment
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from visiona.auth import repository as users
@@ -39,6 +38,9 @@ from visiona.kit.runtime import Runtime
 from visiona.models import service as models
 from visiona.models.schemas import ModelSource, TargetChip
 from visiona.tokens import service as token_service
+
+if TYPE_CHECKING:
+    from jinja2 import Environment
 
 router = APIRouter(route_class=ConsoleRoute, include_in_schema=False)
 

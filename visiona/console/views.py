@@ -10,11 +10,12 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
-
-from jinja2 import Environment, PackageLoader, select_autoescape
+from typing import TYPE_CHECKING, Any
 
 from visiona.kit.pagination import MAX_LIMIT, PageRequest
+
+if TYPE_CHECKING:
+    from jinja2 import Environment
 
 #: at most this many rows are read for one console list (devices, tokens)
 MAX_ROWS = 2000
@@ -147,7 +148,12 @@ def short_id(value: str | uuid.UUID | None, length: int = 12) -> str:
 
 
 def environment() -> Environment:
-    """The console's Jinja2 environment: autoescaped templates from the package."""
+    """The console's Jinja2 environment: autoescaped templates from the package.
+
+    Jinja2 is imported here, on the first page, not when the application is built.
+    """
+    from jinja2 import Environment, PackageLoader, select_autoescape  # noqa: PLC0415 - lazy
+
     env = Environment(
         loader=PackageLoader("visiona.console", "templates"),
         autoescape=select_autoescape(default=True, default_for_string=True),

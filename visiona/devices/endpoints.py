@@ -25,6 +25,7 @@ from visiona.devices.schemas import (
     PairRequest,
     PairResponse,
 )
+from visiona.kit.clock import utcnow
 from visiona.kit.deps import Conn, RuntimeDep, client_address
 from visiona.kit.errors import (
     ConflictError,
@@ -36,6 +37,7 @@ from visiona.kit.errors import (
 )
 from visiona.kit.http import error_responses
 from visiona.kit.pagination import PageParams
+from visiona.tokens import service as tokens
 from visiona.tokens.dependencies import CurrentDevice
 from visiona.wire import RemoteStatus, UsbStatus
 
@@ -207,6 +209,26 @@ async def pair(body: PairRequest, request: Request, runtime: RuntimeDep) -> Pair
         device_id=paired.device_id,
         session_token=paired.session_token,
         expires_at=paired.expires_at,
+    )
+
+
+@agent_router.post(
+    "/session/renew",
+    response_model=PairResponse,
+    summary="Renew the agent's session token",
+    responses=error_responses(UnauthorizedError),
+)
+async def renew_session(device: CurrentDevice, conn: Conn, runtime: RuntimeDep) -> PairResponse:
+    """Trade the presented `vst_…` session token for a new one of the same device, valid
+    VISIONA_SESSION_TOKEN_TTL seconds from now. In one transaction the new token is
+    stored with `parent_token_hash` = the old token's hash and the old token is revoked.
+    A revoked, expired or unpaired device's token → 401. The live tunnel stays up."""
+    renewed = await tokens.renew_session(conn, runtime.settings, device, utcnow())
+    _LOGGER.info("device %s renewed its session token", device.device_id)
+    return PairResponse(
+        device_id=device.device_id,
+        session_token=renewed.token,
+        expires_at=renewed.expires_at,
     )
 
 

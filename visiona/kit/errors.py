@@ -82,6 +82,14 @@ class MethodNotAllowedError(AppError):
     default_message = "Method not allowed."
 
 
+class RequestTimeoutError(AppError):
+    """The request body stalled longer than ``body_read_timeout`` between two reads."""
+
+    status_code = 408
+    code = "request_timeout"
+    default_message = "The request body did not arrive in time."
+
+
 class ConflictError(AppError):
     """A uniqueness or reference rule would be broken."""
 
@@ -96,6 +104,14 @@ class PayloadTooLargeError(AppError):
     status_code = 413
     code = "payload_too_large"
     default_message = "Request body too large."
+
+
+class HeadersTooLargeError(AppError):
+    """The request head is over ``max_header_bytes`` or has more than ``max_headers``."""
+
+    status_code = 431
+    code = "headers_too_large"
+    default_message = "Request headers too large or too many."
 
 
 class ValidationFailedError(AppError):

@@ -6,6 +6,7 @@ never a stack trace, driver message or SQL text.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -13,6 +14,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable
+from email.utils import formatdate
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,9 +29,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from visiona.kit.database import map_db_error
 from visiona.kit.errors import (
     AppError,
+    BadRequestError,
+    ForbiddenError,
     MethodNotAllowedError,
     NotFoundError,
     PayloadTooLargeError,
+    RequestTimeoutError,
+    UnauthorizedError,
     ValidationFailedError,
 )
 from visiona.kit.logs import request_id_var
@@ -71,6 +77,24 @@ def _json(err: AppError) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status_code, headers=err.headers or None)
 
 
+class _UnparsableBodyError(BadRequestError):
+    """FastAPI could not parse the body: not UTF-8, nested too deep, a number too long."""
+
+    default_message = (
+        "The request body could not be parsed (not UTF-8, nested too deep, or a number too long)."
+    )
+
+
+_FRAMEWORK_ERRORS: dict[int, type[AppError]] = {
+    400: _UnparsableBodyError,
+    401: UnauthorizedError,
+    403: ForbiddenError,
+    404: NotFoundError,
+    405: MethodNotAllowedError,
+    413: PayloadTooLargeError,
+}
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the one error renderer for every kind of failure."""
 
@@ -91,18 +115,18 @@ def install_error_handlers(app: FastAPI) -> None:
         return _json(ValidationFailedError(fields))
 
     async def on_http(_request: Request, exc: Exception) -> JSONResponse:
+        # The framework's own HTTP errors (routing, body parsing) get documented codes.
         assert isinstance(exc, StarletteHTTPException)  # noqa: S101 - registered for it only
-        if exc.status_code == 404:
-            return _json(NotFoundError())
-        if exc.status_code == 405:
-            return _json(MethodNotAllowedError())
-        if exc.status_code == 413:
-            return _json(PayloadTooLargeError())
-        err = AppError(str(exc.detail) if exc.detail else "HTTP error.")
+        if exc.status_code == 405:  # keep Starlette's Allow header
+            response = _json(MethodNotAllowedError())
+            response.headers.update(getattr(exc, "headers", None) or {})
+            return response
+        known = _FRAMEWORK_ERRORS.get(exc.status_code)
+        if known is not None:
+            return _json(known())
+        err = BadRequestError() if exc.status_code < 500 else AppError()
         return JSONResponse(
-            {"error": {"code": "http_error", "message": err.message}},
-            status_code=exc.status_code,
-            headers=getattr(exc, "headers", None),
+            err.body(), status_code=exc.status_code, headers=getattr(exc, "headers", None)
         )
 
     async def on_sql(request: Request, exc: Exception) -> JSONResponse:
@@ -150,7 +174,8 @@ def _raised_at(exc: BaseException, depth: int = 3) -> str:
 
 
 class RequestContextMiddleware:
-    """Request id, body-size limit, metrics by route template and one access-log line."""
+    """Request id, body-size limit, body-read timeout, metrics by route template, ``Date``
+    and one access-log line."""
 
     def __init__(
         self,
@@ -158,12 +183,18 @@ class RequestContextMiddleware:
         *,
         metrics: Metrics,
         max_body_bytes: int,
+        body_read_timeout: float = 30.0,
         unlimited: Callable[[str], bool] = lambda _path: False,
     ) -> None:
-        """Wrap ``app``; paths for which ``unlimited(path)`` is true bring their own limit."""
+        """Wrap ``app``; paths for which ``unlimited(path)`` is true bring their own limit.
+
+        A request body that stalls for ``body_read_timeout`` seconds between two reads
+        is answered 408 (the application sees the client as gone).
+        """
         self._app = app
         self._metrics = metrics
         self._max = max_body_bytes
+        self._timeout = body_read_timeout
         self._unlimited = unlimited
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -173,21 +204,22 @@ class RequestContextMiddleware:
             return
         path: str = scope.get("path", "")
         limit = None if self._unlimited(path) else self._max
-        exchange = _Exchange(receive, send, _incoming_request_id(scope) or uuid.uuid4().hex, limit)
+        request_id = _incoming_request_id(scope) or uuid.uuid4().hex
+        exchange = _Exchange(receive, send, request_id, limit, self._timeout)
         token = request_id_var.set(exchange.request_id)
         started = time.perf_counter()
         try:
             if limit is not None and _content_length(scope) > limit:
-                exchange.too_large = True
+                exchange.refused = PayloadTooLargeError()
             else:
                 try:
                     await self._app(scope, exchange.receive, exchange.send)
                 except Exception:
-                    if not exchange.too_large:
+                    if exchange.refused is None:
                         raise
-            if exchange.too_large and not exchange.started:
-                exchange.status = PayloadTooLargeError.status_code
-                await _send_error(send, PayloadTooLargeError(), exchange.request_id)
+            if exchange.refused is not None and not exchange.started:
+                exchange.status = exchange.refused.status_code
+                await _send_error(send, exchange.refused, exchange.request_id)
         finally:
             elapsed = time.perf_counter() - started
             template = _route_template(scope)
@@ -198,39 +230,69 @@ class RequestContextMiddleware:
 
 
 class _Exchange:
-    """One request's receive/send wrappers: body limit, status capture, request-id header."""
+    """One request's receive/send wrappers: body limit and timeout, status, added headers."""
 
-    def __init__(self, receive: Receive, send: Send, request_id: str, limit: int | None) -> None:
+    def __init__(
+        self, receive: Receive, send: Send, request_id: str, limit: int | None, timeout: float
+    ) -> None:
         self._receive = receive
         self._send = send
         self._limit = limit
+        self._timeout = timeout
         self._seen = 0
+        self._body_done = False
         self.request_id = request_id
         self.status = 500
         self.started = False
-        self.too_large = False
+        # Set when the middleware answers instead of the app (413, 408).
+        self.refused: AppError | None = None
 
     async def receive(self) -> Message:
-        if self.too_large:
+        if self.refused is not None:
             return {"type": "http.disconnect"}
-        message = await self._receive()
-        if self._limit is not None and message["type"] == "http.request":
-            self._seen += len(message.get("body", b""))
-            if self._seen > self._limit:
-                # Stop the app reading; the middleware answers 413 whatever the app does.
-                self.too_large = True
-                return {"type": "http.disconnect"}
+        if self._body_done:
+            # Waiting for a disconnect (streaming responses, the proxy): no deadline.
+            return await self._receive()
+        try:
+            async with asyncio.timeout(self._timeout):
+                message = await self._receive()
+        except TimeoutError:
+            _LOGGER.info("request body stalled for %.1fs: 408", self._timeout)
+            self.refused = RequestTimeoutError()
+            return {"type": "http.disconnect"}
+        if message["type"] == "http.request":
+            self._body_done = not message.get("more_body", False)
+            if self._limit is not None:
+                self._seen += len(message.get("body", b""))
+                if self._seen > self._limit:
+                    # Stop the app reading; the middleware answers 413 whatever the app does.
+                    self.refused = PayloadTooLargeError()
+                    return {"type": "http.disconnect"}
         return message
 
     async def send(self, message: Message) -> None:
-        if self.too_large:
+        if self.refused is not None:
             return
         if message["type"] == "http.response.start":
             self.status = int(message["status"])
             self.started = True
             headers = [*message.get("headers", []), (b"x-request-id", self.request_id.encode())]
+            if not any(name.lower() == b"date" for name, _ in headers):
+                headers.append((b"date", _http_date()))
             message = {**message, "headers": headers}
         await self._send(message)
+
+
+_DATE: list[Any] = [0, b""]
+
+
+def _http_date() -> bytes:
+    """Now as an HTTP ``Date`` (RFC 9110 §5.6.7), formatted once per second."""
+    now = int(time.time())
+    if _DATE[0] != now:
+        _DATE[0], _DATE[1] = now, formatdate(now, usegmt=True).encode("ascii")
+    date: bytes = _DATE[1]
+    return date
 
 
 def _route_template(scope: Scope) -> str:
@@ -267,7 +329,11 @@ async def _send_error(send: Send, err: AppError, request_id: str) -> None:
         {
             "type": "http.response.start",
             "status": response.status_code,
-            "headers": [*response.raw_headers, (b"x-request-id", request_id.encode())],
+            "headers": [
+                *response.raw_headers,
+                (b"x-request-id", request_id.encode()),
+                (b"date", _http_date()),
+            ],
         }
     )
     await send({"type": "http.response.body", "body": response.body})

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from visiona.auth.sessions import SessionStore
+    from visiona.cluster.service import Cluster
     from visiona.kit.database import Database
     from visiona.kit.metrics import Metrics
     from visiona.kit.ratelimit import RateLimiter
@@ -42,6 +43,8 @@ class Runtime:
     on_device_revoked: list[DeviceHook] = field(default_factory=list)
     # This node's agent tunnels (the tunnel feature); built in the lifespan.
     hub: TunnelHub | None = None
+    # This node's cluster membership (registry, forwarder); None on a single node.
+    cluster: Cluster | None = None
 
     async def device_revoked(self, device_id: uuid.UUID) -> None:
         """Run every revocation hook for ``device_id``; one failing hook stops no other.

@@ -8,10 +8,10 @@ built at import time.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Self
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 
@@ -60,6 +60,11 @@ class Settings(BaseSettings):
     )
     cookie_name: str = Field("visiona_session", description="Web session cookie name.")
     cookie_secure: bool = Field(default=False, description="Mark the session cookie `Secure`.")
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins allowed to call the API from a browser (CORS, with credentials), "
+        'as a JSON list, e.g. `["https://app.example"]`; empty = no CORS.',
+    )
 
     login_rate_limit: int = Field(10, ge=1, description="Login attempts per email per window.")
     login_rate_limit_per_address: int = Field(
@@ -68,6 +73,22 @@ class Settings(BaseSettings):
     login_rate_window: int = Field(60, ge=1, description="Login rate-limit window (s).")
     max_body_bytes: int = Field(
         1024 * 1024, ge=1024, description="Largest JSON request body accepted (413 above)."
+    )
+    max_header_bytes: int = Field(
+        32 * 1024,
+        ge=1024,
+        description="Largest request head (request line and headers) accepted (431 above).",
+    )
+    max_headers: int = Field(100, ge=8, description="Most request headers accepted (431 above).")
+    body_read_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds a request body may stall between two reads (408 after).",
+    )
+    forwarded_allow_ips: str = Field(
+        "",
+        description="Comma-separated addresses of proxies trusted to set `X-Forwarded-For` "
+        "and `X-Forwarded-Proto` (`*` for any); empty: none, the peer address counts.",
     )
 
     # -- devices, pairing and agent tokens (devices feature) ------------------
@@ -142,6 +163,28 @@ class Settings(BaseSettings):
         "was sent (the agent verifies it and runs its deploy hook); the record fails after.",
     )
 
+    # -- cluster (several nodes behind one address) ---------------------------
+    node_id: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9._-]{1,64}$",
+        description="This node's id in the tunnel registry; unset means a random id per start.",
+    )
+    node_url: str | None = Field(
+        None,
+        description="Base URL other nodes use to reach this one (e.g. `http://10.0.0.5:8080`); "
+        "unset in a cluster means the address `serve` bound. Needs REDIS_URL and "
+        "INTERNAL_TOKEN.",
+    )
+    internal_token: SecretStr | None = Field(
+        None,
+        repr=False,
+        description="Shared secret of node-to-node calls; setting it (with REDIS_URL) makes "
+        "the node join the cluster. Never logged.",
+    )
+    cluster_connect_timeout: float = Field(
+        2.0, gt=0, description="Seconds to connect to another node when forwarding (502 after)."
+    )
+
     # -- logging and development ----------------------------------------------
     log_level: str = Field("INFO", description="Log level.")
     log_format: Literal["text", "json"] = Field("text", description="Log format.")
@@ -166,6 +209,34 @@ class Settings(BaseSettings):
         if backend not in {"sqlite", "postgresql"}:
             raise ValueError("database_url must be a sqlite or postgresql URL")
         return value
+
+    @field_validator("node_url")
+    @classmethod
+    def _http_node_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if urlsplit(value).scheme not in {"http", "https"} or not urlsplit(value).hostname:
+            raise ValueError("node_url must be an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _cluster_needs_redis(self) -> Self:
+        token = self.internal_token.get_secret_value() if self.internal_token else ""
+        if (self.node_url or token) and not self.redis_url:
+            raise ValueError(
+                "VISIONA_NODE_URL and VISIONA_INTERNAL_TOKEN need VISIONA_REDIS_URL "
+                "(a cluster keeps its tunnel registry in Redis)"
+            )
+        if self.node_url and not token:
+            raise ValueError("VISIONA_NODE_URL needs VISIONA_INTERNAL_TOKEN")
+        if token and len(token) < 16:
+            raise ValueError("VISIONA_INTERNAL_TOKEN must be at least 16 characters")
+        return self
+
+    @property
+    def clustered(self) -> bool:
+        """Whether this node joins a cluster (internal token and Redis both set)."""
+        return bool(self.internal_token and self.redis_url)
 
     # -- database -------------------------------------------------------------
 

@@ -33,6 +33,7 @@ from visiona.kit.http import error_responses
 from visiona.kit.pagination import PageParams
 from visiona.kit.runtime import Runtime
 from visiona.models import service
+from visiona.models.chips import TargetChip
 from visiona.models.multipart import InvalidMultipartError, StreamingForm
 from visiona.models.repository import Model
 from visiona.models.schemas import (
@@ -40,7 +41,6 @@ from visiona.models.schemas import (
     ModelPage,
     ModelPatch,
     ModelSource,
-    TargetChip,
     UploadFields,
 )
 from visiona.models.storage import ObjectStorage, StoredObject, model_key

@@ -10,6 +10,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from visiona.kit.text import STORABLE
+from visiona.models.chips import TargetChip as TargetChip  # noqa: PLC0414 - re-exported: callers import it from here
 
 MAX_LABELS = 100
 
@@ -19,16 +20,6 @@ Name = Annotated[
 Label = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), STORABLE
 ]
-
-
-class TargetChip(StrEnum):
-    """Kneron chips a ``.nef`` model can be compiled for."""
-
-    KL520 = "kl520"
-    KL530 = "kl530"
-    KL630 = "kl630"
-    KL720 = "kl720"
-    KL730 = "kl730"
 
 
 class ModelSource(StrEnum):

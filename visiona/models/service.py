@@ -11,7 +11,6 @@ only after it committed (:func:`visiona.models.storage.ObjectStorage.delete_quie
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import uuid
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from visiona.kit.clock import utcnow
 from visiona.kit.errors import NotFoundError, StorageUnavailableError, ValidationFailedError
+from visiona.kit.jsonlimits import JsonTooDeepError, loads_bounded
 from visiona.kit.pagination import Page, PageRequest
 from visiona.models import repository
 from visiona.models.multipart import StreamingForm
@@ -74,7 +74,9 @@ def _labels(values: list[str]) -> Any:
     """Labels as repeated fields, or one field holding a JSON list."""
     if len(values) == 1 and values[0].lstrip().startswith("["):
         try:
-            return json.loads(values[0])
+            return loads_bounded(values[0])
+        except JsonTooDeepError:
+            raise _invalid(["body", "labels"], "labels is nested too deeply") from None
         except ValueError:
             raise _invalid(["body", "labels"], "labels is not a valid JSON list") from None
     return values

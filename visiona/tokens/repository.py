@@ -111,6 +111,11 @@ _REVOKE_SESSIONS_OF_DEVICE = (
     .where(session_tokens.c.device_id == bindparam("device"), session_tokens.c.revoked_at.is_(None))
     .values(revoked_at=_now)
 )
+_REVOKE_LIVE_SESSION = (
+    update(session_tokens)
+    .where(session_tokens.c.token_hash == bindparam("hash"), session_tokens.c.revoked_at.is_(None))
+    .values(revoked_at=_now)
+)
 _VALID_SESSION = (
     select(session_tokens.c.token_hash, session_tokens.c.device_id, devices.c.owner_user_id)
     .join(devices, devices.c.id == session_tokens.c.device_id)
@@ -244,6 +249,12 @@ async def revoke_session_tokens_of_device(
     """Revoke every not yet revoked session token of the device; how many."""
     result = await conn.execute(_REVOKE_SESSIONS_OF_DEVICE, {"device": device_id, "now": now})
     return int(result.rowcount)
+
+
+async def revoke_live_session_token(conn: AsyncConnection, token_hash: str, now: datetime) -> bool:
+    """Revoke the session token if nobody did yet; False when it was already revoked."""
+    result = await conn.execute(_REVOKE_LIVE_SESSION, {"hash": token_hash, "now": now})
+    return int(result.rowcount) == 1
 
 
 async def find_valid_session(

@@ -146,6 +146,32 @@ async def issue_session_token(
     return IssuedSession(token=token, expires_at=expires_at)
 
 
+async def renew_session(
+    conn: AsyncConnection, settings: Settings, device: DeviceIdentity, now: datetime
+) -> IssuedSession:
+    """A new session token for the device, revoking the presented one, all on ``conn``.
+
+    The new token's ``parent_token_hash`` is the old token's hash. Revoking is
+    conditional, so of two renewals racing with one token only one wins (the other
+    gets 401 and its new token is rolled back); a revoked or unpaired device is
+    refused by :func:`authenticate_device` before this runs.
+    """
+    if not await repository.revoke_live_session_token(conn, device.token_hash, now):
+        raise agent_unauthorized()
+    token = new_token(DEVICE_SESSION_PREFIX)
+    expires_at = now + timedelta(seconds=settings.session_token_ttl)
+    await repository.insert_session_token(
+        conn,
+        token_hash=hash_token(token),
+        user_id=device.owner_user_id,
+        device_id=device.device_id,
+        parent_token_hash=device.token_hash,
+        now=now,
+        expires_at=expires_at,
+    )
+    return IssuedSession(token=token, expires_at=expires_at)
+
+
 # -- session tokens -------------------------------------------------------------
 
 

@@ -10,9 +10,10 @@ from fastapi import APIRouter, Request, WebSocket
 from fastapi.responses import JSONResponse
 
 from visiona.auth.dependencies import CurrentPrincipal
+from visiona.cluster.service import forward_proxy
 from visiona.devices import service as devices_service
 from visiona.kit.database import map_db_error
-from visiona.kit.deps import RuntimeDep
+from visiona.kit.deps import runtime_of
 from visiona.kit.errors import AppError, CsrfError, NotFoundError, UnauthorizedError
 from visiona.kit.http import error_responses
 from visiona.kit.logs import end_incomplete_on_purpose
@@ -26,11 +27,14 @@ from visiona.tunnel.errors import (
 )
 from visiona.tunnel.hub import TunnelHub
 from visiona.tunnel.proxy import ProxyExchange, ProxyResponse
-from visiona.wire import RESERVED_PREFIX
+from visiona.tunnel.target import (
+    InvalidProxyPathError,
+    cloud_prefix,
+    device_target,
+    sandboxed_headers,
+)
 
 _LOGGER = logging.getLogger(__name__)
-#: Targets the agent answers itself (see docs/tunnel-protocol.md); never proxied.
-_RESERVED = RESERVED_PREFIX.encode("ascii")
 PROXY_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 router = APIRouter()
@@ -80,44 +84,75 @@ async def agent_tunnel(websocket: WebSocket) -> None:
     await hub_of(runtime).serve(websocket, identity)
 
 
-def _forward_target(request: Request) -> tuple[bytes, str]:
+def _forward_target(request: Request, path: str) -> tuple[bytes, str]:
     """The path and query to request on the device, and the cloud prefix in front of it."""
-    raw: bytes = request.scope.get("raw_path") or request.scope["path"].encode("latin-1")
-    marker = raw.find(b"/proxy/")
-    prefix, path = raw[: marker + len(b"/proxy")], raw[marker + len(b"/proxy") :]
     query: bytes = request.scope.get("query_string", b"")
-    return (path + b"?" + query) if query else path, prefix.decode("latin-1")
+    return device_target(path, query), cloud_prefix(path, request.scope["path"])
 
 
 async def proxy(
     device_id: uuid.UUID,
-    path: str,  # noqa: ARG001 - declared for the route; the raw path is forwarded
+    path: str,
     request: Request,
     principal: CurrentPrincipal,
-    runtime: RuntimeDep,
 ) -> Any:
     """Forward the request through the device's tunnel to its agent's local service and
     stream the answer back. Not your device → 404; not connected → 502 ``device_offline``;
     no response head in time → 504 ``device_timeout``; a target under ``/visiona/`` (the
-    agent's own paths, e.g. deployments) → 403 ``reserved_path``."""
-    target, prefix = _forward_target(request)
-    if target.startswith(_RESERVED):
-        raise ReservedPathError()
+    agent's own paths, e.g. deployments), in any encoding or letter case → 403
+    ``reserved_path``; a ``..`` segment or a control character → 400 ``bad_request``.
+    The device receives the decoded path re-encoded canonically, ``//`` and ``.``
+    collapsed."""
+    # The runtime is read directly: no dependency to solve for it.
+    runtime = runtime_of(request)
+    target, prefix = _forward_target(request, path)
+    if hub_of(runtime).get(device_id) is None:
+        forwarded = await forward_proxy(
+            runtime,
+            request,
+            device_id=device_id,
+            target=target,
+            prefix=prefix,
+            user_id=principal.user_id,
+        )
+        if forwarded is not None:
+            return forwarded
+    return await proxy_local(
+        runtime,
+        request,
+        device_id=device_id,
+        user_id=principal.user_id,
+        target=target,
+        prefix=prefix,
+    )
+
+
+async def proxy_local(
+    runtime: Runtime,
+    request: Request,
+    *,
+    device_id: uuid.UUID,
+    user_id: uuid.UUID,
+    target: bytes,
+    prefix: str,
+) -> Any:
+    """Proxy through this node's tunnel of the device (no tunnel here → 502 offline)."""
     link = hub_of(runtime).get(device_id)
-    if link is None or link.owner_user_id != principal.user_id:
+    if link is None or link.owner_user_id != user_id:
         # unit of work: its own, only when the device is not connected (a proxy holds none)
         async with runtime.db.transaction() as conn:
-            await devices_service.get_device(conn, principal.user_id, device_id)
+            await devices_service.get_device(conn, user_id, device_id)
         raise DeviceOfflineError()
     exchange = ProxyExchange(
         link.session, request, target, prefix, runtime.settings.proxy_response_timeout
     )
     status, headers, framing = await exchange.open()
-    return ProxyResponse(exchange, status, headers, framing)
+    return ProxyResponse(exchange, status, sandboxed_headers(headers), framing)
 
 
 _PROXY_RESPONSES: dict[int | str, dict[str, Any]] = {
     **error_responses(
+        InvalidProxyPathError,
         UnauthorizedError,
         CsrfError,
         ReservedPathError,

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec
 
 from visiona.kit.clock import utcnow
@@ -23,12 +23,13 @@ from visiona.tokens import service as tokens
 from visiona.tunnel import repository
 from visiona.tunnel.link import TunnelLink
 from visiona.wire import CLOSE_GOING_AWAY, CLOSE_KEEPALIVE, CLOSE_REVOKED, CLOSE_SUPERSEDED
-from visiona.yamux import Config, PingTimeoutError, YamuxError
+from visiona.yamux import Config
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection
     from starlette.websockets import WebSocket
 
+    from visiona.cluster.registry import Lease, TunnelRegistry
     from visiona.kit.database import Database
     from visiona.kit.metrics import Metrics
     from visiona.kit.settings import Settings
@@ -41,9 +42,17 @@ _P = ParamSpec("_P")
 class TunnelHub:
     """Live tunnels of this node and the writer of their devices' remote status."""
 
-    def __init__(self, db: Database, settings: Settings) -> None:
-        """Prepare an empty hub; :meth:`start` resets stale statuses and starts batching."""
+    def __init__(
+        self, db: Database, settings: Settings, registry: TunnelRegistry | None = None
+    ) -> None:
+        """Prepare an empty hub; :meth:`start` resets stale statuses and starts batching.
+
+        With a ``registry`` (a cluster) each tunnel holds a lease in Redis, renewed at
+        each keepalive; without one the node behaves as the only one.
+        """
         self._db = db
+        self.registry = registry
+        self._leases: dict[uuid.UUID, Lease] = {}
         self._settings = settings
         self._config = Config(
             enable_keepalive=False,  # the hub pings itself to tell reconnecting from gone
@@ -55,6 +64,7 @@ class TunnelHub:
         self._seen: set[uuid.UUID] = set()
         self._flush_task: asyncio.Task[None] | None = None
         self._serving: set[asyncio.Task[Any]] = set()
+        self._chores: set[asyncio.Task[None]] = set()
         self._closing = False
         self._bytes_to_devices = 0
         self._bytes_from_devices = 0
@@ -70,10 +80,22 @@ class TunnelHub:
         would be marked ``online`` again by its next batch.
         """
         async with self._db.transaction() as conn:
-            reset = await repository.mark_all_offline(conn)
+            if self.registry is None:
+                reset = await repository.mark_all_offline(conn)
+            else:
+                reset = await self._reset_own(conn)
         if reset:
             _LOGGER.info("tunnel: marked %s device(s) offline left from a previous run", reset)
         self._flush_task = asyncio.get_running_loop().create_task(self._flush_loop())
+
+    async def _reset_own(self, conn: AsyncConnection) -> int:
+        """Cluster start-up: offline only devices whose lease is gone or names this node."""
+        registry = self.registry
+        assert registry is not None  # noqa: S101 - only called with a registry
+        connected = await repository.connected_device_ids(conn)
+        owners = await registry.owners(connected)
+        stale = [d for d, o in owners.items() if o is None or o.node_id == registry.node_id]
+        return await repository.mark_offline(conn, stale)
 
     async def close(self) -> None:
         """Close every tunnel (1001), write the last batch, stop batching."""
@@ -85,6 +107,8 @@ class TunnelHub:
         )
         if self._serving:
             await asyncio.wait(list(self._serving), timeout=5)
+        if self._chores:
+            await asyncio.wait(list(self._chores), timeout=5)
         if self._flush_task is not None:
             self._flush_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -165,59 +189,132 @@ class TunnelHub:
         device_id = identity.device_id
         older = self._tunnels.get(device_id)
         self._tunnels[device_id] = link
+        lease_task: asyncio.Task[None] | None = None
         try:
             if older is not None:
                 _LOGGER.info("tunnel: device %s reconnected; closing the older tunnel", device_id)
                 await older.close(CLOSE_SUPERSEDED, "superseded")
             await self._write(repository.mark_connected, device_id, utcnow())
+            await self._claim(link)
             _LOGGER.info("tunnel: device %s connected", device_id)
             if self._closing:
                 await link.close(CLOSE_GOING_AWAY, "server shutting down")
-            pinger = asyncio.get_running_loop().create_task(self._keepalive(link))
-            try:
-                await link.run()
-            finally:
-                pinger.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await pinger
+            if not link.session.is_closed:
+                self._start_keepalive(link)
+                if self.registry is not None:  # no task per tunnel on a single node
+                    lease_task = asyncio.get_running_loop().create_task(self._lease_loop(link))
+            await link.run()
         finally:
+            if lease_task is not None:
+                lease_task.cancel()
             self._bytes_to_devices += link.session.bytes_sent
             self._bytes_from_devices += link.session.bytes_received
             self._streams_refused += link.session.stats().streams_refused
             if self._tunnels.get(device_id) is link:
                 del self._tunnels[device_id]
                 self._seen.discard(device_id)
-                await self._write(repository.set_remote_status, device_id, "offline")
+                if await self._release(device_id):
+                    await self._write(repository.set_remote_status, device_id, "offline")
             if task is not None:
                 self._serving.discard(task)
             _LOGGER.info(
                 "tunnel: device %s disconnected (%s)", device_id, link.session.close_reason
             )
 
-    async def _keepalive(self, link: TunnelLink) -> None:
-        """Ping every interval; a miss marks ``reconnecting``, too many close the tunnel."""
-        misses = 0
-        session = link.session
-        while not session.is_closed:
+    # -- the registry lease (cluster only) ---------------------------------------
+    async def _claim(self, link: TunnelLink) -> None:
+        if self.registry is None:
+            return
+        try:
+            self._leases[link.device_id] = await self.registry.claim(link.device_id)
+        except Exception as err:  # noqa: BLE001 - Redis away: the next renewal claims again
+            _LOGGER.warning(
+                "cluster: lease of device %s not taken: %s", link.device_id, type(err).__name__
+            )
+
+    async def _release(self, device_id: uuid.UUID) -> bool:
+        """Drop the device's lease; False when another node holds the device now."""
+        lease = self._leases.pop(device_id, None)
+        if self.registry is None:
+            return True
+        try:
+            if lease is not None:
+                await self.registry.release(lease)
+            owner = await self.registry.owner(device_id)
+        except Exception as err:  # noqa: BLE001 - Redis away: the lease expires by itself
+            _LOGGER.warning(
+                "cluster: lease of device %s not released: %s", device_id, type(err).__name__
+            )
+            return True
+        return owner is None or owner.node_id == self.registry.node_id
+
+    async def _renew(self, link: TunnelLink) -> bool:
+        """Renew the lease and re-check revocation; False when the tunnel was closed."""
+        registry = self.registry
+        if registry is None:
+            return True
+        lease = self._leases.get(link.device_id)
+        try:
+            if lease is None or not await registry.renew(lease):
+                owner = await registry.owner(link.device_id)
+                if owner is not None and owner.node_id != registry.node_id:
+                    _LOGGER.info(
+                        "tunnel: device %s is now held by node %s; closing here",
+                        link.device_id,
+                        owner.node_id,
+                    )
+                    self._leases.pop(link.device_id, None)
+                    await link.close(CLOSE_SUPERSEDED, "superseded")
+                    return False
+                await self._claim(link)
+        except Exception as err:  # noqa: BLE001 - Redis away: keep the tunnel, retry next time
+            _LOGGER.warning(
+                "cluster: lease of device %s not renewed: %s", link.device_id, type(err).__name__
+            )
+        await self.device_revoked(link.device_id)
+        return not link.session.is_closed
+
+    async def _lease_loop(self, link: TunnelLink) -> None:
+        """Cluster only: renew the device's lease (and re-check revocation) every interval."""
+        while not link.session.is_closed:
             await asyncio.sleep(self._settings.tunnel_ping_interval)
-            try:
-                await session.ping()
-            except PingTimeoutError:
-                misses += 1
-                if link.healthy:
-                    link.healthy = False
-                    self._seen.discard(link.device_id)
-                    await self._write(repository.set_remote_status, link.device_id, "reconnecting")
-                if misses >= self._settings.tunnel_ping_misses:
-                    _LOGGER.info("tunnel: device %s missed %s keepalives", link.device_id, misses)
-                    await link.close(CLOSE_KEEPALIVE, "keepalive timeout")
-                    return
-                continue
-            except YamuxError:
+            if not await self._renew(link):
                 return
-            misses = 0
+
+    def _start_keepalive(self, link: TunnelLink) -> None:
+        """Ping every interval (a yamux timer, no task); a miss marks ``reconnecting``,
+        ``tunnel_ping_misses`` in a row close the tunnel."""
+        device_id = link.device_id
+
+        def on_answer() -> None:
             link.healthy = True
-            self._seen.add(link.device_id)
+            self._seen.add(device_id)
+
+        def on_miss(misses: int) -> bool:
+            if link.healthy:
+                link.healthy = False
+                self._seen.discard(device_id)
+                self._background(
+                    self._write(repository.set_remote_status, device_id, "reconnecting")
+                )
+            if misses >= self._settings.tunnel_ping_misses:
+                _LOGGER.info("tunnel: device %s missed %s keepalives", device_id, misses)
+                self._background(link.close(CLOSE_KEEPALIVE, "keepalive timeout"))
+                return False
+            return True
+
+        link.session.keep_alive(
+            self._settings.tunnel_ping_interval,
+            self._settings.tunnel_ping_timeout,
+            on_miss=on_miss,
+            on_answer=on_answer,
+        )
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` (a status write, a close) as a task the hub keeps until it ends."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._chores.add(task)
+        task.add_done_callback(self._chores.discard)
 
     async def device_revoked(self, device_id: uuid.UUID) -> None:
         """Revocation hook: close the device's tunnel if its session token no longer holds."""

@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Collection
 from datetime import datetime
 
-from sqlalchemy import bindparam, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from visiona.kit.schema import UTCDateTime, devices
@@ -58,4 +58,22 @@ async def mark_seen(
 async def mark_all_offline(conn: AsyncConnection) -> int:
     """At start-up: every device still marked connected is offline (this node holds none yet)."""
     result = await conn.execute(_ALL_OFFLINE)
+    return int(result.rowcount or 0)
+
+
+async def connected_device_ids(conn: AsyncConnection) -> list[uuid.UUID]:
+    """Devices whose remote status is not ``offline`` (a cluster node's start-up reset)."""
+    rows = await conn.execute(select(devices.c.id).where(devices.c.remote_status != "offline"))
+    return [row[0] for row in rows]
+
+
+async def mark_offline(conn: AsyncConnection, device_ids: Collection[uuid.UUID]) -> int:
+    """Mark these devices offline; return how many were."""
+    if not device_ids:
+        return 0
+    result = await conn.execute(
+        update(devices)
+        .where(devices.c.id.in_(list(device_ids)), devices.c.remote_status != "offline")
+        .values(remote_status="offline")
+    )
     return int(result.rowcount or 0)

@@ -14,6 +14,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from .config import Config
@@ -230,6 +231,24 @@ class Session:
             self._pings.discard(ping_id)
         self._check_alive()
         return time.perf_counter() - started
+
+    def keep_alive(
+        self,
+        interval: float,
+        timeout: float,
+        *,
+        on_miss: Callable[[int], bool],
+        on_answer: Callable[[], None] | None = None,
+    ) -> None:
+        """Run the keepalive with the caller's policy (instead of ``enable_keepalive``'s).
+
+        A Ping leaves ``interval`` seconds after the last answer (or miss); each one not
+        answered within ``timeout`` calls ``on_miss(consecutive_misses)``, which returns
+        True to keep pinging; ``on_answer()`` runs for each answered keepalive. One loop
+        timer, no task: an idle session costs nothing between pings.
+        """
+        self._check_alive()
+        self._pings.start_keepalive(interval, timeout, on_miss, on_answer)
 
     async def go_away(self) -> None:
         """Tell the peer we accept no more streams (GoAway normal); existing ones go on."""

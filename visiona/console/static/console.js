@@ -33,7 +33,7 @@
         data = null;
       }
     }
-    return { ok: response.ok, status: response.status, data };
+    return { ok: response.ok, status: response.status, data, date: response.headers.get("Date") };
   }
 
   // A call of the JSON API (path relative to /api/v1).
@@ -366,7 +366,9 @@
     }
     connect.token = result.data.token;
     connect.id = result.data.id;
-    connect.expiresAt = Date.parse(result.data.expires_at);
+    // Count down from the server's clock (its Date header), not this computer's.
+    const serverNow = Date.parse(result.date || "") || Date.now();
+    connect.expiresAt = Date.now() + (Date.parse(result.data.expires_at) - serverNow);
     renderCommand();
     status.textContent = "Waiting for the agent to pair…";
     tickExpiry();
@@ -427,8 +429,9 @@
         const result = await api("POST", "/devices/" + id + "/deployments", { model_id: deploy.model_id.value });
         button.disabled = false;
         spinner.hidden = true;
-        if (!result.ok) showError(deploy, errorText(result));
-        else if (result.data.status === "failed") showError(deploy, "Deployment failed: " + (result.data.error || "unknown error"));
+        const failed = !result.ok && result.data && result.data.error && result.data.error.code === "deployment_failed";
+        if (failed) showError(deploy, "Deployment failed: " + result.data.error.message);
+        else if (!result.ok) showError(deploy, errorText(result));
         else toast("Deployment succeeded.");
         await refreshRegions(["deployments"]);
       });

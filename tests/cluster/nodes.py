@@ -1,0 +1,99 @@
+"""Real `visiona serve` node processes on loopback (port 0) for the cluster tests."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+_SERVING = re.compile(rb"visiona running on http://127\.0\.0\.1:(\d+)")
+
+
+@dataclass
+class Node:
+    """One running node: its process and its port."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:<port>``."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        """The agent tunnel endpoint of this node."""
+        return f"ws://127.0.0.1:{self.port}/api/v1/agent/tunnel"
+
+    def kill(self) -> None:
+        """SIGKILL by pid (a node's death: nothing is cleaned up)."""
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        """SIGTERM and wait (graceful shutdown); SIGKILL if it hangs."""
+        if self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+
+def node_env(**settings: str) -> dict[str, str]:
+    """The environment of a node: the caller's without any VISIONA_ variable, plus ``settings``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VISIONA_")}
+    env.update({f"VISIONA_{k.upper()}": v for k, v in settings.items()})
+    return env
+
+
+def spawn_node(name: str, env: dict[str, str]) -> tuple[str, subprocess.Popen[bytes], Path]:
+    """Start `visiona serve` on port 0 (see :func:`wait_node`)."""
+    log = Path(tempfile.mkstemp(prefix=f"visiona-{name}-", suffix=".log")[1])
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "visiona", "serve"],
+            env={**env, "VISIONA_HOST": "127.0.0.1", "VISIONA_PORT": "0"},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=tempfile.gettempdir(),
+        )
+    return name, proc, log
+
+
+def wait_node(spawned: tuple[str, subprocess.Popen[bytes], Path], timeout: float = 120) -> Node:
+    """Wait until the spawned node answers ``/healthz`` (bounded; the machine may be busy)."""
+    name, proc, log = spawned
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"node {name} exited:\n{log.read_text(errors='replace')[-3000:]}")
+        found = _SERVING.search(log.read_bytes())
+        if found:
+            port = int(found.group(1))
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                    return Node(name, proc, port, log)
+        time.sleep(0.1)
+    proc.kill()
+    proc.wait()
+    raise RuntimeError(f"node {name} did not start:\n{log.read_text(errors='replace')[-3000:]}")
+
+
+def start_node(name: str, env: dict[str, str]) -> Node:
+    """Start one node and wait until it serves."""
+    return wait_node(spawn_node(name, env))

@@ -1,0 +1,237 @@
+"""``visiona agent``: run the agent, ``agent status`` and ``agent install-service``.
+
+Imports only the agent's own modules (never the server stack), and those lazily,
+so ``visiona agent --help`` starts fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+agent_app = typer.Typer(
+    rich_markup_mode=None,
+    help="The local agent: pair once, keep the tunnel up, forward streams to --forward.",
+)
+
+SessionFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Where the session token is kept (0600; default ~/.config/visiona/agent-session.json)."
+    ),
+]
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+@agent_app.callback(invoke_without_command=True)
+def agent(  # noqa: PLR0917 - one parameter per command-line option
+    ctx: typer.Context,
+    server: Annotated[
+        str | None, typer.Option(help="The cloud's base URL, e.g. https://cloud.example.")
+    ] = None,
+    forward: Annotated[
+        str | None, typer.Option(help="Local service HOST:PORT each stream is sent to.")
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            help="Pairing token: pairs and replaces the stored session (a token already "
+            "used for the stored session is ignored).",
+            envvar="VISIONA_AGENT_TOKEN",
+        ),
+    ] = None,
+    session_file: SessionFileOption = None,
+    name: Annotated[str | None, typer.Option(help="Device name (default: host name).")] = None,
+    serial: Annotated[str | None, typer.Option(help="Serial number (default: host + MAC).")] = None,
+    device_type: Annotated[
+        str | None,
+        typer.Option(
+            "--type", help="Dongle type (default: read from the plugged-in dongle, else kl520)."
+        ),
+    ] = None,
+    models_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where deployed models are written (default ~/.local/share/visiona/models)."
+        ),
+    ] = None,
+    deploy_hook: Annotated[
+        str | None,
+        typer.Option(
+            help="Command run after each deployed model (VISIONA_MODEL_PATH, VISIONA_MODEL_ID, "
+            "VISIONA_MODEL_SHA256, VISIONA_MODEL_CHIP in its environment)."
+        ),
+    ] = None,
+) -> None:
+    """Run the local agent: pair once, keep the tunnel up, forward streams to --forward.
+
+    Exits 3 when the server refuses the credentials and no usable pairing token is
+    left, 2 on a bad option; stops cleanly on SIGTERM/SIGINT.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    if server is None or forward is None:
+        typer.echo(ctx.get_help())
+        raise _fail("--server and --forward are required to run the agent", 2)
+    import socket  # noqa: PLC0415 - only running needs it
+
+    from visiona.agent import main as agent_main  # noqa: PLC0415 - keep --help fast
+    from visiona.agent.runner import AgentOptions, check_server_url  # noqa: PLC0415 - idem
+    from visiona.agent.usb import detect_device_type  # noqa: PLC0415 - idem
+    from visiona.kit.logs import configure_logging  # noqa: PLC0415 - idem
+
+    try:
+        host, port = agent_main.parse_forward(forward)
+        check_server_url(server)
+    except ValueError as err:
+        raise _fail(str(err), 2) from None
+    configure_logging("INFO", "text")
+    options = AgentOptions(
+        server=server,
+        forward_host=host,
+        forward_port=port,
+        session_file=session_file or agent_main.default_session_file(),
+        pairing_token=token,
+        name=name or socket.gethostname(),
+        serial_number=serial or agent_main.default_serial(),
+        device_type=device_type or detect_device_type() or "kl520",
+        models_dir=models_dir,
+        deploy_hook=deploy_hook,
+    )
+    raise typer.Exit(agent_main.run_agent(options))
+
+
+@agent_app.command("status")
+def status(
+    session_file: SessionFileOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Show the paired device, its server, the last run's tunnel state and the session expiry."""
+    from visiona.agent import credentials  # noqa: PLC0415 - keep --help fast
+    from visiona.agent.main import default_session_file  # noqa: PLC0415 - idem
+
+    path = session_file or default_session_file()
+    creds = credentials.load_any(path)
+    if creds is None:
+        raise _fail(f"no agent session in {path}; run `visiona agent --token ...` to pair")
+    state = credentials.load_state(path)
+    info: dict[str, Any] = {
+        "session_file": str(path),
+        "device_id": creds.device_id,
+        "server": creds.server,
+        "session_expires_at": creds.expires_at,
+        "tunnel": state.get("tunnel", "never connected"),
+        "tunnel_since": state.get("since"),
+        "last_close": state.get("last_close"),
+    }
+    if as_json:
+        typer.echo(json.dumps(info))
+        return
+    expires = _when(creds.expires_at)
+    lines = [
+        f"device:   {creds.device_id}",
+        f"server:   {creds.server}",
+        f"tunnel:   {info['tunnel']}"
+        + (f" since {info['tunnel_since']}" if info["tunnel_since"] else "")
+        + (f" (last close: {info['last_close']})" if info["last_close"] else ""),
+        f"session:  expires {creds.expires_at}{expires}",
+        f"file:     {path}",
+    ]
+    typer.echo("\n".join(lines))
+
+
+def _when(iso: str) -> str:
+    try:
+        at = datetime.fromisoformat(iso)
+    except ValueError:
+        return ""
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)
+    days = (at - datetime.now(UTC)).total_seconds() / 86400
+    return " (expired)" if days < 0 else f" (in {days:.0f} days)"
+
+
+def systemd_user_dir() -> Path:
+    """``$XDG_CONFIG_HOME/systemd/user`` (``~/.config/systemd/user`` by default)."""
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "systemd" / "user"
+
+
+def service_unit(executable: str, args: list[str]) -> str:
+    """The text of the ``visiona-agent.service`` systemd user unit."""
+    command = " ".join(shlex.quote(part) for part in [executable, "agent", *args])
+    return (
+        "[Unit]\n"
+        "Description=visionA agent (tunnel to the cloud for the local Kneron dongle)\n"
+        "After=network-online.target\n"
+        "Wants=network-online.target\n"
+        "\n"
+        "[Service]\n"
+        f"ExecStart={command}\n"
+        "Restart=on-failure\n"
+        "RestartSec=5\n"
+        # exit 3 = credentials refused: restarting cannot help, a new pairing is needed
+        "RestartPreventExitStatus=2 3\n"
+        "\n"
+        "[Install]\n"
+        "WantedBy=default.target\n"
+    )
+
+
+@agent_app.command("install-service")
+def install_service(
+    forward: Annotated[str, typer.Option(help="Local service HOST:PORT each stream is sent to.")],
+    session_file: SessionFileOption = None,
+    models_dir: Annotated[
+        Path | None, typer.Option(help="Where deployed models are written.")
+    ] = None,
+    deploy_hook: Annotated[
+        str | None, typer.Option(help="Command run after each deployed model.")
+    ] = None,
+) -> None:
+    """Write a systemd user unit that runs the agent with the saved session (Linux).
+
+    Pair first (`visiona agent --server URL --token T --forward HOST:PORT`); the unit
+    reuses that session, restarts the agent on failure and never holds a token.
+    """
+    from visiona.agent import credentials  # noqa: PLC0415 - keep --help fast
+    from visiona.agent.main import default_session_file, parse_forward  # noqa: PLC0415
+
+    try:
+        parse_forward(forward)
+    except ValueError as err:
+        raise _fail(str(err), 2) from None
+    path = (session_file or default_session_file()).expanduser().resolve()
+    creds = credentials.load_any(path)
+    if creds is None:
+        raise _fail(
+            f"no agent session in {path}; pair first: "
+            "visiona agent --server URL --token PAIRING_TOKEN --forward HOST:PORT"
+        )
+    args = ["--server", creds.server, "--forward", forward, "--session-file", str(path)]
+    if models_dir is not None:
+        args += ["--models-dir", str(models_dir.expanduser().resolve())]
+    if deploy_hook:
+        args += ["--deploy-hook", deploy_hook]
+    executable = str(Path(sys.argv[0]).resolve()) if Path(sys.argv[0]).exists() else "visiona"
+    unit_dir = systemd_user_dir()
+    unit_dir.mkdir(parents=True, exist_ok=True)
+    unit = unit_dir / "visiona-agent.service"
+    unit.write_text(service_unit(executable, args), encoding="utf-8")
+    typer.echo(f"wrote {unit}")
+    typer.echo(
+        "enable it with: systemctl --user daemon-reload && "
+        "systemctl --user enable --now visiona-agent"
+    )
+    typer.echo("(to keep it running after you log out: loginctl enable-linger $USER)")

@@ -1,0 +1,157 @@
+"""How ``visiona serve`` runs the application in uvicorn: one config, used by tests too.
+
+- Request heads are bounded at the protocol level (:class:`LimitedHttpToolsProtocol`):
+  over ``max_header_bytes`` or ``max_headers`` → 431 ``headers_too_large`` and the
+  connection is closed, before the application sees anything. httptools itself has
+  no limit (a 5 MB header is accepted), so the raw bytes of an unfinished head are
+  counted too.
+- uvicorn's own ``Server`` and ``Date`` headers are off: a proxied device response
+  keeps its own, without duplicates; :class:`visiona.kit.http.RequestContextMiddleware`
+  adds ``Date`` where the application set none.
+- ``X-Forwarded-For``/``-Proto`` are trusted only from ``forwarded_allow_ips``
+  (default: nobody), so a caller cannot choose the address that rate limits count.
+"""
+
+from __future__ import annotations
+
+import json
+from email.utils import formatdate
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from visiona.kit.errors import HeadersTooLargeError
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from visiona.kit.settings import Settings
+
+# Bytes one read may carry beyond a head (the transport reads up to 256 KiB at once):
+# the raw-byte guard stops an endless header without ever cutting a legal one.
+_READ_SLACK = 256 * 1024
+
+
+class _HeadTooLarge(Exception):  # noqa: N818 - a control-flow signal inside the parser
+    """Raised from a parser callback to stop parsing an oversized head."""
+
+
+class LimitedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with bounded request heads (431 above the bounds)."""
+
+    max_head_bytes: ClassVar[int] = 32 * 1024
+    max_headers: ClassVar[int] = 100
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """Set up the protocol and the head counters."""
+        super().__init__(*args, **kwargs)
+        self._awaiting_head = True
+        self._raw_head = 0
+        self._head_bytes = 0
+        self._head_count = 0
+        self._refused = False
+
+    def data_received(self, data: bytes) -> None:
+        """Count the bytes of an unfinished head, then parse."""
+        if self._refused:
+            return
+        if self._awaiting_head:
+            self._raw_head += len(data)
+            if self._raw_head > self.max_head_bytes + _READ_SLACK:
+                self._refuse()
+                return
+        super().data_received(data)
+
+    def on_message_begin(self) -> None:
+        """A new request: count its head from zero."""
+        super().on_message_begin()
+        self._head_bytes = 0
+        self._head_count = 0
+
+    def on_url(self, url: bytes) -> None:
+        """Count the request target."""
+        self._count(len(url), 0)
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        """Count one header."""
+        self._count(len(name) + len(value) + 4, 1)
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        """The head is complete: what follows is body (or the next request)."""
+        self._awaiting_head = False
+        self._raw_head = 0
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        """The request is complete: what follows is the next request's head."""
+        self._awaiting_head = True
+        super().on_message_complete()
+
+    def _count(self, size: int, headers: int) -> None:
+        self._head_bytes += size
+        self._head_count += headers
+        if self._head_bytes > self.max_head_bytes or self._head_count > self.max_headers:
+            self._refused = True
+            raise _HeadTooLarge
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a parser error: 431 when it was our bound that stopped it."""
+        if self._refused:
+            self._refuse()
+            return
+        super().send_400_response(msg)
+
+    def _refuse(self) -> None:
+        self._refused = True
+        err = HeadersTooLargeError()
+        body = json.dumps(err.body()).encode()
+        head = (
+            f"HTTP/1.1 {err.status_code} Request Header Fields Too Large\r\n"
+            f"date: {formatdate(usegmt=True)}\r\n"
+            "content-type: application/json\r\n"
+            f"content-length: {len(body)}\r\n"
+            "connection: close\r\n\r\n"
+        )
+        self.transport.write(head.encode("ascii") + body)
+        self.transport.close()
+
+
+def limited_http_protocol(settings: Settings) -> type[asyncio.Protocol]:
+    """The HTTP protocol class bounded by ``settings``."""
+    return type(
+        "LimitedHttpToolsProtocol",
+        (LimitedHttpToolsProtocol,),
+        {"max_head_bytes": settings.max_header_bytes, "max_headers": settings.max_headers},
+    )
+
+
+def trusted_proxies(settings: Settings) -> list[str]:
+    """The addresses trusted to set forwarding headers (empty: none)."""
+    return [part.strip() for part in settings.forwarded_allow_ips.split(",") if part.strip()]
+
+
+def server_config(
+    app: Any, settings: Settings, *, host: str | None = None, port: int | None = None
+) -> uvicorn.Config:
+    """The uvicorn configuration of ``visiona serve`` for ``app``."""
+    trusted = trusted_proxies(settings)
+    return uvicorn.Config(
+        app,
+        host=settings.host if host is None else host,
+        port=settings.port if port is None else port,
+        http=limited_http_protocol(settings),
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        date_header=False,
+        proxy_headers=bool(trusted),
+        forwarded_allow_ips=trusted or None,
+        ws="websockets-sansio",
+        ws_max_size=16 * 1024 * 1024,
+        ws_ping_interval=None,  # yamux keepalive already proves the tunnel alive
+        timeout_graceful_shutdown=10,
+        lifespan="on",
+    )
