@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from testkit.live import LiveServer
+from testkit.live import serve_in_thread
 from tests.conftest import make_settings
 from visiona.app import create_app
 from visiona.kit import migrate
@@ -34,7 +34,7 @@ def server(tmp_path: Path) -> Iterator[str]:
     """A fresh live server (SQLite)."""
     url = f"sqlite+aiosqlite:///{tmp_path / 'v.db'}"
     migrate.upgrade(url)
-    with LiveServer(create_app(make_settings(database_url=url, data_dir=tmp_path))) as live:
+    with serve_in_thread(create_app(make_settings(database_url=url, data_dir=tmp_path))) as live:
         yield live.url
 
 

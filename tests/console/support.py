@@ -83,7 +83,7 @@ def live_server(settings: Settings) -> Iterator[Live]:
         stop = asyncio.Event()
         state["loop"], state["stop"] = asyncio.get_running_loop(), stop
         async with (
-            serve_app(create_app(settings)) as server,
+            serve_app(create_app(settings), settings) as server,  # configured as `serve`
             serve_app(device_app()) as device,  # type: ignore[arg-type] - any ASGI app
         ):
             ports.update(server=server.port, device=device.port)

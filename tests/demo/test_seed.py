@@ -17,6 +17,7 @@ from tests.support.api import error_code
 from visiona import cli
 from visiona.app import create_app
 from visiona.demo import seed as demo
+from visiona.kit import logs
 from visiona.kit.database import Database
 from visiona.kit.schema import devices, models, pairing_tokens, users
 from visiona.kit.settings import Settings
@@ -102,7 +103,7 @@ def cli_env(fresh_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settin
     monkeypatch.setenv("VISIONA_LOG_LEVEL", "WARNING")
     # the command installs a handler on the real root logger bound to the runner's
     # captured stderr, which is closed after the run: keep the test's logging intact
-    monkeypatch.setattr(cli, "configure_logging", lambda *_args: None)
+    monkeypatch.setattr(logs, "configure_logging", lambda *_args: None)
     return fresh_settings
 
 

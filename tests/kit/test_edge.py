@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from testkit.live import LiveServer
+from testkit.live import serve_in_thread
 from tests.conftest import make_settings
 from tests.support.api import PASSWORD
 from tests.support.models import nef
@@ -31,7 +31,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     url = f"sqlite+aiosqlite:///{data / 'visiona.db'}"
     migrate.upgrade(url)
     settings = make_settings(database_url=url, data_dir=data, cors_origins=[ORIGIN])
-    with LiveServer(create_app(settings)) as live:
+    with serve_in_thread(create_app(settings)) as live:
         yield live.url
 
 
@@ -135,7 +135,7 @@ def test_cors_answers_listed_origins_only(server: str) -> None:
 def test_no_cors_by_default(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'v.db'}"
     migrate.upgrade(url)
-    with LiveServer(create_app(make_settings(database_url=url, data_dir=tmp_path))) as live:
+    with serve_in_thread(create_app(make_settings(database_url=url, data_dir=tmp_path))) as live:
         response = httpx.get(f"{live.url}/healthz", headers={"Origin": ORIGIN})
         assert "access-control-allow-origin" not in response.headers
 
