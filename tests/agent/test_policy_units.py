@@ -6,7 +6,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from typer.testing import CliRunner
 
+from visiona.agent import credentials
 from visiona.agent.busy import header_value, probe_verdict
 from visiona.agent.policy import (
     Policy,
@@ -17,6 +19,7 @@ from visiona.agent.policy import (
     load_config,
     normalise_target,
 )
+from visiona.cli import app as cli
 
 
 def test_a_rule_matches_its_method_and_glob_only() -> None:
@@ -165,3 +168,26 @@ def test_the_busy_probe_answer_is_read_from_status_header_or_body() -> None:
         probe_verdict(httpx.Response(200, request=request, headers={"X-Visiona-Busy": "1"})) is True
     )
     assert probe_verdict(httpx.Response(500, request=request)) is None
+
+
+def test_install_service_writes_the_policy_into_the_unit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    session = tmp_path / "s.json"
+    credentials.store(
+        session, credentials.Credentials("http://127.0.0.1:9", "dev", "vst_x", "2099-01-01")
+    )
+    config = tmp_path / "agent.toml"
+    config.write_text('allow = ["GET /v1/*"]\n')
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    args = ["agent", "install-service", "--forward", "127.0.0.1:1", "--session-file", str(session)]
+    done = CliRunner().invoke(
+        cli, [*args, "--config", str(config), "--allow", "POST /v1/x", "--no-deploy"]
+    )
+    assert done.exit_code == 0, done.output
+    unit = (tmp_path / "xdg" / "systemd" / "user" / "visiona-agent.service").read_text()
+    assert f"--config {config.resolve()}" in unit
+    assert "--allow 'POST /v1/x'" in unit
+    assert "--no-deploy" in unit
+    bad = CliRunner().invoke(cli, [*args, "--allow", "nonsense"])
+    assert bad.exit_code == 2

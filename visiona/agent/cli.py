@@ -263,7 +263,7 @@ def service_unit(executable: str, args: list[str]) -> str:
 
 
 @agent_app.command("install-service")
-def install_service(
+def install_service(  # noqa: PLR0917 - one parameter per command-line option
     forward: Annotated[str, typer.Option(help="Local service HOST:PORT each stream is sent to.")],
     session_file: SessionFileOption = None,
     models_dir: Annotated[
@@ -272,6 +272,15 @@ def install_service(
     deploy_hook: Annotated[
         str | None, typer.Option(help="Command run after each deployed model.")
     ] = None,
+    allow: Annotated[
+        list[str] | None, typer.Option(help="Allow rule 'METHOD /path-glob' (repeatable).")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="The agent's TOML config file (see `visiona agent`).")
+    ] = None,
+    no_deploy: Annotated[
+        bool, typer.Option("--no-deploy", help="Refuse model deployments.")
+    ] = False,
 ) -> None:
     """Write a systemd user unit that runs the agent with the saved session (Linux).
 
@@ -280,10 +289,12 @@ def install_service(
     """
     from visiona.agent import credentials  # noqa: PLC0415 - keep --help fast
     from visiona.agent.main import default_session_file, parse_forward  # noqa: PLC0415
+    from visiona.agent.policy import PolicyError  # noqa: PLC0415 - keep --help fast
 
     try:
         parse_forward(forward)
-    except ValueError as err:
+        _guard(config, allow or [], no_deploy=no_deploy, busy_probe=None)
+    except (ValueError, PolicyError) as err:
         raise _fail(str(err), 2) from None
     path = (session_file or default_session_file()).expanduser().resolve()
     creds = credentials.load_any(path)
@@ -297,6 +308,12 @@ def install_service(
         args += ["--models-dir", str(models_dir.expanduser().resolve())]
     if deploy_hook:
         args += ["--deploy-hook", deploy_hook]
+    if config is not None:
+        args += ["--config", str(config.expanduser().resolve())]
+    for rule in allow or []:
+        args += ["--allow", rule]
+    if no_deploy:
+        args.append("--no-deploy")
     executable = str(Path(sys.argv[0]).resolve()) if Path(sys.argv[0]).exists() else "visiona"
     unit_dir = systemd_user_dir()
     unit_dir.mkdir(parents=True, exist_ok=True)

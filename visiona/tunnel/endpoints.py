@@ -20,9 +20,11 @@ from visiona.kit.logs import end_incomplete_on_purpose
 from visiona.kit.runtime import Runtime
 from visiona.tokens.service import DeviceIdentity, authenticate_device
 from visiona.tunnel.errors import (
+    DeviceBusyError,
     DeviceOfflineError,
     DeviceTimeoutError,
     DeviceUnreachableError,
+    ForbiddenByAgentError,
     ReservedPathError,
 )
 from visiona.tunnel.hub import TunnelHub
@@ -100,7 +102,12 @@ async def proxy(
     stream the answer back. Not your device → 404; not connected → 502 ``device_offline``;
     no response head in time → 504 ``device_timeout``; a target under ``/visiona/`` (the
     agent's own paths, e.g. deployments), in any encoding or letter case → 403
-    ``reserved_path``; a ``..`` segment or a control character → 400 ``bad_request``.
+    ``reserved_path``; a ``..`` segment or a control character → 400 ``bad_request``;
+    ``VISIONA_PROXY_MAX_INFLIGHT_PER_DEVICE`` requests already in flight to the device,
+    or (``VISIONA_PROXY_DURING_DEPLOY=refuse``) a deployment in progress or a busy
+    device → 429 ``device_busy`` with ``Retry-After`` and ``error.reason``
+    (``inflight``, ``deploying``, ``busy``). A request the agent's policy refuses is
+    the agent's own 403 ``forbidden_by_agent``, relayed.
     The device receives the decoded path re-encoded canonically, ``//`` and ``.``
     collapsed."""
     # The runtime is read directly: no dependency to solve for it.
@@ -143,10 +150,20 @@ async def proxy_local(
         async with runtime.db.transaction() as conn:
             await devices_service.get_device(conn, user_id, device_id)
         raise DeviceOfflineError()
+    release = hub_of(runtime).admit(link)  # 429 device_busy, from memory
     exchange = ProxyExchange(
-        link.session, request, target, prefix, runtime.settings.proxy_response_timeout
+        link.session,
+        request,
+        target,
+        prefix,
+        runtime.settings.proxy_response_timeout,
+        on_done=release,
     )
-    status, headers, framing = await exchange.open()
+    try:
+        status, headers, framing = await exchange.open()
+    except BaseException:
+        release()
+        raise
     return ProxyResponse(exchange, status, sandboxed_headers(headers), framing)
 
 
@@ -156,10 +173,12 @@ _PROXY_RESPONSES: dict[int | str, dict[str, Any]] = {
         UnauthorizedError,
         CsrfError,
         ReservedPathError,
+        ForbiddenByAgentError,
         NotFoundError,
         DeviceOfflineError,
         DeviceUnreachableError,
         DeviceTimeoutError,
+        DeviceBusyError,
     ),
     200: {"description": "Whatever the device's local service answers, streamed."},
 }
