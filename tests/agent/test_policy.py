@@ -23,6 +23,7 @@ import pytest
 
 from testkit.live import LiveServer
 from tests.agent.test_agent import _cli, _options, running
+from tests.audit.helpers import stored_events
 from tests.deployments.helpers import deploy
 from tests.devices.helpers import pairing_token
 from tests.support.api import User, signup
@@ -145,6 +146,21 @@ async def test_allowed_requests_reach_the_service_and_refused_ones_get_the_agent
             assert path in error["message"]
             assert refused.headers["x-visiona-refused"] == "policy"
         assert service.lines == ["GET /v1/models?x=1 HTTP/1.1", "POST /v1/inference HTTP/1.1"]
+
+    # each refusal is in the audit trail: the user who sent it, the device, method + path
+    events = await stored_events(live.app, action="proxy.forbidden_by_agent")
+    assert [(e.detail["method"], e.detail["path"]) for e in events] == [
+        ("GET", "/admin"),
+        ("DELETE", "/v1/models"),
+        ("POST", "/v1/other"),
+    ]
+    for event in events:
+        assert (event.actor_type, str(event.actor_id)) == ("user", user.id)
+        assert str(event.owner_id) == user.id
+        assert (event.target_type, event.target_id) == ("device", device_id)
+        assert str(event.device_id) == device_id
+        assert event.client_addr == "127.0.0.1"
+        assert event.request_id
 
 
 async def test_the_agent_normalises_targets_the_cloud_would_never_send(

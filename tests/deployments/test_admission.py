@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from sqlalchemy import insert, select
 
 from testkit.live import LiveServer
+from tests.audit.helpers import stored_events
 from tests.deployments.helpers import (
     Received,
     answer,
@@ -95,6 +96,9 @@ async def test_a_record_older_than_the_transfer_timeout_is_failed_not_kept(
     assert records[str(stuck)]["error"] == service.STALE_REASON
     assert records[str(stuck)]["finished_at"] is not None
     assert len(records) == 2
+    [event] = await stored_events(app, action="deployment.failed", target_id=str(stuck))
+    assert (event.actor_type, str(event.owner_id)) == ("system", user.id)
+    assert event.detail == {"model_id": model_id, "reason": service.STALE_REASON}
 
 
 async def test_a_recent_active_record_is_kept_and_refuses_the_next(

@@ -79,7 +79,7 @@ _FAIL_STALE = (
         finished_at=_now,
         error=bindparam("reason"),
     )
-    .returning(deployments.c.id)
+    .returning(deployments.c.id, deployments.c.model_id)
 )
 
 
@@ -137,10 +137,11 @@ async def get_active(conn: AsyncConnection, device_id: uuid.UUID) -> Deployment 
 
 async def fail_stale(
     conn: AsyncConnection, device_id: uuid.UUID, *, cutoff: datetime, now: datetime, reason: str
-) -> list[uuid.UUID]:
-    """Fail the device's active deployments created before ``cutoff``; their ids."""
+) -> list[tuple[uuid.UUID, uuid.UUID]]:
+    """Fail the device's active deployments created before ``cutoff``; their
+    ``(id, model_id)``."""
     params = {"of_device": device_id, "cutoff": cutoff, "now": now, "reason": reason}
-    return [row[0] for row in await conn.execute(_FAIL_STALE, params)]
+    return [(row[0], row[1]) for row in await conn.execute(_FAIL_STALE, params)]
 
 
 async def set_status(

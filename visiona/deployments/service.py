@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from visiona.audit import service as audit
 from visiona.deployments import repository
 from visiona.deployments.repository import Deployment
 from visiona.deployments.schemas import DeploymentOut, DeploymentStatus
@@ -150,8 +151,17 @@ async def prepare(
         now=now,
         reason=STALE_REASON,
     )
-    if stale:
-        _LOGGER.warning("deployments %s of device %s failed: %s", stale, device_id, STALE_REASON)
+    for stale_id, stale_model in stale:
+        _LOGGER.warning("deployment %s of device %s failed: %s", stale_id, device_id, STALE_REASON)
+        await audit.record(
+            conn,
+            "deployment.failed",
+            actor=audit.SYSTEM,
+            owner_id=owner_id,
+            target_id=stale_id,
+            device_id=device_id,
+            detail={"model_id": str(stale_model), "reason": STALE_REASON},
+        )
     deployment = await repository.insert_deployment(
         conn,
         deployment_id=uuid.uuid4(),

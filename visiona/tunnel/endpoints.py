@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Request, WebSocket
 from fastapi.responses import JSONResponse
 
+from visiona.audit import service as audit
 from visiona.auth.dependencies import CurrentPrincipal
 from visiona.cluster.service import forward_proxy
 from visiona.devices import service as devices_service
@@ -164,7 +165,52 @@ async def proxy_local(
     except BaseException:
         release()
         raise
+    if status == 403 and _REFUSED in headers:
+        await _record_refusal(
+            runtime,
+            request,
+            owner_id=link.owner_user_id,
+            user_id=user_id,
+            device_id=device_id,
+            target=target,
+        )
     return ProxyResponse(exchange, status, sandboxed_headers(headers), framing)
+
+
+#: The header the agent puts on the answers its policy gives instead of the local service.
+_REFUSED = (b"x-visiona-refused", b"policy")
+
+
+async def _record_refusal(
+    runtime: Runtime,
+    request: Request,
+    *,
+    owner_id: uuid.UUID,
+    user_id: uuid.UUID,
+    device_id: uuid.UUID,
+    target: bytes,
+) -> None:
+    """Audit ``proxy.forbidden_by_agent`` in its own short transaction (best effort: the
+    agent's answer is relayed even when the trail cannot be written)."""
+    path = target.split(b"?", 1)[0].decode("ascii", "replace")
+    client = request.client.host if request.client else None
+    try:
+        # unit of work: its own, only when the agent refused (the proxy holds none)
+        async with runtime.db.transaction() as conn:
+            await audit.record(
+                conn,
+                "proxy.forbidden_by_agent",
+                actor=audit.Actor.user(user_id),
+                owner_id=owner_id,
+                target_id=device_id,
+                device_id=device_id,
+                detail={"method": request.method, "path": path},
+                client_addr=client,
+            )
+    except Exception as err:  # noqa: BLE001 - the trail is best effort here; logged
+        _LOGGER.warning(
+            "audit: refusal of device %s not recorded: %s", device_id, type(err).__name__
+        )
 
 
 _PROXY_RESPONSES: dict[int | str, dict[str, Any]] = {
