@@ -145,7 +145,19 @@ async def test_allowed_requests_reach_the_service_and_refused_ones_get_the_agent
             assert error["code"] == "forbidden_by_agent"
             assert path in error["message"]
             assert refused.headers["x-visiona-refused"] == "policy"
-        assert service.lines == ["GET /v1/models?x=1 HTTP/1.1", "POST /v1/inference HTTP/1.1"]
+        # a refused upload larger than the stream window is answered, its body never forwarded
+        big = await http.post(
+            f"{proxy}/v1/upload", content=b"x" * (24 * 1024 * 1024), headers=user.headers
+        )
+        assert big.status_code == 403
+        assert big.json()["error"]["code"] == "forbidden_by_agent"
+        allowed_after = await http.get(f"{proxy}/v1/after", headers=user.headers)
+        assert allowed_after.json() == {"line": "GET /v1/after HTTP/1.1"}
+        assert service.lines == [
+            "GET /v1/models?x=1 HTTP/1.1",
+            "POST /v1/inference HTTP/1.1",
+            "GET /v1/after HTTP/1.1",
+        ]
 
     # each refusal is in the audit trail: the user who sent it, the device, method + path
     events = await stored_events(live.app, action="proxy.forbidden_by_agent")
@@ -153,6 +165,7 @@ async def test_allowed_requests_reach_the_service_and_refused_ones_get_the_agent
         ("GET", "/admin"),
         ("DELETE", "/v1/models"),
         ("POST", "/v1/other"),
+        ("POST", "/v1/upload"),
     ]
     for event in events:
         assert (event.actor_type, str(event.actor_id)) == ("user", user.id)
