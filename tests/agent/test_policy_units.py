@@ -16,6 +16,7 @@ from visiona.agent.policy import (
     RefusedError,
     Rule,
     build_policy,
+    canonical_target,
     load_config,
     normalise_target,
 )
@@ -191,3 +192,22 @@ def test_install_service_writes_the_policy_into_the_unit(
     assert "--no-deploy" in unit
     bad = CliRunner().invoke(cli, [*args, "--allow", "nonsense"])
     assert bad.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    ("target", "path", "forwarded"),
+    [
+        (b"/v1/models/a.b?x=1&y=2", "/v1/models/a.b", b"/v1/models/a.b?x=1&y=2"),
+        (b"/", "/", b"/"),
+        (b"/v1/", "/v1/", b"/v1/"),
+        (b"/.well-known/x", "/.well-known/x", b"/.well-known/x"),
+        (b"/a/./b", "/a/b", b"/a/b"),
+        (b"//a", "/a", b"/a"),
+        (b"/a%41", "/aA", b"/aA"),
+        (b"/a b", "/a b", b"/a%20b"),
+    ],
+)
+def test_a_plain_target_is_forwarded_untouched_and_any_other_canonically(
+    target: bytes, path: str, forwarded: bytes
+) -> None:
+    assert canonical_target(target) == (path, forwarded)

@@ -38,6 +38,11 @@ RESERVED_SEGMENT = RESERVED_PREFIX.strip("/")
 _METHOD = re.compile(r"^[A-Za-z]{1,20}$|^\*$")
 # RFC 3986 pchar minus the percent sign (re-encoded from the decoded text), as the cloud does.
 _SAFE = "!$&'()*+,;=:@-._~"
+# A target with nothing to normalise: segments of safe characters, none empty (a trailing
+# slash aside) and none starting with a dot (so no ``.``/``..``), no percent sign.
+_PLAIN = re.compile(
+    rb"((?:/[A-Za-z0-9!$&'()*+,;=:@_~-][A-Za-z0-9!$&'()*+,;=:@_~.-]*)*/?)(?:\?([^#\s]*))?"
+)
 
 
 class PolicyError(ValueError):
@@ -110,17 +115,28 @@ class Policy:
         ``request_line`` is ``METHOD SP target SP version`` without its CRLF.
         """
         method, target, version = _split_request_line(request_line)
-        path, query = normalise_target(target)
-        first = path.split("/", 2)[1].lower()
-        if first == RESERVED_SEGMENT:
+        path, canonical = canonical_target(target)
+        if path.split("/", 2)[1].lower() == RESERVED_SEGMENT:
             raise RefusedError(403, "forbidden_by_agent", "Paths under /visiona/ are the agent's.")
         if not any(rule.matches(method, path) for rule in self.rules):
             raise RefusedError(
                 403, "forbidden_by_agent", f"The agent's policy does not allow {method} {path}."
             )
-        encoded = "/".join(quote(segment, safe=_SAFE) for segment in path.split("/"))
-        canonical = encoded.encode("ascii") + (b"?" + query if query else b"")
         return b" ".join((method.encode("ascii"), canonical, version))
+
+
+def canonical_target(target: bytes) -> tuple[str, bytes]:
+    """The normalised, decoded path of ``target`` and the target to forward (re-encoded).
+
+    A target with nothing to decode or collapse is returned as it is (no work beyond
+    one regular expression); any other goes through :func:`normalise_target`.
+    """
+    plain = _PLAIN.fullmatch(target)
+    if plain is not None and plain.group(1):
+        return plain.group(1).decode("ascii"), target
+    path, query = normalise_target(target)
+    encoded = "/".join(quote(segment, safe=_SAFE) for segment in path.split("/"))
+    return path, encoded.encode("ascii") + (b"?" + query if query else b"")
 
 
 def _split_request_line(line: bytes) -> tuple[str, bytes, bytes]:
