@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from visiona import __version__
 from visiona.auth.endpoints import router as auth_router
 from visiona.auth.sessions import MemorySessionStore, RedisSessionStore, SessionStore
+from visiona.cluster.deployments import fail_left_unfinished
 from visiona.cluster.endpoints import router as internal_router
 from visiona.cluster.service import build_cluster
 from visiona.console import install as install_console
@@ -103,6 +104,9 @@ async def build_runtime(settings: Settings, metrics: Metrics) -> Runtime:
         # Other nodes close their tunnel of a revoked device; so does this one on theirs.
         runtime.on_device_revoked.append(cluster.registry.publish_revoked)
         cluster.registry.listen_revoked(hub.device_revoked)
+        cluster.start_sweeping(db)
+    else:
+        await fail_left_unfinished(db)
     return runtime
 
 
@@ -110,7 +114,7 @@ async def close_runtime(runtime: Runtime) -> None:
     """Release every client the runtime holds (live tunnels first: they write their status)."""
     cluster, runtime.cluster = runtime.cluster, None
     if cluster is not None:
-        await cluster.registry.close()
+        await cluster.close()
     hub, runtime.hub = runtime.hub, None
     if hub is not None:
         await hub.close()

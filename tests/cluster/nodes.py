@@ -16,8 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from redis.asyncio import Redis
 
+from testkit.nginx import NginxServer
 from testkit.servers import PostgresServer, RedisServer
+from visiona.cluster.registry import KEY_PREFIX
 from visiona.kit import migrate
 
 TOKEN = "cluster-test-internal-token-0123456789"
@@ -58,6 +61,26 @@ class Node:
             self.proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             self.kill()
+
+
+class Balanced:
+    """Nodes A and B, nginx in front of them, and the cluster's environment."""
+
+    def __init__(self, a: Node, b: Node, lb: NginxServer, env: dict[str, str]) -> None:
+        """Hold what the module's fixture started."""
+        self.a, self.b, self.lb, self.env = a, b, lb, env
+
+    async def owner(self, device_id: str) -> str | None:
+        """The node id the registry names for the device (read from Redis directly)."""
+        redis = Redis.from_url(self.env["VISIONA_REDIS_URL"])
+        try:
+            raw = await redis.get(f"{KEY_PREFIX}{device_id}")
+        finally:
+            await redis.aclose()
+        if raw is None:
+            return None
+        match = re.search(rb'"node": "([^"]+)"', raw)
+        return match.group(1).decode() if match else None
 
 
 def node_env(**settings: str) -> dict[str, str]:

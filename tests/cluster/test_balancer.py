@@ -18,41 +18,35 @@ from typing import Any, cast
 
 import httpx
 import pytest
-from redis.asyncio import Redis
 
 from testkit.live import LiveServer, serve_app
 from testkit.nginx import DOC_CONF, NginxServer, balancer_conf
 from testkit.servers import PostgresServer, RedisServer
-from tests.cluster.nodes import TOKEN, Node, cluster_env, running_nodes
+from tests.cluster.nodes import TOKEN, Balanced, cluster_env, running_nodes
+from tests.deployments.helpers import (
+    Received,
+    answer,
+    deploy,
+    deployments_of,
+    device_and_model,
+    read_request,
+)
 from tests.support.api import PASSWORD, error_code, signup
 from tests.tunnel.device_service import device_app, pattern
-from tests.tunnel.support import API, connect_agent, forward_to, paired_agent_token, wait_for
+from tests.tunnel.support import (
+    API,
+    StreamHandler,
+    connect_agent,
+    forward_to,
+    paired_agent_token,
+    wait_for,
+)
 from visiona.cluster.forwarding import TOKEN_HEADER, USER_HEADER
-from visiona.cluster.registry import KEY_PREFIX
+from visiona.yamux import Stream
 
 OPERATIONS = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
 PER_EMAIL = 3
 PER_ADDRESS = 25
-
-
-class Balanced:
-    """Nodes A and B, nginx in front of them, and the cluster's environment."""
-
-    def __init__(self, a: Node, b: Node, lb: NginxServer, env: dict[str, str]) -> None:
-        """Hold what the module's fixture started."""
-        self.a, self.b, self.lb, self.env = a, b, lb, env
-
-    async def owner(self, device_id: str) -> str | None:
-        """The node id the registry names for the device (read from Redis directly)."""
-        redis = Redis.from_url(self.env["VISIONA_REDIS_URL"])
-        try:
-            raw = await redis.get(f"{KEY_PREFIX}{device_id}")
-        finally:
-            await redis.aclose()
-        if raw is None:
-            return None
-        match = re.search(rb'"node": "([^"]+)"', raw)
-        return match.group(1).decode() if match else None
 
 
 @pytest.fixture(scope="module")
@@ -252,3 +246,108 @@ async def test_the_internal_route_answers_401_without_the_token_and_404_at_the_b
             blocked = await via_lb.get(internal, headers=good)
             assert blocked.status_code == 404
             assert error_code(blocked) == "not_found"
+
+
+def receiving(received: Received, status: int = 200) -> StreamHandler:
+    """A fake agent that takes the model transfer and answers ``status``."""
+
+    async def handler(stream: Stream) -> None:
+        await read_request(stream, received)
+        answer(stream, status, b'{"stored": true}')
+
+    return handler
+
+
+async def test_a_deployment_requested_on_the_other_node_reaches_the_agent_on_the_owner(
+    balanced: Balanced,
+) -> None:
+    a, b, lb = balanced.a, balanced.b, balanced.lb
+    async with httpx.AsyncClient(base_url=a.url, timeout=60) as via_a:
+        user = await signup(via_a)
+        device_id, token, model_id, content = await device_and_model(via_a, user, 300_000)
+        received = Received()
+        async with connect_agent(cast("LiveServer", b), token, receiving(received)):
+
+            async def leased() -> bool:
+                return await balanced.owner(device_id) == "node-b"
+
+            await wait_for(leased)
+            done = await deploy(via_a, user, device_id, model_id)
+            assert done.status_code == 201, done.text
+            assert done.json()["status"] == "succeeded"
+            assert received.target == f"/visiona/models/{model_id}"
+            assert received.sha256 == hashlib.sha256(content).hexdigest()
+            # Through the balancer too, whichever node nginx picks.
+            async with httpx.AsyncClient(base_url=lb.url, timeout=60) as via_lb:
+                again = await deploy(via_lb, user, device_id, model_id)
+                assert again.status_code == 201, again.text
+                records = await deployments_of(via_lb, user, device_id)
+            assert [r["status"] for r in records] == ["succeeded", "succeeded"]
+
+
+async def test_a_deployment_the_owner_refuses_is_failed_with_the_agents_reason(
+    balanced: Balanced,
+) -> None:
+    a, b = balanced.a, balanced.b
+    async with httpx.AsyncClient(base_url=a.url, timeout=60) as via_a:
+        user = await signup(via_a)
+        device_id, token, model_id, _ = await device_and_model(via_a, user, 10_000)
+        received = Received()
+        async with connect_agent(cast("LiveServer", b), token, receiving(received, 422)):
+
+            async def leased() -> bool:
+                return await balanced.owner(device_id) == "node-b"
+
+            await wait_for(leased)
+            refused = await deploy(via_a, user, device_id, model_id)
+        assert refused.status_code == 502, refused.text
+        assert error_code(refused) == "deployment_failed"
+        record = refused.json()["error"]["deployment"]
+        assert record["status"] == "failed"
+        assert record["error"].startswith("the agent answered 422")
+
+
+async def test_a_deployment_to_a_device_no_node_holds_answers_device_offline(
+    balanced: Balanced,
+) -> None:
+    async with httpx.AsyncClient(base_url=balanced.lb.url, timeout=60) as via_lb:
+        user = await signup(via_lb)
+        device_id, _, model_id, _ = await device_and_model(via_lb, user, 10_000)
+        offline = await deploy(via_lb, user, device_id, model_id)
+        assert offline.status_code == 502
+        assert error_code(offline) == "device_offline"
+        assert offline.json()["error"]["deployment"]["status"] == "failed"
+
+
+async def test_the_internal_transfer_route_never_forwards_a_miss(balanced: Balanced) -> None:
+    a, b = balanced.a, balanced.b
+    async with httpx.AsyncClient(base_url=a.url, timeout=60) as via_a:
+        user = await signup(via_a)
+        device_id, token, model_id, _ = await device_and_model(via_a, user, 10_000)
+        # A failed record to hand over (the device is offline when it is created).
+        record = (await deploy(via_a, user, device_id, model_id)).json()["error"]["deployment"]
+        body = {
+            "model_id": model_id,
+            "storage_key": "k",
+            "sha256": "0" * 64,
+            "size": 1,
+            "chip": "kl520",
+        }
+        transfer = f"/internal/v1/deployments/{record['id']}/transfer"
+        good = {TOKEN_HEADER: TOKEN, USER_HEADER: user.id}
+        assert (await via_a.post(transfer, json=body)).status_code == 401
+        async with connect_agent(cast("LiveServer", b), token, receiving(Received())):
+
+            async def leased() -> bool:
+                return await balanced.owner(device_id) == "node-b"
+
+            await wait_for(leased)
+            # A holds no tunnel of the device: offline, although the registry names B.
+            miss = await via_a.post(transfer, json=body, headers=good)
+            assert miss.status_code == 502
+            assert error_code(miss) == "device_offline"
+            stranger = await signup(via_a)
+            other = await via_a.post(
+                transfer, json=body, headers={**good, USER_HEADER: stranger.id}
+            )
+            assert other.status_code == 404

@@ -12,6 +12,7 @@ import uuid
 from fastapi import APIRouter, status
 
 from visiona.auth.dependencies import CurrentPrincipal
+from visiona.cluster.deployments import deliver
 from visiona.deployments import service
 from visiona.deployments.schemas import (
     DeploymentCreate,
@@ -30,7 +31,6 @@ from visiona.kit.errors import (
 from visiona.kit.http import error_responses
 from visiona.kit.pagination import PageParams
 from visiona.tunnel.endpoints import hub_of
-from visiona.tunnel.errors import DeviceOfflineError
 
 router = APIRouter(prefix="/devices", tags=["deployments"])
 
@@ -66,9 +66,10 @@ async def create_deployment(
     ``model_file_missing``; a model for another chip than the device type → 409
     ``chip_mismatch`` (nothing recorded). Deployments to one device are serialised:
     while one is ``pending`` or ``transferring`` another → 409 ``deployment_in_progress``
-    with the running one's id in ``error.deployment_id`` (nothing recorded); one left
-    active by a stopped server is failed once ``VISIONA_DEPLOY_TRANSFER_TIMEOUT`` has
-    passed since it was requested.
+    with the running one's id in ``error.deployment_id`` (nothing recorded); one a
+    stopped server left active is failed at start-up or by the cluster's sweep, and at
+    the latest here once ``VISIONA_DEPLOY_TRANSFER_TIMEOUT`` has passed since it was
+    requested.
     """
     storage = runtime.model_storage
     if storage is None:
@@ -82,21 +83,9 @@ async def create_deployment(
             body.model_id,
             transfer_timeout=runtime.settings.deploy_transfer_timeout,
         )
+    # This node's tunnel, else the node holding it (one hop), else 502 device_offline.
     link = hub_of(runtime).get(device_id)
-    if link is None or link.owner_user_id != principal.user_id:
-        failed = await service.mark(
-            runtime.db, deployment.id, DeploymentStatus.FAILED, service.OFFLINE_REASON
-        )
-        raise service.DeploymentOfflineError(failed, DeviceOfflineError.default_message)
-    record = await service.transfer(
-        runtime.db,
-        storage,
-        link,
-        deployment,
-        model,
-        answer_timeout=runtime.settings.deploy_answer_timeout,
-        transfer_timeout=runtime.settings.deploy_transfer_timeout,
-    )
+    record = await deliver(runtime, storage, link, deployment, model)
     if record.status != DeploymentStatus.SUCCEEDED:
         raise service.DeploymentFailedError(record)
     return DeploymentOut.model_validate(record)
