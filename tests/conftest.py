@@ -93,7 +93,7 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def settings(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
-    """Settings for ``backend``: SQLite + in-process sessions, or PostgreSQL + Redis."""
+    """Settings for ``backend``: SQLite (sessions in its file), or PostgreSQL + Redis."""
     if backend == "sqlite":
         url = f"sqlite+aiosqlite:///{tmp_path / 'visiona.db'}"
         migrate.upgrade(url)

@@ -103,7 +103,7 @@ def serve(
         bool, typer.Option("--migrate", help="Apply pending migrations on PostgreSQL too.")
     ] = False,
 ) -> None:
-    """Serve the API. Embedded defaults (SQLite, in-process sessions) need no configuration."""
+    """Serve the API. Embedded defaults (SQLite, sessions in it) need no configuration."""
 
     from visiona.app import create_app  # noqa: PLC0415 - keep client commands light
     from visiona.kit import migrate as migrations  # noqa: PLC0415 - idem

@@ -18,7 +18,15 @@ from testkit.servers import PostgresServer
 from visiona.kit import migrate
 from visiona.kit.schema import metadata
 
-TABLES = {"users", "models", "devices", "pairing_tokens", "session_tokens", "deployments"}
+TABLES = {
+    "users",
+    "models",
+    "devices",
+    "pairing_tokens",
+    "session_tokens",
+    "deployments",
+    "web_sessions",
+}
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
