@@ -10,6 +10,7 @@ from asgi_lifespan import LifespanManager
 from fastapi import APIRouter, FastAPI
 from sqlalchemy import select, text
 
+from tests.conftest import LIFESPAN_TIMEOUT
 from tests.support.api import PASSWORD, error_code, signup
 from visiona.app import create_app
 from visiona.auth.dependencies import CurrentPrincipal
@@ -172,7 +173,9 @@ async def test_concurrent_requests_never_wait_for_their_own_connection(
     roomy = settings.model_copy(update={"db_pool_timeout": 120.0})
     app = create_app(roomy)
     app.include_router(_conn_first_routes())
-    async with LifespanManager(app):
+    async with LifespanManager(
+        app, startup_timeout=LIFESPAN_TIMEOUT, shutdown_timeout=LIFESPAN_TIMEOUT
+    ):
         runtime = app.state.runtime
         if runtime.sessions.kind == "database":
             runtime.sessions = SqlSessionStore(

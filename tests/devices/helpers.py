@@ -82,7 +82,7 @@ async def set_pairing_expiry(app: FastAPI, token_id: str, when: datetime) -> Non
     async with runtime(app).db.transaction() as conn:
         await conn.execute(
             update(pairing_tokens)
-            .where(pairing_tokens.c.token_hash == token_id)
+            .where(pairing_tokens.c.public_id == uuid.UUID(token_id))
             .values(expires_at=when)
         )
 

@@ -62,7 +62,8 @@ async def test_pair_marks_token_used_and_bound_and_links_session(
                 )
             )
         ).one()
-    assert stored.parent_token_hash == token["id"]
+    assert stored.parent_token_hash == hash_token(token["token"])
+    assert str(stored.pairing_token_id) == token["id"]
     assert str(stored.device_id) == body["device_id"]
 
 

@@ -8,7 +8,6 @@ import httpx
 
 from tests.devices.helpers import API, bearer, paired_device
 from tests.support.api import error_code, signup
-from visiona.kit.tokens import hash_token
 
 
 async def _renew(client: httpx.AsyncClient, token: str) -> httpx.Response:
@@ -41,9 +40,12 @@ async def test_renew_issues_a_child_token_and_revokes_the_old_one(
         f"{API}/devices/{device['device_id']}/session-tokens", headers=user.headers
     )
     tokens = {item["id"]: item for item in listed.json()["items"]}
-    assert tokens[hash_token(new)]["pairing_token_id"] == hash_token(old)
-    assert tokens[hash_token(new)]["revoked_at"] is None
-    assert tokens[hash_token(old)]["revoked_at"] is not None
+    new_id, old_id = body["session_token_id"], device["session_token_id"]
+    assert new_id != old_id
+    # the chain keeps the pairing token it started from
+    assert tokens[new_id]["pairing_token_id"] == device["pairing_token_id"]
+    assert tokens[new_id]["revoked_at"] is None
+    assert tokens[old_id]["revoked_at"] is not None
 
 
 async def test_a_revoked_device_cannot_renew(client: httpx.AsyncClient) -> None:

@@ -10,7 +10,6 @@ from fastapi import FastAPI
 
 from tests.devices.helpers import API, bearer, paired_device, pairing_token, runtime
 from tests.support.api import error_code, signup
-from visiona.kit.tokens import hash_token
 from visiona.tokens.service import authenticate_device
 
 
@@ -21,7 +20,7 @@ async def test_another_users_resources_are_404_on_every_route(
     device = await paired_device(client, owner)
     unused = await pairing_token(client, owner)
     device_id = device["device_id"]
-    session_id = hash_token(device["session_token"])
+    session_id = device["session_token_id"]
     missing_device = str(uuid.uuid4())
     attempts = [
         ("GET", f"/devices/{device_id}", None, f"/devices/{missing_device}"),
@@ -33,13 +32,13 @@ async def test_another_users_resources_are_404_on_every_route(
             None,
             f"/devices/{missing_device}/session-tokens",
         ),
-        ("DELETE", f"/session-tokens/{session_id}", None, f"/session-tokens/{'e' * 64}"),
-        ("DELETE", f"/pairing-tokens/{unused['id']}", None, f"/pairing-tokens/{'e' * 64}"),
+        ("DELETE", f"/session-tokens/{session_id}", None, f"/session-tokens/{uuid.uuid4()}"),
+        ("DELETE", f"/pairing-tokens/{unused['id']}", None, f"/pairing-tokens/{uuid.uuid4()}"),
         (
             "DELETE",
             f"/pairing-tokens/{device['pairing_token_id']}",
             None,
-            f"/pairing-tokens/{'d' * 64}",
+            f"/pairing-tokens/{uuid.uuid4()}",
         ),
     ]
     for method, path, body, missing_path in attempts:

@@ -25,6 +25,7 @@ TABLES = {
     "pairing_tokens",
     "session_tokens",
     "deployments",
+    "audit_events",
     "web_sessions",
 }
 

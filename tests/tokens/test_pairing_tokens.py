@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -20,7 +21,11 @@ async def test_create_returns_plaintext_once_with_default_ttl(client: httpx.Asyn
     body = response.json()
     assert body["token"].startswith("vpt_")
     assert len(body["token"]) == 4 + 43  # 32 random bytes, URL-safe base64 without padding
-    assert body["id"] == hash_token(body["token"])
+    # the public id is random: neither the hash nor any part of it
+    digest = hash_token(body["token"])
+    assert str(uuid.UUID(body["id"])) == body["id"]
+    assert body["id"].replace("-", "") not in digest
+    assert body["id"][:8] not in digest
     expires = datetime.fromisoformat(body["expires_at"])
     assert before + timedelta(seconds=899) <= expires <= datetime.now(UTC) + timedelta(seconds=901)
 

@@ -286,7 +286,7 @@ async def pairing_tokens_page(
 async def pairing_token_state(token_id: str, principal: CurrentPrincipal, conn: Conn) -> Response:
     """What the connect dialog polls: whether its token was used, and by which device."""
     for token in await _pairing_tokens(conn, principal.user_id):
-        if field(token, "token_hash") != token_id:
+        if str(field(token, "public_id")) != token_id:
             continue
         device_id = field(token, "device_id")
         device: dict[str, str] | None = None

@@ -165,8 +165,8 @@ async def unpair_device(
     _LOGGER.info(
         "device %s unpaired: %d pairing and %d session tokens revoked",
         device_id,
-        result.pairing_tokens,
-        result.session_tokens,
+        len(result.pairing_tokens),
+        len(result.session_tokens),
     )
     await runtime.device_revoked(device_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -208,6 +208,7 @@ async def pair(body: PairRequest, request: Request, runtime: RuntimeDep) -> Pair
     return PairResponse(
         device_id=paired.device_id,
         session_token=paired.session_token,
+        session_token_id=paired.session_token_id,
         expires_at=paired.expires_at,
     )
 
@@ -221,13 +222,15 @@ async def pair(body: PairRequest, request: Request, runtime: RuntimeDep) -> Pair
 async def renew_session(device: CurrentDevice, conn: Conn, runtime: RuntimeDep) -> PairResponse:
     """Trade the presented `vst_…` session token for a new one of the same device, valid
     VISIONA_SESSION_TOKEN_TTL seconds from now. In one transaction the new token is
-    stored with `parent_token_hash` = the old token's hash and the old token is revoked.
+    stored with `parent_token_hash` = the old token's hash (and the same `pairing_token_id`) and
+    the old token is revoked.
     A revoked, expired or unpaired device's token → 401. The live tunnel stays up."""
     renewed = await tokens.renew_session(conn, runtime.settings, device, utcnow())
     _LOGGER.info("device %s renewed its session token", device.device_id)
     return PairResponse(
         device_id=device.device_id,
         session_token=renewed.token,
+        session_token_id=renewed.public_id,
         expires_at=renewed.expires_at,
     )
 

@@ -158,6 +158,17 @@ async def get_device(
     return _device(row) if row else None
 
 
+_OWNED_EVER = select(devices.c.id).where(
+    devices.c.id == bindparam("device_id"), devices.c.owner_user_id == bindparam("owner")
+)
+
+
+async def owned_ever(conn: AsyncConnection, owner_user_id: uuid.UUID, device_id: uuid.UUID) -> bool:
+    """Whether the owner has (or had: deleted ones count) the device ``device_id``."""
+    params = {"device_id": device_id, "owner": owner_user_id}
+    return (await conn.execute(_OWNED_EVER, params)).one_or_none() is not None
+
+
 async def get_live_device_by_serial(
     conn: AsyncConnection, owner_user_id: uuid.UUID, serial_number: str
 ) -> Device | None:

@@ -80,6 +80,9 @@ class PairResponse(BaseModel):
 
     device_id: uuid.UUID
     session_token: str = Field(description="`vst_…`; send as `Authorization: Bearer`.")
+    session_token_id: uuid.UUID = Field(
+        description="The session token's public id (as in its listing and the audit trail)."
+    )
     expires_at: datetime
 
 

@@ -2,7 +2,8 @@
 
 Every function takes the connection of a unit of work opened at the edge and never
 commits. Tokens (pairing, session) belong to :mod:`visiona.tokens`; this feature
-reaches them through that feature's service.
+reaches them through that feature's service. Each change records its audit event
+(:mod:`visiona.audit`) on the same connection.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from visiona.audit import service as audit
+from visiona.audit.service import Actor
 from visiona.devices import repository
 from visiona.devices.repository import Device
 from visiona.kit.clock import utcnow
@@ -74,6 +77,14 @@ async def get_device(
     return device
 
 
+async def require_owned_ever(
+    conn: AsyncConnection, owner_user_id: uuid.UUID, device_id: uuid.UUID
+) -> None:
+    """404 unless the device is (or was, before its unpair) the owner's: its history stays."""
+    if not await repository.owned_ever(conn, owner_user_id, device_id):
+        raise NotFoundError("Device not found.")
+
+
 async def create_device(
     conn: AsyncConnection,
     owner_user_id: uuid.UUID,
@@ -83,6 +94,7 @@ async def create_device(
     device_type: str | None,
 ) -> Device:
     """Register a device; a live device of the owner with the same serial is a 409."""
+    now = utcnow()
     device = await repository.insert_device_if_absent(
         conn,
         device_id=uuid.uuid4(),
@@ -90,11 +102,27 @@ async def create_device(
         name=name,
         device_type=device_type,
         serial_number=serial_number,
-        now=utcnow(),
+        now=now,
     )
     if device is None:
         raise ConflictError("A device with this serial number is already registered.")
+    await _record_created(conn, device, Actor.user(owner_user_id), "api", now)
     return device
+
+
+async def _record_created(
+    conn: AsyncConnection, device: Device, actor: Actor, via: str, now: datetime
+) -> None:
+    await audit.record(
+        conn,
+        "device.created",
+        actor=actor,
+        owner_id=device.owner_user_id,
+        target_id=device.id,
+        device_id=device.id,
+        detail={"via": via, "serial_number": device.serial_number},
+        now=now,
+    )
 
 
 async def ensure_device(
@@ -141,21 +169,36 @@ async def rename_device(
     stale_before: datetime | None = None,
 ) -> Device:
     """Rename the owner's device (404 when not theirs); the answer reads like a GET."""
-    device = await repository.rename_device(
-        conn, owner_user_id, device_id, name=name, now=utcnow(), stale_before=stale_before
-    )
-    if device is None:
+    before = await repository.get_device(conn, owner_user_id, device_id)
+    now = utcnow()
+    device = None
+    if before is not None:
+        device = await repository.rename_device(
+            conn, owner_user_id, device_id, name=name, now=now, stale_before=stale_before
+        )
+    if before is None or device is None:
         raise NotFoundError("Device not found.")
+    if before.name != name:
+        await audit.record(
+            conn,
+            "device.renamed",
+            actor=Actor.user(owner_user_id),
+            owner_id=owner_user_id,
+            target_id=device_id,
+            device_id=device_id,
+            detail={"from": before.name, "to": name},
+            now=now,
+        )
     return device
 
 
 @dataclass(frozen=True, slots=True)
 class Unpaired:
-    """What an unpair revoked."""
+    """What an unpair revoked (the tokens' public ids)."""
 
     device_id: uuid.UUID
-    pairing_tokens: int
-    session_tokens: int
+    pairing_tokens: list[uuid.UUID]
+    session_tokens: list[uuid.UUID]
 
 
 async def unpair_device(
@@ -170,6 +213,19 @@ async def unpair_device(
     if not await repository.soft_delete_device(conn, owner_user_id, device_id, now):
         raise NotFoundError("Device not found.")
     revoked = await tokens.revoke_all_of_device(conn, device_id, now)
+    await audit.record(
+        conn,
+        "device.unpaired",
+        actor=Actor.user(owner_user_id),
+        owner_id=owner_user_id,
+        target_id=device_id,
+        device_id=device_id,
+        detail={
+            "revoked_pairing_tokens": [str(i) for i in revoked.pairing_tokens],
+            "revoked_session_tokens": [str(i) for i in revoked.session_tokens],
+        },
+        now=now,
+    )
     return Unpaired(
         device_id=device_id,
         pairing_tokens=revoked.pairing_tokens,
@@ -187,6 +243,7 @@ class Paired:
     device_id: uuid.UUID
     owner_user_id: uuid.UUID
     session_token: str
+    session_token_id: uuid.UUID
     expires_at: datetime
     new_device: bool
 
@@ -215,10 +272,13 @@ async def pair(
        it; every other caller, and every bad token, gets the same 401);
     2. re-use the owner's live device with this serial, or create it;
     3. bind the token to the device, set ``paired_at``, issue a session token whose
-       ``parent_token_hash`` is the pairing token's hash.
+       ``parent_token_hash`` is the pairing token's hash;
+    4. record the events: ``device.created`` (a new device), ``device.paired``,
+       ``pairing_token.used``, ``session_token.issued``, the device as actor.
     """
     now = utcnow()
-    parent, owner = await tokens.consume_pairing_token(conn, pairing_token, now)
+    used = await tokens.consume_pairing_token(conn, pairing_token, now)
+    owner = used.owner_user_id
     device, new_device = await ensure_device(
         conn,
         owner,
@@ -228,13 +288,27 @@ async def pair(
         now=now,
         paired_at=now,
     )
+    actor = Actor.device(device.id)
+    if new_device:
+        await _record_created(conn, device, actor, "pairing", now)
+    await audit.record(
+        conn,
+        "device.paired",
+        actor=actor,
+        owner_id=owner,
+        target_id=device.id,
+        device_id=device.id,
+        detail={"pairing_token_id": str(used.public_id), "serial_number": serial_number},
+        now=now,
+    )
     session = await tokens.issue_session_token(
-        conn, settings, pairing_hash=parent, owner_user_id=owner, device_id=device.id, now=now
+        conn, settings, pairing=used, device_id=device.id, now=now
     )
     return Paired(
         device_id=device.id,
         owner_user_id=owner,
         session_token=session.token,
+        session_token_id=session.public_id,
         expires_at=session.expires_at,
         new_device=new_device,
     )

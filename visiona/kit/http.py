@@ -39,7 +39,7 @@ from visiona.kit.errors import (
     UnauthorizedError,
     ValidationFailedError,
 )
-from visiona.kit.logs import request_id_var
+from visiona.kit.logs import client_addr_var, request_id_var
 
 if TYPE_CHECKING:
     from visiona.kit.metrics import Metrics
@@ -235,6 +235,8 @@ class RequestContextMiddleware:
         request_id = _incoming_request_id(scope) or uuid.uuid4().hex
         exchange = _Exchange(receive, send, request_id, limit, self._timeout)
         token = request_id_var.set(exchange.request_id)
+        client = scope.get("client")
+        addr_token = client_addr_var.set(str(client[0]) if client else None)
         started = time.perf_counter()
         try:
             if limit is not None and _content_length(scope) > limit:
@@ -255,6 +257,7 @@ class RequestContextMiddleware:
             self._metrics.observe_request(method, template, exchange.status, elapsed)
             _ACCESS.info("%s %s %s %.1fms", method, path, exchange.status, elapsed * 1000)
             request_id_var.reset(token)
+            client_addr_var.reset(addr_token)
 
 
 class _Exchange:

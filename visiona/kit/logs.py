@@ -14,6 +14,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 request_id_var: ContextVar[str | None] = ContextVar("visiona_request_id", default=None)
+#: The calling client's address (after trusted proxy headers), set per HTTP request
+#: beside the request id; the audit trail records both.
+client_addr_var: ContextVar[str | None] = ContextVar("visiona_client_addr", default=None)
 #: Set by an ASGI call that ends without a complete response on purpose.
 _incomplete_on_purpose: ContextVar[bool] = ContextVar("visiona_incomplete", default=False)
 #: What uvicorn logs (ERROR) when an ASGI call ends that way.

@@ -177,6 +177,8 @@ pairing_tokens = Table(
     "pairing_tokens",
     metadata,
     Column("token_hash", Text, primary_key=True),  # sha256(plaintext), never the plaintext
+    # The public, non-secret id (random; no relation to the hash): API, audit events.
+    Column("public_id", Uuid, nullable=False),
     Column("user_id", Uuid, ForeignKey("users.id"), nullable=False),
     Column("device_id", Uuid, ForeignKey("devices.id"), nullable=True),
     Column("kind", Text, nullable=False, server_default="pairing"),
@@ -193,14 +195,18 @@ Index(
     sqlite_where=_live_pairing,
 )
 Index("idx_pairing_tokens_device", pairing_tokens.c.device_id)
+Index("uq_pairing_tokens_public_id", pairing_tokens.c.public_id, unique=True)
 
 session_tokens = Table(
     "session_tokens",
     metadata,
     Column("token_hash", Text, primary_key=True),
+    Column("public_id", Uuid, nullable=False),  # as pairing_tokens.public_id
     Column("user_id", Uuid, ForeignKey("users.id"), nullable=False),
     Column("device_id", Uuid, ForeignKey("devices.id"), nullable=False),
     Column("parent_token_hash", Text, nullable=True),
+    # The public id of the pairing token the chain started from (kept across renewals).
+    Column("pairing_token_id", Uuid, nullable=True),
     Column("created_at", UTCDateTime, nullable=False, server_default=_now()),
     Column("expires_at", UTCDateTime, nullable=True),
     Column("revoked_at", UTCDateTime, nullable=True),
@@ -214,6 +220,7 @@ Index(
 )
 Index("idx_session_tokens_device", session_tokens.c.device_id)
 Index("idx_session_tokens_parent", session_tokens.c.parent_token_hash)
+Index("uq_session_tokens_public_id", session_tokens.c.public_id, unique=True)
 
 deployments = Table(
     "deployments",
@@ -231,6 +238,40 @@ deployments = Table(
 )
 Index("idx_deployments_device", deployments.c.device_id, deployments.c.created_at)
 Index("idx_deployments_model", deployments.c.model_id)
+
+#: Small JSON: JSONB on PostgreSQL, JSON text on SQLite.
+Detail = JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+# The audit trail: one row per action, written in the transaction of the change it
+# records. No foreign keys: the trail outlives (and never blocks) what it names.
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("occurred_at", UTCDateTime, nullable=False),
+    # the user whose trail it is (None: visible to nobody through the API)
+    Column("owner_id", Uuid, nullable=True),
+    Column("actor_type", Text, nullable=False),  # user | device | system
+    Column("actor_id", Uuid, nullable=True),
+    Column("action", Text, nullable=False),  # e.g. device.paired
+    Column("target_type", Text, nullable=False),
+    Column("target_id", Text, nullable=True),
+    # the device the action concerns, if any (its page shows the event)
+    Column("device_id", Uuid, nullable=True),
+    Column("client_addr", Text, nullable=True),
+    Column("request_id", Text, nullable=True),
+    Column("detail", Detail, nullable=False),
+)
+Index("idx_audit_events_owner", audit_events.c.owner_id, audit_events.c.occurred_at)
+Index(
+    "idx_audit_events_target",
+    audit_events.c.target_type,
+    audit_events.c.target_id,
+    audit_events.c.occurred_at,
+)
+Index("idx_audit_events_device", audit_events.c.device_id, audit_events.c.occurred_at)
+# retention: the oldest rows first
+Index("idx_audit_events_occurred", audit_events.c.occurred_at)
 
 # Web sessions when no Redis is configured (visiona.auth.sessions.SqlSessionStore).
 # idle_expires_at = min(expires_at, last use + idle timeout): the row is dead once it

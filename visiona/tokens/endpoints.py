@@ -41,7 +41,7 @@ _NO_CONTENT: dict[str, Any] = {
 
 def _pairing(token: PairingToken) -> PairingTokenOut:
     return PairingTokenOut(
-        id=token.token_hash,
+        id=str(token.public_id),
         created_at=token.created_at,
         expires_at=token.expires_at,
         used_at=token.used_at,
@@ -52,9 +52,9 @@ def _pairing(token: PairingToken) -> PairingTokenOut:
 
 def _session(token: SessionToken) -> SessionTokenOut:
     return SessionTokenOut(
-        id=token.token_hash,
+        id=str(token.public_id),
         device_id=token.device_id,
-        pairing_token_id=token.parent_token_hash,
+        pairing_token_id=None if token.pairing_token_id is None else str(token.pairing_token_id),
         created_at=token.created_at,
         expires_at=token.expires_at,
         revoked_at=token.revoked_at,

@@ -1,7 +1,9 @@
 """SQL for pairing tokens and device session tokens. Takes a connection; never commits.
 
-Tokens are stored by their sha256 only (``token_hash``, also their public id). "Now"
-is bound from Python; statements without per-call structure are built once, here.
+Tokens are stored by their sha256 only (``token_hash``, what a presented token is
+looked up by); each also has a random ``public_id``, the id the API and the audit
+trail show, which says nothing about the hash. "Now" is bound from Python;
+statements without per-call structure are built once, here.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ class PairingToken:
     """A pairing token (never its plaintext)."""
 
     token_hash: str
+    public_id: uuid.UUID
     user_id: uuid.UUID
     device_id: uuid.UUID | None
     created_at: datetime
@@ -36,9 +39,11 @@ class SessionToken:
     """A device session token (never its plaintext)."""
 
     token_hash: str
+    public_id: uuid.UUID
     user_id: uuid.UUID
     device_id: uuid.UUID
     parent_token_hash: str | None
+    pairing_token_id: uuid.UUID | None
     created_at: datetime
     expires_at: datetime | None
     revoked_at: datetime | None
@@ -49,6 +54,8 @@ class ValidSession:
     """A session token that still holds, and the device and owner it speaks for."""
 
     token_hash: str
+    public_id: uuid.UUID
+    pairing_token_id: uuid.UUID | None
     device_id: uuid.UUID
     owner_user_id: uuid.UUID
 
@@ -67,7 +74,7 @@ def _unexpired(table: Table) -> ColumnElement[bool]:
 
 
 def _revoke_one(table: Table) -> ColumnElement[bool]:
-    return (table.c.token_hash == bindparam("hash")) & (table.c.user_id == bindparam("owner"))
+    return (table.c.public_id == bindparam("id")) & (table.c.user_id == bindparam("owner"))
 
 
 # A repeated revocation keeps the first time: ``coalesce(revoked_at, :now)``.
@@ -75,7 +82,7 @@ _REVOKE_PAIRING = (
     update(pairing_tokens)
     .where(_revoke_one(pairing_tokens))
     .values(revoked_at=func.coalesce(pairing_tokens.c.revoked_at, _now))
-    .returning(pairing_tokens.c.token_hash)
+    .returning(pairing_tokens.c.public_id)
 )
 _REVOKE_SESSION = (
     update(session_tokens)
@@ -94,7 +101,7 @@ _CONSUME_PAIRING = (
         _unexpired(pairing_tokens),
     )
     .values(used_at=_now)
-    .returning(pairing_tokens.c.user_id)
+    .returning(pairing_tokens.c.user_id, pairing_tokens.c.public_id)
 )
 _BIND_PAIRING = (
     update(pairing_tokens)
@@ -105,11 +112,13 @@ _REVOKE_PAIRING_OF_DEVICE = (
     update(pairing_tokens)
     .where(pairing_tokens.c.device_id == bindparam("device"), pairing_tokens.c.revoked_at.is_(None))
     .values(revoked_at=_now)
+    .returning(pairing_tokens.c.public_id)
 )
 _REVOKE_SESSIONS_OF_DEVICE = (
     update(session_tokens)
     .where(session_tokens.c.device_id == bindparam("device"), session_tokens.c.revoked_at.is_(None))
     .values(revoked_at=_now)
+    .returning(session_tokens.c.public_id)
 )
 _REVOKE_LIVE_SESSION = (
     update(session_tokens)
@@ -117,7 +126,13 @@ _REVOKE_LIVE_SESSION = (
     .values(revoked_at=_now)
 )
 _VALID_SESSION = (
-    select(session_tokens.c.token_hash, session_tokens.c.device_id, devices.c.owner_user_id)
+    select(
+        session_tokens.c.token_hash,
+        session_tokens.c.public_id,
+        session_tokens.c.pairing_token_id,
+        session_tokens.c.device_id,
+        devices.c.owner_user_id,
+    )
     .join(devices, devices.c.id == session_tokens.c.device_id)
     .where(
         session_tokens.c.token_hash == bindparam("hash"),
@@ -143,6 +158,7 @@ async def insert_pairing_token(
     """Store a new pairing token (its hash only)."""
     values = {
         "token_hash": token_hash,
+        "public_id": uuid.uuid4(),
         "user_id": user_id,
         "kind": "pairing",
         "created_at": now,
@@ -160,27 +176,35 @@ async def list_pairing_tokens(
 
 
 async def revoke_pairing_token(
-    conn: AsyncConnection, user_id: uuid.UUID, token_hash: str, now: datetime
+    conn: AsyncConnection, user_id: uuid.UUID, public_id: uuid.UUID, now: datetime
 ) -> bool:
     """Revoke the user's pairing token (idempotent); False when the user has no such token."""
-    params = {"hash": token_hash, "owner": user_id, "now": now}
+    params = {"id": public_id, "owner": user_id, "now": now}
     return (await conn.execute(_REVOKE_PAIRING, params)).one_or_none() is not None
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumedPairing:
+    """A pairing token just used up: its owner and its public id."""
+
+    user_id: uuid.UUID
+    public_id: uuid.UUID
+
+
+_consumed = build(ConsumedPairing)
 
 
 async def consume_pairing_token(
     conn: AsyncConnection, token_hash: str, now: datetime
-) -> uuid.UUID | None:
-    """Mark a usable pairing token used, in one conditional UPDATE; its owner, or None.
+) -> ConsumedPairing | None:
+    """Mark a usable pairing token used, in one conditional UPDATE; who owns it, or None.
 
     Usable means unused, unrevoked and unexpired. On PostgreSQL the row lock this
     takes makes racing exchanges wait; when the winner commits, the losers' WHERE
     no longer matches, so exactly one exchange succeeds.
     """
     row = (await conn.execute(_CONSUME_PAIRING, {"hash": token_hash, "now": now})).one_or_none()
-    if row is None:
-        return None
-    owner: uuid.UUID = row.user_id
-    return owner
+    return _consumed(row) if row is not None else None
 
 
 async def bind_pairing_token(conn: AsyncConnection, token_hash: str, device_id: uuid.UUID) -> None:
@@ -190,10 +214,10 @@ async def bind_pairing_token(conn: AsyncConnection, token_hash: str, device_id: 
 
 async def revoke_pairing_tokens_of_device(
     conn: AsyncConnection, device_id: uuid.UUID, now: datetime
-) -> int:
-    """Revoke every not yet revoked pairing token bound to the device; how many."""
+) -> list[uuid.UUID]:
+    """Revoke every not yet revoked pairing token bound to the device; their public ids."""
     result = await conn.execute(_REVOKE_PAIRING_OF_DEVICE, {"device": device_id, "now": now})
-    return int(result.rowcount)
+    return list(result.scalars())
 
 
 # -- session tokens -------------------------------------------------------------
@@ -206,15 +230,18 @@ async def insert_session_token(
     user_id: uuid.UUID,
     device_id: uuid.UUID,
     parent_token_hash: str | None,
+    pairing_token_id: uuid.UUID | None,
     now: datetime,
     expires_at: datetime | None,
 ) -> SessionToken:
-    """Store a new session token (its hash only)."""
+    """Store a new session token (its hash only); ``pairing_token_id`` starts its chain."""
     values = {
         "token_hash": token_hash,
+        "public_id": uuid.uuid4(),
         "user_id": user_id,
         "device_id": device_id,
         "parent_token_hash": parent_token_hash,
+        "pairing_token_id": pairing_token_id,
         "created_at": now,
         "expires_at": expires_at,
     }
@@ -232,10 +259,10 @@ async def list_session_tokens(
 
 
 async def revoke_session_token(
-    conn: AsyncConnection, user_id: uuid.UUID, token_hash: str, now: datetime
+    conn: AsyncConnection, user_id: uuid.UUID, public_id: uuid.UUID, now: datetime
 ) -> uuid.UUID | None:
     """Revoke the user's session token (idempotent); its device id, or None if not theirs."""
-    params = {"hash": token_hash, "owner": user_id, "now": now}
+    params = {"id": public_id, "owner": user_id, "now": now}
     row = (await conn.execute(_REVOKE_SESSION, params)).one_or_none()
     if row is None:
         return None
@@ -245,10 +272,10 @@ async def revoke_session_token(
 
 async def revoke_session_tokens_of_device(
     conn: AsyncConnection, device_id: uuid.UUID, now: datetime
-) -> int:
-    """Revoke every not yet revoked session token of the device; how many."""
+) -> list[uuid.UUID]:
+    """Revoke every not yet revoked session token of the device; their public ids."""
     result = await conn.execute(_REVOKE_SESSIONS_OF_DEVICE, {"device": device_id, "now": now})
-    return int(result.rowcount)
+    return list(result.scalars())
 
 
 async def revoke_live_session_token(conn: AsyncConnection, token_hash: str, now: datetime) -> bool:

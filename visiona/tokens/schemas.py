@@ -24,7 +24,7 @@ class PairingTokenCreate(BaseModel):
 class PairingTokenCreated(BaseModel):
     """A new pairing token: the plaintext is shown here once and never again."""
 
-    id: str = Field(description="The token's public id (the hex sha256 of the plaintext).")
+    id: str = Field(description="The token's public id (a random UUID, unrelated to the token).")
     token: str = Field(description="The plaintext `vpt_…` token, for the agent's `--token`.")
     expires_at: datetime
 
@@ -32,7 +32,7 @@ class PairingTokenCreated(BaseModel):
 class PairingTokenOut(BaseModel):
     """A pairing token as listed (never the plaintext)."""
 
-    id: str
+    id: str = Field(description="The token's public id (a random UUID, unrelated to the token).")
     created_at: datetime
     expires_at: datetime | None
     used_at: datetime | None
@@ -50,9 +50,12 @@ class PairingTokenList(BaseModel):
 class SessionTokenOut(BaseModel):
     """An agent session token as listed (never the plaintext)."""
 
-    id: str = Field(description="The token's public id (the hex sha256 of the plaintext).")
+    id: str = Field(description="The token's public id (a random UUID, unrelated to the token).")
     device_id: uuid.UUID
-    pairing_token_id: str | None = Field(description="The pairing token it was exchanged for.")
+    pairing_token_id: str | None = Field(
+        description="The public id of the pairing token the device paired with "
+        "(kept across renewals)."
+    )
     created_at: datetime
     expires_at: datetime | None
     revoked_at: datetime | None

@@ -3,18 +3,20 @@
 Every function takes the connection of a unit of work opened at the edge and never
 commits. :func:`authenticate_device` is how the tunnel and the agent routes check a
 session token; :func:`session_holds` is how the tunnel re-checks one after a
-revocation.
+revocation. Each change records its audit event on the same connection; tokens are
+named there (and in the API) by their random public id, never by their hash.
 """
 
 from __future__ import annotations
 
-import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from visiona.audit import service as audit
+from visiona.audit.service import Actor
 from visiona.kit.clock import utcnow
 from visiona.kit.errors import NotFoundError, UnauthorizedError, ValidationFailedError
 from visiona.kit.pagination import Page, PageRequest
@@ -29,7 +31,6 @@ from visiona.kit.tokens import (
 from visiona.tokens import repository
 from visiona.tokens.repository import PairingToken, SessionToken
 
-_TOKEN_ID = re.compile(r"^[0-9a-f]{64}$")
 # One message for every failing agent token: no oracle for used / expired / unknown.
 AGENT_TOKEN_REJECTED = "The token is not valid."  # noqa: S105 - a message, not a secret
 
@@ -37,6 +38,14 @@ AGENT_TOKEN_REJECTED = "The token is not valid."  # noqa: S105 - a message, not 
 def agent_unauthorized() -> UnauthorizedError:
     """The one 401 for every failing agent token."""
     return UnauthorizedError(AGENT_TOKEN_REJECTED, headers={"WWW-Authenticate": "Bearer"})
+
+
+def parse_token_id(token_id: str) -> uuid.UUID | None:
+    """A token's public id from a path segment; None when it is not one."""
+    try:
+        return uuid.UUID(token_id)
+    except ValueError:
+        return None
 
 
 # -- pairing tokens -------------------------------------------------------------
@@ -78,7 +87,16 @@ async def create_pairing_token(
     row = await repository.insert_pairing_token(
         conn, token_hash=hash_token(token), user_id=user_id, now=now, expires_at=expires_at
     )
-    return IssuedToken(id=row.token_hash, token=token, expires_at=expires_at)
+    await audit.record(
+        conn,
+        "pairing_token.created",
+        actor=Actor.user(user_id),
+        owner_id=user_id,
+        target_id=row.public_id,
+        detail={"expires_at": expires_at.isoformat()},
+        now=now,
+    )
+    return IssuedToken(id=str(row.public_id), token=token, expires_at=expires_at)
 
 
 async def list_pairing_tokens(
@@ -90,34 +108,55 @@ async def list_pairing_tokens(
 
 async def revoke_pairing_token(conn: AsyncConnection, user_id: uuid.UUID, token_id: str) -> None:
     """Revoke the user's pairing token; a malformed, unknown or foreign id is a 404."""
-    if not _TOKEN_ID.match(token_id) or not await repository.revoke_pairing_token(
-        conn, user_id, token_id, utcnow()
+    public_id = parse_token_id(token_id)
+    now = utcnow()
+    if public_id is None or not await repository.revoke_pairing_token(
+        conn, user_id, public_id, now
     ):
         raise NotFoundError("Pairing token not found.")
+    await audit.record(
+        conn,
+        "pairing_token.revoked",
+        actor=Actor.user(user_id),
+        owner_id=user_id,
+        target_id=public_id,
+        now=now,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class UsedPairing:
+    """A pairing token just used up: its hash (to bind it), public id and owner."""
+
+    token_hash: str
+    public_id: uuid.UUID
+    owner_user_id: uuid.UUID
 
 
 async def consume_pairing_token(
     conn: AsyncConnection, pairing_token: str, now: datetime
-) -> tuple[str, uuid.UUID]:
-    """Use up a pairing token: its hash and its owner. Any bad token is the same 401.
+) -> UsedPairing:
+    """Use up a pairing token. Any bad token is the same 401.
 
     One conditional UPDATE: the winner of a race takes it, every other caller waits
-    for the winner's commit and then gets the 401.
+    for the winner's commit and then gets the 401. Its ``pairing_token.used`` event
+    is recorded by :func:`issue_session_token`, once the device is known.
     """
     if not has_prefix(pairing_token, PAIRING_PREFIX):
         raise agent_unauthorized()
     token_hash = hash_token(pairing_token)
-    owner = await repository.consume_pairing_token(conn, token_hash, now)
-    if owner is None:
+    used = await repository.consume_pairing_token(conn, token_hash, now)
+    if used is None:
         raise agent_unauthorized()
-    return token_hash, owner
+    return UsedPairing(token_hash=token_hash, public_id=used.public_id, owner_user_id=used.user_id)
 
 
 @dataclass(frozen=True, slots=True)
 class IssuedSession:
-    """A new device session token: the plaintext (shown once) and its end of life."""
+    """A new device session token: the plaintext (shown once), public id, end of life."""
 
     token: str
+    public_id: uuid.UUID
     expires_at: datetime
 
 
@@ -125,25 +164,49 @@ async def issue_session_token(
     conn: AsyncConnection,
     settings: Settings,
     *,
-    pairing_hash: str,
-    owner_user_id: uuid.UUID,
+    pairing: UsedPairing,
     device_id: uuid.UUID,
     now: datetime,
 ) -> IssuedSession:
-    """Bind the consumed pairing token to the device and issue its session token."""
-    await repository.bind_pairing_token(conn, pairing_hash, device_id)
+    """Bind the consumed pairing token to the device and issue its session token.
+
+    Records ``pairing_token.used`` and ``session_token.issued``, the device as actor.
+    """
+    owner_user_id = pairing.owner_user_id
+    await repository.bind_pairing_token(conn, pairing.token_hash, device_id)
     token = new_token(DEVICE_SESSION_PREFIX)
     expires_at = now + timedelta(seconds=settings.session_token_ttl)
-    await repository.insert_session_token(
+    row = await repository.insert_session_token(
         conn,
         token_hash=hash_token(token),
         user_id=owner_user_id,
         device_id=device_id,
-        parent_token_hash=pairing_hash,
+        parent_token_hash=pairing.token_hash,
+        pairing_token_id=pairing.public_id,
         now=now,
         expires_at=expires_at,
     )
-    return IssuedSession(token=token, expires_at=expires_at)
+    actor = Actor.device(device_id)
+    await audit.record(
+        conn,
+        "pairing_token.used",
+        actor=actor,
+        owner_id=owner_user_id,
+        target_id=pairing.public_id,
+        device_id=device_id,
+        now=now,
+    )
+    await audit.record(
+        conn,
+        "session_token.issued",
+        actor=actor,
+        owner_id=owner_user_id,
+        target_id=row.public_id,
+        device_id=device_id,
+        detail={"pairing_token_id": str(pairing.public_id)},
+        now=now,
+    )
+    return IssuedSession(token=token, public_id=row.public_id, expires_at=expires_at)
 
 
 async def renew_session(
@@ -160,16 +223,27 @@ async def renew_session(
         raise agent_unauthorized()
     token = new_token(DEVICE_SESSION_PREFIX)
     expires_at = now + timedelta(seconds=settings.session_token_ttl)
-    await repository.insert_session_token(
+    row = await repository.insert_session_token(
         conn,
         token_hash=hash_token(token),
         user_id=device.owner_user_id,
         device_id=device.device_id,
         parent_token_hash=device.token_hash,
+        pairing_token_id=device.pairing_token_id,
         now=now,
         expires_at=expires_at,
     )
-    return IssuedSession(token=token, expires_at=expires_at)
+    await audit.record(
+        conn,
+        "session_token.renewed",
+        actor=Actor.device(device.device_id),
+        owner_id=device.owner_user_id,
+        target_id=row.public_id,
+        device_id=device.device_id,
+        detail={"previous_id": str(device.session_token_id)},
+        now=now,
+    )
+    return IssuedSession(token=token, public_id=row.public_id, expires_at=expires_at)
 
 
 # -- session tokens -------------------------------------------------------------
@@ -182,6 +256,8 @@ class DeviceIdentity:
     device_id: uuid.UUID
     owner_user_id: uuid.UUID
     token_hash: str
+    session_token_id: uuid.UUID
+    pairing_token_id: uuid.UUID | None
 
 
 async def authenticate_device(
@@ -199,7 +275,11 @@ async def authenticate_device(
     if found is None:
         raise agent_unauthorized()
     return DeviceIdentity(
-        device_id=found.device_id, owner_user_id=found.owner_user_id, token_hash=found.token_hash
+        device_id=found.device_id,
+        owner_user_id=found.owner_user_id,
+        token_hash=found.token_hash,
+        session_token_id=found.public_id,
+        pairing_token_id=found.pairing_token_id,
     )
 
 
@@ -223,19 +303,30 @@ async def revoke_session_token(
 ) -> uuid.UUID:
     """Revoke the owner's session token; returns its device. Not theirs → 404."""
     device_id = None
-    if _TOKEN_ID.match(token_id):
-        device_id = await repository.revoke_session_token(conn, owner_user_id, token_id, utcnow())
+    public_id = parse_token_id(token_id)
+    now = utcnow()
+    if public_id is not None:
+        device_id = await repository.revoke_session_token(conn, owner_user_id, public_id, now)
     if device_id is None:
         raise NotFoundError("Session token not found.")
+    await audit.record(
+        conn,
+        "session_token.revoked",
+        actor=Actor.user(owner_user_id),
+        owner_id=owner_user_id,
+        target_id=public_id,
+        device_id=device_id,
+        now=now,
+    )
     return device_id
 
 
 @dataclass(frozen=True, slots=True)
 class Revoked:
-    """How many tokens of a device a revocation reached."""
+    """The tokens of a device a revocation reached (their public ids)."""
 
-    pairing_tokens: int
-    session_tokens: int
+    pairing_tokens: list[uuid.UUID]
+    session_tokens: list[uuid.UUID]
 
 
 async def revoke_all_of_device(

@@ -4,7 +4,7 @@ One row per signed-in browser or CLI, keyed by the token's sha256, with the
 absolute deadline and the idle deadline (``min(expires_at, last use + idle)``).
 
 Revision ID: 0004
-Revises: 0002 (until the audit helper's 0003 is on main; then 0003)
+Revises: 0003
 Create Date: 2026-12-02
 """
 
@@ -14,8 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0004"
-# Chained on main's head until 0003 (audit) lands; the integrator re-points it to "0003".
-down_revision = "0002"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,139 @@
+"""record(): an event is written in the caller's transaction, with the request's context,
+and never carries a secret. On SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from tests.audit.helpers import stored_events
+from tests.devices.helpers import API, runtime
+from tests.support.api import signup
+from visiona.audit import service as audit
+from visiona.audit.repository import AuditEvent, EventFilter
+from visiona.audit.service import SYSTEM, Actor
+from visiona.kit.pagination import PageRequest
+from visiona.kit.schema import pairing_tokens
+from visiona.tokens import service as tokens
+
+
+class _InjectedError(Exception):
+    """Raised inside a unit of work after the change, to make it roll back."""
+
+
+async def test_an_event_commits_with_its_change(app: FastAPI, client: httpx.AsyncClient) -> None:
+    owner = uuid.UUID((await signup(client)).id)
+    async with runtime(app).db.transaction() as conn:
+        issued = await tokens.create_pairing_token(conn, owner, 60)
+    (event,) = await stored_events(app, owner_id=owner)
+    assert event.action == "pairing_token.created"
+    assert event.target_type == "pairing_token"
+    assert event.target_id == issued.id
+    assert event.actor_type == "user"
+    assert event.actor_id == owner
+
+
+async def test_a_failure_after_the_change_leaves_neither_change_nor_event(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    user = await signup(client)
+    owner = uuid.UUID(user.id)
+    seen: list[str] = []
+
+    async def create_then_fail() -> None:
+        async with runtime(app).db.transaction() as conn:
+            await tokens.create_pairing_token(conn, owner, 60)
+            seen.extend(e.action for e in await _events_on(conn, owner))
+            raise _InjectedError
+
+    with pytest.raises(_InjectedError):
+        await create_then_fail()
+    assert seen == ["pairing_token.created"]  # both existed inside the transaction
+    assert await stored_events(app, owner_id=owner, action="pairing_token.created") == []
+    async with runtime(app).db.reading() as conn:
+        count = await conn.execute(
+            select(func.count())
+            .select_from(pairing_tokens)
+            .where(pairing_tokens.c.user_id == owner)
+        )
+        assert count.scalar_one() == 0
+
+
+async def _events_on(conn: AsyncConnection, owner: uuid.UUID) -> list[AuditEvent]:
+    """The owner's events as ``conn`` (inside its transaction) sees them."""
+    page = await audit.list_events(conn, EventFilter(owner_id=owner), PageRequest())
+    return page.items
+
+
+async def test_the_request_id_and_client_address_come_from_the_request(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    user = await signup(client)
+    response = await client.post(
+        f"{API}/pairing-tokens", headers={**user.headers, "X-Request-ID": "trace-42"}
+    )
+    assert response.status_code == 201
+    (event,) = await stored_events(app, owner_id=uuid.UUID(user.id), action="pairing_token.created")
+    assert event.request_id == "trace-42"
+    assert event.client_addr == "127.0.0.1"  # httpx's ASGI transport's client
+
+
+async def test_outside_a_request_the_context_is_empty_and_the_system_can_act(
+    app: FastAPI,
+) -> None:
+    owner = uuid.uuid4()
+    async with runtime(app).db.transaction() as conn:
+        await audit.record(
+            conn,
+            "tunnel.closed_revoked",
+            actor=SYSTEM,
+            owner_id=owner,
+            target_id=owner,
+            detail={"count": 1, "ids": [uuid.UUID(int=1)]},
+        )
+    (event,) = await stored_events(app, owner_id=owner)
+    assert (event.actor_type, event.actor_id) == ("system", None)
+    assert event.request_id is None
+    assert event.client_addr is None
+    assert event.detail == {"count": 1, "ids": [str(uuid.UUID(int=1))]}
+
+
+@pytest.mark.parametrize(
+    "detail",
+    [
+        {"token": "x"},
+        {"token_hash": "ab" * 32},
+        {"password": "hunter2"},
+        {"note": "vpt_" + "A" * 43},
+        {"tokens": ["vst_" + "B" * 43]},
+        {"big": ["x" * 300] * 10},
+    ],
+)
+async def test_a_detail_that_carries_a_secret_or_is_too_big_is_refused(
+    app: FastAPI, detail: dict[str, object]
+) -> None:
+    owner = uuid.uuid4()
+    with pytest.raises(ValueError, match="audit detail"):
+        async with runtime(app).db.transaction() as conn:
+            await audit.record(
+                conn,
+                "device.renamed",
+                actor=Actor.user(owner),
+                owner_id=owner,
+                target_id=owner,
+                detail=detail,
+            )
+    assert await stored_events(app, owner_id=owner) == []
+
+
+async def test_an_unknown_action_is_refused(app: FastAPI) -> None:
+    with pytest.raises(ValueError, match="unknown audit action"):
+        async with runtime(app).db.transaction() as conn:
+            await audit.record(
+                conn, "device.teleported", actor=SYSTEM, owner_id=None, target_id=None
+            )

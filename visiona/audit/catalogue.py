@@ -1,0 +1,95 @@
+"""Every audit action: its name, what its target is, and the fields of its ``detail``.
+
+The catalogue is the contract: :func:`visiona.audit.service.record` refuses an action
+that is not here, and docs/api-spec.md lists exactly these (a test keeps them equal).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """One kind of event."""
+
+    name: str
+    target_type: str
+    summary: str
+    detail: tuple[str, ...] = ()
+
+
+_ALL = (
+    Action("user.registered", "user", "An account was created."),
+    Action("user.signed_in", "user", "A user signed in (web session issued)."),
+    Action(
+        "user.sign_in_failed",
+        "user",
+        "A sign-in failed. Target and owner: the account the email names, if one does; "
+        "otherwise no owner (visible to no user).",
+        ("email",),
+    ),
+    Action("user.signed_out", "user", "A web session ended by signing out."),
+    Action(
+        "pairing_token.created", "pairing_token", "A pairing token was issued.", ("expires_at",)
+    ),
+    Action("pairing_token.revoked", "pairing_token", "A pairing token was revoked."),
+    Action("pairing_token.used", "pairing_token", "A device exchanged the pairing token."),
+    Action("device.created", "device", "A device was registered.", ("via", "serial_number")),
+    Action(
+        "device.paired",
+        "device",
+        "An agent paired the device with a pairing token.",
+        ("pairing_token_id", "serial_number"),
+    ),
+    Action("device.renamed", "device", "A device was renamed.", ("from", "to")),
+    Action(
+        "device.unpaired",
+        "device",
+        "A device was unpaired; its tokens were revoked.",
+        ("revoked_pairing_tokens", "revoked_session_tokens"),
+    ),
+    Action(
+        "session_token.issued",
+        "session_token",
+        "A session token was issued to the device at pairing.",
+        ("pairing_token_id",),
+    ),
+    Action(
+        "session_token.renewed",
+        "session_token",
+        "The agent renewed its session token (the target is the new one).",
+        ("previous_id",),
+    ),
+    Action("session_token.revoked", "session_token", "A session token was revoked."),
+    Action(
+        "tunnel.connected", "device", "The agent's tunnel connected.", ("session_token_id", "node")
+    ),
+    Action("tunnel.disconnected", "device", "The agent's tunnel closed.", ("reason",)),
+    Action("tunnel.superseded", "device", "A new tunnel of the device replaced this one."),
+    Action(
+        "tunnel.closed_revoked",
+        "device",
+        "The tunnel was closed because its session token or device was revoked.",
+    ),
+    Action(
+        "model.uploaded", "model", "A model was uploaded.", ("name", "target_chip", "file_size")
+    ),
+    Action("model.file_replaced", "model", "A model's file was replaced.", ("file_size",)),
+    Action("model.renamed", "model", "A model was renamed.", ("from", "to")),
+    Action("model.deleted", "model", "A model was deleted.", ("name",)),
+    Action("deployment.requested", "deployment", "A deployment was requested.", ("model_id",)),
+    Action("deployment.succeeded", "deployment", "A deployment finished.", ("model_id",)),
+    Action("deployment.failed", "deployment", "A deployment failed.", ("model_id", "reason")),
+    Action(
+        "proxy.forbidden_by_agent",
+        "device",
+        "The agent's own policy refused a proxied request (403 forbidden_by_agent).",
+        ("method", "path"),
+    ),
+)
+
+#: Every action by name.
+ACTIONS: dict[str, Action] = {action.name: action for action in _ALL}
+#: Every target type.
+TARGET_TYPES: frozenset[str] = frozenset(action.target_type for action in _ALL)
