@@ -125,9 +125,10 @@ async def logout(
     """Record ``user.signed_out`` on ``conn``, then end the session of ``token``.
 
     The event is written first: if ending the session fails, the caller's unit of
-    work rolls the event back.
+    work rolls the event back. A session store in SQL deletes on ``conn`` too, so both
+    commit together (and the single-connection SQLite pool is not asked for a second).
     """
     await audit.record(
         conn, "user.signed_out", actor=Actor.user(user_id), owner_id=user_id, target_id=user_id
     )
-    await sessions.delete(hash_token(token))
+    await sessions.delete(hash_token(token), conn)
