@@ -54,7 +54,8 @@ def build(dsn: str, redis_url: str) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        state["pool"] = await asyncpg.create_pool(dsn, min_size=1, max_size=10)
+        # the same size as the server's default pool (VISIONA_DB_POOL_SIZE)
+        state["pool"] = await asyncpg.create_pool(dsn, min_size=1, max_size=20)
         state["redis"] = Redis.from_url(redis_url)
         await state["redis"].script_load(_TOUCH_SCRIPT)
         try:

@@ -1,5 +1,5 @@
-"""`python -m visiona` runs the command line."""
+"""`python -m visiona` runs the command line (``--version`` without loading it)."""
 
-from visiona.cli import main
+from visiona.entry import main
 
 main()

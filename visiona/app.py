@@ -17,6 +17,7 @@ from visiona.audit.endpoints import router as audit_router
 from visiona.audit.retention import Pruner
 from visiona.auth.endpoints import router as auth_router
 from visiona.auth.sessions import MemorySessionStore, RedisSessionStore, SessionStore
+from visiona.cluster.deployments import fail_left_unfinished
 from visiona.cluster.endpoints import router as internal_router
 from visiona.cluster.service import build_cluster
 from visiona.console import install as install_console
@@ -105,6 +106,9 @@ async def build_runtime(settings: Settings, metrics: Metrics) -> Runtime:
         # Other nodes close their tunnel of a revoked device; so does this one on theirs.
         runtime.on_device_revoked.append(cluster.registry.publish_revoked)
         cluster.registry.listen_revoked(hub.device_revoked)
+        cluster.start_sweeping(db)
+    else:
+        await fail_left_unfinished(db)
     runtime.audit_pruner = Pruner(db, settings.audit_retention_days, settings.audit_prune_interval)
     runtime.audit_pruner.start()
     return runtime
@@ -117,7 +121,7 @@ async def close_runtime(runtime: Runtime) -> None:
         await pruner.stop()
     cluster, runtime.cluster = runtime.cluster, None
     if cluster is not None:
-        await cluster.registry.close()
+        await cluster.close()
     hub, runtime.hub = runtime.hub, None
     if hub is not None:
         await hub.close()

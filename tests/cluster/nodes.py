@@ -10,11 +10,20 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from redis.asyncio import Redis
 
+from testkit.nginx import NginxServer
+from testkit.servers import PostgresServer, RedisServer
+from visiona.cluster.registry import KEY_PREFIX
+from visiona.kit import migrate
+
+TOKEN = "cluster-test-internal-token-0123456789"
 _SERVING = re.compile(rb"visiona running on http://127\.0\.0\.1:(\d+)")
 
 
@@ -54,11 +63,55 @@ class Node:
             self.kill()
 
 
+class Balanced:
+    """Nodes A and B, nginx in front of them, and the cluster's environment."""
+
+    def __init__(self, a: Node, b: Node, lb: NginxServer, env: dict[str, str]) -> None:
+        """Hold what the module's fixture started."""
+        self.a, self.b, self.lb, self.env = a, b, lb, env
+
+    async def owner(self, device_id: str) -> str | None:
+        """The node id the registry names for the device (read from Redis directly)."""
+        redis = Redis.from_url(self.env["VISIONA_REDIS_URL"])
+        try:
+            raw = await redis.get(f"{KEY_PREFIX}{device_id}")
+        finally:
+            await redis.aclose()
+        if raw is None:
+            return None
+        match = re.search(rb'"node": "([^"]+)"', raw)
+        return match.group(1).decode() if match else None
+
+
 def node_env(**settings: str) -> dict[str, str]:
     """The environment of a node: the caller's without any VISIONA_ variable, plus ``settings``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("VISIONA_")}
     env.update({f"VISIONA_{k.upper()}": v for k, v in settings.items()})
     return env
+
+
+def cluster_env(
+    postgres: PostgresServer, redis_server: RedisServer, **settings: str
+) -> dict[str, str]:
+    """The environment of a fresh cluster: its own migrated database, a Redis database,
+    a shared model store, the internal token, short keepalives (``settings`` override)."""
+    url = postgres.create_database(f"cluster_{uuid.uuid4().hex[:10]}")
+    migrate.upgrade(url)
+    redis_db = int(uuid.uuid4().int % 15) + 1
+    store = Path(tempfile.mkdtemp(prefix="visiona-cluster-objects-"))
+    base = {
+        "database_url": url.replace("+asyncpg", ""),
+        "redis_url": redis_server.url.rsplit("/", 1)[0] + f"/{redis_db}",
+        "storage_url": store.as_uri(),
+        "internal_token": TOKEN,
+        "tunnel_ping_interval": "0.3",
+        "tunnel_ping_timeout": "0.5",
+        "tunnel_status_interval": "0.3",
+        "cluster_connect_timeout": "1.0",
+        "log_level": "INFO",
+        "pair_rate_limit": "100000",
+    }
+    return node_env(**{**base, **settings})
 
 
 def spawn_node(name: str, env: dict[str, str]) -> tuple[str, subprocess.Popen[bytes], Path]:
@@ -97,3 +150,20 @@ def wait_node(spawned: tuple[str, subprocess.Popen[bytes], Path], timeout: float
 def start_node(name: str, env: dict[str, str]) -> Node:
     """Start one node and wait until it serves."""
     return wait_node(spawn_node(name, env))
+
+
+@contextlib.contextmanager
+def running_nodes(env: dict[str, str], *names: str) -> Iterator[list[Node]]:
+    """Nodes ``node-<name>`` started together; stopped (SIGTERM) on exit, killed if stuck."""
+    spawned = [spawn_node(name, {**env, "VISIONA_NODE_ID": f"node-{name}"}) for name in names]
+    started: list[Node] = []
+    try:
+        started.extend(wait_node(s) for s in spawned)
+        yield started
+    finally:
+        for node in started:
+            node.stop()
+        for _, proc, _ in spawned:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, cast
 
@@ -18,7 +17,7 @@ import pytest
 
 from testkit.live import LiveServer, serve_app
 from testkit.servers import PostgresServer, RedisServer
-from tests.cluster.nodes import Node, node_env, spawn_node, start_node, wait_node
+from tests.cluster.nodes import TOKEN, Node, cluster_env, spawn_node, start_node, wait_node
 from tests.support.api import error_code, signup
 from tests.tunnel.device_service import device_app, pattern
 from tests.tunnel.support import (
@@ -29,36 +28,20 @@ from tests.tunnel.support import (
     wait_for,
 )
 from visiona.cluster.forwarding import TOKEN_HEADER, USER_HEADER
-from visiona.kit import migrate
 from visiona.wire import CLOSE_REVOKED
 
-TOKEN = "cluster-test-internal-token-0123456789"
+
+@pytest.fixture(scope="module")
+def env(postgres: PostgresServer, redis_server: RedisServer) -> dict[str, str]:
+    """A fresh cluster's environment (its own database and Redis database)."""
+    return cluster_env(postgres, redis_server)
 
 
 @pytest.fixture(scope="module")
-def cluster_env(postgres: PostgresServer, redis_server: RedisServer) -> dict[str, str]:
-    """A fresh migrated database and a Redis database of its own; short keepalives."""
-    url = postgres.create_database(f"cluster_{uuid.uuid4().hex[:10]}")
-    migrate.upgrade(url)
-    redis_db = int(uuid.uuid4().int % 15) + 1
-    return node_env(
-        database_url=url.replace("+asyncpg", ""),
-        redis_url=redis_server.url.rsplit("/", 1)[0] + f"/{redis_db}",
-        internal_token=TOKEN,
-        tunnel_ping_interval="0.3",
-        tunnel_ping_timeout="0.5",
-        tunnel_status_interval="0.3",
-        cluster_connect_timeout="1.0",
-        log_level="INFO",
-        pair_rate_limit="100000",
-    )
-
-
-@pytest.fixture(scope="module")
-def nodes(cluster_env: dict[str, str]) -> Iterator[tuple[Node, Node]]:
+def nodes(env: dict[str, str]) -> Iterator[tuple[Node, Node]]:
     """Nodes A and B of one cluster (started together; the last test kills B)."""
-    spawned_a = spawn_node("a", {**cluster_env, "VISIONA_NODE_ID": "node-a"})
-    spawned_b = spawn_node("b", {**cluster_env, "VISIONA_NODE_ID": "node-b"})
+    spawned_a = spawn_node("a", {**env, "VISIONA_NODE_ID": "node-a"})
+    spawned_b = spawn_node("b", {**env, "VISIONA_NODE_ID": "node-b"})
     started: list[Node] = []
     try:
         started.append(wait_node(spawned_a))
@@ -204,7 +187,7 @@ async def test_unpair_on_a_closes_the_tunnel_held_by_b_within_a_second(
 
 
 async def test_a_node_starting_keeps_the_other_nodes_devices_online(
-    nodes: tuple[Node, Node], cluster_env: dict[str, str], device_port: int
+    nodes: tuple[Node, Node], env: dict[str, str], device_port: int
 ) -> None:
     a, _ = nodes
     async with httpx.AsyncClient(base_url=a.url, timeout=30) as via_a:
@@ -217,9 +200,7 @@ async def test_a_node_starting_keeps_the_other_nodes_devices_online(
 
             await wait_for(online)
             # In a thread: the test's agent must keep answering keepalives meanwhile.
-            c = await asyncio.to_thread(
-                start_node, "c", {**cluster_env, "VISIONA_NODE_ID": "node-c"}
-            )
+            c = await asyncio.to_thread(start_node, "c", {**env, "VISIONA_NODE_ID": "node-c"})
             try:
                 assert await _status(via_a, user.headers, device_id) == "online"
                 async with httpx.AsyncClient(base_url=c.url, timeout=30) as via_c:

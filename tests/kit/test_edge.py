@@ -104,8 +104,26 @@ def test_405_carries_an_allow_header(server: str, token: str) -> None:
         "PUT", f"{server}/api/v1/models", headers={"Authorization": f"Bearer {token}"}
     )
     assert models.status_code == 405
-    # Starlette names the methods of the first route matching the path (POST here)
-    assert "POST" in models.headers["allow"]
+
+
+def _allow(response: httpx.Response) -> set[str]:
+    return set(response.headers["allow"].replace(" ", "").split(","))
+
+
+def test_405_allow_lists_the_methods_of_every_route_of_the_path(server: str, token: str) -> None:
+    auth = {"Authorization": f"Bearer {token}"}
+    # GET /models and POST /models are two routes of one path
+    models = httpx.request("PUT", f"{server}/api/v1/models", headers=auth)
+    assert models.status_code == 405
+    assert _allow(models) == {"GET", "HEAD", "POST"}
+    # GET, PATCH and DELETE /models/{id}: three routes; the id need not exist
+    one = httpx.put(f"{server}/api/v1/models/{uuid.uuid4()}", headers=auth)
+    assert one.status_code == 405
+    assert _allow(one) == {"DELETE", "GET", "HEAD", "PATCH"}
+    # HEAD is answered like GET, so a path without GET gains no HEAD
+    login = httpx.get(f"{server}/api/v1/auth/login")
+    assert login.status_code == 405
+    assert _allow(login) == {"POST"}
 
 
 def test_cors_answers_listed_origins_only(server: str) -> None:

@@ -161,7 +161,8 @@ async def test_feed_transport_pauses_the_session_until_its_sends_complete():
     session = Session(transport, client=True, config=Config(max_stream_window=4 * MIB))
     stream = await session.open_stream()
     stream.write(os.urandom(200_000))  # within the initial 256 KiB credit
-    await asyncio.sleep(0)
+    for _ in range(2):  # the writer flushes two loop iterations later
+        await asyncio.sleep(0)
     assert transport.write_paused
     drained = asyncio.ensure_future(transport.drain())
     stream_drained = asyncio.ensure_future(stream.drain())

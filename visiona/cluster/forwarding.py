@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hmac
 import logging
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from starlette.responses import Response
@@ -37,6 +38,18 @@ PREFIX_HEADER = "x-visiona-prefix"
 _OURS = {TOKEN_HEADER, USER_HEADER, CLIENT_HEADER, PROTO_HEADER, PREFIX_HEADER}
 _DROPPED_REQUEST = {k.decode() for k in HOP_BY_HOP} | _OURS | {"x-request-id"}
 _DROPPED_RESPONSE = HOP_BY_HOP | {b"x-request-id", b"date", b"server"}
+
+
+@dataclass(frozen=True)
+class Handed:
+    """How a deployment handed to the owning node went (as this node saw it)."""
+
+    status: int = 0
+    code: str | None = None
+    #: the node could not be connected to (nothing was sent)
+    unreachable: bool = False
+    #: the connection broke after the call was sent (the node died meanwhile)
+    lost: bool = False
 
 
 def token_matches(expected: str, given: str | None) -> bool:
@@ -97,6 +110,51 @@ class Forwarder:
                 "The server node holding the device's tunnel is unreachable."
             ) from err
         return ForwardedResponse(answer)
+
+    async def deploy(
+        self,
+        owner: Owner,
+        *,
+        deployment_id: uuid.UUID,
+        user_id: uuid.UUID,
+        model: dict[str, Any],
+    ) -> Handed:
+        """Have ``owner`` run the deployment's transfer; wait for its answer.
+
+        The owning node bounds the transfer itself (file size, deploy answer timeout),
+        so no read timeout applies here.
+        """
+        headers = {
+            TOKEN_HEADER: self._token,
+            USER_HEADER: str(user_id),
+            "x-request-id": request_id_var.get() or "",
+        }
+        url = f"{owner.url}{INTERNAL_PREFIX}/deployments/{deployment_id}/transfer"
+        try:
+            answer = await self._client.post(url, json=model, headers=headers)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as err:
+            _LOGGER.warning(
+                "cluster: node %s is unreachable for deployment %s: %s",
+                owner.node_id,
+                deployment_id,
+                type(err).__name__,
+            )
+            return Handed(unreachable=True)
+        except httpx.TransportError as err:
+            _LOGGER.warning(
+                "cluster: node %s lost during deployment %s: %s",
+                owner.node_id,
+                deployment_id,
+                type(err).__name__,
+            )
+            return Handed(lost=True)
+        code = None
+        if answer.status_code >= 400:
+            try:
+                code = str(answer.json()["error"]["code"])
+            except (ValueError, KeyError, TypeError):
+                code = None
+        return Handed(status=answer.status_code, code=code)
 
     async def close(self) -> None:
         """Close the pooled connections."""

@@ -6,6 +6,10 @@ keepalive intervals. The node whose tunnel came up last writes it unconditionall
 node id and epoch, so a node never extends nor deletes a lease it no longer holds.
 A node that finds another owner at renewal closes its tunnel (4409 ``superseded``).
 
+A deployment's transfer holds ``dep:run:{deployment_id}`` (the node id, same TTL) on
+the node that runs it, renewed while it runs: a record still ``pending`` or
+``transferring`` without that key was left by a node that died.
+
 Revocations travel on the ``visiona:revoked`` channel: every node closes the tunnel it
 holds for the device named in a message (the re-check at each renewal covers a
 message that was missed).
@@ -29,6 +33,7 @@ if TYPE_CHECKING:
 
 _LOGGER = logging.getLogger(__name__)
 KEY_PREFIX = "tun:dev:"
+RUN_PREFIX = "dep:run:"
 REVOKED_CHANNEL = "visiona:revoked"
 
 # KEYS[1] lease; ARGV: value, ttl ms. Extends only the caller's own lease (same value).
@@ -86,6 +91,7 @@ class TunnelRegistry:
         self._redis = redis
         self.node_id = node_id
         self.node_url = node_url
+        self.ttl = ttl
         self._ttl_ms = max(1, int(ttl * 1000))
         self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
@@ -119,6 +125,27 @@ class TunnelRegistry:
             return {}
         raws = await self._redis.mget([_key(d) for d in ids])
         return {d: _parse(r) for d, r in zip(ids, raws, strict=True)}
+
+    # -- deployment transfers ------------------------------------------------------
+    async def claim_run(self, deployment_id: uuid.UUID) -> None:
+        """Note that this node runs the deployment's transfer (until :meth:`release_run`)."""
+        await self._redis.set(f"{RUN_PREFIX}{deployment_id}", self.node_id, px=self._ttl_ms)
+
+    async def renew_run(self, deployment_id: uuid.UUID) -> None:
+        """Extend the run lease (written again if it expired meanwhile)."""
+        await self.claim_run(deployment_id)
+
+    async def release_run(self, deployment_id: uuid.UUID) -> None:
+        """The transfer ended on this node."""
+        await self._redis.delete(f"{RUN_PREFIX}{deployment_id}")
+
+    async def running(self, deployment_ids: Iterable[uuid.UUID]) -> set[uuid.UUID]:
+        """The deployments among ``deployment_ids`` that a live node is transferring."""
+        ids = list(deployment_ids)
+        if not ids:
+            return set()
+        raws = await self._redis.mget([f"{RUN_PREFIX}{d}" for d in ids])
+        return {d for d, raw in zip(ids, raws, strict=True) if raw is not None}
 
     async def publish_revoked(self, device_id: uuid.UUID) -> None:
         """Tell every node the device's credentials were revoked."""

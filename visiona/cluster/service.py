@@ -7,9 +7,11 @@ proxy applies when this node has no tunnel for the device.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from visiona.cluster.forwarding import Forwarder
@@ -19,6 +21,7 @@ if TYPE_CHECKING:
     from starlette.requests import Request
     from starlette.responses import Response
 
+    from visiona.kit.database import Database
     from visiona.kit.runtime import Runtime
     from visiona.kit.settings import Settings
 
@@ -32,6 +35,22 @@ class Cluster:
     registry: TunnelRegistry
     forwarder: Forwarder
     token: str
+    _sweeper: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    def start_sweeping(self, db: Database) -> None:
+        """Fail, once per lease TTL, the deployments a stopped node left unfinished."""
+        from visiona.cluster.deployments import sweep_loop  # noqa: PLC0415 - import cycle
+
+        self._sweeper = asyncio.get_running_loop().create_task(sweep_loop(db, self))
+
+    async def close(self) -> None:
+        """Stop sweeping and listening for revocations (the forwarder closes later)."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+        await self.registry.close()
 
 
 def node_identity(settings: Settings, bound_url: str | None) -> tuple[str, str]:

@@ -12,6 +12,7 @@ import uuid
 from fastapi import APIRouter, status
 
 from visiona.auth.dependencies import CurrentPrincipal
+from visiona.cluster.deployments import deliver
 from visiona.deployments import service
 from visiona.deployments.schemas import (
     DeploymentCreate,
@@ -30,7 +31,6 @@ from visiona.kit.errors import (
 from visiona.kit.http import error_responses
 from visiona.kit.pagination import PageParams
 from visiona.tunnel.endpoints import hub_of
-from visiona.tunnel.errors import DeviceOfflineError
 
 router = APIRouter(prefix="/devices", tags=["deployments"])
 
@@ -71,20 +71,9 @@ async def create_deployment(
     # unit of work: deployment transfer: check and record here, each state change on its own
     async with runtime.db.transaction() as conn:
         deployment, model = await service.prepare(conn, principal.user_id, device_id, body.model_id)
+    # This node's tunnel, else the node holding it (one hop), else 502 device_offline.
     link = hub_of(runtime).get(device_id)
-    if link is None or link.owner_user_id != principal.user_id:
-        failed = await service.mark(
-            runtime.db, deployment.id, DeploymentStatus.FAILED, service.OFFLINE_REASON
-        )
-        raise service.DeploymentOfflineError(failed, DeviceOfflineError.default_message)
-    record = await service.transfer(
-        runtime.db,
-        storage,
-        link,
-        deployment,
-        model,
-        answer_timeout=runtime.settings.deploy_answer_timeout,
-    )
+    record = await deliver(runtime, storage, link, deployment, model)
     if record.status != DeploymentStatus.SUCCEEDED:
         raise service.DeploymentFailedError(record)
     return DeploymentOut.model_validate(record)

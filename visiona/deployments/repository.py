@@ -128,3 +128,25 @@ async def list_page(
         deployments.c.device_id == device_id, deployments.c.owner_user_id == owner_id
     )
     return await paginate(conn, stmt, _ORDER, page, _deployment)
+
+
+_UNFINISHED = (
+    select(deployments.c.id)
+    .where(
+        deployments.c.status.in_(
+            (DeploymentStatus.PENDING.value, DeploymentStatus.TRANSFERRING.value)
+        ),
+        deployments.c.updated_at < bindparam("before", type_=UTCDateTime()),
+    )
+    .order_by(deployments.c.updated_at)
+    .limit(bindparam("limit"))
+)
+
+
+async def unfinished_before(
+    conn: AsyncConnection, before: datetime, limit: int = 500
+) -> list[uuid.UUID]:
+    """Deployments still ``pending`` or ``transferring`` whose last change is older than
+    ``before`` (oldest first, at most ``limit``): candidates left by a stopped node."""
+    rows = await conn.execute(_UNFINISHED, {"before": before, "limit": limit})
+    return [row[0] for row in rows]

@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from visiona.kit.database import map_db_error
@@ -95,6 +96,30 @@ _FRAMEWORK_ERRORS: dict[int, type[AppError]] = {
 }
 
 
+_METHODS = ("DELETE", "GET", "PATCH", "POST", "PUT")
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """The methods some route answers for the request's path, sorted; [] if unknown.
+
+    Starlette answers 405 with the ``Allow`` of the first route whose path matched;
+    a path served by several routes (``GET`` and ``POST /models``) needs all of them.
+    Each method is tried against the routes with their public ``matches``, so included
+    routers count too. A mounted sub-application (``/static``) matches every method:
+    its own 405 and ``Allow`` stand.
+    """
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Mount) and route.matches(request.scope)[0] is not Match.NONE:
+            return []
+        for method in _METHODS:
+            if method not in methods:
+                match, _child = route.matches({**request.scope, "method": method})
+                if match is Match.FULL:
+                    methods.add(method)
+    return sorted(methods)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the one error renderer for every kind of failure."""
 
@@ -114,12 +139,15 @@ def install_error_handlers(app: FastAPI) -> None:
         ]
         return _json(ValidationFailedError(fields))
 
-    async def on_http(_request: Request, exc: Exception) -> JSONResponse:
+    async def on_http(request: Request, exc: Exception) -> JSONResponse:
         # The framework's own HTTP errors (routing, body parsing) get documented codes.
         assert isinstance(exc, StarletteHTTPException)  # noqa: S101 - registered for it only
-        if exc.status_code == 405:  # keep Starlette's Allow header
+        if exc.status_code == 405:
             response = _json(MethodNotAllowedError())
             response.headers.update(getattr(exc, "headers", None) or {})
+            allowed = _allowed_methods(request)
+            if allowed:  # every route of the path, not only the first Starlette tried
+                response.headers["Allow"] = ", ".join(allowed)
             return response
         known = _FRAMEWORK_ERRORS.get(exc.status_code)
         if known is not None:

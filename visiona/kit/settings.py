@@ -39,8 +39,13 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL; unset means a SQLite file in DATA_DIR. "
         "`postgresql://` URLs are run with asyncpg.",
     )
-    db_pool_size: int = Field(10, ge=1, description="PostgreSQL connections kept open.")
-    db_max_overflow: int = Field(10, ge=0, description="Extra connections under burst.")
+    db_pool_size: int = Field(20, ge=1, description="PostgreSQL connections kept open.")
+    db_max_overflow: int = Field(
+        0,
+        ge=0,
+        description="Extra connections under burst, each closed when returned "
+        "(a burst above the pool then reconnects per request; 0 makes it wait).",
+    )
     db_pool_timeout: float = Field(5.0, gt=0, description="Seconds to wait for a pooled conn.")
     db_connect_timeout: float = Field(5.0, gt=0, description="Seconds to open a connection.")
     db_command_timeout: float = Field(30.0, gt=0, description="Seconds for one statement.")

@@ -459,10 +459,13 @@ class Stream:
         self._open_timer = self._loop.call_later(self._owner.open_timeout, self._on_open_timeout)
 
     def send_ack(self, extra_window: int) -> None:
-        """Accept the peer's open (ACK granting ``extra_window``)."""
+        """Accept the peer's open (ACK granting ``extra_window``).
+
+        The ACK is lazy: it leaves with the stream's first answer when that comes soon.
+        """
         self._accepted = True
         self._recv_window += extra_window
-        self._writer.send_frame(WINDOW_UPDATE, ACK, self._id, extra_window)
+        self._writer.send_lazy_frame(WINDOW_UPDATE, ACK, self._id, extra_window)
 
     def receive_data(self, data: bytes) -> None:
         """A whole plain Data frame: charge the window, then buffer (or drop) ``data``."""

@@ -2,8 +2,14 @@
 
 Frames are queued, not written one by one: header-only frames and small payloads are
 copied into one buffer, large immutable payloads are queued by reference, and the whole
-queue leaves in one (vectored) transport write at the end of the loop iteration, or as
-soon as enough is waiting. Per-frame cost then stays near the cost of packing a header.
+queue leaves in one (vectored) transport write, or as soon as enough is waiting.
+Per-frame cost then stays near the cost of packing a header.
+
+A flush waits one loop iteration more than it must (two ``call_soon`` hops): what
+the loop reads in between joins the same write. A proxied answer and the EOF that
+follows it arrive in two reads, in two iterations; without the second hop they left
+as two WebSocket messages. A stream's ACK may wait too (:meth:`send_lazy_frame`): it
+leaves with the stream's first answer, or alone after a few milliseconds.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from .transport import ByteTransport
 _FLUSH_SIZE = 64 * 1024  # flush the coalescing buffer once it holds this much
 _ZERO_COPY_MIN = 16 * 1024  # payloads this large are not copied into it
 _BATCH_SIZE = 1024 * 1024  # write queued large payloads once this much is waiting
+_LAZY_DELAY = 0.005  # seconds a lazy frame waits for company before it leaves alone
 
 
 class FrameWriter:
@@ -34,6 +41,7 @@ class FrameWriter:
         self._wlist: list[Buffer] = []  # queued buffers (wbuf pieces and large payloads)
         self._wlist_size = 0
         self._flush_handle: asyncio.Handle | None = None
+        self._lazy_timer: asyncio.TimerHandle | None = None
         self._closed = False
         self._paused = False
         self._writable_waiter: asyncio.Future[None] | None = None
@@ -63,7 +71,20 @@ class FrameWriter:
         self._wbuf += HEADER.pack(0, kind, flags, stream_id, length)
         self.frames_sent += 1
         if self._flush_handle is None:
-            self._flush_handle = self._loop.call_soon(self.flush)
+            self._flush_handle = self._loop.call_soon(self._flush_next)
+
+    def send_lazy_frame(self, kind: int, flags: int, stream_id: int, length: int) -> None:
+        """Queue a header-only frame that may wait up to 5 ms for other frames to join.
+
+        For frames nobody waits on at once, such as the ACK of an accepted stream (the
+        opener may send before it, and hashicorp/yamux allows 75 s for it).
+        """
+        if self._closed:
+            return
+        self._wbuf += HEADER.pack(0, kind, flags, stream_id, length)
+        self.frames_sent += 1
+        if self._flush_handle is None and self._lazy_timer is None:
+            self._lazy_timer = self._loop.call_later(_LAZY_DELAY, self.flush)
 
     def send_data(self, stream_id: int, payload: Buffer) -> None:
         """Queue a Data frame (credit already taken by the stream).
@@ -86,19 +107,26 @@ class FrameWriter:
             if self._wlist_size >= _BATCH_SIZE:
                 self.flush()
             elif self._flush_handle is None:
-                self._flush_handle = self._loop.call_soon(self.flush)
+                self._flush_handle = self._loop.call_soon(self._flush_next)
             return
         wbuf += payload
         if len(wbuf) >= _FLUSH_SIZE:
             self.flush()
         elif self._flush_handle is None:
-            self._flush_handle = self._loop.call_soon(self.flush)
+            self._flush_handle = self._loop.call_soon(self._flush_next)
+
+    def _flush_next(self) -> None:
+        """First hop of a scheduled flush: flush in the next loop iteration."""
+        self._flush_handle = self._loop.call_soon(self.flush)
 
     def flush(self) -> None:
         """Hand everything queued to the transport, in order."""
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
+        if self._lazy_timer is not None:
+            self._lazy_timer.cancel()
+            self._lazy_timer = None
         wbuf = self._wbuf
         if self._wlist:
             chunks = self._wlist

@@ -1,0 +1,148 @@
+"""A throwaway nginx in front of visionA nodes, configured with docs/nginx.conf itself.
+
+The http-context file users are told to install (docs/nginx.conf, shown verbatim in
+docs/operations.md) is read and only two things change: the ``listen`` line (a free
+loopback port) and the upstream's ``server`` lines (the nodes). Everything nginx
+writes (pid, error log, temporary files) goes to a temporary directory; the binary
+is Debian's (``scripts/system-deps.sh`` installs it).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from testkit.servers import _wait_port, free_port
+
+DOC_CONF = Path(__file__).resolve().parent.parent / "docs" / "nginx.conf"
+_LISTEN = re.compile(r"^(\s*)listen 80;$", re.MULTILINE)
+_UPSTREAM_SERVER = re.compile(r"^(\s*)server 10\.0\.0\.\d+:8080 (.*);$", re.MULTILINE)
+
+# The main context around the users' file: only paths and process settings.
+_MAIN = """\
+daemon off;
+master_process on;
+worker_processes {workers};
+pid {root}/nginx.pid;
+error_log {root}/error.log {level};
+lock_file {root}/nginx.lock;
+
+events {{
+    worker_connections 4096;
+}}
+
+http {{
+    access_log off;
+    client_body_temp_path {root}/body;
+    proxy_temp_path {root}/proxy;
+    fastcgi_temp_path {root}/fastcgi;
+    uwsgi_temp_path {root}/uwsgi;
+    scgi_temp_path {root}/scgi;
+
+    include {root}/visiona.conf;
+}}
+"""
+
+
+def nginx_binary() -> str:
+    """Debian's nginx (``/usr/sbin`` may be missing from a user's PATH)."""
+    found = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else "")
+    if not found:
+        raise RuntimeError(
+            "nginx not found; run `make test` (scripts/system-deps.sh) to install it"
+        )
+    return found
+
+
+def balancer_conf(upstreams: Sequence[str], port: int, text: str | None = None) -> str:
+    """docs/nginx.conf with ``listen 127.0.0.1:port`` and one ``server`` line per upstream.
+
+    ``upstreams`` are ``host:port``; the options of the documented ``server`` lines
+    (``max_fails``, ``fail_timeout``) are kept.
+    """
+    text = DOC_CONF.read_text() if text is None else text
+    documented = list(_UPSTREAM_SERVER.finditer(text))
+    if not documented or not _LISTEN.search(text):
+        raise ValueError("docs/nginx.conf lost its `listen 80;` or upstream `server` lines")
+    indent, options = documented[0].group(1), documented[0].group(2)
+    servers = "\n".join(f"{indent}server {u} {options};" for u in upstreams)
+    start, end = documented[0].start(), documented[-1].end()
+    text = text[:start] + servers + text[end:]
+    return _LISTEN.sub(lambda m: f"{m.group(1)}listen 127.0.0.1:{port};", text, count=1)
+
+
+class NginxServer:
+    """nginx balancing over ``upstreams`` on a free loopback port, until :meth:`stop`."""
+
+    def __init__(self, upstreams: Sequence[str], *, workers: int = 1) -> None:
+        """Write the configuration into a new temporary directory (not started yet)."""
+        self.port = free_port()
+        self.root = Path(tempfile.mkdtemp(prefix="visiona-nginx-"))
+        # Workers run as nginx's default user when the master is root: let them in.
+        self.root.chmod(0o755)
+        self._log = self.root / "error.log"
+        (self.root / "visiona.conf").write_text(balancer_conf(upstreams, self.port))
+        (self.root / "nginx.conf").write_text(
+            _MAIN.format(root=self.root, workers=workers, level="warn")
+        )
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:<port>``."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        """The agent tunnel endpoint through the balancer."""
+        return f"ws://127.0.0.1:{self.port}/api/v1/agent/tunnel"
+
+    def check(self) -> None:
+        """``nginx -t`` on the configuration (raises with nginx's own words)."""
+        result = subprocess.run(
+            [nginx_binary(), "-t", "-p", str(self.root), "-c", str(self.root / "nginx.conf")],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"nginx -t failed:\n{result.stderr}")
+
+    def start(self) -> None:
+        """Start nginx in the foreground (``daemon off``) and wait until it listens."""
+        self.check()
+        out = (self.root / "stderr.log").open("ab")
+        self._proc = subprocess.Popen(
+            [nginx_binary(), "-p", str(self.root), "-c", str(self.root / "nginx.conf")],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        _wait_port(self.port, 15, self._proc, self.root / "stderr.log")
+
+    def error_log(self) -> str:
+        """What nginx logged (warnings and errors)."""
+        return self._log.read_text(errors="replace") if self._log.exists() else ""
+
+    def stop(self) -> None:
+        """Fast shutdown (SIGTERM to the master, which stops its workers)."""
+        if self._proc is None:
+            return
+        if self._proc.poll() is None:
+            os.kill(self._proc.pid, signal.SIGTERM)
+        try:
+            self._proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        self._proc = None
+
+    def cleanup(self) -> None:
+        """Stop and delete its files."""
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
