@@ -63,6 +63,7 @@ async def test_user_registered_signed_in_failed_and_signed_out(
     assert failed["detail"] == {"email": user.email.upper()}  # as typed
     assert failed["target_type"] == "user"
     assert failed["target_id"] == user.id
+    assert failed["actor_id"] is None  # whoever typed it was not authenticated
     for item in items:
         assert item["actor_type"] == "user"
         assert item["client_addr"] == "127.0.0.1"

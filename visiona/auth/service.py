@@ -106,13 +106,14 @@ async def record_sign_in_failed(
     """Record ``user.sign_in_failed`` with the email as typed (never the password).
 
     The trail is the named account's when one exists; otherwise the event has no
-    owner and no user sees it (an operator can, in the database).
+    owner and no user sees it (an operator can, in the database). The actor is a user
+    nobody authenticated: its id is null even when the account exists.
     """
     owner = found.id if found is not None else None
     await audit.record(
         conn,
         "user.sign_in_failed",
-        actor=Actor("user", owner),
+        actor=Actor("user"),
         owner_id=owner,
         target_id=owner,
         detail={"email": email},
