@@ -50,6 +50,13 @@ def tunnel_badge(device: Any) -> Badge:
     return Badge("Offline", "offline")
 
 
+def busy_badge(device: Any) -> Badge:
+    """Whether the agent reports the device's local service busy."""
+    if field(device, "busy"):
+        return Badge("Busy", "reconnecting")
+    return Badge("Idle", "online")
+
+
 def usb_label(device: Any) -> str:
     """The dongle's USB status as the console shows it."""
     return {"online": "Connected", "offline": "Disconnected"}.get(
@@ -190,6 +197,7 @@ def environment() -> Environment:
     env.filters.update(iso=iso, exact=exact, size=size, short=short_id)
     env.globals.update(
         tunnel_badge=tunnel_badge,
+        busy_badge=busy_badge,
         usb_label=usb_label,
         pairing_state=pairing_state,
         session_state=session_state,

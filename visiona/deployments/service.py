@@ -15,6 +15,7 @@ import asyncio
 import logging
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -60,6 +61,28 @@ class ModelFileMissingError(ConflictError):
     default_message = "The model has no file to deploy."
 
 
+class DeploymentInProgressError(ConflictError):
+    """Another deployment to the device is still pending or transferring: 409 with its id."""
+
+    code = "deployment_in_progress"
+    default_message = "Another deployment to this device is in progress."
+
+    def __init__(self, running: uuid.UUID) -> None:
+        """Refuse because of the deployment ``running``."""
+        super().__init__(f"Deployment {running} to this device is in progress; retry after it.")
+        self.running = running
+
+    def body(self) -> dict[str, Any]:
+        """The error body, with the running deployment's id under ``deployment_id``."""
+        body = super().body()
+        body["error"]["deployment_id"] = str(self.running)
+        return body
+
+
+#: The reason recorded on a deployment its server never finished.
+STALE_REASON = "no outcome within the transfer timeout (the server handling it stopped)"
+
+
 class DeploymentFailedError(AppError):
     """The transfer failed: 502 with the reason and the (kept, ``failed``) record."""
 
@@ -100,12 +123,20 @@ class ModelFile:
 
 
 async def prepare(
-    conn: AsyncConnection, owner_id: uuid.UUID, device_id: uuid.UUID, model_id: uuid.UUID
+    conn: AsyncConnection,
+    owner_id: uuid.UUID,
+    device_id: uuid.UUID,
+    model_id: uuid.UUID,
+    *,
+    transfer_timeout: float,
 ) -> tuple[Deployment, ModelFile]:
     """Check the device and the model and record a ``pending`` deployment.
 
     Another user's or a deleted device or model is a 404; a model without a file or
-    for another chip than the device's type is a 409 (and nothing is recorded).
+    for another chip than the device's type is a 409 (and nothing is recorded); a
+    device with a deployment still ``pending``/``transferring`` is a 409
+    :class:`DeploymentInProgressError` — unless that one is older than
+    ``transfer_timeout`` seconds (its server stopped), which is failed first.
     Returns the deployment and the model.
     """
     device = await devices_service.get_device(conn, owner_id, device_id)
@@ -119,6 +150,24 @@ async def prepare(
             f"{device_type or 'of an unknown type'}."
         )
     now = utcnow()
+    stale = await repository.fail_stale(
+        conn,
+        device_id,
+        cutoff=now - timedelta(seconds=transfer_timeout),
+        now=now,
+        reason=STALE_REASON,
+    )
+    for stale_id, stale_model in stale:
+        _LOGGER.warning("deployment %s of device %s failed: %s", stale_id, device_id, STALE_REASON)
+        await audit.record(
+            conn,
+            "deployment.failed",
+            actor=audit.SYSTEM,
+            owner_id=owner_id,
+            target_id=stale_id,
+            device_id=device_id,
+            detail={"model_id": str(stale_model), "reason": STALE_REASON},
+        )
     deployment = await repository.insert_deployment(
         conn,
         deployment_id=uuid.uuid4(),
@@ -127,6 +176,10 @@ async def prepare(
         model_id=model_id,
         now=now,
     )
+    if deployment is None:
+        running = await repository.get_active(conn, device_id)
+        # the running one may have ended between the insert and this read: say so anyway
+        raise DeploymentInProgressError(running.id if running else uuid.UUID(int=0))
     await audit.record(
         conn,
         "deployment.requested",
@@ -202,31 +255,26 @@ async def transfer(
     model: ModelFile,
     *,
     answer_timeout: float,
+    transfer_timeout: float,
 ) -> Deployment:
     """Send the model through ``link`` and record the outcome; return the final record.
 
     ``transferring`` is recorded before the first byte; ``succeeded`` once the agent
-    answered 200, ``failed`` with the reason otherwise, and also when this task is
-    cancelled (the record never stays ``transferring``).
+    answered 200, ``failed`` with the reason otherwise (also after ``transfer_timeout``
+    seconds in all), and also when this task is cancelled (the record never stays
+    ``transferring``). While it runs, ``link.deployments`` counts it (the proxy's
+    ``refuse`` rule reads it).
     """
     deployment_id = deployment.id
     await mark(db, deployment_id, DeploymentStatus.TRANSFERRING)
+    link.deployments += 1
     try:
-        try:
-            opened = await storage.open(model.storage_key)
-        except StorageUnavailableError as err:
-            raise TransferFailedError(f"the model file could not be read: {err.message}") from err
-        except ObjectMissingError as err:
-            raise TransferFailedError("the model file is missing from storage") from err
-        await send_model(
-            link.session,
-            opened.chunks,
-            model_id=model.model_id,
-            size=model.size,
-            sha256=model.sha256,
-            chip=model.chip,
-            answer_timeout=answer_timeout,
-        )
+        async with asyncio.timeout(transfer_timeout):
+            await _send(storage, link, model, answer_timeout)
+    except TimeoutError:
+        reason = f"the deployment did not finish within {transfer_timeout:g}s"
+        _LOGGER.warning("deployment %s failed: %s", deployment_id, reason)
+        return await mark(db, deployment_id, DeploymentStatus.FAILED, reason)
     except TransferFailedError as err:
         _LOGGER.warning("deployment %s failed: %s", deployment_id, err)
         return await mark(db, deployment_id, DeploymentStatus.FAILED, str(err))
@@ -236,10 +284,33 @@ async def transfer(
             mark(db, deployment_id, DeploymentStatus.FAILED, "the transfer was interrupted")
         )
         raise
+    finally:
+        link.deployments -= 1
     _LOGGER.info(
         "deployment %s: model %s is on device %s", deployment_id, model.model_id, link.device_id
     )
     return await mark(db, deployment_id, DeploymentStatus.SUCCEEDED)
+
+
+async def _send(
+    storage: ObjectStorage, link: TunnelLink, model: ModelFile, answer_timeout: float
+) -> None:
+    """Open the stored file and send it through the tunnel (:class:`TransferFailedError`)."""
+    try:
+        opened = await storage.open(model.storage_key)
+    except StorageUnavailableError as err:
+        raise TransferFailedError(f"the model file could not be read: {err.message}") from err
+    except ObjectMissingError as err:
+        raise TransferFailedError("the model file is missing from storage") from err
+    await send_model(
+        link.session,
+        opened.chunks,
+        model_id=model.model_id,
+        size=model.size,
+        sha256=model.sha256,
+        chip=model.chip,
+        answer_timeout=answer_timeout,
+    )
 
 
 async def list_deployments(

@@ -309,8 +309,11 @@ async def pair(
 
 
 async def report_usb_status(
-    conn: AsyncConnection, device: DeviceIdentity, usb_status: UsbStatus
+    conn: AsyncConnection,
+    device: DeviceIdentity,
+    usb_status: UsbStatus,
+    busy: bool | None = None,
 ) -> None:
-    """Store the USB status the agent reports for its device."""
-    if not await repository.set_usb_status(conn, device.device_id, usb_status, utcnow()):
+    """Store the USB status (and the busy flag, when given) the agent reports for its device."""
+    if not await repository.set_usb_status(conn, device.device_id, usb_status, utcnow(), busy):
         raise tokens.agent_unauthorized()  # the device went away since authentication

@@ -53,7 +53,9 @@ class Settings(BaseSettings):
     sqlite_busy_timeout_ms: int = Field(5000, ge=0, description="SQLite lock wait.")
 
     redis_url: str | None = Field(
-        None, description="Redis URL for web sessions and rate limits; unset = in-process."
+        None,
+        description="Redis URL for web sessions and rate limits; unset = sessions in the "
+        "database (in-process for `:memory:`), rate limits in-process.",
     )
     redis_pool_size: int = Field(50, ge=1, description="Max Redis connections.")
     redis_connect_timeout: float = Field(2.0, gt=0, description="Seconds to connect to Redis.")
@@ -166,6 +168,24 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds a deployment waits for the agent's answer once the model file "
         "was sent (the agent verifies it and runs its deploy hook); the record fails after.",
+    )
+    deploy_transfer_timeout: float = Field(
+        1800.0,
+        gt=0,
+        description="Seconds a whole deployment may take (file and answer); it fails after. "
+        "A record still pending/transferring that long (its server crashed) is failed when "
+        "the next deployment to the device is requested.",
+    )
+    proxy_max_inflight_per_device: int = Field(
+        8,
+        ge=1,
+        description="Proxied requests in flight per device on a node; beyond → 429 "
+        "`device_busy` with Retry-After.",
+    )
+    proxy_during_deploy: Literal["allow", "refuse"] = Field(
+        "allow",
+        description="`refuse`: proxied requests get 429 `device_busy` while a deployment to "
+        "the device is in progress or its agent reports the local service busy.",
     )
 
     # -- audit trail (audit feature) ------------------------------------------

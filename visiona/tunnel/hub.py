@@ -29,6 +29,7 @@ from visiona.audit.service import SYSTEM, Actor
 from visiona.kit.clock import utcnow
 from visiona.tokens import service as tokens
 from visiona.tunnel import repository
+from visiona.tunnel.errors import DeviceBusyError
 from visiona.tunnel.link import TunnelLink
 from visiona.wire import CLOSE_GOING_AWAY, CLOSE_KEEPALIVE, CLOSE_REVOKED, CLOSE_SUPERSEDED
 from visiona.yamux import Config
@@ -50,6 +51,13 @@ _P = ParamSpec("_P")
 #: The ``reason`` of a ``tunnel.disconnected`` written at start-up for a tunnel the
 #: previous run of this node left marked connected (a crash).
 RESTART_REASON = "the server restarted"
+#: Why admission refuses a proxied request, and the ``Retry-After`` it answers with.
+ADMISSION_REASONS = {"inflight": 1, "deploying": 5, "busy": 5}
+_ADMISSION_MESSAGES = {
+    "inflight": "The device has too many requests in flight; retry later.",
+    "deploying": "A deployment to the device is in progress; retry after it.",
+    "busy": "The device's agent reports its local service busy; retry later.",
+}
 
 
 class TunnelHub:
@@ -82,6 +90,10 @@ class TunnelHub:
         self._bytes_to_devices = 0
         self._bytes_from_devices = 0
         self._streams_refused = 0
+        self._max_inflight = settings.proxy_max_inflight_per_device
+        self._refuse_busy = settings.proxy_during_deploy == "refuse"
+        #: proxied requests refused by admission, per reason (``/metrics``)
+        self.refused: dict[str, int] = dict.fromkeys(ADMISSION_REASONS, 0)
 
     # -- lifecycle ----------------------------------------------------------------
     async def start(self) -> None:
@@ -189,11 +201,54 @@ class TunnelHub:
             "Bytes relayed from agents by this node since start.",
             self.bytes_from_devices,
         )
+        metrics.labelled_counter(
+            "visiona_proxy_refused",
+            "Proxied requests refused by admission (429 device_busy) on this node, by reason.",
+            "reason",
+            lambda: self.refused,
+        )
         metrics.counter(
             "visiona_tunnel_streams_refused",
             "Streams agents tried to open on this node (agents open none; each is reset).",
             self.streams_refused,
         )
+
+    # -- admission ------------------------------------------------------------------
+    def admit(self, link: TunnelLink) -> Callable[[], None]:
+        """Take one in-flight slot of ``link`` for a proxied request, or refuse it.
+
+        Refused (:class:`DeviceBusyError`, 429) when ``proxy_max_inflight_per_device``
+        requests are already in flight, or, with ``proxy_during_deploy=refuse``, while
+        a deployment runs through the tunnel or the agent reported its service busy —
+        all read from memory, no tunnel round trip. Returns the release callback (call
+        it once, when the exchange ends; extra calls do nothing).
+        """
+        reason = None
+        if self._refuse_busy and link.deployments:
+            reason = "deploying"
+        elif self._refuse_busy and link.busy:
+            reason = "busy"
+        elif link.inflight >= self._max_inflight:
+            reason = "inflight"
+        if reason is not None:
+            self.refused[reason] += 1
+            raise DeviceBusyError(reason, ADMISSION_REASONS[reason], _ADMISSION_MESSAGES[reason])
+        link.inflight += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                link.inflight -= 1
+
+        return release
+
+    def report_busy(self, device_id: uuid.UUID, busy: bool) -> None:
+        """The agent reported its local service ``busy`` (or idle): remember it on the tunnel."""
+        link = self._tunnels.get(device_id)
+        if link is not None:
+            link.busy = busy
 
     # -- one tunnel ---------------------------------------------------------------
     async def serve(self, websocket: WebSocket, identity: DeviceIdentity) -> None:
@@ -383,6 +438,22 @@ class TunnelHub:
         seen = {d for d in seen if d in self._tunnels and self._tunnels[d].healthy}
         if seen:
             await self._write(repository.mark_seen, seen, utcnow())
+        if self._refuse_busy and self.registry is not None and self._tunnels:
+            await self._refresh_busy()
+
+    async def _refresh_busy(self) -> None:
+        """Cluster with ``proxy_during_deploy=refuse``: the agent's status report may land on
+        another node, so read the stored busy flags of this node's tunnels once a batch."""
+        try:
+            async with self._db.reading() as conn:
+                flags = await repository.busy_flags(conn, list(self._tunnels))
+        except Exception as err:  # noqa: BLE001 - best effort, like the status writes
+            _LOGGER.warning("tunnel: busy refresh failed: %s", type(err).__name__)
+            return
+        for device_id, busy in flags.items():
+            link = self._tunnels.get(device_id)
+            if link is not None:
+                link.busy = busy
 
     async def _write(
         self,

@@ -52,6 +52,11 @@ class TunnelLink:
         self.connected_at = time.time()
         #: False while keepalives go unanswered (the device reads ``reconnecting``).
         self.healthy = True
+        #: Admission (visiona/tunnel/admission.py): proxied requests in flight, deployments
+        #: in progress through this tunnel, and what the agent last said of its service.
+        self.inflight = 0
+        self.deployments = 0
+        self.busy = False
         self._ws = websocket
         self._close_code = CLOSE_NORMAL
         self._close_reason = ""
