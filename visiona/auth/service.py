@@ -126,9 +126,10 @@ async def logout(
     """Record ``user.signed_out`` on ``conn``, then end the session of ``token``.
 
     The event is written first: if ending the session fails, the caller's unit of
-    work rolls the event back.
+    work rolls the event back. With the SQL session store both are one transaction.
     """
     await audit.record(
         conn, "user.signed_out", actor=Actor.user(user_id), owner_id=user_id, target_id=user_id
     )
-    await sessions.delete(hash_token(token))
+    # a SQL session store deletes on ``conn`` too: the event and the end commit together
+    await sessions.delete(hash_token(token), conn)
