@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from redis.asyncio import Redis
 
 from testkit.servers import RedisServer
+from tests.audit.helpers import stored_events
 from tests.deployments.helpers import device_and_model
 from tests.support.api import signup
 from visiona.cluster.deployments import NODE_LOST, RESTARTED, fail_left_unfinished, sweep
@@ -98,6 +99,8 @@ async def test_the_sweep_fails_old_unfinished_records_no_node_runs(
     assert await _status(app, running) == ("transferring", None)  # a live node runs it
     assert await _status(app, recent) == ("transferring", None)  # within the lease TTL
     assert await _status(app, done) == ("succeeded", None)
+    (event,) = await stored_events(app, target_id=str(old_orphan))
+    assert (event.action, event.detail["reason"]) == ("deployment.failed", NODE_LOST)
     await cluster.registry.release_run(running)
     assert await sweep(runtime.db, cluster) == 1
     assert await _status(app, running) == ("failed", NODE_LOST)
@@ -112,3 +115,7 @@ async def test_a_single_node_fails_at_start_up_what_its_previous_run_left(
     assert await _status(app, left[0]) == ("failed", RESTARTED)
     assert await _status(app, left[1]) == ("failed", RESTARTED)
     assert (await _status(app, left[2]))[0] == "failed"
+    for deployment_id in left[:2]:  # each with its audit event
+        (event,) = await stored_events(app, target_id=str(deployment_id))
+        assert (event.action, event.detail["reason"]) == ("deployment.failed", RESTARTED)
+    assert await stored_events(app, target_id=str(left[2])) == []  # already final: untouched
