@@ -9,6 +9,7 @@ which nginx replaces, so a client cannot choose the address its attempts count o
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import uuid
@@ -31,6 +32,7 @@ from tests.deployments.helpers import (
     device_and_model,
     read_request,
 )
+from tests.devices.helpers import pairing_token
 from tests.support.api import PASSWORD, error_code, signup
 from tests.tunnel.device_service import device_app, pattern
 from tests.tunnel.support import (
@@ -41,6 +43,7 @@ from tests.tunnel.support import (
     paired_agent_token,
     wait_for,
 )
+from visiona.agent.runner import EXIT_AUTH_REFUSED, Agent, AgentOptions
 from visiona.cluster.forwarding import TOKEN_HEADER, USER_HEADER
 from visiona.yamux import Stream
 
@@ -351,3 +354,40 @@ async def test_the_internal_transfer_route_never_forwards_a_miss(balanced: Balan
                 transfer, json=body, headers={**good, USER_HEADER: stranger.id}
             )
             assert other.status_code == 404
+
+
+async def test_unpair_on_one_node_makes_the_real_agent_on_the_other_exit_3(
+    balanced: Balanced, device_port: int, tmp_path: Path
+) -> None:
+    a, b = balanced.a, balanced.b
+    async with httpx.AsyncClient(base_url=a.url, timeout=30) as via_a:
+        user = await signup(via_a)
+        options = AgentOptions(
+            server=b.url,
+            forward_host="127.0.0.1",
+            forward_port=device_port,
+            session_file=tmp_path / "session.json",
+            pairing_token=(await pairing_token(via_a, user))["token"],
+            serial_number=f"SN-{uuid.uuid4().hex[:10]}",
+            usb_poll_interval=0.2,
+        )
+        agent = Agent(options, stable_after=0.0)
+        running = asyncio.create_task(agent.run(asyncio.Event()))
+        try:
+            await asyncio.wait_for(agent.connected.wait(), 60)
+            device_id = (await via_a.get(f"{API}/devices", headers=user.headers)).json()["items"][
+                0
+            ]["id"]
+
+            async def leased() -> bool:
+                return await balanced.owner(device_id) == "node-b"
+
+            await wait_for(leased)
+            gone = await via_a.delete(f"{API}/devices/{device_id}", headers=user.headers)
+            assert gone.status_code == 204
+            # B closes the tunnel (4401 revoked); the agent's reconnect is refused: exit 3.
+            assert await asyncio.wait_for(running, 60) == EXIT_AUTH_REFUSED
+        finally:
+            if not running.done():
+                running.cancel()
+                await asyncio.gather(running, return_exceptions=True)
