@@ -318,6 +318,38 @@ def migrate_status() -> None:
     typer.echo(f"pending:  {', '.join(status.pending) if status.pending else 'none'}")
 
 
+@client_commands.audit_app.command("prune")
+def audit_prune(
+    days: Annotated[
+        int | None,
+        typer.Option("--days", min=1, help="Keep this many days (VISIONA_AUDIT_RETENTION_DAYS)."),
+    ] = None,
+) -> None:
+    """Delete audit events older than the retention, 1000 rows per short transaction."""
+    from visiona.audit.retention import prune  # noqa: PLC0415 - server commands only
+    from visiona.kit.database import Database  # noqa: PLC0415 - idem
+
+    settings = _settings()
+    _logging(settings, verbose=False)
+    status = _require_reachable(settings)
+    if not status.up_to_date:
+        _fail(
+            f"database {settings.database_target} has {len(status.pending)} pending "
+            "migration(s); run `visiona migrate up` first"
+        )
+    retention = days or settings.audit_retention_days
+
+    async def run() -> int:
+        db = Database(settings.build_engine(), settings.database_target)
+        try:
+            return await prune(db, retention)
+        finally:
+            await db.dispose()
+
+    deleted = _arun(run())
+    typer.echo(f"deleted {deleted} audit event(s) older than {retention} day(s)")
+
+
 def _check_storage(settings: Settings) -> None:
     """Fail with one line when the model storage URL or options cannot build a store."""
     from visiona.models.storage import ObjectStorage, StorageConfigError  # noqa: PLC0415

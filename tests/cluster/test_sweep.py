@@ -43,13 +43,14 @@ async def cluster(redis_server: RedisServer) -> AsyncIterator[Cluster]:
 async def _records(
     app: FastAPI, client: httpx.AsyncClient, statuses: list[tuple[str, float]]
 ) -> list[uuid.UUID]:
-    """Deployments with the given ``(status, age in seconds)``, for one device."""
+    """Deployments with the given ``(status, age in seconds)``, one device each (a device
+    has at most one pending/transferring deployment)."""
     user = await signup(client)
-    device_id, _, model_id, _ = await device_and_model(client, user, 1_000)
+    targets = [await device_and_model(client, user, 1_000) for _ in statuses]
     runtime: Runtime = app.state.runtime
     ids = []
     async with runtime.db.transaction() as conn:
-        for status, age in statuses:
+        for (status, age), (device_id, _, model_id, _) in zip(statuses, targets, strict=True):
             then = utcnow() - timedelta(seconds=age)
             record = await repository.insert_deployment(
                 conn,

@@ -185,10 +185,22 @@ async def test_a_cancelled_transfer_is_recorded_failed(
         assert link is not None
         async with runtime.db.transaction() as conn:
             deployment, model = await service.prepare(
-                conn, uuid.UUID(user.id), uuid.UUID(device_id), uuid.UUID(model_id)
+                conn,
+                uuid.UUID(user.id),
+                uuid.UUID(device_id),
+                uuid.UUID(model_id),
+                transfer_timeout=600,
             )
         task = asyncio.create_task(
-            service.transfer(runtime.db, storage, link, deployment, model, answer_timeout=60)
+            service.transfer(
+                runtime.db,
+                storage,
+                link,
+                deployment,
+                model,
+                answer_timeout=60,
+                transfer_timeout=600,
+            )
         )
         await got_body.wait()
         [during] = await deployments_of(http, user, device_id)

@@ -17,13 +17,16 @@ from visiona.kit.settings import Settings
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
-    """Short status interval and keepalive so status changes show within a test."""
+    """Short status interval and keepalive so status changes show within a test; more
+    proxied requests in flight per device than the default 8 (the concurrency tests
+    send 16 at once; the bound itself is tested in tests/agent/test_admission.py)."""
     return settings.model_copy(
         update={
             "tunnel_status_interval": 0.2,
             "tunnel_ping_interval": 0.2,
             "tunnel_ping_timeout": 0.5,
             "proxy_response_timeout": 1.0,
+            "proxy_max_inflight_per_device": 64,
         }
     )
 

@@ -12,9 +12,12 @@ import shlex
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from visiona.agent.policy import Policy
 
 agent_app = typer.Typer(
     rich_markup_mode=None,
@@ -73,6 +76,32 @@ def agent(  # noqa: PLR0917 - one parameter per command-line option
             "VISIONA_MODEL_SHA256, VISIONA_MODEL_CHIP in its environment)."
         ),
     ] = None,
+    allow: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Allow rule 'METHOD /path-glob' (repeatable; METHOD may be *, the glob's * "
+            "matches any characters). With none, every request is forwarded."
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="TOML file with allow = [...], deploy = true|false, busy_probe = URL, "
+            "busy_header = true|false (options given here add to it / override it)."
+        ),
+    ] = None,
+    no_deploy: Annotated[
+        bool,
+        typer.Option("--no-deploy", help="Refuse model deployments (the /visiona/ paths)."),
+    ] = False,
+    busy_probe: Annotated[
+        str | None,
+        typer.Option(help="URL polled for busy/idle (429/503, X-Visiona-Busy or {busy})."),
+    ] = None,
+    busy_header: Annotated[
+        bool,
+        typer.Option("--busy-header", help="Read X-Visiona-Busy from the local service's answers."),
+    ] = False,
 ) -> None:
     """Run the local agent: pair once, keep the tunnel up, forward streams to --forward.
 
@@ -87,6 +116,7 @@ def agent(  # noqa: PLR0917 - one parameter per command-line option
     import socket  # noqa: PLC0415 - only running needs it
 
     from visiona.agent import main as agent_main  # noqa: PLC0415 - keep --help fast
+    from visiona.agent.policy import PolicyError  # noqa: PLC0415 - idem
     from visiona.agent.runner import AgentOptions, check_server_url  # noqa: PLC0415 - idem
     from visiona.agent.usb import detect_device_type  # noqa: PLC0415 - idem
     from visiona.kit.logs import configure_logging  # noqa: PLC0415 - idem
@@ -94,7 +124,8 @@ def agent(  # noqa: PLR0917 - one parameter per command-line option
     try:
         host, port = agent_main.parse_forward(forward)
         check_server_url(server)
-    except ValueError as err:
+        guard = _guard(config, allow or [], no_deploy=no_deploy, busy_probe=busy_probe)
+    except (ValueError, PolicyError) as err:
         raise _fail(str(err), 2) from None
     configure_logging("INFO", "text")
     options = AgentOptions(
@@ -108,8 +139,37 @@ def agent(  # noqa: PLR0917 - one parameter per command-line option
         device_type=device_type or detect_device_type() or "kl520",
         models_dir=models_dir,
         deploy_hook=deploy_hook,
+        policy=guard.policy,
+        busy_probe=guard.busy_probe,
+        busy_header=busy_header or guard.busy_header,
     )
     raise typer.Exit(agent_main.run_agent(options))
+
+
+class _Guard:
+    """The policy and busy options merged from ``--config`` and the command line."""
+
+    def __init__(self, policy: Policy, busy_probe: str | None, *, busy_header: bool) -> None:
+        self.policy = policy
+        self.busy_probe = busy_probe
+        self.busy_header = busy_header
+
+
+def _guard(
+    config: Path | None, allow: list[str], *, no_deploy: bool, busy_probe: str | None
+) -> _Guard:
+    """Merge the config file (if any) with the options: rules add up, options win."""
+    from visiona.agent.policy import build_policy, load_config  # noqa: PLC0415 - keep --help fast
+
+    data = load_config(config) if config is not None else {}
+    rules = [*data.get("allow", []), *allow]
+    deploy = bool(data.get("deploy", True)) and not no_deploy
+    probe = busy_probe or data.get("busy_probe") or None
+    if probe is not None and not probe.startswith(("http://", "https://")):
+        raise ValueError(f"--busy-probe must be an http(s) URL, got {probe!r}")
+    return _Guard(
+        build_policy(rules, deploy=deploy), probe, busy_header=bool(data.get("busy_header"))
+    )
 
 
 @agent_app.command("status")
@@ -134,6 +194,7 @@ def status(
         "tunnel": state.get("tunnel", "never connected"),
         "tunnel_since": state.get("since"),
         "last_close": state.get("last_close"),
+        "policy": state.get("policy"),
     }
     if as_json:
         typer.echo(json.dumps(info))
@@ -147,8 +208,20 @@ def status(
         + (f" (last close: {info['last_close']})" if info["last_close"] else ""),
         f"session:  expires {creds.expires_at}{expires}",
         f"file:     {path}",
+        *_policy_lines(info["policy"]),
     ]
     typer.echo("\n".join(lines))
+
+
+def _policy_lines(policy: dict[str, Any] | None) -> list[str]:
+    """The active rules as recorded by the last run (``agent status``)."""
+    if not isinstance(policy, dict):
+        return ["policy:   unknown (not recorded by a run yet)"]
+    rules = [str(rule) for rule in policy.get("allow", [])]
+    lines = ["policy:   " + ("allow only:" if rules else "everything forwarded (no --allow)")]
+    lines += [f"  allow {rule}" for rule in rules]
+    lines.append("deploy:   " + ("on" if policy.get("deploy", True) else "off (--no-deploy)"))
+    return lines
 
 
 def _when(iso: str) -> str:
@@ -190,7 +263,7 @@ def service_unit(executable: str, args: list[str]) -> str:
 
 
 @agent_app.command("install-service")
-def install_service(
+def install_service(  # noqa: PLR0917 - one parameter per command-line option
     forward: Annotated[str, typer.Option(help="Local service HOST:PORT each stream is sent to.")],
     session_file: SessionFileOption = None,
     models_dir: Annotated[
@@ -199,6 +272,15 @@ def install_service(
     deploy_hook: Annotated[
         str | None, typer.Option(help="Command run after each deployed model.")
     ] = None,
+    allow: Annotated[
+        list[str] | None, typer.Option(help="Allow rule 'METHOD /path-glob' (repeatable).")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="The agent's TOML config file (see `visiona agent`).")
+    ] = None,
+    no_deploy: Annotated[
+        bool, typer.Option("--no-deploy", help="Refuse model deployments.")
+    ] = False,
 ) -> None:
     """Write a systemd user unit that runs the agent with the saved session (Linux).
 
@@ -207,10 +289,12 @@ def install_service(
     """
     from visiona.agent import credentials  # noqa: PLC0415 - keep --help fast
     from visiona.agent.main import default_session_file, parse_forward  # noqa: PLC0415
+    from visiona.agent.policy import PolicyError  # noqa: PLC0415 - keep --help fast
 
     try:
         parse_forward(forward)
-    except ValueError as err:
+        _guard(config, allow or [], no_deploy=no_deploy, busy_probe=None)
+    except (ValueError, PolicyError) as err:
         raise _fail(str(err), 2) from None
     path = (session_file or default_session_file()).expanduser().resolve()
     creds = credentials.load_any(path)
@@ -224,6 +308,12 @@ def install_service(
         args += ["--models-dir", str(models_dir.expanduser().resolve())]
     if deploy_hook:
         args += ["--deploy-hook", deploy_hook]
+    if config is not None:
+        args += ["--config", str(config.expanduser().resolve())]
+    for rule in allow or []:
+        args += ["--allow", rule]
+    if no_deploy:
+        args.append("--no-deploy")
     executable = str(Path(sys.argv[0]).resolve()) if Path(sys.argv[0]).exists() else "visiona"
     unit_dir = systemd_user_dir()
     unit_dir.mkdir(parents=True, exist_ok=True)

@@ -125,11 +125,28 @@ def state_path(session_file: Path) -> Path:
     return session_file.with_name(f"{session_file.stem}.state.json")
 
 
-def store_state(session_file: Path, tunnel: str, last_close: str | None = None) -> None:
-    """Record the tunnel state (``up``, ``down``, ``stopped``, ``refused``) for `agent status`."""
-    payload = {"tunnel": tunnel, "since": datetime.now(UTC).isoformat(timespec="seconds")}
+def store_state(
+    session_file: Path,
+    tunnel: str,
+    last_close: str | None = None,
+    *,
+    policy: dict[str, Any] | None = None,
+) -> None:
+    """Record the tunnel state (``up``, ``down``, ``stopped``, ``refused``) for `agent status`.
+
+    ``policy`` (the running agent's rules, :meth:`Policy.describe`) is recorded when
+    given, else the one recorded before is kept.
+    """
+    payload: dict[str, Any] = {
+        "tunnel": tunnel,
+        "since": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
     if last_close:
         payload["last_close"] = last_close
+    if policy is None:
+        policy = load_state(session_file).get("policy")
+    if policy is not None:
+        payload["policy"] = policy
     try:
         _write_private(state_path(session_file), payload)
     except OSError as err:

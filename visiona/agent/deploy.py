@@ -2,9 +2,11 @@
 
 :func:`dispatch_stream` sits in front of the forwarder. It reads the first bytes of
 each stream: a stream that starts with ``PUT /visiona/models/`` is a deployment from
-the cloud and is handled here; any other stream goes to the local service exactly
-as before (:func:`visiona.agent.forward.forward_stream`), with the bytes already read
-written first.
+the cloud and is handled here (refused 403 ``forbidden_by_agent`` with ``--no-deploy``);
+any other stream goes to the local service exactly as before
+(:func:`visiona.agent.forward.forward_stream`), with the bytes already read written
+first. With allow rules (:mod:`visiona.agent.policy`) the request line is checked
+before the local service is dialled, and a path under ``/visiona/`` is never forwarded.
 
 A deployment is streamed to a temporary file in the models directory while its
 sha256 is computed; once the length and the hash match the headers it is renamed
@@ -27,6 +29,7 @@ import os
 import shlex
 import tempfile
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -34,6 +37,7 @@ from typing import IO, Any
 import h11
 
 from visiona.agent.forward import forward_stream
+from visiona.agent.policy import REFUSED_HEADER, Policy, RefusedError
 from visiona.wire import CHIP_HEADER, MODELS_PATH, SHA256_HEADER
 from visiona.yamux import Stream, YamuxError
 
@@ -42,7 +46,13 @@ RESERVED = f"PUT {MODELS_PATH}".encode("ascii")
 _HEAD_LIMIT = 16 * 1024
 _FIRST_READ = 64 * 1024
 _READ_SIZE = 1024 * 1024
-_REASONS = {200: "OK", 400: "Bad Request", 422: "Unprocessable Content", 500: "Server Error"}
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    403: "Forbidden",
+    422: "Unprocessable Content",
+    500: "Server Error",
+}
 
 
 @dataclass(frozen=True)
@@ -69,8 +79,23 @@ class DeployError(Exception):
         self.message = message
 
 
-async def dispatch_stream(stream: Stream, host: str, port: int, deploy: DeploySettings) -> None:
-    """Handle a deployment stream here; forward every other stream to ``host:port``."""
+async def dispatch_stream(
+    stream: Stream,
+    host: str,
+    port: int,
+    deploy: DeploySettings,
+    *,
+    policy: Policy | None = None,
+    on_response_head: Callable[[bytes], None] | None = None,
+) -> None:
+    """Handle a deployment stream here; forward every other stream to ``host:port``.
+
+    With a filtering ``policy`` (allow rules) the request line is checked first and a
+    refused request is answered here (:mod:`visiona.agent.policy`); with
+    ``policy.deploy`` off a deployment is refused instead of handled.
+    ``on_response_head`` sees the first bytes the local service answers.
+    """
+    policy = policy or _OPEN
     try:
         head = await stream.read(_FIRST_READ)
         while head and len(head) < len(RESERVED) and RESERVED.startswith(head):
@@ -78,13 +103,57 @@ async def dispatch_stream(stream: Stream, host: str, port: int, deploy: DeploySe
             if not more:
                 break
             head += more
+        if head.startswith(RESERVED):
+            if policy.deploy:
+                await handle_deployment(stream, head, deploy)
+            else:
+                _refuse(stream, RefusedError(403, "forbidden_by_agent", _NO_DEPLOY))
+            return
+        if policy.filtering:
+            checked = await _checked_head(stream, head, policy)
+            if checked is None:
+                return
+            head = checked
     except YamuxError:
         stream.reset()
         return
-    if head.startswith(RESERVED):
-        await handle_deployment(stream, head, deploy)
-    else:
-        await forward_stream(stream, host, port, head)
+    await forward_stream(stream, host, port, head, on_response_head)
+
+
+_OPEN = Policy()
+_NO_DEPLOY = "Deployments are turned off on this agent (--no-deploy)."
+
+
+async def _checked_head(stream: Stream, head: bytes, policy: Policy) -> bytes | None:
+    """``head`` with its request line made canonical, or None once refused and answered."""
+    while b"\r\n" not in head:
+        if len(head) > _HEAD_LIMIT:
+            _refuse(stream, RefusedError(400, "bad_request", "The request line is too long."))
+            return None
+        more = await stream.read(_FIRST_READ)
+        if not more:
+            stream.close()
+            return None
+        head += more
+    line, _, rest = head.partition(b"\r\n")
+    try:
+        canonical = policy.check(line)
+    except RefusedError as err:
+        _LOGGER.info("agent: refused %s: %s", line[:200].decode("latin-1"), err.message)
+        _refuse(stream, err)
+        return None
+    return canonical + b"\r\n" + rest
+
+
+def _refuse(stream: Stream, err: RefusedError) -> None:
+    """Answer a refused request (never sent to the local service) and close the stream."""
+    try:
+        body = {"error": {"code": err.code, "message": err.message}}
+        _answer(stream, err.status, body, refused=True)
+    except YamuxError:
+        stream.reset()
+        return
+    stream.close()
 
 
 async def handle_deployment(stream: Stream, data: bytes, deploy: DeploySettings) -> None:
@@ -104,11 +173,12 @@ async def handle_deployment(stream: Stream, data: bytes, deploy: DeploySettings)
         stream.close()
 
 
-def _answer(stream: Stream, status: int, body: dict[str, Any]) -> None:
+def _answer(stream: Stream, status: int, body: dict[str, Any], *, refused: bool = False) -> None:
     payload = json.dumps(body, separators=(",", ":")).encode()
     head = (
         f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
-        "Content-Type: application/json\r\n"
+        + (f"{REFUSED_HEADER}: policy\r\n" if refused else "")
+        + "Content-Type: application/json\r\n"
         f"Content-Length: {len(payload)}\r\n"
         "Connection: close\r\n\r\n"
     ).encode("ascii")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import cast
 
 from visiona.yamux import Stream, YamuxError
@@ -24,8 +25,9 @@ _CHECK_EVERY = 1024 * 1024
 class _LocalSide(asyncio.Protocol):
     """The local TCP connection of one stream."""
 
-    def __init__(self, stream: Stream) -> None:
+    def __init__(self, stream: Stream, on_head: Callable[[bytes], None] | None = None) -> None:
         self._stream = stream
+        self._on_head = on_head  # sees the first bytes of the answer, then is dropped
         self._loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.ended = self._loop.create_future()  # the local service will send nothing more
@@ -37,6 +39,9 @@ class _LocalSide(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
+        if self._on_head is not None:
+            on_head, self._on_head = self._on_head, None
+            on_head(data)
         try:
             self._stream.write(data)
         except YamuxError:
@@ -99,14 +104,24 @@ class _LocalSide(asyncio.Protocol):
             self.transport.abort()
 
 
-async def forward_stream(stream: Stream, host: str, port: int, head: bytes = b"") -> None:
+async def forward_stream(
+    stream: Stream,
+    host: str,
+    port: int,
+    head: bytes = b"",
+    on_response_head: Callable[[bytes], None] | None = None,
+) -> None:
     """Dial ``host:port`` and copy both ways with half-close; reset the stream on failure.
 
     ``head``: bytes of the stream already read by the caller, sent to the service first.
+    ``on_response_head``: called once with the first bytes the service answers (the
+    busy header watch); None costs nothing.
     """
     loop = asyncio.get_running_loop()
     try:
-        _, local = await loop.create_connection(lambda: _LocalSide(stream), host, port)
+        _, local = await loop.create_connection(
+            lambda: _LocalSide(stream, on_response_head), host, port
+        )
     except OSError as err:
         _LOGGER.warning("agent: cannot reach %s:%s: %s", host, port, err.strerror or err)
         stream.reset()

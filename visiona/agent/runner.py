@@ -7,7 +7,7 @@ import contextlib
 import logging
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -15,8 +15,10 @@ from urllib.parse import urlsplit
 import httpx
 
 from visiona.agent import credentials
+from visiona.agent.busy import BusyState
 from visiona.agent.credentials import AgentAuthError, Credentials, ServerUnavailableError
 from visiona.agent.deploy import DeploySettings, default_models_dir, dispatch_stream
+from visiona.agent.policy import Policy
 from visiona.agent.usb import usb_status
 from visiona.agent.websocket import open_tunnel_socket
 from visiona.wire import (
@@ -94,6 +96,13 @@ class AgentOptions:
     deploy_hook: str | None = None
     #: renew the session token this many seconds before it expires
     renew_before: float = 30 * 86400.0
+    #: allow rules and the deploy switch (default: everything forwarded, deployments on)
+    policy: Policy = field(default_factory=Policy)
+    #: URL polled for busy/idle (see :mod:`visiona.agent.busy`)
+    busy_probe: str | None = None
+    #: read ``X-Visiona-Busy`` from the local service's answers
+    busy_header: bool = False
+    busy_poll_interval: float = 2.0
 
 
 class Backoff:
@@ -137,6 +146,8 @@ class Agent:
         self._deploy = DeploySettings(
             models_dir=options.models_dir or default_models_dir(), hook=options.deploy_hook
         )
+        self.busy = BusyState()
+        self._watch = self.busy.watch_head if options.busy_header else None
         self.connected = asyncio.Event()
         self.connections = 0
         self.renewals = 0
@@ -163,6 +174,15 @@ class Agent:
             backoff = Backoff()
             loop = asyncio.get_running_loop()
             renewer = loop.create_task(self._renew_loop(http, stop))
+            prober = (
+                loop.create_task(
+                    self.busy.probe(
+                        http, self._options.busy_probe, self._options.busy_poll_interval
+                    )
+                )
+                if self._options.busy_probe
+                else None
+            )
             try:
                 while not stop.is_set():
                     started = loop.time()
@@ -195,7 +215,9 @@ class Agent:
                         await asyncio.wait_for(stop.wait(), delay)
             finally:
                 renewer.cancel()
-                await asyncio.gather(renewer, return_exceptions=True)
+                if prober is not None:
+                    prober.cancel()
+                await asyncio.gather(renewer, *([prober] if prober else []), return_exceptions=True)
         _LOGGER.info("agent: stopped")
         return 0
 
@@ -302,10 +324,12 @@ class Agent:
         self.connections += 1
         self.connected.set()
         _LOGGER.info("agent: tunnel up")
-        credentials.store_state(self._options.session_file, "up")
+        credentials.store_state(
+            self._options.session_file, "up", policy=self._options.policy.describe()
+        )
         tasks: set[asyncio.Task[None]] = set()
         loop = asyncio.get_running_loop()
-        reporter = loop.create_task(self._report_usb(http))
+        reporter = loop.create_task(self._report_status(http))
         acceptor = loop.create_task(self._accept(session, tasks))
         stopper = loop.create_task(stop.wait())
         closed = loop.create_task(session.closed.wait())
@@ -337,28 +361,38 @@ class Agent:
                 stream = await session.accept_stream()
                 task = loop.create_task(
                     dispatch_stream(
-                        stream, options.forward_host, options.forward_port, self._deploy
+                        stream,
+                        options.forward_host,
+                        options.forward_port,
+                        self._deploy,
+                        policy=options.policy,
+                        on_response_head=self._watch,
                     )
                 )
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
 
-    async def _report_usb(self, http: httpx.AsyncClient) -> None:
-        """POST the USB status on connect and whenever it changes."""
-        last: UsbStatus | None = None
+    async def _report_status(self, http: httpx.AsyncClient) -> None:
+        """POST the USB status (and busy/idle, once known) on connect and on each change."""
+        last: tuple[UsbStatus, bool | None] | None = None
         while True:
-            status = await asyncio.to_thread(usb_status)
+            self.busy.changed.clear()
+            status = (await asyncio.to_thread(usb_status), self.busy.busy)
             if status != last:
                 creds = self._creds  # renewal may have replaced the token
                 url = f"{creds.server}{API_PREFIX}{STATUS_PATH}"
                 headers = {"Authorization": f"Bearer {creds.session_token}"}
+                body: dict[str, object] = {"usb_status": status[0]}
+                if status[1] is not None:
+                    body["busy"] = status[1]
                 try:
-                    response = await http.post(url, json={"usb_status": status}, headers=headers)
+                    response = await http.post(url, json=body, headers=headers)
                     if response.status_code == 204:
                         last = status
-                        _LOGGER.info("agent: reported USB status %s", status)
+                        _LOGGER.info("agent: reported status %s", body)
                     else:
                         _LOGGER.warning("agent: status report answered %s", response.status_code)
                 except httpx.HTTPError as err:
                     _LOGGER.warning("agent: status report failed: %s", type(err).__name__)
-            await asyncio.sleep(self._options.usb_poll_interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.busy.changed.wait(), self._options.usb_poll_interval)

@@ -126,6 +126,7 @@ async def run_here(
             deployment,
             model,
             answer_timeout=runtime.settings.deploy_answer_timeout,
+            transfer_timeout=runtime.settings.deploy_transfer_timeout,
         )
 
 

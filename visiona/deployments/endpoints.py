@@ -46,6 +46,7 @@ router = APIRouter(prefix="/devices", tags=["deployments"])
         NotFoundError,
         service.ChipMismatchError,
         service.ModelFileMissingError,
+        service.DeploymentInProgressError,
         ValidationFailedError,
         service.DeploymentOfflineError,
         service.DeploymentFailedError,
@@ -63,14 +64,25 @@ async def create_deployment(
     ``failed`` and return it under ``error.deployment`` (its ``id`` and ``error``).
     Another user's device or model → 404; a model without a file → 409
     ``model_file_missing``; a model for another chip than the device type → 409
-    ``chip_mismatch`` (nothing recorded).
+    ``chip_mismatch`` (nothing recorded). Deployments to one device are serialised:
+    while one is ``pending`` or ``transferring`` another → 409 ``deployment_in_progress``
+    with the running one's id in ``error.deployment_id`` (nothing recorded); one a
+    stopped server left active is failed at start-up or by the cluster's sweep, and at
+    the latest here once ``VISIONA_DEPLOY_TRANSFER_TIMEOUT`` has passed since it was
+    requested.
     """
     storage = runtime.model_storage
     if storage is None:
         raise StorageUnavailableError()
     # unit of work: deployment transfer: check and record here, each state change on its own
     async with runtime.db.transaction() as conn:
-        deployment, model = await service.prepare(conn, principal.user_id, device_id, body.model_id)
+        deployment, model = await service.prepare(
+            conn,
+            principal.user_id,
+            device_id,
+            body.model_id,
+            transfer_timeout=runtime.settings.deploy_transfer_timeout,
+        )
     # This node's tunnel, else the node holding it (one hop), else 502 device_offline.
     link = hub_of(runtime).get(device_id)
     record = await deliver(runtime, storage, link, deployment, model)

@@ -9,14 +9,16 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import Insert, bindparam, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from visiona.deployments.schemas import DeploymentStatus
 from visiona.kit.pagination import Keyset, Page, PageRequest, paginate
 from visiona.kit.records import AnyRow, columns_of
-from visiona.kit.schema import UTCDateTime, deployments
+from visiona.kit.schema import DEPLOYMENT_ACTIVE, UTCDateTime, deployments
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,7 +40,6 @@ _COLUMNS = columns_of(Deployment, deployments)
 _ORDER = Keyset(deployments.c.created_at, deployments.c.id, descending=True, parse_key=uuid.UUID)
 _FINAL = (DeploymentStatus.SUCCEEDED.value, DeploymentStatus.FAILED.value)
 _now = bindparam("now", type_=UTCDateTime())
-_INSERT = insert(deployments).returning(*_COLUMNS)
 _GET = select(*_COLUMNS).where(deployments.c.id == bindparam("deployment_id"))
 # Only a record still pending or transferring moves; a final state is final.
 # ``finished_at`` is set (bound to now) when the new status is final.
@@ -62,6 +63,41 @@ _SET_STATUS = (
 )
 
 
+_active = deployments.c.status.in_(DEPLOYMENT_ACTIVE)
+_GET_ACTIVE = select(*_COLUMNS).where(deployments.c.device_id == bindparam("device_id"), _active)
+# A record still active after the transfer timeout was left by a server that stopped.
+_FAIL_STALE = (
+    update(deployments)
+    .where(
+        deployments.c.device_id == bindparam("of_device"),
+        _active,
+        deployments.c.created_at < bindparam("cutoff", type_=UTCDateTime()),
+    )
+    .values(
+        status=DeploymentStatus.FAILED.value,
+        updated_at=_now,
+        finished_at=_now,
+        error=bindparam("reason"),
+    )
+    .returning(deployments.c.id, deployments.c.model_id)
+)
+
+
+@cache
+def _insert_unless_active(dialect: str) -> Insert:
+    """``INSERT … ON CONFLICT DO NOTHING RETURNING`` on the one-active-per-device index.
+
+    A racing insert for the same device waits for the other transaction and then
+    does nothing (PostgreSQL), or finds its row (SQLite: one writer at a time).
+    """
+    make = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    return (
+        make(deployments)
+        .on_conflict_do_nothing(index_elements=[deployments.c.device_id], index_where=_active)
+        .returning(*_COLUMNS)
+    )
+
+
 def _deployment(row: AnyRow) -> Deployment:
     id_, owner, device, model, status, error, created, updated, finished = row
     return Deployment(
@@ -77,8 +113,9 @@ async def insert_deployment(
     device_id: uuid.UUID,
     model_id: uuid.UUID,
     now: datetime,
-) -> Deployment:
-    """Record a ``pending`` deployment and return it."""
+) -> Deployment | None:
+    """Record a ``pending`` deployment and return it; None when the device already has
+    one ``pending`` or ``transferring`` (nothing is recorded then)."""
     values = {
         "id": deployment_id,
         "owner_user_id": owner_user_id,
@@ -88,7 +125,23 @@ async def insert_deployment(
         "created_at": now,
         "updated_at": now,
     }
-    return _deployment((await conn.execute(_INSERT, values)).one())
+    row = (await conn.execute(_insert_unless_active(conn.dialect.name), values)).one_or_none()
+    return _deployment(row) if row else None
+
+
+async def get_active(conn: AsyncConnection, device_id: uuid.UUID) -> Deployment | None:
+    """The device's deployment still ``pending`` or ``transferring``, if any."""
+    row = (await conn.execute(_GET_ACTIVE, {"device_id": device_id})).one_or_none()
+    return _deployment(row) if row else None
+
+
+async def fail_stale(
+    conn: AsyncConnection, device_id: uuid.UUID, *, cutoff: datetime, now: datetime, reason: str
+) -> list[tuple[uuid.UUID, uuid.UUID]]:
+    """Fail the device's active deployments created before ``cutoff``; their
+    ``(id, model_id)``."""
+    params = {"of_device": device_id, "cutoff": cutoff, "now": now, "reason": reason}
+    return [(row[0], row[1]) for row in await conn.execute(_FAIL_STALE, params)]
 
 
 async def set_status(

@@ -5,7 +5,8 @@ file size and ``deploy_answer_timeout``) and answers with the record in its fina
 state. Every state change is its own short transaction (:func:`prepare`,
 :func:`mark`); no database connection is held while bytes move through the tunnel.
 A request cancelled mid-transfer (client gone, server shutting down) still marks
-its record ``failed``.
+its record ``failed``. The request and each final state record their audit event in
+the same transaction.
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ import asyncio
 import logging
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from visiona.audit import service as audit
+from visiona.audit.service import SYSTEM, Actor
 from visiona.deployments import repository
 from visiona.deployments.repository import Deployment
 from visiona.deployments.schemas import DeploymentOut, DeploymentStatus
@@ -37,6 +41,10 @@ if TYPE_CHECKING:
 _LOGGER = logging.getLogger(__name__)
 
 OFFLINE_REASON = "the device is not connected"
+_FINAL_ACTIONS = {
+    DeploymentStatus.SUCCEEDED: "deployment.succeeded",
+    DeploymentStatus.FAILED: "deployment.failed",
+}
 
 
 class ChipMismatchError(ConflictError):
@@ -51,6 +59,28 @@ class ModelFileMissingError(ConflictError):
 
     code = "model_file_missing"
     default_message = "The model has no file to deploy."
+
+
+class DeploymentInProgressError(ConflictError):
+    """Another deployment to the device is still pending or transferring: 409 with its id."""
+
+    code = "deployment_in_progress"
+    default_message = "Another deployment to this device is in progress."
+
+    def __init__(self, running: uuid.UUID) -> None:
+        """Refuse because of the deployment ``running``."""
+        super().__init__(f"Deployment {running} to this device is in progress; retry after it.")
+        self.running = running
+
+    def body(self) -> dict[str, Any]:
+        """The error body, with the running deployment's id under ``deployment_id``."""
+        body = super().body()
+        body["error"]["deployment_id"] = str(self.running)
+        return body
+
+
+#: The reason recorded on a deployment its server never finished.
+STALE_REASON = "no outcome within the transfer timeout (the server handling it stopped)"
 
 
 class DeploymentFailedError(AppError):
@@ -93,12 +123,20 @@ class ModelFile:
 
 
 async def prepare(
-    conn: AsyncConnection, owner_id: uuid.UUID, device_id: uuid.UUID, model_id: uuid.UUID
+    conn: AsyncConnection,
+    owner_id: uuid.UUID,
+    device_id: uuid.UUID,
+    model_id: uuid.UUID,
+    *,
+    transfer_timeout: float,
 ) -> tuple[Deployment, ModelFile]:
     """Check the device and the model and record a ``pending`` deployment.
 
     Another user's or a deleted device or model is a 404; a model without a file or
-    for another chip than the device's type is a 409 (and nothing is recorded).
+    for another chip than the device's type is a 409 (and nothing is recorded); a
+    device with a deployment still ``pending``/``transferring`` is a 409
+    :class:`DeploymentInProgressError` — unless that one is older than
+    ``transfer_timeout`` seconds (its server stopped), which is failed first.
     Returns the deployment and the model.
     """
     device = await devices_service.get_device(conn, owner_id, device_id)
@@ -111,13 +149,45 @@ async def prepare(
             f"The model is built for {model.target_chip} but the device is "
             f"{device_type or 'of an unknown type'}."
         )
+    now = utcnow()
+    stale = await repository.fail_stale(
+        conn,
+        device_id,
+        cutoff=now - timedelta(seconds=transfer_timeout),
+        now=now,
+        reason=STALE_REASON,
+    )
+    for stale_id, stale_model in stale:
+        _LOGGER.warning("deployment %s of device %s failed: %s", stale_id, device_id, STALE_REASON)
+        await audit.record(
+            conn,
+            "deployment.failed",
+            actor=audit.SYSTEM,
+            owner_id=owner_id,
+            target_id=stale_id,
+            device_id=device_id,
+            detail={"model_id": str(stale_model), "reason": STALE_REASON},
+        )
     deployment = await repository.insert_deployment(
         conn,
         deployment_id=uuid.uuid4(),
         owner_user_id=owner_id,
         device_id=device_id,
         model_id=model_id,
-        now=utcnow(),
+        now=now,
+    )
+    if deployment is None:
+        running = await repository.get_active(conn, device_id)
+        # the running one may have ended between the insert and this read: say so anyway
+        raise DeploymentInProgressError(running.id if running else uuid.UUID(int=0))
+    await audit.record(
+        conn,
+        "deployment.requested",
+        actor=Actor.user(owner_id),
+        owner_id=owner_id,
+        target_id=deployment.id,
+        device_id=device_id,
+        detail={"model_id": str(model_id)},
     )
     file = ModelFile(
         model_id=model.id,
@@ -134,15 +204,31 @@ async def mark(
 ) -> Deployment:
     """Move the deployment to ``status`` in its own transaction; return the record.
 
-    A record that is already final is left as it is (and returned as it is).
+    A record that is already final is left as it is (and returned as it is). Reaching
+    a final state records ``deployment.succeeded`` or ``deployment.failed`` (with the
+    reason) in the same transaction, the system as actor.
     """
     # unit of work: the named exception of a service opening its own — the transfer
     # records each state change in a short transaction of its own, so nothing is held
     # open while the file crosses the tunnel (docs/database.md, "Unit of work").
     async with db.transaction() as conn:
+        now = utcnow()
         record = await repository.set_status(
-            conn, deployment_id, status=status, now=utcnow(), error=error
+            conn, deployment_id, status=status, now=now, error=error
         )
+        if record is not None and status in _FINAL_ACTIONS:
+            detail: dict[str, str] = {"model_id": str(record.model_id)}
+            if status is DeploymentStatus.FAILED:
+                detail["reason"] = record.error or ""
+            await audit.record(
+                conn,
+                _FINAL_ACTIONS[status],
+                actor=SYSTEM,
+                owner_id=record.owner_user_id,
+                target_id=record.id,
+                device_id=record.device_id,
+                detail=detail,
+            )
         if record is None:
             record = await repository.get_deployment(conn, deployment_id)
     if record is None:  # pragma: no cover - records are never deleted
@@ -158,31 +244,26 @@ async def transfer(
     model: ModelFile,
     *,
     answer_timeout: float,
+    transfer_timeout: float,
 ) -> Deployment:
     """Send the model through ``link`` and record the outcome; return the final record.
 
     ``transferring`` is recorded before the first byte; ``succeeded`` once the agent
-    answered 200, ``failed`` with the reason otherwise, and also when this task is
-    cancelled (the record never stays ``transferring``).
+    answered 200, ``failed`` with the reason otherwise (also after ``transfer_timeout``
+    seconds in all), and also when this task is cancelled (the record never stays
+    ``transferring``). While it runs, ``link.deployments`` counts it (the proxy's
+    ``refuse`` rule reads it).
     """
     deployment_id = deployment.id
     await mark(db, deployment_id, DeploymentStatus.TRANSFERRING)
+    link.deployments += 1
     try:
-        try:
-            opened = await storage.open(model.storage_key)
-        except StorageUnavailableError as err:
-            raise TransferFailedError(f"the model file could not be read: {err.message}") from err
-        except ObjectMissingError as err:
-            raise TransferFailedError("the model file is missing from storage") from err
-        await send_model(
-            link.session,
-            opened.chunks,
-            model_id=model.model_id,
-            size=model.size,
-            sha256=model.sha256,
-            chip=model.chip,
-            answer_timeout=answer_timeout,
-        )
+        async with asyncio.timeout(transfer_timeout):
+            await _send(storage, link, model, answer_timeout)
+    except TimeoutError:
+        reason = f"the deployment did not finish within {transfer_timeout:g}s"
+        _LOGGER.warning("deployment %s failed: %s", deployment_id, reason)
+        return await mark(db, deployment_id, DeploymentStatus.FAILED, reason)
     except TransferFailedError as err:
         _LOGGER.warning("deployment %s failed: %s", deployment_id, err)
         return await mark(db, deployment_id, DeploymentStatus.FAILED, str(err))
@@ -192,10 +273,33 @@ async def transfer(
             mark(db, deployment_id, DeploymentStatus.FAILED, "the transfer was interrupted")
         )
         raise
+    finally:
+        link.deployments -= 1
     _LOGGER.info(
         "deployment %s: model %s is on device %s", deployment_id, model.model_id, link.device_id
     )
     return await mark(db, deployment_id, DeploymentStatus.SUCCEEDED)
+
+
+async def _send(
+    storage: ObjectStorage, link: TunnelLink, model: ModelFile, answer_timeout: float
+) -> None:
+    """Open the stored file and send it through the tunnel (:class:`TransferFailedError`)."""
+    try:
+        opened = await storage.open(model.storage_key)
+    except StorageUnavailableError as err:
+        raise TransferFailedError(f"the model file could not be read: {err.message}") from err
+    except ObjectMissingError as err:
+        raise TransferFailedError("the model file is missing from storage") from err
+    await send_model(
+        link.session,
+        opened.chunks,
+        model_id=model.model_id,
+        size=model.size,
+        sha256=model.sha256,
+        chip=model.chip,
+        answer_timeout=answer_timeout,
+    )
 
 
 async def list_deployments(

@@ -238,11 +238,17 @@ async def renew_session(device: CurrentDevice, conn: Conn, runtime: RuntimeDep) 
 @agent_router.post(
     "/status",
     **_NO_CONTENT,
-    summary="Report the dongle's USB status",
+    summary="Report the dongle's USB status and whether the local service is busy",
     responses=error_responses(UnauthorizedError, ValidationFailedError),
 )
-async def report_status(body: AgentStatusRequest, device: CurrentDevice, conn: Conn) -> Response:
-    """Store `usb_status` (online | offline | unknown) as the device's `status`.
-    Authenticated by `Authorization: Bearer <session token>`."""
-    await service.report_usb_status(conn, device, body.usb_status)
+async def report_status(
+    body: AgentStatusRequest, device: CurrentDevice, conn: Conn, runtime: RuntimeDep
+) -> Response:
+    """Store `usb_status` (online | offline | unknown) as the device's `status`, and `busy`
+    (when given) as its `busy` flag; the node holding the device's tunnel also keeps the
+    flag in memory, so `VISIONA_PROXY_DURING_DEPLOY=refuse` answers 429 without a tunnel
+    round trip. Authenticated by `Authorization: Bearer <session token>`."""
+    await service.report_usb_status(conn, device, body.usb_status, body.busy)
+    if body.busy is not None and runtime.hub is not None:
+        runtime.hub.report_busy(device.device_id, body.busy)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -34,6 +34,7 @@ class Device:
     serial_number: str | None
     remote_status: RemoteStatus
     status: UsbStatus
+    busy: bool
     last_seen_at: datetime | None
     last_connected_at: datetime | None
     paired_at: datetime | None
@@ -97,6 +98,7 @@ _SET_USB_STATUS = (
     .values(status=bindparam("usb_status"), updated_at=bindparam("now"))
     .returning(devices.c.id)
 )
+_SET_USB_STATUS_BUSY = _SET_USB_STATUS.values(busy=bindparam("busy"))
 
 
 @cache
@@ -232,8 +234,15 @@ async def soft_delete_device(
 
 
 async def set_usb_status(
-    conn: AsyncConnection, device_id: uuid.UUID, status: UsbStatus, now: datetime
+    conn: AsyncConnection,
+    device_id: uuid.UUID,
+    status: UsbStatus,
+    now: datetime,
+    busy: bool | None = None,
 ) -> bool:
-    """Store the agent-reported USB status of a live device."""
-    params = {"device_id": device_id, "usb_status": status, "now": now}
-    return (await conn.execute(_SET_USB_STATUS, params)).one_or_none() is not None
+    """Store the agent-reported USB status (and busy flag, unless None) of a live device."""
+    params: dict[str, Any] = {"device_id": device_id, "usb_status": status, "now": now}
+    if busy is None:
+        return (await conn.execute(_SET_USB_STATUS, params)).one_or_none() is not None
+    params["busy"] = busy
+    return (await conn.execute(_SET_USB_STATUS_BUSY, params)).one_or_none() is not None

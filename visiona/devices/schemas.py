@@ -48,6 +48,10 @@ class DeviceOut(BaseModel):
     status: UsbStatus = Field(
         description="USB level, reported by the agent: online | offline | unknown."
     )
+    busy: bool = Field(
+        description="The agent reported its local service busy (busy probe or "
+        "`X-Visiona-Busy` header); false when it never said or a tunnel just came up."
+    )
     last_seen_at: datetime | None
     last_connected_at: datetime | None
     paired_at: datetime | None
@@ -87,8 +91,11 @@ class PairResponse(BaseModel):
 
 
 class AgentStatusRequest(BaseModel):
-    """The dongle's USB status as the agent sees it."""
+    """The dongle's USB status as the agent sees it, and whether its local service is busy."""
 
     model_config = ConfigDict(extra="forbid")
 
     usb_status: UsbStatus
+    busy: bool | None = Field(
+        None, description="The local service is busy (true) or idle (false); omitted: unknown."
+    )

@@ -26,6 +26,17 @@ class _CallbackCounter(Collector):
         yield CounterMetricFamily(self._name, self._doc, value=self._read())
 
 
+class _CallbackLabelledCounter(Collector):
+    def __init__(self, name: str, doc: str, label: str, read: Callable[[], dict[str, int]]) -> None:
+        self._name, self._doc, self._label, self._read = name, doc, label, read
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        family = CounterMetricFamily(self._name, self._doc, labels=[self._label])
+        for value, count in self._read().items():
+            family.add_metric([value], count)
+        yield family
+
+
 class Metrics:
     """The service's metrics; gauges that read live state are registered later."""
 
@@ -73,6 +84,12 @@ class Metrics:
     def counter(self, name: str, doc: str, read: Callable[[], float]) -> None:
         """Register a counter (``name`` without ``_total``) whose value is read at scrape time."""
         self.registry.register(_CallbackCounter(name, doc, read))
+
+    def labelled_counter(
+        self, name: str, doc: str, label: str, read: Callable[[], dict[str, int]]
+    ) -> None:
+        """Register a counter with one label, its values read at scrape time (label → count)."""
+        self.registry.register(_CallbackLabelledCounter(name, doc, label, read))
 
     def new_gauge(self, name: str, doc: str) -> Gauge:
         """Register and return a plain gauge."""

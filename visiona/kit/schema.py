@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Dialect,
@@ -23,6 +24,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     Uuid,
+    false,
     func,
     text,
 )
@@ -147,6 +149,8 @@ devices = Table(
     Column("created_at", UTCDateTime, nullable=False, server_default=_now()),
     Column("updated_at", UTCDateTime, nullable=False, server_default=_now()),
     Column("paired_at", UTCDateTime, nullable=True),
+    # the agent's local service says it is busy (reset when a tunnel comes up)
+    Column("busy", Boolean, nullable=False, server_default=false()),
     Column("deleted_at", UTCDateTime, nullable=True),
 )
 _live_device = devices.c.deleted_at.is_(None)
@@ -238,6 +242,16 @@ deployments = Table(
 )
 Index("idx_deployments_device", deployments.c.device_id, deployments.c.created_at)
 Index("idx_deployments_model", deployments.c.model_id)
+#: The device's deployments still running: at most one (the admission rule).
+DEPLOYMENT_ACTIVE = ("pending", "transferring")
+_active_deployment = deployments.c.status.in_(DEPLOYMENT_ACTIVE)
+Index(
+    "uq_deployments_device_active",
+    deployments.c.device_id,
+    unique=True,
+    postgresql_where=_active_deployment,
+    sqlite_where=_active_deployment,
+)
 
 #: Small JSON: JSONB on PostgreSQL, JSON text on SQLite.
 Detail = JSON().with_variant(postgresql.JSONB(), "postgresql")

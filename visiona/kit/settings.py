@@ -167,6 +167,38 @@ class Settings(BaseSettings):
         description="Seconds a deployment waits for the agent's answer once the model file "
         "was sent (the agent verifies it and runs its deploy hook); the record fails after.",
     )
+    deploy_transfer_timeout: float = Field(
+        1800.0,
+        gt=0,
+        description="Seconds a whole deployment may take (file and answer); it fails after. "
+        "A record still pending/transferring that long (its server crashed) is failed when "
+        "the next deployment to the device is requested.",
+    )
+    proxy_max_inflight_per_device: int = Field(
+        8,
+        ge=1,
+        description="Proxied requests in flight per device on a node; beyond → 429 "
+        "`device_busy` with Retry-After.",
+    )
+    proxy_during_deploy: Literal["allow", "refuse"] = Field(
+        "allow",
+        description="`refuse`: proxied requests get 429 `device_busy` while a deployment to "
+        "the device is in progress or its agent reports the local service busy.",
+    )
+
+    # -- audit trail (audit feature) ------------------------------------------
+    audit_retention_days: int = Field(
+        365,
+        ge=1,
+        description="Days an audit event is kept; older ones are deleted by `visiona audit "
+        "prune` and by the server (in batches of 1000 rows, each its own short transaction).",
+    )
+    audit_prune_interval: float = Field(
+        3600.0,
+        gt=0,
+        description="Seconds between the server's own prunes of expired audit events "
+        "(one at start-up, then one per interval).",
+    )
 
     # -- cluster (several nodes behind one address) ---------------------------
     node_id: str | None = Field(

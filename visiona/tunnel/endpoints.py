@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Request, WebSocket
 from fastapi.responses import JSONResponse
 
+from visiona.audit import service as audit
 from visiona.auth.dependencies import CurrentPrincipal
 from visiona.cluster.service import forward_proxy
 from visiona.devices import service as devices_service
@@ -20,9 +21,11 @@ from visiona.kit.logs import end_incomplete_on_purpose
 from visiona.kit.runtime import Runtime
 from visiona.tokens.service import DeviceIdentity, authenticate_device
 from visiona.tunnel.errors import (
+    DeviceBusyError,
     DeviceOfflineError,
     DeviceTimeoutError,
     DeviceUnreachableError,
+    ForbiddenByAgentError,
     ReservedPathError,
 )
 from visiona.tunnel.hub import TunnelHub
@@ -100,7 +103,12 @@ async def proxy(
     stream the answer back. Not your device → 404; not connected → 502 ``device_offline``;
     no response head in time → 504 ``device_timeout``; a target under ``/visiona/`` (the
     agent's own paths, e.g. deployments), in any encoding or letter case → 403
-    ``reserved_path``; a ``..`` segment or a control character → 400 ``bad_request``.
+    ``reserved_path``; a ``..`` segment or a control character → 400 ``bad_request``;
+    ``VISIONA_PROXY_MAX_INFLIGHT_PER_DEVICE`` requests already in flight to the device,
+    or (``VISIONA_PROXY_DURING_DEPLOY=refuse``) a deployment in progress or a busy
+    device → 429 ``device_busy`` with ``Retry-After`` and ``error.reason``
+    (``inflight``, ``deploying``, ``busy``). A request the agent's policy refuses is
+    the agent's own 403 ``forbidden_by_agent``, relayed.
     The device receives the decoded path re-encoded canonically, ``//`` and ``.``
     collapsed."""
     # The runtime is read directly: no dependency to solve for it.
@@ -143,11 +151,66 @@ async def proxy_local(
         async with runtime.db.transaction() as conn:
             await devices_service.get_device(conn, user_id, device_id)
         raise DeviceOfflineError()
+    release = hub_of(runtime).admit(link)  # 429 device_busy, from memory
     exchange = ProxyExchange(
-        link.session, request, target, prefix, runtime.settings.proxy_response_timeout
+        link.session,
+        request,
+        target,
+        prefix,
+        runtime.settings.proxy_response_timeout,
+        on_done=release,
     )
-    status, headers, framing = await exchange.open()
+    try:
+        status, headers, framing = await exchange.open()
+    except BaseException:
+        release()
+        raise
+    if status == 403 and _REFUSED in headers:
+        await _record_refusal(
+            runtime,
+            request,
+            owner_id=link.owner_user_id,
+            user_id=user_id,
+            device_id=device_id,
+            target=target,
+        )
     return ProxyResponse(exchange, status, sandboxed_headers(headers), framing)
+
+
+#: The header the agent puts on the answers its policy gives instead of the local service.
+_REFUSED = (b"x-visiona-refused", b"policy")
+
+
+async def _record_refusal(
+    runtime: Runtime,
+    request: Request,
+    *,
+    owner_id: uuid.UUID,
+    user_id: uuid.UUID,
+    device_id: uuid.UUID,
+    target: bytes,
+) -> None:
+    """Audit ``proxy.forbidden_by_agent`` in its own short transaction (best effort: the
+    agent's answer is relayed even when the trail cannot be written)."""
+    path = target.split(b"?", 1)[0].decode("ascii", "replace")
+    client = request.client.host if request.client else None
+    try:
+        # unit of work: its own, only when the agent refused (the proxy holds none)
+        async with runtime.db.transaction() as conn:
+            await audit.record(
+                conn,
+                "proxy.forbidden_by_agent",
+                actor=audit.Actor.user(user_id),
+                owner_id=owner_id,
+                target_id=device_id,
+                device_id=device_id,
+                detail={"method": request.method, "path": path},
+                client_addr=client,
+            )
+    except Exception as err:  # noqa: BLE001 - the trail is best effort here; logged
+        _LOGGER.warning(
+            "audit: refusal of device %s not recorded: %s", device_id, type(err).__name__
+        )
 
 
 _PROXY_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -156,10 +219,12 @@ _PROXY_RESPONSES: dict[int | str, dict[str, Any]] = {
         UnauthorizedError,
         CsrfError,
         ReservedPathError,
+        ForbiddenByAgentError,
         NotFoundError,
         DeviceOfflineError,
         DeviceUnreachableError,
         DeviceTimeoutError,
+        DeviceBusyError,
     ),
     200: {"description": "Whatever the device's local service answers, streamed."},
 }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from visiona.kit.errors import AppError, ForbiddenError
 
 
@@ -34,3 +36,38 @@ class ReservedPathError(ForbiddenError):
 
     code = "reserved_path"
     default_message = "Paths under /visiona/ are reserved for the agent and cannot be proxied."
+
+
+class ForbiddenByAgentError(ForbiddenError):
+    """The agent's own policy refused the request (relayed from the agent, never raised here).
+
+    Declared so the proxy's OpenAPI lists the code; the agent answers it itself
+    (``X-Visiona-Refused: policy``) and the request never reaches the local service.
+    """
+
+    code = "forbidden_by_agent"
+    default_message = "The device's agent does not allow this request."
+
+
+class DeviceBusyError(AppError):
+    """The device takes no more proxied requests now: 429 with ``Retry-After``.
+
+    ``reason``: ``inflight`` (``VISIONA_PROXY_MAX_INFLIGHT_PER_DEVICE`` requests already
+    in flight), ``deploying`` or ``busy`` (with ``VISIONA_PROXY_DURING_DEPLOY=refuse``:
+    a deployment in progress, or the agent reported its local service busy).
+    """
+
+    status_code = 429
+    code = "device_busy"
+    default_message = "The device is busy; retry later."
+
+    def __init__(self, reason: str, retry_after: int, message: str | None = None) -> None:
+        """Refuse for ``reason``; ask the client to retry after ``retry_after`` seconds."""
+        super().__init__(message, headers={"Retry-After": str(max(1, retry_after))})
+        self.reason = reason
+
+    def body(self) -> dict[str, Any]:
+        """The error body, with the ``reason``."""
+        body = super().body()
+        body["error"]["reason"] = self.reason
+        return body

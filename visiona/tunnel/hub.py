@@ -7,6 +7,11 @@ code 4409 ``superseded`` — and closes a tunnel whose credentials were revoked 
 once; ``last_seen_at`` is refreshed from answered pings and traffic in one UPDATE per
 ``tunnel_status_interval`` for all devices of the node; an unanswered keepalive
 writes ``reconnecting``; a tunnel that ends writes ``offline``.
+
+Audit: ``tunnel.connected`` is written with the ``online`` status, and the end of a
+tunnel (``tunnel.disconnected``, ``tunnel.superseded``, ``tunnel.closed_revoked``)
+with the ``offline`` one, in the same short transaction; keepalives and the batched
+``last_seen_at`` write no event.
 """
 
 from __future__ import annotations
@@ -18,14 +23,19 @@ import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec
 
+from visiona.audit import service as audit
+from visiona.audit.service import SYSTEM, Actor
 from visiona.kit.clock import utcnow
 from visiona.tokens import service as tokens
 from visiona.tunnel import repository
+from visiona.tunnel.errors import DeviceBusyError
 from visiona.tunnel.link import TunnelLink
 from visiona.wire import CLOSE_GOING_AWAY, CLOSE_KEEPALIVE, CLOSE_REVOKED, CLOSE_SUPERSEDED
 from visiona.yamux import Config
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from sqlalchemy.ext.asyncio import AsyncConnection
     from starlette.websockets import WebSocket
 
@@ -37,6 +47,13 @@ if TYPE_CHECKING:
 
 _LOGGER = logging.getLogger(__name__)
 _P = ParamSpec("_P")
+#: Why admission refuses a proxied request, and the ``Retry-After`` it answers with.
+ADMISSION_REASONS = {"inflight": 1, "deploying": 5, "busy": 5}
+_ADMISSION_MESSAGES = {
+    "inflight": "The device has too many requests in flight; retry later.",
+    "deploying": "A deployment to the device is in progress; retry after it.",
+    "busy": "The device's agent reports its local service busy; retry later.",
+}
 
 
 class TunnelHub:
@@ -69,6 +86,10 @@ class TunnelHub:
         self._bytes_to_devices = 0
         self._bytes_from_devices = 0
         self._streams_refused = 0
+        self._max_inflight = settings.proxy_max_inflight_per_device
+        self._refuse_busy = settings.proxy_during_deploy == "refuse"
+        #: proxied requests refused by admission, per reason (``/metrics``)
+        self.refused: dict[str, int] = dict.fromkeys(ADMISSION_REASONS, 0)
 
     # -- lifecycle ----------------------------------------------------------------
     async def start(self) -> None:
@@ -166,11 +187,54 @@ class TunnelHub:
             "Bytes relayed from agents by this node since start.",
             self.bytes_from_devices,
         )
+        metrics.labelled_counter(
+            "visiona_proxy_refused",
+            "Proxied requests refused by admission (429 device_busy) on this node, by reason.",
+            "reason",
+            lambda: self.refused,
+        )
         metrics.counter(
             "visiona_tunnel_streams_refused",
             "Streams agents tried to open on this node (agents open none; each is reset).",
             self.streams_refused,
         )
+
+    # -- admission ------------------------------------------------------------------
+    def admit(self, link: TunnelLink) -> Callable[[], None]:
+        """Take one in-flight slot of ``link`` for a proxied request, or refuse it.
+
+        Refused (:class:`DeviceBusyError`, 429) when ``proxy_max_inflight_per_device``
+        requests are already in flight, or, with ``proxy_during_deploy=refuse``, while
+        a deployment runs through the tunnel or the agent reported its service busy —
+        all read from memory, no tunnel round trip. Returns the release callback (call
+        it once, when the exchange ends; extra calls do nothing).
+        """
+        reason = None
+        if self._refuse_busy and link.deployments:
+            reason = "deploying"
+        elif self._refuse_busy and link.busy:
+            reason = "busy"
+        elif link.inflight >= self._max_inflight:
+            reason = "inflight"
+        if reason is not None:
+            self.refused[reason] += 1
+            raise DeviceBusyError(reason, ADMISSION_REASONS[reason], _ADMISSION_MESSAGES[reason])
+        link.inflight += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                link.inflight -= 1
+
+        return release
+
+    def report_busy(self, device_id: uuid.UUID, busy: bool) -> None:
+        """The agent reported its local service ``busy`` (or idle): remember it on the tunnel."""
+        link = self._tunnels.get(device_id)
+        if link is not None:
+            link.busy = busy
 
     # -- one tunnel ---------------------------------------------------------------
     async def serve(self, websocket: WebSocket, identity: DeviceIdentity) -> None:
@@ -182,6 +246,7 @@ class TunnelHub:
             token_hash=identity.token_hash,
             config=self._config,
             max_message=self._settings.tunnel_max_message,
+            session_token_id=identity.session_token_id,
         )
         task = asyncio.current_task()
         if task is not None:
@@ -194,7 +259,7 @@ class TunnelHub:
             if older is not None:
                 _LOGGER.info("tunnel: device %s reconnected; closing the older tunnel", device_id)
                 await older.close(CLOSE_SUPERSEDED, "superseded")
-            await self._write(repository.mark_connected, device_id, utcnow())
+            await self._write(self._connected, link, utcnow())
             await self._claim(link)
             _LOGGER.info("tunnel: device %s connected", device_id)
             if self._closing:
@@ -210,16 +275,32 @@ class TunnelHub:
             self._bytes_to_devices += link.session.bytes_sent
             self._bytes_from_devices += link.session.bytes_received
             self._streams_refused += link.session.stats().streams_refused
+            offline = False
             if self._tunnels.get(device_id) is link:
                 del self._tunnels[device_id]
                 self._seen.discard(device_id)
-                if await self._release(device_id):
-                    await self._write(repository.set_remote_status, device_id, "offline")
+                offline = await self._release(device_id)
+            await self._write(_ended, link, offline=offline)
             if task is not None:
                 self._serving.discard(task)
             _LOGGER.info(
                 "tunnel: device %s disconnected (%s)", device_id, link.session.close_reason
             )
+
+    async def _connected(self, conn: AsyncConnection, link: TunnelLink, now: datetime) -> None:
+        """``online`` and the ``tunnel.connected`` event, in one transaction."""
+        await repository.mark_connected(conn, link.device_id, now)
+        node = self.registry.node_id if self.registry is not None else None
+        await audit.record(
+            conn,
+            "tunnel.connected",
+            actor=Actor.device(link.device_id),
+            owner_id=link.owner_user_id,
+            target_id=link.device_id,
+            device_id=link.device_id,
+            detail={"session_token_id": str(link.session_token_id), "node": node},
+            client_addr=link.client_addr,
+        )
 
     # -- the registry lease (cluster only) ---------------------------------------
     async def _claim(self, link: TunnelLink) -> None:
@@ -343,6 +424,22 @@ class TunnelHub:
         seen = {d for d in seen if d in self._tunnels and self._tunnels[d].healthy}
         if seen:
             await self._write(repository.mark_seen, seen, utcnow())
+        if self._refuse_busy and self.registry is not None and self._tunnels:
+            await self._refresh_busy()
+
+    async def _refresh_busy(self) -> None:
+        """Cluster with ``proxy_during_deploy=refuse``: the agent's status report may land on
+        another node, so read the stored busy flags of this node's tunnels once a batch."""
+        try:
+            async with self._db.reading() as conn:
+                flags = await repository.busy_flags(conn, list(self._tunnels))
+        except Exception as err:  # noqa: BLE001 - best effort, like the status writes
+            _LOGGER.warning("tunnel: busy refresh failed: %s", type(err).__name__)
+            return
+        for device_id, busy in flags.items():
+            link = self._tunnels.get(device_id)
+            if link is not None:
+                link.busy = busy
 
     async def _write(
         self,
@@ -356,3 +453,40 @@ class TunnelHub:
                 await statement(conn, *args, **kwargs)
         except Exception as err:  # noqa: BLE001 - status is best effort; the next write repairs it
             _LOGGER.warning("tunnel: status write failed: %s", type(err).__name__)
+
+
+async def _ended(conn: AsyncConnection, link: TunnelLink, *, offline: bool) -> None:
+    """The tunnel ended: ``offline`` (when no newer tunnel holds the device) and its event.
+
+    Closed by this server as superseded or revoked: ``tunnel.superseded`` /
+    ``tunnel.closed_revoked``; otherwise ``tunnel.disconnected`` with the reason (the
+    agent's own close or a lost connection has the device as actor).
+    """
+    if offline:
+        await repository.set_remote_status(conn, link.device_id, "offline")
+    closed = link.closed_by_server
+    code = closed[0] if closed else None
+    detail: dict[str, str] = {}
+    actor = SYSTEM
+    if code == CLOSE_SUPERSEDED:
+        action = "tunnel.superseded"
+    elif code == CLOSE_REVOKED:
+        action = "tunnel.closed_revoked"
+    else:
+        action = "tunnel.disconnected"
+        if closed is not None:
+            detail["reason"] = closed[1]
+        else:
+            actor = Actor.device(link.device_id)
+            why = link.session.close_reason
+            detail["reason"] = type(why).__name__ if why is not None else "closed by the agent"
+    await audit.record(
+        conn,
+        action,
+        actor=actor,
+        owner_id=link.owner_user_id,
+        target_id=link.device_id,
+        device_id=link.device_id,
+        detail=detail,
+        client_addr=link.client_addr,
+    )

@@ -23,6 +23,8 @@ from visiona.tunnel.errors import DeviceTimeoutError, DeviceUnreachableError
 from visiona.yamux import YamuxError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from starlette.types import Receive, Scope, Send
 
     from visiona.yamux import Session, Stream
@@ -98,9 +100,21 @@ class ProxyExchange:
     """One proxied request: writes it on a fresh stream, then answers the ASGI call."""
 
     def __init__(
-        self, session: Session, request: Request, target: bytes, prefix: str, timeout: float
+        self,
+        session: Session,
+        request: Request,
+        target: bytes,
+        prefix: str,
+        timeout: float,
+        *,
+        on_done: Callable[[], None] | None = None,
     ) -> None:
-        """Prepare the exchange for ``request`` aimed at ``target`` (path and query)."""
+        """Prepare the exchange for ``request`` aimed at ``target`` (path and query).
+
+        ``on_done`` runs when the exchange ends (:meth:`abort`; extra calls are the
+        caller's to make idempotent): the admission slot is given back there.
+        """
+        self._on_done = on_done
         self._session = session
         self._request = request
         self._target = target
@@ -321,6 +335,8 @@ class ProxyExchange:
 
     async def abort(self) -> None:
         """End the exchange: stop the body pump, close (or reset if unfinished) the stream."""
+        if self._on_done is not None:
+            self._on_done()
         pump = self._pump
         if pump is not None and not pump.done():
             pump.cancel()

@@ -21,7 +21,7 @@ _one = (devices.c.id == bindparam("device_id")) & _live
 _CONNECTED = (
     update(devices)
     .where(_one)
-    .values(remote_status="online", last_connected_at=_now, last_seen_at=_now)
+    .values(remote_status="online", last_connected_at=_now, last_seen_at=_now, busy=False)
 )
 _SET_STATUS = update(devices).where(_one).values(remote_status=bindparam("new_status"))
 _SEEN = (
@@ -35,7 +35,7 @@ _ALL_OFFLINE = (
 
 
 async def mark_connected(conn: AsyncConnection, device_id: uuid.UUID, now: datetime) -> None:
-    """A tunnel came up: ``online``, connected and seen now."""
+    """A tunnel came up: ``online``, connected and seen now, not busy until the agent says."""
     await conn.execute(_CONNECTED, {"device_id": device_id, "now": now})
 
 
@@ -77,3 +77,15 @@ async def mark_offline(conn: AsyncConnection, device_ids: Collection[uuid.UUID])
         .values(remote_status="offline")
     )
     return int(result.rowcount or 0)
+
+
+async def busy_flags(
+    conn: AsyncConnection, device_ids: Collection[uuid.UUID]
+) -> dict[uuid.UUID, bool]:
+    """The stored ``busy`` flag of these devices (a cluster node refreshing its tunnels)."""
+    if not device_ids:
+        return {}
+    rows = await conn.execute(
+        select(devices.c.id, devices.c.busy).where(devices.c.id.in_(list(device_ids)))
+    )
+    return {row[0]: bool(row[1]) for row in rows}
