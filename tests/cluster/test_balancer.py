@@ -1,4 +1,5 @@
-"""Two real nodes behind a real nginx configured with docs/nginx.conf, the file users get.
+"""Two real nodes behind a real nginx configured with docs/nginx.conf, the file users get
+(and behind HAProxy with docs/haproxy.cfg, the documented alternative).
 
 The agent connects through the balancer and lands on whichever node nginx picks; the
 device is then reached through the balancer and through either node. Sessions and
@@ -20,6 +21,7 @@ from typing import Any, cast
 import httpx
 import pytest
 
+from testkit.haproxy import DOC_CFG, HaproxyServer, balancer_cfg
 from testkit.live import LiveServer, serve_app
 from testkit.nginx import DOC_CONF, NginxServer, balancer_conf
 from testkit.servers import PostgresServer, RedisServer
@@ -391,3 +393,63 @@ async def test_unpair_on_one_node_makes_the_real_agent_on_the_other_exit_3(
             if not running.done():
                 running.cancel()
                 await asyncio.gather(running, return_exceptions=True)
+
+
+@pytest.fixture(scope="module")
+def haproxy(balanced: Balanced) -> Iterator[HaproxyServer]:
+    """HAProxy with docs/haproxy.cfg in front of the same two nodes."""
+    lb = HaproxyServer([f"127.0.0.1:{balanced.a.port}", f"127.0.0.1:{balanced.b.port}"])
+    try:
+        lb.start()
+        yield lb
+    finally:
+        lb.cleanup()
+
+
+def test_operations_md_shows_the_haproxy_file_the_tests_run_verbatim() -> None:
+    shown = re.findall(r"```haproxy\n(.*?)```", OPERATIONS.read_text(), flags=re.DOTALL)
+    assert DOC_CFG.read_text() in shown
+    generated = balancer_cfg(["127.0.0.1:1111"], 3333).splitlines()
+    changed = [line for line in generated if line not in DOC_CFG.read_text().splitlines()]
+    assert changed == [
+        "    bind 127.0.0.1:3333",
+        "    server n0 127.0.0.1:1111 check inter 5s fall 2 rise 2",
+    ]
+
+
+async def test_through_haproxy_the_tunnel_the_proxy_and_the_internal_block_hold(
+    balanced: Balanced, haproxy: HaproxyServer, device_port: int
+) -> None:
+    async with httpx.AsyncClient(base_url=haproxy.url, timeout=30) as via_ha:
+        user = await signup(via_ha)
+        device_id, token = await paired_agent_token(via_ha, user)
+        echo = f"{API}/devices/{device_id}/proxy/echo/x"
+        async with connect_agent(cast("LiveServer", haproxy), token, forward_to(device_port)):
+
+            async def leased() -> bool:
+                return await balanced.owner(device_id) is not None
+
+            await wait_for(leased)
+            for _ in range(4):  # leastconn: both nodes take some of them
+                answer = await via_ha.get(
+                    echo, headers={**user.headers, "X-Forwarded-For": "198.51.100.7"}
+                )
+                assert answer.status_code == 200, answer.text
+                headers = {k.lower(): v for k, v in answer.json()["headers"]}
+                assert headers["x-forwarded-for"] == "127.0.0.1"
+            size = 3 * 1024 * 1024
+            big = await via_ha.get(
+                f"{API}/devices/{device_id}/proxy/bytes/{size}", headers=user.headers
+            )
+            assert big.content == pattern(size)
+            sent = pattern(2 * 1024 * 1024)
+            upload = await via_ha.post(
+                f"{API}/devices/{device_id}/proxy/upload", headers=user.headers, content=sent
+            )
+            assert upload.json() == {"sha256": hashlib.sha256(sent).hexdigest(), "size": len(sent)}
+            internal = f"/internal/v1/devices/{device_id}/proxy/echo/x"
+            blocked = await via_ha.get(
+                internal, headers={TOKEN_HEADER: TOKEN, USER_HEADER: user.id}
+            )
+            assert blocked.status_code == 404
+            assert error_code(blocked) == "not_found"
