@@ -125,9 +125,11 @@ async def logout(
     """Record ``user.signed_out`` on ``conn``, then end the session of ``token``.
 
     The event is written first: if ending the session fails, the caller's unit of
-    work rolls the event back.
+    work rolls the event back. The store gets ``conn`` too: the SQL store deletes the
+    row in the same transaction (it must not ask the pool for a second connection
+    while this one is held: the embedded SQLite pool has one); Redis ignores it.
     """
     await audit.record(
         conn, "user.signed_out", actor=Actor.user(user_id), owner_id=user_id, target_id=user_id
     )
-    await sessions.delete(hash_token(token))
+    await sessions.delete(hash_token(token), conn)
