@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from testkit.servers import RedisServer, free_port
 from tests.conftest import make_settings
@@ -340,3 +340,36 @@ async def test_sql_store_runs_on_the_callers_connection(
 
 async def test_sql_store_ping_checks_the_database(sql_db: Database) -> None:
     await SqlSessionStore(sql_db, idle_ttl=100, absolute_ttl=1000).ping()
+
+
+async def test_sql_store_reads_a_session_in_use_once(sql_db: Database, user_id: uuid.UUID) -> None:
+    store = SqlSessionStore(sql_db, idle_ttl=100, absolute_ttl=1000)
+    token = _hash()
+    async with sql_db.transaction() as conn:
+        await store.create(token, user_id, conn)
+    selects: list[str] = []
+
+    def count(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            selects.append(statement)
+
+    event.listen(sql_db.engine.sync_engine, "before_cursor_execute", count)
+    try:
+        for _ in range(5):
+            assert await store.touch(token) is not None
+        assert len(selects) == 1  # one process serves this store: the row is remembered
+        await store.delete(token)
+        assert await store.touch(token) is None
+    finally:
+        event.remove(sql_db.engine.sync_engine, "before_cursor_execute", count)
+
+
+async def test_sql_store_forgets_the_oldest_session_beyond_its_cache(
+    sql_db: Database, user_id: uuid.UUID
+) -> None:
+    store = SqlSessionStore(sql_db, idle_ttl=100, absolute_ttl=1000, cache_size=2)
+    tokens = [_hash() for _ in range(3)]
+    for token in tokens:
+        await store.create(token, user_id)
+    for token in tokens + tokens:
+        assert await store.touch(token) is not None

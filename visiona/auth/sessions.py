@@ -255,6 +255,8 @@ REFRESH_AFTER = 60.0
 #: and the last sweep of this process is at least ``SWEEP_EVERY`` seconds old.
 SWEEP_EVERY = 600.0
 SWEEP_BATCH = 500
+#: Sessions kept in memory by one process (the oldest read is forgotten first).
+CACHE_SIZE = 10_000
 
 _c = web_sessions.c
 _INSERT = insert(web_sessions)
@@ -294,6 +296,12 @@ class SqlSessionStore:
     With ``conn`` the statements run on the caller's connection (inside its
     transaction, or in autocommit for a read); without, the store opens a short
     unit of work of its own from ``db`` (a read for :meth:`touch`).
+
+    Rows read are kept in memory (up to ``cache_size``), so a session in use costs no
+    SELECT: this store serves only a server without Redis, which is one process
+    (a cluster and ``--workers`` need Redis), and every change to a row goes through
+    it. Without the cache, the SELECT on SQLite added about 0.9 ms to each tiny
+    proxied request (``python -m bench tunnel``, p50 1.29 -> 2.21 ms).
     """
 
     kind = "database"
@@ -308,6 +316,7 @@ class SqlSessionStore:
         refresh_after: float = REFRESH_AFTER,
         sweep_every: float = SWEEP_EVERY,
         sweep_batch: int = SWEEP_BATCH,
+        cache_size: int = CACHE_SIZE,
     ) -> None:
         """Sessions in ``db`` idle out after ``idle_ttl`` s and end after ``absolute_ttl`` s."""
         self._db = db
@@ -318,6 +327,9 @@ class SqlSessionStore:
         self._sweep_every = timedelta(seconds=sweep_every)
         self._sweep_batch = sweep_batch
         self._last_sweep: datetime | None = None
+        # token hash -> (user id, absolute deadline, idle deadline as written in the row)
+        self._cache: dict[str, tuple[uuid.UUID, datetime, datetime]] = {}
+        self._cache_size = cache_size
 
     @asynccontextmanager
     async def _writing(self, conn: AsyncConnection | None) -> AsyncIterator[AsyncConnection]:
@@ -359,28 +371,64 @@ class SqlSessionStore:
         self, token_hash: str, conn: AsyncConnection | None = None
     ) -> WebSession | None:
         """Read the session; write its idle deadline back when it moved far enough."""
+        cached = self._cache.get(token_hash)
+        if cached is not None:
+            return await self._use(token_hash, cached, conn)  # refreshes the entry
         if conn is not None:
-            return await self._touch(conn, token_hash)
+            return await self._touch(conn, token_hash, remember=False)
         async with self._db.reading() as own:  # autocommit: a SELECT, rarely an UPDATE
-            return await self._touch(own, token_hash)
+            return await self._touch(own, token_hash, remember=True)
 
-    async def _touch(self, conn: AsyncConnection, token_hash: str) -> WebSession | None:
+    async def _touch(
+        self, conn: AsyncConnection, token_hash: str, *, remember: bool
+    ) -> WebSession | None:
+        # What the caller's connection reads may be its own uncommitted work (a session
+        # created in a transaction that then rolls back): only committed reads are kept.
         row = (await conn.execute(_GET, {"token_hash": token_hash})).one_or_none()
         if row is None:
             return None
         user_id, deadline, idle_until = row
+        entry = (user_id, deadline, idle_until)
+        return await self._use(token_hash, entry, conn, remember=remember)
+
+    def _remember(self, token_hash: str, entry: tuple[uuid.UUID, datetime, datetime]) -> None:
+        cache = self._cache
+        if token_hash not in cache and len(cache) >= self._cache_size:
+            del cache[next(iter(cache))]
+        cache[token_hash] = entry
+
+    async def _use(
+        self,
+        token_hash: str,
+        entry: tuple[uuid.UUID, datetime, datetime],
+        conn: AsyncConnection | None,
+        *,
+        remember: bool = True,
+    ) -> WebSession | None:
+        user_id, deadline, idle_until = entry
         now = self._clock()
         if now >= idle_until or now >= deadline:
-            return None  # a dead row stays until a sweep: a read takes no write lock for it
+            # a dead row stays until a sweep: a read takes no write lock for it
+            self._cache.pop(token_hash, None)
+            return None
         fresh = min(deadline, now + self._idle)
         # Far enough to be worth a write, or the last step up to the absolute deadline
         # (once there, the row is never written again).
         if fresh - idle_until >= self._refresh or (fresh == deadline and idle_until < deadline):
-            await conn.execute(_REFRESH, {"key": token_hash, "idle_until": fresh})
+            params = {"key": token_hash, "idle_until": fresh}
+            if conn is not None:
+                await conn.execute(_REFRESH, params)
+            else:
+                async with self._db.reading() as own:
+                    await own.execute(_REFRESH, params)
+            idle_until = fresh
+        if remember:
+            self._remember(token_hash, (user_id, deadline, idle_until))
         return WebSession(user_id=user_id, expires_at=deadline.timestamp())
 
     async def delete(self, token_hash: str, conn: AsyncConnection | None = None) -> None:
-        """Delete the session's row."""
+        """Delete the session's row (and forget it)."""
+        self._cache.pop(token_hash, None)
         async with self._writing(conn) as db_conn:
             await db_conn.execute(_DELETE, {"token_hash": token_hash})
 
