@@ -18,6 +18,7 @@ command -v go >/dev/null || need+=(golang-go)
 command -v chromium >/dev/null || need+=(chromium)  # the console's browser tests (Playwright)
 command -v jq >/dev/null || need+=(jq)  # the README walkthrough test pastes its curl | jq lines
 command -v curl >/dev/null || need+=(curl)
+command -v strace >/dev/null || need+=(strace)  # the syscall-count benchmark
 [ -d /usr/share/gocode/src/github.com/hashicorp/yamux ] || need+=(golang-github-hashicorp-yamux-dev)
 [ -d /usr/share/gocode/src/github.com/gorilla/websocket ] || need+=(golang-github-gorilla-websocket-dev)
 

@@ -13,6 +13,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from visiona import __version__
+from visiona.audit.endpoints import router as audit_router
+from visiona.audit.retention import Pruner
 from visiona.auth.endpoints import router as auth_router
 from visiona.auth.sessions import MemorySessionStore, RedisSessionStore, SessionStore
 from visiona.cluster.deployments import fail_left_unfinished
@@ -107,11 +109,16 @@ async def build_runtime(settings: Settings, metrics: Metrics) -> Runtime:
         cluster.start_sweeping(db)
     else:
         await fail_left_unfinished(db)
+    runtime.audit_pruner = Pruner(db, settings.audit_retention_days, settings.audit_prune_interval)
+    runtime.audit_pruner.start()
     return runtime
 
 
 async def close_runtime(runtime: Runtime) -> None:
     """Release every client the runtime holds (live tunnels first: they write their status)."""
+    pruner, runtime.audit_pruner = runtime.audit_pruner, None
+    if pruner is not None:
+        await pruner.stop()
     cluster, runtime.cluster = runtime.cluster, None
     if cluster is not None:
         await cluster.close()
@@ -172,6 +179,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # deployments feature routers
     app.include_router(deployments_router, prefix=API_PREFIX)
 
+    # audit feature routers
+    app.include_router(audit_router, prefix=API_PREFIX)
     app.include_router(ops_router)
     app.include_router(internal_router)
 

@@ -102,13 +102,20 @@ def serve(
     migrate: Annotated[
         bool, typer.Option("--migrate", help="Apply pending migrations on PostgreSQL too.")
     ] = False,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Node processes sharing the port (SO_REUSEPORT); more than 1 needs "
+            "VISIONA_REDIS_URL.",
+        ),
+    ] = 1,
+    worker: Annotated[int | None, typer.Option(hidden=True)] = None,
 ) -> None:
     """Serve the API. Embedded defaults (SQLite, in-process sessions) need no configuration."""
 
     from visiona.app import create_app  # noqa: PLC0415 - keep client commands light
-    from visiona.kit import migrate as migrations  # noqa: PLC0415 - idem
     from visiona.kit.listen import bind_socket  # noqa: PLC0415 - idem
-    from visiona.kit.preflight import PreflightError, check_dependencies  # noqa: PLC0415
     from visiona.kit.serve import server_config  # noqa: PLC0415 - idem
     from visiona.malloc import tune_malloc  # noqa: PLC0415 - idem
 
@@ -117,17 +124,48 @@ def serve(
     if updates:
         settings = settings.model_copy(update=updates)
     _logging(settings)
+    if workers > 1 and not settings.redis_url:
+        _fail(
+            "--workers needs VISIONA_REDIS_URL (workers share sessions, rate limits "
+            "and the tunnel registry in Redis)",
+            2,
+        )
     _check_storage(settings)
     try:
-        listener = bind_socket(settings.host, settings.port)
+        listener = bind_socket(
+            settings.host, settings.port, reuse_port=workers > 1 or worker is not None
+        )
     except OSError as err:
         _fail(f"cannot listen on {settings.host}:{settings.port} ({err.strerror or err})")
         raise  # unreachable: _fail exits
-    if settings.clustered and not settings.node_url:
+    sockets = [listener]
+    if worker is not None:
+        from visiona.cluster.workers import worker_settings  # noqa: PLC0415 - workers only
+
+        internal = bind_socket(settings.host, 0)
+        sockets.append(internal)
+        settings = worker_settings(settings, worker, internal)
+    elif settings.clustered and not settings.node_url:
         # port 0 works: a cluster node tells the others the address it really got
         bound_host, bound_port = listener.getsockname()[:2]
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
         settings = settings.model_copy(update={"node_url": f"http://{shown}:{bound_port}"})
+    _prepare_database(settings, migrate=migrate)
+    if workers > 1:
+        _supervise(settings, listener, workers)
+        return
+    if worker is None:  # the supervisor seeded already
+        seed_demo_at_startup(settings)
+    tune_malloc()
+    config = server_config(create_app(settings), settings)
+    _make_server(config, listener).run(sockets=sockets)
+
+
+def _prepare_database(settings: Settings, *, migrate: bool) -> None:
+    """Reach every dependency; apply migrations on SQLite or when asked, else refuse."""
+    from visiona.kit import migrate as migrations  # noqa: PLC0415 - server commands only
+    from visiona.kit.preflight import PreflightError, check_dependencies  # noqa: PLC0415
+
     try:
         status = _arun(check_dependencies(settings))
     except PreflightError as err:
@@ -141,10 +179,26 @@ def serve(
                 f"database {settings.database_target} has {len(status.pending)} pending "
                 "migration(s); run `visiona migrate up` or `visiona serve --migrate`"
             )
+
+
+def _supervise(settings: Settings, listener: Any, count: int) -> None:
+    """Run ``count`` workers on the reserved port until stopped (see visiona.cluster.workers)."""
+    from visiona.cluster.workers import Supervisor, worker_env  # noqa: PLC0415 - idem
+
     seed_demo_at_startup(settings)
-    tune_malloc()
-    config = server_config(create_app(settings), settings)
-    _make_server(config, listener).run(sockets=[listener])
+    bound_host, bound_port = listener.getsockname()[:2]
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    logging.getLogger("visiona.serve").info(
+        "visiona running on http://%s:%d with %d workers (Ctrl+C to stop)",
+        shown,
+        bound_port,
+        count,
+    )
+    # The reservation stays bound (not listening) so the port stays ours meanwhile.
+    code = Supervisor(count, settings.host, bound_port, worker_env(settings)).run()
+    listener.close()
+    if code:
+        raise typer.Exit(code)
 
 
 def _server_class() -> Any:
@@ -262,6 +316,38 @@ def migrate_status() -> None:
     typer.echo(f"current:  {status.current or 'base (empty)'}")
     typer.echo(f"head:     {status.head}")
     typer.echo(f"pending:  {', '.join(status.pending) if status.pending else 'none'}")
+
+
+@client_commands.audit_app.command("prune")
+def audit_prune(
+    days: Annotated[
+        int | None,
+        typer.Option("--days", min=1, help="Keep this many days (VISIONA_AUDIT_RETENTION_DAYS)."),
+    ] = None,
+) -> None:
+    """Delete audit events older than the retention, 1000 rows per short transaction."""
+    from visiona.audit.retention import prune  # noqa: PLC0415 - server commands only
+    from visiona.kit.database import Database  # noqa: PLC0415 - idem
+
+    settings = _settings()
+    _logging(settings, verbose=False)
+    status = _require_reachable(settings)
+    if not status.up_to_date:
+        _fail(
+            f"database {settings.database_target} has {len(status.pending)} pending "
+            "migration(s); run `visiona migrate up` first"
+        )
+    retention = days or settings.audit_retention_days
+
+    async def run() -> int:
+        db = Database(settings.build_engine(), settings.database_target)
+        try:
+            return await prune(db, retention)
+        finally:
+            await db.dispose()
+
+    deleted = _arun(run())
+    typer.echo(f"deleted {deleted} audit event(s) older than {retention} day(s)")
 
 
 def _check_storage(settings: Settings) -> None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 from fastapi import FastAPI
 from sqlalchemy import select
 
-from tests.devices.helpers import runtime
+from tests.devices.helpers import API, runtime
+from tests.support.api import User
 from visiona.audit.repository import AuditEvent
 from visiona.kit.records import build, columns_of
 from visiona.kit.schema import audit_events
@@ -28,3 +30,20 @@ async def stored_events(app: FastAPI, **where: Any) -> list[AuditEvent]:
 async def actions(app: FastAPI, **where: Any) -> list[str]:
     """The actions of the stored events ``where`` selects, oldest first."""
     return [event.action for event in await stored_events(app, **where)]
+
+
+async def trail(client: httpx.AsyncClient, user: User, **params: Any) -> list[dict[str, Any]]:
+    """The user's events, newest first (one page of 200), as the API returns them."""
+    response = await client.get(
+        f"{API}/audit-events", params={"limit": 200, **params}, headers=user.headers
+    )
+    assert response.status_code == 200, response.text
+    items: list[dict[str, Any]] = response.json()["items"]
+    return items
+
+
+def only(items: list[dict[str, Any]], action: str) -> dict[str, Any]:
+    """The one event of ``action`` among ``items``."""
+    found = [item for item in items if item["action"] == action]
+    assert len(found) == 1, (action, [item["action"] for item in items])
+    return found[0]

@@ -12,11 +12,12 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tests.audit.helpers import stored_events
-from tests.devices.helpers import API, runtime
+from tests.devices.helpers import API, paired_device, runtime
 from tests.support.api import signup
 from visiona.audit import service as audit
 from visiona.audit.repository import AuditEvent, EventFilter
 from visiona.audit.service import SYSTEM, Actor
+from visiona.devices import service as devices
 from visiona.kit.pagination import PageRequest
 from visiona.kit.schema import pairing_tokens
 from visiona.tokens import service as tokens
@@ -30,7 +31,7 @@ async def test_an_event_commits_with_its_change(app: FastAPI, client: httpx.Asyn
     owner = uuid.UUID((await signup(client)).id)
     async with runtime(app).db.transaction() as conn:
         issued = await tokens.create_pairing_token(conn, owner, 60)
-    (event,) = await stored_events(app, owner_id=owner)
+    (event,) = await stored_events(app, owner_id=owner, target_type="pairing_token")
     assert event.action == "pairing_token.created"
     assert event.target_type == "pairing_token"
     assert event.target_id == issued.id
@@ -48,7 +49,9 @@ async def test_a_failure_after_the_change_leaves_neither_change_nor_event(
     async def create_then_fail() -> None:
         async with runtime(app).db.transaction() as conn:
             await tokens.create_pairing_token(conn, owner, 60)
-            seen.extend(e.action for e in await _events_on(conn, owner))
+            seen.extend(
+                e.action for e in await _events_on(conn, owner) if e.target_type == "pairing_token"
+            )
             raise _InjectedError
 
     with pytest.raises(_InjectedError):
@@ -137,3 +140,26 @@ async def test_an_unknown_action_is_refused(app: FastAPI) -> None:
             await audit.record(
                 conn, "device.teleported", actor=SYSTEM, owner_id=None, target_id=None
             )
+
+
+async def test_an_unpair_that_fails_after_its_change_leaves_the_device_tokens_and_trail(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    user = await signup(client)
+    owner = uuid.UUID(user.id)
+    device = await paired_device(client, user)
+    device_id = uuid.UUID(device["device_id"])
+
+    async def unpair_then_fail() -> None:
+        async with runtime(app).db.transaction() as conn:
+            await devices.unpair_device(conn, owner, device_id)
+            raise _InjectedError
+
+    with pytest.raises(_InjectedError):
+        await unpair_then_fail()
+    assert await stored_events(app, action="device.unpaired", device_id=device_id) == []
+    fetched = await client.get(f"{API}/devices/{device_id}", headers=user.headers)
+    assert fetched.status_code == 200  # still live
+    async with runtime(app).db.reading() as conn:
+        identity = await tokens.authenticate_device(conn, device["session_token"])
+    assert identity.device_id == device_id  # its session token still holds

@@ -114,12 +114,14 @@ def cluster_env(
     return node_env(**{**base, **settings})
 
 
-def spawn_node(name: str, env: dict[str, str]) -> tuple[str, subprocess.Popen[bytes], Path]:
-    """Start `visiona serve` on port 0 (see :func:`wait_node`)."""
+def spawn_node(
+    name: str, env: dict[str, str], *args: str
+) -> tuple[str, subprocess.Popen[bytes], Path]:
+    """Start `visiona serve [args]` on port 0 (see :func:`wait_node`)."""
     log = Path(tempfile.mkstemp(prefix=f"visiona-{name}-", suffix=".log")[1])
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "visiona", "serve"],
+            [sys.executable, "-m", "visiona", "serve", *args],
             env={**env, "VISIONA_HOST": "127.0.0.1", "VISIONA_PORT": "0"},
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -29,7 +29,7 @@ from tests.deployments.helpers import (
     read_request,
 )
 from tests.devices.helpers import pairing_token
-from tests.support.api import error_code, signup
+from tests.support.api import User, error_code, signup
 from tests.tunnel.device_service import device_app
 from tests.tunnel.support import API, StreamHandler, connect_agent, wait_for
 from visiona.agent.runner import Agent, AgentOptions
@@ -57,22 +57,30 @@ async def device_port() -> AsyncIterator[int]:
         yield service.port
 
 
+async def _agent_options(
+    http: httpx.AsyncClient, user: User, lb: NginxServer, device_port: int, tmp_path: Path
+) -> AgentOptions:
+    """The real agent's options: the balancer as its server, a fresh pairing token."""
+    return AgentOptions(
+        server=lb.url,
+        forward_host="127.0.0.1",
+        forward_port=device_port,
+        session_file=tmp_path / "session.json",
+        pairing_token=(await pairing_token(http, user))["token"],
+        serial_number=f"SN-{uuid.uuid4().hex[:10]}",
+        usb_poll_interval=0.2,
+    )
+
+
 async def test_the_owner_killed_answers_502_quickly_then_the_agent_is_back_through_nginx(
     cluster: Balanced, device_port: int, tmp_path: Path
 ) -> None:
     lb = cluster.lb
     async with httpx.AsyncClient(base_url=lb.url, timeout=30) as via_lb:
         user = await signup(via_lb)
-        options = AgentOptions(
-            server=lb.url,
-            forward_host="127.0.0.1",
-            forward_port=device_port,
-            session_file=tmp_path / "session.json",
-            pairing_token=(await pairing_token(via_lb, user))["token"],
-            serial_number=f"SN-{uuid.uuid4().hex[:10]}",
-            usb_poll_interval=0.2,
+        agent = Agent(
+            await _agent_options(via_lb, user, lb, device_port, tmp_path), stable_after=0.0
         )
-        agent = Agent(options, stable_after=0.0)
         stop = asyncio.Event()
         running = asyncio.create_task(agent.run(stop))
         try:
@@ -175,15 +183,46 @@ async def test_transfers_the_killed_node_ran_are_failed_and_none_stays_transferr
         assert record["finished_at"] is not None
 
 
-async def test_a_stopped_node_leaves_its_peer_serving_through_nginx(cluster: Balanced) -> None:
-    # A graceful stop (SIGTERM, as when draining for an upgrade): the balancer sends
-    # everything to the other node and sessions still hold there.
-    async with httpx.AsyncClient(base_url=cluster.lb.url, timeout=30) as via_lb:
+async def test_a_drained_node_hands_its_agent_and_its_traffic_to_the_other_through_nginx(
+    cluster: Balanced, device_port: int, tmp_path: Path
+) -> None:
+    # A graceful stop (SIGTERM, as when draining a node for an upgrade).
+    lb = cluster.lb
+    async with httpx.AsyncClient(base_url=lb.url, timeout=30) as via_lb:
         user = await signup(via_lb)
-        cluster.b.stop()
-        for _ in range(4):
-            me = await via_lb.get(f"{API}/auth/me", headers=user.headers)
-            assert me.status_code == 200
-        health = await via_lb.get("/healthz")
-        assert health.status_code == 200
-    assert cluster.a.proc.poll() is None
+        agent = Agent(
+            await _agent_options(via_lb, user, lb, device_port, tmp_path), stable_after=0.0
+        )
+        stop = asyncio.Event()
+        running = asyncio.create_task(agent.run(stop))
+        try:
+            await asyncio.wait_for(agent.connected.wait(), 60)
+            device_id = (await via_lb.get(f"{API}/devices", headers=user.headers)).json()["items"][
+                0
+            ]["id"]
+            echo = f"{API}/devices/{device_id}/proxy/echo/x"
+
+            async def leased() -> bool:
+                return await cluster.owner(device_id) is not None
+
+            await wait_for(leased)
+            holder, other = (
+                (cluster.a, cluster.b)
+                if await cluster.owner(device_id) == "node-a"
+                else (cluster.b, cluster.a)
+            )
+            await asyncio.to_thread(holder.stop)
+            # uvicorn ends by re-raising SIGTERM; the log says the shutdown completed.
+            assert "Application shutdown complete." in holder.log.read_text()
+
+            async def back() -> bool:
+                return (await via_lb.get(echo, headers=user.headers)).status_code == 200
+
+            await wait_for(back, limit=60)
+            assert await cluster.owner(device_id) == f"node-{other.name}"
+            for _ in range(4):  # every request now reaches the remaining node
+                me = await via_lb.get(f"{API}/auth/me", headers=user.headers)
+                assert me.status_code == 200
+        finally:
+            stop.set()
+            await asyncio.wait_for(running, 30)

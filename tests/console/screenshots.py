@@ -130,6 +130,8 @@ def _photograph(live: Live, account: Account, device_id: str, out: Path) -> None
         _shoot(page, out, "models")
         page.goto("/pairing-tokens")
         _shoot(page, out, "pairing-tokens")
+        page.goto("/activity")
+        _shoot(page, out, "activity")
         page.goto("/account")
         _shoot(page, out, "account")
         dark = browser.new_context(base_url=live.url, viewport=PHONE, color_scheme="dark")

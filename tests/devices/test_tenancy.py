@@ -32,6 +32,12 @@ async def test_another_users_resources_are_404_on_every_route(
             None,
             f"/devices/{missing_device}/session-tokens",
         ),
+        (
+            "GET",
+            f"/devices/{device_id}/audit-events",
+            None,
+            f"/devices/{missing_device}/audit-events",
+        ),
         ("DELETE", f"/session-tokens/{session_id}", None, f"/session-tokens/{uuid.uuid4()}"),
         ("DELETE", f"/pairing-tokens/{unused['id']}", None, f"/pairing-tokens/{uuid.uuid4()}"),
         (
@@ -54,6 +60,9 @@ async def test_another_users_resources_are_404_on_every_route(
     assert (await client.get(f"{API}/devices", headers=intruder.headers)).json()["items"] == []
     tokens = await client.get(f"{API}/pairing-tokens", headers=intruder.headers)
     assert tokens.json()["items"] == []
+    trail = await client.get(f"{API}/audit-events", headers=intruder.headers)
+    assert {item["actor_id"] for item in trail.json()["items"]} == {intruder.id}
+    assert device_id not in trail.text
 
     # and nothing of the owner's changed
     fetched = await client.get(f"{API}/devices/{device_id}", headers=owner.headers)

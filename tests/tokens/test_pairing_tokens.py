@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -117,3 +118,24 @@ async def test_pairing_tokens_need_authentication(client: httpx.AsyncClient) -> 
     assert (await client.post(f"{API}/pairing-tokens")).status_code == 401
     assert (await client.get(f"{API}/pairing-tokens")).status_code == 401
     assert (await client.delete(f"{API}/pairing-tokens/{'0' * 64}")).status_code == 401
+
+
+async def test_no_response_of_the_token_lists_carries_a_hash(client: httpx.AsyncClient) -> None:
+    user = await signup(client)
+    created = [await pairing_token(client, user) for _ in range(3)]
+    digests = {hash_token(token["token"]) for token in created}
+    seen_ids: list[str] = []
+    cursor = None
+    while True:
+        params = {"limit": 1, **({"cursor": cursor} if cursor else {})}
+        page = await client.get(f"{API}/pairing-tokens", params=params, headers=user.headers)
+        assert page.status_code == 200
+        cursor = page.json()["next_cursor"]
+        decoded = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)) if cursor else b""
+        for digest in digests:
+            assert digest not in page.text
+            assert digest.encode() not in decoded
+        seen_ids += [item["id"] for item in page.json()["items"]]
+        if cursor is None:
+            break
+    assert seen_ids == [token["id"] for token in created]

@@ -80,3 +80,23 @@ async def test_data_and_an_eof_one_iteration_later_leave_in_one_write() -> None:
     assert len(transport.messages) == 1
     assert _kinds(transport.messages[0]) == [(WINDOW_UPDATE, SYN), (DATA, 0), (WINDOW_UPDATE, FIN)]
     await session.close()
+
+
+async def test_a_fin_answering_the_peers_fin_leaves_with_the_next_stream() -> None:
+    transport = CountingTransport()
+    session = Session(transport, client=True, config=Config(enable_keepalive=False))
+    first = await session.open_stream()
+    first.write(b"request")
+    await _iterations(3)
+    transport.feed(frame(WINDOW_UPDATE, ACK, 1, 0) + data(1, b"answer", flags=FIN))
+    assert await first.read() == b"answer"
+    first.close()  # our FIN ends the stream: it waits for company
+    await _iterations(3)
+    second = await session.open_stream()
+    second.write(b"next")
+    await _iterations(3)
+    assert [_kinds(m) for m in transport.messages] == [
+        [(WINDOW_UPDATE, SYN), (DATA, 0)],
+        [(WINDOW_UPDATE, FIN), (WINDOW_UPDATE, SYN), (DATA, 0)],
+    ]
+    await session.close()

@@ -63,6 +63,18 @@ class Actor:
 SYSTEM = Actor("system")
 
 
+_last_event_time: list[datetime] = []
+
+
+def _event_time() -> datetime:
+    """Now, but never at or before the previous event of this process (1 µs later then)."""
+    now = utcnow()
+    if _last_event_time and now <= _last_event_time[0]:
+        now = _last_event_time[0] + timedelta(microseconds=1)
+    _last_event_time[:] = [now]
+    return now
+
+
 def _checked_detail(action: str, detail: Mapping[str, Any] | None) -> dict[str, Any]:
     clean: dict[str, Any] = {}
     for key, value in (detail or {}).items():
@@ -98,14 +110,14 @@ async def record(
     detail: Mapping[str, Any] | None = None,
     client_addr: str | None = None,
     request_id: str | None = None,
-    now: datetime | None = None,
 ) -> uuid.UUID:
     """Append an event on ``conn`` (the caller's transaction); its id.
 
     ``owner_id`` is the user whose trail it is; ``device_id`` the device it concerns
     (the device's page lists it). The target type comes from the catalogue. An
     unknown action or a detail that names a secret is a programming error
-    (``ValueError``), never written.
+    (``ValueError``), never written. ``occurred_at`` is strictly increasing within
+    this process, so the events of one unit of work list in the order they happened.
     """
     known = ACTIONS.get(action)
     if known is None:
@@ -113,7 +125,7 @@ async def record(
     event_id = uuid.uuid4()
     values = {
         "id": event_id,
-        "occurred_at": now or utcnow(),
+        "occurred_at": _event_time(),
         "owner_id": owner_id,
         "actor_type": actor.type,
         "actor_id": actor.id,

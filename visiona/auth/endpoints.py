@@ -19,6 +19,7 @@ from visiona.kit.errors import (
     UnauthorizedError,
 )
 from visiona.kit.http import error_responses
+from visiona.kit.tokens import hash_token
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 
@@ -61,7 +62,21 @@ async def login(
     # unit of work: its own, only for the lookup: the slow check runs after it
     async with runtime.db.transaction() as conn:
         user = await service.find_login_user(conn, body.email)
-    result = await service.login(runtime.sessions, user, password=body.password)
+    try:
+        result = await service.login(runtime.sessions, user, password=body.password)
+    except InvalidCredentialsError:
+        # unit of work: its own, short, for the audit event of the failure
+        async with runtime.db.transaction() as conn:
+            await service.record_sign_in_failed(conn, body.email, user)
+        raise
+    try:
+        # unit of work: its own, for the audit event; the session lives in the store
+        async with runtime.db.transaction() as conn:
+            await service.record_sign_in(conn, result.user)
+    except BaseException:
+        # no session without its event
+        await runtime.sessions.delete(hash_token(result.token))
+        raise
     response.set_cookie(
         settings.cookie_name,
         result.token,
@@ -84,9 +99,9 @@ async def login(
     summary="Sign out",
     responses=error_responses(UnauthorizedError, CsrfError),
 )
-async def logout(principal: CurrentPrincipal, runtime: RuntimeDep) -> Response:
+async def logout(principal: CurrentPrincipal, conn: Conn, runtime: RuntimeDep) -> Response:
     """End the current web session and clear the cookie."""
-    await service.logout(runtime.sessions, principal.token)
+    await service.logout(conn, runtime.sessions, principal.user_id, principal.token)
     response = Response(status_code=status.HTTP_204_NO_CONTENT)
     response.delete_cookie(runtime.settings.cookie_name, path="/")
     return response

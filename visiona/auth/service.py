@@ -1,4 +1,9 @@
-"""Use cases for users and web sessions. Opens no transaction of its own."""
+"""Use cases for users and web sessions. Opens no transaction of its own.
+
+Each records its audit event on the connection it is given. A web session lives in
+the session store, not in SQL, so sign-in and sign-out pair the store's change with
+the event's transaction at the edge (see :mod:`visiona.auth.endpoints`).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,8 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from visiona.audit import service as audit
+from visiona.audit.service import Actor
 from visiona.auth import repository
 from visiona.auth.passwords import verify_password
 from visiona.auth.repository import Credentials, User
@@ -26,14 +33,23 @@ async def register(conn: AsyncConnection, *, email: str, password_hash: str, nam
     """
     if await repository.get_by_email(conn, email) is not None:
         raise ConflictError("An account with this email already exists.")
-    return await repository.insert_user(
+    now = utcnow()
+    user = await repository.insert_user(
         conn,
         user_id=uuid.uuid4(),
         email=email,
         name=name,
         password_hash=password_hash,
-        now=utcnow(),
+        now=now,
     )
+    await audit.record(
+        conn,
+        "user.registered",
+        actor=Actor.user(user.id),
+        owner_id=user.id,
+        target_id=user.id,
+    )
+    return user
 
 
 @dataclass(frozen=True)
@@ -77,6 +93,41 @@ async def login(sessions: SessionStore, found: Credentials | None, *, password: 
     return LoginResult(user=found.user(), token=token, session=session)
 
 
-async def logout(sessions: SessionStore, token: str) -> None:
-    """End the session of ``token``."""
+async def record_sign_in(conn: AsyncConnection, user: User) -> None:
+    """Record ``user.signed_in``."""
+    await audit.record(
+        conn, "user.signed_in", actor=Actor.user(user.id), owner_id=user.id, target_id=user.id
+    )
+
+
+async def record_sign_in_failed(
+    conn: AsyncConnection, email: str, found: Credentials | None
+) -> None:
+    """Record ``user.sign_in_failed`` with the email as typed (never the password).
+
+    The trail is the named account's when one exists; otherwise the event has no
+    owner and no user sees it (an operator can, in the database).
+    """
+    owner = found.id if found is not None else None
+    await audit.record(
+        conn,
+        "user.sign_in_failed",
+        actor=Actor("user", owner),
+        owner_id=owner,
+        target_id=owner,
+        detail={"email": email},
+    )
+
+
+async def logout(
+    conn: AsyncConnection, sessions: SessionStore, user_id: uuid.UUID, token: str
+) -> None:
+    """Record ``user.signed_out`` on ``conn``, then end the session of ``token``.
+
+    The event is written first: if ending the session fails, the caller's unit of
+    work rolls the event back.
+    """
+    await audit.record(
+        conn, "user.signed_out", actor=Actor.user(user_id), owner_id=user_id, target_id=user_id
+    )
     await sessions.delete(hash_token(token))

@@ -1,4 +1,4 @@
-"""Client commands: login/logout, models, devices, deployments and pairing tokens.
+"""Client commands: login/logout, models, devices, deployments, pairing tokens, audit trail.
 
 They talk to a running server over HTTP with the session token saved by ``login``
 (:mod:`visiona.client.config`). Every failure prints one line, ``error: ...``, on
@@ -47,6 +47,12 @@ deployments_app = typer.Typer(
 pairing_app = typer.Typer(
     rich_markup_mode=None,
     help="One-time pairing tokens that let an agent join your account.",
+    no_args_is_help=True,
+)
+
+audit_app = typer.Typer(
+    rich_markup_mode=None,
+    help="The audit trail: who did what to your account and devices.",
     no_args_is_help=True,
 )
 
@@ -559,6 +565,62 @@ def revoke_pairing_token(
     typer.echo(f"revoked {token_id}")
 
 
+# -- audit trail ----------------------------------------------------------------------
+
+
+@audit_app.command("list")
+@one_line_errors
+def list_audit_events(
+    device_id: Annotated[
+        str | None, typer.Option("--device", metavar="ID", help="Only this device's history.")
+    ] = None,
+    action: Annotated[
+        str | None, typer.Option("--action", help="Only this action, e.g. device.paired.")
+    ] = None,
+    limit: Annotated[
+        int, typer.Option("--limit", min=1, help="At most this many events (newest first).")
+    ] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+    server: ServerOption = None,
+) -> None:
+    """List your audit events, newest first (yours, your devices' and the server's on them)."""
+    path = "/audit-events" if device_id is None else f"/devices/{_path_id(device_id)}/audit-events"
+    query = {"limit": str(min(limit, 200))}
+    if action:
+        query["action"] = action
+    items: list[dict[str, Any]] = []
+    with _session(server) as api:
+        for item in api.pages(path, query):
+            items.append(item)
+            if len(items) >= limit:
+                break
+    if as_json:
+        for item in items:
+            _echo_json(item)
+        return
+    typer.echo(render_audit_events(items))
+
+
+def render_audit_events(items: list[dict[str, Any]]) -> str:
+    """The events as a plain table (one line per event)."""
+    table = _table("time", "action", "actor", "target", "from", "detail")
+    for item in items:
+        actor = str(item.get("actor_type", ""))
+        if item.get("actor_id"):
+            actor += f" {str(item['actor_id'])[:8]}"
+        target = f"{item.get('target_type', '')} {str(item.get('target_id') or '')[:8]}"
+        detail = ", ".join(f"{k}={_plain(v)}" for k, v in (item.get("detail") or {}).items())
+        table.add_row(
+            str(item.get("occurred_at", ""))[:19].replace("T", " "),
+            str(item.get("action", "")),
+            actor,
+            target.strip(),
+            str(item.get("client_addr") or ""),
+            detail,
+        )
+    return _text(table) + f"{len(items)} event(s)"
+
+
 def register(app: typer.Typer) -> None:
     """Add the client commands to the root ``visiona`` command."""
     app.command("login")(login)
@@ -567,3 +629,4 @@ def register(app: typer.Typer) -> None:
     app.add_typer(devices_app, name="devices")
     app.add_typer(deployments_app, name="deployments")
     app.add_typer(pairing_app, name="pairing-tokens")
+    app.add_typer(audit_app, name="audit")

@@ -16,6 +16,9 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from visiona.audit import service as audit
+from visiona.audit.catalogue import ACTIONS
+from visiona.audit.repository import EventFilter
 from visiona.auth import repository as users
 from visiona.auth.dependencies import CurrentPrincipal, Principal, current_principal
 from visiona.auth.schemas import RegisterRequest
@@ -199,6 +202,9 @@ async def device_page(
         lambda page: models.list_models(conn, owner, chip=None, source=None, page=page)
     )
     history = await deployments.list_deployments(conn, owner, parsed, PageRequest(limit=50))
+    events = await audit.list_events(
+        conn, EventFilter(owner_id=owner, device_id=parsed), PageRequest(limit=50)
+    )
     chip = str(field(device, "device_type") or "").strip().lower()
     return render(
         request,
@@ -211,6 +217,8 @@ async def device_page(
         model_names={str(field(m, "id")): field(m, "name") for m in every_model},
         deployable=[m for m in every_model if field(m, "target_chip") == chip],
         chip=chip,
+        history=events.items,
+        user_id=owner,
     )
 
 
@@ -298,6 +306,38 @@ async def pairing_token_state(token_id: str, principal: CurrentPrincipal, conn: 
                 device = None
         return JSONResponse({"used": field(token, "used_at") is not None, "device": device})
     raise NotFoundError("Pairing token not found.")
+
+
+@router.get("/activity")
+async def activity_page(  # noqa: PLR0917 - FastAPI injects query parameters by name
+    request: Request,
+    principal: CurrentPrincipal,
+    conn: Conn,
+    runtime: RuntimeDep,
+    action: Text = "",
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+) -> Response:
+    """The account's audit trail, newest first, 50 a page, optionally one kind of event."""
+    action = action if action in ACTIONS else ""
+    spec = EventFilter(owner_id=principal.user_id, action=action or None)
+    found = await audit.list_events(conn, spec, PageRequest(limit=50, cursor=cursor))
+    names = {
+        str(field(d, "id")): str(field(d, "name"))
+        for d in await _all_devices(conn, runtime, principal.user_id)
+    }
+    return render(
+        request,
+        "activity.html",
+        title="Activity",
+        nav="activity",
+        events=found.items,
+        next_cursor=found.next_cursor,
+        action=action,
+        actions=list(ACTIONS),
+        device_names=names,
+        user_id=principal.user_id,
+        retention_days=runtime.settings.audit_retention_days,
+    )
 
 
 @router.get("/account")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from visiona.audit.catalogue import ACTIONS
 from visiona.kit.pagination import MAX_LIMIT, PageRequest
 
 if TYPE_CHECKING:
@@ -154,6 +155,32 @@ def short_id(value: str | uuid.UUID | None, length: int = 12) -> str:
     return str(value or "")[:length]
 
 
+def event_summary(event: Any) -> str:
+    """What an audit event means, in words (the catalogue's summary)."""
+    action = str(field(event, "action") or "")
+    known = ACTIONS.get(action)
+    return known.summary.split(". ")[0].rstrip(".") if known else action
+
+
+def event_actor(event: Any, user_id: Any, device_names: Mapping[str, str]) -> str:
+    """Who acted: "You", a device by name, or "visionA" for the server itself."""
+    kind, actor = field(event, "actor_type"), field(event, "actor_id")
+    if kind == "user":
+        return "You" if actor is not None and str(actor) == str(user_id) else "Someone"
+    if kind == "device":
+        return device_names.get(str(actor), f"Device {short_id(actor, 8)}")
+    return "visionA"
+
+
+def event_detail(event: Any) -> str:
+    """The detail fields as ``name: value`` pairs (lists joined, ids shortened)."""
+    parts = []
+    for key, value in (field(event, "detail") or {}).items():
+        shown = ", ".join(str(v) for v in value) if isinstance(value, list) else str(value)
+        parts.append(f"{key.replace('_', ' ')}: {shown if shown else '—'}")
+    return "; ".join(parts)
+
+
 def environment() -> Environment:
     """The console's Jinja2 environment: autoescaped templates from the package.
 
@@ -175,6 +202,9 @@ def environment() -> Environment:
         pairing_state=pairing_state,
         session_state=session_state,
         deployment_badge=deployment_badge,
+        event_summary=event_summary,
+        event_actor=event_actor,
+        event_detail=event_detail,
     )
     return env
 

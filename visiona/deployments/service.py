@@ -5,7 +5,8 @@ file size and ``deploy_answer_timeout``) and answers with the record in its fina
 state. Every state change is its own short transaction (:func:`prepare`,
 :func:`mark`); no database connection is held while bytes move through the tunnel.
 A request cancelled mid-transfer (client gone, server shutting down) still marks
-its record ``failed``.
+its record ``failed``. The request and each final state record their audit event in
+the same transaction.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from visiona.audit import service as audit
+from visiona.audit.service import SYSTEM, Actor
 from visiona.deployments import repository
 from visiona.deployments.repository import Deployment
 from visiona.deployments.schemas import DeploymentOut, DeploymentStatus
@@ -39,6 +41,10 @@ if TYPE_CHECKING:
 _LOGGER = logging.getLogger(__name__)
 
 OFFLINE_REASON = "the device is not connected"
+_FINAL_ACTIONS = {
+    DeploymentStatus.SUCCEEDED: "deployment.succeeded",
+    DeploymentStatus.FAILED: "deployment.failed",
+}
 
 
 class ChipMismatchError(ConflictError):
@@ -174,6 +180,15 @@ async def prepare(
         running = await repository.get_active(conn, device_id)
         # the running one may have ended between the insert and this read: say so anyway
         raise DeploymentInProgressError(running.id if running else uuid.UUID(int=0))
+    await audit.record(
+        conn,
+        "deployment.requested",
+        actor=Actor.user(owner_id),
+        owner_id=owner_id,
+        target_id=deployment.id,
+        device_id=device_id,
+        detail={"model_id": str(model_id)},
+    )
     file = ModelFile(
         model_id=model.id,
         storage_key=model.storage_key,
@@ -189,15 +204,31 @@ async def mark(
 ) -> Deployment:
     """Move the deployment to ``status`` in its own transaction; return the record.
 
-    A record that is already final is left as it is (and returned as it is).
+    A record that is already final is left as it is (and returned as it is). Reaching
+    a final state records ``deployment.succeeded`` or ``deployment.failed`` (with the
+    reason) in the same transaction, the system as actor.
     """
     # unit of work: the named exception of a service opening its own — the transfer
     # records each state change in a short transaction of its own, so nothing is held
     # open while the file crosses the tunnel (docs/database.md, "Unit of work").
     async with db.transaction() as conn:
+        now = utcnow()
         record = await repository.set_status(
-            conn, deployment_id, status=status, now=utcnow(), error=error
+            conn, deployment_id, status=status, now=now, error=error
         )
+        if record is not None and status in _FINAL_ACTIONS:
+            detail: dict[str, str] = {"model_id": str(record.model_id)}
+            if status is DeploymentStatus.FAILED:
+                detail["reason"] = record.error or ""
+            await audit.record(
+                conn,
+                _FINAL_ACTIONS[status],
+                actor=SYSTEM,
+                owner_id=record.owner_user_id,
+                target_id=record.id,
+                device_id=record.device_id,
+                detail=detail,
+            )
         if record is None:
             record = await repository.get_deployment(conn, deployment_id)
     if record is None:  # pragma: no cover - records are never deleted

@@ -106,13 +106,11 @@ async def create_device(
     )
     if device is None:
         raise ConflictError("A device with this serial number is already registered.")
-    await _record_created(conn, device, Actor.user(owner_user_id), "api", now)
+    await _record_created(conn, device, Actor.user(owner_user_id), "api")
     return device
 
 
-async def _record_created(
-    conn: AsyncConnection, device: Device, actor: Actor, via: str, now: datetime
-) -> None:
+async def _record_created(conn: AsyncConnection, device: Device, actor: Actor, via: str) -> None:
     await audit.record(
         conn,
         "device.created",
@@ -121,7 +119,6 @@ async def _record_created(
         target_id=device.id,
         device_id=device.id,
         detail={"via": via, "serial_number": device.serial_number},
-        now=now,
     )
 
 
@@ -187,7 +184,6 @@ async def rename_device(
             target_id=device_id,
             device_id=device_id,
             detail={"from": before.name, "to": name},
-            now=now,
         )
     return device
 
@@ -224,7 +220,6 @@ async def unpair_device(
             "revoked_pairing_tokens": [str(i) for i in revoked.pairing_tokens],
             "revoked_session_tokens": [str(i) for i in revoked.session_tokens],
         },
-        now=now,
     )
     return Unpaired(
         device_id=device_id,
@@ -290,7 +285,7 @@ async def pair(
     )
     actor = Actor.device(device.id)
     if new_device:
-        await _record_created(conn, device, actor, "pairing", now)
+        await _record_created(conn, device, actor, "pairing")
     await audit.record(
         conn,
         "device.paired",
@@ -299,7 +294,6 @@ async def pair(
         target_id=device.id,
         device_id=device.id,
         detail={"pairing_token_id": str(used.public_id), "serial_number": serial_number},
-        now=now,
     )
     session = await tokens.issue_session_token(
         conn, settings, pairing=used, device_id=device.id, now=now

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
 
     from redis.asyncio import Redis
 
+    from visiona.audit.retention import Pruner
     from visiona.auth.sessions import SessionStore
     from visiona.cluster.service import Cluster
     from visiona.kit.database import Database
@@ -45,6 +46,8 @@ class Runtime:
     hub: TunnelHub | None = None
     # This node's cluster membership (registry, forwarder); None on a single node.
     cluster: Cluster | None = None
+    # Deletes expired audit events (the audit feature); started in the lifespan.
+    audit_pruner: Pruner | None = None
 
     async def device_revoked(self, device_id: uuid.UUID) -> None:
         """Run every revocation hook for ``device_id``; one failing hook stops no other.

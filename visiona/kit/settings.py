@@ -186,6 +186,20 @@ class Settings(BaseSettings):
         "the device is in progress or its agent reports the local service busy.",
     )
 
+    # -- audit trail (audit feature) ------------------------------------------
+    audit_retention_days: int = Field(
+        365,
+        ge=1,
+        description="Days an audit event is kept; older ones are deleted by `visiona audit "
+        "prune` and by the server (in batches of 1000 rows, each its own short transaction).",
+    )
+    audit_prune_interval: float = Field(
+        3600.0,
+        gt=0,
+        description="Seconds between the server's own prunes of expired audit events "
+        "(one at start-up, then one per interval).",
+    )
+
     # -- cluster (several nodes behind one address) ---------------------------
     node_id: str | None = Field(
         None,

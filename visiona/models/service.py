@@ -6,6 +6,7 @@ held, however long it takes), then the record is written (:func:`create_model` o
 :func:`replace_file`) in a short unit of work opened by the caller. The caller
 deletes the new object if that unit of work fails, and deletes a replaced object
 only after it committed (:func:`visiona.models.storage.ObjectStorage.delete_quietly`).
+Each change records its audit event in the same unit of work.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import Any
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from visiona.audit import service as audit
+from visiona.audit.service import Actor
 from visiona.kit.clock import utcnow
 from visiona.kit.errors import NotFoundError, StorageUnavailableError, ValidationFailedError
 from visiona.kit.jsonlimits import JsonTooDeepError, loads_bounded
@@ -149,6 +152,14 @@ async def create_model(
     )
     if model is None:  # a fresh uuid4 cannot collide with a live row of someone else
         raise _not_found()
+    await audit.record(
+        conn,
+        "model.uploaded",
+        actor=Actor.user(owner_id),
+        owner_id=owner_id,
+        target_id=model.id,
+        detail={"name": model.name, "target_chip": model.target_chip, "file_size": stored.size},
+    )
     return model
 
 
@@ -194,6 +205,14 @@ async def replace_file(
     model = await repository.upsert(conn, values)
     if model is None:
         raise _not_found()
+    await audit.record(
+        conn,
+        "model.file_replaced",
+        actor=Actor.user(owner_id),
+        owner_id=owner_id,
+        target_id=model.id,
+        detail={"file_size": stored.size},
+    )
     old = current.storage_key
     return Replaced(model=model, old_key=old if old != stored.key else None)
 
@@ -216,14 +235,25 @@ async def list_models(
 async def update_model(
     conn: AsyncConnection, owner_id: uuid.UUID, model_id: uuid.UUID, patch: ModelPatch
 ) -> Model:
-    """Rename or relabel the caller's model."""
+    """Rename or relabel the caller's model; a new name records ``model.renamed``."""
     if patch.name is None and patch.labels is None:
         return await require_model(conn, owner_id, model_id)
+    before = await require_model(conn, owner_id, model_id) if patch.name is not None else None
+    now = utcnow()
     model = await repository.update_fields(
-        conn, owner_id, model_id, name=patch.name, labels=patch.labels, now=utcnow()
+        conn, owner_id, model_id, name=patch.name, labels=patch.labels, now=now
     )
     if model is None:
         raise _not_found()
+    if before is not None and before.name != model.name:
+        await audit.record(
+            conn,
+            "model.renamed",
+            actor=Actor.user(owner_id),
+            owner_id=owner_id,
+            target_id=model.id,
+            detail={"from": before.name, "to": model.name},
+        )
     return model
 
 
@@ -231,9 +261,18 @@ async def delete_model(
     conn: AsyncConnection, owner_id: uuid.UUID, model_id: uuid.UUID
 ) -> str | None:
     """Soft-delete the caller's model; return the key of its file (to delete after commit)."""
-    model = await repository.soft_delete(conn, owner_id, model_id, utcnow())
+    now = utcnow()
+    model = await repository.soft_delete(conn, owner_id, model_id, now)
     if model is None:
         raise _not_found()
+    await audit.record(
+        conn,
+        "model.deleted",
+        actor=Actor.user(owner_id),
+        owner_id=owner_id,
+        target_id=model.id,
+        detail={"name": model.name},
+    )
     return model.storage_key
 
 

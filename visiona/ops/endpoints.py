@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from visiona.kit.deps import RuntimeDep
 
@@ -24,6 +24,11 @@ class Health(BaseModel):
 
     status: str
     checks: dict[str, str]
+    node: str | None = Field(
+        None,
+        description="This node's id in a cluster (absent on a single node): tells the "
+        "nodes, or the workers of `serve --workers`, behind one address apart.",
+    )
 
 
 async def _check(name: str, probe: Any) -> tuple[str, str]:
@@ -43,7 +48,9 @@ async def _check(name: str, probe: Any) -> tuple[str, str]:
     responses={503: {"model": Health, "description": "A dependency is unavailable."}},
 )
 async def healthz(runtime: RuntimeDep) -> JSONResponse:
-    """200 when the database, the session store and the object store answer within 1 s each."""
+    """200 when the database, the session store and the object store answer within 1 s each.
+
+    In a cluster, ``node`` names the node that answered."""
     checks = [
         _check("database", runtime.db.ping),
         _check("session_store", runtime.sessions.ping),
@@ -53,6 +60,8 @@ async def healthz(runtime: RuntimeDep) -> JSONResponse:
     results = dict(await asyncio.gather(*checks))
     healthy = all(value == "ok" for value in results.values())
     body: dict[str, Any] = {"status": "ok" if healthy else "unavailable", "checks": results}
+    if runtime.cluster is not None:
+        body["node"] = runtime.cluster.registry.node_id
     if not healthy:
         failing = ", ".join(name for name, value in results.items() if value != "ok")
         body["error"] = {"code": "dependency_unavailable", "message": f"Unavailable: {failing}."}

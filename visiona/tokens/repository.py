@@ -65,8 +65,13 @@ _PAIRING = columns_of(PairingToken, pairing_tokens)
 _SESSION = columns_of(SessionToken, session_tokens)
 _pairing = build(PairingToken)
 _session = build(SessionToken)
-_PAIRING_ORDER = Keyset(pairing_tokens.c.created_at, pairing_tokens.c.token_hash)
-_SESSION_ORDER = Keyset(session_tokens.c.created_at, session_tokens.c.token_hash)
+# Keyed by the public id, so a cursor (base64 of the last row's pair) carries no hash.
+_PAIRING_ORDER = Keyset(
+    pairing_tokens.c.created_at, pairing_tokens.c.public_id, parse_key=uuid.UUID
+)
+_SESSION_ORDER = Keyset(
+    session_tokens.c.created_at, session_tokens.c.public_id, parse_key=uuid.UUID
+)
 
 
 def _unexpired(table: Table) -> ColumnElement[bool]:
@@ -170,7 +175,7 @@ async def insert_pairing_token(
 async def list_pairing_tokens(
     conn: AsyncConnection, user_id: uuid.UUID, page: PageRequest
 ) -> Page[PairingToken]:
-    """One page of the user's pairing tokens, by (created_at, hash)."""
+    """One page of the user's pairing tokens, by (created_at, public id)."""
     stmt = select(*_PAIRING).where(pairing_tokens.c.user_id == user_id)
     return await paginate(conn, stmt, _PAIRING_ORDER, page, _pairing)
 
@@ -251,7 +256,7 @@ async def insert_session_token(
 async def list_session_tokens(
     conn: AsyncConnection, user_id: uuid.UUID, device_id: uuid.UUID, page: PageRequest
 ) -> Page[SessionToken]:
-    """One page of the device's session tokens, by (created_at, hash)."""
+    """One page of the device's session tokens, by (created_at, public id)."""
     stmt = select(*_SESSION).where(
         session_tokens.c.user_id == user_id, session_tokens.c.device_id == device_id
     )

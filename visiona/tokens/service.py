@@ -94,7 +94,6 @@ async def create_pairing_token(
         owner_id=user_id,
         target_id=row.public_id,
         detail={"expires_at": expires_at.isoformat()},
-        now=now,
     )
     return IssuedToken(id=str(row.public_id), token=token, expires_at=expires_at)
 
@@ -120,7 +119,6 @@ async def revoke_pairing_token(conn: AsyncConnection, user_id: uuid.UUID, token_
         actor=Actor.user(user_id),
         owner_id=user_id,
         target_id=public_id,
-        now=now,
     )
 
 
@@ -194,7 +192,6 @@ async def issue_session_token(
         owner_id=owner_user_id,
         target_id=pairing.public_id,
         device_id=device_id,
-        now=now,
     )
     await audit.record(
         conn,
@@ -204,7 +201,6 @@ async def issue_session_token(
         target_id=row.public_id,
         device_id=device_id,
         detail={"pairing_token_id": str(pairing.public_id)},
-        now=now,
     )
     return IssuedSession(token=token, public_id=row.public_id, expires_at=expires_at)
 
@@ -241,7 +237,6 @@ async def renew_session(
         target_id=row.public_id,
         device_id=device.device_id,
         detail={"previous_id": str(device.session_token_id)},
-        now=now,
     )
     return IssuedSession(token=token, public_id=row.public_id, expires_at=expires_at)
 
@@ -316,7 +311,6 @@ async def revoke_session_token(
         owner_id=owner_user_id,
         target_id=public_id,
         device_id=device_id,
-        now=now,
     )
     return device_id
 

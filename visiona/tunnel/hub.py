@@ -7,6 +7,11 @@ code 4409 ``superseded`` — and closes a tunnel whose credentials were revoked 
 once; ``last_seen_at`` is refreshed from answered pings and traffic in one UPDATE per
 ``tunnel_status_interval`` for all devices of the node; an unanswered keepalive
 writes ``reconnecting``; a tunnel that ends writes ``offline``.
+
+Audit: ``tunnel.connected`` is written with the ``online`` status, and the end of a
+tunnel (``tunnel.disconnected``, ``tunnel.superseded``, ``tunnel.closed_revoked``)
+with the ``offline`` one, in the same short transaction; keepalives and the batched
+``last_seen_at`` write no event.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec
 
+from visiona.audit import service as audit
+from visiona.audit.service import SYSTEM, Actor
 from visiona.kit.clock import utcnow
 from visiona.tokens import service as tokens
 from visiona.tunnel import repository
@@ -27,6 +34,8 @@ from visiona.wire import CLOSE_GOING_AWAY, CLOSE_KEEPALIVE, CLOSE_REVOKED, CLOSE
 from visiona.yamux import Config
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from sqlalchemy.ext.asyncio import AsyncConnection
     from starlette.websockets import WebSocket
 
@@ -237,6 +246,7 @@ class TunnelHub:
             token_hash=identity.token_hash,
             config=self._config,
             max_message=self._settings.tunnel_max_message,
+            session_token_id=identity.session_token_id,
         )
         task = asyncio.current_task()
         if task is not None:
@@ -249,7 +259,7 @@ class TunnelHub:
             if older is not None:
                 _LOGGER.info("tunnel: device %s reconnected; closing the older tunnel", device_id)
                 await older.close(CLOSE_SUPERSEDED, "superseded")
-            await self._write(repository.mark_connected, device_id, utcnow())
+            await self._write(self._connected, link, utcnow())
             await self._claim(link)
             _LOGGER.info("tunnel: device %s connected", device_id)
             if self._closing:
@@ -265,16 +275,32 @@ class TunnelHub:
             self._bytes_to_devices += link.session.bytes_sent
             self._bytes_from_devices += link.session.bytes_received
             self._streams_refused += link.session.stats().streams_refused
+            offline = False
             if self._tunnels.get(device_id) is link:
                 del self._tunnels[device_id]
                 self._seen.discard(device_id)
-                if await self._release(device_id):
-                    await self._write(repository.set_remote_status, device_id, "offline")
+                offline = await self._release(device_id)
+            await self._write(_ended, link, offline=offline)
             if task is not None:
                 self._serving.discard(task)
             _LOGGER.info(
                 "tunnel: device %s disconnected (%s)", device_id, link.session.close_reason
             )
+
+    async def _connected(self, conn: AsyncConnection, link: TunnelLink, now: datetime) -> None:
+        """``online`` and the ``tunnel.connected`` event, in one transaction."""
+        await repository.mark_connected(conn, link.device_id, now)
+        node = self.registry.node_id if self.registry is not None else None
+        await audit.record(
+            conn,
+            "tunnel.connected",
+            actor=Actor.device(link.device_id),
+            owner_id=link.owner_user_id,
+            target_id=link.device_id,
+            device_id=link.device_id,
+            detail={"session_token_id": str(link.session_token_id), "node": node},
+            client_addr=link.client_addr,
+        )
 
     # -- the registry lease (cluster only) ---------------------------------------
     async def _claim(self, link: TunnelLink) -> None:
@@ -427,3 +453,40 @@ class TunnelHub:
                 await statement(conn, *args, **kwargs)
         except Exception as err:  # noqa: BLE001 - status is best effort; the next write repairs it
             _LOGGER.warning("tunnel: status write failed: %s", type(err).__name__)
+
+
+async def _ended(conn: AsyncConnection, link: TunnelLink, *, offline: bool) -> None:
+    """The tunnel ended: ``offline`` (when no newer tunnel holds the device) and its event.
+
+    Closed by this server as superseded or revoked: ``tunnel.superseded`` /
+    ``tunnel.closed_revoked``; otherwise ``tunnel.disconnected`` with the reason (the
+    agent's own close or a lost connection has the device as actor).
+    """
+    if offline:
+        await repository.set_remote_status(conn, link.device_id, "offline")
+    closed = link.closed_by_server
+    code = closed[0] if closed else None
+    detail: dict[str, str] = {}
+    actor = SYSTEM
+    if code == CLOSE_SUPERSEDED:
+        action = "tunnel.superseded"
+    elif code == CLOSE_REVOKED:
+        action = "tunnel.closed_revoked"
+    else:
+        action = "tunnel.disconnected"
+        if closed is not None:
+            detail["reason"] = closed[1]
+        else:
+            actor = Actor.device(link.device_id)
+            why = link.session.close_reason
+            detail["reason"] = type(why).__name__ if why is not None else "closed by the agent"
+    await audit.record(
+        conn,
+        action,
+        actor=actor,
+        owner_id=link.owner_user_id,
+        target_id=link.device_id,
+        device_id=link.device_id,
+        detail=detail,
+        client_addr=link.client_addr,
+    )

@@ -36,11 +36,19 @@ class TunnelLink:
         token_hash: str,
         config: Config,
         max_message: int,
+        session_token_id: uuid.UUID | None = None,
     ) -> None:
         """Start the yamux client session on ``websocket`` (already accepted)."""
         self.device_id = device_id
         self.owner_user_id = owner_user_id
         self.token_hash = token_hash
+        #: The public id of the session token the tunnel authenticated with.
+        self.session_token_id = session_token_id
+        client = websocket.client
+        #: The agent's address (after the trusted proxies), for the audit trail.
+        self.client_addr: str | None = client.host if client else None
+        #: Set when this server closed the tunnel: the close code and reason it sent.
+        self.closed_by_server: tuple[int, str] | None = None
         self.connected_at = time.time()
         #: False while keepalives go unanswered (the device reads ``reconnecting``).
         self.healthy = True
@@ -111,4 +119,6 @@ class TunnelLink:
         if self.session.is_closed:
             return
         self._close_code, self._close_reason = code, reason
+        if self.closed_by_server is None:
+            self.closed_by_server = (code, reason)
         await self.session.close()

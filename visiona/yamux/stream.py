@@ -445,7 +445,12 @@ class Stream:
 
     def _send_fin(self) -> None:
         self._fin_sent = True
-        self._writer.send_frame(WINDOW_UPDATE, FIN, self._id, 0)
+        if self._eof:
+            # The peer's FIN came first: ours only ends the stream and nobody waits on
+            # it, so it may wait for company (the next request's frames, typically).
+            self._writer.send_lazy_frame(WINDOW_UPDATE, FIN, self._id, 0)
+        else:
+            self._writer.send_frame(WINDOW_UPDATE, FIN, self._id, 0)
         self._wake_done()
         if self._eof:
             self._finish()

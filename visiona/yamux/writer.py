@@ -76,8 +76,9 @@ class FrameWriter:
     def send_lazy_frame(self, kind: int, flags: int, stream_id: int, length: int) -> None:
         """Queue a header-only frame that may wait up to 5 ms for other frames to join.
 
-        For frames nobody waits on at once, such as the ACK of an accepted stream (the
-        opener may send before it, and hashicorp/yamux allows 75 s for it).
+        For frames nobody waits on at once: the ACK of an accepted stream (the opener
+        may send before it, and hashicorp/yamux allows 75 s for it) and the FIN that
+        answers the peer's FIN (the stream is over for both sides but the bookkeeping).
         """
         if self._closed:
             return

@@ -1,0 +1,94 @@
+"""Retention: expired events are deleted in bounded batches, each its own transaction;
+the server's pruner runs at start-up. On SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from tests.audit.helpers import stored_events
+from tests.devices.helpers import runtime
+from tests.tunnel.support import wait_for
+from visiona.audit import repository
+from visiona.audit.retention import Pruner, prune
+from visiona.kit.database import Database
+
+
+class CountingDatabase(Database):
+    """The real database, counting the transactions opened through it."""
+
+    def __init__(self, db: Database) -> None:
+        super().__init__(db.engine, db.target)
+        self.transactions = 0
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        self.transactions += 1
+        async with super().transaction() as conn:
+            yield conn
+
+
+async def _insert(app: FastAPI, owner: uuid.UUID, *ages_in_days: float) -> None:
+    now = datetime.now(UTC)
+    async with runtime(app).db.transaction() as conn:
+        for age in ages_in_days:
+            await repository.insert_event(
+                conn,
+                {
+                    "id": uuid.uuid4(),
+                    "occurred_at": now - timedelta(days=age),
+                    "owner_id": owner,
+                    "actor_type": "system",
+                    "actor_id": None,
+                    "action": "tunnel.disconnected",
+                    "target_type": "device",
+                    "target_id": str(owner),
+                    "device_id": None,
+                    "client_addr": None,
+                    "request_id": None,
+                    "detail": {"age": age},
+                },
+            )
+
+
+async def test_prune_deletes_only_expired_events_in_bounded_batches(app: FastAPI) -> None:
+    owner = uuid.uuid4()
+    await _insert(app, owner, *[31 + n for n in range(7)], 29, 1)
+    db = CountingDatabase(runtime(app).db)
+    deleted = await prune(db, 30, batch=3)
+    assert deleted == 7
+    assert db.transactions == 3  # 3 + 3 + 1: the last, short batch ends it
+    left = await stored_events(app, owner_id=owner)
+    assert sorted(event.detail["age"] for event in left) == [1, 29]
+    assert await prune(db, 30, batch=3) == 0  # nothing left to delete: one empty batch
+    assert db.transactions == 4
+
+
+async def test_the_servers_pruner_runs_at_start_and_uses_the_retention(app: FastAPI) -> None:
+    owner = uuid.uuid4()
+    await _insert(app, owner, 400, 10)
+    pruner = Pruner(runtime(app).db, retention_days=365, interval=3600)
+    pruner.start()
+    try:
+        await wait_for(_ran(pruner))
+    finally:
+        await pruner.stop()
+    assert [event.detail["age"] for event in await stored_events(app, owner_id=owner)] == [10]
+
+
+def _ran(pruner: Pruner) -> Callable[[], Awaitable[bool]]:
+    async def done() -> bool:
+        return pruner.runs >= 1
+
+    return done
+
+
+async def test_the_app_starts_and_stops_its_pruner(app: FastAPI) -> None:
+    pruner = runtime(app).audit_pruner
+    assert pruner is not None
+    await wait_for(_ran(pruner))
