@@ -265,7 +265,7 @@ def main() -> None:
     """Run the API benchmark on SQLite and on PostgreSQL + Redis."""
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp)
-        print("-- SQLite + in-process sessions (embedded defaults)")
+        print("-- SQLite, web sessions in the same file (embedded defaults)")
         with visiona_server({"VISIONA_DATA_DIR": str(data)}) as base:
             results = asyncio.run(_scenarios(base))
         _print(results)

@@ -27,6 +27,9 @@ from visiona.kit import migrate
 from visiona.kit.settings import Settings
 
 BACKENDS = ["sqlite", "postgres"]
+#: asgi-lifespan waits 5 s by default; the lifespan connects to PostgreSQL and Redis, and
+#: under a full run on this shared 2-core machine that has taken longer (not a timing test).
+LIFESPAN_TIMEOUT = 60.0
 _BROWSER_TESTS = Path(__file__).parent / "console"
 
 
@@ -93,7 +96,7 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def settings(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Settings:
-    """Settings for ``backend``: SQLite + in-process sessions, or PostgreSQL + Redis."""
+    """Settings for ``backend``: SQLite (sessions in its file), or PostgreSQL + Redis."""
     if backend == "sqlite":
         url = f"sqlite+aiosqlite:///{tmp_path / 'visiona.db'}"
         migrate.upgrade(url)
@@ -107,7 +110,10 @@ def settings(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Se
 async def app(settings: Settings) -> AsyncIterator[FastAPI]:
     """The application with its lifespan running."""
     application = create_app(settings)
-    async with LifespanManager(application):
+    lifespan = LifespanManager(
+        application, startup_timeout=LIFESPAN_TIMEOUT, shutdown_timeout=LIFESPAN_TIMEOUT
+    )
+    async with lifespan:
         yield application
 
 

@@ -6,15 +6,18 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 
 from testkit.servers import PostgresServer, free_port
+from tests.support.api import PASSWORD
 
 VISIONA = [sys.executable, "-m", "visiona"]
 CONNECT_TIMEOUT = 2
@@ -45,12 +48,12 @@ def _run(
     )
 
 
-@pytest.fixture
-def serving(tmp_path: Path) -> Iterator[str]:
-    """`visiona serve --port 0` with no configuration at all, in an empty directory."""
+@contextmanager
+def _serve(cwd: Path) -> Iterator[str]:
+    """`visiona serve --port 0` with no configuration at all, in ``cwd``; its base URL."""
     proc = subprocess.Popen(
         [*VISIONA, "serve", "--port", "0"],
-        cwd=tmp_path,
+        cwd=cwd,
         env=_env(),
         stderr=subprocess.PIPE,
         text=True,
@@ -65,12 +68,50 @@ def serving(tmp_path: Path) -> Iterator[str]:
         match = re.search(r"running on (http://127\.0\.0\.1:\d+)", line)
         if match:
             base = match.group(1)
+    # keep reading what it logs, so a full pipe never blocks the server
+    drain = threading.Thread(target=proc.stderr.read, daemon=True)
+    drain.start()
     try:
         assert base is not None, "server did not start"
         yield base
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+        drain.join(timeout=20)
+
+
+@pytest.fixture
+def serving(tmp_path: Path) -> Iterator[str]:
+    """`visiona serve --port 0` with no configuration at all, in an empty directory."""
+    with _serve(tmp_path) as base:
+        yield base
+
+
+def test_web_sessions_survive_a_restart_of_the_embedded_server(tmp_path: Path) -> None:
+    # Issue 11, item 3: no Redis configured, sessions live in the SQLite file.
+    body = {"email": "restart@example.com", "password": PASSWORD}
+    with _serve(tmp_path) as first:
+        created = httpx.post(f"{first}/api/v1/auth/register", json={**body, "name": "R"})
+        assert created.status_code == 201
+        login = httpx.post(f"{first}/api/v1/auth/login", json=body)
+        assert login.status_code == 200, login.text
+        token = login.json()["token"]
+        cookie = login.cookies["visiona_session"]
+        other = httpx.post(f"{first}/api/v1/auth/login", json=body).json()["token"]
+        out = httpx.post(f"{first}/api/v1/auth/logout", headers=_bearer(other))
+        assert out.status_code == 204
+    with _serve(tmp_path) as second:  # a new process on the same database file
+        me = httpx.get(f"{second}/api/v1/auth/me", headers=_bearer(token))
+        assert me.status_code == 200, me.text
+        assert me.json()["email"] == body["email"]
+        page = httpx.get(f"{second}/api/v1/auth/me", cookies={"visiona_session": cookie})
+        assert page.status_code == 200
+        signed_out = httpx.get(f"{second}/api/v1/auth/me", headers=_bearer(other))
+        assert signed_out.status_code == 401  # the logout before the restart held
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 def test_serve_with_no_configuration_is_healthy(serving: str, tmp_path: Path) -> None:

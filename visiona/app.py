@@ -16,7 +16,12 @@ from visiona import __version__
 from visiona.audit.endpoints import router as audit_router
 from visiona.audit.retention import Pruner
 from visiona.auth.endpoints import router as auth_router
-from visiona.auth.sessions import MemorySessionStore, RedisSessionStore, SessionStore
+from visiona.auth.sessions import (
+    MemorySessionStore,
+    RedisSessionStore,
+    SessionStore,
+    SqlSessionStore,
+)
 from visiona.cluster.deployments import fail_left_unfinished
 from visiona.cluster.endpoints import router as internal_router
 from visiona.cluster.service import build_cluster
@@ -84,7 +89,10 @@ async def build_runtime(settings: Settings, metrics: Metrics) -> Runtime:
         )
         limiter = RedisRateLimiter(redis)
     else:
-        sessions = MemorySessionStore(settings.session_idle_ttl, settings.session_absolute_ttl)
+        if _is_memory(settings):  # nothing survives a restart anyway
+            sessions = MemorySessionStore(settings.session_idle_ttl, settings.session_absolute_ttl)
+        else:  # the SQLite file or PostgreSQL: users stay signed in across a restart
+            sessions = SqlSessionStore(db, settings.session_idle_ttl, settings.session_absolute_ttl)
         limiter = MemoryRateLimiter()
     metrics.gauge("visiona_db_pool_in_use", "Database connections checked out.", db.pool_in_use)
     runtime = Runtime(
@@ -134,6 +142,13 @@ async def close_runtime(runtime: Runtime) -> None:
     await runtime.db.dispose()
 
 
+def _sessions_target(settings: Settings, sessions: SessionStore) -> str:
+    """Where web sessions live, for the start-up line (never a password)."""
+    if sessions.kind == "redis":
+        return settings.redis_target or "redis"
+    return "in the database" if sessions.kind == "database" else "in-process"
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Create the application for ``settings`` (read from the environment when None)."""
     settings = settings or Settings()
@@ -147,7 +162,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "visiona %s ready: database %s, sessions %s, model files %s",
             __version__,
             settings.database_target,
-            settings.redis_target or "in-process",
+            _sessions_target(settings, runtime.sessions),
             settings.storage_target,
         )
         try:

@@ -112,7 +112,7 @@ def serve(
     ] = 1,
     worker: Annotated[int | None, typer.Option(hidden=True)] = None,
 ) -> None:
-    """Serve the API. Embedded defaults (SQLite, in-process sessions) need no configuration."""
+    """Serve the API. Embedded defaults (SQLite, sessions in it) need no configuration."""
 
     from visiona.app import create_app  # noqa: PLC0415 - keep client commands light
     from visiona.kit.listen import bind_socket  # noqa: PLC0415 - idem

@@ -1,11 +1,24 @@
-"""Users and web sessions through the HTTP API, on SQLite and PostgreSQL."""
+"""Users and web sessions through the HTTP API, on every session store (see conftest)."""
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
+from asgi_lifespan import LifespanManager
+from fastapi import APIRouter, FastAPI
+from sqlalchemy import select, text
 
+from tests.conftest import LIFESPAN_TIMEOUT
 from tests.support.api import PASSWORD, error_code, signup
+from visiona.app import create_app
+from visiona.auth.dependencies import CurrentPrincipal
+from visiona.auth.sessions import SqlSessionStore
+from visiona.kit.deps import Conn
+from visiona.kit.schema import web_sessions
+from visiona.kit.settings import Settings
+from visiona.kit.tokens import hash_token
 
 
 async def test_register_login_me_logout_round_trip(client: httpx.AsyncClient) -> None:
@@ -127,3 +140,98 @@ async def test_missing_or_garbage_token_is_401(client: httpx.AsyncClient) -> Non
     garbage = await client.get("/api/v1/auth/me", headers={"Authorization": "Bearer vus_nope"})
     assert garbage.status_code == 401
     assert error_code(garbage) == "unauthorized"
+
+
+# -- sessions in the database (no Redis): the request's connection, restarts ---------
+
+
+def _conn_first_routes() -> APIRouter:
+    """Routes that open the unit of work before the session check (the other order)."""
+    router = APIRouter()
+
+    @router.get("/test/conn-first")
+    async def conn_first_read(conn: Conn, principal: CurrentPrincipal) -> dict[str, str]:
+        await conn.execute(text("SELECT 1"))
+        return {"user_id": str(principal.user_id)}
+
+    @router.post("/test/conn-first")
+    async def conn_first_write(conn: Conn, principal: CurrentPrincipal) -> dict[str, str]:
+        await conn.execute(text("SELECT 1"))
+        return {"user_id": str(principal.user_id)}
+
+    return router
+
+
+async def test_concurrent_requests_never_wait_for_their_own_connection(
+    settings: Settings,
+) -> None:
+    # The embedded SQLite pool has ONE connection. The session check runs on the
+    # request's unit of work when it is already open, or on a short connection of its
+    # own given back before the endpoint's: a request holding the connection and
+    # asking for a second would wait for itself until the pool timeout (503). The
+    # store here writes on every use (refresh_after=0), so writes interleave too.
+    roomy = settings.model_copy(update={"db_pool_timeout": 120.0})
+    app = create_app(roomy)
+    app.include_router(_conn_first_routes())
+    async with LifespanManager(
+        app, startup_timeout=LIFESPAN_TIMEOUT, shutdown_timeout=LIFESPAN_TIMEOUT
+    ):
+        runtime = app.state.runtime
+        if runtime.sessions.kind == "database":
+            runtime.sessions = SqlSessionStore(
+                runtime.db, roomy.session_idle_ttl, roomy.session_absolute_ttl, refresh_after=0
+            )
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            users = [await signup(client) for _ in range(3)]
+            calls = []
+            for round_ in range(8):
+                for user in users:
+                    h = user.headers
+                    calls += [
+                        client.get("/api/v1/auth/me", headers=h),
+                        client.get("/test/conn-first", headers=h),
+                        client.post("/test/conn-first", headers=h),
+                        client.post(
+                            "/api/v1/devices",
+                            headers=h,
+                            json={"name": "d", "serial_number": f"sn-{round_}"},
+                        ),
+                    ]
+            responses = await asyncio.gather(*calls)
+            assert sorted({r.status_code for r in responses}) == [200, 201], [
+                r.text for r in responses if r.status_code >= 300
+            ][:3]
+            for user in users:  # every session still good after the writes
+                me = await client.get("/test/conn-first", headers=user.headers)
+                assert me.json() == {"user_id": user.id}
+
+
+async def test_session_is_stored_under_the_token_hash_only(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    user = await signup(client)
+    runtime = app.state.runtime
+    key = hash_token(user.token)
+    if runtime.sessions.kind == "redis":
+        assert await runtime.redis.exists(f"visiona:sess:{key}") == 1
+        assert await runtime.redis.exists(f"visiona:sess:{user.token}") == 0
+    else:
+        async with runtime.db.reading() as conn:
+            rows = (await conn.execute(select(web_sessions))).all()
+        assert [row.token_hash for row in rows if str(row.user_id) == user.id] == [key]
+        assert all(user.token not in str(tuple(row)) for row in rows)
+    out = await client.post("/api/v1/auth/logout", headers=user.headers)
+    assert out.status_code == 204
+    if runtime.sessions.kind == "redis":
+        assert await runtime.redis.exists(f"visiona:sess:{key}") == 0
+    else:
+        async with runtime.db.reading() as conn:
+            query = select(web_sessions).where(web_sessions.c.token_hash == key)
+            assert (await conn.execute(query)).one_or_none() is None
+
+
+async def test_server_picks_the_session_store_the_configuration_implies(app: FastAPI) -> None:
+    runtime = app.state.runtime
+    expected = "redis" if runtime.settings.redis_url else "database"
+    assert runtime.sessions.kind == expected

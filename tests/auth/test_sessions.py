@@ -1,17 +1,26 @@
-"""Web-session stores: idle and absolute expiry with the same semantics in process and in Redis."""
+"""Web-session stores: idle and absolute expiry, same semantics in process, in Redis and in SQL."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from sqlalchemy import select
 
 from testkit.servers import RedisServer, free_port
-from visiona.auth.sessions import MemorySessionStore, RedisSessionStore
+from tests.conftest import make_settings
+from visiona.auth.repository import insert_user
+from visiona.auth.sessions import MemorySessionStore, RedisSessionStore, SqlSessionStore
+from visiona.kit import migrate
+from visiona.kit.database import Database
 from visiona.kit.errors import SessionStoreUnavailableError
+from visiona.kit.schema import web_sessions
 
 
 class FakeClock:
@@ -134,3 +143,200 @@ async def test_redis_touch_reloads_its_script_after_redis_forgot_it(redis_client
     assert session.user_id == user
     again = await store.touch("h")
     assert again is not None
+
+
+# -- the SQL store (no Redis configured): SQLite and PostgreSQL -----------------------
+
+
+class FakeUtc:
+    """A settable aware-UTC clock for the SQL store."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database migrated to head (schema by the migrations) on each SQL backend."""
+    if request.param == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 's.db'}"
+        migrate.upgrade(url)
+        return url
+    return str(request.getfixturevalue("pg_url"))
+
+
+@pytest.fixture
+async def sql_db(sql_url: str, tmp_path: Path) -> AsyncIterator[Database]:
+    """The :class:`Database` of ``sql_url``, built like the server's."""
+    settings = make_settings(database_url=sql_url, data_dir=tmp_path)
+    database = Database(settings.build_engine(), settings.database_target)
+    yield database
+    await database.dispose()
+
+
+@pytest.fixture
+async def user_id(sql_db: Database) -> uuid.UUID:
+    """A user the sessions belong to (the table's foreign key)."""
+    new_id = uuid.uuid4()
+    async with sql_db.transaction() as conn:
+        await insert_user(
+            conn,
+            user_id=new_id,
+            email=f"s-{new_id.hex[:10]}@example.com",
+            name="S",
+            password_hash=None,
+            now=datetime.now(UTC),
+        )
+    return new_id
+
+
+async def _row(db: Database, token_hash: str) -> Any:
+    async with db.reading() as conn:
+        query = select(web_sessions).where(web_sessions.c.token_hash == token_hash)
+        return (await conn.execute(query)).one_or_none()
+
+
+def _hash() -> str:
+    return uuid.uuid4().hex * 2  # 64 hex digits, like a sha256
+
+
+async def test_sql_session_idles_out_without_use(sql_db: Database, user_id: uuid.UUID) -> None:
+    clock = FakeUtc()
+    store = SqlSessionStore(sql_db, idle_ttl=100, absolute_ttl=1000, clock=clock)
+    token = _hash()
+    created = await store.create(token, user_id)
+    assert created.expires_at == (clock.now + timedelta(seconds=1000)).timestamp()
+    clock.advance(90)
+    session = await store.touch(token)
+    assert session is not None
+    assert session.user_id == user_id
+    clock.advance(90)  # 180 s after creation: alive, refreshed by the last use
+    assert await store.touch(token) is not None
+    clock.advance(101)
+    assert await store.touch(token) is None
+
+
+async def test_sql_session_ends_at_absolute_deadline_despite_use(
+    sql_db: Database, user_id: uuid.UUID
+) -> None:
+    clock = FakeUtc()
+    store = SqlSessionStore(sql_db, idle_ttl=100, absolute_ttl=250, clock=clock)
+    token = _hash()
+    await store.create(token, user_id)
+    for _ in range(2):
+        clock.advance(90)
+        assert await store.touch(token) is not None
+    clock.advance(90)  # 270 s after creation, 90 s after the last use
+    assert await store.touch(token) is None
+
+
+async def test_sql_touch_writes_the_idle_deadline_back_at_most_once_per_interval(
+    sql_db: Database, user_id: uuid.UUID
+) -> None:
+    clock = FakeUtc()
+    store = SqlSessionStore(sql_db, idle_ttl=3600, absolute_ttl=3700, clock=clock, refresh_after=60)
+    token = _hash()
+    start = clock.now
+    await store.create(token, user_id)
+    clock.advance(59)
+    assert await store.touch(token) is not None
+    row = await _row(sql_db, token)
+    assert row.idle_expires_at == start + timedelta(seconds=3600)  # not written: too soon
+    clock.advance(1)
+    assert await store.touch(token) is not None
+    row = await _row(sql_db, token)
+    assert row.idle_expires_at == start + timedelta(seconds=3660)
+    # 40 s later: less than the interval, but the last step up to the absolute deadline
+    # (which the idle deadline never passes) is written so that use keeps it to the end
+    clock.advance(40)
+    assert await store.touch(token) is not None
+    row = await _row(sql_db, token)
+    assert row.idle_expires_at == row.expires_at == start + timedelta(seconds=3700)
+    clock.advance(3599)
+    assert await store.touch(token) is not None
+    clock.advance(1)
+    assert await store.touch(token) is None
+
+
+async def test_sql_refresh_interval_is_capped_by_a_short_idle_timeout(
+    sql_db: Database, user_id: uuid.UUID
+) -> None:
+    # idle 20 s: the write-back interval is 2 s (a tenth), not the 60 s default, so a
+    # session in steady use every 15 s never idles out.
+    clock = FakeUtc()
+    store = SqlSessionStore(sql_db, idle_ttl=20, absolute_ttl=1000, clock=clock)
+    token = _hash()
+    await store.create(token, user_id)
+    for _ in range(10):
+        clock.advance(15)
+        assert await store.touch(token) is not None
+
+
+async def test_sql_session_delete_ends_it(sql_db: Database, user_id: uuid.UUID) -> None:
+    store = SqlSessionStore(sql_db, idle_ttl=100, absolute_ttl=1000)
+    token = _hash()
+    await store.create(token, user_id)
+    await store.delete(token)
+    assert await store.touch(token) is None
+    assert await _row(sql_db, token) is None
+
+
+async def test_sql_sweep_deletes_dead_rows_in_bounded_batches_when_due(
+    sql_db: Database, user_id: uuid.UUID
+) -> None:
+    clock = FakeUtc()
+    store = SqlSessionStore(
+        sql_db, idle_ttl=100, absolute_ttl=1000, clock=clock, sweep_every=600, sweep_batch=2
+    )
+    dead = [_hash() for _ in range(4)]
+    for token in dead:  # the first create sweeps (nothing is dead yet)
+        await store.create(token, user_id)
+    clock.advance(200)  # all four idled out
+    early = _hash()
+    await store.create(early, user_id)  # no sweep: the last was 200 s ago
+    assert all([await _row(sql_db, token) is not None for token in dead])
+    clock.advance(400)  # 600 s since the last sweep; `early` is dead too now
+    alive = _hash()
+    await store.create(alive, user_id)
+    remaining = [token for token in [*dead, early] if await _row(sql_db, token) is not None]
+    assert len(remaining) == 3  # one batch of two went, the longest dead first
+    assert early in remaining
+    assert await _row(sql_db, alive) is not None
+    async with sql_db.transaction() as conn:
+        assert await store.sweep(conn) == 2
+        assert await store.sweep(conn) == 1
+        assert await store.sweep(conn) == 0
+    assert await store.touch(alive) is not None
+
+
+async def test_sql_store_runs_on_the_callers_connection(
+    sql_db: Database, user_id: uuid.UUID
+) -> None:
+    # Inside the caller's transaction: a rollback undoes the create, so the store
+    # used that connection and no second one (the SQLite pool has a single one).
+    store = SqlSessionStore(sql_db, idle_ttl=100, absolute_ttl=1000)
+    token = _hash()
+
+    async with sql_db.engine.connect() as conn:
+        transaction = await conn.begin()
+        await store.create(token, user_id, conn)
+        assert await store.touch(token, conn) is not None
+        await transaction.rollback()
+    assert await store.touch(token) is None
+    async with sql_db.transaction() as conn:
+        await store.create(token, user_id, conn)
+    async with sql_db.reading() as conn:
+        assert await store.touch(token, conn) is not None
+    async with sql_db.transaction() as conn:
+        await store.delete(token, conn)
+    assert await store.touch(token) is None
+
+
+async def test_sql_store_ping_checks_the_database(sql_db: Database) -> None:
+    await SqlSessionStore(sql_db, idle_ttl=100, absolute_ttl=1000).ping()

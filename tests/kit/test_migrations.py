@@ -26,6 +26,7 @@ TABLES = {
     "session_tokens",
     "deployments",
     "audit_events",
+    "web_sessions",
 }
 
 

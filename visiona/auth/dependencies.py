@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 from fastapi import Depends, Request
 
-from visiona.kit.deps import runtime_of
+from visiona.kit.deps import open_connection, runtime_of
 from visiona.kit.errors import CsrfError, UnauthorizedError
 from visiona.kit.tokens import USER_SESSION_PREFIX, has_prefix, hash_token
 
@@ -54,7 +54,10 @@ async def current_principal(request: Request) -> Principal:
         via_cookie = token is not None
     if not token or not has_prefix(token, USER_SESSION_PREFIX):
         raise UnauthorizedError()
-    session = await runtime.sessions.touch(hash_token(token))
+    # On the request's connection when its unit of work is already open (the endpoint
+    # declared it first); otherwise the store uses a short one of its own and gives it
+    # back before the endpoint's unit of work asks the pool.
+    session = await runtime.sessions.touch(hash_token(token), open_connection(request))
     if session is None:
         raise UnauthorizedError("Session expired or not valid.")
     if via_cookie and request.method not in _SAFE_METHODS and not _same_origin(request):

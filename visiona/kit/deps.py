@@ -33,11 +33,27 @@ RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
 async def unit_of_work(request: Request) -> AsyncIterator[AsyncConnection]:
-    """A read for GET/HEAD; otherwise one transaction, committed when the endpoint returns."""
+    """A read for GET/HEAD; otherwise one transaction, committed when the endpoint returns.
+
+    While it is open, :func:`open_connection` hands the same connection to code that
+    runs later in the request (the session check): one request never holds two of
+    the pool's connections, which on the embedded SQLite pool (one connection) would
+    wait for itself until the pool timeout.
+    """
     db = runtime_of(request).db
     opened = db.reading() if request.method in READ_METHODS else db.transaction()
     async with opened as conn:
-        yield conn
+        request.state.unit_of_work = conn
+        try:
+            yield conn
+        finally:
+            request.state.unit_of_work = None
+
+
+def open_connection(request: Request) -> AsyncConnection | None:
+    """The request's unit-of-work connection if one is open, else None."""
+    conn: AsyncConnection | None = getattr(request.state, "unit_of_work", None)
+    return conn
 
 
 # scope="function": the transaction commits before the response is sent, so a

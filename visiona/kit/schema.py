@@ -286,3 +286,18 @@ Index(
 Index("idx_audit_events_device", audit_events.c.device_id, audit_events.c.occurred_at)
 # retention: the oldest rows first
 Index("idx_audit_events_occurred", audit_events.c.occurred_at)
+
+# Web sessions when no Redis is configured (visiona.auth.sessions.SqlSessionStore).
+# idle_expires_at = min(expires_at, last use + idle timeout): the row is dead once it
+# is past, which the lazy sweep finds through its index.
+web_sessions = Table(
+    "web_sessions",
+    metadata,
+    Column("token_hash", Text, primary_key=True),  # sha256(plaintext), never the plaintext
+    Column("user_id", Uuid, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Column("idle_expires_at", UTCDateTime, nullable=False),
+)
+Index("idx_web_sessions_user", web_sessions.c.user_id)
+Index("idx_web_sessions_idle_expires", web_sessions.c.idle_expires_at)

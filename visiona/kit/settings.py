@@ -53,7 +53,9 @@ class Settings(BaseSettings):
     sqlite_busy_timeout_ms: int = Field(5000, ge=0, description="SQLite lock wait.")
 
     redis_url: str | None = Field(
-        None, description="Redis URL for web sessions and rate limits; unset = in-process."
+        None,
+        description="Redis URL for web sessions and rate limits; unset = sessions in the "
+        "database (in-process for `:memory:`), rate limits in-process.",
     )
     redis_pool_size: int = Field(50, ge=1, description="Max Redis connections.")
     redis_connect_timeout: float = Field(2.0, gt=0, description="Seconds to connect to Redis.")

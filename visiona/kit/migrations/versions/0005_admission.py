@@ -8,7 +8,7 @@
   false when a tunnel comes up).
 
 Revision ID: 0005
-Revises: 0003 (re-pointed to 0004 when the sessions revision lands)
+Revises: 0004
 Create Date: 2026-12-02
 """
 
@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0005"
-down_revision = "0003"
+down_revision = "0004"
 branch_labels = None
 depends_on = None
 
