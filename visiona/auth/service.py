@@ -130,4 +130,4 @@ async def logout(
     await audit.record(
         conn, "user.signed_out", actor=Actor.user(user_id), owner_id=user_id, target_id=user_id
     )
-    await sessions.delete(hash_token(token))
+    await sessions.delete(hash_token(token), conn)  # on the same unit of work (SQL store)
