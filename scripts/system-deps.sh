@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Installs the server binaries the test suite and benchmarks start as throwaway
-# processes (PostgreSQL, Redis, nginx as the cluster tests' load balancer), the Go
-# toolchain + libraries for the yamux interop peer, wrk for the benchmarks and
-# Chromium for the console's browser tests, from Debian's packages, only when they
-# are missing. (Debian's nginx package starts a system nginx on port 80 where
-# services may start; the tests never use it, they run their own.)
+# processes (PostgreSQL, Redis, nginx and HAProxy as the cluster tests' balancers),
+# the Go toolchain + libraries for the yamux interop peer, wrk for the benchmarks
+# and Chromium for the console's browser tests, from Debian's packages, only when
+# they are missing. (Where services may start, Debian's nginx and haproxy packages
+# start system services on port 80; the tests never use them, they run their own.)
 set -euo pipefail
 
 need=()
@@ -13,6 +13,7 @@ pg_bindir() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1;
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v redis-benchmark >/dev/null || need+=(redis-tools)
 [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || need+=(nginx)  # the cluster's balancer in tests
+[ -x /usr/sbin/haproxy ] || command -v haproxy >/dev/null || need+=(haproxy)  # the documented alternative, tested too
 command -v wrk >/dev/null || need+=(wrk)  # the benchmarks' HTTP load generator
 command -v go >/dev/null || need+=(golang-go)
 command -v chromium >/dev/null || need+=(chromium)  # the console's browser tests (Playwright)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -85,24 +88,34 @@ def test_audit_list_shows_the_trail_and_a_devices_history(server: str, signed_in
     assert foreign.stderr.startswith("error: ")
 
 
-def test_audit_prune_deletes_what_is_older_than_the_retention(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_audit_prune_deletes_what_is_older_than_the_retention(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'visiona.db'}"
     migrate.upgrade(url)
     asyncio.run(_insert_ages(url, [500, 400, 100, 1]))
-    monkeypatch.setenv("VISIONA_DATABASE_URL", url)
-    monkeypatch.setenv("VISIONA_DATA_DIR", str(tmp_path))
-    default = run("audit", "prune")
-    assert default.exit_code == 0, default.output
+    default = _prune(tmp_path, VISIONA_DATABASE_URL=url)
+    assert default.returncode == 0, default.stderr
     assert default.stdout.strip() == "deleted 2 audit event(s) older than 365 day(s)"
-    shorter = run("audit", "prune", "--days", "30")
+    shorter = _prune(tmp_path, "--days", "30", VISIONA_DATABASE_URL=url)
     assert shorter.stdout.strip() == "deleted 1 audit event(s) older than 30 day(s)"
     assert asyncio.run(_count(url)) == 1
-    monkeypatch.setenv("VISIONA_AUDIT_RETENTION_DAYS", "0")
-    refused = run("audit", "prune")
-    assert refused.exit_code == 2
+    refused = _prune(tmp_path, VISIONA_DATABASE_URL=url, VISIONA_AUDIT_RETENTION_DAYS="0")
+    assert refused.returncode == 2
     assert "VISIONA_AUDIT_RETENTION_DAYS" in refused.stderr
+    assert asyncio.run(_count(url)) == 1
+
+
+def _prune(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``visiona audit prune ARGS`` as its own process (it configures logging), in ``cwd``."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("VISIONA_")}
+    return subprocess.run(
+        [sys.executable, "-m", "visiona", "audit", "prune", *args],
+        cwd=cwd,
+        env={**clean, "VISIONA_DATA_DIR": str(cwd), **env},
+        capture_output=True,
+        text=True,
+        timeout=120,  # a safety net against a hung process, not a timing claim
+        check=False,
+    )
 
 
 async def _insert_ages(url: str, ages: list[int]) -> None:

@@ -14,18 +14,23 @@ from pathlib import Path
 
 import httpx
 from fastapi import FastAPI
+from sqlalchemy import update
 
-from testkit.live import LiveServer
+from testkit.live import LiveServer, serve_app
 from tests.audit.helpers import only, stored_events, trail
 from tests.deployments.helpers import Received, answer, deploy, device_and_model, read_request
 from tests.devices.helpers import API, bearer, create_device, paired_device, pairing_token
 from tests.support.api import PASSWORD, User, signup
 from tests.support.models import nef, uploaded
 from tests.tunnel.support import connect_agent, wait_for
+from visiona.app import create_app
 from visiona.audit.catalogue import ACTIONS
 from visiona.kit.runtime import Runtime
+from visiona.kit.schema import devices
+from visiona.kit.settings import Settings
 from visiona.kit.tokens import hash_token
 from visiona.tunnel.endpoints import hub_of
+from visiona.tunnel.hub import RESTART_REASON
 from visiona.yamux import Stream
 
 # recorded by the policy helper's agent-side refusals (tests live with that feature)
@@ -63,6 +68,7 @@ async def test_user_registered_signed_in_failed_and_signed_out(
     assert failed["detail"] == {"email": user.email.upper()}  # as typed
     assert failed["target_type"] == "user"
     assert failed["target_id"] == user.id
+    assert failed["actor_id"] is None  # whoever typed it was not authenticated
     for item in items:
         assert item["actor_type"] == "user"
         assert item["client_addr"] == "127.0.0.1"
@@ -302,3 +308,28 @@ def test_every_catalogued_action_is_asserted_in_this_module() -> None:
     source = Path(__file__).read_text(encoding="utf-8")
     named = set(re.findall(r'"([a-z_]+\.[a-z_]+)"', source))
     assert set(ACTIONS) - _ELSEWHERE <= named
+
+
+async def test_a_tunnel_left_connected_by_a_crash_is_recorded_as_ended_at_start_up(
+    settings: Settings,
+) -> None:
+    app = create_app(settings)
+    async with serve_app(app) as live, httpx.AsyncClient(base_url=live.url) as http:
+        user = await signup(http)
+        device = await paired_device(http, user)
+        async with _hub_runtime(live).db.transaction() as conn:  # as a crashed run leaves it
+            await conn.execute(
+                update(devices)
+                .where(devices.c.id == uuid.UUID(device["device_id"]))
+                .values(remote_status="online")
+            )
+    restarted = serve_app(create_app(settings), settings)
+    async with restarted as live, httpx.AsyncClient(base_url=live.url) as http:
+        # sign in again: on SQLite the web sessions lived in the previous process
+        login = await http.post(
+            f"{API}/auth/login", json={"email": user.email, "password": PASSWORD}
+        )
+        user = User(id=user.id, email=user.email, token=login.json()["token"])
+        ended = await trail(http, user, action="tunnel.disconnected")
+    assert [(e["device_id"], e["actor_type"]) for e in ended] == [(device["device_id"], "system")]
+    assert ended[0]["detail"] == {"reason": RESTART_REASON}

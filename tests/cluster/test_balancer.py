@@ -1,4 +1,5 @@
-"""Two real nodes behind a real nginx configured with docs/nginx.conf, the file users get.
+"""Two real nodes behind a real nginx configured with docs/nginx.conf, the file users get
+(and behind HAProxy with docs/haproxy.cfg, the documented alternative).
 
 The agent connects through the balancer and lands on whichever node nginx picks; the
 device is then reached through the balancer and through either node. Sessions and
@@ -9,6 +10,7 @@ which nginx replaces, so a client cannot choose the address its attempts count o
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 import uuid
@@ -19,6 +21,7 @@ from typing import Any, cast
 import httpx
 import pytest
 
+from testkit.haproxy import DOC_CFG, HaproxyServer, balancer_cfg
 from testkit.live import LiveServer, serve_app
 from testkit.nginx import DOC_CONF, NginxServer, balancer_conf
 from testkit.servers import PostgresServer, RedisServer
@@ -31,6 +34,7 @@ from tests.deployments.helpers import (
     device_and_model,
     read_request,
 )
+from tests.devices.helpers import pairing_token
 from tests.support.api import PASSWORD, error_code, signup
 from tests.tunnel.device_service import device_app, pattern
 from tests.tunnel.support import (
@@ -41,6 +45,7 @@ from tests.tunnel.support import (
     paired_agent_token,
     wait_for,
 )
+from visiona.agent.runner import EXIT_AUTH_REFUSED, Agent, AgentOptions
 from visiona.cluster.forwarding import TOKEN_HEADER, USER_HEADER
 from visiona.yamux import Stream
 
@@ -351,3 +356,100 @@ async def test_the_internal_transfer_route_never_forwards_a_miss(balanced: Balan
                 transfer, json=body, headers={**good, USER_HEADER: stranger.id}
             )
             assert other.status_code == 404
+
+
+async def test_unpair_on_one_node_makes_the_real_agent_on_the_other_exit_3(
+    balanced: Balanced, device_port: int, tmp_path: Path
+) -> None:
+    a, b = balanced.a, balanced.b
+    async with httpx.AsyncClient(base_url=a.url, timeout=30) as via_a:
+        user = await signup(via_a)
+        options = AgentOptions(
+            server=b.url,
+            forward_host="127.0.0.1",
+            forward_port=device_port,
+            session_file=tmp_path / "session.json",
+            pairing_token=(await pairing_token(via_a, user))["token"],
+            serial_number=f"SN-{uuid.uuid4().hex[:10]}",
+            usb_poll_interval=0.2,
+        )
+        agent = Agent(options, stable_after=0.0)
+        running = asyncio.create_task(agent.run(asyncio.Event()))
+        try:
+            await asyncio.wait_for(agent.connected.wait(), 60)
+            device_id = (await via_a.get(f"{API}/devices", headers=user.headers)).json()["items"][
+                0
+            ]["id"]
+
+            async def leased() -> bool:
+                return await balanced.owner(device_id) == "node-b"
+
+            await wait_for(leased)
+            gone = await via_a.delete(f"{API}/devices/{device_id}", headers=user.headers)
+            assert gone.status_code == 204
+            # B closes the tunnel (4401 revoked); the agent's reconnect is refused: exit 3.
+            assert await asyncio.wait_for(running, 60) == EXIT_AUTH_REFUSED
+        finally:
+            if not running.done():
+                running.cancel()
+                await asyncio.gather(running, return_exceptions=True)
+
+
+@pytest.fixture(scope="module")
+def haproxy(balanced: Balanced) -> Iterator[HaproxyServer]:
+    """HAProxy with docs/haproxy.cfg in front of the same two nodes."""
+    lb = HaproxyServer([f"127.0.0.1:{balanced.a.port}", f"127.0.0.1:{balanced.b.port}"])
+    try:
+        lb.start()
+        yield lb
+    finally:
+        lb.cleanup()
+
+
+def test_operations_md_shows_the_haproxy_file_the_tests_run_verbatim() -> None:
+    shown = re.findall(r"```haproxy\n(.*?)```", OPERATIONS.read_text(), flags=re.DOTALL)
+    assert DOC_CFG.read_text() in shown
+    generated = balancer_cfg(["127.0.0.1:1111"], 3333).splitlines()
+    changed = [line for line in generated if line not in DOC_CFG.read_text().splitlines()]
+    assert changed == [
+        "    bind 127.0.0.1:3333",
+        "    server n0 127.0.0.1:1111 check inter 5s fall 2 rise 2",
+    ]
+
+
+async def test_through_haproxy_the_tunnel_the_proxy_and_the_internal_block_hold(
+    balanced: Balanced, haproxy: HaproxyServer, device_port: int
+) -> None:
+    async with httpx.AsyncClient(base_url=haproxy.url, timeout=30) as via_ha:
+        user = await signup(via_ha)
+        device_id, token = await paired_agent_token(via_ha, user)
+        echo = f"{API}/devices/{device_id}/proxy/echo/x"
+        async with connect_agent(cast("LiveServer", haproxy), token, forward_to(device_port)):
+
+            async def leased() -> bool:
+                return await balanced.owner(device_id) is not None
+
+            await wait_for(leased)
+            for _ in range(4):  # leastconn: both nodes take some of them
+                answer = await via_ha.get(
+                    echo, headers={**user.headers, "X-Forwarded-For": "198.51.100.7"}
+                )
+                assert answer.status_code == 200, answer.text
+                headers = {k.lower(): v for k, v in answer.json()["headers"]}
+                assert headers["x-forwarded-for"] == "127.0.0.1"
+            size = 3 * 1024 * 1024
+            big = await via_ha.get(
+                f"{API}/devices/{device_id}/proxy/bytes/{size}", headers=user.headers
+            )
+            assert big.content == pattern(size)
+            sent = pattern(2 * 1024 * 1024)
+            upload = await via_ha.post(
+                f"{API}/devices/{device_id}/proxy/upload", headers=user.headers, content=sent
+            )
+            assert upload.json() == {"sha256": hashlib.sha256(sent).hexdigest(), "size": len(sent)}
+            internal = f"/internal/v1/devices/{device_id}/proxy/echo/x"
+            blocked = await via_ha.get(
+                internal, headers={TOKEN_HEADER: TOKEN, USER_HEADER: user.id}
+            )
+            assert blocked.status_code == 404
+            assert error_code(blocked) == "not_found"

@@ -44,13 +44,13 @@ async def _records(
     app: FastAPI, client: httpx.AsyncClient, statuses: list[tuple[str, float]]
 ) -> list[uuid.UUID]:
     """Deployments with the given ``(status, age in seconds)``, one device each (a device
-    has at most one pending/transferring deployment)."""
+    has at most one ``pending``/``transferring`` deployment: the admission rule)."""
     user = await signup(client)
-    targets = [await device_and_model(client, user, 1_000) for _ in statuses]
     runtime: Runtime = app.state.runtime
     ids = []
-    async with runtime.db.transaction() as conn:
-        for (status, age), (device_id, _, model_id, _) in zip(statuses, targets, strict=True):
+    for status, age in statuses:
+        device_id, _, model_id, _ = await device_and_model(client, user, 1_000)
+        async with runtime.db.transaction() as conn:
             then = utcnow() - timedelta(seconds=age)
             record = await repository.insert_deployment(
                 conn,
@@ -60,6 +60,7 @@ async def _records(
                 model_id=uuid.UUID(model_id),
                 now=then,
             )
+            assert record is not None
             if status != "pending":
                 await repository.set_status(
                     conn, record.id, status=DeploymentStatus(status), now=then, error=None

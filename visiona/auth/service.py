@@ -106,13 +106,14 @@ async def record_sign_in_failed(
     """Record ``user.sign_in_failed`` with the email as typed (never the password).
 
     The trail is the named account's when one exists; otherwise the event has no
-    owner and no user sees it (an operator can, in the database).
+    owner and no user sees it (an operator can, in the database). The actor is a user
+    nobody authenticated: its id is null even when the account exists.
     """
     owner = found.id if found is not None else None
     await audit.record(
         conn,
         "user.sign_in_failed",
-        actor=Actor("user", owner),
+        actor=Actor("user"),
         owner_id=owner,
         target_id=owner,
         detail={"email": email},
@@ -125,9 +126,10 @@ async def logout(
     """Record ``user.signed_out`` on ``conn``, then end the session of ``token``.
 
     The event is written first: if ending the session fails, the caller's unit of
-    work rolls the event back.
+    work rolls the event back. With the SQL session store both are one transaction.
     """
     await audit.record(
         conn, "user.signed_out", actor=Actor.user(user_id), owner_id=user_id, target_id=user_id
     )
-    await sessions.delete(hash_token(token), conn)  # on the same unit of work (SQL store)
+    # a SQL session store deletes on ``conn`` too: the event and the end commit together
+    await sessions.delete(hash_token(token), conn)

@@ -221,13 +221,15 @@ async def fail_left_unfinished(db: Database) -> int:
         async with db.transaction() as conn:
             batch = await repository.unfinished_before(conn, utcnow(), _BATCH)
             for deployment_id in batch:
-                await repository.set_status(
+                record = await repository.set_status(
                     conn,
                     deployment_id,
                     status=DeploymentStatus.FAILED,
                     now=utcnow(),
                     error=RESTARTED,
                 )
+                if record is not None:  # its audit event, in the same transaction
+                    await deployments.record_outcome(conn, record, DeploymentStatus.FAILED)
         failed += len(batch)
         if len(batch) < _BATCH:
             break

@@ -221,24 +221,35 @@ async def mark(
         record = await repository.set_status(
             conn, deployment_id, status=status, now=now, error=error
         )
-        if record is not None and status in _FINAL_ACTIONS:
-            detail: dict[str, str] = {"model_id": str(record.model_id)}
-            if status is DeploymentStatus.FAILED:
-                detail["reason"] = record.error or ""
-            await audit.record(
-                conn,
-                _FINAL_ACTIONS[status],
-                actor=SYSTEM,
-                owner_id=record.owner_user_id,
-                target_id=record.id,
-                device_id=record.device_id,
-                detail=detail,
-            )
+        if record is not None:
+            await record_outcome(conn, record, status)
         if record is None:
             record = await repository.get_deployment(conn, deployment_id)
     if record is None:  # pragma: no cover - records are never deleted
         raise NotFoundError("Deployment not found.")
     return record
+
+
+async def record_outcome(
+    conn: AsyncConnection, record: Deployment, status: DeploymentStatus
+) -> None:
+    """Record ``deployment.succeeded`` / ``deployment.failed`` (with the reason) on ``conn``,
+    the transaction that just moved ``record`` to ``status``; other states record nothing."""
+    action = _FINAL_ACTIONS.get(status)
+    if action is None:
+        return
+    detail: dict[str, str] = {"model_id": str(record.model_id)}
+    if status is DeploymentStatus.FAILED:
+        detail["reason"] = record.error or ""
+    await audit.record(
+        conn,
+        action,
+        actor=SYSTEM,
+        owner_id=record.owner_user_id,
+        target_id=record.id,
+        device_id=record.device_id,
+        detail=detail,
+    )
 
 
 async def transfer(

@@ -10,7 +10,8 @@ writes ``reconnecting``; a tunnel that ends writes ``offline``.
 
 Audit: ``tunnel.connected`` is written with the ``online`` status, and the end of a
 tunnel (``tunnel.disconnected``, ``tunnel.superseded``, ``tunnel.closed_revoked``)
-with the ``offline`` one, in the same short transaction; keepalives and the batched
+with the ``offline`` one, in the same short transaction (and at start-up, with the
+reset of devices a crashed run left connected); keepalives and the batched
 ``last_seen_at`` write no event.
 """
 
@@ -47,6 +48,9 @@ if TYPE_CHECKING:
 
 _LOGGER = logging.getLogger(__name__)
 _P = ParamSpec("_P")
+#: The ``reason`` of a ``tunnel.disconnected`` written at start-up for a tunnel the
+#: previous run of this node left marked connected (a crash).
+RESTART_REASON = "the server restarted"
 #: Why admission refuses a proxied request, and the ``Retry-After`` it answers with.
 ADMISSION_REASONS = {"inflight": 1, "deploying": 5, "busy": 5}
 _ADMISSION_MESSAGES = {
@@ -105,11 +109,21 @@ class TunnelHub:
                 reset = await repository.mark_all_offline(conn)
             else:
                 reset = await self._reset_own(conn)
+            for device_id, owner_id in reset:  # their tunnels ended with that run
+                await audit.record(
+                    conn,
+                    "tunnel.disconnected",
+                    actor=SYSTEM,
+                    owner_id=owner_id,
+                    target_id=device_id,
+                    device_id=device_id,
+                    detail={"reason": RESTART_REASON},
+                )
         if reset:
-            _LOGGER.info("tunnel: marked %s device(s) offline left from a previous run", reset)
+            _LOGGER.info("tunnel: marked %s device(s) offline left from a previous run", len(reset))
         self._flush_task = asyncio.get_running_loop().create_task(self._flush_loop())
 
-    async def _reset_own(self, conn: AsyncConnection) -> int:
+    async def _reset_own(self, conn: AsyncConnection) -> list[tuple[uuid.UUID, uuid.UUID]]:
         """Cluster start-up: offline only devices whose lease is gone or names this node."""
         registry = self.registry
         assert registry is not None  # noqa: S101 - only called with a registry

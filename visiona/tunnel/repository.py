@@ -30,7 +30,10 @@ _SEEN = (
     .values(last_seen_at=_now, remote_status="online")
 )
 _ALL_OFFLINE = (
-    update(devices).where(devices.c.remote_status != "offline").values(remote_status="offline")
+    update(devices)
+    .where(devices.c.remote_status != "offline")
+    .values(remote_status="offline")
+    .returning(devices.c.id, devices.c.owner_user_id)
 )
 
 
@@ -55,10 +58,13 @@ async def mark_seen(
     await conn.execute(_SEEN, {"device_ids": list(device_ids), "now": now})
 
 
-async def mark_all_offline(conn: AsyncConnection) -> int:
-    """At start-up: every device still marked connected is offline (this node holds none yet)."""
+async def mark_all_offline(conn: AsyncConnection) -> list[tuple[uuid.UUID, uuid.UUID]]:
+    """At start-up: every device still marked connected is offline (this node holds none yet).
+
+    Returns the ``(device id, owner id)`` of each device marked.
+    """
     result = await conn.execute(_ALL_OFFLINE)
-    return int(result.rowcount or 0)
+    return [(row[0], row[1]) for row in result]
 
 
 async def connected_device_ids(conn: AsyncConnection) -> list[uuid.UUID]:
@@ -67,16 +73,19 @@ async def connected_device_ids(conn: AsyncConnection) -> list[uuid.UUID]:
     return [row[0] for row in rows]
 
 
-async def mark_offline(conn: AsyncConnection, device_ids: Collection[uuid.UUID]) -> int:
-    """Mark these devices offline; return how many were."""
+async def mark_offline(
+    conn: AsyncConnection, device_ids: Collection[uuid.UUID]
+) -> list[tuple[uuid.UUID, uuid.UUID]]:
+    """Mark these devices offline; the ``(device id, owner id)`` of each that was not."""
     if not device_ids:
-        return 0
+        return []
     result = await conn.execute(
         update(devices)
         .where(devices.c.id.in_(list(device_ids)), devices.c.remote_status != "offline")
         .values(remote_status="offline")
+        .returning(devices.c.id, devices.c.owner_user_id)
     )
-    return int(result.rowcount or 0)
+    return [(row[0], row[1]) for row in result]
 
 
 async def busy_flags(

@@ -139,6 +139,22 @@ func runBench(total, window int) {
 	})
 }
 
+// acceptAndDrain accepts one stream on server and reads it to EOF; the channel closes then.
+func acceptAndDrain(server *yamux.Session) <-chan struct{} {
+	done := make(chan struct{})
+	go func() {
+		st, err := server.AcceptStream()
+		if err != nil {
+			log.Fatal(err)
+		}
+		if err := drain(st); err != nil {
+			log.Fatal(err)
+		}
+		close(done)
+	}()
+	return done
+}
+
 // frameCounter passes a yamux byte stream through and counts the data frames in it,
 // parsing the 12-byte headers (version, type, flags, stream id, length) as they pass.
 type frameCounter struct {
@@ -190,17 +206,7 @@ func benchTiny(count, size, window int) (float64, float64) {
 	defer client.Close()
 	defer server.Close()
 	payload := randomBytes(size)
-	done := make(chan struct{})
-	go func() {
-		st, err := server.AcceptStream()
-		if err != nil {
-			log.Fatal(err)
-		}
-		if err := drain(st); err != nil {
-			log.Fatal(err)
-		}
-		close(done)
-	}()
+	done := acceptAndDrain(server)
 	start := time.Now()
 	st, err := client.OpenStream()
 	if err != nil {
@@ -253,17 +259,7 @@ func benchYamuxWS(total, window int) float64 {
 	defer client.Close()
 	defer server.Close()
 	chunk := randomBytes(256 * 1024)
-	done := make(chan struct{})
-	go func() {
-		st, err := server.AcceptStream()
-		if err != nil {
-			log.Fatal(err)
-		}
-		if err := drain(st); err != nil {
-			log.Fatal(err)
-		}
-		close(done)
-	}()
+	done := acceptAndDrain(server)
 	start := time.Now()
 	st, err := client.OpenStream()
 	if err != nil {
