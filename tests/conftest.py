@@ -11,6 +11,7 @@ milliseconds where migrating takes seconds).
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -42,6 +43,25 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     at setup. After all the others, the browser tests run undisturbed.
     """
     items.sort(key=lambda item: item.path.is_relative_to(_BROWSER_TESTS))
+
+
+@pytest.fixture(autouse=True)
+def _root_log_handlers() -> Iterator[None]:
+    """Put the root logger's handlers back after each test.
+
+    A command run in process (``CliRunner``: ``visiona audit prune``, ``migrate``...)
+    installs the stderr handler of :func:`visiona.kit.logs.configure_logging` on the
+    stream the runner captured; once that stream is closed, every later log line (a
+    live server's access log in another test) printed "--- Logging error ---" into
+    whatever stderr was current, and tests reading their command's stderr failed.
+    """
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")

@@ -197,11 +197,13 @@ def test_devices_table_rendering() -> None:
                 "serial_number": "SN1",
                 "remote_status": "online",
                 "status": "unknown",
+                "busy": True,
             }
         ]
     )
     assert "desk" in text
     assert "online" in text
+    assert "busy" in text
     assert text.endswith("1 device(s)")
 
 

@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from visiona.console.views import (
+    busy_badge,
     deployment_badge,
     matches,
     pairing_state,
@@ -48,6 +49,12 @@ def test_rows_may_be_mappings_or_objects() -> None:
     assert tunnel_badge(row).label == "Online"
     assert usb_label(row) == "Disconnected"
     assert usb_label({"status": "weird"}) == "Unknown"
+
+
+def test_busy_badge_shows_what_the_agent_reported() -> None:
+    assert busy_badge({"busy": True}).label == "Busy"
+    assert busy_badge(SimpleNamespace(busy=False)).label == "Idle"
+    assert busy_badge({}).label == "Idle"  # never reported
 
 
 def test_token_states() -> None:

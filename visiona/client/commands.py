@@ -307,7 +307,7 @@ def list_devices(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
     server: ServerOption = None,
 ) -> None:
-    """List your devices with their tunnel and USB status."""
+    """List your devices with their tunnel and USB status, and whether their service is busy."""
     with _session(server) as api:
         items = list(api.pages("/devices", {"limit": "200"}))
     if as_json:
@@ -319,7 +319,7 @@ def list_devices(
 
 def render_devices(items: list[dict[str, Any]]) -> str:
     """The devices as a plain table (one line per device)."""
-    table = _table("id", "name", "type", "serial", "remote", "usb")
+    table = _table("id", "name", "type", "serial", "remote", "usb", "service")
     for item in items:
         table.add_row(
             str(item.get("id", "")),
@@ -328,6 +328,7 @@ def render_devices(items: list[dict[str, Any]]) -> str:
             str(item.get("serial_number") or ""),
             str(item.get("remote_status", "")),
             str(item.get("status", "")),
+            "busy" if item.get("busy") else "idle",
         )
     return _text(table) + f"{len(items)} device(s)"
 

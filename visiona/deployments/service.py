@@ -168,18 +168,23 @@ async def prepare(
             device_id=device_id,
             detail={"model_id": str(stale_model), "reason": STALE_REASON},
         )
-    deployment = await repository.insert_deployment(
-        conn,
-        deployment_id=uuid.uuid4(),
-        owner_user_id=owner_id,
-        device_id=device_id,
-        model_id=model_id,
-        now=now,
-    )
-    if deployment is None:
+    deployment = None
+    for _ in range(2):  # the running one may end between the insert and the read: once more
+        deployment = await repository.insert_deployment(
+            conn,
+            deployment_id=uuid.uuid4(),
+            owner_user_id=owner_id,
+            device_id=device_id,
+            model_id=model_id,
+            now=now,
+        )
+        if deployment is not None:
+            break
         running = await repository.get_active(conn, device_id)
-        # the running one may have ended between the insert and this read: say so anyway
-        raise DeploymentInProgressError(running.id if running else uuid.UUID(int=0))
+        if running is not None:
+            raise DeploymentInProgressError(running.id)
+    if deployment is None:  # pragma: no cover - two deployments ended and began meanwhile
+        raise ConflictError("Another deployment to this device started meanwhile; retry.")
     await audit.record(
         conn,
         "deployment.requested",
