@@ -373,3 +373,16 @@ async def test_sql_store_forgets_the_oldest_session_beyond_its_cache(
         await store.create(token, user_id)
     for token in tokens + tokens:
         assert await store.touch(token) is not None
+
+
+async def test_sql_store_sees_another_processes_sign_out_within_its_cache_ttl(
+    sql_db: Database, user_id: uuid.UUID
+) -> None:
+    here = SqlSessionStore(sql_db, idle_ttl=100, absolute_ttl=1000, cache_ttl=0.05)
+    elsewhere = SqlSessionStore(sql_db, idle_ttl=100, absolute_ttl=1000)
+    token = _hash()
+    await elsewhere.create(token, user_id)
+    assert await here.touch(token) is not None  # remembered here
+    await elsewhere.delete(token)
+    await asyncio.sleep(0.2)  # past the 0.05 s during which this store trusts its copy
+    assert await here.touch(token) is None

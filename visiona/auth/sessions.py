@@ -257,6 +257,8 @@ SWEEP_EVERY = 600.0
 SWEEP_BATCH = 500
 #: Sessions kept in memory by one process (the oldest read is forgotten first).
 CACHE_SIZE = 10_000
+#: Seconds a remembered session is trusted before its row is read again.
+CACHE_TTL = 5.0
 
 _c = web_sessions.c
 _INSERT = insert(web_sessions)
@@ -297,11 +299,12 @@ class SqlSessionStore:
     transaction, or in autocommit for a read); without, the store opens a short
     unit of work of its own from ``db`` (a read for :meth:`touch`).
 
-    Rows read are kept in memory (up to ``cache_size``), so a session in use costs no
-    SELECT: this store serves only a server without Redis, which is one process
-    (a cluster and ``--workers`` need Redis), and every change to a row goes through
-    it. Without the cache, the SELECT on SQLite added about 0.9 ms to each tiny
-    proxied request (``python -m bench tunnel``, p50 1.29 -> 2.21 ms).
+    Rows read are kept in memory for ``cache_ttl`` seconds (up to ``cache_size`` of
+    them), so a session in use costs one SELECT per few seconds, not one per request.
+    A sign-out through this store forgets the row at once; one through another
+    process sharing the table (PostgreSQL without Redis) is seen here within
+    ``cache_ttl``. Without the cache, the SELECT on SQLite added about 0.9 ms to each
+    tiny proxied request (``python -m bench tunnel``, p50 1.29 -> 2.21 ms).
     """
 
     kind = "database"
@@ -317,6 +320,7 @@ class SqlSessionStore:
         sweep_every: float = SWEEP_EVERY,
         sweep_batch: int = SWEEP_BATCH,
         cache_size: int = CACHE_SIZE,
+        cache_ttl: float = CACHE_TTL,
     ) -> None:
         """Sessions in ``db`` idle out after ``idle_ttl`` s and end after ``absolute_ttl`` s."""
         self._db = db
@@ -327,9 +331,10 @@ class SqlSessionStore:
         self._sweep_every = timedelta(seconds=sweep_every)
         self._sweep_batch = sweep_batch
         self._last_sweep: datetime | None = None
-        # token hash -> (user id, absolute deadline, idle deadline as written in the row)
-        self._cache: dict[str, tuple[uuid.UUID, datetime, datetime]] = {}
+        # token hash -> ((user id, absolute deadline, idle deadline as written), read at)
+        self._cache: dict[str, tuple[tuple[uuid.UUID, datetime, datetime], float]] = {}
         self._cache_size = cache_size
+        self._cache_ttl = cache_ttl
 
     @asynccontextmanager
     async def _writing(self, conn: AsyncConnection | None) -> AsyncIterator[AsyncConnection]:
@@ -373,7 +378,10 @@ class SqlSessionStore:
         """Read the session; write its idle deadline back when it moved far enough."""
         cached = self._cache.get(token_hash)
         if cached is not None:
-            return await self._use(token_hash, cached, conn)  # refreshes the entry
+            entry, read_at = cached
+            if time.monotonic() - read_at < self._cache_ttl:
+                return await self._use(token_hash, entry, conn, read_at=read_at)
+            del self._cache[token_hash]
         if conn is not None:
             return await self._touch(conn, token_hash, remember=False)
         async with self._db.reading() as own:  # autocommit: a SELECT, rarely an UPDATE
@@ -391,11 +399,13 @@ class SqlSessionStore:
         entry = (user_id, deadline, idle_until)
         return await self._use(token_hash, entry, conn, remember=remember)
 
-    def _remember(self, token_hash: str, entry: tuple[uuid.UUID, datetime, datetime]) -> None:
+    def _remember(
+        self, token_hash: str, entry: tuple[uuid.UUID, datetime, datetime], read_at: float
+    ) -> None:
         cache = self._cache
         if token_hash not in cache and len(cache) >= self._cache_size:
             del cache[next(iter(cache))]
-        cache[token_hash] = entry
+        cache[token_hash] = (entry, read_at)
 
     async def _use(
         self,
@@ -404,6 +414,7 @@ class SqlSessionStore:
         conn: AsyncConnection | None,
         *,
         remember: bool = True,
+        read_at: float | None = None,
     ) -> WebSession | None:
         user_id, deadline, idle_until = entry
         now = self._clock()
@@ -423,7 +434,8 @@ class SqlSessionStore:
                     await own.execute(_REFRESH, params)
             idle_until = fresh
         if remember:
-            self._remember(token_hash, (user_id, deadline, idle_until))
+            when = time.monotonic() if read_at is None else read_at
+            self._remember(token_hash, (user_id, deadline, idle_until), when)
         return WebSession(user_id=user_id, expires_at=deadline.timestamp())
 
     async def delete(self, token_hash: str, conn: AsyncConnection | None = None) -> None:
