@@ -21,7 +21,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.bench_tunnel import API, Proc, _pairing_token, _user, _visiona_serve, _wait_online
+from bench.bench_tunnel import API, _user, _visiona_serve, go_pair, python_agent
 from testkit.gopeer import build_tunnel_peer
 
 N = int(os.environ.get("SYSCALLS_BENCH_N", "2000"))
@@ -95,20 +94,7 @@ def main() -> None:
     binary = build_tunnel_peer()
     with tempfile.TemporaryDirectory(prefix="bench-syscalls-") as tmp_name:
         tmp = Path(tmp_name)
-        procs: list[Proc] = []
-        try:
-            origin = Proc(str(binary), "-mode", "origin")
-            procs.append(origin)
-            origin_addr = f"127.0.0.1:{origin.event('listening')['port']}"
-            go_cloud = Proc(str(binary), "-mode", "cloud")
-            procs.append(go_cloud)
-            go_url = f"http://127.0.0.1:{go_cloud.event('listening')['port']}"
-            go_agent = Proc(
-                str(binary), "-mode", "agent", "-server", go_url, "-token", "vpt_bench",
-                "-forward", origin_addr, "-session-file", str(tmp / "go-session.json"),
-            )  # fmt: skip
-            procs.append(go_agent)
-            go_agent.event("connected")
+        with go_pair(binary, tmp) as (origin_addr, go_url, go_cloud, go_agent):
             go = _measure(
                 f"{go_url}/proxy/tiny",
                 {},
@@ -117,29 +103,16 @@ def main() -> None:
             )
             with _visiona_serve(tmp / "data") as (base, server):
                 user_token = _user(base)
-                agent = subprocess.Popen(
-                    [
-                        sys.executable, "-m", "visiona", "agent", "--server", base,
-                        "--token", _pairing_token(base, user_token), "--forward", origin_addr,
-                        "--session-file", str(tmp / "py-session.json"), "--serial", "SYSCALLS",
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )  # fmt: skip
-                try:
-                    device_id = _wait_online(base, user_token)
+                with python_agent(base, user_token, origin_addr, tmp, "SYSCALLS") as (
+                    agent,
+                    device_id,
+                ):
                     py = _measure(
                         f"{base}{API}/devices/{device_id}/proxy/tiny",
                         {"Authorization": f"Bearer {user_token}"},
                         {"server": server.pid, "agent": agent.pid},
                         tmp,
                     )
-                finally:
-                    agent.terminate()
-                    agent.wait(timeout=30)
-        finally:
-            for proc in procs:
-                proc.stop()
     _report(py, go)
 
 

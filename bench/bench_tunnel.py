@@ -234,6 +234,54 @@ def _wait_online(base: str, user_token: str) -> str:
     raise RuntimeError("the Python agent did not come online")
 
 
+@contextlib.contextmanager
+def go_pair(binary: Path, tmp: Path) -> Iterator[tuple[str, str, Proc, Proc]]:
+    """The Go origin, cloud and agent, connected.
+
+    Yields (origin host:port, cloud URL, cloud, agent); all stopped after.
+    """
+    procs: list[Proc] = []
+    try:
+        origin = Proc(str(binary), "-mode", "origin")
+        procs.append(origin)
+        origin_addr = f"127.0.0.1:{origin.event('listening')['port']}"
+        go_cloud = Proc(str(binary), "-mode", "cloud")
+        procs.append(go_cloud)
+        go_url = f"http://127.0.0.1:{go_cloud.event('listening')['port']}"
+        go_agent = Proc(
+            str(binary), "-mode", "agent", "-server", go_url, "-token", "vpt_bench",
+            "-forward", origin_addr, "-session-file", str(tmp / "go-session.json"),
+        )  # fmt: skip
+        procs.append(go_agent)
+        go_agent.event("connected")
+        yield origin_addr, go_url, go_cloud, go_agent
+    finally:
+        for proc in procs:
+            proc.stop()
+
+
+@contextlib.contextmanager
+def python_agent(
+    base: str, user_token: str, origin_addr: str, tmp: Path, serial: str
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """``visiona agent`` paired to ``base`` and forwarding to ``origin_addr``, online;
+    yields (process, device id); terminated after."""
+    agent = subprocess.Popen(
+        [
+            sys.executable, "-m", "visiona", "agent", "--server", base,
+            "--token", _pairing_token(base, user_token), "--forward", origin_addr,
+            "--session-file", str(tmp / "py-session.json"), "--serial", serial,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        yield agent, _wait_online(base, user_token)
+    finally:
+        agent.terminate()
+        agent.wait(timeout=30)
+
+
 def _row(label: str, runs: dict[str, list[float]], unit: str, *, higher_better: bool) -> str:
     """One figure: python's median and range, then each reference with python's ratio to it.
 
@@ -255,60 +303,20 @@ def main() -> None:
     binary = build_tunnel_peer()
     with tempfile.TemporaryDirectory(prefix="bench-tunnel-") as tmp_name:
         tmp = Path(tmp_name)
-        procs: list[Proc] = []
-        try:
-            origin = Proc(str(binary), "-mode", "origin")
-            procs.append(origin)
-            origin_url = f"http://127.0.0.1:{origin.event('listening')['port']}"
-            go_cloud = Proc(str(binary), "-mode", "cloud")
-            procs.append(go_cloud)
-            go_url = f"http://127.0.0.1:{go_cloud.event('listening')['port']}"
-            go_agent = Proc(
-                str(binary), "-mode", "agent", "-server", go_url, "-token", "vpt_bench",
-                "-forward", origin_url.removeprefix("http://"),
-                "-session-file", str(tmp / "go-session.json"),
-            )  # fmt: skip
-            procs.append(go_agent)
-            go_agent.event("connected")
-            with _visiona_serve(tmp / "data") as (base, server):
-                user_token = _user(base)
-                agent = subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "visiona",
-                        "agent",
-                        "--server",
-                        base,
-                        "--token",
-                        _pairing_token(base, user_token),
-                        "--forward",
-                        origin_url.removeprefix("http://"),
-                        "--session-file",
-                        str(tmp / "py-session.json"),
-                        "--serial",
-                        "BENCH",
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-                try:
-                    device_id = _wait_online(base, user_token)
-                    auth = f"Bearer {user_token}"
-                    paths = {
-                        "python": (f"{base}{API}/devices/{device_id}/proxy", auth),
-                        "go pair": (f"{go_url}/proxy", ""),
-                        "direct": (origin_url, ""),
-                    }
-                    _report(binary, paths)
-                finally:
-                    agent.terminate()
-                    agent.wait(timeout=30)
-                for line in _idle_scenario(base, server.pid, user_token):
-                    print(line, flush=True)
-        finally:
-            for proc in procs:
-                proc.stop()
+        with (
+            go_pair(binary, tmp) as (origin_addr, go_url, _, _),
+            _visiona_serve(tmp / "data") as (base, server),
+        ):
+            user_token = _user(base)
+            with python_agent(base, user_token, origin_addr, tmp, "BENCH") as (_, device_id):
+                paths = {
+                    "python": (f"{base}{API}/devices/{device_id}/proxy", f"Bearer {user_token}"),
+                    "go pair": (f"{go_url}/proxy", ""),
+                    "direct": (f"http://{origin_addr}", ""),
+                }
+                _report(binary, paths)
+            for line in _idle_scenario(base, server.pid, user_token):
+                print(line, flush=True)
 
 
 def _report(binary: Path, paths: dict[str, tuple[str, str]]) -> None:
