@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from testkit.servers import _wait_port, free_port
+from testkit.balancer import BalancerProcess
 
 DOC_CFG = Path(__file__).resolve().parent.parent / "docs" / "haproxy.cfg"
 _BIND = re.compile(r"^(\s*)bind :80$", re.MULTILINE)
@@ -52,58 +50,16 @@ def balancer_cfg(upstreams: Sequence[str], port: int, text: str | None = None) -
     return _BIND.sub(lambda m: f"{m.group(1)}bind 127.0.0.1:{port}", text, count=1)
 
 
-class HaproxyServer:
+class HaproxyServer(BalancerProcess):
     """HAProxy balancing over ``upstreams`` on a free loopback port, until :meth:`stop`."""
 
     def __init__(self, upstreams: Sequence[str]) -> None:
         """Write the configuration into a new temporary directory (not started yet)."""
-        self.port = free_port()
-        self.root = Path(tempfile.mkdtemp(prefix="visiona-haproxy-"))
+        super().__init__("visiona-haproxy-")
         self._cfg = self.root / "haproxy.cfg"
         self._cfg.write_text(_HEAD.format(root=self.root) + balancer_cfg(upstreams, self.port))
-        self._log = self.root / "stderr.log"
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        """``http://127.0.0.1:<port>``."""
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        """The agent tunnel endpoint through the balancer."""
-        return f"ws://127.0.0.1:{self.port}/api/v1/agent/tunnel"
 
     def start(self) -> None:
         """Check the file (``haproxy -c``), start in the foreground (``-db``), wait for it."""
-        checked = subprocess.run(
-            [haproxy_binary(), "-c", "-q", "-f", str(self._cfg)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if checked.returncode != 0:
-            raise RuntimeError(f"haproxy -c failed:\n{checked.stdout}{checked.stderr}")
-        out = self._log.open("ab")
-        self._proc = subprocess.Popen(
-            [haproxy_binary(), "-db", "-f", str(self._cfg)], stdout=out, stderr=subprocess.STDOUT
-        )
-        _wait_port(self.port, 15, self._proc, self._log)
-
-    def stop(self) -> None:
-        """Stop (SIGTERM: HAProxy's hard stop) and wait."""
-        if self._proc is None:
-            return
-        if self._proc.poll() is None:
-            self._proc.terminate()
-        try:
-            self._proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
-        self._proc = None
-
-    def cleanup(self) -> None:
-        """Stop and delete its files."""
-        self.stop()
-        shutil.rmtree(self.root, ignore_errors=True)
+        self._check([haproxy_binary(), "-c", "-q", "-f", str(self._cfg)], "haproxy -c")
+        self._launch([haproxy_binary(), "-db", "-f", str(self._cfg)])

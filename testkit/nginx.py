@@ -9,16 +9,12 @@ is Debian's (``scripts/system-deps.sh`` installs it).
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import signal
-import subprocess
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from testkit.servers import _wait_port, free_port
+from testkit.balancer import BalancerProcess
 
 DOC_CONF = Path(__file__).resolve().parent.parent / "docs" / "nginx.conf"
 _LISTEN = re.compile(r"^(\s*)listen 80;$", re.MULTILINE)
@@ -77,13 +73,12 @@ def balancer_conf(upstreams: Sequence[str], port: int, text: str | None = None) 
     return _LISTEN.sub(lambda m: f"{m.group(1)}listen 127.0.0.1:{port};", text, count=1)
 
 
-class NginxServer:
+class NginxServer(BalancerProcess):
     """nginx balancing over ``upstreams`` on a free loopback port, until :meth:`stop`."""
 
     def __init__(self, upstreams: Sequence[str], *, workers: int = 1) -> None:
         """Write the configuration into a new temporary directory (not started yet)."""
-        self.port = free_port()
-        self.root = Path(tempfile.mkdtemp(prefix="visiona-nginx-"))
+        super().__init__("visiona-nginx-")
         # Workers run as nginx's default user when the master is root: let them in.
         self.root.chmod(0o755)
         self._log = self.root / "error.log"
@@ -91,58 +86,19 @@ class NginxServer:
         (self.root / "nginx.conf").write_text(
             _MAIN.format(root=self.root, workers=workers, level="warn")
         )
-        self._proc: subprocess.Popen[bytes] | None = None
 
-    @property
-    def url(self) -> str:
-        """``http://127.0.0.1:<port>``."""
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        """The agent tunnel endpoint through the balancer."""
-        return f"ws://127.0.0.1:{self.port}/api/v1/agent/tunnel"
+    def _command(self, *extra: str) -> list[str]:
+        return [nginx_binary(), *extra, "-p", str(self.root), "-c", str(self.root / "nginx.conf")]
 
     def check(self) -> None:
         """``nginx -t`` on the configuration (raises with nginx's own words)."""
-        result = subprocess.run(
-            [nginx_binary(), "-t", "-p", str(self.root), "-c", str(self.root / "nginx.conf")],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if result.returncode != 0:
-            raise RuntimeError(f"nginx -t failed:\n{result.stderr}")
+        self._check(self._command("-t"), "nginx -t")
 
     def start(self) -> None:
         """Start nginx in the foreground (``daemon off``) and wait until it listens."""
         self.check()
-        out = (self.root / "stderr.log").open("ab")
-        self._proc = subprocess.Popen(
-            [nginx_binary(), "-p", str(self.root), "-c", str(self.root / "nginx.conf")],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-        _wait_port(self.port, 15, self._proc, self.root / "stderr.log")
+        self._launch(self._command())
 
     def error_log(self) -> str:
         """What nginx logged (warnings and errors)."""
         return self._log.read_text(errors="replace") if self._log.exists() else ""
-
-    def stop(self) -> None:
-        """Fast shutdown (SIGTERM to the master, which stops its workers)."""
-        if self._proc is None:
-            return
-        if self._proc.poll() is None:
-            os.kill(self._proc.pid, signal.SIGTERM)
-        try:
-            self._proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
-        self._proc = None
-
-    def cleanup(self) -> None:
-        """Stop and delete its files."""
-        self.stop()
-        shutil.rmtree(self.root, ignore_errors=True)
