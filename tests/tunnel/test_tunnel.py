@@ -107,6 +107,7 @@ async def test_connect_carries_streams_and_marks_the_device_online(
         await wait_for(lambda: _true(hub.get(uuid.UUID(device_id)) is not None))
         link = hub.get(uuid.UUID(device_id))
         assert link is not None
+        assert link.direct  # `visiona serve`'s protocol feeds the session itself
         # the server is the yamux client: it opens odd stream ids, the agent echoes
         stream = await link.session.open_stream()
         payload = bytes(range(256)) * 8192  # 2 MiB: several WebSocket messages
@@ -128,6 +129,30 @@ async def test_connect_carries_streams_and_marks_the_device_online(
         assert agent.close_code is None
     await wait_for(lambda: _status_is(live, device_id, "offline"))
     assert hub.get(uuid.UUID(device_id)) is None
+
+
+async def test_under_another_server_the_tunnel_runs_over_asgi_messages(
+    settings: Settings,
+) -> None:
+    app = create_app(settings)
+    async with (
+        serve_app(app) as live,  # plain uvicorn: no direct path offered
+        httpx.AsyncClient(base_url=live.url, timeout=30) as http,
+    ):
+        user = await signup(http)
+        device_id, token = await paired_agent_token(http, user)
+        async with connect_agent(live, token):
+            hub = hub_of(_runtime(live))
+            await wait_for(lambda: _true(hub.get(uuid.UUID(device_id)) is not None))
+            link = hub.get(uuid.UUID(device_id))
+            assert link is not None
+            assert not link.direct
+            stream = await link.session.open_stream()
+            payload = bytes(range(256)) * 8192
+            stream.write(payload)
+            stream.write_eof()
+            assert await stream.read() == payload
+        await wait_for(lambda: _status_is(live, device_id, "offline"))
 
 
 async def test_writes_are_coalesced_into_large_messages_both_ways(

@@ -1,8 +1,10 @@
 """The agent's WebSocket: a picows client carrying the yamux byte stream.
 
-Binary (and continuation) frames are fed to a :class:`~visiona.yamux.FeedTransport`;
-its coalesced outgoing bytes are sent as binary messages, waiting while picows'
-write buffer is over its high-water mark.
+Binary (and continuation) frames are fed, from picows' frame callback, to a
+:class:`~visiona.yamux.MessageTransport`; the session's coalesced writes leave at once
+as binary messages (picows' send only queues them on the socket), and the session
+holds its data while picows' write buffer is over its high-water mark. No task runs
+per tunnel: a message in either direction costs a callback, not a task wake-up.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from picows import (
 )
 
 from visiona.agent.credentials import AgentAuthError
-from visiona.yamux import FeedTransport
+from visiona.yamux import MessageTransport
+from visiona.yamux.frames import Buffer
 
 _LOGGER = logging.getLogger(__name__)
 _MAX_MESSAGE = 1024 * 1024
@@ -36,13 +39,13 @@ class TunnelSocket(WSListener):
     def __init__(self) -> None:
         """Start unconnected; :func:`open_tunnel_socket` wires it up."""
         super().__init__()
-        self.feed = FeedTransport(self._send, self._close, max_message=_MAX_MESSAGE)
+        self.feed = MessageTransport(
+            self._send, self._close, abort=self._abort, max_message=_MAX_MESSAGE
+        )
         self.close_code: int | None = None
         self.close_reason = ""
         self.disconnected = asyncio.Event()
         self._ws: WSTransport | None = None
-        self._writable = asyncio.Event()
-        self._writable.set()
 
     # -- picows callbacks ---------------------------------------------------------
     def on_ws_connected(self, transport: WSTransport) -> None:
@@ -70,30 +73,31 @@ class TunnelSocket(WSListener):
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:  # noqa: ARG002 - picows signature
         """End the session (picows callback)."""
-        self._writable.set()
         self.feed.connection_lost(None)
         self.disconnected.set()
 
     def pause_writing(self) -> None:
-        """picows' buffer is full: hold the next send."""
-        self._writable.clear()
+        """picows' buffer is full: the session holds its data (picows callback)."""
+        self.feed.pause_writing()
 
     def resume_writing(self) -> None:
-        """picows' buffer drained."""
-        self._writable.set()
+        """picows' buffer drained (picows callback)."""
+        self.feed.resume_writing()
 
-    # -- FeedTransport callables --------------------------------------------------
-    async def _send(self, data: bytes) -> None:
+    # -- MessageTransport callables -----------------------------------------------
+    def _send(self, data: Buffer) -> None:
         if self._ws is None or self.disconnected.is_set():
             raise ConnectionError("the tunnel WebSocket is closed")
         self._ws.send(WSMsgType.BINARY, data)
-        if not self._writable.is_set():
-            await self._writable.wait()
 
     def _close(self) -> None:
         if self._ws is not None and not self.disconnected.is_set():
             self._ws.send_close(WSCloseCode.OK)
             self._ws.disconnect()
+
+    def _abort(self) -> None:
+        if self._ws is not None and not self.disconnected.is_set():
+            self._ws.disconnect(graceful=False)
 
 
 async def open_tunnel_socket(

@@ -22,6 +22,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from visiona.kit.errors import HeadersTooLargeError
+from visiona.kit.websocket import TunnelWebSocketProtocol
 
 if TYPE_CHECKING:
     import asyncio
@@ -149,7 +150,7 @@ def server_config(
         date_header=False,
         proxy_headers=bool(trusted),
         forwarded_allow_ips=trusted or None,
-        ws="websockets-sansio",
+        ws=TunnelWebSocketProtocol,  # uvicorn's sans-I/O protocol + the tunnels' direct path
         ws_max_size=16 * 1024 * 1024,
         ws_ping_interval=None,  # yamux keepalive already proves the tunnel alive
         timeout_graceful_shutdown=10,

@@ -1,9 +1,13 @@
 """One agent tunnel: a yamux client session over an accepted ASGI WebSocket.
 
-The WebSocket is a byte pipe (message boundaries mean nothing): received binary
-messages are fed to a :class:`~visiona.yamux.FeedTransport`, whose outgoing bytes are
-coalesced while a send is in flight, so a frame's header and body (and usually many
-frames) leave in one message of at most ``max_message`` bytes.
+The WebSocket is a byte pipe (message boundaries mean nothing). Under ``visiona
+serve`` the tunnel takes the protocol's direct path (visiona/kit/websocket.py):
+received binary messages are fed to a :class:`~visiona.yamux.MessageTransport` from
+the protocol's own callback and the session's coalesced writes leave as frames at
+once, with no task per tunnel. Under any other ASGI server the messages go through
+ASGI: a reader task feeds a :class:`~visiona.yamux.FeedTransport`, whose outgoing
+bytes are coalesced while a send is in flight. Either way a frame's header and body
+(and usually many frames) leave in one message of at most ``max_message`` bytes.
 """
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ import time
 import uuid
 from typing import TYPE_CHECKING
 
+from visiona.kit.websocket import direct_opener
 from visiona.wire import CLOSE_NORMAL, CLOSE_UNSUPPORTED
-from visiona.yamux import Config, FeedTransport, Session
+from visiona.yamux import ByteTransport, Config, FeedTransport, Session
 
 if TYPE_CHECKING:
     from starlette.websockets import WebSocket
@@ -60,7 +65,14 @@ class TunnelLink:
         self._ws = websocket
         self._close_code = CLOSE_NORMAL
         self._close_reason = ""
-        self._transport = FeedTransport(self._send, self._close_websocket, max_message=max_message)
+        opener = direct_opener(websocket.scope)
+        self._transport: ByteTransport
+        self._feed: FeedTransport | None = None
+        if opener is not None:
+            self._transport = opener(self._close_args, max_message)
+        else:
+            self._feed = FeedTransport(self._send, self._close_websocket, max_message=max_message)
+            self._transport = self._feed
         self.session = Session(self._transport, client=True, config=config)
         self._seen_bytes = 0
 
@@ -70,6 +82,14 @@ class TunnelLink:
 
     async def _send(self, data: bytes) -> None:
         await self._ws.send({"type": "websocket.send", "bytes": data})
+
+    @property
+    def direct(self) -> bool:
+        """True when the server's protocol feeds the session itself (no ASGI messages)."""
+        return self._feed is None
+
+    def _close_args(self) -> tuple[int, str]:
+        return self._close_code, self._close_reason
 
     async def _close_websocket(self) -> None:
         await self._ws.close(self._close_code, self._close_reason)
@@ -83,7 +103,11 @@ class TunnelLink:
 
     async def run(self) -> None:
         """Pump received messages into the session until either side ends; then clean up."""
-        reader = asyncio.get_running_loop().create_task(self._read_loop())
+        if self._feed is None:  # the protocol feeds the session itself
+            await self.session.closed.wait()
+            await self.session.wait_closed()
+            return
+        reader = asyncio.get_running_loop().create_task(self._read_loop(self._feed))
         try:
             await self.session.closed.wait()
             await self.session.wait_closed()
@@ -92,8 +116,7 @@ class TunnelLink:
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
 
-    async def _read_loop(self) -> None:
-        transport = self._transport
+    async def _read_loop(self, transport: FeedTransport) -> None:
         receive = self._ws.receive
         exc: BaseException | None = None
         try:

@@ -2,7 +2,8 @@
 
 Standalone (imports nothing else of the project). One :class:`Session` runs over a
 byte transport (TCP via :func:`open_tcp_session`/:func:`serve_tcp`, a stream pair, or a
-WebSocket through :class:`FeedTransport`) and carries many :class:`Stream` objects,
+WebSocket through :class:`FeedTransport` or, when its send never blocks,
+:class:`MessageTransport`) and carries many :class:`Stream` objects,
 each an asyncio-style reader/writer with half-close and credit flow control. The wire
 format is described in ``docs/tunnel-protocol.md``.
 """
@@ -21,6 +22,7 @@ from .errors import (
     YamuxError,
 )
 from .frames import Flag, FrameType, GoAwayCode
+from .message import MessageTransport
 from .session import Session, SessionStats
 from .stream import Stream
 from .tcp import open_tcp_session, serve_tcp
@@ -40,6 +42,7 @@ __all__ = [
     "FrameType",
     "GoAwayCode",
     "KeepAliveTimeoutError",
+    "MessageTransport",
     "OpenTimeoutError",
     "PingTimeoutError",
     "ProtocolError",

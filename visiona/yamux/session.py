@@ -87,7 +87,7 @@ class Session:
         self._writer = writer = FrameWriter(loop, transport)
         self._registry = registry = StreamRegistry(self, loop, writer, config, client=client)
         self._parser: FrameParser[Stream] = FrameParser(self, registry.streams, config.frame_limit)
-        self._pings = Pings(loop, self._send_ping)
+        self._pings = Pings(loop, self._send_ping, received=self._received_count)
         self._local_go_away = False
         self._remote_go_away = False
         self._abort_handle: asyncio.TimerHandle | None = None
@@ -100,6 +100,9 @@ class Session:
             self._pings.start_keepalive(
                 config.keepalive_interval, config.keepalive_timeout, self._keepalive_missed
             )
+
+    def _received_count(self) -> int:
+        return self._bytes_received
 
     # -- public API -----------------------------------------------------------------
     @property
@@ -242,7 +245,8 @@ class Session:
     ) -> None:
         """Run the keepalive with the caller's policy (instead of ``enable_keepalive``'s).
 
-        A Ping leaves ``interval`` seconds after the last answer (or miss); each one not
+        A Ping leaves ``interval`` seconds after the last answer (or miss), unless bytes
+        arrived since then (the peer spoke: that counts as an answer); each one not
         answered within ``timeout`` calls ``on_miss(consecutive_misses)``, which returns
         True to keep pinging; ``on_answer()`` runs for each answered keepalive. One loop
         timer, no task: an idle session costs nothing between pings.

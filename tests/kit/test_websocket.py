@@ -1,0 +1,225 @@
+"""The WebSocket protocol of ``visiona serve``: uvicorn's, plus the direct byte path."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+import uvicorn
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from visiona.kit.websocket import TunnelWebSocketProtocol, direct_opener
+from visiona.yamux import MessageTransport
+
+Channel = Callable[..., Awaitable[Any]]
+Handler = Callable[[dict[str, Any], Channel, Channel], Awaitable[None]]
+
+
+class Sink:
+    """A TransportSink that records what the transport delivers."""
+
+    def __init__(self) -> None:
+        self.received: list[bytes] = []
+        self.arrived = asyncio.Event()
+        self.lost: list[BaseException | None] = []
+        self.ended = asyncio.Event()
+        self.paused = 0
+        self.resumed = 0
+
+    def data_received(self, data: bytes) -> None:
+        self.received.append(data)
+        self.arrived.set()
+
+    def eof_received(self) -> None:
+        self.ended.set()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.lost.append(exc)
+        self.ended.set()
+
+    def pause_writing(self) -> None:
+        self.paused += 1
+
+    def resume_writing(self) -> None:
+        self.resumed += 1
+
+
+@contextlib.asynccontextmanager
+async def serve(handler: Handler, ws: Any = TunnelWebSocketProtocol) -> AsyncIterator[str]:
+    """Run ``handler`` as the ASGI app of a uvicorn on 127.0.0.1:0; yield its ws:// URL."""
+    config = uvicorn.Config(
+        handler, host="127.0.0.1", port=0, ws=ws, lifespan="off", log_config=None
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110 - uvicorn offers no event for it
+        await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"ws://127.0.0.1:{port}/"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 15)
+
+
+async def _accept(receive: Channel, send: Channel) -> None:
+    assert (await receive())["type"] == "websocket.connect"
+    await send({"type": "websocket.accept"})
+
+
+async def test_messages_sent_before_the_direct_path_opened_are_delivered_first():
+    opened = asyncio.Event()
+    early_sent = asyncio.Event()
+    sink = Sink()
+    transports: list[MessageTransport] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await _accept(receive, send)
+        await early_sent.wait()
+        await asyncio.sleep(0.05)  # the early messages wait in uvicorn's queue
+        opener = direct_opener(scope)
+        assert opener is not None
+        transport = opener(lambda: (1000, ""), 1024)
+        transport.attach(sink)
+        transports.append(transport)
+        opened.set()
+        await sink.ended.wait()
+
+    async with serve(app) as url, connect(url) as client:
+        await client.send(b"one")
+        await client.send(b"two")
+        early_sent.set()
+        await opened.wait()
+        await client.send(b"three")
+        while sum(map(len, sink.received)) < len(b"onetwothree"):
+            sink.arrived.clear()
+            await asyncio.wait_for(sink.arrived.wait(), 5)
+        assert b"".join(sink.received) == b"onetwothree"
+
+
+async def test_direct_writes_reach_the_peer_as_binary_messages_cut_at_max_message():
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await _accept(receive, send)
+        opener = direct_opener(scope)
+        assert opener is not None
+        sink = Sink()
+        transport = opener(lambda: (4000, "done here"), 4)
+        transport.attach(sink)
+        transport.write(b"hello")
+        transport.writelines([b"ab", b"cd"])
+        transport.close()
+        await sink.ended.wait()
+
+    async with serve(app) as url, connect(url) as client:
+        messages = [await client.recv() for _ in range(3)]
+        assert messages == [b"hell", b"o", b"abcd"]
+        with pytest.raises(ConnectionClosed) as closed:
+            await client.recv()
+        assert closed.value.rcvd is not None
+        assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (4000, "done here")
+
+
+async def test_a_text_message_on_the_direct_path_closes_with_1003():
+    sink = Sink()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await _accept(receive, send)
+        opener = direct_opener(scope)
+        assert opener is not None
+        opener(lambda: (1000, ""), 1024).attach(sink)
+        await sink.ended.wait()
+
+    async with serve(app) as url, connect(url) as client:
+        await client.send("not bytes")
+        with pytest.raises(ConnectionClosed) as closed:
+            await client.recv()
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 1003
+    await asyncio.wait_for(sink.ended.wait(), 5)
+    assert sink.lost
+    assert isinstance(sink.lost[0], ConnectionError)
+
+
+async def test_the_peer_closing_ends_the_direct_transport():
+    sink = Sink()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await _accept(receive, send)
+        opener = direct_opener(scope)
+        assert opener is not None
+        opener(lambda: (1000, ""), 1024).attach(sink)
+        await sink.ended.wait()
+
+    async with serve(app) as url:
+        client: ClientConnection = await connect(url)
+        await client.send(b"x")
+        await client.close()
+        await asyncio.wait_for(sink.ended.wait(), 5)
+    assert sink.received == [b"x"]
+    assert sink.lost == [None]
+
+
+async def _stalled_client(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A WebSocket client that upgrades and then reads nothing (its buffers fill up)."""
+    host_port = url.removeprefix("ws://").rstrip("/")
+    host, port = host_port.split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        f"GET / HTTP/1.1\r\nHost: {host_port}\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101")
+    return reader, writer
+
+
+async def test_a_full_socket_buffer_pauses_the_direct_transport():
+    sink = Sink()
+    paused = asyncio.Event()
+    resumed = asyncio.Event()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await _accept(receive, send)
+        opener = direct_opener(scope)
+        assert opener is not None
+        transport = opener(lambda: (1000, ""), 64 * 1024)
+        transport.attach(sink)
+        chunk = b"x" * (64 * 1024)
+        while not transport.write_paused:  # the client reads nothing
+            transport.write(chunk)
+            await asyncio.sleep(0)
+        paused.set()
+        await asyncio.wait_for(transport.drain(), 30)
+        resumed.set()
+        transport.abort()
+
+    async with serve(app) as url:
+        reader, writer = await _stalled_client(url)
+        await asyncio.wait_for(paused.wait(), 30)
+        assert (sink.paused, sink.resumed) == (1, 0)
+        with contextlib.suppress(ConnectionError):
+            while not resumed.is_set():  # now the client reads
+                if not await reader.read(1024 * 1024):
+                    break
+        await asyncio.wait_for(resumed.wait(), 30)
+        writer.close()
+    assert sink.resumed == 1
+
+
+async def test_another_server_offers_no_direct_path():
+    offered: list[object] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await _accept(receive, send)
+        offered.append(direct_opener(scope))
+        await send({"type": "websocket.close", "code": 1000})
+
+    async with serve(app, ws="websockets-sansio") as url, connect(url) as client:
+        with pytest.raises(ConnectionClosed):
+            await client.recv()
+    assert offered == [None]
