@@ -42,6 +42,7 @@ def coalesced_deadline(now: float, delay: float, wall: float) -> float:
         return now + delay
     return now + math.ceil((wall + delay) / step) * step - wall
 
+
 #: ``on_miss(consecutive_misses)`` -> True to keep pinging, False to stop.
 MissHandler = Callable[[int], bool]
 
