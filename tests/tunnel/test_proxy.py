@@ -195,6 +195,40 @@ async def test_agent_that_cannot_reach_its_service_is_502(
     assert (response.status_code, error_code(response)) == (502, "device_unreachable")
 
 
+async def test_an_invalid_answer_is_502_and_a_truncated_chunked_one_is_cut_off(
+    live: LiveServer, http: httpx.AsyncClient
+) -> None:
+    user = await signup(http)
+    device_id, token = await paired_agent_token(http, user)
+
+    async def answer(stream: Any) -> None:
+        head = await stream.readuntil(b"\r\n\r\n")
+        if b"/garbage" in head:
+            stream.write(b"HTTP/1.1 200 OK\r\nBad Header\r\n\r\n")
+        else:  # 1xx first, then a chunked body that ends before its last chunk
+            stream.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            stream.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            stream.write(b"5\r\nhello\r\n3\r\nab")
+        stream.write_eof()
+
+    async with connect_agent(live, token, answer):
+        hub = hub_of(_runtime(live))
+        await wait_for(lambda: _true(hub.get(uuid.UUID(device_id)) is not None))
+        response = await http.get(_proxy(device_id, "garbage"), headers=user.headers)
+        assert (response.status_code, error_code(response)) == (502, "device_unreachable")
+        received: list[bytes] = []
+
+        async def read_cut() -> None:
+            async with http.stream("GET", _proxy(device_id, "cut"), headers=user.headers) as r:
+                assert r.status_code == 200
+                async for chunk in r.aiter_bytes():
+                    received.append(chunk)  # noqa: PERF401 - kept when the stream breaks off
+
+        with pytest.raises(httpx.RemoteProtocolError):  # the response is aborted, not ended
+            await read_cut()
+        assert b"".join(received).startswith(b"hello")
+
+
 async def test_tunnel_drop_mid_response_aborts_the_client_response_with_one_info_line(
     live: LiveServer,
     http: httpx.AsyncClient,
@@ -325,3 +359,31 @@ async def test_cloud_responses_carry_one_date_and_no_server_header(live: LiveSer
     names = [name for name, _ in headers]
     assert names.count("date") == 1
     assert "server" not in names
+
+
+async def test_a_bad_device_id_is_422_before_the_caller_is_checked(
+    http: httpx.AsyncClient,
+) -> None:
+    # the proxy route parses its own parameters (off FastAPI's dependency solving) in
+    # FastAPI's order and with FastAPI's error: the path first, then the session
+    response = await http.get(_proxy("not-a-uuid", "x"))
+    assert response.status_code == 422
+    assert error_code(response) == "validation_error"
+    fields = response.json()["error"]["fields"]
+    assert fields[0]["loc"] == ["path", "device_id"]
+    assert fields[0]["type"] == "uuid_parsing"
+    anonymous = await http.get(_proxy(str(uuid.uuid4()), "x"))
+    assert anonymous.status_code == 401
+    assert error_code(anonymous) == "unauthorized"
+
+
+async def test_proxied_requests_are_counted_under_the_route_template(
+    http: httpx.AsyncClient, connected: tuple[User, str]
+) -> None:
+    user, device_id = connected
+    response = await http.get(_proxy(device_id, "echo/count-me"), headers=user.headers)
+    assert response.status_code == 200
+    text = (await http.get("/metrics")).text
+    template = f"{API}/devices/{{device_id}}/proxy/{{path:path}}"
+    assert f'visiona_http_requests_total{{method="GET",route="{template}",status="200"}}' in text
+    assert device_id not in text

@@ -7,14 +7,15 @@ import uuid
 from typing import Any
 
 from fastapi import APIRouter, Request, WebSocket
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from visiona.audit import service as audit
-from visiona.auth.dependencies import CurrentPrincipal
+from visiona.auth.dependencies import CurrentPrincipal, current_principal
 from visiona.cluster.service import forward_proxy
 from visiona.devices import service as devices_service
 from visiona.kit.database import map_db_error
 from visiona.kit.deps import runtime_of
+from visiona.kit.direct import direct_route, path_uuid
 from visiona.kit.errors import AppError, CsrfError, NotFoundError, UnauthorizedError
 from visiona.kit.http import error_responses
 from visiona.kit.logs import end_incomplete_on_purpose
@@ -98,7 +99,7 @@ async def proxy(
     path: str,
     request: Request,
     principal: CurrentPrincipal,
-) -> Any:
+) -> Response:
     """Forward the request through the device's tunnel to its agent's local service and
     stream the answer back. Not your device → 404; not connected → 502 ``device_offline``;
     no response head in time → 504 ``device_timeout``; a target under ``/visiona/`` (the
@@ -135,6 +136,16 @@ async def proxy(
     )
 
 
+async def proxy_request(request: Request) -> Response:
+    """The proxy route's handler: it parses what FastAPI would solve for :func:`proxy`
+    (whose signature documents the route) and calls it, off FastAPI's dependency
+    machinery (visiona/kit/direct.py). The order of checks is FastAPI's: the path's
+    device id (422), then the caller (401, 403 CSRF)."""
+    device_id = path_uuid(request, "device_id")
+    principal = await current_principal(request)
+    return await proxy(device_id, request.path_params["path"], request, principal)
+
+
 async def proxy_local(
     runtime: Runtime,
     request: Request,
@@ -143,7 +154,7 @@ async def proxy_local(
     user_id: uuid.UUID,
     target: bytes,
     prefix: str,
-) -> Any:
+) -> Response:
     """Proxy through this node's tunnel of the device (no tunnel here → 502 offline)."""
     link = hub_of(runtime).get(device_id)
     if link is None or link.owner_user_id != user_id:
@@ -228,7 +239,9 @@ _PROXY_RESPONSES: dict[int | str, dict[str, Any]] = {
     ),
     200: {"description": "Whatever the device's local service answers, streamed."},
 }
-# One route per method, so each OpenAPI operation has its own id.
+# One route per method, so each OpenAPI operation has its own id; documented from
+# `proxy`, served by `proxy_request`.
+_ProxyRoute = direct_route(proxy_request)
 for _method in PROXY_METHODS:
     router.add_api_route(
         "/devices/{device_id}/proxy/{path:path}",
@@ -239,4 +252,5 @@ for _method in PROXY_METHODS:
         summary=f"Proxy a {_method} request to the device",
         response_model=None,
         responses=_PROXY_RESPONSES,
+        route_class_override=_ProxyRoute,
     )

@@ -1,10 +1,11 @@
 """The HTTP proxy to devices: one HTTP/1.1 exchange per yamux stream, streamed both ways.
 
-The request head is written with h11 (method, target with the query string, headers
+The request head is written by hand (method, target with the query string, headers
 without hop-by-hop ones nor the caller's cloud credentials, ``X-Forwarded-*`` added);
-the body is copied to the stream as it arrives. The response head is parsed with h11;
-a ``Content-Length`` body or one delimited by the end of the stream is relayed as raw
-reads from the stream, a chunked one through h11. Nothing is buffered whole.
+the body is copied to the stream as it arrives. The response head is parsed with
+httptools (visiona/tunnel/response.py); a ``Content-Length`` body or one delimited by
+the end of the stream is relayed as raw reads from the stream, a chunked one decoded
+by the same parser. Nothing is buffered whole.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING
 
-import h11
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from visiona.kit.logs import end_incomplete_on_purpose
 from visiona.tunnel.errors import DeviceTimeoutError, DeviceUnreachableError
+from visiona.tunnel.response import InvalidResponseError, ResponseParser
 from visiona.yamux import YamuxError
 
 if TYPE_CHECKING:
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
 
 _LOGGER = logging.getLogger(__name__)
 _READ_SIZE = 1024 * 1024
-_HEAD_LIMIT = 64 * 1024
 HOP_BY_HOP = frozenset(
     {
         b"connection",
@@ -87,7 +87,7 @@ def request_head(request: Request, prefix: str) -> tuple[list[tuple[bytes, bytes
     client = request.client.host if request.client else "unknown"
     headers += [
         (b"x-forwarded-for", client.encode("latin-1")),
-        (b"x-forwarded-proto", request.url.scheme.encode("latin-1")),
+        (b"x-forwarded-proto", str(request.scope.get("scheme", "http")).encode("latin-1")),
         (b"x-forwarded-host", request.headers.get("host", "").encode("latin-1")),
         (b"x-forwarded-prefix", prefix.encode("latin-1")),
         (b"connection", b"close"),
@@ -120,7 +120,7 @@ class ProxyExchange:
         self._target = target
         self._prefix = prefix
         self._timeout = timeout
-        self._h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=_HEAD_LIMIT)
+        self._response = ResponseParser()
         self._stream: Stream | None = None
         self._sent = 0
         self._body_done = False
@@ -144,10 +144,7 @@ class ProxyExchange:
         headers, has_body = request_head(self._request, self._prefix)
         method = self._request.method.encode("ascii")
         self._chunked = any(k == b"transfer-encoding" for k, _ in headers)
-        # The head is written by hand (the caller's headers were parsed by our HTTP server);
-        # h11 only learns the method, to frame the response it will parse.
-        self._h11.send(h11.Request(method=method, target=b"/", headers=[(b"host", b"device")]))
-        self._h11.send(h11.EndOfMessage())
+        # The head is written by hand: the caller's headers were parsed by our HTTP server.
         lines = [method, b" ", self._target, b" HTTP/1.1\r\n"]
         for name, value in headers:
             lines += (name, b": ", value, b"\r\n")
@@ -224,20 +221,17 @@ class ProxyExchange:
             except (YamuxError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as err:
                 raise DeviceUnreachableError() from err
             try:
-                self._h11.receive_data(head)
-                event = self._h11.next_event()
-            except h11.RemoteProtocolError as err:
+                final = self._response.feed_head(head)
+            except InvalidResponseError as err:
                 raise DeviceUnreachableError("The device sent an invalid response.") from err
-            if isinstance(event, h11.InformationalResponse):
-                continue
-            if not isinstance(event, h11.Response):
-                raise DeviceUnreachableError("The device sent an invalid response.")
-            return event.status_code, self._response_headers(event), self._framing(event)
+            if final:  # informational (1xx) heads are skipped
+                status, headers = self._response.status, self._response.headers
+                return status, self._response_headers(headers), self._framing(status, headers)
 
-    def _framing(self, event: h11.Response) -> str:
-        if self._request.method == "HEAD" or event.status_code in {204, 304}:
+    def _framing(self, status: int, headers: list[tuple[bytes, bytes]]) -> str:
+        if self._request.method == "HEAD" or status in {204, 304}:
             return "none"
-        names = dict(event.headers)
+        names = dict(headers)
         if b"chunked" in names.get(b"transfer-encoding", b"").lower():
             return "chunked"
         if b"content-length" in names:
@@ -246,8 +240,7 @@ class ProxyExchange:
         return "eof"
 
     @staticmethod
-    def _response_headers(event: h11.Response) -> list[tuple[bytes, bytes]]:
-        raw = list(event.headers)
+    def _response_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         listed = _connection_tokens(raw)
         kept = [(k, v) for k, v in raw if k not in _DROPPED_RESPONSE and k not in listed]
         length = dict(raw).get(b"content-length")
@@ -270,7 +263,7 @@ class ProxyExchange:
                 self._watch_client()
                 await self._relay_chunked(send)
             self._complete = not self._client_gone
-        except (YamuxError, asyncio.IncompleteReadError, h11.RemoteProtocolError) as err:
+        except (YamuxError, asyncio.IncompleteReadError, InvalidResponseError) as err:
             if not self._client_gone:
                 # Returning without completing the response is how ASGI aborts it: the
                 # server closes the connection, the client sees a truncated response.
@@ -323,14 +316,10 @@ class ProxyExchange:
         stream = self._stream
         assert stream is not None  # noqa: S101 - open() set it
         while not self._client_gone:
-            event = self._h11.next_event()
-            if event is h11.NEED_DATA:
-                self._h11.receive_data(await stream.read(_READ_SIZE))
-            elif isinstance(event, h11.Data):
-                await send(
-                    {"type": "http.response.body", "body": bytes(event.data), "more_body": True}
-                )
-            elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+            data = await stream.read(_READ_SIZE)
+            for piece in self._response.feed_body(data):
+                await send({"type": "http.response.body", "body": piece, "more_body": True})
+            if self._response.complete or not data:
                 return
 
     async def abort(self) -> None:
