@@ -63,17 +63,57 @@ def _fake_usb(monkeypatch: pytest.MonkeyPatch, find: object) -> list[dict[str, o
     package.core = core  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "usb", package)
     monkeypatch.setitem(sys.modules, "usb.core", core)
+    monkeypatch.setattr(usb, "_BACKENDS", usb.BackendCache(probe=lambda: _BACKEND))
     return calls
+
+
+_BACKEND = object()
 
 
 def test_usb_status_looks_for_kneron_vendor_id(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = _fake_usb(monkeypatch, object())
     assert usb.usb_status() == "online"
-    assert calls == [{"idVendor": 0x3231}]
+    assert calls == [{"idVendor": 0x3231, "backend": _BACKEND}]
     _fake_usb(monkeypatch, None)
     assert usb.usb_status() == "offline"
     _fake_usb(monkeypatch, RuntimeError("No backend available"))
     assert usb.usb_status() == "unknown"
+
+
+def test_a_found_backend_is_looked_up_once() -> None:
+    probes: list[int] = []
+    cache = usb.BackendCache(probe=lambda: probes.append(1) or _BACKEND)
+    assert cache.get() is _BACKEND
+    assert cache.get() is _BACKEND
+    assert probes == [1]
+
+
+def test_a_missing_backend_is_looked_for_again_only_after_the_retry_interval() -> None:
+    now = [1000.0]
+    found: list[object] = [None]
+    probes: list[float] = []
+
+    def probe() -> object:
+        probes.append(now[0])
+        return found[0]
+
+    cache = usb.BackendCache(probe=probe, retry=600.0, clock=lambda: now[0])
+    for step in range(5):  # every status poll of ten minutes: one probe (subprocesses)
+        now[0] = 1000.0 + step * 100
+        with pytest.raises(usb.NoBackendError):
+            cache.get()
+    assert probes == [1000.0]
+    found[0] = _BACKEND  # libusb installed meanwhile
+    now[0] = 1601.0
+    assert cache.get() is _BACKEND
+    assert probes == [1000.0, 1601.0]
+
+
+def test_no_backend_reads_as_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_usb(monkeypatch, object())
+    monkeypatch.setattr(usb, "_BACKENDS", usb.BackendCache(probe=lambda: None))
+    assert usb.usb_status() == "unknown"
+    assert usb.detect_device_type() is None
 
 
 def test_usb_status_on_this_machine_is_a_known_value() -> None:

@@ -2,12 +2,22 @@
 
 Product ids are those of Kneron PLUS (``kp.ProductId``): 0x0100 KL520, 0x0720 KL720
 (0x0200 before a firmware update), 0x0630 KL630, 0x0732 KL730.
+
+pyusb looks for its backends at every ``usb.core.find()`` that is not given one, and
+where libusb is missing that look runs ``ldconfig`` and ``gcc`` in subprocesses
+(``ctypes.util.find_library``): at every status poll, in the agent's worker thread,
+holding the GIL the tunnel's loop needs. The backend is therefore looked up once and
+kept; a missing one is looked for again at most every :data:`BACKEND_RETRY` seconds
+(libusb may be installed while the agent runs).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 from visiona.wire import UsbStatus
@@ -44,10 +54,64 @@ def _hint_once(reason: str) -> None:
         _LOGGER.info("agent: %s", fix_hint(reason))
 
 
+#: Seconds between two looks for a missing libusb backend.
+BACKEND_RETRY = 600.0
+
+
+class NoBackendError(RuntimeError):
+    """No libusb backend is installed (looked for at most every ``BACKEND_RETRY`` s)."""
+
+
+def _probe_backends() -> Any:
+    """pyusb's first available backend (libusb 1.0, OpenUSB, libusb 0.1), or None."""
+    from usb.backend import libusb0, libusb1, openusb  # type: ignore[import-untyped]  # noqa: PLC0415 - pyusb has no stubs; imported late: it may be missing
+
+    for module in (libusb1, openusb, libusb0):
+        backend = module.get_backend()
+        if backend is not None:
+            return backend
+    return None
+
+
+class BackendCache:
+    """The libusb backend, found once; a missing one is retried after ``retry`` seconds."""
+
+    def __init__(
+        self,
+        probe: Callable[[], Any] = _probe_backends,
+        retry: float = BACKEND_RETRY,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """Look with ``probe`` (None: no backend), timed by ``clock``."""
+        self._probe = probe
+        self._retry = retry
+        self._clock = clock
+        self._backend: Any = None
+        self._missing_since: float | None = None
+        self._lock = threading.Lock()  # polls run in worker threads
+
+    def get(self) -> Any:
+        """The backend; :class:`NoBackendError` while none is installed."""
+        with self._lock:
+            if self._backend is not None:
+                return self._backend
+            now = self._clock()
+            if self._missing_since is not None and now - self._missing_since < self._retry:
+                raise NoBackendError("no libusb backend")
+            self._backend = self._probe()
+            if self._backend is None:
+                self._missing_since = now
+                raise NoBackendError("no libusb backend")
+            return self._backend
+
+
+_BACKENDS = BackendCache()
+
+
 def _find() -> Any:
     import usb.core  # type: ignore[import-untyped]  # noqa: PLC0415 - pyusb has no stubs; imported late: libusb may be missing
 
-    return usb.core.find(idVendor=KNERON_VENDOR_ID)
+    return usb.core.find(idVendor=KNERON_VENDOR_ID, backend=_BACKENDS.get())
 
 
 def _reason(err: Exception) -> str:
