@@ -11,8 +11,12 @@ same Go origin (``tunnelpeer -mode origin``, the device's local HTTP service):
 
 Scenarios: a 1 GiB download (MB/s, median of ``ROUNDS``); 2,000 sequential tiny
 requests with a new client connection each time (p50/p99); 8 parallel downloads
-(aggregate MB/s); then N idle connected agents (default 1,000; real agent code, one
-process): server RSS per tunnel and server CPU while idle. MB = 10^6 bytes.
+(aggregate MB/s); then N idle connected agents (default 1,000; the agent's own
+WebSocket code, one process): server RSS per tunnel and server CPU while idle, twice:
+with the agents pinging every 30 s at random phases (their clocks not in step: the
+server answers each ping in its own wake-up, the worst case), then with the agents'
+own keepalive, which rounds its deadlines to the wall-clock grid (clocks in step, as
+NTP keeps them). MB = 10^6 bytes.
 
 Reproduce: ``.venv/bin/python -m bench tunnel`` (env ``TUNNEL_BENCH_GIB`` download
 size in GiB, ``TUNNEL_BENCH_ROUNDS``, ``TUNNEL_BENCH_IDLE`` idle agents).
@@ -24,6 +28,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -39,7 +44,7 @@ import uvloop
 from testkit.gopeer import build_tunnel_peer
 from testkit.servers import free_port
 from visiona.agent.websocket import open_tunnel_socket
-from visiona.yamux import Session
+from visiona.yamux import Config, Session
 
 GIB = 1024**3
 BIG = int(float(os.environ.get("TUNNEL_BENCH_GIB", "1")) * GIB)
@@ -48,6 +53,7 @@ TINY = 2000
 PARALLEL = 8
 IDLE = int(os.environ.get("TUNNEL_BENCH_IDLE", "1000"))
 IDLE_SECONDS = 20.0
+AGENT_KEEPALIVE = 30.0  # the agent's default (hashicorp/yamux's too)
 API = "/api/v1"
 
 
@@ -187,35 +193,72 @@ async def _idle_agents(base: str, user_token: str, count: int) -> tuple[list[Any
                 ws_url = base.replace("http://", "ws://") + f"{API}/agent/tunnel"
                 socket = await open_tunnel_socket(ws_url, token)
                 sockets.append(socket)
-                sessions.append(Session(socket.feed, client=False))
+                # keepalive driven by the scenario (random phases, then the agents' own)
+                config = Config(enable_keepalive=False)
+                sessions.append(Session(socket.feed, client=False, config=config))
 
         await asyncio.gather(*(one(i) for i in range(count)))
     return sockets, sessions
 
 
+def _random_phase_pings(sessions: list[Session]) -> list[asyncio.TimerHandle]:
+    """Ping from each session every ``AGENT_KEEPALIVE`` s, each at its own random phase."""
+    loop = asyncio.get_running_loop()
+    handles: list[asyncio.TimerHandle] = []
+    pending: set[asyncio.Future[float]] = set()
+
+    def tick(index: int) -> None:
+        session = sessions[index]
+        if session.is_closed:
+            return
+        ping = asyncio.ensure_future(session.ping())
+        pending.add(ping)
+        ping.add_done_callback(pending.discard)
+        handles[index] = loop.call_later(AGENT_KEEPALIVE, tick, index)
+
+    for index in range(len(sessions)):
+        phase = AGENT_KEEPALIVE * random.random()  # a phase, not a secret
+        handles.append(loop.call_later(phase, tick, index))
+    return handles
+
+
+async def _cpu_percent(pid: int, seconds: float) -> float:
+    cpu0 = _cpu_seconds(pid)
+    await asyncio.sleep(seconds)
+    return (_cpu_seconds(pid) - cpu0) / seconds * 100
+
+
 def _idle_scenario(base: str, pid: int, user_token: str) -> list[str]:
     async def run() -> list[str]:
         baseline_rss = _rss_kib(pid)
-        cpu0 = _cpu_seconds(pid)
-        await asyncio.sleep(IDLE_SECONDS / 2)
-        baseline_cpu = (_cpu_seconds(pid) - cpu0) / (IDLE_SECONDS / 2) * 100
+        baseline_cpu = await _cpu_percent(pid, IDLE_SECONDS / 2)
         started = time.perf_counter()
         _sockets, sessions = await _idle_agents(base, user_token, IDLE)
         setup = time.perf_counter() - started
+        handles = _random_phase_pings(sessions)
         await asyncio.sleep(2)
         rss = _rss_kib(pid)
-        cpu0 = _cpu_seconds(pid)
-        await asyncio.sleep(IDLE_SECONDS)
-        cpu = (_cpu_seconds(pid) - cpu0) / IDLE_SECONDS * 100
+        unsynced = await _cpu_percent(pid, IDLE_SECONDS)
+        for handle in handles:
+            handle.cancel()
+        for session in sessions:  # the agents' own keepalive: on the wall-clock grid
+            session.keep_alive(AGENT_KEEPALIVE, 10.0, on_miss=lambda _misses: True)
+        await asyncio.sleep(2)
+        synced = await _cpu_percent(pid, IDLE_SECONDS)
         alive = sum(not s.is_closed for s in sessions)
         await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
         per_tunnel = (rss - baseline_rss) / max(1, alive)
+        per_thousand = 1000 / max(1, alive)
         return [
             f"{alive} idle agents connected (paired + upgraded in {setup:.1f}s)",
             f"  server RSS {baseline_rss / 1024:.1f} MiB with none -> {rss / 1024:.1f} MiB: "
             f"{per_tunnel:.1f} KiB per tunnel",
-            f"  server CPU while idle: {cpu:.2f} % of one core over {IDLE_SECONDS:.0f}s "
-            f"(reference: {baseline_cpu:.2f} % with no tunnel)",
+            f"  server CPU while idle over {IDLE_SECONDS:.0f}s, reference {baseline_cpu:.2f} % "
+            "of one core with no tunnel:",
+            f"    agents pinging at random phases: {unsynced:.2f} % "
+            f"({(unsynced - baseline_cpu) * per_thousand:.2f} % per thousand tunnels)",
+            f"    agents' clocks in step:          {synced:.2f} % "
+            f"({(synced - baseline_cpu) * per_thousand:.2f} % per thousand tunnels)",
         ]
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:

@@ -27,9 +27,15 @@ COOKIE = "sessionCookie"
 
 
 def create_fastapi(**kwargs: Any) -> FastAPI:
-    """A FastAPI app whose ``/docs`` and ``/redoc`` use packaged assets (no CDN)."""
+    """A FastAPI app whose ``/docs`` and ``/redoc`` use packaged assets (no CDN).
+
+    FastAPI's native OpenTelemetry is off: the service's metrics are its own Prometheus
+    ones (visiona/kit/metrics.py), and left on, every request asked the global tracer,
+    meter and logger providers whether telemetry was configured.
+    """
     from fastapi_offline import FastAPIOffline  # noqa: PLC0415 - only the server needs it
 
+    kwargs.setdefault("telemetry", {"tracing": False, "metrics": False, "logs": False})
     app: FastAPI = FastAPIOffline(static_url="/docs-assets", **kwargs)
     return app
 
