@@ -49,8 +49,9 @@ async def _writes(db: Database, owner: uuid.UUID, device: uuid.UUID, audited: bo
     started = time.perf_counter()
     for number in range(WRITES):
         async with db.transaction() as conn:
+            now = datetime.now(UTC)
             await devices.rename_device(
-                conn, owner, device, name=f"n{number}", now=datetime.now(UTC)
+                conn, owner, device, name=f"n{number}", now=now, stale_before=now
             )
             if audited:
                 await audit.record(

@@ -8,28 +8,31 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI
 
 from visiona import __version__
+from visiona.audit.dependencies import PRUNER
 from visiona.audit.endpoints import router as audit_router
 from visiona.audit.retention import Pruner
+from visiona.auth.dependencies import SESSIONS
 from visiona.auth.endpoints import router as auth_router
-from visiona.auth.sessions import (
-    MemorySessionStore,
-    RedisSessionStore,
-    SessionStore,
-    SqlSessionStore,
-)
-from visiona.cluster.deployments import fail_left_unfinished
-from visiona.cluster.endpoints import router as internal_router
-from visiona.cluster.service import build_cluster
+from visiona.auth.sessions import SessionStore, build_session_store
+from visiona.cluster.dependencies import CLUSTER
+from visiona.cluster.service import build_cluster, build_registry
 from visiona.console import install as install_console
+from visiona.deployments.delivery import Delivery
+from visiona.deployments.dependencies import DELIVERY
+from visiona.deployments.endpoints import internal_router as deployments_internal_router
 from visiona.deployments.endpoints import router as deployments_router
+from visiona.deployments.recovery import Recovery
+from visiona.devices.dependencies import DEVICES
 from visiona.devices.endpoints import agent_router
 from visiona.devices.endpoints import router as devices_router
+from visiona.devices.service import Devices
 from visiona.kit.database import Database
+from visiona.kit.deps import DEVICE_REVOKED, RUNTIME
 from visiona.kit.edge import (
     HeadAsGetMiddleware,
     create_fastapi,
@@ -41,14 +44,18 @@ from visiona.kit.logs import install_server_log_filters
 from visiona.kit.metrics import Metrics
 from visiona.kit.migrate import status_from_connection, upgrade_on_connection
 from visiona.kit.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
-from visiona.kit.runtime import Runtime
+from visiona.kit.runtime import DeviceHook, DeviceRevoked, Runtime
 from visiona.kit.settings import Settings
+from visiona.models.dependencies import STORAGE
 from visiona.models.endpoints import router as models_router
 from visiona.models.storage import ObjectStorage
 from visiona.ops.endpoints import router as ops_router
 from visiona.tokens.endpoints import router as tokens_router
+from visiona.tunnel.dependencies import HUB, RELAY
+from visiona.tunnel.endpoints import internal_router as tunnel_internal_router
 from visiona.tunnel.endpoints import router as tunnel_router
 from visiona.tunnel.hub import TunnelHub
+from visiona.tunnel.relay import Relay
 from visiona.wire import API_PREFIX
 
 _LOGGER = logging.getLogger(__name__)
@@ -63,9 +70,8 @@ def _is_memory(settings: Settings) -> bool:
 
 
 async def build_runtime(settings: Settings, metrics: Metrics) -> Runtime:
-    """Build the database, session store, rate limiter and model storage of ``settings``."""
-    # First: a bad storage URL or option fails before any connection is opened.
-    model_storage = ObjectStorage.from_settings(settings)
+    """The infrastructure of ``settings``: the database (checked to be migrated), Redis
+    and the rate limiter. Raises :class:`MigrationsPendingError` when the schema is behind."""
     db = Database(settings.build_engine(), settings.database_target)
     async with db.engine.begin() as conn:
         if _is_memory(settings):
@@ -78,68 +84,72 @@ async def build_runtime(settings: Settings, metrics: Metrics) -> Runtime:
             f"({', '.join(status.pending)}); run `visiona migrate up`"
         )
     redis = settings.build_redis()
-    sessions: SessionStore
-    limiter: RateLimiter
-    if redis is not None:
-        sessions = RedisSessionStore(
-            redis,
-            settings.session_idle_ttl,
-            settings.session_absolute_ttl,
-            on_error=metrics.session_store_errors.inc,
-        )
-        limiter = RedisRateLimiter(redis)
-    else:
-        if _is_memory(settings):  # nothing survives a restart anyway
-            sessions = MemorySessionStore(settings.session_idle_ttl, settings.session_absolute_ttl)
-        else:  # the SQLite file or PostgreSQL: users stay signed in across a restart
-            sessions = SqlSessionStore(db, settings.session_idle_ttl, settings.session_absolute_ttl)
-        limiter = MemoryRateLimiter()
+    limiter: RateLimiter = MemoryRateLimiter() if redis is None else RedisRateLimiter(redis)
     metrics.gauge("visiona_db_pool_in_use", "Database connections checked out.", db.pool_in_use)
-    runtime = Runtime(
-        settings=settings,
-        db=db,
-        sessions=sessions,
-        limiter=limiter,
-        metrics=metrics,
-        redis=redis,
-        model_storage=model_storage,
-    )
-    cluster = build_cluster(runtime, None)
-    hub = TunnelHub(db, settings, cluster.registry if cluster else None)
-    await hub.start()
-    hub.register_metrics(metrics)
-    runtime.hub = hub
-    runtime.on_device_revoked.append(hub.device_revoked)
-    if cluster is not None:
-        # Other nodes close their tunnel of a revoked device; so does this one on theirs.
-        runtime.on_device_revoked.append(cluster.registry.publish_revoked)
-        cluster.registry.listen_revoked(hub.device_revoked)
-        cluster.start_sweeping(db)
-    else:
-        await fail_left_unfinished(db)
-    runtime.audit_pruner = Pruner(db, settings.audit_retention_days, settings.audit_prune_interval)
-    runtime.audit_pruner.start()
-    return runtime
+    return Runtime(settings=settings, db=db, limiter=limiter, metrics=metrics, redis=redis)
 
 
 async def close_runtime(runtime: Runtime) -> None:
-    """Release every client the runtime holds (live tunnels first: they write their status)."""
-    pruner, runtime.audit_pruner = runtime.audit_pruner, None
-    if pruner is not None:
-        await pruner.stop()
-    cluster, runtime.cluster = runtime.cluster, None
-    if cluster is not None:
-        await cluster.close()
-    hub, runtime.hub = runtime.hub, None
-    if hub is not None:
-        await hub.close()
-    if cluster is not None:
-        await cluster.forwarder.close()
+    """Release the infrastructure's clients (after every feature's object is closed)."""
     if runtime.redis is not None:
         await runtime.redis.aclose()
-    # obstore stores hold no connection that needs closing; drop the reference.
-    runtime.model_storage = None
     await runtime.db.dispose()
+
+
+@asynccontextmanager
+async def run_features(
+    app: FastAPI, runtime: Runtime, storage: ObjectStorage
+) -> AsyncIterator[SessionStore]:
+    """Build every feature's live object, hand each out through its feature's
+    dependencies, and close them in reverse order when the block ends.
+
+    The one place that knows every feature: the tunnel hub (with the cluster's
+    registry when clustered), the cluster, the proxy's relay, the model storage,
+    deployments' delivery and recovery, the session store, the audit pruner, and who
+    hears of a revoked device.
+    """
+    settings, db = runtime.settings, runtime.db
+    sessions = build_session_store(
+        settings,
+        db,
+        runtime.redis,
+        in_memory=_is_memory(settings),
+        on_error=runtime.metrics.session_store_errors.inc,
+    )
+    async with AsyncExitStack() as stack:
+        registry = build_registry(settings, runtime.redis)
+        hub = TunnelHub(db, settings, registry)
+        cluster = build_cluster(
+            settings, registry, lambda device_id: hub.get(device_id) is not None
+        )
+        stack.push_async_callback(cluster.close)  # last: the connections to the other nodes
+        await hub.start()
+        stack.push_async_callback(hub.close)  # its tunnels write offline, release their leases
+        hub.register_metrics(runtime.metrics)
+        hooks: list[DeviceHook] = [hub.device_revoked]
+        if registry is not None:
+            # Other nodes close their tunnel of a revoked device; so does this one on theirs.
+            hooks.append(registry.publish_revoked)
+            registry.listen_revoked(hub.device_revoked)
+            stack.push_async_callback(registry.close)  # stop listening before the hub closes
+        recovery = Recovery(db, cluster)
+        await recovery.start()
+        stack.push_async_callback(recovery.stop)
+        pruner = Pruner(db, settings.audit_retention_days, settings.audit_prune_interval)
+        pruner.start()
+        stack.push_async_callback(pruner.stop)
+
+        RUNTIME.provide(app, runtime)
+        DEVICE_REVOKED.provide(app, DeviceRevoked.of(hooks))
+        SESSIONS.provide(app, sessions)
+        PRUNER.provide(app, pruner)
+        STORAGE.provide(app, storage)
+        DEVICES.provide(app, Devices.from_settings(settings))
+        HUB.provide(app, hub)
+        CLUSTER.provide(app, cluster)
+        RELAY.provide(app, Relay(hub, cluster, db, settings.proxy_response_timeout))
+        DELIVERY.provide(app, Delivery(db, settings, storage, hub, cluster))
+        yield sessions
 
 
 def _sessions_target(settings: Settings, sessions: SessionStore) -> str:
@@ -156,17 +166,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # First: a bad storage URL or option fails before any connection is opened.
+        storage = ObjectStorage.from_settings(settings)
         runtime = await build_runtime(settings, metrics)
-        app.state.runtime = runtime
-        _LOGGER.info(
-            "visiona %s ready: database %s, sessions %s, model files %s",
-            __version__,
-            settings.database_target,
-            _sessions_target(settings, runtime.sessions),
-            settings.storage_target,
-        )
         try:
-            yield
+            async with run_features(app, runtime, storage) as sessions:
+                _LOGGER.info(
+                    "visiona %s ready: database %s, sessions %s, model files %s",
+                    __version__,
+                    settings.database_target,
+                    _sessions_target(settings, sessions),
+                    settings.storage_target,
+                )
+                yield
         finally:
             await close_runtime(runtime)
 
@@ -198,7 +210,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # audit feature routers
     app.include_router(audit_router, prefix=API_PREFIX)
     app.include_router(ops_router)
-    app.include_router(internal_router)
+    # the routes other cluster nodes forward to (each feature's own)
+    app.include_router(tunnel_internal_router)
+    app.include_router(deployments_internal_router)
 
     # the web console (pages at /, scripts and styles at /static)
     install_console(app)

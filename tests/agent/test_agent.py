@@ -20,14 +20,8 @@ from tests.support.api import User, signup
 from tests.tunnel.device_service import pattern
 from tests.tunnel.support import API, wait_for
 from visiona.agent.runner import Agent, AgentOptions
-from visiona.kit.runtime import Runtime
-from visiona.tunnel.endpoints import hub_of
+from visiona.tunnel.dependencies import HUB
 from visiona.wire import CLOSE_GOING_AWAY
-
-
-def _runtime(live: LiveServer) -> Runtime:
-    runtime: Runtime = live.app.state.runtime
-    return runtime
 
 
 def _options(live: LiveServer, port: int, path: Path, token: str | None) -> AgentOptions:
@@ -100,15 +94,12 @@ async def test_agent_pairs_forwards_reports_and_reconnects(
         assert response.json()["sha256"] == hashlib.sha256(upload).hexdigest()
 
         # the server goes away (closes the tunnel): the agent comes back by itself
-        link = hub_of(_runtime(live)).get(uuid.UUID(device_id))
+        link = HUB.of(live.app).get(uuid.UUID(device_id))
         assert link is not None
         await link.close(CLOSE_GOING_AWAY, "test restart")
 
         async def reconnected() -> bool:
-            return (
-                agent.connections >= 2
-                and hub_of(_runtime(live)).get(uuid.UUID(device_id)) is not None
-            )
+            return agent.connections >= 2 and HUB.of(live.app).get(uuid.UUID(device_id)) is not None
 
         await wait_for(reconnected, limit=30)
         assert not task.done()

@@ -27,7 +27,7 @@ from tests.support.api import signup
 from tests.tunnel.support import API, wait_for
 from visiona.agent.runner import Agent
 from visiona.cli import app as cli
-from visiona.tunnel.endpoints import hub_of
+from visiona.tunnel.dependencies import HUB
 from visiona.wire import CLOSE_GOING_AWAY
 
 
@@ -168,7 +168,7 @@ async def test_shutdown_logs_say_what_happened_and_status_reports_it(  # noqa: P
     async with running(agent):
         await asyncio.wait_for(agent.connected.wait(), 30)
         device_id = str((await _device(http, user))["id"])
-        link = hub_of(live.app.state.runtime).get(uuid.UUID(device_id))
+        link = HUB.of(live.app).get(uuid.UUID(device_id))
         assert link is not None
         await link.close(CLOSE_GOING_AWAY, "server shutting down")
 

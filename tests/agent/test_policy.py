@@ -31,8 +31,7 @@ from tests.support.models import nef, uploaded
 from tests.tunnel.support import API, wait_for
 from visiona.agent.policy import build_policy
 from visiona.agent.runner import Agent
-from visiona.kit.runtime import Runtime
-from visiona.tunnel.endpoints import hub_of
+from visiona.tunnel.dependencies import HUB
 
 
 class RecordingService:
@@ -78,11 +77,6 @@ async def service() -> AsyncIterator[RecordingService]:
     await recording.stop()
 
 
-def _runtime(live: LiveServer) -> Runtime:
-    runtime: Runtime = live.app.state.runtime
-    return runtime
-
-
 async def _paired_agent(
     live: LiveServer,
     http: httpx.AsyncClient,
@@ -110,7 +104,7 @@ async def _device_id(http: httpx.AsyncClient, user: User) -> str:
 
 async def _raw(live: LiveServer, device_id: str, request: bytes) -> bytes:
     """Send ``request`` on a new stream of the device's tunnel; the agent's whole answer."""
-    link = hub_of(_runtime(live)).get(uuid.UUID(device_id))
+    link = HUB.of(live.app).get(uuid.UUID(device_id))
     assert link is not None
     stream = await link.session.open_stream()
     stream.write(request)

@@ -29,7 +29,7 @@ from visiona.kit.runtime import Runtime
 from visiona.kit.schema import devices
 from visiona.kit.settings import Settings
 from visiona.kit.tokens import hash_token
-from visiona.tunnel.endpoints import hub_of
+from visiona.tunnel.dependencies import HUB
 from visiona.tunnel.hub import RESTART_REASON
 from visiona.yamux import Stream
 
@@ -223,7 +223,7 @@ def _hub_runtime(live: LiveServer) -> Runtime:
 
 async def _online(live: LiveServer, device_id: str) -> None:
     async def up() -> bool:
-        return hub_of(_hub_runtime(live)).get(uuid.UUID(device_id)) is not None
+        return HUB.of(live.app).get(uuid.UUID(device_id)) is not None
 
     await wait_for(up)
 

@@ -15,6 +15,7 @@ from tests.audit.helpers import stored_events
 from tests.devices.helpers import runtime
 from tests.tunnel.support import wait_for
 from visiona.audit import repository
+from visiona.audit.dependencies import PRUNER
 from visiona.audit.retention import Pruner, prune
 from visiona.kit.database import Database
 
@@ -89,6 +90,5 @@ def _ran(pruner: Pruner) -> Callable[[], Awaitable[bool]]:
 
 
 async def test_the_app_starts_and_stops_its_pruner(app: FastAPI) -> None:
-    pruner = runtime(app).audit_pruner
-    assert pruner is not None
+    pruner = PRUNER.of(app)
     await wait_for(_ran(pruner))

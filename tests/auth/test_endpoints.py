@@ -13,7 +13,7 @@ from sqlalchemy import select, text
 from tests.conftest import LIFESPAN_TIMEOUT
 from tests.support.api import PASSWORD, error_code, signup
 from visiona.app import create_app
-from visiona.auth.dependencies import CurrentPrincipal
+from visiona.auth.dependencies import SESSIONS, CurrentPrincipal
 from visiona.auth.sessions import SqlSessionStore
 from visiona.kit.deps import Conn
 from visiona.kit.schema import web_sessions
@@ -177,9 +177,12 @@ async def test_concurrent_requests_never_wait_for_their_own_connection(
         app, startup_timeout=LIFESPAN_TIMEOUT, shutdown_timeout=LIFESPAN_TIMEOUT
     ):
         runtime = app.state.runtime
-        if runtime.sessions.kind == "database":
-            runtime.sessions = SqlSessionStore(
-                runtime.db, roomy.session_idle_ttl, roomy.session_absolute_ttl, refresh_after=0
+        if SESSIONS.of(app).kind == "database":
+            SESSIONS.provide(
+                app,
+                SqlSessionStore(
+                    runtime.db, roomy.session_idle_ttl, roomy.session_absolute_ttl, refresh_after=0
+                ),
             )
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
@@ -213,7 +216,7 @@ async def test_session_is_stored_under_the_token_hash_only(
     user = await signup(client)
     runtime = app.state.runtime
     key = hash_token(user.token)
-    if runtime.sessions.kind == "redis":
+    if SESSIONS.of(app).kind == "redis":
         assert await runtime.redis.exists(f"visiona:sess:{key}") == 1
         assert await runtime.redis.exists(f"visiona:sess:{user.token}") == 0
     else:
@@ -223,7 +226,7 @@ async def test_session_is_stored_under_the_token_hash_only(
         assert all(user.token not in str(tuple(row)) for row in rows)
     out = await client.post("/api/v1/auth/logout", headers=user.headers)
     assert out.status_code == 204
-    if runtime.sessions.kind == "redis":
+    if SESSIONS.of(app).kind == "redis":
         assert await runtime.redis.exists(f"visiona:sess:{key}") == 0
     else:
         async with runtime.db.reading() as conn:
@@ -234,4 +237,4 @@ async def test_session_is_stored_under_the_token_hash_only(
 async def test_server_picks_the_session_store_the_configuration_implies(app: FastAPI) -> None:
     runtime = app.state.runtime
     expected = "redis" if runtime.settings.redis_url else "database"
-    assert runtime.sessions.kind == expected
+    assert SESSIONS.of(app).kind == expected

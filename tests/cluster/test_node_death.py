@@ -32,7 +32,8 @@ from tests.support.api import User, error_code, signup
 from tests.tunnel.device_service import device_app
 from tests.tunnel.support import API, StreamHandler, connect_agent, wait_for
 from visiona.agent.runner import Agent, AgentOptions
-from visiona.cluster.deployments import NODE_LOST, OWNER_LOST
+from visiona.deployments.delivery import OWNER_LOST
+from visiona.deployments.recovery import NODE_LOST
 from visiona.yamux import Stream
 
 

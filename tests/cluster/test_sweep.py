@@ -17,11 +17,11 @@ from redis.asyncio import Redis
 from testkit.servers import RedisServer
 from tests.deployments.helpers import device_and_model
 from tests.support.api import signup
-from visiona.cluster.deployments import NODE_LOST, RESTARTED, fail_left_unfinished, sweep
 from visiona.cluster.forwarding import Forwarder
 from visiona.cluster.registry import TunnelRegistry
-from visiona.cluster.service import Cluster
+from visiona.cluster.service import ClusterNode
 from visiona.deployments import repository
+from visiona.deployments.recovery import NODE_LOST, RESTARTED, fail_left_unfinished, sweep
 from visiona.deployments.schemas import DeploymentStatus
 from visiona.kit.clock import utcnow
 from visiona.kit.runtime import Runtime
@@ -30,13 +30,14 @@ TTL = 30.0
 
 
 @pytest.fixture
-async def cluster(redis_server: RedisServer) -> AsyncIterator[Cluster]:
+async def cluster(redis_server: RedisServer) -> AsyncIterator[ClusterNode]:
     """A node's cluster view on a Redis database of its own test."""
     redis = Redis.from_url(redis_server.url.rsplit("/", 1)[0] + f"/{uuid.uuid4().int % 15 + 1}")
     registry = TunnelRegistry(redis, node_id="node-x", node_url="http://127.0.0.1:9", ttl=TTL)
-    forwarder = Forwarder("t" * 32, 1.0)
-    yield Cluster(registry, forwarder, "t" * 32)
-    await forwarder.close()
+    node = ClusterNode(lambda _device: False, registry, Forwarder("t" * 32, 1.0), "t" * 32)
+    yield node
+    await node.close()
+    await registry.close()
     await redis.aclose()
 
 
@@ -78,7 +79,7 @@ async def _status(app: FastAPI, deployment_id: uuid.UUID) -> tuple[str, str | No
 
 
 async def test_the_sweep_fails_old_unfinished_records_no_node_runs(
-    app: FastAPI, client: httpx.AsyncClient, cluster: Cluster
+    app: FastAPI, client: httpx.AsyncClient, cluster: ClusterNode
 ) -> None:
     old_orphan, old_pending, running, recent, done = await _records(
         app,
@@ -93,14 +94,14 @@ async def test_the_sweep_fails_old_unfinished_records_no_node_runs(
     )
     await cluster.registry.claim_run(running)
     runtime: Runtime = app.state.runtime
-    assert await sweep(runtime.db, cluster) == 2
+    assert await sweep(runtime.db, cluster, TTL) == 2
     assert await _status(app, old_orphan) == ("failed", NODE_LOST)
     assert await _status(app, old_pending) == ("failed", NODE_LOST)
     assert await _status(app, running) == ("transferring", None)  # a live node runs it
     assert await _status(app, recent) == ("transferring", None)  # within the lease TTL
     assert await _status(app, done) == ("succeeded", None)
     await cluster.registry.release_run(running)
-    assert await sweep(runtime.db, cluster) == 1
+    assert await sweep(runtime.db, cluster, TTL) == 1
     assert await _status(app, running) == ("failed", NODE_LOST)
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -18,9 +19,49 @@ from visiona.console.views import (
     tunnel_badge,
     usb_label,
 )
+from visiona.deployments.repository import Deployment
+from visiona.deployments.schemas import DeploymentStatus
+from visiona.devices.repository import Device
+from visiona.tokens.repository import PairingToken, SessionToken
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 SEEN = NOW - timedelta(days=20)
+DEVICE = Device(
+    id=uuid.uuid4(),
+    owner_user_id=uuid.uuid4(),
+    name="Lab PC",
+    device_type="kl520",
+    serial_number="KL-1",
+    remote_status="offline",
+    status="unknown",
+    busy=False,
+    last_seen_at=None,
+    last_connected_at=None,
+    paired_at=None,
+    created_at=SEEN,
+    updated_at=SEEN,
+)
+PAIRING = PairingToken(
+    token_hash="0" * 64,
+    public_id=uuid.uuid4(),
+    user_id=uuid.uuid4(),
+    device_id=None,
+    created_at=SEEN,
+    expires_at=NOW + timedelta(minutes=5),
+    used_at=None,
+    revoked_at=None,
+)
+SESSION = SessionToken(
+    token_hash="1" * 64,
+    public_id=uuid.uuid4(),
+    user_id=uuid.uuid4(),
+    device_id=uuid.uuid4(),
+    parent_token_hash=None,
+    pairing_token_id=None,
+    created_at=SEEN,
+    expires_at=None,
+    revoked_at=None,
+)
 
 
 @pytest.mark.parametrize(
@@ -36,36 +77,45 @@ SEEN = NOW - timedelta(days=20)
 def test_tunnel_badge_reads_the_status_and_whether_it_ever_connected(
     remote_status: str, last_connected_at: datetime | None, label: str, kind: str
 ) -> None:
-    badge = tunnel_badge({"remote_status": remote_status, "last_connected_at": last_connected_at})
+    device = replace(DEVICE, remote_status=remote_status, last_connected_at=last_connected_at)
+    badge = tunnel_badge(device)
     assert (badge.label, badge.kind) == (label, kind)
 
 
 def test_offline_is_neutral_not_the_error_colour() -> None:
-    assert tunnel_badge({"remote_status": "offline", "last_connected_at": SEEN}).kind != "error"
+    assert tunnel_badge(replace(DEVICE, last_connected_at=SEEN)).kind != "error"
 
 
-def test_rows_may_be_mappings_or_objects() -> None:
-    row = SimpleNamespace(remote_status="online", last_connected_at=SEEN, status="offline")
-    assert tunnel_badge(row).label == "Online"
-    assert usb_label(row) == "Disconnected"
-    assert usb_label({"status": "weird"}) == "Unknown"
+def test_usb_label_names_the_dongle_status() -> None:
+    assert usb_label(replace(DEVICE, status="offline")) == "Disconnected"
+    assert usb_label(replace(DEVICE, status="online")) == "Connected"
+    assert usb_label(DEVICE) == "Unknown"
 
 
 def test_busy_badge_shows_what_the_agent_reported() -> None:
-    assert busy_badge({"busy": True}).label == "Busy"
-    assert busy_badge(SimpleNamespace(busy=False)).label == "Idle"
-    assert busy_badge({}).label == "Idle"  # never reported
+    assert busy_badge(replace(DEVICE, busy=True)).label == "Busy"
+    assert busy_badge(DEVICE).label == "Idle"  # never reported: stored false
 
 
 def test_token_states() -> None:
-    fresh = {"revoked_at": None, "used_at": None, "expires_at": NOW + timedelta(minutes=5)}
-    assert pairing_state(fresh, NOW).label == "Unused"
-    assert pairing_state({**fresh, "used_at": NOW}, NOW).label == "Used"
-    assert pairing_state({**fresh, "expires_at": NOW}, NOW).label == "Expired"
-    assert pairing_state({**fresh, "used_at": NOW, "revoked_at": NOW}, NOW).label == "Revoked"
-    assert session_state({"revoked_at": None, "expires_at": None}, NOW).label == "Active"
-    assert session_state({"revoked_at": NOW, "expires_at": None}, NOW).label == "Revoked"
-    assert deployment_badge({"status": "failed"}).label == "Failed"
+    assert pairing_state(PAIRING, NOW).label == "Unused"
+    assert pairing_state(replace(PAIRING, used_at=NOW), NOW).label == "Used"
+    assert pairing_state(replace(PAIRING, expires_at=NOW), NOW).label == "Expired"
+    assert pairing_state(replace(PAIRING, used_at=NOW, revoked_at=NOW), NOW).label == "Revoked"
+    assert session_state(SESSION, NOW).label == "Active"
+    assert session_state(replace(SESSION, revoked_at=NOW), NOW).label == "Revoked"
+    failed = Deployment(
+        id=uuid.uuid4(),
+        owner_user_id=uuid.uuid4(),
+        device_id=uuid.uuid4(),
+        model_id=uuid.uuid4(),
+        status=DeploymentStatus.FAILED,
+        error="no",
+        created_at=SEEN,
+        updated_at=SEEN,
+        finished_at=SEEN,
+    )
+    assert deployment_badge(failed).label == "Failed"
 
 
 @pytest.mark.parametrize(
@@ -77,8 +127,8 @@ def test_size(num_bytes: int, text: str) -> None:
 
 
 def test_filter_and_search() -> None:
-    online = {"remote_status": "online", "name": "Lab PC", "serial_number": "KL-1"}
-    gone = {"remote_status": "reconnecting", "name": "Door", "serial_number": "kl-2"}
+    online = replace(DEVICE, remote_status="online")
+    gone = replace(DEVICE, remote_status="reconnecting", name="Door", serial_number="kl-2")
     assert [matches(d, "online", "") for d in (online, gone)] == [True, False]
     assert [matches(d, "offline", "") for d in (online, gone)] == [False, True]
     assert [matches(d, "all", "KL-2") for d in (online, gone)] == [False, True]

@@ -32,7 +32,7 @@ from tests.tunnel.support import connect_agent, wait_for
 from visiona.deployments import service
 from visiona.kit.clock import utcnow
 from visiona.kit.schema import deployments
-from visiona.tunnel.endpoints import hub_of
+from visiona.tunnel.dependencies import HUB
 from visiona.yamux import Stream
 
 
@@ -141,7 +141,7 @@ async def test_two_concurrent_http_deployments_one_runs_one_gets_409(
     async with connect_agent(live, token, agent):
 
         async def connected() -> bool:
-            return hub_of(live.app.state.runtime).get(uuid.UUID(device_id)) is not None
+            return HUB.of(live.app).get(uuid.UUID(device_id)) is not None
 
         await wait_for(connected)
         tasks = [asyncio.create_task(deploy(http, user, device_id, model_id)) for _ in range(2)]

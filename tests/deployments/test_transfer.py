@@ -30,7 +30,8 @@ from tests.tunnel.support import connect_agent, wait_for
 from visiona.deployments import service
 from visiona.deployments.schemas import DeploymentStatus
 from visiona.kit.runtime import Runtime
-from visiona.tunnel.endpoints import hub_of
+from visiona.models.dependencies import STORAGE
+from visiona.tunnel.dependencies import HUB
 from visiona.yamux import Stream
 
 SIZE = 3 * 1024 * 1024 + 17  # several stream windows, not a multiple of any chunk size
@@ -43,7 +44,7 @@ def _runtime(live: LiveServer) -> Runtime:
 
 async def _connected(live: LiveServer, device_id: str) -> None:
     async def up() -> bool:
-        return hub_of(_runtime(live)).get(uuid.UUID(device_id)) is not None
+        return HUB.of(live.app).get(uuid.UUID(device_id)) is not None
 
     await wait_for(up)
 
@@ -177,11 +178,10 @@ async def test_a_cancelled_transfer_is_recorded_failed(
         await asyncio.Event().wait()
 
     runtime = _runtime(live)
-    storage = runtime.model_storage
-    assert storage is not None
+    storage = STORAGE.of(live.app)
     async with connect_agent(live, token, agent):
         await _connected(live, device_id)
-        link = hub_of(runtime).get(uuid.UUID(device_id))
+        link = HUB.of(live.app).get(uuid.UUID(device_id))
         assert link is not None
         async with runtime.db.transaction() as conn:
             deployment, model = await service.prepare(

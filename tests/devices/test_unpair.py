@@ -12,6 +12,8 @@ from sqlalchemy import select
 
 from tests.devices.helpers import API, bearer, pair, paired_device, pairing_token, runtime
 from tests.support.api import User, signup
+from visiona.kit.deps import DEVICE_REVOKED
+from visiona.kit.runtime import DeviceHook, DeviceRevoked
 from visiona.kit.schema import devices, pairing_tokens, session_tokens
 from visiona.tokens import repository
 
@@ -49,6 +51,12 @@ async def _device_with_two_pairings(client: httpx.AsyncClient, user: User) -> di
     assert second["device_id"] == first["device_id"]
     first["other_session_token"] = second["session_token"]
     return first
+
+
+def _also_on_revoked(app: FastAPI, hook: DeviceHook) -> None:
+    """Add ``hook`` after the revocation hooks the composition root chose."""
+    chosen = DEVICE_REVOKED.of(app)
+    DEVICE_REVOKED.provide(app, DeviceRevoked.of([*chosen.hooks, hook]))
 
 
 async def test_unpair_soft_deletes_and_revokes_every_bound_token(
@@ -103,7 +111,7 @@ async def test_unpair_is_all_or_nothing_when_a_step_fails(
     async def record(device_id: uuid.UUID) -> None:
         fired.append(device_id)
 
-    runtime(app).on_device_revoked.append(record)
+    _also_on_revoked(app, record)
     real = repository.revoke_session_tokens_of_device
 
     async def fail_after(*args: Any, **kwargs: Any) -> int:
@@ -139,7 +147,7 @@ async def test_revocation_hook_fires_after_commit(client: httpx.AsyncClient, app
     async def tunnel_closer(device_id: uuid.UUID) -> None:
         seen.append({"id": device_id, **(await _state(app, str(device_id)))})
 
-    runtime(app).on_device_revoked.append(tunnel_closer)
+    _also_on_revoked(app, tunnel_closer)
     response = await client.delete(f"{API}/devices/{device['device_id']}", headers=user.headers)
     assert response.status_code == 204
     assert len(seen) == 1
@@ -158,7 +166,7 @@ async def test_revocation_hook_does_not_fire_when_nothing_was_revoked(
     async def record(device_id: uuid.UUID) -> None:
         fired.append(device_id)
 
-    runtime(app).on_device_revoked.append(record)
+    _also_on_revoked(app, record)
     foreign = await client.delete(f"{API}/devices/{device['device_id']}", headers=other.headers)
     assert foreign.status_code == 404
     unknown = await client.delete(f"{API}/devices/{uuid.uuid4()}", headers=user.headers)
@@ -175,7 +183,7 @@ async def test_a_failing_hook_does_not_undo_the_unpair(
     async def broken(_device_id: uuid.UUID) -> None:
         raise RuntimeError("tunnel hub exploded")
 
-    runtime(app).on_device_revoked.append(broken)
+    _also_on_revoked(app, broken)
     response = await client.delete(f"{API}/devices/{device['device_id']}", headers=user.headers)
     assert response.status_code == 204
     assert (await _state(app, device["device_id"]))["deleted_at"] is not None
@@ -191,7 +199,7 @@ async def test_session_token_revocation_fires_the_hook_after_commit(
     async def tunnel_closer(device_id: uuid.UUID) -> None:
         seen.append({"id": device_id, **(await _state(app, str(device_id)))})
 
-    runtime(app).on_device_revoked.append(tunnel_closer)
+    _also_on_revoked(app, tunnel_closer)
     items = (
         await client.get(
             f"{API}/devices/{device['device_id']}/session-tokens", headers=user.headers

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import uuid
-from typing import Any, cast
 
 import pytest
 
-from visiona.kit.runtime import Runtime
+from visiona.kit.runtime import DeviceRevoked
 
 
 async def test_failing_revocation_hook_does_not_stop_the_others(
@@ -21,16 +20,8 @@ async def test_failing_revocation_hook_does_not_stop_the_others(
     async def recorder(device: uuid.UUID) -> None:
         seen.append(device)
 
-    placeholder = cast(Any, None)
-    runtime = Runtime(
-        settings=placeholder,
-        db=placeholder,
-        sessions=placeholder,
-        limiter=placeholder,
-        metrics=placeholder,
-        on_device_revoked=[broken, recorder],
-    )
+    device_revoked = DeviceRevoked.of([broken, recorder])
     device = uuid.uuid4()
-    await runtime.device_revoked(device)
+    await device_revoked(device)
     assert seen == [device]
     assert "revocation hook" in caplog.text

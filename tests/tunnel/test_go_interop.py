@@ -19,7 +19,7 @@ from tests.support.api import signup
 from tests.tunnel.device_service import device_app, pattern
 from tests.tunnel.support import API, wait_for
 from visiona.agent.runner import Agent, AgentOptions
-from visiona.tunnel.endpoints import hub_of
+from visiona.tunnel.dependencies import HUB
 
 BIG = 64 * 1024 * 1024
 
@@ -66,7 +66,7 @@ async def test_go_agent_through_the_python_proxy(
     async with run_peer(go_tunnel_peer, *args) as agent:
         device_id = (await agent.event("paired"))["device_id"]
         await agent.event("connected")
-        hub = hub_of(live.app.state.runtime)
+        hub = HUB.of(live.app)
         await wait_for(lambda: _true(hub.get(uuid.UUID(device_id)) is not None))
         base = f"{API}/devices/{device_id}/proxy"
 

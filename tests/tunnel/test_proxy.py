@@ -23,8 +23,7 @@ from tests.tunnel.support import (
     paired_agent_token,
     wait_for,
 )
-from visiona.kit.runtime import Runtime
-from visiona.tunnel.endpoints import hub_of
+from visiona.tunnel.dependencies import HUB
 
 
 @pytest.fixture
@@ -42,14 +41,9 @@ async def connected(
     user = await signup(http)
     device_id, token = await paired_agent_token(http, user)
     async with connect_agent(live, token, forward_to(device_port)):
-        hub = hub_of(_runtime(live))
+        hub = HUB.of(live.app)
         await wait_for(lambda: _true(hub.get(uuid.UUID(device_id)) is not None))
         yield user, device_id
-
-
-def _runtime(live: LiveServer) -> Runtime:
-    runtime: Runtime = live.app.state.runtime
-    return runtime
 
 
 async def _true(value: bool) -> bool:
@@ -189,7 +183,7 @@ async def test_agent_that_cannot_reach_its_service_is_502(
         stream.reset()
 
     async with connect_agent(live, token, refuse):
-        hub = hub_of(_runtime(live))
+        hub = HUB.of(live.app)
         await wait_for(lambda: _true(hub.get(uuid.UUID(device_id)) is not None))
         response = await http.get(_proxy(device_id, "echo/x"), headers=user.headers)
     assert (response.status_code, error_code(response)) == (502, "device_unreachable")
@@ -212,7 +206,7 @@ async def test_an_invalid_answer_is_502_and_a_truncated_chunked_one_is_cut_off(
         stream.write_eof()
 
     async with connect_agent(live, token, answer):
-        hub = hub_of(_runtime(live))
+        hub = HUB.of(live.app)
         await wait_for(lambda: _true(hub.get(uuid.UUID(device_id)) is not None))
         response = await http.get(_proxy(device_id, "garbage"), headers=user.headers)
         assert (response.status_code, error_code(response)) == (502, "device_unreachable")
@@ -239,7 +233,7 @@ async def test_tunnel_drop_mid_response_aborts_the_client_response_with_one_info
     device_id, token = await paired_agent_token(http, user)
     caplog.set_level(logging.INFO)
     async with connect_agent(live, token, forward_to(device_port)) as agent:
-        hub = hub_of(_runtime(live))
+        hub = HUB.of(live.app)
         await wait_for(lambda: _true(hub.get(uuid.UUID(device_id)) is not None))
         async with http.stream("GET", _proxy(device_id, "stall"), headers=user.headers) as r:
             assert r.status_code == 200
@@ -261,7 +255,7 @@ async def test_client_going_away_resets_the_stream(
     live: LiveServer, http: httpx.AsyncClient, connected: tuple[User, str]
 ) -> None:
     user, device_id = connected
-    hub = hub_of(_runtime(live))
+    hub = HUB.of(live.app)
     async with (
         httpx.AsyncClient(base_url=live.url) as once,
         once.stream("GET", _proxy(device_id, "stall"), headers=user.headers) as r,

@@ -29,7 +29,7 @@ from visiona.kit.clock import utcnow
 from visiona.kit.runtime import Runtime
 from visiona.kit.schema import devices
 from visiona.kit.settings import Settings
-from visiona.tunnel.endpoints import hub_of
+from visiona.tunnel.dependencies import HUB
 from visiona.yamux import StreamResetError
 
 
@@ -77,7 +77,7 @@ async def test_a_stream_the_agent_opens_is_reset_at_once_and_counted(
     user = await signup(http)
     device_id, token = await paired_agent_token(http, user)
     async with connect_agent(live, token) as agent:
-        hub = hub_of(_runtime(live))
+        hub = HUB.of(live.app)
         await wait_for(lambda: _true(hub.get(uuid.UUID(device_id)) is not None))
         streams = [await agent.session.open_stream() for _ in range(5)]
         for stream in streams:
@@ -103,7 +103,7 @@ async def test_connect_carries_streams_and_marks_the_device_online(
     user = await signup(http)
     device_id, token = await paired_agent_token(http, user)
     async with connect_agent(live, token) as agent:
-        hub = hub_of(_runtime(live))
+        hub = HUB.of(live.app)
         await wait_for(lambda: _true(hub.get(uuid.UUID(device_id)) is not None))
         link = hub.get(uuid.UUID(device_id))
         assert link is not None
@@ -142,7 +142,7 @@ async def test_under_another_server_the_tunnel_runs_over_asgi_messages(
         user = await signup(http)
         device_id, token = await paired_agent_token(http, user)
         async with connect_agent(live, token):
-            hub = hub_of(_runtime(live))
+            hub = HUB.of(live.app)
             await wait_for(lambda: _true(hub.get(uuid.UUID(device_id)) is not None))
             link = hub.get(uuid.UUID(device_id))
             assert link is not None
@@ -161,7 +161,7 @@ async def test_writes_are_coalesced_into_large_messages_both_ways(
     user = await signup(http)
     device_id, token = await paired_agent_token(http, user)
     async with connect_agent(live, token) as agent:
-        hub = hub_of(_runtime(live))
+        hub = HUB.of(live.app)
         await wait_for(lambda: _true(hub.get(uuid.UUID(device_id)) is not None))
         link = hub.get(uuid.UUID(device_id))
         assert link is not None
@@ -191,7 +191,7 @@ async def test_the_newest_tunnel_wins_and_the_older_is_closed_4409(
 ) -> None:
     user = await signup(http)
     device_id, token = await paired_agent_token(http, user)
-    hub = hub_of(_runtime(live))
+    hub = HUB.of(live.app)
     async with connect_agent(live, token) as first:
         await wait_for(lambda: _true(hub.get(uuid.UUID(device_id)) is not None))
         async with connect_agent(live, token) as second:
@@ -278,7 +278,7 @@ async def test_last_seen_is_written_in_one_statement_per_interval_for_all_device
     async with serve_app(create_app(quiet), quiet) as live, http_factory(live) as http:
         user = await signup(http)
         agents = [await paired_agent_token(http, user) for _ in range(3)]
-        hub = hub_of(_runtime(live))
+        hub = HUB.of(live.app)
         statements: list[tuple[str, Any]] = []
 
         def record(_conn: Any, _cursor: Any, sql: str, params: Any, *_: Any) -> None:

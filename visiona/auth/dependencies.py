@@ -9,11 +9,16 @@ from urllib.parse import urlsplit
 
 from fastapi import Depends, Request
 
+from visiona.auth.sessions import SessionStore
 from visiona.kit.deps import open_connection, runtime_of
 from visiona.kit.errors import CsrfError, UnauthorizedError
+from visiona.kit.runtime import Provided
 from visiona.kit.tokens import USER_SESSION_PREFIX, has_prefix, hash_token
 
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+#: Web sessions (Redis, the database or in process; built by the composition root).
+SESSIONS = Provided[SessionStore]("session_store")
 
 
 @dataclass(frozen=True)
@@ -46,18 +51,17 @@ def _same_origin(request: Request) -> bool:
 
 async def current_principal(request: Request) -> Principal:
     """Authenticate the caller (401 otherwise); enforce same-origin for cookie writes."""
-    runtime = runtime_of(request)
     token = bearer_token(request)
     via_cookie = False
     if token is None:
-        token = request.cookies.get(runtime.settings.cookie_name)
+        token = request.cookies.get(runtime_of(request).settings.cookie_name)
         via_cookie = token is not None
     if not token or not has_prefix(token, USER_SESSION_PREFIX):
         raise UnauthorizedError()
     # On the request's connection when its unit of work is already open (the endpoint
     # declared it first); otherwise the store uses a short one of its own and gives it
     # back before the endpoint's unit of work asks the pool.
-    session = await runtime.sessions.touch(hash_token(token), open_connection(request))
+    session = await SESSIONS.of(request.app).touch(hash_token(token), open_connection(request))
     if session is None:
         raise UnauthorizedError("Session expired or not valid.")
     if via_cookie and request.method not in _SAFE_METHODS and not _same_origin(request):
@@ -66,3 +70,4 @@ async def current_principal(request: Request) -> Principal:
 
 
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
+SessionsDep = Annotated[SessionStore, Depends(SESSIONS.dependency)]

@@ -7,10 +7,10 @@ from datetime import UTC, datetime
 from fastapi import APIRouter, Request, Response, status
 
 from visiona.auth import repository, service
-from visiona.auth.dependencies import CurrentPrincipal
+from visiona.auth.dependencies import CurrentPrincipal, SessionsDep
 from visiona.auth.passwords import hash_password
 from visiona.auth.schemas import LoginRequest, LoginResponse, RegisterRequest, UserOut
-from visiona.kit.deps import Conn, RuntimeDep, client_address
+from visiona.kit.deps import Conn, DatabaseDep, LimiterDep, SettingsDep, client_address
 from visiona.kit.errors import (
     ConflictError,
     CsrfError,
@@ -31,11 +31,11 @@ router = APIRouter(prefix="/auth", tags=["auth"])
     summary="Create an account",
     responses=error_responses(ConflictError),
 )
-async def register(body: RegisterRequest, runtime: RuntimeDep) -> UserOut:
+async def register(body: RegisterRequest, db: DatabaseDep) -> UserOut:
     """Create a user; the password is stored as an argon2id hash. Email taken → 409."""
     password_hash = await hash_password(body.password)  # slow by design: before the transaction
     # unit of work: its own, opened after the slow password hash
-    async with runtime.db.transaction() as conn:
+    async with db.transaction() as conn:
         user = await service.register(
             conn, email=body.email, password_hash=password_hash, name=body.name
         )
@@ -49,33 +49,39 @@ async def register(body: RegisterRequest, runtime: RuntimeDep) -> UserOut:
     responses=error_responses(InvalidCredentialsError, RateLimitedError),
 )
 async def login(
-    body: LoginRequest, request: Request, response: Response, runtime: RuntimeDep
+    body: LoginRequest,
+    request: Request,
+    response: Response,
+    *,
+    db: DatabaseDep,
+    settings: SettingsDep,
+    limiter: LimiterDep,
+    sessions: SessionsDep,
 ) -> LoginResponse:
     """Open a web session: returns a bearer token and sets it as an HttpOnly cookie.
 
     Attempts are rate-limited per email and per client address (429 with Retry-After).
     """
-    settings = runtime.settings
     await service.check_login_rate(
-        runtime.limiter, settings, email=body.email, address=client_address(request)
+        limiter, settings, email=body.email, address=client_address(request)
     )
     # unit of work: its own, only for the lookup: the slow check runs after it
-    async with runtime.db.transaction() as conn:
+    async with db.transaction() as conn:
         user = await service.find_login_user(conn, body.email)
     try:
-        result = await service.login(runtime.sessions, user, password=body.password)
+        result = await service.login(sessions, user, password=body.password)
     except InvalidCredentialsError:
         # unit of work: its own, short, for the audit event of the failure
-        async with runtime.db.transaction() as conn:
+        async with db.transaction() as conn:
             await service.record_sign_in_failed(conn, body.email, user)
         raise
     try:
         # unit of work: its own, for the audit event; the session lives in the store
-        async with runtime.db.transaction() as conn:
+        async with db.transaction() as conn:
             await service.record_sign_in(conn, result.user)
     except BaseException:
         # no session without its event
-        await runtime.sessions.delete(hash_token(result.token))
+        await sessions.delete(hash_token(result.token))
         raise
     response.set_cookie(
         settings.cookie_name,
@@ -99,11 +105,13 @@ async def login(
     summary="Sign out",
     responses=error_responses(UnauthorizedError, CsrfError),
 )
-async def logout(principal: CurrentPrincipal, conn: Conn, runtime: RuntimeDep) -> Response:
+async def logout(
+    principal: CurrentPrincipal, conn: Conn, sessions: SessionsDep, settings: SettingsDep
+) -> Response:
     """End the current web session and clear the cookie."""
-    await service.logout(conn, runtime.sessions, principal.user_id, principal.token)
+    await service.logout(conn, sessions, principal.user_id, principal.token)
     response = Response(status_code=status.HTTP_204_NO_CONTENT)
-    response.delete_cookie(runtime.settings.cookie_name, path="/")
+    response.delete_cookie(settings.cookie_name, path="/")
     return response
 
 

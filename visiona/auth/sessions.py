@@ -1,7 +1,8 @@
 """Web-session stores: Redis, the SQL database, or in-process; one set of semantics.
 
 A session has an idle timeout (refreshed on use) and an absolute deadline. Tokens
-are stored under their sha256 only. Which store runs (see :func:`visiona.app.build_runtime`):
+are stored under their sha256 only. Which store runs (:func:`build_session_store`, called
+by the composition root):
 
 - **Redis** when ``VISIONA_REDIS_URL`` is set (production). The key's TTL is the
   idle timeout and the deadline lives in the value; one Lua script checks the
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection
 
     from visiona.kit.database import Database
+    from visiona.kit.settings import Settings
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -447,3 +449,23 @@ class SqlSessionStore:
     async def ping(self) -> None:
         """The database's own check (``SELECT 1``)."""
         await self._db.ping()
+
+
+def build_session_store(
+    settings: Settings,
+    db: Database,
+    redis: Redis | None,
+    *,
+    in_memory: bool,
+    on_error: Callable[[], None],
+) -> SessionStore:
+    """The store ``settings`` ask for: Redis when configured, else the database; in
+    process only for a ``:memory:`` database (``in_memory``), which nothing survives."""
+    if redis is not None:
+        return RedisSessionStore(
+            redis, settings.session_idle_ttl, settings.session_absolute_ttl, on_error=on_error
+        )
+    if in_memory:
+        return MemorySessionStore(settings.session_idle_ttl, settings.session_absolute_ttl)
+    # the SQLite file or PostgreSQL: users stay signed in across a restart
+    return SqlSessionStore(db, settings.session_idle_ttl, settings.session_absolute_ttl)

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from starlette.responses import Response
 
+from visiona.kit.errors import AppError
+from visiona.kit.http import HOP_BY_HOP
 from visiona.kit.logs import request_id_var
-from visiona.tunnel.errors import DeviceOfflineError
-from visiona.tunnel.proxy import HOP_BY_HOP
 
 if TYPE_CHECKING:
     import uuid
@@ -40,9 +40,17 @@ _DROPPED_REQUEST = {k.decode() for k in HOP_BY_HOP} | _OURS | {"x-request-id"}
 _DROPPED_RESPONSE = HOP_BY_HOP | {b"x-request-id", b"date", b"server"}
 
 
+class NodeUnreachableError(AppError):
+    """The node holding the device's tunnel cannot be reached: 502 ``device_offline``."""
+
+    status_code = 502
+    code = "device_offline"
+    default_message = "The server node holding the device's tunnel is unreachable."
+
+
 @dataclass(frozen=True)
 class Handed:
-    """How a deployment handed to the owning node went (as this node saw it)."""
+    """How a call handed to another node went (as this node saw it)."""
 
     status: int = 0
     code: str | None = None
@@ -106,45 +114,43 @@ class Forwarder:
                 device_id,
                 type(err).__name__,
             )
-            raise DeviceOfflineError(
-                "The server node holding the device's tunnel is unreachable."
-            ) from err
+            raise NodeUnreachableError() from err
         return ForwardedResponse(answer)
 
-    async def deploy(
+    async def call(
         self,
         owner: Owner,
+        path: str,
         *,
-        deployment_id: uuid.UUID,
         user_id: uuid.UUID,
-        model: dict[str, Any],
+        body: dict[str, Any],
     ) -> Handed:
-        """Have ``owner`` run the deployment's transfer; wait for its answer.
+        """POST ``body`` to ``owner``'s internal route ``path``; wait for its answer.
 
-        The owning node bounds the transfer itself (file size, deploy answer timeout),
-        so no read timeout applies here.
+        The owning node bounds the work itself (a deployment: file size, deploy answer
+        timeout), so no read timeout applies here.
         """
         headers = {
             TOKEN_HEADER: self._token,
             USER_HEADER: str(user_id),
             "x-request-id": request_id_var.get() or "",
         }
-        url = f"{owner.url}{INTERNAL_PREFIX}/deployments/{deployment_id}/transfer"
+        url = f"{owner.url}{INTERNAL_PREFIX}{path}"
         try:
-            answer = await self._client.post(url, json=model, headers=headers)
+            answer = await self._client.post(url, json=body, headers=headers)
         except (httpx.ConnectError, httpx.ConnectTimeout) as err:
             _LOGGER.warning(
-                "cluster: node %s is unreachable for deployment %s: %s",
+                "cluster: node %s is unreachable for %s: %s",
                 owner.node_id,
-                deployment_id,
+                path,
                 type(err).__name__,
             )
             return Handed(unreachable=True)
         except httpx.TransportError as err:
             _LOGGER.warning(
-                "cluster: node %s lost during deployment %s: %s",
+                "cluster: node %s lost during %s: %s",
                 owner.node_id,
-                deployment_id,
+                path,
                 type(err).__name__,
             )
             return Handed(lost=True)

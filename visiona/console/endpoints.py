@@ -27,23 +27,27 @@ from visiona.console.views import (
     STATUS_FILTERS,
     environment,
     every_row,
-    field,
     matches,
     sorted_newest_first,
     tunnel_badge,
 )
 from visiona.deployments import service as deployments
 from visiona.devices import service as devices
-from visiona.kit.deps import Conn, RuntimeDep
+from visiona.devices.dependencies import DevicesDep
+from visiona.devices.service import Devices
+from visiona.kit.deps import Conn, SettingsDep
 from visiona.kit.errors import NotFoundError, UnauthorizedError
 from visiona.kit.pagination import Page, PageRequest
-from visiona.kit.runtime import Runtime
 from visiona.models import service as models
 from visiona.models.schemas import ModelSource, TargetChip
 from visiona.tokens import service as token_service
 
 if TYPE_CHECKING:
     from jinja2 import Environment
+
+    from visiona.devices.repository import Device
+    from visiona.models.repository import Model
+    from visiona.tokens.repository import PairingToken
 
 router = APIRouter(route_class=ConsoleRoute, include_in_schema=False)
 
@@ -118,18 +122,20 @@ def _password_min() -> int:
 # -- devices ----------------------------------------------------------------------
 
 
-async def _all_devices(conn: AsyncConnection, runtime: Runtime, user_id: uuid.UUID) -> list[Any]:
-    stale = devices.stale_before(runtime.settings)
+async def _all_devices(conn: AsyncConnection, reads: Devices, user_id: uuid.UUID) -> list[Device]:
+    return await every_row(lambda page: reads.list(conn, user_id, page=page))
 
-    return await every_row(
-        lambda page: devices.list_devices(conn, user_id, page=page, stale_before=stale)
-    )
+
+async def _device_names(
+    conn: AsyncConnection, reads: Devices, user_id: uuid.UUID
+) -> dict[str, str]:
+    return {str(d.id): d.name for d in await _all_devices(conn, reads, user_id)}
 
 
 async def _device_list(
-    conn: AsyncConnection, runtime: Runtime, user_id: uuid.UUID, status: str, query: str
+    conn: AsyncConnection, reads: Devices, user_id: uuid.UUID, status: str, query: str
 ) -> dict[str, Any]:
-    everything = await _all_devices(conn, runtime, user_id)
+    everything = await _all_devices(conn, reads, user_id)
     shown = [device for device in everything if matches(device, status, query.strip())]
     return {"devices": shown, "total": len(everything), "status": status, "q": query}
 
@@ -143,12 +149,12 @@ async def devices_page(  # noqa: PLR0917 - FastAPI injects query parameters by n
     request: Request,
     principal: CurrentPrincipal,
     conn: Conn,
-    runtime: RuntimeDep,
+    reads: DevicesDep,
     status: Text = "all",
     q: Text = "",
 ) -> Response:
     """The devices table with its filter, search, bulk unpair and connect dialog."""
-    listing = await _device_list(conn, runtime, principal.user_id, _status_filter(status), q)
+    listing = await _device_list(conn, reads, principal.user_id, _status_filter(status), q)
     return render(request, "devices.html", title="Devices", nav="devices", **listing)
 
 
@@ -156,17 +162,15 @@ async def devices_page(  # noqa: PLR0917 - FastAPI injects query parameters by n
 async def devices_rows(
     principal: CurrentPrincipal,
     conn: Conn,
-    runtime: RuntimeDep,
+    reads: DevicesDep,
     status: Text = "all",
     q: Text = "",
 ) -> Response:
     """What the devices page polls: the filtered rows as HTML plus a summary per device."""
-    listing = await _device_list(conn, runtime, principal.user_id, _status_filter(status), q)
-    html = _templates().get_template("_device_rows.html").render(devices=listing["devices"])
-    summary = [
-        {"id": str(field(d, "id")), "name": field(d, "name"), "status": tunnel_badge(d).label}
-        for d in listing["devices"]
-    ]
+    listing = await _device_list(conn, reads, principal.user_id, _status_filter(status), q)
+    shown: list[Device] = listing["devices"]
+    html = _templates().get_template("_device_rows.html").render(devices=shown)
+    summary = [{"id": str(d.id), "name": d.name, "status": tunnel_badge(d).label} for d in shown]
     return JSONResponse({"total": listing["total"], "devices": summary, "rows_html": html})
 
 
@@ -179,17 +183,12 @@ def _device_id(value: str) -> uuid.UUID | None:
 
 @router.get("/devices/{device_id}")
 async def device_page(
-    request: Request, device_id: str, principal: CurrentPrincipal, conn: Conn, runtime: RuntimeDep
+    request: Request, device_id: str, principal: CurrentPrincipal, conn: Conn, reads: DevicesDep
 ) -> Response:
     """One device: details, rename, session tokens, deployments, deploy form, unpair."""
     owner, parsed = principal.user_id, _device_id(device_id)
-    stale = devices.stale_before(runtime.settings)
     try:
-        device = (
-            None
-            if parsed is None
-            else await devices.get_device(conn, owner, parsed, stale_before=stale)
-        )
+        device = None if parsed is None else await reads.get(conn, owner, parsed)
     except NotFoundError:
         device = None
     if device is None or parsed is None:
@@ -205,17 +204,17 @@ async def device_page(
     events = await audit.list_events(
         conn, EventFilter(owner_id=owner, device_id=parsed), PageRequest(limit=50)
     )
-    chip = str(field(device, "device_type") or "").strip().lower()
+    chip = (device.device_type or "").strip().lower()
     return render(
         request,
         "device.html",
-        title=field(device, "name"),
+        title=device.name,
         nav="devices",
         device=device,
         session_tokens=sorted_newest_first(sessions),
         deployments=history.items,
-        model_names={str(field(m, "id")): field(m, "name") for m in every_model},
-        deployable=[m for m in every_model if field(m, "target_chip") == chip],
+        model_names={str(m.id): m.name for m in every_model},
+        deployable=[m for m in every_model if m.target_chip == chip],
         chip=chip,
         history=events.items,
         user_id=owner,
@@ -230,7 +229,7 @@ async def models_page(  # noqa: PLR0917 - FastAPI injects query parameters by na
     request: Request,
     principal: CurrentPrincipal,
     conn: Conn,
-    runtime: RuntimeDep,
+    settings: SettingsDep,
     chip: Text = "",
     source: Text = "",
 ) -> Response:
@@ -240,7 +239,7 @@ async def models_page(  # noqa: PLR0917 - FastAPI injects query parameters by na
     chip = chip if chip in chips else ""
     source = source if source in sources else ""
 
-    def fetch(page: PageRequest) -> Awaitable[Page[Any]]:
+    def fetch(page: PageRequest) -> Awaitable[Page[Model]]:
         return models.list_models(
             conn,
             principal.user_id,
@@ -259,27 +258,24 @@ async def models_page(  # noqa: PLR0917 - FastAPI injects query parameters by na
         sources=sources,
         chip=chip,
         source=source,
-        max_bytes=runtime.settings.model_max_bytes,
+        max_bytes=settings.model_max_bytes,
     )
 
 
 # -- pairing tokens and account ------------------------------------------------------
 
 
-async def _pairing_tokens(conn: AsyncConnection, user_id: uuid.UUID) -> list[Any]:
+async def _pairing_tokens(conn: AsyncConnection, user_id: uuid.UUID) -> list[PairingToken]:
     return await every_row(lambda page: token_service.list_pairing_tokens(conn, user_id, page))
 
 
 @router.get("/pairing-tokens")
 async def pairing_tokens_page(
-    request: Request, principal: CurrentPrincipal, conn: Conn, runtime: RuntimeDep
+    request: Request, principal: CurrentPrincipal, conn: Conn, reads: DevicesDep
 ) -> Response:
     """Unused and used pairing tokens, newest first, with revoke."""
     tokens = sorted_newest_first(await _pairing_tokens(conn, principal.user_id))
-    names = {
-        str(field(d, "id")): field(d, "name")
-        for d in await _all_devices(conn, runtime, principal.user_id)
-    }
+    names = await _device_names(conn, reads, principal.user_id)
     return render(
         request,
         "pairing_tokens.html",
@@ -294,17 +290,17 @@ async def pairing_tokens_page(
 async def pairing_token_state(token_id: str, principal: CurrentPrincipal, conn: Conn) -> Response:
     """What the connect dialog polls: whether its token was used, and by which device."""
     for token in await _pairing_tokens(conn, principal.user_id):
-        if str(field(token, "public_id")) != token_id:
+        if str(token.public_id) != token_id:
             continue
-        device_id = field(token, "device_id")
+        device_id = token.device_id
         device: dict[str, str] | None = None
         if device_id is not None:
             try:
-                found = await devices.get_device(conn, principal.user_id, device_id)
-                device = {"id": str(device_id), "name": str(field(found, "name"))}
+                found = await devices.require_device(conn, principal.user_id, device_id)
+                device = {"id": str(device_id), "name": found.name}
             except NotFoundError:
                 device = None
-        return JSONResponse({"used": field(token, "used_at") is not None, "device": device})
+        return JSONResponse({"used": token.used_at is not None, "device": device})
     raise NotFoundError("Pairing token not found.")
 
 
@@ -313,7 +309,8 @@ async def activity_page(  # noqa: PLR0917 - FastAPI injects query parameters by 
     request: Request,
     principal: CurrentPrincipal,
     conn: Conn,
-    runtime: RuntimeDep,
+    settings: SettingsDep,
+    reads: DevicesDep,
     action: Text = "",
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> Response:
@@ -321,10 +318,7 @@ async def activity_page(  # noqa: PLR0917 - FastAPI injects query parameters by 
     action = action if action in ACTIONS else ""
     spec = EventFilter(owner_id=principal.user_id, action=action or None)
     found = await audit.list_events(conn, spec, PageRequest(limit=50, cursor=cursor))
-    names = {
-        str(field(d, "id")): str(field(d, "name"))
-        for d in await _all_devices(conn, runtime, principal.user_id)
-    }
+    names = await _device_names(conn, reads, principal.user_id)
     return render(
         request,
         "activity.html",
@@ -336,7 +330,7 @@ async def activity_page(  # noqa: PLR0917 - FastAPI injects query parameters by 
         actions=list(ACTIONS),
         device_names=names,
         user_id=principal.user_id,
-        retention_days=runtime.settings.audit_retention_days,
+        retention_days=settings.audit_retention_days,
     )
 
 

@@ -1,7 +1,8 @@
 """Presentation helpers of the console: labels, times, filters and the template engine.
 
-Rows from the services may be mappings or objects; :func:`field` reads both, so
-the console does not depend on how a repository shapes its rows.
+They read the features' typed records (:class:`~visiona.devices.repository.Device`,
+:class:`~visiona.tokens.repository.PairingToken`, ...); ``Any`` appears only where
+Jinja's context takes whatever a page passes.
 """
 
 from __future__ import annotations
@@ -10,24 +11,31 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from visiona.audit.catalogue import ACTIONS
-from visiona.kit.pagination import MAX_LIMIT, PageRequest
+from visiona.kit.pagination import MAX_LIMIT, Page, PageRequest
 
 if TYPE_CHECKING:
     from jinja2 import Environment
 
+    from visiona.audit.repository import AuditEvent
+    from visiona.deployments.repository import Deployment
+    from visiona.devices.repository import Device
+    from visiona.tokens.repository import PairingToken, SessionToken
+
 #: at most this many rows are read for one console list (devices, tokens)
 MAX_ROWS = 2000
 STATUS_FILTERS = ("all", "online", "offline")
+T = TypeVar("T")
 
 
-def field(row: Any, name: str) -> Any:
-    """``row[name]`` for a mapping, ``row.name`` for an object."""
-    if isinstance(row, Mapping):
-        return row.get(name)
-    return getattr(row, name, None)
+class _Created(Protocol):
+    @property
+    def created_at(self) -> datetime: ...
+
+
+C = TypeVar("C", bound=_Created)
 
 
 @dataclass(frozen=True)
@@ -38,57 +46,53 @@ class Badge:
     kind: str
 
 
-def tunnel_badge(device: Any) -> Badge:
+def tunnel_badge(device: Device) -> Badge:
     """The device's tunnel status as the console shows it."""
-    status = field(device, "remote_status")
+    status = device.remote_status
     if status == "online":
         return Badge("Online", "online")
     if status == "reconnecting":
         return Badge("Reconnecting", "reconnecting")
-    if field(device, "last_connected_at") is None:
+    if device.last_connected_at is None:
         return Badge("Never connected", "never")
     return Badge("Offline", "offline")
 
 
-def busy_badge(device: Any) -> Badge:
+def busy_badge(device: Device) -> Badge:
     """Whether the agent reports the device's local service busy."""
-    if field(device, "busy"):
+    if device.busy:
         return Badge("Busy", "reconnecting")
     return Badge("Idle", "online")
 
 
-def usb_label(device: Any) -> str:
+def usb_label(device: Device) -> str:
     """The dongle's USB status as the console shows it."""
-    return {"online": "Connected", "offline": "Disconnected"}.get(
-        str(field(device, "status")), "Unknown"
-    )
+    return {"online": "Connected", "offline": "Disconnected"}.get(str(device.status), "Unknown")
 
 
-def pairing_state(token: Any, now: datetime | None = None) -> Badge:
+def pairing_state(token: PairingToken, now: datetime | None = None) -> Badge:
     """Unused, used, expired or revoked."""
-    if field(token, "revoked_at") is not None:
+    if token.revoked_at is not None:
         return Badge("Revoked", "offline")
-    if field(token, "used_at") is not None:
+    if token.used_at is not None:
         return Badge("Used", "online")
-    expires = field(token, "expires_at")
-    if expires is not None and _aware(expires) <= (now or datetime.now(UTC)):
+    if token.expires_at is not None and _aware(token.expires_at) <= (now or datetime.now(UTC)):
         return Badge("Expired", "offline")
     return Badge("Unused", "reconnecting")
 
 
-def session_state(token: Any, now: datetime | None = None) -> Badge:
+def session_state(token: SessionToken, now: datetime | None = None) -> Badge:
     """Active, expired or revoked."""
-    if field(token, "revoked_at") is not None:
+    if token.revoked_at is not None:
         return Badge("Revoked", "offline")
-    expires = field(token, "expires_at")
-    if expires is not None and _aware(expires) <= (now or datetime.now(UTC)):
+    if token.expires_at is not None and _aware(token.expires_at) <= (now or datetime.now(UTC)):
         return Badge("Expired", "offline")
     return Badge("Active", "online")
 
 
-def deployment_badge(deployment: Any) -> Badge:
+def deployment_badge(deployment: Deployment) -> Badge:
     """A deployment's status."""
-    status = str(field(deployment, "status"))
+    status = str(deployment.status)
     kind = {"succeeded": "online", "failed": "error"}.get(status, "reconnecting")
     return Badge(status.capitalize(), kind)
 
@@ -117,34 +121,29 @@ def size(num_bytes: int | None) -> str:
     return f"{value:.1f} GiB"  # pragma: no cover - the loop always returns
 
 
-def matches(device: Any, status: str, query: str) -> bool:
+def matches(device: Device, status: str, query: str) -> bool:
     """Whether the device passes the status filter and the name/serial search."""
-    if status == "online" and field(device, "remote_status") != "online":
+    if status == "online" and device.remote_status != "online":
         return False
-    if status == "offline" and field(device, "remote_status") == "online":
+    if status == "offline" and device.remote_status == "online":
         return False
     if not query:
         return True
     needle = query.casefold()
-    return any(
-        needle in str(field(device, key) or "").casefold() for key in ("name", "serial_number")
-    )
+    return any(needle in (text or "").casefold() for text in (device.name, device.serial_number))
 
 
-PageFetch = Callable[[PageRequest], Awaitable[Any]]
-
-
-async def every_row(fetch: PageFetch) -> list[Any]:
+async def every_row(fetch: Callable[[PageRequest], Awaitable[Page[T]]]) -> list[T]:
     """All rows of a paged service call, up to :data:`MAX_ROWS`.
 
     ``fetch(page)`` is the service's list call for one :class:`PageRequest`.
     """
-    rows: list[Any] = []
+    rows: list[T] = []
     cursor: str | None = None
     while len(rows) < MAX_ROWS:
         page = await fetch(PageRequest(limit=MAX_LIMIT, cursor=cursor))
-        rows.extend(field(page, "items"))
-        cursor = field(page, "next_cursor")
+        rows.extend(page.items)
+        cursor = page.next_cursor
         if not cursor:
             break
     return rows
@@ -155,27 +154,26 @@ def short_id(value: str | uuid.UUID | None, length: int = 12) -> str:
     return str(value or "")[:length]
 
 
-def event_summary(event: Any) -> str:
+def event_summary(event: AuditEvent) -> str:
     """What an audit event means, in words (the catalogue's summary)."""
-    action = str(field(event, "action") or "")
-    known = ACTIONS.get(action)
-    return known.summary.split(". ")[0].rstrip(".") if known else action
+    known = ACTIONS.get(event.action)
+    return known.summary.split(". ")[0].rstrip(".") if known else event.action
 
 
-def event_actor(event: Any, user_id: Any, device_names: Mapping[str, str]) -> str:
+def event_actor(event: AuditEvent, user_id: uuid.UUID, device_names: Mapping[str, str]) -> str:
     """Who acted: "You", a device by name, or "visionA" for the server itself."""
-    kind, actor = field(event, "actor_type"), field(event, "actor_id")
+    kind, actor = event.actor_type, event.actor_id
     if kind == "user":
-        return "You" if actor is not None and str(actor) == str(user_id) else "Someone"
+        return "You" if actor is not None and actor == user_id else "Someone"
     if kind == "device":
         return device_names.get(str(actor), f"Device {short_id(actor, 8)}")
     return "visionA"
 
 
-def event_detail(event: Any) -> str:
+def event_detail(event: AuditEvent) -> str:
     """The detail fields as ``name: value`` pairs (lists joined, ids shortened)."""
     parts = []
-    for key, value in (field(event, "detail") or {}).items():
+    for key, value in event.detail.items():
         shown = ", ".join(str(v) for v in value) if isinstance(value, list) else str(value)
         parts.append(f"{key.replace('_', ' ')}: {shown if shown else '—'}")
     return "; ".join(parts)
@@ -209,6 +207,6 @@ def environment() -> Environment:
     return env
 
 
-def sorted_newest_first(rows: Iterable[Any]) -> list[Any]:
+def sorted_newest_first(rows: Iterable[C]) -> list[C]:
     """Rows by ``created_at``, newest first."""
-    return sorted(rows, key=lambda row: _aware(field(row, "created_at")), reverse=True)
+    return sorted(rows, key=lambda row: _aware(row.created_at), reverse=True)

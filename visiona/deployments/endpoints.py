@@ -2,26 +2,32 @@
 
 ``POST /devices/{id}/deployments`` does not use the per-request unit of work: it
 opens short transactions itself (check and record, then each status change), so
-no database connection is held while the file crosses the tunnel.
+no database connection is held while the file crosses the tunnel. Where the transfer
+runs is :class:`~visiona.deployments.delivery.Delivery`'s business: this node's tunnel,
+or the node holding it, whose internal route (:data:`internal_router`,
+``POST /internal/v1/deployments/{id}/transfer``) runs it there.
 """
 
 from __future__ import annotations
 
 import uuid
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Request, status
 
 from visiona.auth.dependencies import CurrentPrincipal
-from visiona.cluster.deployments import deliver
-from visiona.deployments import service
+from visiona.cluster.dependencies import INTERNAL_PREFIX, InternalCaller
+from visiona.deployments import repository, service
+from visiona.deployments.delivery import model_file_of
+from visiona.deployments.dependencies import DeliveryDep
 from visiona.deployments.schemas import (
     DeploymentCreate,
     DeploymentOut,
     DeploymentPage,
     DeploymentStatus,
 )
-from visiona.kit.deps import Conn, RuntimeDep
+from visiona.kit.deps import Conn, DatabaseDep, SettingsDep
 from visiona.kit.errors import (
+    BadRequestError,
     CsrfError,
     NotFoundError,
     StorageUnavailableError,
@@ -30,9 +36,10 @@ from visiona.kit.errors import (
 )
 from visiona.kit.http import error_responses
 from visiona.kit.pagination import PageParams
-from visiona.tunnel.endpoints import hub_of
 
 router = APIRouter(prefix="/devices", tags=["deployments"])
+#: The route other nodes hand transfers to (``/internal/v1/…``; never exposed publicly).
+internal_router = APIRouter(prefix=INTERNAL_PREFIX, include_in_schema=False)
 
 
 @router.post(
@@ -54,7 +61,13 @@ router = APIRouter(prefix="/devices", tags=["deployments"])
     ),
 )
 async def create_deployment(
-    device_id: uuid.UUID, body: DeploymentCreate, principal: CurrentPrincipal, runtime: RuntimeDep
+    device_id: uuid.UUID,
+    body: DeploymentCreate,
+    principal: CurrentPrincipal,
+    *,
+    db: DatabaseDep,
+    settings: SettingsDep,
+    delivery: DeliveryDep,
 ) -> DeploymentOut:
     """Send the model's file through the device's tunnel to its agent and wait for the outcome.
 
@@ -71,21 +84,17 @@ async def create_deployment(
     the latest here once ``VISIONA_DEPLOY_TRANSFER_TIMEOUT`` has passed since it was
     requested.
     """
-    storage = runtime.model_storage
-    if storage is None:
-        raise StorageUnavailableError()
     # unit of work: deployment transfer: check and record here, each state change on its own
-    async with runtime.db.transaction() as conn:
+    async with db.transaction() as conn:
         deployment, model = await service.prepare(
             conn,
             principal.user_id,
             device_id,
             body.model_id,
-            transfer_timeout=runtime.settings.deploy_transfer_timeout,
+            transfer_timeout=settings.deploy_transfer_timeout,
         )
     # This node's tunnel, else the node holding it (one hop), else 502 device_offline.
-    link = hub_of(runtime).get(device_id)
-    record = await deliver(runtime, storage, link, deployment, model)
+    record = await delivery.deliver(deployment, model)
     if record.status != DeploymentStatus.SUCCEEDED:
         raise service.DeploymentFailedError(record)
     return DeploymentOut.model_validate(record)
@@ -108,3 +117,29 @@ async def list_deployments(
     return DeploymentPage(
         items=[DeploymentOut.model_validate(r) for r in found.items], next_cursor=found.next_cursor
     )
+
+
+@internal_router.post("/deployments/{deployment_id}/transfer")
+async def internal_transfer(
+    deployment_id: uuid.UUID,
+    request: Request,
+    user_id: InternalCaller,
+    db: DatabaseDep,
+    delivery: DeliveryDep,
+) -> DeploymentOut:
+    """A deployment recorded by another node: transfer it through this node's tunnel only;
+    answers the final record (200) or the deployment's error (502 with the record)."""
+    try:
+        body = await request.json()
+        model = model_file_of(body if isinstance(body, dict) else {})
+    except ValueError as err:
+        raise BadRequestError("Malformed model file.") from err
+    # unit of work: the record's check only; each state change is its own (as on one node)
+    async with db.transaction() as conn:
+        deployment = await repository.get_deployment(conn, deployment_id)
+    if deployment is None or deployment.owner_user_id != user_id:
+        raise NotFoundError("Deployment not found.")
+    record = await delivery.here(deployment, model)
+    if record.status != DeploymentStatus.SUCCEEDED:
+        raise service.DeploymentFailedError(record)
+    return DeploymentOut.model_validate(record)

@@ -139,7 +139,7 @@ async def prepare(
     ``transfer_timeout`` seconds (its server stopped), which is failed first.
     Returns the deployment and the model.
     """
-    device = await devices_service.get_device(conn, owner_id, device_id)
+    device = await devices_service.require_device(conn, owner_id, device_id)
     model = await models_service.require_model(conn, owner_id, model_id)
     if not model.storage_key or not model.sha256:
         raise ModelFileMissingError()
@@ -325,5 +325,5 @@ async def list_deployments(
     page: PageRequest,
 ) -> Page[Deployment]:
     """One page of the device's deployments, newest first (404 when not the caller's device)."""
-    await devices_service.get_device(conn, owner_id, device_id)
+    await devices_service.require_device(conn, owner_id, device_id)
     return await repository.list_page(conn, owner_id, device_id, page)

@@ -1,7 +1,7 @@
 """HTTP routes for devices and the agent's pair exchange and status report (HTTP in/out only).
 
-Unpair opens its unit of work here, explicitly, so that ``Runtime.device_revoked``
-(the tunnel's hook to close a live tunnel) runs only after the revocation has
+Unpair opens its unit of work here, explicitly, so that the revocation hooks
+(the tunnel's, to close a live tunnel) runs only after the revocation has
 committed; the pair exchange opens its own after the rate check. The other routes use
 the per-request unit of work.
 """
@@ -16,6 +16,7 @@ from fastapi import APIRouter, Query, Request, Response, status
 
 from visiona.auth.dependencies import CurrentPrincipal
 from visiona.devices import service
+from visiona.devices.dependencies import DevicesDep
 from visiona.devices.schemas import (
     AgentStatusRequest,
     DeviceCreate,
@@ -26,7 +27,14 @@ from visiona.devices.schemas import (
     PairResponse,
 )
 from visiona.kit.clock import utcnow
-from visiona.kit.deps import Conn, RuntimeDep, client_address
+from visiona.kit.deps import (
+    Conn,
+    DatabaseDep,
+    DeviceRevokedDep,
+    LimiterDep,
+    SettingsDep,
+    client_address,
+)
 from visiona.kit.errors import (
     ConflictError,
     CsrfError,
@@ -39,6 +47,7 @@ from visiona.kit.http import error_responses
 from visiona.kit.pagination import PageParams
 from visiona.tokens import service as tokens
 from visiona.tokens.dependencies import CurrentDevice
+from visiona.tunnel.dependencies import HubDep
 from visiona.wire import RemoteStatus, UsbStatus
 
 _LOGGER = logging.getLogger(__name__)
@@ -65,7 +74,7 @@ _NO_CONTENT: dict[str, Any] = {
 async def list_devices(  # noqa: PLR0917 - FastAPI injects query parameters by name
     principal: CurrentPrincipal,
     conn: Conn,
-    runtime: RuntimeDep,
+    reads: DevicesDep,
     page: PageParams,
     remote_status: Annotated[RemoteStatus | None, Query(description="Tunnel status.")] = None,
     device_status: Annotated[
@@ -73,13 +82,8 @@ async def list_devices(  # noqa: PLR0917 - FastAPI injects query parameters by n
     ] = None,
 ) -> DeviceList:
     """Your live devices in creation order (oldest first), optionally filtered by status."""
-    found = await service.list_devices(
-        conn,
-        principal.user_id,
-        remote_status=remote_status,
-        status=device_status,
-        page=page,
-        stale_before=service.stale_before(runtime.settings),
+    found = await reads.list(
+        conn, principal.user_id, remote_status=remote_status, status=device_status, page=page
     )
     return DeviceList(
         items=[DeviceOut.model_validate(row) for row in found.items], next_cursor=found.next_cursor
@@ -114,14 +118,11 @@ async def create_device(body: DeviceCreate, principal: CurrentPrincipal, conn: C
     responses=error_responses(UnauthorizedError, NotFoundError, ValidationFailedError),
 )
 async def get_device(
-    device_id: uuid.UUID, principal: CurrentPrincipal, conn: Conn, runtime: RuntimeDep
+    device_id: uuid.UUID, principal: CurrentPrincipal, conn: Conn, reads: DevicesDep
 ) -> DeviceOut:
     """The device; unknown, deleted or not yours → 404. A device whose tunnel has not been
     seen for three status intervals reads ``remote_status=offline``."""
-    stale = service.stale_before(runtime.settings)
-    return DeviceOut.model_validate(
-        await service.get_device(conn, principal.user_id, device_id, stale_before=stale)
-    )
+    return DeviceOut.model_validate(await reads.get(conn, principal.user_id, device_id))
 
 
 @router.patch(
@@ -136,13 +137,10 @@ async def rename_device(
     body: DeviceUpdate,
     principal: CurrentPrincipal,
     conn: Conn,
-    runtime: RuntimeDep,
+    reads: DevicesDep,
 ) -> DeviceOut:
     """Change the device's name."""
-    stale = service.stale_before(runtime.settings)
-    device = await service.rename_device(
-        conn, principal.user_id, device_id, body.name, stale_before=stale
-    )
+    device = await reads.rename(conn, principal.user_id, device_id, body.name)
     return DeviceOut.model_validate(device)
 
 
@@ -154,13 +152,13 @@ async def rename_device(
     responses=error_responses(UnauthorizedError, CsrfError, NotFoundError, ValidationFailedError),
 )
 async def unpair_device(
-    device_id: uuid.UUID, principal: CurrentPrincipal, runtime: RuntimeDep
+    device_id: uuid.UUID, principal: CurrentPrincipal, db: DatabaseDep, revoked: DeviceRevokedDep
 ) -> Response:
     """Soft-delete the device and revoke all its pairing and session tokens in one
     transaction; then close its live tunnel. The serial can be paired again later
     (as a new device)."""
     # unit of work: its own, so the revocation hooks run after the commit
-    async with runtime.db.transaction() as conn:
+    async with db.transaction() as conn:
         result = await service.unpair_device(conn, principal.user_id, device_id)
     _LOGGER.info(
         "device %s unpaired: %d pairing and %d session tokens revoked",
@@ -168,7 +166,7 @@ async def unpair_device(
         len(result.pairing_tokens),
         len(result.session_tokens),
     )
-    await runtime.device_revoked(device_id)
+    await revoked(device_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -184,16 +182,22 @@ async def unpair_device(
         UnauthorizedError, ConflictError, RateLimitedError, ValidationFailedError
     ),
 )
-async def pair(body: PairRequest, request: Request, runtime: RuntimeDep) -> PairResponse:
+async def pair(
+    body: PairRequest,
+    request: Request,
+    db: DatabaseDep,
+    settings: SettingsDep,
+    limiter: LimiterDep,
+) -> PairResponse:
     """Consume the pairing token, create (or re-use, same owner and serial) the device and
     issue a `vst_…` session token, in one transaction. Any invalid, unknown, expired,
     used or revoked token → the same 401. Limited per client address (429)."""
-    await service.check_pair_rate(runtime.limiter, runtime.settings, client_address(request))
+    await service.check_pair_rate(limiter, settings, client_address(request))
     # unit of work: its own, opened after the rate check (a refused attempt holds none)
-    async with runtime.db.transaction() as conn:
+    async with db.transaction() as conn:
         paired = await service.pair(
             conn,
-            runtime.settings,
+            settings,
             pairing_token=body.pairing_token,
             serial_number=body.serial_number,
             device_type=body.device_type,
@@ -219,13 +223,13 @@ async def pair(body: PairRequest, request: Request, runtime: RuntimeDep) -> Pair
     summary="Renew the agent's session token",
     responses=error_responses(UnauthorizedError),
 )
-async def renew_session(device: CurrentDevice, conn: Conn, runtime: RuntimeDep) -> PairResponse:
+async def renew_session(device: CurrentDevice, conn: Conn, settings: SettingsDep) -> PairResponse:
     """Trade the presented `vst_…` session token for a new one of the same device, valid
     VISIONA_SESSION_TOKEN_TTL seconds from now. In one transaction the new token is
     stored with `parent_token_hash` = the old token's hash (and the same `pairing_token_id`) and
     the old token is revoked.
     A revoked, expired or unpaired device's token → 401. The live tunnel stays up."""
-    renewed = await tokens.renew_session(conn, runtime.settings, device, utcnow())
+    renewed = await tokens.renew_session(conn, settings, device, utcnow())
     _LOGGER.info("device %s renewed its session token", device.device_id)
     return PairResponse(
         device_id=device.device_id,
@@ -242,13 +246,13 @@ async def renew_session(device: CurrentDevice, conn: Conn, runtime: RuntimeDep) 
     responses=error_responses(UnauthorizedError, ValidationFailedError),
 )
 async def report_status(
-    body: AgentStatusRequest, device: CurrentDevice, conn: Conn, runtime: RuntimeDep
+    body: AgentStatusRequest, device: CurrentDevice, conn: Conn, hub: HubDep
 ) -> Response:
     """Store `usb_status` (online | offline | unknown) as the device's `status`, and `busy`
     (when given) as its `busy` flag; the node holding the device's tunnel also keeps the
     flag in memory, so `VISIONA_PROXY_DURING_DEPLOY=refuse` answers 429 without a tunnel
     round trip. Authenticated by `Authorization: Bearer <session token>`."""
     await service.report_usb_status(conn, device, body.usb_status, body.busy)
-    if body.busy is not None and runtime.hub is not None:
-        runtime.hub.report_busy(device.device_id, body.busy)
+    if body.busy is not None:
+        hub.report_busy(device.device_id, body.busy)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

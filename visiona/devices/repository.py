@@ -42,12 +42,22 @@ class Device:
     updated_at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class DeviceRef:
+    """A live device without its status: for checks of ownership and type."""
+
+    id: uuid.UUID
+    owner_user_id: uuid.UUID
+    name: str
+    device_type: str | None
+
+
 _live = devices.c.deleted_at.is_(None)
-# ``remote_status`` as read: a device not seen since ``:stale_before`` reads ``offline``.
-# A node that crashed cannot write ``offline`` for its devices; their ``last_seen_at``
-# stops moving (the tunnel refreshes it every status interval), so readers bind
-# ``stale_before`` = now - three intervals. Bound to NULL, the comparison is never
-# true and the stored status is read as it is.
+# ``remote_status`` as read (the effective status): a device not seen since
+# ``:stale_before`` reads ``offline``. A node that crashed cannot write ``offline`` for
+# its devices; their ``last_seen_at`` stops moving (the tunnel refreshes it every status
+# interval), so every read of a :class:`Device` binds ``stale_before`` (required, from
+# :meth:`visiona.devices.service.Devices.stale_before`): there is no read without it.
 _read_status = case(
     (
         and_(
@@ -69,6 +79,8 @@ _mine = and_(
 )
 
 _GET = select(*_COLUMNS).where(_mine)
+_REF = select(*columns_of(DeviceRef, devices)).where(_mine)
+_device_ref = build(DeviceRef)
 _BY_SERIAL = select(*_RAW_COLUMNS).where(
     devices.c.owner_user_id == bindparam("owner"),
     devices.c.serial_number == bindparam("serial"),
@@ -152,12 +164,21 @@ async def get_device(
     owner_user_id: uuid.UUID,
     device_id: uuid.UUID,
     *,
-    stale_before: datetime | None = None,
+    stale_before: datetime,
 ) -> Device | None:
     """The owner's live device ``device_id`` (``stale_before``: see ``_read_status``)."""
     params = {"device_id": device_id, "owner": owner_user_id, "stale_before": stale_before}
     row = (await conn.execute(_GET, params)).one_or_none()
     return _device(row) if row else None
+
+
+async def get_ref(
+    conn: AsyncConnection, owner_user_id: uuid.UUID, device_id: uuid.UUID
+) -> DeviceRef | None:
+    """The owner's live device ``device_id`` without its status."""
+    params = {"device_id": device_id, "owner": owner_user_id}
+    row = (await conn.execute(_REF, params)).one_or_none()
+    return _device_ref(row) if row else None
 
 
 _OWNED_EVER = select(devices.c.id).where(
@@ -174,7 +195,8 @@ async def owned_ever(conn: AsyncConnection, owner_user_id: uuid.UUID, device_id:
 async def get_live_device_by_serial(
     conn: AsyncConnection, owner_user_id: uuid.UUID, serial_number: str
 ) -> Device | None:
-    """The owner's live device with ``serial_number``."""
+    """The owner's live device with ``serial_number``, its status as stored (for the
+    pairing's write path; reads shown to users go through ``Devices``)."""
     params = {"owner": owner_user_id, "serial": serial_number}
     row = (await conn.execute(_BY_SERIAL, params)).one_or_none()
     return _device(row) if row else None
@@ -187,7 +209,7 @@ async def list_devices(
     remote_status: RemoteStatus | None,
     status: UsbStatus | None,
     page: PageRequest,
-    stale_before: datetime | None = None,
+    stale_before: datetime,
 ) -> Page[Device]:
     """One page of the owner's live devices, by (created_at, id); the filters are optional."""
     stmt = select(*_COLUMNS).where(devices.c.owner_user_id == owner_user_id, _live)
@@ -205,7 +227,7 @@ async def rename_device(
     *,
     name: str,
     now: datetime,
-    stale_before: datetime | None = None,
+    stale_before: datetime,
 ) -> Device | None:
     """Rename the owner's live device; None when there is no such device."""
     params: dict[str, Any] = {

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from visiona.audit import service as audit
 from visiona.audit.service import Actor
 from visiona.devices import repository
-from visiona.devices.repository import Device
+from visiona.devices.repository import Device, DeviceRef
 from visiona.kit.clock import utcnow
 from visiona.kit.errors import ConflictError, NotFoundError, RateLimitedError
 from visiona.kit.pagination import Page, PageRequest
@@ -30,48 +30,101 @@ from visiona.wire import RemoteStatus, UsbStatus
 # -- devices ------------------------------------------------------------------
 
 
-async def list_devices(
-    conn: AsyncConnection,
-    owner_user_id: uuid.UUID,
-    *,
-    remote_status: RemoteStatus | None = None,
-    status: UsbStatus | None = None,
-    page: PageRequest,
-    stale_before: datetime | None = None,
-) -> Page[Device]:
-    """The owner's live devices in creation order, one page at a time.
+class Devices:
+    """Devices as their owner reads them, with the effective ``remote_status``.
 
-    ``stale_before`` (see :func:`stale_before`) applies the liveness rule to
-    ``remote_status``: a device not seen since then reads ``offline``.
+    A device whose tunnel has not been seen for three tunnel status intervals reads
+    ``offline`` whatever is stored (its node may have crashed without writing it). Every
+    read of a :class:`Device` goes through here (the repository requires the cutoff),
+    so no reader can forget the rule. Built once by the composition root from settings
+    and handed out by :mod:`visiona.devices.dependencies`.
     """
-    return await repository.list_devices(
-        conn,
-        owner_user_id,
-        remote_status=remote_status,
-        status=status,
-        page=page,
-        stale_before=stale_before,
-    )
+
+    __slots__ = ("_window",)
+
+    def __init__(self, status_interval: float) -> None:
+        """Devices not seen for three ``status_interval`` seconds read ``offline``."""
+        self._window = timedelta(seconds=3 * status_interval)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Devices:
+        """The rule for ``settings.tunnel_status_interval``."""
+        return cls(settings.tunnel_status_interval)
+
+    def stale_before(self, now: datetime | None = None) -> datetime:
+        """Devices not seen since this instant read ``offline``.
+
+        The tunnel refreshes ``last_seen_at`` of its connected devices every interval; a
+        node that crashed stops doing so, and its devices fall back to offline.
+        """
+        return (now or utcnow()) - self._window
+
+    async def list(
+        self,
+        conn: AsyncConnection,
+        owner_user_id: uuid.UUID,
+        *,
+        remote_status: RemoteStatus | None = None,
+        status: UsbStatus | None = None,
+        page: PageRequest,
+    ) -> Page[Device]:
+        """The owner's live devices in creation order, one page at a time."""
+        return await repository.list_devices(
+            conn,
+            owner_user_id,
+            remote_status=remote_status,
+            status=status,
+            page=page,
+            stale_before=self.stale_before(),
+        )
+
+    async def get(
+        self, conn: AsyncConnection, owner_user_id: uuid.UUID, device_id: uuid.UUID
+    ) -> Device:
+        """The owner's live device; another user's or a deleted one is a 404."""
+        device = await repository.get_device(
+            conn, owner_user_id, device_id, stale_before=self.stale_before()
+        )
+        if device is None:
+            raise NotFoundError("Device not found.")
+        return device
+
+    async def rename(
+        self, conn: AsyncConnection, owner_user_id: uuid.UUID, device_id: uuid.UUID, name: str
+    ) -> Device:
+        """Rename the owner's device (404 when not theirs); the answer reads like a GET."""
+        before = await repository.get_ref(conn, owner_user_id, device_id)
+        now = utcnow()
+        device = None
+        if before is not None:
+            device = await repository.rename_device(
+                conn,
+                owner_user_id,
+                device_id,
+                name=name,
+                now=now,
+                stale_before=self.stale_before(now),
+            )
+        if before is None or device is None:
+            raise NotFoundError("Device not found.")
+        if before.name != name:
+            await audit.record(
+                conn,
+                "device.renamed",
+                actor=Actor.user(owner_user_id),
+                owner_id=owner_user_id,
+                target_id=device_id,
+                device_id=device_id,
+                detail={"from": before.name, "to": name},
+            )
+        return device
 
 
-def stale_before(settings: Settings, now: datetime | None = None) -> datetime:
-    """Devices not seen since this instant read ``offline``: three tunnel status intervals ago.
-
-    The tunnel refreshes ``last_seen_at`` of its connected devices every interval; a
-    node that crashed stops doing so, and its devices fall back to offline.
-    """
-    return (now or utcnow()) - timedelta(seconds=3 * settings.tunnel_status_interval)
-
-
-async def get_device(
-    conn: AsyncConnection,
-    owner_user_id: uuid.UUID,
-    device_id: uuid.UUID,
-    *,
-    stale_before: datetime | None = None,
-) -> Device:
-    """The owner's live device; another user's or a deleted one is a 404."""
-    device = await repository.get_device(conn, owner_user_id, device_id, stale_before=stale_before)
+async def require_device(
+    conn: AsyncConnection, owner_user_id: uuid.UUID, device_id: uuid.UUID
+) -> DeviceRef:
+    """The owner's live device without its status (ownership, type); else a 404."""
+    device = await repository.get_ref(conn, owner_user_id, device_id)
     if device is None:
         raise NotFoundError("Device not found.")
     return device
@@ -157,37 +210,6 @@ async def ensure_device(
     return device, False
 
 
-async def rename_device(
-    conn: AsyncConnection,
-    owner_user_id: uuid.UUID,
-    device_id: uuid.UUID,
-    name: str,
-    *,
-    stale_before: datetime | None = None,
-) -> Device:
-    """Rename the owner's device (404 when not theirs); the answer reads like a GET."""
-    before = await repository.get_device(conn, owner_user_id, device_id)
-    now = utcnow()
-    device = None
-    if before is not None:
-        device = await repository.rename_device(
-            conn, owner_user_id, device_id, name=name, now=now, stale_before=stale_before
-        )
-    if before is None or device is None:
-        raise NotFoundError("Device not found.")
-    if before.name != name:
-        await audit.record(
-            conn,
-            "device.renamed",
-            actor=Actor.user(owner_user_id),
-            owner_id=owner_user_id,
-            target_id=device_id,
-            device_id=device_id,
-            detail={"from": before.name, "to": name},
-        )
-    return device
-
-
 @dataclass(frozen=True, slots=True)
 class Unpaired:
     """What an unpair revoked (the tokens' public ids)."""
@@ -203,7 +225,7 @@ async def unpair_device(
     """Soft-delete the device and revoke every pairing and session token bound to it.
 
     All steps run on ``conn``, so they commit or roll back together; the caller
-    closes the live tunnel (``Runtime.device_revoked``) only after the commit.
+    closes the live tunnel (the revocation hooks) only after the commit.
     """
     now = utcnow()
     if not await repository.soft_delete_device(conn, owner_user_id, device_id, now):

@@ -1,4 +1,9 @@
-"""FastAPI dependencies shared by every feature: the runtime and the unit of work.
+"""FastAPI dependencies shared by every feature: the infrastructure and the unit of work.
+
+An endpoint declares what it uses — :data:`DatabaseDep`, :data:`SettingsDep`,
+:data:`LimiterDep`, :data:`MetricsDep`, :data:`DeviceRevokedDep` — never the whole
+:class:`Runtime`; features hand out their own live objects from their
+``dependencies`` modules.
 
 The unit-of-work rule, predictable from the route: ``GET`` and ``HEAD`` run as a read
 (:meth:`Database.reading`: autocommit, no BEGIN/COMMIT, no SQLite write lock); every
@@ -12,24 +17,53 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncConnection
+from starlette.requests import HTTPConnection
 
-from visiona.kit.runtime import Runtime
+from visiona.kit.database import Database
+from visiona.kit.metrics import Metrics
+from visiona.kit.ratelimit import RateLimiter
+from visiona.kit.runtime import DeviceRevoked, Provided, Runtime
+from visiona.kit.settings import Settings
 
 READ_METHODS = frozenset({"GET", "HEAD"})
 
+#: The application's infrastructure (filled by the lifespan before the first request).
+RUNTIME = Provided[Runtime]("runtime")
+#: The revocation hooks the composition root chose.
+DEVICE_REVOKED = Provided[DeviceRevoked]("device_revoked")
 
-async def get_runtime(request: Request) -> Runtime:
-    """The application's :class:`Runtime` (async: FastAPI runs sync dependencies in a thread)."""
-    return runtime_of(request)
 
-
-def runtime_of(request: Request) -> Runtime:
-    """The application's :class:`Runtime`, for code that holds the request."""
+def runtime_of(request: HTTPConnection) -> Runtime:
+    """The application's :class:`Runtime`, for code off the dependency machinery."""
     runtime: Runtime = request.app.state.runtime
     return runtime
 
 
-RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+async def get_database(request: HTTPConnection) -> Database:
+    """The application's database."""
+    return runtime_of(request).db
+
+
+async def get_settings(request: HTTPConnection) -> Settings:
+    """The application's settings."""
+    return runtime_of(request).settings
+
+
+async def get_limiter(request: HTTPConnection) -> RateLimiter:
+    """The application's rate limiter."""
+    return runtime_of(request).limiter
+
+
+async def get_metrics(request: HTTPConnection) -> Metrics:
+    """The application's metrics."""
+    return runtime_of(request).metrics
+
+
+DatabaseDep = Annotated[Database, Depends(get_database)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+LimiterDep = Annotated[RateLimiter, Depends(get_limiter)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+DeviceRevokedDep = Annotated[DeviceRevoked, Depends(DEVICE_REVOKED.dependency)]
 
 
 async def unit_of_work(request: Request) -> AsyncIterator[AsyncConnection]:

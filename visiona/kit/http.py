@@ -41,6 +41,22 @@ from visiona.kit.errors import (
 )
 from visiona.kit.logs import client_addr_var, request_id_var
 
+#: Headers of one connection, never relayed by a proxy (RFC 9110 §7.6.1).
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+
+
 if TYPE_CHECKING:
     from visiona.kit.metrics import Metrics
 

@@ -14,12 +14,13 @@ from collections.abc import AsyncIterator, Awaitable
 from typing import Annotated, Any, TypeVar
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from starlette.requests import ClientDisconnect
 
 from visiona.auth.dependencies import CurrentPrincipal
-from visiona.kit.deps import Conn, RuntimeDep
+from visiona.kit.database import Database
+from visiona.kit.deps import Conn, DatabaseDep, SettingsDep
 from visiona.kit.errors import (
     BadRequestError,
     CsrfError,
@@ -31,9 +32,9 @@ from visiona.kit.errors import (
 )
 from visiona.kit.http import error_responses
 from visiona.kit.pagination import PageParams
-from visiona.kit.runtime import Runtime
 from visiona.models import service
 from visiona.models.chips import TargetChip
+from visiona.models.dependencies import StorageDep
 from visiona.models.multipart import InvalidMultipartError, StreamingForm
 from visiona.models.repository import Model
 from visiona.models.schemas import (
@@ -52,15 +53,6 @@ T = TypeVar("T")
 _FORM_OVERHEAD = 1024 * 1024
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
-
-def get_storage(runtime: RuntimeDep) -> ObjectStorage:
-    """The model file store of the running application."""
-    if runtime.model_storage is None:
-        raise StorageUnavailableError()
-    return runtime.model_storage
-
-
-StorageDep = Annotated[ObjectStorage, Depends(get_storage)]
 
 _UPLOAD_BODY: dict[str, Any] = {
     "requestBody": {
@@ -151,14 +143,18 @@ async def _record_or_discard(
     ),
 )
 async def upload_model(
-    request: Request, principal: CurrentPrincipal, runtime: RuntimeDep, storage: StorageDep
+    request: Request,
+    principal: CurrentPrincipal,
+    db: DatabaseDep,
+    settings: SettingsDep,
+    storage: StorageDep,
 ) -> ModelOut:
     """Upload a `.nef` file as multipart/form-data (`file`, `target_chip`, `name`?, `labels`?).
 
     The file is streamed to object storage while its size and sha256 are computed;
     over `VISIONA_MODEL_MAX_BYTES` → 413 and nothing is kept.
     """
-    limit = runtime.settings.model_max_bytes
+    limit = settings.model_max_bytes
     form = _form(request, limit)
     owner, model_id = principal.user_id, uuid.uuid4()
     stored = await service.receive_file(
@@ -169,21 +165,19 @@ async def upload_model(
         check_fields=lambda: service.upload_fields(form),
     )
     fields: UploadFields = service.upload_fields(form)
-    model = await _record_or_discard(
-        storage, stored, _create(runtime, owner, model_id, fields, stored)
-    )
+    model = await _record_or_discard(storage, stored, _create(db, owner, model_id, fields, stored))
     return ModelOut.model_validate(model)
 
 
 async def _create(
-    runtime: Runtime,
+    db: Database,
     owner: uuid.UUID,
     model_id: uuid.UUID,
     fields: UploadFields,
     stored: StoredObject,
 ) -> Model:
     # unit of work: streaming upload: the record is written once the bytes are stored
-    async with runtime.db.transaction() as conn:
+    async with db.transaction() as conn:
         return await service.create_model(
             conn, owner_id=owner, model_id=model_id, fields=fields, stored=stored
         )
@@ -248,11 +242,11 @@ async def patch_model(
     responses=error_responses(UnauthorizedError, CsrfError, NotFoundError),
 )
 async def delete_model(
-    model_id: uuid.UUID, principal: CurrentPrincipal, runtime: RuntimeDep, storage: StorageDep
+    model_id: uuid.UUID, principal: CurrentPrincipal, db: DatabaseDep, storage: StorageDep
 ) -> Response:
     """Soft-delete the model (404 afterwards); its file is deleted once that is committed."""
     # unit of work: its own, so the file is deleted only after the commit
-    async with runtime.db.transaction() as conn:
+    async with db.transaction() as conn:
         key = await service.delete_model(conn, principal.user_id, model_id)
     if key:
         await storage.delete_quietly(key)
@@ -278,7 +272,9 @@ async def replace_file(
     model_id: uuid.UUID,
     request: Request,
     principal: CurrentPrincipal,
-    runtime: RuntimeDep,
+    *,
+    db: DatabaseDep,
+    settings: SettingsDep,
     storage: StorageDep,
 ) -> ModelOut:
     """Upload a new file for the model: same id and `created_at`, new size and sha256.
@@ -287,9 +283,9 @@ async def replace_file(
     """
     owner = principal.user_id
     # unit of work: streaming upload: a short check before any byte, the record after
-    async with runtime.db.transaction() as conn:  # 404 before any byte is stored
+    async with db.transaction() as conn:  # 404 before any byte is stored
         current = await service.require_model(conn, owner, model_id)
-    limit = runtime.settings.model_max_bytes
+    limit = settings.model_max_bytes
     stored = await service.receive_file(
         _form(request, limit),
         storage,
@@ -297,7 +293,7 @@ async def replace_file(
         max_bytes=limit,
     )
     replaced = await _record_or_discard(
-        storage, stored, _replace(runtime, owner, model_id, stored), keep=current.storage_key
+        storage, stored, _replace(db, owner, model_id, stored), keep=current.storage_key
     )
     if replaced.old_key:
         await storage.delete_quietly(replaced.old_key)
@@ -305,10 +301,10 @@ async def replace_file(
 
 
 async def _replace(
-    runtime: Runtime, owner: uuid.UUID, model_id: uuid.UUID, stored: StoredObject
+    db: Database, owner: uuid.UUID, model_id: uuid.UUID, stored: StoredObject
 ) -> service.Replaced:
     # unit of work: streaming upload: the record is written once the bytes are stored
-    async with runtime.db.transaction() as conn:
+    async with db.transaction() as conn:
         return await service.replace_file(conn, owner_id=owner, model_id=model_id, stored=stored)
 
 

@@ -11,7 +11,10 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
-from visiona.kit.deps import RuntimeDep
+from visiona.auth.dependencies import SessionsDep
+from visiona.cluster.dependencies import ClusterDep
+from visiona.kit.deps import DatabaseDep, MetricsDep
+from visiona.models.dependencies import StorageDep
 
 _LOGGER = logging.getLogger(__name__)
 CHECK_TIMEOUT = 1.0
@@ -47,21 +50,22 @@ async def _check(name: str, probe: Any) -> tuple[str, str]:
     summary="Liveness and dependencies",
     responses={503: {"model": Health, "description": "A dependency is unavailable."}},
 )
-async def healthz(runtime: RuntimeDep) -> JSONResponse:
+async def healthz(
+    db: DatabaseDep, sessions: SessionsDep, storage: StorageDep, cluster: ClusterDep
+) -> JSONResponse:
     """200 when the database, the session store and the object store answer within 1 s each.
 
     In a cluster, ``node`` names the node that answered."""
     checks = [
-        _check("database", runtime.db.ping),
-        _check("session_store", runtime.sessions.ping),
+        _check("database", db.ping),
+        _check("session_store", sessions.ping),
+        _check("object_storage", storage.ping),
     ]
-    if runtime.model_storage is not None:
-        checks.append(_check("object_storage", runtime.model_storage.ping))
     results = dict(await asyncio.gather(*checks))
     healthy = all(value == "ok" for value in results.values())
     body: dict[str, Any] = {"status": "ok" if healthy else "unavailable", "checks": results}
-    if runtime.cluster is not None:
-        body["node"] = runtime.cluster.registry.node_id
+    if cluster.node_id is not None:
+        body["node"] = cluster.node_id
     if not healthy:
         failing = ", ".join(name for name, value in results.items() if value != "ok")
         body["error"] = {"code": "dependency_unavailable", "message": f"Unavailable: {failing}."}
@@ -69,6 +73,6 @@ async def healthz(runtime: RuntimeDep) -> JSONResponse:
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-async def metrics(runtime: RuntimeDep) -> Response:
+async def metrics(registry: MetricsDep) -> Response:
     """Prometheus text exposition of this node's metrics."""
-    return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(registry.registry), media_type=CONTENT_TYPE_LATEST)

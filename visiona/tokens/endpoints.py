@@ -1,7 +1,7 @@
 """HTTP routes for pairing tokens and device session tokens (HTTP in/out only).
 
 Session-token revocation opens its unit of work here, explicitly, so that
-``Runtime.device_revoked`` (the tunnel's hook to close a live tunnel) runs only after
+the revocation hooks (the tunnel's, to close a live tunnel) runs only after
 the revocation has committed. The other routes use the per-request unit of work.
 """
 
@@ -15,7 +15,7 @@ from fastapi import APIRouter, Response, status
 
 from visiona.auth.dependencies import CurrentPrincipal
 from visiona.devices import service as devices
-from visiona.kit.deps import Conn, RuntimeDep
+from visiona.kit.deps import Conn, DatabaseDep, DeviceRevokedDep, SettingsDep
 from visiona.kit.errors import CsrfError, NotFoundError, UnauthorizedError, ValidationFailedError
 from visiona.kit.http import error_responses
 from visiona.kit.pagination import PageParams
@@ -78,7 +78,7 @@ async def list_session_tokens(
     page: PageParams,
 ) -> SessionTokenList:
     """The device's agent session tokens, revoked ones included; never the plaintext."""
-    await devices.get_device(conn, principal.user_id, device_id)  # not yours or deleted → 404
+    await devices.require_device(conn, principal.user_id, device_id)  # not yours or deleted: 404
     found = await service.list_session_tokens(conn, principal.user_id, device_id, page)
     return SessionTokenList(
         items=[_session(token) for token in found.items], next_cursor=found.next_cursor
@@ -93,14 +93,14 @@ async def list_session_tokens(
     responses=error_responses(UnauthorizedError, CsrfError, NotFoundError),
 )
 async def revoke_session_token(
-    token_id: str, principal: CurrentPrincipal, runtime: RuntimeDep
+    token_id: str, principal: CurrentPrincipal, db: DatabaseDep, revoked: DeviceRevokedDep
 ) -> Response:
     """Revoke the token (idempotent) and close the live tunnel of its device."""
     # unit of work: its own, so the revocation hooks run after the commit
-    async with runtime.db.transaction() as conn:
+    async with db.transaction() as conn:
         device_id = await service.revoke_session_token(conn, principal.user_id, token_id)
     _LOGGER.info("a session token of device %s was revoked", device_id)
-    await runtime.device_revoked(device_id)
+    await revoked(device_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -118,12 +118,12 @@ async def revoke_session_token(
 async def create_pairing_token(
     principal: CurrentPrincipal,
     conn: Conn,
-    runtime: RuntimeDep,
+    settings: SettingsDep,
     body: PairingTokenCreate | None = None,
 ) -> PairingTokenCreated:
     """A one-time token for `visiona agent --token`. The plaintext is in this response
     only; it expires after `ttl_seconds` (default 900, at most the configured maximum)."""
-    ttl = service.pairing_ttl(runtime.settings, body.ttl_seconds if body else None)
+    ttl = service.pairing_ttl(settings, body.ttl_seconds if body else None)
     issued = await service.create_pairing_token(conn, principal.user_id, ttl)
     return PairingTokenCreated(id=issued.id, token=issued.token, expires_at=issued.expires_at)
 

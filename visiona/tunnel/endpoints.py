@@ -1,4 +1,10 @@
-"""Routes of the tunnel feature: the agent's WebSocket tunnel and the proxy to devices."""
+"""Routes of the tunnel feature: the agent's WebSocket tunnel and the proxy to devices.
+
+The proxy has two routes: the public one (``/api/v1/devices/{id}/proxy/{path}``),
+which asks the cluster where the device's tunnel is (:class:`~visiona.tunnel.relay.Relay`),
+and the internal one another node forwards to (``/internal/v1/devices/{id}/proxy/{path}``,
+:data:`internal_router`), which only looks at this node's own tunnels.
+"""
 
 from __future__ import annotations
 
@@ -9,18 +15,23 @@ from typing import Any
 from fastapi import APIRouter, Request, WebSocket
 from fastapi.responses import JSONResponse, Response
 
-from visiona.audit import service as audit
 from visiona.auth.dependencies import CurrentPrincipal, current_principal
-from visiona.cluster.service import forward_proxy
-from visiona.devices import service as devices_service
-from visiona.kit.database import map_db_error
+from visiona.cluster.dependencies import INTERNAL_PREFIX, InternalCaller
+from visiona.cluster.forwarding import (
+    CLIENT_HEADER,
+    PREFIX_HEADER,
+    PROTO_HEADER,
+    TOKEN_HEADER,
+    USER_HEADER,
+)
+from visiona.kit.database import Database, map_db_error
 from visiona.kit.deps import runtime_of
 from visiona.kit.direct import direct_route, path_uuid
 from visiona.kit.errors import AppError, CsrfError, NotFoundError, UnauthorizedError
 from visiona.kit.http import error_responses
 from visiona.kit.logs import end_incomplete_on_purpose
-from visiona.kit.runtime import Runtime
 from visiona.tokens.service import DeviceIdentity, authenticate_device
+from visiona.tunnel.dependencies import HUB, RELAY, RelayDep
 from visiona.tunnel.errors import (
     DeviceBusyError,
     DeviceOfflineError,
@@ -29,26 +40,17 @@ from visiona.tunnel.errors import (
     ForbiddenByAgentError,
     ReservedPathError,
 )
-from visiona.tunnel.hub import TunnelHub
-from visiona.tunnel.proxy import ProxyExchange, ProxyResponse
-from visiona.tunnel.target import (
-    InvalidProxyPathError,
-    cloud_prefix,
-    device_target,
-    sandboxed_headers,
-)
+from visiona.tunnel.target import InvalidProxyPathError, forward_target
 
 _LOGGER = logging.getLogger(__name__)
 PROXY_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+_OURS = {
+    h.encode() for h in (TOKEN_HEADER, USER_HEADER, CLIENT_HEADER, PROTO_HEADER, PREFIX_HEADER)
+}
 
 router = APIRouter()
-
-
-def hub_of(runtime: Runtime) -> TunnelHub:
-    """The application's tunnel hub (built in the lifespan)."""
-    if runtime.hub is None:
-        raise RuntimeError("the tunnel hub is not running")
-    return runtime.hub
+#: The routes other nodes forward to (``/internal/v1/…``; never exposed publicly).
+internal_router = APIRouter(prefix=INTERNAL_PREFIX, include_in_schema=False)
 
 
 def _bearer(websocket: WebSocket) -> str | None:
@@ -56,10 +58,10 @@ def _bearer(websocket: WebSocket) -> str | None:
     return value.strip() or None if scheme.lower() == "bearer" else None
 
 
-async def _identify(runtime: Runtime, token: str | None) -> DeviceIdentity:
+async def _identify(db: Database, token: str | None) -> DeviceIdentity:
     try:
         # unit of work: its own, before the WebSocket upgrade (the tunnel outlives any transaction)
-        async with runtime.db.transaction() as conn:
+        async with db.transaction() as conn:
             return await authenticate_device(conn, token)
     except AppError:
         raise
@@ -75,9 +77,8 @@ async def agent_tunnel(websocket: WebSocket) -> None:
     """The agent's tunnel: ``Authorization: Bearer <session token>`` is checked before the
     upgrade (401 with an error body otherwise); then the WebSocket carries a yamux session
     in which this server is the client (see docs/tunnel-protocol.md)."""
-    runtime: Runtime = websocket.app.state.runtime
     try:
-        identity = await _identify(runtime, _bearer(websocket))
+        identity = await _identify(runtime_of(websocket).db, _bearer(websocket))
     except AppError as err:
         await websocket.send_denial_response(
             JSONResponse(err.body(), status_code=err.status_code, headers=err.headers or None)
@@ -85,13 +86,7 @@ async def agent_tunnel(websocket: WebSocket) -> None:
         end_incomplete_on_purpose()  # a denial is a complete answer; uvicorn thinks not
         return
     await websocket.accept()
-    await hub_of(runtime).serve(websocket, identity)
-
-
-def _forward_target(request: Request, path: str) -> tuple[bytes, str]:
-    """The path and query to request on the device, and the cloud prefix in front of it."""
-    query: bytes = request.scope.get("query_string", b"")
-    return device_target(path, query), cloud_prefix(path, request.scope["path"])
+    await HUB.of(websocket.app).serve(websocket, identity)
 
 
 async def proxy(
@@ -112,27 +107,10 @@ async def proxy(
     the agent's own 403 ``forbidden_by_agent``, relayed.
     The device receives the decoded path re-encoded canonically, ``//`` and ``.``
     collapsed."""
-    # The runtime is read directly: no dependency to solve for it.
-    runtime = runtime_of(request)
-    target, prefix = _forward_target(request, path)
-    if hub_of(runtime).get(device_id) is None:
-        forwarded = await forward_proxy(
-            runtime,
-            request,
-            device_id=device_id,
-            target=target,
-            prefix=prefix,
-            user_id=principal.user_id,
-        )
-        if forwarded is not None:
-            return forwarded
-    return await proxy_local(
-        runtime,
-        request,
-        device_id=device_id,
-        user_id=principal.user_id,
-        target=target,
-        prefix=prefix,
+    target, prefix = forward_target(request, path)
+    # The relay is read directly: no dependency to solve for it.
+    return await RELAY.of(request.app).to_device(
+        request, device_id=device_id, user_id=principal.user_id, target=target, prefix=prefix
     )
 
 
@@ -146,82 +124,34 @@ async def proxy_request(request: Request) -> Response:
     return await proxy(device_id, request.path_params["path"], request, principal)
 
 
-async def proxy_local(
-    runtime: Runtime,
-    request: Request,
-    *,
+async def internal_proxy(
     device_id: uuid.UUID,
-    user_id: uuid.UUID,
-    target: bytes,
-    prefix: str,
-) -> Response:
-    """Proxy through this node's tunnel of the device (no tunnel here → 502 offline)."""
-    link = hub_of(runtime).get(device_id)
-    if link is None or link.owner_user_id != user_id:
-        # unit of work: its own, only when the device is not connected (a proxy holds none)
-        async with runtime.db.transaction() as conn:
-            await devices_service.get_device(conn, user_id, device_id)
-        raise DeviceOfflineError()
-    release = hub_of(runtime).admit(link)  # 429 device_busy, from memory
-    exchange = ProxyExchange(
-        link.session,
-        request,
-        target,
-        prefix,
-        runtime.settings.proxy_response_timeout,
-        on_done=release,
+    path: str,
+    request: Request,
+    user_id: InternalCaller,
+    relay: RelayDep,
+) -> Any:
+    """A request forwarded by another node: proxy it through this node's tunnel only."""
+    target, _ = forward_target(request, path)  # normalised again: never trust the hop
+    # The device sees the original client, scheme and prefix, not the forwarding node.
+    client = request.headers.get(CLIENT_HEADER)
+    if client:
+        request.scope["client"] = (client, 0)
+    proto = request.headers.get(PROTO_HEADER)
+    if proto in {"http", "https"}:
+        request.scope["scheme"] = proto
+    prefix = request.headers.get(PREFIX_HEADER) or "/proxy"
+    request.scope["headers"] = [
+        (k, v) for k, v in request.scope["headers"] if k.lower() not in _OURS
+    ]
+    return await relay.here(
+        request, device_id=device_id, user_id=user_id, target=target, prefix=prefix
     )
-    try:
-        status, headers, framing = await exchange.open()
-    except BaseException:
-        release()
-        raise
-    if status == 403 and _REFUSED in headers:
-        await _record_refusal(
-            runtime,
-            request,
-            owner_id=link.owner_user_id,
-            user_id=user_id,
-            device_id=device_id,
-            target=target,
-        )
-    return ProxyResponse(exchange, status, sandboxed_headers(headers), framing)
 
 
-#: The header the agent puts on the answers its policy gives instead of the local service.
-_REFUSED = (b"x-visiona-refused", b"policy")
-
-
-async def _record_refusal(
-    runtime: Runtime,
-    request: Request,
-    *,
-    owner_id: uuid.UUID,
-    user_id: uuid.UUID,
-    device_id: uuid.UUID,
-    target: bytes,
-) -> None:
-    """Audit ``proxy.forbidden_by_agent`` in its own short transaction (best effort: the
-    agent's answer is relayed even when the trail cannot be written)."""
-    path = target.split(b"?", 1)[0].decode("ascii", "replace")
-    client = request.client.host if request.client else None
-    try:
-        # unit of work: its own, only when the agent refused (the proxy holds none)
-        async with runtime.db.transaction() as conn:
-            await audit.record(
-                conn,
-                "proxy.forbidden_by_agent",
-                actor=audit.Actor.user(user_id),
-                owner_id=owner_id,
-                target_id=device_id,
-                device_id=device_id,
-                detail={"method": request.method, "path": path},
-                client_addr=client,
-            )
-    except Exception as err:  # noqa: BLE001 - the trail is best effort here; logged
-        _LOGGER.warning(
-            "audit: refusal of device %s not recorded: %s", device_id, type(err).__name__
-        )
+internal_router.add_api_route(
+    "/devices/{device_id}/proxy/{path:path}", internal_proxy, methods=PROXY_METHODS
+)
 
 
 _PROXY_RESPONSES: dict[int | str, dict[str, Any]] = {

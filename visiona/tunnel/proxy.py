@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
+from visiona.kit.http import HOP_BY_HOP
 from visiona.kit.logs import end_incomplete_on_purpose
 from visiona.tunnel.errors import DeviceTimeoutError, DeviceUnreachableError
 from visiona.tunnel.response import InvalidResponseError, ResponseParser
@@ -32,19 +33,6 @@ if TYPE_CHECKING:
 
 _LOGGER = logging.getLogger(__name__)
 _READ_SIZE = 1024 * 1024
-HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    }
-)
 # The caller's cloud credentials never reach the device; forwarding headers are ours.
 _DROPPED_REQUEST = HOP_BY_HOP | {
     b"authorization",

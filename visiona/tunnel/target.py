@@ -25,9 +25,13 @@ included).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from visiona.kit.errors import BadRequestError
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
 from visiona.tunnel.errors import ReservedPathError
 from visiona.wire import RESERVED_PREFIX
 
@@ -94,3 +98,9 @@ def sandboxed_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, b
         (b"x-content-type-options", b"nosniff"),
     ]
     return kept
+
+
+def forward_target(request: Request, path: str) -> tuple[bytes, str]:
+    """The path and query to request on the device, and the cloud prefix in front of it."""
+    query: bytes = request.scope.get("query_string", b"")
+    return device_target(path, query), cloud_prefix(path, request.scope["path"])
