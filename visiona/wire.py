@@ -1,13 +1,15 @@
-"""What the agent and the server share on the wire: one leaf module both import.
+"""What the agent, the command line and the server share on the wire: one leaf module.
 
-Close codes, reserved paths, header names, the API prefix and the status values a
-device can be in. It imports nothing from :mod:`visiona`, so the agent can use it
-without importing any server code (``tests/agent/test_imports.py`` keeps it so).
+Close codes, reserved paths, header names, the API prefix, the status values a
+device can be in and the chips a model targets. It imports nothing from
+:mod:`visiona`, so the agent and the command line can use it without importing any
+server code (``tests/agent/test_imports.py`` keeps it so).
 See docs/tunnel-protocol.md for what each value means on the wire.
 """
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Final, Literal
 
 #: Every HTTP route of the server lives under this prefix.
@@ -48,3 +50,23 @@ USB_STATUSES: Final[tuple[UsbStatus, ...]] = ("online", "offline", "unknown")
 #: Tunnel level, seen by the cloud (``devices.remote_status``).
 RemoteStatus = Literal["online", "offline", "reconnecting", "error"]
 REMOTE_STATUSES: Final[tuple[RemoteStatus, ...]] = ("online", "offline", "reconnecting", "error")
+
+
+class TargetChip(StrEnum):
+    """Kneron chips a ``.nef`` model can be compiled for (the API's ``target_chip``)."""
+
+    KL520 = "kl520"
+    KL530 = "kl530"
+    KL630 = "kl630"
+    KL720 = "kl720"
+    KL730 = "kl730"
+
+    @classmethod
+    def _missing_(cls, value: object) -> TargetChip | None:
+        """Case-insensitive: ``KL520`` is ``kl520`` on every route and in the CLI."""
+        if isinstance(value, str):
+            lowered = value.strip().lower()
+            for chip in cls:
+                if chip.value == lowered:
+                    return chip
+        return None

@@ -26,7 +26,7 @@ from visiona.client.config import (
     save_credentials,
 )
 from visiona.client.errors import ClientError
-from visiona.models.chips import TargetChip
+from visiona.wire import TargetChip
 
 if TYPE_CHECKING:
     from rich.progress import Progress
