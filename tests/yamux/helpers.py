@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from visiona.yamux import ByteTransport
 from visiona.yamux.frames import HEADER, HEADER_SIZE, Header, decode_header
+
+
+async def until(predicate: Callable[[], bool], *, limit: float = 5.0) -> None:
+    """Wait (bounded by ``limit`` seconds) until ``predicate()`` holds."""
+    async with asyncio.timeout(limit):
+        while not predicate():  # noqa: ASYNC110 - polls state that offers no event
+            await asyncio.sleep(0.001)
 
 
 def frame(kind: int, flags: int, stream_id: int, length: int, payload: bytes = b"") -> bytes:
