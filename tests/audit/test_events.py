@@ -16,12 +16,12 @@ from fastapi import FastAPI
 from sqlalchemy import update
 
 from testkit.live import LiveServer, serve_app
-from tests.audit.helpers import PRODUCED, only, stored_events, trail
-from tests.deployments.helpers import Received, answer, deploy, device_and_model, read_request
-from tests.devices.helpers import API, bearer, create_device, paired_device, pairing_token
 from tests.support.api import PASSWORD, User, signup
+from tests.support.audit import PRODUCED, only, stored_events, trail
+from tests.support.deployments import Received, answer, deploy, device_and_model, read_request
+from tests.support.devices import API, bearer, create_device, paired_device, pairing_token
 from tests.support.models import nef, uploaded
-from tests.tunnel.support import connect_agent, wait_for
+from tests.support.tunnel import connect_agent, wait_for
 from visiona.app import create_app
 from visiona.audit.catalogue import ACTIONS
 from visiona.kit.runtime import Runtime

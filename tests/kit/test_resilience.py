@@ -14,8 +14,8 @@ import pytest
 from asgi_lifespan import LifespanManager
 
 from testkit.servers import PostgresServer, RedisServer
-from tests.conftest import make_settings
 from tests.support.api import error_code, signup
+from tests.support.settings import make_settings
 from visiona.app import create_app
 from visiona.kit import migrate
 

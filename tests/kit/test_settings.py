@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from tests.conftest import make_settings
+from tests.support.settings import make_settings
 from visiona.kit import configdoc
 from visiona.kit.settings import Settings
 

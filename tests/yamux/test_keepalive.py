@@ -6,8 +6,7 @@ import asyncio
 
 import pytest
 
-from tests.yamux.conftest import RawFactory
-from tests.yamux.helpers import frame, read_frame
+from tests.support.yamux import RawFactory, frame, read_frame
 from visiona.yamux import Config
 from visiona.yamux.frames import ACK, PING, SYN
 from visiona.yamux.keepalive import coalesced_deadline

@@ -8,9 +8,8 @@ import os
 
 import pytest
 
+from tests.support.yamux import until
 from visiona.yamux import Config, MessageTransport, Session, SessionClosedError
-
-from .helpers import until
 
 MIB = 1024 * 1024
 

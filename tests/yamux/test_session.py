@@ -8,8 +8,15 @@ import os
 
 import pytest
 
-from tests.yamux.conftest import PairFactory, RawFactory
-from tests.yamux.helpers import MemoryTransport, data, frame, read_frame, read_until
+from tests.support.yamux import (
+    MemoryTransport,
+    PairFactory,
+    RawFactory,
+    data,
+    frame,
+    read_frame,
+    read_until,
+)
 from visiona.yamux import (
     Config,
     KeepAliveTimeoutError,

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+from tests.support.yamux import MemoryTransport, data, frame, parse_frames, until
 from visiona.yamux import Config, Session, Stream
 from visiona.yamux.frames import ACK, DATA, FIN, SYN, WINDOW_UPDATE, Buffer
-
-from .helpers import MemoryTransport, data, frame, parse_frames, until
 
 
 class CountingTransport(MemoryTransport):

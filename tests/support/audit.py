@@ -8,8 +8,8 @@ import httpx
 from fastapi import FastAPI
 from sqlalchemy import select
 
-from tests.devices.helpers import API, runtime
 from tests.support.api import User
+from tests.support.devices import API, runtime
 from visiona.audit.repository import AuditEvent
 from visiona.kit.records import build, columns_of
 from visiona.kit.schema import audit_events
