@@ -23,14 +23,12 @@ from fastapi import FastAPI
 
 from testkit.live import LiveServer, serve_app
 from testkit.servers import PostgresServer, RedisServer
+from tests.support.settings import LIFESPAN_TIMEOUT, make_settings
 from visiona.app import create_app
 from visiona.kit import migrate
 from visiona.kit.settings import Settings
 
 BACKENDS = ["sqlite", "postgres"]
-#: asgi-lifespan waits 5 s by default; the lifespan connects to PostgreSQL and Redis, and
-#: under a full run on this shared 2-core machine that has taken longer (not a timing test).
-LIFESPAN_TIMEOUT = 60.0
 _BROWSER_TESTS = Path(__file__).parent / "console"
 
 
@@ -94,18 +92,6 @@ def pg_template(postgres: PostgresServer) -> str:
 def pg_url(postgres: PostgresServer, pg_template: str) -> str:
     """This test module's own PostgreSQL database, migrated to head."""
     return postgres.clone_database(pg_template)
-
-
-def make_settings(**overrides: object) -> Settings:
-    """Settings that ignore the developer's environment and .env file."""
-    base: dict[str, object] = {
-        "login_rate_limit_per_address": 100_000,
-        "login_rate_limit": 1_000,
-        "pair_rate_limit": 1_000_000,
-        "log_level": "WARNING",
-    }
-    base.update(overrides)
-    return Settings(_env_file=None, **base)  # type: ignore[call-arg]
 
 
 @pytest.fixture(params=BACKENDS)

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from testkit.live import serve_in_thread
-from tests.conftest import make_settings
+from tests.support.settings import make_settings
 from visiona.app import create_app
 from visiona.kit import migrate
 

@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from testkit.device_service import device_app
 from testkit.live import serve_app
-from tests.tunnel.device_service import device_app
 from visiona.kit.settings import Settings
 
 

@@ -21,12 +21,12 @@ import httpx
 import pytest
 
 from testkit.live import LiveServer
-from tests.agent.test_agent import _options, running
-from tests.deployments.helpers import deploy, deployments_of
-from tests.devices.helpers import pairing_token
+from tests.support.agent import agent_options, running
 from tests.support.api import User, signup
+from tests.support.deployments import deploy, deployments_of
+from tests.support.devices import pairing_token
 from tests.support.models import nef, uploaded
-from tests.tunnel.support import API, wait_for
+from tests.support.tunnel import API, wait_for
 from visiona.agent.runner import Agent
 from visiona.kit.settings import Settings
 
@@ -106,11 +106,11 @@ async def _agent(
 ) -> tuple[User, Agent]:
     user = await signup(http)
     token = (await pairing_token(http, user))["token"]
-    options = replace(_options(live, port, tmp_path / "s.json", token), **overrides)
+    options = replace(agent_options(live, port, tmp_path / "s.json", token), **overrides)
     return user, Agent(options)
 
 
-async def _device(http: httpx.AsyncClient, user: User) -> dict[str, Any]:
+async def only_device(http: httpx.AsyncClient, user: User) -> dict[str, Any]:
     items = (await http.get(f"{API}/devices", headers=user.headers)).json()["items"]
     device: dict[str, Any] = items[0]
     return device
@@ -136,7 +136,7 @@ async def test_requests_beyond_the_inflight_bound_get_429_and_a_slot_frees_on_co
     user, agent = await _agent(live, http, service.port, tmp_path)
     async with running(agent):
         await asyncio.wait_for(agent.connected.wait(), 30)
-        device_id = str((await _device(http, user))["id"])
+        device_id = str((await only_device(http, user))["id"])
         url = f"{API}/devices/{device_id}/proxy/hold"
         service.release.clear()
         held = [asyncio.create_task(http.get(url, headers=user.headers)) for _ in range(2)]
@@ -168,7 +168,7 @@ async def test_a_deployment_in_progress_serialises_deployments_and_holds_proxied
     )
     async with running(agent):
         await asyncio.wait_for(agent.connected.wait(), 30)
-        device_id = str((await _device(http, user))["id"])
+        device_id = str((await only_device(http, user))["id"])
         first = await uploaded(http, user, nef(100_000, seed=1), chip="kl720")
         second = await uploaded(http, user, nef(100_000, seed=2), chip="kl720")
         running_deploy = asyncio.create_task(deploy(http, user, device_id, str(first["id"])))
@@ -213,11 +213,11 @@ async def test_the_busy_probe_shows_in_the_device_and_refuses_calls_at_the_cloud
     )
     async with running(agent):
         await asyncio.wait_for(agent.connected.wait(), 30)
-        device_id = str((await _device(http, user))["id"])
+        device_id = str((await only_device(http, user))["id"])
         url = f"{API}/devices/{device_id}/proxy/x"
 
         async def shows(busy: bool) -> bool:
-            return bool((await _device(http, user))["busy"]) is busy
+            return bool((await only_device(http, user))["busy"]) is busy
 
         await wait_for(lambda: shows(busy=False), limit=30)
         service.busy = True
@@ -236,14 +236,14 @@ async def test_the_busy_header_of_the_local_service_is_reported(
     user, agent = await _agent(live, http, service.port, tmp_path, busy_header=True)
     async with running(agent):
         await asyncio.wait_for(agent.connected.wait(), 30)
-        device = await _device(http, user)
+        device = await only_device(http, user)
         assert device["busy"] is False
         url = f"{API}/devices/{device['id']}/proxy/x"
         service.busy = True
         assert (await http.get(url, headers=user.headers)).status_code == 200
 
         async def busy() -> bool:
-            return bool((await _device(http, user))["busy"])
+            return bool((await only_device(http, user))["busy"])
 
         await wait_for(busy, limit=30)
         _busy(await http.get(url, headers=user.headers), "busy")
@@ -265,7 +265,7 @@ async def test_the_status_report_stores_busy_and_refuses_a_non_boolean(
         f"{API}/agent/status", json={"usb_status": "online", "busy": True}, headers=session
     )
     assert ok.status_code == 204
-    assert (await _device(http, user))["busy"] is True
+    assert (await only_device(http, user))["busy"] is True
     bad = await http.post(
         f"{API}/agent/status", json={"usb_status": "online", "busy": "very"}, headers=session
     )
@@ -274,7 +274,7 @@ async def test_the_status_report_stores_busy_and_refuses_a_non_boolean(
         f"{API}/agent/status", json={"usb_status": "offline"}, headers=session
     )
     assert omitted.status_code == 204
-    device = await _device(http, user)
+    device = await only_device(http, user)
     assert (device["status"], device["busy"]) == ("offline", True)  # busy unchanged when omitted
     assert json.dumps(device)  # serialisable as served
     uuid.UUID(str(device["id"]))

@@ -7,54 +7,21 @@ import contextlib
 import hashlib
 import signal
 import stat
-import sys
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
 
+from testkit.device_service import pattern
 from testkit.live import LiveServer
-from tests.devices.helpers import pairing_token
-from tests.support.api import User, signup
-from tests.tunnel.device_service import pattern
-from tests.tunnel.support import API, wait_for
-from visiona.agent.runner import Agent, AgentOptions
+from tests.support.agent import agent_cli, agent_options, only_device, running
+from tests.support.api import signup
+from tests.support.devices import pairing_token
+from tests.support.tunnel import API, wait_for
+from visiona.agent.runner import Agent
 from visiona.tunnel.dependencies import HUB
 from visiona.wire import CLOSE_GOING_AWAY
 
-
-def _options(live: LiveServer, port: int, path: Path, token: str | None) -> AgentOptions:
-    return AgentOptions(
-        server=live.url,
-        forward_host="127.0.0.1",
-        forward_port=port,
-        session_file=path,
-        pairing_token=token,
-        name="Test agent",
-        serial_number=f"SN-{uuid.uuid4().hex[:10]}",
-        device_type="kl720",
-        usb_poll_interval=0.2,
-    )
-
-
-@contextlib.asynccontextmanager
-async def running(agent: Agent) -> AsyncIterator[tuple[asyncio.Event, asyncio.Task[int]]]:
-    """Run ``agent`` in the background; stop it on exit."""
-    stop = asyncio.Event()
-    task = asyncio.create_task(agent.run(stop))
-    try:
-        yield stop, task
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 30)
-
-
-async def _device(http: httpx.AsyncClient, user: User) -> dict[str, object]:
-    items = (await http.get(f"{API}/devices", headers=user.headers)).json()["items"]
-    assert len(items) == 1
-    device: dict[str, object] = items[0]
-    return device
 
 
 async def test_agent_pairs_forwards_reports_and_reconnects(
@@ -63,17 +30,17 @@ async def test_agent_pairs_forwards_reports_and_reconnects(
     user = await signup(http)
     token = (await pairing_token(http, user))["token"]
     session_file = tmp_path / "agent" / "session.json"
-    agent = Agent(_options(live, device_port, session_file, token), stable_after=0.0)
+    agent = Agent(agent_options(live, device_port, session_file, token), stable_after=0.0)
     async with running(agent) as (_stop, task):
         await asyncio.wait_for(agent.connected.wait(), 30)
         assert stat.S_IMODE(session_file.stat().st_mode) == 0o600
         assert "vst_" in session_file.read_text()
-        device = await _device(http, user)
+        device = await only_device(http, user)
         device_id = str(device["id"])
         assert device["device_type"] == "kl720"
 
         async def reported() -> bool:
-            shown = await _device(http, user)
+            shown = await only_device(http, user)
             return shown["remote_status"] == "online" and shown["status"] in {
                 "online",
                 "offline",
@@ -105,10 +72,10 @@ async def test_agent_pairs_forwards_reports_and_reconnects(
         assert not task.done()
 
     # a second run uses the stored session: no pairing token needed, same device
-    again = Agent(_options(live, device_port, session_file, None))
+    again = Agent(agent_options(live, device_port, session_file, None))
     async with running(again):
         await asyncio.wait_for(again.connected.wait(), 30)
-        assert (await _device(http, user))["id"] == device_id
+        assert (await only_device(http, user))["id"] == device_id
 
 
 async def test_agent_exits_3_when_unpaired_and_on_a_bad_pairing_token(
@@ -116,12 +83,12 @@ async def test_agent_exits_3_when_unpaired_and_on_a_bad_pairing_token(
 ) -> None:
     user = await signup(http)
     token = (await pairing_token(http, user))["token"]
-    agent = Agent(_options(live, device_port, tmp_path / "s.json", token))
+    agent = Agent(agent_options(live, device_port, tmp_path / "s.json", token))
     stop = asyncio.Event()
     task = asyncio.create_task(agent.run(stop))
     try:
         await asyncio.wait_for(agent.connected.wait(), 30)
-        device_id = (await _device(http, user))["id"]
+        device_id = (await only_device(http, user))["id"]
         response = await http.delete(f"{API}/devices/{device_id}", headers=user.headers)
         assert response.status_code == 204
         assert await asyncio.wait_for(task, 30) == 3
@@ -129,27 +96,15 @@ async def test_agent_exits_3_when_unpaired_and_on_a_bad_pairing_token(
         stop.set()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(task, 30)
-    bad = Agent(_options(live, device_port, tmp_path / "other.json", "vpt_not-a-token"))
+    bad = Agent(agent_options(live, device_port, tmp_path / "other.json", "vpt_not-a-token"))
     assert await asyncio.wait_for(bad.run(asyncio.Event()), 30) == 3
     assert not (tmp_path / "other.json").exists()
-
-
-async def _cli(*args: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "visiona",
-        "agent",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
 
 
 async def test_cli_exits_3_with_a_clear_line_on_refused_credentials(
     live: LiveServer, tmp_path: Path
 ) -> None:
-    proc = await _cli(
+    proc = await agent_cli(
         "--server",
         live.url,
         "--token",
@@ -170,7 +125,7 @@ async def test_cli_runs_until_sigterm_and_stops_cleanly(
 ) -> None:
     user = await signup(http)
     token = (await pairing_token(http, user))["token"]
-    proc = await _cli(
+    proc = await agent_cli(
         "--server",
         live.url,
         "--token",

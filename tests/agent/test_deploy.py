@@ -18,14 +18,14 @@ from pathlib import Path
 
 import httpx
 
+from testkit.device_service import pattern
 from testkit.live import LiveServer
-from tests.agent.test_agent import _cli, _options, running
-from tests.deployments.helpers import deploy, deployments_of, set_model_sha
-from tests.devices.helpers import pairing_token
+from tests.support.agent import agent_cli, agent_options, running
 from tests.support.api import User, signup
+from tests.support.deployments import deploy, deployments_of, set_model_sha
+from tests.support.devices import pairing_token
 from tests.support.models import nef, uploaded
-from tests.tunnel.device_service import pattern
-from tests.tunnel.support import API, wait_for
+from tests.support.tunnel import API, wait_for
 from visiona.agent.runner import Agent
 from visiona.kit.runtime import Runtime
 
@@ -62,7 +62,7 @@ async def test_cli_agent_stores_the_model_runs_the_hook_and_still_forwards(
     hook.write_text(HOOK)
     hook_out = tmp_path / "hook.json"
     command = " ".join(shlex.quote(part) for part in (sys.executable, str(hook), str(hook_out)))
-    proc = await _cli(
+    proc = await agent_cli(
         "--server",
         live.url,
         "--token",
@@ -134,7 +134,7 @@ async def test_a_failing_hook_fails_the_record_with_its_reason(
     user = await signup(http)
     token = (await pairing_token(http, user))["token"]
     script = "import sys; sys.stderr.write('no dongle on the bus\\n'); sys.exit(4)"
-    options = _options(live, device_port, tmp_path / "s.json", token)
+    options = agent_options(live, device_port, tmp_path / "s.json", token)
     options = options.__class__(
         **{
             **options.__dict__,
@@ -164,7 +164,7 @@ async def test_a_wrong_checksum_is_refused_and_nothing_is_kept(
 ) -> None:
     user = await signup(http)
     token = (await pairing_token(http, user))["token"]
-    options = _options(live, device_port, tmp_path / "s.json", token)
+    options = agent_options(live, device_port, tmp_path / "s.json", token)
     models_dir = tmp_path / "models"
     options = options.__class__(**{**options.__dict__, "models_dir": models_dir})
     agent = Agent(options)

@@ -21,10 +21,10 @@ from typer.testing import CliRunner
 
 from testkit.live import LiveServer
 from testkit.servers import free_port
-from tests.agent.test_agent import _device, _options, running
-from tests.devices.helpers import pairing_token
+from tests.support.agent import agent_options, only_device, running
 from tests.support.api import signup
-from tests.tunnel.support import API, wait_for
+from tests.support.devices import pairing_token
+from tests.support.tunnel import API, wait_for
 from visiona.agent.runner import Agent
 from visiona.cli import app as cli
 from visiona.tunnel.dependencies import HUB
@@ -56,7 +56,7 @@ async def test_a_new_token_replaces_a_dead_session_file(
     user = await signup(http)
     first = (await pairing_token(http, user))["token"]
     session_file = tmp_path / "session.json"
-    agent = Agent(_options(live, device_port, session_file, first))
+    agent = Agent(agent_options(live, device_port, session_file, first))
     async with running(agent):
         await asyncio.wait_for(agent.connected.wait(), 30)
     old = json.loads(session_file.read_text())
@@ -164,10 +164,10 @@ async def test_shutdown_logs_say_what_happened_and_status_reports_it(  # noqa: P
     user = await signup(http)
     token = (await pairing_token(http, user))["token"]
     session_file = tmp_path / "session.json"
-    agent = Agent(_options(live, device_port, session_file, token), stable_after=0.0)
+    agent = Agent(agent_options(live, device_port, session_file, token), stable_after=0.0)
     async with running(agent):
         await asyncio.wait_for(agent.connected.wait(), 30)
-        device_id = str((await _device(http, user))["id"])
+        device_id = str((await only_device(http, user))["id"])
         link = HUB.of(live.app).get(uuid.UUID(device_id))
         assert link is not None
         await link.close(CLOSE_GOING_AWAY, "server shutting down")

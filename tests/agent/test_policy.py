@@ -22,13 +22,13 @@ import httpx
 import pytest
 
 from testkit.live import LiveServer
-from tests.agent.test_agent import _cli, _options, running
-from tests.audit.helpers import stored_events
-from tests.deployments.helpers import deploy
-from tests.devices.helpers import pairing_token
+from tests.support.agent import agent_cli, agent_options, running
 from tests.support.api import User, signup
+from tests.support.audit import stored_events
+from tests.support.deployments import deploy
+from tests.support.devices import pairing_token
 from tests.support.models import nef, uploaded
-from tests.tunnel.support import API, wait_for
+from tests.support.tunnel import API, wait_for
 from visiona.agent.policy import build_policy
 from visiona.agent.runner import Agent
 from visiona.tunnel.dependencies import HUB
@@ -90,7 +90,7 @@ async def _paired_agent(
     user = await signup(http)
     token = (await pairing_token(http, user))["token"]
     options = replace(
-        _options(live, port, tmp_path / "s.json", token),
+        agent_options(live, port, tmp_path / "s.json", token),
         policy=build_policy(allow, deploy=deploy),
         **overrides,
     )
@@ -248,7 +248,7 @@ async def test_cli_takes_rules_from_options_and_config_and_status_prints_them(
     config = tmp_path / "agent.toml"
     config.write_text('allow = ["GET /v1/*"]\n')
     session = str(tmp_path / "s.json")
-    proc = await _cli(
+    proc = await agent_cli(
         "--server", live.url, "--token", token, "--forward", f"127.0.0.1:{service.port}",
         "--session-file", session, "--config", str(config),
         "--allow", "POST /v1/inference", "--no-deploy",
@@ -294,7 +294,7 @@ async def test_cli_takes_rules_from_options_and_config_and_status_prints_them(
 
 async def test_cli_refuses_a_bad_rule_or_config_with_exit_2(tmp_path: Path) -> None:
     for extra in (["--allow", "GET"], ["--config", str(tmp_path / "missing.toml")]):
-        proc = await _cli(
+        proc = await agent_cli(
             "--server", "http://127.0.0.1:9", "--forward", "127.0.0.1:9",
             "--session-file", str(tmp_path / "s.json"), *extra,
         )  # fmt: skip

@@ -11,10 +11,10 @@ import httpx
 import pytest
 
 from testkit.live import LiveServer
-from tests.agent.test_agent import _device, _options, running
-from tests.devices.helpers import pairing_token
+from tests.support.agent import agent_options, only_device, running
 from tests.support.api import signup
-from tests.tunnel.support import API, wait_for
+from tests.support.devices import pairing_token
+from tests.support.tunnel import API, wait_for
 from visiona.agent.runner import Agent
 from visiona.kit.settings import Settings
 
@@ -38,7 +38,7 @@ async def test_the_agent_renews_its_session_before_it_expires(
     token = (await pairing_token(http, user))["token"]
     session_file = tmp_path / "session.json"
     # 9 s tokens: renewed a third of their life ahead, i.e. 6 s after pairing
-    agent = Agent(_options(live, device_port, session_file, token))
+    agent = Agent(agent_options(live, device_port, session_file, token))
     async with running(agent):
         await asyncio.wait_for(agent.connected.wait(), 30)
         first = json.loads(session_file.read_text())
@@ -61,7 +61,7 @@ async def test_the_agent_renews_its_session_before_it_expires(
         assert old.status_code == 401
         assert agent.connected.is_set()  # the tunnel stayed up
     # the next run uses the renewed session
-    again = Agent(_options(live, device_port, session_file, None))
+    again = Agent(agent_options(live, device_port, session_file, None))
     async with running(again):
         await asyncio.wait_for(again.connected.wait(), 30)
-        assert str((await _device(http, user))["id"]) == first["device_id"]
+        assert str((await only_device(http, user))["id"]) == first["device_id"]

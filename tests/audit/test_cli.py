@@ -19,8 +19,8 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from typer.testing import CliRunner, Result
 
 from testkit.live import serve_in_thread
-from tests.conftest import make_settings
 from tests.support.api import PASSWORD
+from tests.support.settings import make_settings
 from visiona.app import create_app
 from visiona.audit import repository
 from visiona.cli import app as cli

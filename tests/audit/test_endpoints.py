@@ -8,9 +8,9 @@ from typing import Any
 
 import httpx
 
-from tests.audit.helpers import trail
-from tests.devices.helpers import API, bearer, paired_device
 from tests.support.api import error_code, signup
+from tests.support.audit import trail
+from tests.support.devices import API, bearer, paired_device
 
 
 async def test_the_filters_combine(client: httpx.AsyncClient) -> None:

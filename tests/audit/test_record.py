@@ -11,9 +11,9 @@ from fastapi import FastAPI
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from tests.audit.helpers import stored_events
-from tests.devices.helpers import API, paired_device, runtime
 from tests.support.api import signup
+from tests.support.audit import stored_events
+from tests.support.devices import API, paired_device, runtime
 from visiona.audit import service as audit
 from visiona.audit.repository import AuditEvent, EventFilter
 from visiona.audit.service import SYSTEM, Actor

@@ -11,9 +11,9 @@ from datetime import UTC, datetime, timedelta
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from tests.audit.helpers import stored_events
-from tests.devices.helpers import runtime
-from tests.tunnel.support import wait_for
+from tests.support.audit import stored_events
+from tests.support.devices import runtime
+from tests.support.tunnel import wait_for
 from visiona.audit import repository
 from visiona.audit.dependencies import PRUNER
 from visiona.audit.retention import Pruner, prune

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_settings
+from tests.support.settings import make_settings
 from visiona.kit import migrate
 from visiona.kit.settings import Settings
 

@@ -10,8 +10,8 @@ from asgi_lifespan import LifespanManager
 from fastapi import APIRouter, FastAPI
 from sqlalchemy import select, text
 
-from tests.conftest import LIFESPAN_TIMEOUT
 from tests.support.api import PASSWORD, error_code, signup
+from tests.support.settings import LIFESPAN_TIMEOUT
 from visiona.app import create_app
 from visiona.auth.dependencies import SESSIONS, CurrentPrincipal
 from visiona.auth.sessions import SqlSessionStore

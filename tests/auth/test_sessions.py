@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from sqlalchemy import event, select
 
 from testkit.servers import RedisServer, free_port
-from tests.conftest import make_settings
+from tests.support.settings import make_settings
 from visiona.auth.repository import insert_user
 from visiona.auth.sessions import MemorySessionStore, RedisSessionStore, SqlSessionStore
 from visiona.kit import migrate

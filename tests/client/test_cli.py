@@ -17,9 +17,9 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from testkit.live import serve_in_thread
-from tests.conftest import make_settings
 from tests.support.api import PASSWORD
 from tests.support.models import nef
+from tests.support.settings import make_settings
 from visiona.app import create_app
 from visiona.cli import app as cli
 from visiona.client.commands import render_devices

@@ -21,12 +21,14 @@ from typing import Any, cast
 import httpx
 import pytest
 
+from testkit.device_service import device_app, pattern
 from testkit.haproxy import DOC_CFG, HaproxyServer, balancer_cfg
 from testkit.live import LiveServer, serve_app
 from testkit.nginx import DOC_CONF, NginxServer, balancer_conf
+from testkit.nodes import TOKEN, Balanced, cluster_env, running_nodes
 from testkit.servers import PostgresServer, RedisServer
-from tests.cluster.nodes import TOKEN, Balanced, cluster_env, running_nodes
-from tests.deployments.helpers import (
+from tests.support.api import PASSWORD, error_code, signup
+from tests.support.deployments import (
     Received,
     answer,
     deploy,
@@ -34,10 +36,8 @@ from tests.deployments.helpers import (
     device_and_model,
     read_request,
 )
-from tests.devices.helpers import pairing_token
-from tests.support.api import PASSWORD, error_code, signup
-from tests.tunnel.device_service import device_app, pattern
-from tests.tunnel.support import (
+from tests.support.devices import pairing_token
+from tests.support.tunnel import (
     API,
     StreamHandler,
     connect_agent,

@@ -15,12 +15,12 @@ from typing import Any, cast
 import httpx
 import pytest
 
+from testkit.device_service import device_app, pattern
 from testkit.live import LiveServer, serve_app
+from testkit.nodes import TOKEN, Node, cluster_env, spawn_node, start_node, wait_node
 from testkit.servers import PostgresServer, RedisServer
-from tests.cluster.nodes import TOKEN, Node, cluster_env, spawn_node, start_node, wait_node
 from tests.support.api import error_code, signup
-from tests.tunnel.device_service import device_app, pattern
-from tests.tunnel.support import (
+from tests.support.tunnel import (
     API,
     connect_agent,
     forward_to,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.cluster.nodes import node_env
+from testkit.nodes import node_env
 
 
 def _serve(**settings: str) -> subprocess.CompletedProcess[str]:

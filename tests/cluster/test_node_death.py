@@ -16,21 +16,21 @@ from typing import cast
 import httpx
 import pytest
 
+from testkit.device_service import device_app
 from testkit.live import LiveServer, serve_app
 from testkit.nginx import NginxServer
+from testkit.nodes import Balanced, cluster_env, running_nodes
 from testkit.servers import PostgresServer, RedisServer
-from tests.cluster.nodes import Balanced, cluster_env, running_nodes
-from tests.deployments.helpers import (
+from tests.support.api import User, error_code, signup
+from tests.support.deployments import (
     Received,
     deploy,
     deployments_of,
     device_and_model,
     read_request,
 )
-from tests.devices.helpers import pairing_token
-from tests.support.api import User, error_code, signup
-from tests.tunnel.device_service import device_app
-from tests.tunnel.support import API, StreamHandler, connect_agent, wait_for
+from tests.support.devices import pairing_token
+from tests.support.tunnel import API, StreamHandler, connect_agent, wait_for
 from visiona.agent.runner import Agent, AgentOptions
 from visiona.deployments.delivery import OWNER_LOST
 from visiona.deployments.recovery import NODE_LOST

@@ -15,8 +15,8 @@ from fastapi import FastAPI
 from redis.asyncio import Redis
 
 from testkit.servers import RedisServer
-from tests.deployments.helpers import device_and_model
 from tests.support.api import signup
+from tests.support.deployments import device_and_model
 from visiona.cluster.forwarding import Forwarder
 from visiona.cluster.registry import TunnelRegistry
 from visiona.cluster.service import ClusterNode

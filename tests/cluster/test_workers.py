@@ -17,12 +17,12 @@ from typing import cast
 import httpx
 import pytest
 
+from testkit.device_service import device_app
 from testkit.live import LiveServer, serve_app
+from testkit.nodes import Node, cluster_env, node_env, spawn_node, wait_node
 from testkit.servers import PostgresServer, RedisServer
-from tests.cluster.nodes import Node, cluster_env, node_env, spawn_node, wait_node
 from tests.support.api import signup
-from tests.tunnel.device_service import device_app
-from tests.tunnel.support import API, connect_agent, forward_to, paired_agent_token, wait_for
+from tests.support.tunnel import API, connect_agent, forward_to, paired_agent_token, wait_for
 
 
 @pytest.fixture(scope="module")

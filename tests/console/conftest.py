@@ -18,11 +18,8 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
 
-from tests.conftest import make_settings
-from tests.console.support import Live, Watch, launch_args, live_server, watch
-
-#: small enough to be refused in a test, big enough for a few MiB
-MODEL_MAX_BYTES = 8 * 1024 * 1024
+from tests.support.console import MODEL_MAX_BYTES, Live, Watch, launch_args, live_server, watch
+from tests.support.settings import make_settings
 
 
 @pytest.fixture(scope="package")

@@ -18,8 +18,7 @@ from typing import Any
 import httpx
 from playwright.sync_api import Page, sync_playwright
 
-from tests.conftest import make_settings
-from tests.console.support import (
+from tests.support.console import (
     API,
     Account,
     Live,
@@ -33,6 +32,7 @@ from tests.console.support import (
     stop_agent,
     upload_model,
 )
+from tests.support.settings import make_settings
 
 DESKTOP = {"width": 1280, "height": 760}
 PHONE = {"width": 375, "height": 720}

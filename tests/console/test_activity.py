@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 from playwright.sync_api import Page, expect
 
-from tests.console.support import API, Live, Watch, api_json, pair_device, register, sign_in
+from tests.support.console import API, Live, Watch, api_json, pair_device, register, sign_in
 
 
 def test_the_device_page_shows_who_paired_and_renamed_it(

@@ -7,7 +7,7 @@ import re
 import httpx
 from playwright.sync_api import Page, expect
 
-from tests.console.support import API, PASSWORD, Live, Watch, register, unique_email
+from tests.support.console import API, PASSWORD, Live, Watch, register, unique_email
 
 
 def test_signed_out_visitor_is_sent_to_sign_in_and_back_after_it(

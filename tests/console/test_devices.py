@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 from playwright.sync_api import Locator, Page, expect
 
-from tests.console.support import (
+from tests.support.console import (
     Live,
     Watch,
     create_device,

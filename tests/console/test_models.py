@@ -9,8 +9,7 @@ from pathlib import Path
 import httpx
 from playwright.sync_api import Locator, Page, expect
 
-from tests.console.conftest import MODEL_MAX_BYTES
-from tests.console.support import Live, Watch, register, sign_in, upload_model
+from tests.support.console import MODEL_MAX_BYTES, Live, Watch, register, sign_in, upload_model
 
 
 def _row(page: Page, name: str) -> Locator:

@@ -8,7 +8,7 @@ import httpx
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.console.support import (
+from tests.support.console import (
     PASSWORD,
     Live,
     Watch,

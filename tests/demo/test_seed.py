@@ -12,8 +12,8 @@ from asgi_lifespan import LifespanManager
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
-from tests.devices.helpers import API, pair
 from tests.support.api import error_code
+from tests.support.devices import API, pair
 from visiona import cli
 from visiona.app import create_app
 from visiona.demo import seed as demo

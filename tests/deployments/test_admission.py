@@ -17,8 +17,9 @@ from fastapi import FastAPI
 from sqlalchemy import insert, select
 
 from testkit.live import LiveServer
-from tests.audit.helpers import stored_events
-from tests.deployments.helpers import (
+from tests.support.api import signup
+from tests.support.audit import stored_events
+from tests.support.deployments import (
     Received,
     answer,
     deploy,
@@ -26,9 +27,8 @@ from tests.deployments.helpers import (
     device_and_model,
     read_request,
 )
-from tests.devices.helpers import runtime
-from tests.support.api import signup
-from tests.tunnel.support import connect_agent, wait_for
+from tests.support.devices import runtime
+from tests.support.tunnel import connect_agent, wait_for
 from visiona.deployments import service
 from visiona.kit.clock import utcnow
 from visiona.kit.schema import deployments

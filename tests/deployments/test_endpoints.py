@@ -9,9 +9,9 @@ import httpx
 from fastapi import FastAPI
 from sqlalchemy import insert
 
-from tests.deployments.helpers import API, deploy, deployments_of, device_and_model
-from tests.devices.helpers import create_device, runtime
 from tests.support.api import signup
+from tests.support.deployments import API, deploy, deployments_of, device_and_model
+from tests.support.devices import create_device, runtime
 from tests.support.models import nef, uploaded
 from visiona.kit.schema import models
 

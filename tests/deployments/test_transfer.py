@@ -1,6 +1,6 @@
 """The transfer through a real tunnel (uvicorn on loopback, a yamux agent) on both databases.
 
-The agent here is the small test agent of tests/tunnel/support.py with a handler
+The agent here is the small test agent of tests/support/tunnel.py with a handler
 per test, so each failure the cloud must survive (a refusal, a reset stream, a
 dropped tunnel, no answer, a cancelled request) can be staged; the real
 ``visiona agent`` is exercised in tests/agent/test_deploy.py.
@@ -17,7 +17,8 @@ from typing import Any
 import httpx
 
 from testkit.live import LiveServer
-from tests.deployments.helpers import (
+from tests.support.api import signup
+from tests.support.deployments import (
     Received,
     answer,
     deploy,
@@ -25,8 +26,7 @@ from tests.deployments.helpers import (
     device_and_model,
     read_request,
 )
-from tests.support.api import signup
-from tests.tunnel.support import connect_agent, wait_for
+from tests.support.tunnel import connect_agent, wait_for
 from visiona.deployments import service
 from visiona.deployments.schemas import DeploymentStatus
 from visiona.kit.runtime import Runtime

@@ -11,8 +11,8 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import update
 
-from tests.devices.helpers import API, create_device, paired_device, runtime, serial
 from tests.support.api import error_code, signup
+from tests.support.devices import API, create_device, paired_device, runtime, serial
 from visiona.kit.schema import devices
 
 

@@ -10,7 +10,8 @@ import httpx
 from fastapi import FastAPI
 from sqlalchemy import select
 
-from tests.devices.helpers import (
+from tests.support.api import error_code, signup
+from tests.support.devices import (
     API,
     bearer,
     pair,
@@ -20,7 +21,6 @@ from tests.devices.helpers import (
     serial,
     set_pairing_expiry,
 )
-from tests.support.api import error_code, signup
 from visiona.kit.schema import pairing_tokens, session_tokens
 from visiona.kit.tokens import hash_token
 

@@ -6,8 +6,8 @@ import asyncio
 
 import httpx
 
-from tests.devices.helpers import API, bearer, paired_device
 from tests.support.api import error_code, signup
+from tests.support.devices import API, bearer, paired_device
 
 
 async def _renew(client: httpx.AsyncClient, token: str) -> httpx.Response:

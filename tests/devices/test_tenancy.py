@@ -8,8 +8,8 @@ import uuid
 import httpx
 from fastapi import FastAPI
 
-from tests.devices.helpers import API, bearer, paired_device, pairing_token, runtime
 from tests.support.api import error_code, signup
+from tests.support.devices import API, bearer, paired_device, pairing_token, runtime
 from visiona.tokens.service import authenticate_device
 
 

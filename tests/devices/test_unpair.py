@@ -10,8 +10,8 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy import select
 
-from tests.devices.helpers import API, bearer, pair, paired_device, pairing_token, runtime
 from tests.support.api import User, signup
+from tests.support.devices import API, bearer, pair, paired_device, pairing_token, runtime
 from visiona.kit.deps import DEVICE_REVOKED
 from visiona.kit.runtime import DeviceHook, DeviceRevoked
 from visiona.kit.schema import devices, pairing_tokens, session_tokens

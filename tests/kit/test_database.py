@@ -10,7 +10,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from testkit.servers import free_port
-from tests.conftest import make_settings
+from tests.support.settings import make_settings
 from visiona.kit.database import Database
 from visiona.kit.errors import ConflictError, DatabaseUnavailableError
 from visiona.kit.schema import devices, users

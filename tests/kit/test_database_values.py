@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Integer, SmallInteger, bindparam, insert, select, text
 
-from tests.conftest import make_settings
+from tests.support.settings import make_settings
 from visiona.kit.database import Database
 from visiona.kit.errors import InvalidValueError
 from visiona.kit.schema import users

@@ -15,9 +15,9 @@ import httpx
 import pytest
 
 from testkit.live import serve_in_thread
-from tests.conftest import make_settings
 from tests.support.api import PASSWORD
 from tests.support.models import nef
+from tests.support.settings import make_settings
 from visiona.app import create_app
 from visiona.kit import migrate
 

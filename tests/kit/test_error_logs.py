@@ -22,8 +22,8 @@ import pytest
 from asgi_lifespan import LifespanManager
 
 from testkit.servers import PostgresServer
-from tests.conftest import make_settings
 from tests.support.api import PASSWORD
+from tests.support.settings import make_settings
 from visiona.app import create_app
 from visiona.kit import migrate
 from visiona.kit.logs import configure_logging

@@ -10,8 +10,8 @@ import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
-from tests.conftest import make_settings
 from tests.support.api import PASSWORD, error_code, signup
+from tests.support.settings import make_settings
 from visiona.app import create_app
 
 

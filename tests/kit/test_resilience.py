@@ -14,8 +14,8 @@ import pytest
 from asgi_lifespan import LifespanManager
 
 from testkit.servers import PostgresServer, RedisServer
-from tests.conftest import make_settings
 from tests.support.api import error_code, signup
+from tests.support.settings import make_settings
 from visiona.app import create_app
 from visiona.kit import migrate
 
@@ -117,8 +117,10 @@ async def test_redis_down_is_503_and_recovers(
     assert await _eventually(http, "GET", "/api/v1/auth/me", headers=again.headers) == 200
 
 
+#: Terminates the server's connections and waits (up to 10 s each) until each backend
+#: has exited: its goodbye has then been written to the pooled connection's socket.
 _TERMINATE = (
-    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+    "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 10000)) FROM pg_stat_activity "
     "WHERE application_name = 'visiona' AND pid <> pg_backend_pid()"
 )
 
@@ -132,13 +134,11 @@ async def test_pooled_connections_killed_by_the_server_are_replaced_transparentl
     assert (await http.get("/api/v1/auth/me", headers=user.headers)).status_code == 200
     killed = await asyncio.to_thread(own_postgres.psql, _TERMINATE)
     assert int(killed) >= 1
-    await asyncio.sleep(0.05)  # the server's goodbye reaches the idle connection
 
     read = await http.get("/api/v1/auth/me", headers=user.headers)
     assert read.status_code == 200, read.text
 
-    await asyncio.to_thread(own_postgres.psql, _TERMINATE)
-    await asyncio.sleep(0.05)
+    assert int(await asyncio.to_thread(own_postgres.psql, _TERMINATE)) >= 1
     write = await http.post(
         "/api/v1/devices",
         json={"name": "after kill", "device_type": "kl520", "serial_number": "kill-1"},

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from testkit.live import LiveServer, serve_app
 from tests.support.api import PASSWORD, signup
@@ -63,9 +64,41 @@ def settings(settings: Settings) -> Settings:
     )
 
 
+class _BodyWait:
+    """ASGI middleware: sets ``waiting`` when an app asks for body bytes a second time.
+
+    The stalled-body test sends a head and one byte of the body: the second read is the
+    one the server waits on, so the event marks "the request is stalled in its body".
+    """
+
+    def __init__(self, app: ASGIApp, waiting: asyncio.Event) -> None:
+        self.app = app
+        self.waiting = waiting
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        reads = 0
+
+        async def counted() -> Message:
+            nonlocal reads
+            reads += 1
+            if reads == 2:
+                self.waiting.set()
+            return await receive()
+
+        await self.app(scope, counted if scope["type"] == "http" else receive, send)
+
+
 @pytest.fixture
-async def live(settings: Settings) -> AsyncIterator[LiveServer]:
-    async with serve_app(create_app(settings), settings) as server:
+def body_waits() -> asyncio.Event:
+    """Set once a request of the live server waits for more of its body."""
+    return asyncio.Event()
+
+
+@pytest.fixture
+async def live(settings: Settings, body_waits: asyncio.Event) -> AsyncIterator[LiveServer]:
+    app = create_app(settings)
+    app.add_middleware(_BodyWait, waiting=body_waits)
+    async with serve_app(app, settings) as server:
         yield server
 
 
@@ -110,7 +143,7 @@ def _runtime(live: LiveServer) -> Runtime:
 
 @pytest.mark.parametrize("path", ["/api/v1/auth/login", "/api/v1/devices", "/api/v1/models"])
 async def test_a_stalled_body_is_408_without_holding_a_database_connection(
-    live: LiveServer, path: str
+    live: LiveServer, body_waits: asyncio.Event, path: str
 ) -> None:
     async with _client(live) as http:
         user = await signup(http)
@@ -126,7 +159,8 @@ async def test_a_stalled_body_is_408_without_holding_a_database_connection(
     try:
         writer.write(request)
         await writer.drain()
-        await asyncio.sleep(0.2)
+        async with asyncio.timeout(10):
+            await body_waits.wait()  # the endpoint now waits for the 99 missing bytes
         assert _runtime(live).db.pool_in_use() == 0
         data = await asyncio.wait_for(reader.read(), timeout=10)
     finally:

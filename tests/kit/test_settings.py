@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from tests.conftest import make_settings
+from tests.support.settings import make_settings
 from visiona.kit import configdoc
 from visiona.kit.settings import Settings
 
@@ -66,3 +67,35 @@ def test_invalid_settings_are_rejected(bad: dict[str, object]) -> None:
 def test_readme_configuration_table_matches_settings() -> None:
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     assert configdoc.render(readme) == readme, "run: .venv/bin/python -m visiona.kit.configdoc"
+
+
+def _readme_defaults() -> dict[str, str]:
+    """The README table's default column, by setting name."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    table = readme.partition(configdoc.START)[2].partition(configdoc.END)[0]
+    rows = [line.split(" | ") for line in table.splitlines() if line.startswith("| `VISIONA_")]
+    return {row[0].removeprefix("| `VISIONA_").removesuffix("`").lower(): row[1] for row in rows}
+
+
+def test_readme_defaults_are_what_an_unconfigured_server_runs_with(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A real Settings() with nothing configured: no VISIONA_* variable, no .env file.
+    for name in list(os.environ):
+        if name.upper().startswith("VISIONA_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    unconfigured = Settings()
+    shown = _readme_defaults()
+    assert set(shown) == set(Settings.model_fields)
+    for name, cell in shown.items():
+        assert "Undefined" not in cell, f"VISIONA_{name.upper()} shows {cell}"
+        assert cell == configdoc.render_value(getattr(unconfigured, name)), name
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [(None, "unset"), (False, "false"), ("", "empty"), ([], "`[]`"), ({}, "`{}`"), (8, "`8`")],
+)
+def test_config_table_renders_values_as_they_are_set(value: object, shown: str) -> None:
+    assert configdoc.render_value(value) == shown

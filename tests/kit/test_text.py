@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.devices.helpers import create_device, pairing_token, serial
 from tests.support.api import PASSWORD, signup
+from tests.support.devices import create_device, pairing_token, serial
 from tests.support.models import BOUNDARY, multipart_head, multipart_tail, nef, uploaded
 from visiona.kit.text import check_storable
 

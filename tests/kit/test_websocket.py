@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import uvicorn
@@ -71,6 +71,18 @@ async def _accept(receive: Channel, send: Channel) -> None:
     await send({"type": "websocket.accept"})
 
 
+async def _until_queued(protocol: TunnelWebSocketProtocol) -> None:
+    """Wait (bounded) until the early messages wait in uvicorn's ASGI queue: both of them,
+    or as many as arrived before uvicorn paused reading for the app to catch up."""
+
+    def queued() -> bool:
+        return protocol.queue.qsize() >= 2 or (protocol.read_paused and protocol.queue.qsize() > 0)
+
+    async with asyncio.timeout(10):
+        while not queued():  # noqa: ASYNC110 - uvicorn's queue offers no event to wait on
+            await asyncio.sleep(0.001)
+
+
 async def test_messages_sent_before_the_direct_path_opened_are_delivered_first():
     opened = asyncio.Event()
     early_sent = asyncio.Event()
@@ -80,9 +92,9 @@ async def test_messages_sent_before_the_direct_path_opened_are_delivered_first()
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await _accept(receive, send)
         await early_sent.wait()
-        await asyncio.sleep(0.05)  # the early messages wait in uvicorn's queue
         opener = direct_opener(scope)
         assert opener is not None
+        await _until_queued(cast(Any, opener).__self__)
         transport = opener(lambda: (1000, ""), 1024)
         transport.attach(sink)
         transports.append(transport)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
 
 import httpx
 import pytest
@@ -12,13 +11,12 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from moto.server import ThreadedMotoServer
 
+from tests.support.models import MODEL_LIMIT, s3_options
 from visiona.app import create_app
 from visiona.kit.settings import Settings
 
+
 # Small enough to prove the 413 with a few MiB, large enough for the flat-memory test.
-MODEL_LIMIT = 16 * 1024 * 1024
-
-
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     """The shared per-backend settings with the models tests' upload limit."""
@@ -33,18 +31,6 @@ def s3_endpoint() -> Iterator[str]:
     host, port = server.get_host_and_port()
     yield f"http://{host}:{port}"
     server.stop()
-
-
-def s3_options(endpoint: str) -> dict[str, Any]:
-    """obstore options for the moto server (fixed test credentials, plain HTTP)."""
-    return {
-        "endpoint": endpoint,
-        "region": "us-east-1",
-        "access_key_id": "testing",
-        "secret_access_key": "testing",
-        "client_options": {"allow_http": True},
-        "retry_config": {"max_retries": 1, "retry_timeout": 5},
-    }
 
 
 @pytest.fixture

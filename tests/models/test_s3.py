@@ -12,9 +12,16 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from testkit.servers import free_port
-from tests.models.conftest import MODEL_LIMIT, s3_options
 from tests.support.api import error_code, signup
-from tests.support.models import CONTENT_TYPE, model_rows, nef, streamed_body, uploaded
+from tests.support.models import (
+    CONTENT_TYPE,
+    MODEL_LIMIT,
+    model_rows,
+    nef,
+    s3_options,
+    streamed_body,
+    uploaded,
+)
 from visiona.app import create_app
 from visiona.kit.settings import Settings
 

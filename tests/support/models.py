@@ -17,6 +17,8 @@ from tests.support.api import User
 from visiona.kit.runtime import Runtime
 from visiona.kit.schema import models
 
+#: The models tests' upload limit (``model_max_bytes``).
+MODEL_LIMIT = 16 * 1024 * 1024
 BOUNDARY = "visiona-test-boundary"
 
 
@@ -122,3 +124,15 @@ def files_under(root: Path) -> list[str]:
 def labels_json(labels: list[str]) -> str:
     """Labels as one JSON-list field."""
     return json.dumps(labels)
+
+
+def s3_options(endpoint: str) -> dict[str, Any]:
+    """obstore options for the moto server (fixed test credentials, plain HTTP)."""
+    return {
+        "endpoint": endpoint,
+        "region": "us-east-1",
+        "access_key_id": "testing",
+        "secret_access_key": "testing",
+        "client_options": {"allow_http": True},
+        "retry_config": {"max_retries": 1, "retry_timeout": 5},
+    }

@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 import httpx
 from fastapi import FastAPI
 
-from tests.devices.helpers import API, pair, pairing_token, runtime
 from tests.support.api import error_code, signup
+from tests.support.devices import API, pair, pairing_token, runtime
 from visiona.kit.tokens import hash_token
 
 

@@ -9,14 +9,14 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from tests.devices.helpers import (
+from tests.support.api import error_code, signup
+from tests.support.devices import (
     API,
     bearer,
     paired_device,
     runtime,
     set_session_expiry,
 )
-from tests.support.api import error_code, signup
 from visiona.kit.errors import UnauthorizedError
 from visiona.kit.tokens import hash_token
 from visiona.tokens.service import DeviceIdentity, authenticate_device

@@ -12,12 +12,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from testkit.device_service import device_app, pattern
 from testkit.gopeer import run_peer
 from testkit.live import LiveServer, serve_app
-from tests.devices.helpers import pairing_token
 from tests.support.api import signup
-from tests.tunnel.device_service import device_app, pattern
-from tests.tunnel.support import API, wait_for
+from tests.support.devices import pairing_token
+from tests.support.tunnel import API, wait_for
 from visiona.agent.runner import Agent, AgentOptions
 from visiona.tunnel.dependencies import HUB
 

@@ -13,10 +13,10 @@ from typing import Any
 import httpx
 import pytest
 
+from testkit.device_service import device_app, pattern
 from testkit.live import LiveServer, serve_app
 from tests.support.api import User, error_code, signup
-from tests.tunnel.device_service import device_app, pattern
-from tests.tunnel.support import (
+from tests.support.tunnel import (
     API,
     connect_agent,
     forward_to,

@@ -18,7 +18,7 @@ from websockets.exceptions import InvalidStatus
 
 from testkit.live import LiveServer, serve_app
 from tests.support.api import signup
-from tests.tunnel.support import (
+from tests.support.tunnel import (
     API,
     connect_agent,
     paired_agent_token,

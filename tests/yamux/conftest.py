@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 
+from tests.support.yamux import PairFactory, RawFactory
 from visiona.yamux import Config, Session, open_tcp_session, serve_tcp
-
-PairFactory = Callable[..., Awaitable[tuple[Session, Session]]]
-RawFactory = Callable[..., Awaitable[tuple[Session, asyncio.StreamReader, asyncio.StreamWriter]]]
 
 
 @pytest.fixture

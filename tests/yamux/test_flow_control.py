@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 
-from tests.yamux.conftest import PairFactory, RawFactory
-from tests.yamux.helpers import data, frame, read_frame
+from tests.support.yamux import PairFactory, RawFactory, data, frame, read_frame
 from visiona.yamux import Config
 from visiona.yamux.frames import ACK, DATA, PING, SYN, WINDOW_UPDATE
 

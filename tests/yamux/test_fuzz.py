@@ -14,7 +14,7 @@ import logging
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from tests.yamux.helpers import MemoryTransport, parse_frames
+from tests.support.yamux import MemoryTransport, parse_frames
 from visiona.yamux import Config, ProtocolError, RemoteGoAwayError, Session
 from visiona.yamux.frames import (
     DATA,

@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from tests.support.yamux import until
 from visiona.yamux import Config, MessageTransport, Session, SessionClosedError
 
 MIB = 1024 * 1024
@@ -117,7 +118,7 @@ async def test_close_asks_the_owner_once_and_waits_for_its_end():
     transport = MessageTransport(lambda _message: None, lambda: closes.append("close"))
     session = Session(transport, client=True, config=Config(enable_keepalive=False))
     closing = asyncio.ensure_future(session.close())
-    await asyncio.sleep(0.01)
+    await until(lambda: bool(closes))
     assert closes == ["close"]
     assert not closing.done()  # the channel has not reported its end yet
     transport.connection_lost(None)

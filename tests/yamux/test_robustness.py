@@ -8,8 +8,7 @@ import logging
 
 import pytest
 
-from tests.yamux.conftest import RawFactory
-from tests.yamux.helpers import data, frame, loop_errors, read_until
+from tests.support.yamux import RawFactory, data, frame, loop_errors, read_until
 from visiona.yamux import Config, ProtocolError, Session, Stream, YamuxError, serve_tcp
 from visiona.yamux.frames import DATA, FIN, GO_AWAY, HEADER, PING, SYN, WINDOW_UPDATE, GoAwayCode
 

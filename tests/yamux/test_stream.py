@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from tests.yamux.conftest import PairFactory
+from tests.support.yamux import PairFactory
 
 
 async def test_readuntil_and_readline_parse_an_http_request(make_pair: PairFactory):

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+from tests.support.yamux import MemoryTransport, data, frame, parse_frames, until
 from visiona.yamux import Config, Session, Stream
 from visiona.yamux.frames import ACK, DATA, FIN, SYN, WINDOW_UPDATE, Buffer
-
-from .helpers import MemoryTransport, data, frame, parse_frames
 
 
 class CountingTransport(MemoryTransport):
@@ -64,7 +63,8 @@ async def test_an_accepted_streams_ack_leaves_with_its_first_answer() -> None:
 async def test_a_lone_ack_leaves_after_a_short_wait() -> None:
     transport = CountingTransport()
     session, _ = await _accepted(transport)
-    await asyncio.sleep(0.05)  # a timer ten times the lazy delay: it fires after it
+    assert transport.messages == []  # not at once: it waits for an answer to ride with
+    await until(lambda: bool(transport.messages))  # the lazy timer fires
     assert [_kinds(m) for m in transport.messages] == [[(WINDOW_UPDATE, ACK)]]
     await session.close()
 

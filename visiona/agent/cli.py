@@ -116,10 +116,10 @@ def agent(  # noqa: PLR0917 - one parameter per command-line option
     import socket  # noqa: PLC0415 - only running needs it
 
     from visiona.agent import main as agent_main  # noqa: PLC0415 - keep --help fast
+    from visiona.agent.logs import configure_logging  # noqa: PLC0415 - idem
     from visiona.agent.policy import PolicyError  # noqa: PLC0415 - idem
     from visiona.agent.runner import AgentOptions, check_server_url  # noqa: PLC0415 - idem
     from visiona.agent.usb import detect_device_type  # noqa: PLC0415 - idem
-    from visiona.kit.logs import configure_logging  # noqa: PLC0415 - idem
 
     try:
         host, port = agent_main.parse_forward(forward)
@@ -127,7 +127,7 @@ def agent(  # noqa: PLR0917 - one parameter per command-line option
         guard = _guard(config, allow or [], no_deploy=no_deploy, busy_probe=busy_probe)
     except (ValueError, PolicyError) as err:
         raise _fail(str(err), 2) from None
-    configure_logging("INFO", "text")
+    configure_logging("INFO")
     options = AgentOptions(
         server=server,
         forward_host=host,

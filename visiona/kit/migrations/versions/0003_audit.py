@@ -24,6 +24,11 @@ down_revision = "0002"
 branch_labels = None
 depends_on = None
 
+#: SQLite's batch mode rebuilds a table from its reflection; without this it also reflects
+#: every table a foreign key refers to (users), whose expression index (lower(email))
+#: SQLAlchemy cannot reflect and warns about. The rebuild needs only the table itself.
+_NO_REFERENTS = {"resolve_fks": False}
+
 TS = sa.DateTime(timezone=True)
 DETAIL = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 # How many rows one backfill statement updates (executemany).
@@ -78,14 +83,14 @@ def _link_pairing_ids() -> None:
 
 def upgrade() -> None:
     for table in ("pairing_tokens", "session_tokens"):
-        with op.batch_alter_table(table) as batch:
+        with op.batch_alter_table(table, reflect_kwargs=_NO_REFERENTS) as batch:
             batch.add_column(sa.Column("public_id", sa.Uuid(), nullable=True))
             if table == "session_tokens":
                 batch.add_column(sa.Column("pairing_token_id", sa.Uuid(), nullable=True))
         _give_public_ids(table)
     _link_pairing_ids()
     for table in ("pairing_tokens", "session_tokens"):
-        with op.batch_alter_table(table) as batch:
+        with op.batch_alter_table(table, reflect_kwargs=_NO_REFERENTS) as batch:
             batch.alter_column("public_id", existing_type=sa.Uuid(), nullable=False)
         op.create_index(f"uq_{table}_public_id", table, ["public_id"], unique=True)
 
@@ -117,7 +122,7 @@ def downgrade() -> None:
     op.drop_table("audit_events")
     for table in ("session_tokens", "pairing_tokens"):
         op.drop_index(f"uq_{table}_public_id", table_name=table)
-        with op.batch_alter_table(table) as batch:
+        with op.batch_alter_table(table, reflect_kwargs=_NO_REFERENTS) as batch:
             if table == "session_tokens":
                 batch.drop_column("pairing_token_id")
             batch.drop_column("public_id")

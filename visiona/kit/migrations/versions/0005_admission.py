@@ -22,11 +22,16 @@ down_revision = "0004"
 branch_labels = None
 depends_on = None
 
+#: SQLite's batch mode rebuilds a table from its reflection; without this it also reflects
+#: every table a foreign key refers to (users), whose expression index (lower(email))
+#: SQLAlchemy cannot reflect and warns about. The rebuild needs only the table itself.
+_NO_REFERENTS = {"resolve_fks": False}
+
 _ACTIVE = sa.text("status IN ('pending', 'transferring')")
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("devices") as batch:
+    with op.batch_alter_table("devices", reflect_kwargs=_NO_REFERENTS) as batch:
         batch.add_column(sa.Column("busy", sa.Boolean(), server_default=sa.false(), nullable=False))
     op.create_index(
         "uq_deployments_device_active",
@@ -40,5 +45,5 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index("uq_deployments_device_active", table_name="deployments")
-    with op.batch_alter_table("devices") as batch:
+    with op.batch_alter_table("devices", reflect_kwargs=_NO_REFERENTS) as batch:
         batch.drop_column("busy")

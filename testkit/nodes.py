@@ -23,7 +23,7 @@ from testkit.servers import PostgresServer, RedisServer
 from visiona.cluster.registry import KEY_PREFIX
 from visiona.kit import migrate
 
-TOKEN = "cluster-test-internal-token-0123456789"
+TOKEN = "cluster-test-internal-token-0123456789"  # noqa: S105 - the test cluster's fixed secret
 _SERVING = re.compile(rb"visiona running on http://127\.0\.0\.1:(\d+)")
 
 

@@ -23,13 +23,16 @@ from typing import Any
 import httpx
 from playwright.sync_api import BrowserContext, ConsoleMessage, Page, Request
 
+from testkit.device_service import device_app
 from testkit.live import serve_app
-from tests.tunnel.device_service import device_app
 from visiona.app import create_app
 from visiona.kit import migrate
 from visiona.kit.settings import Settings
 
 API = "/api/v1"
+#: The console tests' model size limit: small enough to be refused in a test, big enough
+#: for a few MiB.
+MODEL_MAX_BYTES = 8 * 1024 * 1024
 PASSWORD = "correct horse battery staple"
 #: Debian's chromium, driven through ``executable_path`` (never ``playwright install``)
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -1,14 +1,26 @@
-"""Helpers of the yamux tests: raw frames, an in-memory transport, loop-error capture."""
+"""Support of the yamux tests: factory types, raw frames, a memory transport, loop errors."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from visiona.yamux import ByteTransport
+from visiona.yamux import ByteTransport, Session
 from visiona.yamux.frames import HEADER, HEADER_SIZE, Header, decode_header
+
+#: The ``make_pair`` fixture: (client, server) sessions over loopback TCP.
+PairFactory = Callable[..., Awaitable[tuple[Session, Session]]]
+#: The ``make_raw`` fixture: a session and the raw socket of its peer.
+RawFactory = Callable[..., Awaitable[tuple[Session, asyncio.StreamReader, asyncio.StreamWriter]]]
+
+
+async def until(predicate: Callable[[], bool], *, limit: float = 5.0) -> None:
+    """Wait (bounded by ``limit`` seconds) until ``predicate()`` holds."""
+    async with asyncio.timeout(limit):
+        while not predicate():  # noqa: ASYNC110 - polls state that offers no event
+            await asyncio.sleep(0.001)
 
 
 def frame(kind: int, flags: int, stream_id: int, length: int, payload: bytes = b"") -> bytes:

@@ -8,13 +8,17 @@ import httpx
 from fastapi import FastAPI
 from sqlalchemy import select
 
-from tests.devices.helpers import API, runtime
 from tests.support.api import User
+from tests.support.devices import API, runtime
 from visiona.audit.repository import AuditEvent
 from visiona.kit.records import build, columns_of
 from visiona.kit.schema import audit_events
 
 _event = build(AuditEvent)
+
+#: Every action the helpers read back from the trail (API or database) in this run:
+#: tests/audit/test_events.py checks the catalogue against it.
+PRODUCED: set[str] = set()
 
 
 async def stored_events(app: FastAPI, **where: Any) -> list[AuditEvent]:
@@ -24,7 +28,9 @@ async def stored_events(app: FastAPI, **where: Any) -> list[AuditEvent]:
         stmt = stmt.where(audit_events.c[name] == value)
     stmt = stmt.order_by(audit_events.c.occurred_at, audit_events.c.id)
     async with runtime(app).db.reading() as conn:
-        return [_event(row) for row in (await conn.execute(stmt)).all()]
+        events = [_event(row) for row in (await conn.execute(stmt)).all()]
+    PRODUCED.update(event.action for event in events)
+    return events
 
 
 async def actions(app: FastAPI, **where: Any) -> list[str]:
@@ -39,6 +45,7 @@ async def trail(client: httpx.AsyncClient, user: User, **params: Any) -> list[di
     )
     assert response.status_code == 200, response.text
     items: list[dict[str, Any]] = response.json()["items"]
+    PRODUCED.update(item["action"] for item in items)
     return items
 
 

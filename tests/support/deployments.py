@@ -13,7 +13,7 @@ from sqlalchemy import update
 
 from tests.support.api import User
 from tests.support.models import nef, uploaded
-from tests.tunnel.support import paired_agent_token
+from tests.support.tunnel import paired_agent_token
 from visiona.kit.runtime import Runtime
 from visiona.kit.schema import models
 from visiona.yamux import Stream

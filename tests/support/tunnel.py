@@ -17,8 +17,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from testkit.live import LiveServer
-from tests.devices.helpers import pair, pairing_token
 from tests.support.api import User
+from tests.support.devices import pair, pairing_token
 from visiona.yamux import Config, FeedTransport, Session, Stream, YamuxError
 
 API = "/api/v1"
