@@ -23,7 +23,6 @@ from visiona.tunnel.dependencies import HUB
 from visiona.wire import CLOSE_GOING_AWAY
 
 
-
 async def test_agent_pairs_forwards_reports_and_reconnects(
     live: LiveServer, http: httpx.AsyncClient, device_port: int, tmp_path: Path
 ) -> None:
