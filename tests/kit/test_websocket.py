@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -12,7 +13,7 @@ import uvicorn
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from visiona.kit.websocket import TunnelWebSocketProtocol, direct_opener
+from visiona.kit.websocket import TunnelWebSocketProtocol, UpgradeAbandonedError, direct_opener
 from visiona.yamux import MessageTransport
 
 Channel = Callable[..., Awaitable[Any]]
@@ -223,3 +224,47 @@ async def test_another_server_offers_no_direct_path():
         with pytest.raises(ConnectionClosed):
             await client.recv()
     assert offered == [None]
+
+
+async def test_a_peer_gone_before_the_upgrade_completed_is_abandoned_with_no_answer(
+    caplog: pytest.LogCaptureFixture,
+):
+    outcome: list[BaseException] = []
+    done = asyncio.Event()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        opener = direct_opener(scope)
+        assert opener is not None
+        protocol: TunnelWebSocketProtocol = opener.__self__  # type: ignore[attr-defined]
+        protocol.transport.close()  # the peer's socket is closing, not yet lost
+        try:
+            await _accept(receive, send)  # uvicorn sends no 101 on a closing socket
+            opener(lambda: (1000, ""), 1024)
+        except UpgradeAbandonedError as err:
+            outcome.append(err)
+        finally:
+            done.set()
+
+    async with serve(app) as url:
+        reader, writer = await _raw_upgrade(url)
+        await asyncio.wait_for(done.wait(), 10)
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+    assert [type(err) for err in outcome] == [UpgradeAbandonedError]
+    assert answer == b""  # neither a 101 nor uvicorn's plain-text 500
+    problems = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert problems == [], [r.getMessage() for r in problems]
+
+
+async def _raw_upgrade(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Send a WebSocket upgrade request and return the connection unread."""
+    host_port = url.removeprefix("ws://").rstrip("/")
+    host, port = host_port.split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        f"GET / HTTP/1.1\r\nHost: {host_port}\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    await writer.drain()
+    return reader, writer

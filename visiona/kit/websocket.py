@@ -49,6 +49,11 @@ class TunnelClosedError(ConnectionError):
     """The WebSocket under a direct tunnel ended (or cannot carry a message)."""
 
 
+class UpgradeAbandonedError(ConnectionError):
+    """The peer went away before its upgrade completed (a normal event in a storm: an
+    agent whose handshake timed out gave up and closed its socket)."""
+
+
 class TunnelWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's sans-I/O protocol, plus the direct byte path (see the module doc)."""
 
@@ -110,8 +115,18 @@ class TunnelWebSocketProtocol(WebSocketsSansIOProtocol):
     def _open_direct(self, close_args: CloseArgs, max_message: int) -> MessageTransport:
         """Take over the accepted WebSocket's messages (the scope extension's callable).
 
-        Messages already queued for ASGI are handed over first, in order.
+        Messages already queued for ASGI are handed over first, in order. Raises
+        :class:`UpgradeAbandonedError` when the peer went away before the upgrade
+        completed (uvicorn then answers nothing and logs nothing: there is no one to
+        answer).
         """
+        if self.initial_response is None and (
+            self.disconnected or (not self.handshake_complete and self.transport.is_closing())
+        ):
+            # uvicorn skipped the 101 on the closing socket: nothing more to write on it
+            self.handshake_complete = True
+            self.close_sent = True
+            raise UpgradeAbandonedError("the peer went away during its upgrade")
         if not self.handshake_complete or self.initial_response is not None:
             raise RuntimeError("the direct path opens on an accepted WebSocket only")
         if self._direct is not None:

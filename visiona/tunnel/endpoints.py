@@ -6,7 +6,7 @@ import logging
 import uuid
 from typing import Any
 
-from fastapi import APIRouter, Request, WebSocket
+from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response
 
 from visiona.audit import service as audit
@@ -76,16 +76,22 @@ async def agent_tunnel(websocket: WebSocket) -> None:
     upgrade (401 with an error body otherwise); then the WebSocket carries a yamux session
     in which this server is the client (see docs/tunnel-protocol.md)."""
     runtime: Runtime = websocket.app.state.runtime
+    hub = hub_of(runtime)
     try:
         identity = await _identify(runtime, _bearer(websocket))
     except AppError as err:
+        hub.count_upgrade(str(err.status_code))
         await websocket.send_denial_response(
             JSONResponse(err.body(), status_code=err.status_code, headers=err.headers or None)
         )
         end_incomplete_on_purpose()  # a denial is a complete answer; uvicorn thinks not
         return
-    await websocket.accept()
-    await hub_of(runtime).serve(websocket, identity)
+    try:
+        await websocket.accept()
+    except (WebSocketDisconnect, OSError):  # the agent gave up while its token was checked
+        hub.upgrade_abandoned(identity.device_id)
+        return
+    await hub.serve(websocket, identity)
 
 
 def _forward_target(request: Request, path: str) -> tuple[bytes, str]:

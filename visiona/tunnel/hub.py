@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec
 from visiona.audit import service as audit
 from visiona.audit.service import SYSTEM, Actor
 from visiona.kit.clock import utcnow
+from visiona.kit.websocket import UpgradeAbandonedError
 from visiona.tokens import service as tokens
 from visiona.tunnel import repository
 from visiona.tunnel.errors import DeviceBusyError
@@ -94,6 +95,9 @@ class TunnelHub:
         self._refuse_busy = settings.proxy_during_deploy == "refuse"
         #: proxied requests refused by admission, per reason (``/metrics``)
         self.refused: dict[str, int] = dict.fromkeys(ADMISSION_REASONS, 0)
+        #: tunnel upgrades by answer (``/metrics``): ``101``, ``abandoned`` (the agent went
+        #: away before its upgrade completed), or the HTTP status of a refusal
+        self.upgrades: dict[str, int] = {"101": 0, "abandoned": 0}
 
     # -- lifecycle ----------------------------------------------------------------
     async def start(self) -> None:
@@ -207,6 +211,13 @@ class TunnelHub:
             "reason",
             lambda: self.refused,
         )
+        metrics.labelled_counter(
+            "visiona_tunnel_upgrades",
+            "Agent tunnel upgrades on this node by answer: 101, an HTTP status (401, 503...) "
+            "or abandoned (the agent went away before its upgrade completed).",
+            "answer",
+            lambda: self.upgrades,
+        )
         metrics.counter(
             "visiona_tunnel_streams_refused",
             "Streams agents tried to open on this node (agents open none; each is reset).",
@@ -250,18 +261,33 @@ class TunnelHub:
         if link is not None:
             link.busy = busy
 
+    # -- upgrades -----------------------------------------------------------------
+    def count_upgrade(self, answer: str) -> None:
+        """Count one tunnel upgrade answered ``answer`` (a status, or ``abandoned``)."""
+        self.upgrades[answer] = self.upgrades.get(answer, 0) + 1
+
+    def upgrade_abandoned(self, device_id: uuid.UUID) -> None:
+        """The agent went away before its upgrade completed: a normal event, counted."""
+        self.count_upgrade("abandoned")
+        _LOGGER.debug("tunnel: device %s went away during its upgrade", device_id)
+
     # -- one tunnel ---------------------------------------------------------------
     async def serve(self, websocket: WebSocket, identity: DeviceIdentity) -> None:
         """Run the accepted ``websocket`` as ``identity``'s tunnel until it ends."""
-        link = TunnelLink(
-            websocket,
-            device_id=identity.device_id,
-            owner_user_id=identity.owner_user_id,
-            token_hash=identity.token_hash,
-            config=self._config,
-            max_message=self._settings.tunnel_max_message,
-            session_token_id=identity.session_token_id,
-        )
+        try:
+            link = TunnelLink(
+                websocket,
+                device_id=identity.device_id,
+                owner_user_id=identity.owner_user_id,
+                token_hash=identity.token_hash,
+                config=self._config,
+                max_message=self._settings.tunnel_max_message,
+                session_token_id=identity.session_token_id,
+            )
+        except UpgradeAbandonedError:
+            self.upgrade_abandoned(identity.device_id)
+            return
+        self.count_upgrade("101")
         task = asyncio.current_task()
         if task is not None:
             self._serving.add(task)
