@@ -78,20 +78,33 @@ async def agent_tunnel(websocket: WebSocket) -> None:
     runtime: Runtime = websocket.app.state.runtime
     hub = hub_of(runtime)
     try:
-        identity = await _identify(runtime, _bearer(websocket))
+        hub.open_upgrade()  # 503 + Retry-After from memory: paced, at capacity, draining
     except AppError as err:
-        hub.count_upgrade(str(err.status_code))
-        await websocket.send_denial_response(
-            JSONResponse(err.body(), status_code=err.status_code, headers=err.headers or None)
-        )
-        end_incomplete_on_purpose()  # a denial is a complete answer; uvicorn thinks not
+        await _deny(websocket, err)
         return
     try:
-        await websocket.accept()
-    except (WebSocketDisconnect, OSError):  # the agent gave up while its token was checked
-        hub.upgrade_abandoned(identity.device_id)
-        return
+        try:
+            identity = await _identify(runtime, _bearer(websocket))
+        except AppError as err:
+            hub.count_upgrade(str(err.status_code))
+            await _deny(websocket, err)
+            return
+        try:
+            await websocket.accept()
+        except (WebSocketDisconnect, OSError):  # the agent gave up while its token was checked
+            hub.upgrade_abandoned(identity.device_id)
+            return
+    finally:
+        hub.close_upgrade()
     await hub.serve(websocket, identity)
+
+
+async def _deny(websocket: WebSocket, err: AppError) -> None:
+    """Answer the upgrade with ``err`` as an HTTP error (no handshake)."""
+    await websocket.send_denial_response(
+        JSONResponse(err.body(), status_code=err.status_code, headers=err.headers or None)
+    )
+    end_incomplete_on_purpose()  # a denial is a complete answer; uvicorn thinks not
 
 
 def _forward_target(request: Request, path: str) -> tuple[bytes, str]:

@@ -27,10 +27,11 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec
 from visiona.audit import service as audit
 from visiona.audit.service import SYSTEM, Actor
 from visiona.kit.clock import utcnow
+from visiona.kit.fdlimit import nofile_limits
 from visiona.kit.websocket import UpgradeAbandonedError
 from visiona.tokens import service as tokens
 from visiona.tunnel import repository
-from visiona.tunnel.errors import DeviceBusyError
+from visiona.tunnel.errors import DeviceBusyError, TunnelUnavailableError
 from visiona.tunnel.link import TunnelLink
 from visiona.wire import CLOSE_GOING_AWAY, CLOSE_KEEPALIVE, CLOSE_REVOKED, CLOSE_SUPERSEDED
 from visiona.yamux import Config
@@ -54,6 +55,8 @@ _P = ParamSpec("_P")
 RESTART_REASON = "the server restarted"
 #: Why admission refuses a proxied request, and the ``Retry-After`` it answers with.
 ADMISSION_REASONS = {"inflight": 1, "deploying": 5, "busy": 5}
+#: ``Retry-After`` of a tunnel refused because the node's descriptors are spoken for.
+CAPACITY_RETRY_AFTER = 30
 _ADMISSION_MESSAGES = {
     "inflight": "The device has too many requests in flight; retry later.",
     "deploying": "A deployment to the device is in progress; retry after it.",
@@ -98,6 +101,9 @@ class TunnelHub:
         #: tunnel upgrades by answer (``/metrics``): ``101``, ``abandoned`` (the agent went
         #: away before its upgrade completed), or the HTTP status of a refusal
         self.upgrades: dict[str, int] = {"101": 0, "abandoned": 0}
+        #: upgrades between the gate and their tunnel's registration (or their refusal)
+        self._pending = 0
+        self.capacity = _tunnel_capacity(settings.tunnel_fd_reserve)
 
     # -- lifecycle ----------------------------------------------------------------
     async def start(self) -> None:
@@ -262,6 +268,28 @@ class TunnelHub:
             link.busy = busy
 
     # -- upgrades -----------------------------------------------------------------
+    def open_upgrade(self) -> None:
+        """Let one upgrade in, or refuse it before the handshake (:class:`TunnelUnavailableError`).
+
+        Checked from memory, before the token (no database round trip for a refusal):
+        tunnels plus upgrades in progress may not take more file descriptors than
+        ``capacity`` (the soft limit less ``tunnel_fd_reserve``). An upgrade let in holds
+        a place until :meth:`close_upgrade`.
+        """
+        if self._pending + len(self._tunnels) >= self.capacity:
+            self.count_upgrade("503")
+            raise TunnelUnavailableError(
+                "capacity",
+                CAPACITY_RETRY_AFTER,
+                "The node holds as many tunnels as its file descriptors allow; retry later "
+                "(or on another node).",
+            )
+        self._pending += 1
+
+    def close_upgrade(self) -> None:
+        """The upgrade let in by :meth:`open_upgrade` ended (a tunnel, a refusal, a give-up)."""
+        self._pending -= 1
+
     def count_upgrade(self, answer: str) -> None:
         """Count one tunnel upgrade answered ``answer`` (a status, or ``abandoned``)."""
         self.upgrades[answer] = self.upgrades.get(answer, 0) + 1
@@ -493,6 +521,14 @@ class TunnelHub:
                 await statement(conn, *args, **kwargs)
         except Exception as err:  # noqa: BLE001 - status is best effort; the next write repairs it
             _LOGGER.warning("tunnel: status write failed: %s", type(err).__name__)
+
+
+def _tunnel_capacity(reserve: int) -> int:
+    """Tunnels this process may hold: its soft limit on open files less ``reserve``."""
+    soft, _ = nofile_limits()
+    if soft < 0:  # unlimited
+        return 2**31
+    return max(0, soft - reserve)
 
 
 async def _ended(conn: AsyncConnection, link: TunnelLink, *, offline: bool) -> None:
