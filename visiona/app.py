@@ -110,6 +110,7 @@ async def build_runtime(settings: Settings, metrics: Metrics) -> Runtime:
     hub.register_metrics(metrics)
     runtime.hub = hub
     runtime.on_device_revoked.append(hub.device_revoked)
+    runtime.on_drain.append(hub.drain)
     if cluster is not None:
         # Other nodes close their tunnel of a revoked device; so does this one on theirs.
         runtime.on_device_revoked.append(cluster.registry.publish_revoked)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -268,3 +269,46 @@ async def _raw_upgrade(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWr
     )
     await writer.drain()
     return reader, writer
+
+
+async def test_an_upgrade_pending_when_the_server_stops_gets_503_json_not_a_plain_500(
+    caplog: pytest.LogCaptureFixture,
+):
+    entered = asyncio.Event()
+    outcome: list[BaseException] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket":
+            return
+        opener = direct_opener(scope)
+        protocol: TunnelWebSocketProtocol = opener.__self__  # type: ignore[union-attr]
+        entered.set()
+        while not protocol.close_sent:  # noqa: ASYNC110 - still checking the token
+            await asyncio.sleep(0.01)
+        try:
+            await _accept(receive, send)  # the token checked out, but too late
+        except OSError as err:
+            outcome.append(err)
+
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, ws=TunnelWebSocketProtocol, lifespan="off", log_config=None
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110 - uvicorn offers no event for it
+        await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    reader, writer = await _raw_upgrade(f"ws://127.0.0.1:{port}/")
+    await asyncio.wait_for(entered.wait(), 10)
+    server.should_exit = True
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    await asyncio.wait_for(task, 15)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503 ")
+    assert b"\r\nRetry-After: 5" in head
+    assert b"\r\nContent-Type: application/json" in head
+    assert json.loads(body)["error"]["code"] == "service_unavailable"
+    assert len(outcome) == 1  # the app's late accept found no one, quietly
+    problems = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert problems == [], [r.getMessage() for r in problems]

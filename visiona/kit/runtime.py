@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 _LOGGER = logging.getLogger(__name__)
 
 DeviceHook = Callable[["uuid.UUID"], Awaitable[None]]
+DrainHook = Callable[[], Awaitable[None]]
 
 
 @dataclass
@@ -42,6 +43,9 @@ class Runtime:
     # Called after a device's credentials are revoked and committed (unpair, token
     # revocation); the tunnel registers one to close the live tunnel.
     on_device_revoked: list[DeviceHook] = field(default_factory=list)
+    # Run when the server is asked to stop, before it stops accepting and closes its
+    # connections (visiona.kit.serve.NodeServer): the tunnels drain.
+    on_drain: list[DrainHook] = field(default_factory=list)
     # This node's agent tunnels (the tunnel feature); built in the lifespan.
     hub: TunnelHub | None = None
     # This node's cluster membership (registry, forwarder); None on a single node.

@@ -11,7 +11,8 @@
 - ``X-Forwarded-For``/``-Proto`` are trusted only from ``forwarded_allow_ips``
   (default: nobody), so a caller cannot choose the address that rate limits count.
 - :class:`NodeServer` is uvicorn's server on a socket bound beforehand; it watches the
-  file descriptors while it runs (:class:`visiona.kit.fdlimit.FdWatch`).
+  file descriptors while it runs (:class:`visiona.kit.fdlimit.FdWatch`) and, asked to
+  stop (SIGTERM), drains before uvicorn closes its connections.
 """
 
 from __future__ import annotations
@@ -189,6 +190,14 @@ class NodeServer(uvicorn.Server):
             self._fd_watch.start()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        """Stop watching; then uvicorn's shutdown."""
+        """Drain first (the runtime's ``on_drain`` hooks: the tunnels close with 1001 and
+        their ends are recorded while the listener still answers), then uvicorn's
+        shutdown: stop accepting, finish requests, the lifespan's end."""
         await self._fd_watch.stop()
+        runtime = getattr(getattr(self.config.app, "state", None), "runtime", None)
+        for hook in getattr(runtime, "on_drain", None) or []:
+            try:
+                await hook()
+            except Exception:
+                _LOGGER.exception("drain hook failed")
         await super().shutdown(sockets)

@@ -19,13 +19,16 @@ tunnel runs over ASGI messages as before.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import InvalidState
 
+from visiona.kit.errors import ServiceUnavailableError
 from visiona.wire import CLOSE_UNSUPPORTED
 from visiona.yamux import MessageTransport
 
@@ -55,13 +58,48 @@ class UpgradeAbandonedError(ConnectionError):
 
 
 class TunnelWebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's sans-I/O protocol, plus the direct byte path (see the module doc)."""
+    """uvicorn's sans-I/O protocol, plus the direct byte path (see the module doc).
+
+    An upgrade still pending when the server stops is answered 503 with
+    ``Retry-After`` and an error body, not uvicorn's plain-text 500.
+    """
+
+    #: ``Retry-After`` of an upgrade refused because the server stops.
+    shutdown_retry_after: ClassVar[int] = 5
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         """Build uvicorn's protocol; no direct path until the app opens it."""
         super().__init__(*args, **kwargs)
         self._direct: MessageTransport | None = None
         self._close_args: CloseArgs | None = None
+        self._refused = False
+
+    def shutdown(self) -> None:
+        """The server stops: a pending upgrade gets 503 + ``Retry-After``; else uvicorn's."""
+        if self.handshake_complete or self.initial_response is not None or self.close_sent:
+            super().shutdown()
+            return
+        self.stop_keepalive()
+        err = ServiceUnavailableError(
+            "The server is shutting down; retry later.",
+            headers={"Retry-After": str(self.shutdown_retry_after)},
+        )
+        if self.handshake_initiated and not self.transport.is_closing():
+            response = self.conn.reject(err.status_code, json.dumps(err.body()))
+            response.headers["Content-Type"] = "application/json"
+            response.headers["Retry-After"] = str(self.shutdown_retry_after)
+            self.conn.send_response(response)
+            self.transport.write(b"".join(self.conn.data_to_send()))
+        self._refused = True
+        self.handshake_complete = True
+        self.close_sent = True
+        self.transport.close()
+
+    async def send(self, message: Any) -> None:
+        """uvicorn's ``send``; after the shutdown answer, the app's accept finds no one."""
+        if self._refused:
+            raise ClientDisconnected
+        await super().send(message)
 
     # -- uvicorn hooks ----------------------------------------------------------------
     def handle_connect(self, event: Request) -> None:

@@ -20,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import random
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec
@@ -33,7 +35,14 @@ from visiona.tokens import service as tokens
 from visiona.tunnel import repository
 from visiona.tunnel.errors import DeviceBusyError, TunnelUnavailableError
 from visiona.tunnel.link import TunnelLink
-from visiona.wire import CLOSE_GOING_AWAY, CLOSE_KEEPALIVE, CLOSE_REVOKED, CLOSE_SUPERSEDED
+from visiona.wire import (
+    CLOSE_GOING_AWAY,
+    CLOSE_KEEPALIVE,
+    CLOSE_REVOKED,
+    CLOSE_SUPERSEDED,
+    SHUTDOWN_REASON,
+    going_away_reason,
+)
 from visiona.yamux import Config
 
 if TYPE_CHECKING:
@@ -90,7 +99,8 @@ class TunnelHub:
         self._flush_task: asyncio.Task[None] | None = None
         self._serving: set[asyncio.Task[Any]] = set()
         self._chores: set[asyncio.Task[None]] = set()
-        self._closing = False
+        #: set by :meth:`drain`: new upgrades are refused (503 ``draining``)
+        self.draining = False
         self._bytes_to_devices = 0
         self._bytes_from_devices = 0
         self._streams_refused = 0
@@ -142,14 +152,51 @@ class TunnelHub:
         stale = [d for d, o in owners.items() if o is None or o.node_id == registry.node_id]
         return await repository.mark_offline(conn, stale)
 
+    async def drain(self) -> None:
+        """The node stops: refuse new upgrades, close every tunnel, wait for their records.
+
+        Tunnels are closed in slices spread over ``tunnel_drain_window`` (GoAway, then
+        WebSocket close 1001 ``server shutting down; reconnect in X s`` with X drawn
+        from the same window), so that agents do not all come back in the same second.
+        Each end is recorded as ``tunnel.disconnected`` by the system, reason ``server
+        shutting down``, and its device marked offline before this returns (bounded).
+        """
+        self.draining = True
+        window = self._settings.tunnel_drain_window
+        links = list(self._tunnels.values())
+        if not links:
+            return
+        _LOGGER.info("tunnel: draining %s tunnel(s) over %.1f s", len(links), window)
+        random.shuffle(links)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        slices = max(1, min(len(links), math.ceil(window / 0.05)))
+        per_slice = math.ceil(len(links) / slices)
+        for index in range(0, len(links), per_slice):
+            due = start + window * index / len(links)
+            if due > loop.time():
+                await asyncio.sleep(due - loop.time())
+            for link in links[index : index + per_slice]:
+                self._going_away(link, random.uniform(0, window))  # noqa: S311 - jitter
+        serving = list(self._serving)
+        if serving:
+            await asyncio.wait(serving, timeout=window + 10)
+        if self._chores:
+            await asyncio.wait(list(self._chores), timeout=10)
+        _LOGGER.info("tunnel: drained")
+
+    def _going_away(self, link: TunnelLink, hint: float) -> None:
+        """Close ``link`` with 1001 and a reconnect hint; recorded as the node's shutdown."""
+        if link.closed_by_server is None:
+            link.closed_by_server = (CLOSE_GOING_AWAY, SHUTDOWN_REASON)
+        self._background(link.close(CLOSE_GOING_AWAY, going_away_reason(hint)))
+
     async def close(self) -> None:
         """Close every tunnel (1001), write the last batch, stop batching."""
-        self._closing = True
+        self.draining = True
         links = list(self._tunnels.values())
-        await asyncio.gather(
-            *(link.close(CLOSE_GOING_AWAY, "server shutting down") for link in links),
-            return_exceptions=True,
-        )
+        for link in links:
+            self._going_away(link, random.uniform(0, self._settings.tunnel_drain_window))  # noqa: S311 - jitter
         if self._serving:
             await asyncio.wait(list(self._serving), timeout=5)
         if self._chores:
@@ -276,6 +323,13 @@ class TunnelHub:
         ``capacity`` (the soft limit less ``tunnel_fd_reserve``). An upgrade let in holds
         a place until :meth:`close_upgrade`.
         """
+        if self.draining:
+            self.count_upgrade("503")
+            raise TunnelUnavailableError(
+                "draining",
+                max(1, math.ceil(self._settings.tunnel_drain_window)),
+                "The node is stopping; retry later (or on another node).",
+            )
         if self._pending + len(self._tunnels) >= self.capacity:
             self.count_upgrade("503")
             raise TunnelUnavailableError(
@@ -330,8 +384,8 @@ class TunnelHub:
             await self._write(self._connected, link, utcnow())
             await self._claim(link)
             _LOGGER.info("tunnel: device %s connected", device_id)
-            if self._closing:
-                await link.close(CLOSE_GOING_AWAY, "server shutting down")
+            if self.draining:  # came up while the node drains: go away at once
+                self._going_away(link, random.uniform(0, self._settings.tunnel_drain_window))  # noqa: S311 - jitter
             if not link.session.is_closed:
                 self._start_keepalive(link)
                 if self.registry is not None:  # no task per tunnel on a single node
