@@ -32,7 +32,7 @@ from visiona.devices.endpoints import agent_router
 from visiona.devices.endpoints import router as devices_router
 from visiona.devices.service import Devices
 from visiona.kit.database import Database
-from visiona.kit.deps import DEVICE_REVOKED, RUNTIME
+from visiona.kit.deps import DEVICE_REVOKED, DRAIN, RUNTIME
 from visiona.kit.edge import (
     HeadAsGetMiddleware,
     create_fastapi,
@@ -146,6 +146,7 @@ async def run_features(
         STORAGE.provide(app, storage)
         DEVICES.provide(app, Devices.from_settings(settings))
         HUB.provide(app, hub)
+        DRAIN.provide(app, (hub.drain,))  # SIGTERM: the tunnels drain first (kit/serve.py)
         CLUSTER.provide(app, cluster)
         RELAY.provide(app, Relay(hub, cluster, db, settings.proxy_response_timeout))
         DELIVERY.provide(app, Delivery(db, settings, storage, hub, cluster))

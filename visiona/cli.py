@@ -157,8 +157,26 @@ def serve(
     if worker is None:  # the supervisor seeded already
         seed_demo_at_startup(settings)
     tune_malloc()
+    _raise_fd_limit(settings)
     config = server_config(create_app(settings), settings)
-    _make_server(config, listener).run(sockets=sockets)
+    _make_server(config, listener, settings).run(sockets=sockets)
+
+
+def _raise_fd_limit(settings: Settings) -> None:
+    """Soft limit on open files up to the hard one (one socket per tunnel), logged."""
+    from visiona.kit.fdlimit import raise_nofile_limit  # noqa: PLC0415 - server only
+
+    before, after = raise_nofile_limit()
+    shown = "unlimited" if after < 0 else str(after)
+    tunnels = "unlimited" if after < 0 else str(max(0, after - settings.tunnel_fd_reserve))
+    logging.getLogger("visiona.serve").info(
+        "file descriptors: soft limit %s%s; up to %s tunnels (%s kept for the API, "
+        "database and Redis: VISIONA_TUNNEL_FD_RESERVE)",
+        shown,
+        f" (raised from {before})" if after != before else "",
+        tunnels,
+        settings.tunnel_fd_reserve,
+    )
 
 
 def _prepare_database(settings: Settings, *, migrate: bool) -> None:
@@ -201,30 +219,10 @@ def _supervise(settings: Settings, listener: Any, count: int) -> None:
         raise typer.Exit(code)
 
 
-def _server_class() -> Any:
-    import uvicorn  # noqa: PLC0415 - only the server needs it
+def _make_server(config: Any, listener: Any, settings: Settings) -> Any:
+    from visiona.kit.serve import NodeServer  # noqa: PLC0415 - only the server needs it
 
-    class Server(uvicorn.Server):
-        """uvicorn on a socket bound beforehand; says where it listens once it does."""
-
-        def __init__(self, config: uvicorn.Config, listener: Any) -> None:
-            super().__init__(config)
-            self._listener = listener
-
-        async def startup(self, sockets: list[Any] | None = None) -> None:
-            await super().startup(sockets)
-            if self.started:  # uvicorn logs no address for a socket it was given
-                host, port = self._listener.getsockname()[:2]
-                shown = f"[{host}]" if ":" in host else host
-                logging.getLogger("visiona.serve").info(
-                    "visiona running on http://%s:%d (Ctrl+C to stop)", shown, port
-                )
-
-    return Server
-
-
-def _make_server(config: Any, listener: Any) -> Any:
-    return _server_class()(config, listener)
+    return NodeServer(config, listener, settings)
 
 
 @app.command("seed-demo")

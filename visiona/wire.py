@@ -31,6 +31,34 @@ CLOSE_REVOKED: Final = 4401
 CLOSE_KEEPALIVE: Final = 4408
 #: A newer tunnel of the same device replaced this one.
 CLOSE_SUPERSEDED: Final = 4409
+#: The reason of a 1001 close when the node stops; :func:`going_away_reason` adds the
+#: reconnect hint (``server shutting down; reconnect in 2.7 s``).
+SHUTDOWN_REASON: Final = "server shutting down"
+_HINT_PREFIX: Final = "; reconnect in "
+
+
+def going_away_reason(delay: float) -> str:
+    """The close reason of a stopping node asking the agent to reconnect after ``delay`` s."""
+    return f"{SHUTDOWN_REASON}{_HINT_PREFIX}{delay:.1f} s"
+
+
+def reconnect_hint(code: int | None, reason: str) -> float | None:
+    """The seconds a 1001 close's reason asks the agent to wait before reconnecting.
+
+    None when the close carries no hint (another code, another reason, a bad number);
+    the hint is bounded to 0-300 s.
+    """
+    if code != CLOSE_GOING_AWAY or _HINT_PREFIX not in reason:
+        return None
+    text = reason.rpartition(_HINT_PREFIX)[2].removesuffix(" s")
+    try:
+        delay = float(text)
+    except ValueError:
+        return None
+    if delay != delay:  # NaN  # noqa: PLR0124 - the NaN test
+        return None
+    return min(300.0, max(0.0, delay))
+
 
 # -- paths the agent answers itself (never forwarded to the local service) ----------
 #: Every target under this prefix belongs to the agent; the proxy refuses them (403).

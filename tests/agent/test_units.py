@@ -12,7 +12,8 @@ import pytest
 from visiona.agent import credentials, usb
 from visiona.agent.credentials import Credentials
 from visiona.agent.main import parse_forward
-from visiona.agent.runner import Backoff, tunnel_url
+from visiona.agent.runner import Backoff, retry_after_delay, tunnel_url
+from visiona.wire import going_away_reason, reconnect_hint
 
 
 def test_backoff_doubles_from_half_a_second_to_thirty_with_jitter_and_resets() -> None:
@@ -24,6 +25,21 @@ def test_backoff_doubles_from_half_a_second_to_thirty_with_jitter_and_resets() -
     backoff.reset()
     assert 0.25 <= backoff.next_delay() <= 0.5
     assert len({Backoff().next_delay() for _ in range(20)}) > 1  # jittered
+
+
+def test_a_1001_reconnect_hint_is_read_back_bounded_and_nothing_else_is() -> None:
+    assert reconnect_hint(1001, going_away_reason(2.71)) == pytest.approx(2.7)
+    assert reconnect_hint(1001, going_away_reason(9999)) == 300.0
+    assert reconnect_hint(1001, "server shutting down") is None
+    assert reconnect_hint(1000, going_away_reason(2)) is None
+    assert reconnect_hint(1001, "server shutting down; reconnect in soon s") is None
+    assert reconnect_hint(1001, "server shutting down; reconnect in nan s") is None
+
+
+def test_retry_after_is_honoured_with_up_to_half_again_of_jitter() -> None:
+    delays = [retry_after_delay(4.0) for _ in range(50)]
+    assert all(4.0 <= d <= 6.0 for d in delays)
+    assert len(set(delays)) > 1
 
 
 def test_session_file_is_private_and_bound_to_its_server(tmp_path: Path) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, cast
 
@@ -12,7 +14,7 @@ import uvicorn
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from visiona.kit.websocket import TunnelWebSocketProtocol, direct_opener
+from visiona.kit.websocket import TunnelWebSocketProtocol, UpgradeAbandonedError, direct_opener
 from visiona.yamux import MessageTransport
 
 Channel = Callable[..., Awaitable[Any]]
@@ -235,3 +237,90 @@ async def test_another_server_offers_no_direct_path():
         with pytest.raises(ConnectionClosed):
             await client.recv()
     assert offered == [None]
+
+
+async def test_a_peer_gone_before_the_upgrade_completed_is_abandoned_with_no_answer(
+    caplog: pytest.LogCaptureFixture,
+):
+    outcome: list[BaseException] = []
+    done = asyncio.Event()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        opener = direct_opener(scope)
+        assert opener is not None
+        protocol: TunnelWebSocketProtocol = opener.__self__  # type: ignore[attr-defined]
+        protocol.transport.close()  # the peer's socket is closing, not yet lost
+        try:
+            await _accept(receive, send)  # uvicorn sends no 101 on a closing socket
+            opener(lambda: (1000, ""), 1024)
+        except UpgradeAbandonedError as err:
+            outcome.append(err)
+        finally:
+            done.set()
+
+    async with serve(app) as url:
+        reader, writer = await _raw_upgrade(url)
+        await asyncio.wait_for(done.wait(), 10)
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+    assert [type(err) for err in outcome] == [UpgradeAbandonedError]
+    assert answer == b""  # neither a 101 nor uvicorn's plain-text 500
+    problems = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert problems == [], [r.getMessage() for r in problems]
+
+
+async def _raw_upgrade(url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Send a WebSocket upgrade request and return the connection unread."""
+    host_port = url.removeprefix("ws://").rstrip("/")
+    host, port = host_port.split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(
+        f"GET / HTTP/1.1\r\nHost: {host_port}\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    await writer.drain()
+    return reader, writer
+
+
+async def test_an_upgrade_pending_when_the_server_stops_gets_503_json_not_a_plain_500(
+    caplog: pytest.LogCaptureFixture,
+):
+    entered = asyncio.Event()
+    outcome: list[BaseException] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket":
+            return
+        opener = direct_opener(scope)
+        protocol: TunnelWebSocketProtocol = opener.__self__  # type: ignore[union-attr]
+        entered.set()
+        while not protocol.close_sent:  # noqa: ASYNC110 - still checking the token
+            await asyncio.sleep(0.01)
+        try:
+            await _accept(receive, send)  # the token checked out, but too late
+        except OSError as err:
+            outcome.append(err)
+
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, ws=TunnelWebSocketProtocol, lifespan="off", log_config=None
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110 - uvicorn offers no event for it
+        await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    reader, writer = await _raw_upgrade(f"ws://127.0.0.1:{port}/")
+    await asyncio.wait_for(entered.wait(), 10)
+    server.should_exit = True
+    answer = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    await asyncio.wait_for(task, 15)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503 ")
+    assert b"\r\nRetry-After: 5" in head
+    assert b"\r\nContent-Type: application/json" in head
+    assert json.loads(body)["error"]["code"] == "service_unavailable"
+    assert len(outcome) == 1  # the app's late accept found no one, quietly
+    problems = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert problems == [], [r.getMessage() for r in problems]

@@ -20,7 +20,7 @@ from visiona.agent.credentials import AgentAuthError, Credentials, ServerUnavail
 from visiona.agent.deploy import DeploySettings, default_models_dir, dispatch_stream
 from visiona.agent.policy import Policy
 from visiona.agent.usb import usb_status
-from visiona.agent.websocket import open_tunnel_socket
+from visiona.agent.websocket import UpgradeRefusedError, open_tunnel_socket
 from visiona.wire import (
     API_PREFIX,
     CLOSE_GOING_AWAY,
@@ -32,6 +32,7 @@ from visiona.wire import (
     STATUS_PATH,
     TUNNEL_PATH,
     UsbStatus,
+    reconnect_hint,
 )
 from visiona.yamux import Config, Session, YamuxError
 
@@ -125,6 +126,13 @@ class Backoff:
         return step / 2 + random.uniform(0, step / 2)  # noqa: S311 - jitter, not cryptography
 
 
+def retry_after_delay(retry_after: float) -> float:
+    """The wait before trying again after ``Retry-After: retry_after``: that much plus up to
+    half as much again (jitter: the agents told the same figure must not all come back
+    in the same second)."""
+    return retry_after + random.uniform(0, retry_after / 2)  # noqa: S311 - jitter
+
+
 def tunnel_url(server: str) -> str:
     """``http(s)://host`` → ``ws(s)://host/api/v1/agent/tunnel``."""
     base = server.rstrip("/")
@@ -151,6 +159,9 @@ class Agent:
         self.connected = asyncio.Event()
         self.connections = 0
         self.renewals = 0
+        #: the wait the server asked for before the next attempt (a reconnect hint in a
+        #: 1001 close, ``Retry-After`` on a refused upgrade); None: the usual backoff
+        self._asked_delay: float | None = None
         self._creds = Credentials(server="", device_id="", session_token="", expires_at="")
 
     async def run(self, stop: asyncio.Event) -> int:
@@ -187,6 +198,7 @@ class Agent:
                 while not stop.is_set():
                     started = loop.time()
                     presented = self._creds.session_token
+                    self._asked_delay = None
                     try:
                         await self._connect_once(http, stop)
                     except AgentAuthError as err:
@@ -209,7 +221,8 @@ class Agent:
                         break
                     if loop.time() - started >= self._stable_after:
                         backoff.reset()
-                    delay = backoff.next_delay()
+                    asked = self._asked_delay  # the server said when
+                    delay = backoff.next_delay() if asked is None else asked
                     _LOGGER.info("agent: reconnecting in %.1fs", delay)
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), delay)
@@ -319,7 +332,12 @@ class Agent:
 
     async def _connect_once(self, http: httpx.AsyncClient, stop: asyncio.Event) -> None:
         creds = self._creds
-        socket = await open_tunnel_socket(tunnel_url(creds.server), creds.session_token)
+        try:
+            socket = await open_tunnel_socket(tunnel_url(creds.server), creds.session_token)
+        except UpgradeRefusedError as err:  # 503 pacing or draining: come back when asked
+            if err.retry_after is not None:
+                self._asked_delay = retry_after_delay(err.retry_after)
+            raise
         session = Session(socket.feed, client=False, config=self._config)
         self.connections += 1
         self.connected.set()
@@ -345,6 +363,7 @@ class Agent:
             await asyncio.gather(
                 reporter, acceptor, stopper, closed, *tasks, return_exceptions=True
             )
+        self._asked_delay = reconnect_hint(socket.close_code, socket.close_reason)
         what = describe_close(socket.close_code, socket.close_reason, stopping=stop.is_set())
         _LOGGER.info("agent: tunnel closed: %s", what)
         credentials.store_state(

@@ -120,9 +120,34 @@ async def open_tunnel_socket(
         status = _status_of(err)
         if status in {401, 403}:
             raise AgentAuthError(status, "session token") from err
-        raise ConnectionError(f"tunnel upgrade refused with HTTP {status}") from err
+        raise UpgradeRefusedError(status, _retry_after_of(err)) from err
     assert isinstance(listener, TunnelSocket)  # noqa: S101 - the factory above builds it
     return listener
+
+
+class UpgradeRefusedError(ConnectionError):
+    """The server answered the upgrade with an HTTP status (transient: 503 pacing, a
+    draining node...), with its ``Retry-After`` in seconds when it gave one."""
+
+    def __init__(self, status: int, retry_after: float | None) -> None:
+        """Name the status (and the delay asked for)."""
+        asked = f" (retry after {retry_after:g} s)" if retry_after is not None else ""
+        super().__init__(f"tunnel upgrade refused with HTTP {status}{asked}")
+        self.status = status
+        self.retry_after = retry_after
+
+
+def _retry_after_of(err: Any) -> float | None:
+    """``Retry-After`` in seconds (0-3600) from a refused upgrade, if it carried one."""
+    headers = getattr(getattr(err, "response", None), "headers", None) or {}
+    value = next((v for k, v in dict(headers).items() if k.lower() == "retry-after"), None)
+    try:
+        seconds = float(value) if value is not None else None
+    except ValueError:
+        return None
+    if seconds is None or seconds != seconds:  # noqa: PLR0124 - the NaN test
+        return None
+    return min(3600.0, max(0.0, seconds))
 
 
 def _status_of(err: Any) -> int:

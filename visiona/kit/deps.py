@@ -22,7 +22,7 @@ from starlette.requests import HTTPConnection
 from visiona.kit.database import Database
 from visiona.kit.metrics import Metrics
 from visiona.kit.ratelimit import RateLimiter
-from visiona.kit.runtime import DeviceRevoked, Provided, Runtime
+from visiona.kit.runtime import DeviceRevoked, DrainHook, Provided, Runtime
 from visiona.kit.settings import Settings
 
 READ_METHODS = frozenset({"GET", "HEAD"})
@@ -31,6 +31,9 @@ READ_METHODS = frozenset({"GET", "HEAD"})
 RUNTIME = Provided[Runtime]("runtime")
 #: The revocation hooks the composition root chose.
 DEVICE_REVOKED = Provided[DeviceRevoked]("device_revoked")
+#: What runs when the server is asked to stop, before uvicorn closes its connections
+#: (:class:`visiona.kit.serve.NodeServer`): the tunnels drain.
+DRAIN = Provided[tuple[DrainHook, ...]]("drain")
 
 
 def runtime_of(request: HTTPConnection) -> Runtime:

@@ -31,6 +31,7 @@ _LOGGER = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DeviceHook = Callable[["uuid.UUID"], Awaitable[None]]
+DrainHook = Callable[[], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,24 +10,33 @@
   adds ``Date`` where the application set none.
 - ``X-Forwarded-For``/``-Proto`` are trusted only from ``forwarded_allow_ips``
   (default: nobody), so a caller cannot choose the address that rate limits count.
+- :class:`NodeServer` is uvicorn's server on a socket bound beforehand; it watches the
+  file descriptors while it runs (:class:`visiona.kit.fdlimit.FdWatch`) and, asked to
+  stop (SIGTERM), drains before uvicorn closes its connections.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from visiona.kit.deps import DRAIN
 from visiona.kit.errors import HeadersTooLargeError
+from visiona.kit.fdlimit import FdWatch
 from visiona.kit.websocket import TunnelWebSocketProtocol
 
 if TYPE_CHECKING:
     import asyncio
+    import socket
 
     from visiona.kit.settings import Settings
+
+_LOGGER = logging.getLogger("visiona.serve")
 
 # Bytes one read may carry beyond a head (the transport reads up to 256 KiB at once):
 # the raw-byte guard stops an endless header without ever cutting a legal one.
@@ -155,4 +164,41 @@ def server_config(
         ws_ping_interval=None,  # yamux keepalive already proves the tunnel alive
         timeout_graceful_shutdown=10,
         lifespan="on",
+        backlog=settings.listen_backlog,
     )
+
+
+class NodeServer(uvicorn.Server):
+    """uvicorn on a socket bound beforehand: says where it listens once it does, and
+    watches the file descriptors while it runs."""
+
+    def __init__(self, config: uvicorn.Config, listener: socket.socket, settings: Settings) -> None:
+        """Serve ``config`` on ``listener`` (already bound); descriptors are looked at once
+        per ``tunnel_status_interval``."""
+        super().__init__(config)
+        self._listener = listener
+        self._fd_watch = FdWatch(
+            settings.tunnel_fd_reserve, interval=settings.tunnel_status_interval
+        )
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """Start as uvicorn does, then log the address and start watching descriptors."""
+        await super().startup(sockets)
+        if self.started:  # uvicorn logs no address for a socket it was given
+            host, port = self._listener.getsockname()[:2]
+            shown = f"[{host}]" if ":" in host else host
+            _LOGGER.info("visiona running on http://%s:%d (Ctrl+C to stop)", shown, port)
+            self._fd_watch.start()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """Drain first (the :data:`~visiona.kit.deps.DRAIN` hooks: the tunnels close with 1001 and
+        their ends are recorded while the listener still answers), then uvicorn's
+        shutdown: stop accepting, finish requests, the lifespan's end."""
+        await self._fd_watch.stop()
+        state = getattr(self.config.app, "state", None)
+        for hook in getattr(state, DRAIN.name, ()):
+            try:
+                await hook()
+            except Exception:
+                _LOGGER.exception("drain hook failed")
+        await super().shutdown(sockets)

@@ -158,6 +158,31 @@ class Settings(BaseSettings):
         ge=64 * 1024,
         description="Largest WebSocket message the server sends on a tunnel (bytes).",
     )
+    tunnel_fd_reserve: int = Field(
+        256,
+        ge=16,
+        description="File descriptors kept for the API, `/healthz`, the database and Redis: "
+        "new tunnels are refused (503 + `Retry-After`) once the tunnels would leave fewer "
+        "under the soft limit (raised to the hard limit at start; see `LimitNOFILE=`).",
+    )
+    tunnel_accept_rate: float = Field(
+        200.0,
+        ge=0,
+        description="Tunnel upgrades accepted per second (a token bucket with a burst of one "
+        "second's worth); the rest are answered 503 + `Retry-After` before the WebSocket "
+        "handshake. 0: no pacing.",
+    )
+    tunnel_drain_window: float = Field(
+        5.0,
+        ge=0,
+        description="Seconds over which a stopping node closes its tunnels (1001, with a "
+        "reconnect hint spread over the same window) before it stops.",
+    )
+    listen_backlog: int = Field(
+        2048,
+        ge=1,
+        description="Length of the listening socket's queue of connections not yet accepted.",
+    )
     proxy_response_timeout: float = Field(
         30.0,
         gt=0,

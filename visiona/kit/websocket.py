@@ -19,13 +19,16 @@ tunnel runs over ASGI messages as before.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import InvalidState
 
+from visiona.kit.errors import ServiceUnavailableError
 from visiona.wire import CLOSE_UNSUPPORTED
 from visiona.yamux import MessageTransport
 
@@ -49,14 +52,54 @@ class TunnelClosedError(ConnectionError):
     """The WebSocket under a direct tunnel ended (or cannot carry a message)."""
 
 
+class UpgradeAbandonedError(ConnectionError):
+    """The peer went away before its upgrade completed (a normal event in a storm: an
+    agent whose handshake timed out gave up and closed its socket)."""
+
+
 class TunnelWebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's sans-I/O protocol, plus the direct byte path (see the module doc)."""
+    """uvicorn's sans-I/O protocol, plus the direct byte path (see the module doc).
+
+    An upgrade still pending when the server stops is answered 503 with
+    ``Retry-After`` and an error body, not uvicorn's plain-text 500.
+    """
+
+    #: ``Retry-After`` of an upgrade refused because the server stops.
+    shutdown_retry_after: ClassVar[int] = 5
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         """Build uvicorn's protocol; no direct path until the app opens it."""
         super().__init__(*args, **kwargs)
         self._direct: MessageTransport | None = None
         self._close_args: CloseArgs | None = None
+        self._refused = False
+
+    def shutdown(self) -> None:
+        """The server stops: a pending upgrade gets 503 + ``Retry-After``; else uvicorn's."""
+        if self.handshake_complete or self.initial_response is not None or self.close_sent:
+            super().shutdown()
+            return
+        self.stop_keepalive()
+        err = ServiceUnavailableError(
+            "The server is shutting down; retry later.",
+            headers={"Retry-After": str(self.shutdown_retry_after)},
+        )
+        if self.handshake_initiated and not self.transport.is_closing():
+            response = self.conn.reject(err.status_code, json.dumps(err.body()))
+            response.headers["Content-Type"] = "application/json"
+            response.headers["Retry-After"] = str(self.shutdown_retry_after)
+            self.conn.send_response(response)
+            self.transport.write(b"".join(self.conn.data_to_send()))
+        self._refused = True
+        self.handshake_complete = True
+        self.close_sent = True
+        self.transport.close()
+
+    async def send(self, message: Any) -> None:
+        """uvicorn's ``send``; after the shutdown answer, the app's accept finds no one."""
+        if self._refused:
+            raise ClientDisconnected
+        await super().send(message)
 
     # -- uvicorn hooks ----------------------------------------------------------------
     def handle_connect(self, event: Request) -> None:
@@ -110,8 +153,18 @@ class TunnelWebSocketProtocol(WebSocketsSansIOProtocol):
     def _open_direct(self, close_args: CloseArgs, max_message: int) -> MessageTransport:
         """Take over the accepted WebSocket's messages (the scope extension's callable).
 
-        Messages already queued for ASGI are handed over first, in order.
+        Messages already queued for ASGI are handed over first, in order. Raises
+        :class:`UpgradeAbandonedError` when the peer went away before the upgrade
+        completed (uvicorn then answers nothing and logs nothing: there is no one to
+        answer).
         """
+        if self.initial_response is None and (
+            self.disconnected or (not self.handshake_complete and self.transport.is_closing())
+        ):
+            # uvicorn skipped the 101 on the closing socket: nothing more to write on it
+            self.handshake_complete = True
+            self.close_sent = True
+            raise UpgradeAbandonedError("the peer went away during its upgrade")
         if not self.handshake_complete or self.initial_response is not None:
             raise RuntimeError("the direct path opens on an accepted WebSocket only")
         if self._direct is not None:

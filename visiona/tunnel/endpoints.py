@@ -12,7 +12,7 @@ import logging
 import uuid
 from typing import Any
 
-from fastapi import APIRouter, Request, WebSocket
+from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response
 
 from visiona.auth.dependencies import CurrentPrincipal, current_principal
@@ -77,16 +77,35 @@ async def agent_tunnel(websocket: WebSocket) -> None:
     """The agent's tunnel: ``Authorization: Bearer <session token>`` is checked before the
     upgrade (401 with an error body otherwise); then the WebSocket carries a yamux session
     in which this server is the client (see docs/tunnel-protocol.md)."""
+    hub = HUB.of(websocket.app)
     try:
-        identity = await _identify(runtime_of(websocket).db, _bearer(websocket))
+        hub.open_upgrade()  # 503 + Retry-After from memory: paced, at capacity, draining
     except AppError as err:
-        await websocket.send_denial_response(
-            JSONResponse(err.body(), status_code=err.status_code, headers=err.headers or None)
-        )
-        end_incomplete_on_purpose()  # a denial is a complete answer; uvicorn thinks not
+        await _deny(websocket, err)
         return
-    await websocket.accept()
-    await HUB.of(websocket.app).serve(websocket, identity)
+    try:
+        try:
+            identity = await _identify(runtime_of(websocket).db, _bearer(websocket))
+        except AppError as err:
+            hub.count_upgrade(str(err.status_code))
+            await _deny(websocket, err)
+            return
+        try:
+            await websocket.accept()
+        except (WebSocketDisconnect, OSError):  # the agent gave up while its token was checked
+            hub.upgrade_abandoned(identity.device_id)
+            return
+    finally:
+        hub.close_upgrade()
+    await hub.serve(websocket, identity)
+
+
+async def _deny(websocket: WebSocket, err: AppError) -> None:
+    """Answer the upgrade with ``err`` as an HTTP error (no handshake)."""
+    await websocket.send_denial_response(
+        JSONResponse(err.body(), status_code=err.status_code, headers=err.headers or None)
+    )
+    end_incomplete_on_purpose()  # a denial is a complete answer; uvicorn thinks not
 
 
 async def proxy(

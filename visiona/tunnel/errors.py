@@ -71,3 +71,27 @@ class DeviceBusyError(AppError):
         body = super().body()
         body["error"]["reason"] = self.reason
         return body
+
+
+class TunnelUnavailableError(AppError):
+    """A tunnel upgrade refused before the handshake: 503 with ``Retry-After``.
+
+    ``reason``: ``paced`` (more upgrades than ``VISIONA_TUNNEL_ACCEPT_RATE`` per
+    second), ``capacity`` (the tunnels would eat the file descriptors kept for the API,
+    ``VISIONA_TUNNEL_FD_RESERVE``) or ``draining`` (the node is stopping).
+    """
+
+    status_code = 503
+    code = "tunnel_unavailable"
+    default_message = "The node takes no new tunnel now; retry later."
+
+    def __init__(self, reason: str, retry_after: int, message: str | None = None) -> None:
+        """Refuse for ``reason``; ask the agent to retry after ``retry_after`` seconds."""
+        super().__init__(message, headers={"Retry-After": str(max(1, retry_after))})
+        self.reason = reason
+
+    def body(self) -> dict[str, Any]:
+        """The error body, with the ``reason``."""
+        body = super().body()
+        body["error"]["reason"] = self.reason
+        return body

@@ -20,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
+import random
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec
@@ -27,11 +29,20 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec
 from visiona.audit import service as audit
 from visiona.audit.service import SYSTEM, Actor
 from visiona.kit.clock import utcnow
+from visiona.kit.fdlimit import nofile_limits
+from visiona.kit.websocket import UpgradeAbandonedError
 from visiona.tokens import service as tokens
 from visiona.tunnel import repository
-from visiona.tunnel.errors import DeviceBusyError
+from visiona.tunnel.errors import DeviceBusyError, TunnelUnavailableError
 from visiona.tunnel.link import TunnelLink
-from visiona.wire import CLOSE_GOING_AWAY, CLOSE_KEEPALIVE, CLOSE_REVOKED, CLOSE_SUPERSEDED
+from visiona.wire import (
+    CLOSE_GOING_AWAY,
+    CLOSE_KEEPALIVE,
+    CLOSE_REVOKED,
+    CLOSE_SUPERSEDED,
+    SHUTDOWN_REASON,
+    going_away_reason,
+)
 from visiona.yamux import Config
 
 if TYPE_CHECKING:
@@ -53,6 +64,8 @@ _P = ParamSpec("_P")
 RESTART_REASON = "the server restarted"
 #: Why admission refuses a proxied request, and the ``Retry-After`` it answers with.
 ADMISSION_REASONS = {"inflight": 1, "deploying": 5, "busy": 5}
+#: ``Retry-After`` of a tunnel refused because the node's descriptors are spoken for.
+CAPACITY_RETRY_AFTER = 30
 _ADMISSION_MESSAGES = {
     "inflight": "The device has too many requests in flight; retry later.",
     "deploying": "A deployment to the device is in progress; retry after it.",
@@ -86,7 +99,8 @@ class TunnelHub:
         self._flush_task: asyncio.Task[None] | None = None
         self._serving: set[asyncio.Task[Any]] = set()
         self._chores: set[asyncio.Task[None]] = set()
-        self._closing = False
+        #: set by :meth:`drain`: new upgrades are refused (503 ``draining``)
+        self.draining = False
         self._bytes_to_devices = 0
         self._bytes_from_devices = 0
         self._streams_refused = 0
@@ -94,6 +108,12 @@ class TunnelHub:
         self._refuse_busy = settings.proxy_during_deploy == "refuse"
         #: proxied requests refused by admission, per reason (``/metrics``)
         self.refused: dict[str, int] = dict.fromkeys(ADMISSION_REASONS, 0)
+        #: tunnel upgrades by answer (``/metrics``): ``101``, ``abandoned`` (the agent went
+        #: away before its upgrade completed), or the HTTP status of a refusal
+        self.upgrades: dict[str, int] = {"101": 0, "abandoned": 0}
+        #: upgrades between the gate and their tunnel's registration (or their refusal)
+        self._pending = 0
+        self.capacity = _tunnel_capacity(settings.tunnel_fd_reserve)
 
     # -- lifecycle ----------------------------------------------------------------
     async def start(self) -> None:
@@ -132,14 +152,51 @@ class TunnelHub:
         stale = [d for d, o in owners.items() if o is None or o.node_id == registry.node_id]
         return await repository.mark_offline(conn, stale)
 
+    async def drain(self) -> None:
+        """The node stops: refuse new upgrades, close every tunnel, wait for their records.
+
+        Tunnels are closed in slices spread over ``tunnel_drain_window`` (GoAway, then
+        WebSocket close 1001 ``server shutting down; reconnect in X s`` with X drawn
+        from the same window), so that agents do not all come back in the same second.
+        Each end is recorded as ``tunnel.disconnected`` by the system, reason ``server
+        shutting down``, and its device marked offline before this returns (bounded).
+        """
+        self.draining = True
+        window = self._settings.tunnel_drain_window
+        links = list(self._tunnels.values())
+        if not links:
+            return
+        _LOGGER.info("tunnel: draining %s tunnel(s) over %.1f s", len(links), window)
+        random.shuffle(links)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        slices = max(1, min(len(links), math.ceil(window / 0.05)))
+        per_slice = math.ceil(len(links) / slices)
+        for index in range(0, len(links), per_slice):
+            due = start + window * index / len(links)
+            if due > loop.time():
+                await asyncio.sleep(due - loop.time())
+            for link in links[index : index + per_slice]:
+                self._going_away(link, random.uniform(0, window))  # noqa: S311 - jitter
+        serving = list(self._serving)
+        if serving:
+            await asyncio.wait(serving, timeout=window + 10)
+        if self._chores:
+            await asyncio.wait(list(self._chores), timeout=10)
+        _LOGGER.info("tunnel: drained")
+
+    def _going_away(self, link: TunnelLink, hint: float) -> None:
+        """Close ``link`` with 1001 and a reconnect hint; recorded as the node's shutdown."""
+        if link.closed_by_server is None:
+            link.closed_by_server = (CLOSE_GOING_AWAY, SHUTDOWN_REASON)
+        self._background(link.close(CLOSE_GOING_AWAY, going_away_reason(hint)))
+
     async def close(self) -> None:
         """Close every tunnel (1001), write the last batch, stop batching."""
-        self._closing = True
+        self.draining = True
         links = list(self._tunnels.values())
-        await asyncio.gather(
-            *(link.close(CLOSE_GOING_AWAY, "server shutting down") for link in links),
-            return_exceptions=True,
-        )
+        for link in links:
+            self._going_away(link, random.uniform(0, self._settings.tunnel_drain_window))  # noqa: S311 - jitter
         if self._serving:
             await asyncio.wait(list(self._serving), timeout=5)
         if self._chores:
@@ -207,6 +264,13 @@ class TunnelHub:
             "reason",
             lambda: self.refused,
         )
+        metrics.labelled_counter(
+            "visiona_tunnel_upgrades",
+            "Agent tunnel upgrades on this node by answer: 101, an HTTP status (401, 503...) "
+            "or abandoned (the agent went away before its upgrade completed).",
+            "answer",
+            lambda: self.upgrades,
+        )
         metrics.counter(
             "visiona_tunnel_streams_refused",
             "Streams agents tried to open on this node (agents open none; each is reset).",
@@ -250,18 +314,62 @@ class TunnelHub:
         if link is not None:
             link.busy = busy
 
+    # -- upgrades -----------------------------------------------------------------
+    def open_upgrade(self) -> None:
+        """Let one upgrade in, or refuse it before the handshake (:class:`TunnelUnavailableError`).
+
+        Checked from memory, before the token (no database round trip for a refusal):
+        tunnels plus upgrades in progress may not take more file descriptors than
+        ``capacity`` (the soft limit less ``tunnel_fd_reserve``). An upgrade let in holds
+        a place until :meth:`close_upgrade`.
+        """
+        if self.draining:
+            self.count_upgrade("503")
+            raise TunnelUnavailableError(
+                "draining",
+                max(1, math.ceil(self._settings.tunnel_drain_window)),
+                "The node is stopping; retry later (or on another node).",
+            )
+        if self._pending + len(self._tunnels) >= self.capacity:
+            self.count_upgrade("503")
+            raise TunnelUnavailableError(
+                "capacity",
+                CAPACITY_RETRY_AFTER,
+                "The node holds as many tunnels as its file descriptors allow; retry later "
+                "(or on another node).",
+            )
+        self._pending += 1
+
+    def close_upgrade(self) -> None:
+        """The upgrade let in by :meth:`open_upgrade` ended (a tunnel, a refusal, a give-up)."""
+        self._pending -= 1
+
+    def count_upgrade(self, answer: str) -> None:
+        """Count one tunnel upgrade answered ``answer`` (a status, or ``abandoned``)."""
+        self.upgrades[answer] = self.upgrades.get(answer, 0) + 1
+
+    def upgrade_abandoned(self, device_id: uuid.UUID) -> None:
+        """The agent went away before its upgrade completed: a normal event, counted."""
+        self.count_upgrade("abandoned")
+        _LOGGER.debug("tunnel: device %s went away during its upgrade", device_id)
+
     # -- one tunnel ---------------------------------------------------------------
     async def serve(self, websocket: WebSocket, identity: DeviceIdentity) -> None:
         """Run the accepted ``websocket`` as ``identity``'s tunnel until it ends."""
-        link = TunnelLink(
-            websocket,
-            device_id=identity.device_id,
-            owner_user_id=identity.owner_user_id,
-            token_hash=identity.token_hash,
-            config=self._config,
-            max_message=self._settings.tunnel_max_message,
-            session_token_id=identity.session_token_id,
-        )
+        try:
+            link = TunnelLink(
+                websocket,
+                device_id=identity.device_id,
+                owner_user_id=identity.owner_user_id,
+                token_hash=identity.token_hash,
+                config=self._config,
+                max_message=self._settings.tunnel_max_message,
+                session_token_id=identity.session_token_id,
+            )
+        except UpgradeAbandonedError:
+            self.upgrade_abandoned(identity.device_id)
+            return
+        self.count_upgrade("101")
         task = asyncio.current_task()
         if task is not None:
             self._serving.add(task)
@@ -276,8 +384,8 @@ class TunnelHub:
             await self._write(self._connected, link, utcnow())
             await self._claim(link)
             _LOGGER.info("tunnel: device %s connected", device_id)
-            if self._closing:
-                await link.close(CLOSE_GOING_AWAY, "server shutting down")
+            if self.draining:  # came up while the node drains: go away at once
+                self._going_away(link, random.uniform(0, self._settings.tunnel_drain_window))  # noqa: S311 - jitter
             if not link.session.is_closed:
                 self._start_keepalive(link)
                 if self.registry is not None:  # no task per tunnel on a single node
@@ -467,6 +575,14 @@ class TunnelHub:
                 await statement(conn, *args, **kwargs)
         except Exception as err:  # noqa: BLE001 - status is best effort; the next write repairs it
             _LOGGER.warning("tunnel: status write failed: %s", type(err).__name__)
+
+
+def _tunnel_capacity(reserve: int) -> int:
+    """Tunnels this process may hold: its soft limit on open files less ``reserve``."""
+    soft, _ = nofile_limits()
+    if soft < 0:  # unlimited
+        return 2**31
+    return max(0, soft - reserve)
 
 
 async def _ended(conn: AsyncConnection, link: TunnelLink, *, offline: bool) -> None:

@@ -1,0 +1,102 @@
+"""Tunnel upgrades under pressure: agents that give up, answers counted by kind."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from testkit.live import LiveServer
+from tests.support.api import signup
+from tests.tunnel.support import API, paired_agent_token
+from visiona.app import create_app
+from visiona.kit.serve import server_config
+from visiona.kit.settings import Settings
+from visiona.kit.websocket import DIRECT_EXTENSION, TunnelWebSocketProtocol
+from visiona.tunnel.dependencies import HUB
+from visiona.wire import TUNNEL_PATH
+
+Scope = dict[str, Any]
+
+
+class HoldUntilGone:
+    """ASGI wrapper: a tunnel upgrade reaches the application only once the server has
+    seen its client's socket end, as when an agent's handshake timed out during a storm."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket":
+            protocol: TunnelWebSocketProtocol = scope["extensions"][DIRECT_EXTENSION].__self__
+            while not protocol.disconnected:  # noqa: ASYNC110 - the protocol offers no event
+                await asyncio.sleep(0.01)
+        await self.app(scope, receive, send)
+
+
+@contextlib.asynccontextmanager
+async def _serve(app: Any, settings: Settings) -> AsyncIterator[int]:
+    """``app`` under ``visiona serve``'s uvicorn configuration on 127.0.0.1:0."""
+    config = server_config(app, settings, host="127.0.0.1", port=0)
+    config.timeout_graceful_shutdown = 5
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    try:
+        yield int(server.servers[0].sockets[0].getsockname()[1])
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 30)
+
+
+def upgrade_request(port: int, token: str) -> bytes:
+    """The raw HTTP upgrade of the tunnel, as an agent sends it."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    return (
+        f"GET {API}{TUNNEL_PATH} HTTP/1.1\r\n"
+        f"Host: 127.0.0.1:{port}\r\n"
+        "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+        f"Authorization: Bearer {token}\r\n\r\n"
+    ).encode()
+
+
+async def test_an_agent_giving_up_during_its_upgrade_is_counted_without_error_or_500(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = create_app(settings)
+    caplog.set_level(logging.INFO)
+    async with _serve(HoldUntilGone(app), settings) as port:
+        live = LiveServer(app=app, port=port)
+        async with httpx.AsyncClient(base_url=live.url, timeout=30) as http:
+            user = await signup(http)
+            device_id, token = await paired_agent_token(http, user)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(upgrade_request(port, token))
+            await writer.drain()
+            writer.write_eof()  # the agent gives up; it still reads what comes back
+            answer = await asyncio.wait_for(reader.read(), 10)
+            writer.close()
+            hub = HUB.of(app)
+            while hub.upgrades["abandoned"] < 1:  # noqa: ASYNC110 - counted after the socket ends
+                await asyncio.sleep(0.01)
+            metrics = (await http.get("/metrics")).text
+            device = (await http.get(f"{API}/devices/{device_id}", headers=user.headers)).json()
+    assert answer == b""  # nobody to answer: no 500, no 101
+    assert hub.upgrades["abandoned"] == 1
+    assert hub.upgrades["101"] == 0
+    assert 'visiona_tunnel_upgrades_total{answer="abandoned"} 1.0' in metrics
+    assert device["remote_status"] == "offline"
+    problems = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert problems == [], [(r.name, r.getMessage()) for r in problems]
