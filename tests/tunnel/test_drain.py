@@ -18,7 +18,7 @@ from websockets.exceptions import InvalidStatus
 
 from tests.support.api import User, signup
 from tests.support.node import ServeProcess, serve_process, sqlite_env
-from tests.tunnel.support import API, FakeAgent, connect_agent, paired_agent_token, wait_for
+from tests.support.tunnel import API, FakeAgent, connect_agent, paired_agent_token, wait_for
 from visiona.agent.runner import Agent, AgentOptions
 from visiona.wire import reconnect_hint
 

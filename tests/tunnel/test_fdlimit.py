@@ -16,7 +16,7 @@ from websockets.exceptions import InvalidStatus
 
 from tests.support.api import signup
 from tests.support.node import nofile_limit, serve_process, sqlite_env
-from tests.tunnel.support import paired_agent_token, wait_for
+from tests.support.tunnel import paired_agent_token, wait_for
 
 SHORT = "new connections are being refused"
 

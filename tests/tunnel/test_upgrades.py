@@ -16,7 +16,7 @@ import uvicorn
 
 from testkit.live import LiveServer
 from tests.support.api import signup
-from tests.tunnel.support import API, paired_agent_token
+from tests.support.tunnel import API, paired_agent_token
 from visiona.app import create_app
 from visiona.kit.serve import server_config
 from visiona.kit.settings import Settings
