@@ -115,9 +115,12 @@ def test_connect_a_real_agent_watch_it_come_online_deploy_rename_filter_and_unpa
         assert [o.split(" (")[0] for o in options] == ["people-detector"]
         page.get_by_role("button", name="Deploy").click()
         deployments = page.locator('[data-region="deployments"]')
-        expect(deployments.get_by_role("row").filter(has_text="people-detector")).to_contain_text(
-            "Succeeded", timeout=30_000
-        )
+        # this agent has no deploy hook: the model is stored on the PC, not "succeeded"
+        expect(page.get_by_text("no deploy hook is configured there")).to_be_visible(timeout=30_000)
+        deployed = deployments.get_by_role("row").filter(has_text="people-detector")
+        expect(deployed).to_contain_text("Stored (no hook)", timeout=30_000)
+        expect(deployed).to_contain_text("on the PC; no deploy hook configured")
+        expect(deployed).not_to_contain_text("Succeeded")
         stored = list((workdir / "models").rglob("*"))
         assert any(p.is_file() and p.stat().st_size == len(MODEL) for p in stored), stored
 

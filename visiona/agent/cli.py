@@ -72,8 +72,9 @@ def agent(  # noqa: PLR0917 - one parameter per command-line option
     deploy_hook: Annotated[
         str | None,
         typer.Option(
-            help="Command run after each deployed model (VISIONA_MODEL_PATH, VISIONA_MODEL_ID, "
-            "VISIONA_MODEL_SHA256, VISIONA_MODEL_CHIP in its environment)."
+            help="Shell command run by /bin/sh -c after each deployed model (VISIONA_MODEL_PATH, "
+            "VISIONA_MODEL_ID, VISIONA_MODEL_SHA256, VISIONA_MODEL_CHIP in its environment; "
+            "a non-zero exit fails the deployment). Without one a deployment is 'stored'."
         ),
     ] = None,
     allow: Annotated[
@@ -270,7 +271,7 @@ def install_service(  # noqa: PLR0917 - one parameter per command-line option
         Path | None, typer.Option(help="Where deployed models are written.")
     ] = None,
     deploy_hook: Annotated[
-        str | None, typer.Option(help="Command run after each deployed model.")
+        str | None, typer.Option(help="Shell command (/bin/sh -c) run after each deployed model.")
     ] = None,
     allow: Annotated[
         list[str] | None, typer.Option(help="Allow rule 'METHOD /path-glob' (repeatable).")

@@ -80,6 +80,12 @@ _ALL = (
     Action("model.deleted", "model", "A model was deleted.", ("name",)),
     Action("deployment.requested", "deployment", "A deployment was requested.", ("model_id",)),
     Action("deployment.succeeded", "deployment", "A deployment finished.", ("model_id",)),
+    Action(
+        "deployment.stored",
+        "deployment",
+        "A model was stored on the PC; no deploy hook is configured there.",
+        ("model_id", "detail"),
+    ),
     Action("deployment.failed", "deployment", "A deployment failed.", ("model_id", "reason")),
     Action(
         "proxy.forbidden_by_agent",

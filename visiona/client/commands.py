@@ -417,9 +417,14 @@ def deploy(
             )
     if as_json:
         _echo_json(record)
-    if record["status"] != "succeeded":
+    if record["status"] not in ("succeeded", "stored"):
         raise _fail(f"deployment {record['id']} {record['status']}: {record.get('error') or ''}")
-    if not as_json:
+    if as_json:
+        return
+    if record["status"] == "stored":
+        detail = record.get("detail") or "stored on the PC; no deploy hook configured"
+        typer.echo(f"stored {model['name']} on {device_id}: {detail} (deployment {record['id']})")
+    else:
         typer.echo(f"deployed {model['name']} to {device_id} (deployment {record['id']})")
 
 
@@ -437,13 +442,13 @@ def list_deployments(
         for item in items:
             _echo_json(item)
         return
-    table = _table("id", "model", "status", "error", "created")
+    table = _table("id", "model", "status", "details", "created")
     for item in items:
         table.add_row(
             str(item["id"]),
             str(item["model_id"]),
             str(item["status"]),
-            str(item.get("error") or ""),
+            str(item.get("detail") or item.get("error") or ""),
             str(item["created_at"])[:19].replace("T", " "),
         )
     typer.echo(_text(table) + f"{len(items)} deployment(s)")

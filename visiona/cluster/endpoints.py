@@ -117,7 +117,7 @@ async def internal_transfer(
         )
         raise deployments.DeploymentOfflineError(failed, DeviceOfflineError.default_message)
     record = await run_here(runtime, storage, link, deployment, model)
-    if record.status != DeploymentStatus.SUCCEEDED:
+    if not record.status.delivered:
         raise deployments.DeploymentFailedError(record)
     return DeploymentOut.model_validate(record)
 

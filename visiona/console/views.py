@@ -89,6 +89,8 @@ def session_state(token: Any, now: datetime | None = None) -> Badge:
 def deployment_badge(deployment: Any) -> Badge:
     """A deployment's status."""
     status = str(field(deployment, "status"))
+    if status == "stored":  # on the PC, but no deploy hook loaded it
+        return Badge("Stored (no hook)", "offline")
     kind = {"succeeded": "online", "failed": "error"}.get(status, "reconnecting")
     return Badge(status.capitalize(), kind)
 

@@ -18,7 +18,6 @@ from visiona.deployments.schemas import (
     DeploymentCreate,
     DeploymentOut,
     DeploymentPage,
-    DeploymentStatus,
 )
 from visiona.kit.deps import Conn, RuntimeDep
 from visiona.kit.errors import (
@@ -86,7 +85,7 @@ async def create_deployment(
     # This node's tunnel, else the node holding it (one hop), else 502 device_offline.
     link = hub_of(runtime).get(device_id)
     record = await deliver(runtime, storage, link, deployment, model)
-    if record.status != DeploymentStatus.SUCCEEDED:
+    if not record.status.delivered:
         raise service.DeploymentFailedError(record)
     return DeploymentOut.model_validate(record)
 

@@ -432,6 +432,7 @@
         const failed = !result.ok && result.data && result.data.error && result.data.error.code === "deployment_failed";
         if (failed) showError(deploy, "Deployment failed: " + result.data.error.message);
         else if (!result.ok) showError(deploy, errorText(result));
+        else if (result.data && result.data.status === "stored") toast("Stored on the PC; no deploy hook is configured there, so nothing loaded it.");
         else toast("Deployment succeeded.");
         await refreshRegions(["deployments"]);
       });
