@@ -57,7 +57,9 @@ async def create_deployment(
 ) -> DeploymentOut:
     """Send the model's file through the device's tunnel to its agent and wait for the outcome.
 
-    Answers 201 with the ``succeeded`` record. A failed transfer (tunnel dropped,
+    Answers 201 with the ``succeeded`` record (the agent's deploy hook ran), or the
+    ``stored`` one when the agent has no deploy hook (``detail`` says where the file is
+    on the PC). A failed transfer (tunnel dropped,
     checksum refused, hook failed, no answer, ...) → 502 ``deployment_failed``, and a
     device that is not connected → 502 ``device_offline``: both keep the record as
     ``failed`` and return it under ``error.deployment`` (its ``id`` and ``error``).
