@@ -73,9 +73,20 @@ class Settings(BaseSettings):
         'as a JSON list, e.g. `["https://app.example"]`; empty = no CORS.',
     )
 
-    login_rate_limit: int = Field(10, ge=1, description="Login attempts per email per window.")
+    login_rate_limit: int = Field(
+        10,
+        ge=1,
+        description="Login attempts per email from one client address per window (a "
+        "guesser's address is stopped; the owner's own address is not).",
+    )
     login_rate_limit_per_address: int = Field(
-        50, ge=1, description="Login attempts per client address per window."
+        50, ge=1, description="Login attempts per client address per window (all emails)."
+    )
+    login_rate_limit_per_email: int = Field(
+        100,
+        ge=1,
+        description="Login attempts per email per window from all addresses together "
+        "(a generous ceiling against guessing from many addresses).",
     )
     login_rate_window: int = Field(60, ge=1, description="Login rate-limit window (s).")
     max_body_bytes: int = Field(
