@@ -225,6 +225,13 @@ class Settings(BaseSettings):
         "unset in a cluster means the address `serve` bound. Needs REDIS_URL and "
         "INTERNAL_TOKEN.",
     )
+    metrics_token: SecretStr | None = Field(
+        None,
+        repr=False,
+        description="Bearer token `/metrics` requires (`Authorization: Bearer <token>`, 401 "
+        "without it); unset = `/metrics` answers anyone who reaches the node, so keep it "
+        "off the public address (docs/nginx.conf blocks it). Never logged.",
+    )
     internal_token: SecretStr | None = Field(
         None,
         repr=False,
