@@ -58,7 +58,15 @@ def test_connect_a_real_agent_watch_it_come_online_deploy_rename_filter_and_unpa
     expect(dialog).to_be_visible()
     command = dialog.locator("code")
     expect(command).to_contain_text("--token vpt_")
-    dialog.get_by_label("Local port of the device's service").fill(str(live.device_port))
+    # no port is proposed: 8080 is this server's own default, not the device's service
+    port_field = dialog.get_by_label("Local port of the device's service")
+    expect(port_field).to_have_value("")
+    assert ":8080" not in command.inner_text()
+    dialog.get_by_role("button", name="Copy command").click()
+    expect(
+        dialog.get_by_text("Enter the local port of the device's service first.")
+    ).to_be_visible()
+    port_field.fill(str(live.device_port))
     text = command.inner_text()
     assert re.fullmatch(
         rf"visiona agent --server {re.escape(live.url)} --token vpt_\S+ "

@@ -305,7 +305,7 @@
 
   function connectCommand() {
     const code = $("#connect-command");
-    const port = $("#connect-port").value || "8080";
+    const port = $("#connect-port").value || "PORT";
     return "visiona agent --server " + code.dataset.server + " --token " + (connect.token || "…") + " --forward 127.0.0.1:" + port;
   }
 
@@ -380,7 +380,15 @@
     const dialog = $("#connect-dialog");
     if (!dialog) return;
     $("#connect-port").addEventListener("input", renderCommand);
-    $("#connect-copy").addEventListener("click", () => copyText(connectCommand(), $("#connect-copied")));
+    $("#connect-copy").addEventListener("click", () => {
+      const port = $("#connect-port");
+      if (!port.value || !port.checkValidity()) {
+        $("#connect-copied").textContent = "Enter the local port of the device's service first.";
+        port.focus();
+        return;
+      }
+      copyText(connectCommand(), $("#connect-copied"));
+    });
     $("#connect-new").addEventListener("click", newToken);
     $("#connect-close").addEventListener("click", () => dialog.close());
     dialog.addEventListener("close", () => {
