@@ -56,7 +56,13 @@ def agent(  # noqa: PLR0917 - one parameter per command-line option
     ] = None,
     session_file: SessionFileOption = None,
     name: Annotated[str | None, typer.Option(help="Device name (default: host name).")] = None,
-    serial: Annotated[str | None, typer.Option(help="Serial number (default: host + MAC).")] = None,
+    serial: Annotated[
+        str | None,
+        typer.Option(
+            help="Serial number (default: the dongle's USB serial, else host name + an id "
+            "unique to this agent installation, kept beside the session file)."
+        ),
+    ] = None,
     device_type: Annotated[
         str | None,
         typer.Option(
@@ -136,7 +142,10 @@ def agent(  # noqa: PLR0917 - one parameter per command-line option
         session_file=session_file or agent_main.default_session_file(),
         pairing_token=token,
         name=name or socket.gethostname(),
-        serial_number=serial or agent_main.default_serial(),
+        serial_number=serial
+        or agent_main.default_serial(
+            (session_file or agent_main.default_session_file()).resolve().parent
+        ),
         device_type=device_type or detect_device_type() or "kl520",
         models_dir=models_dir,
         deploy_hook=deploy_hook,
