@@ -68,6 +68,13 @@ _ALL = (
     Action("tunnel.disconnected", "device", "The agent's tunnel closed.", ("reason",)),
     Action("tunnel.superseded", "device", "A new tunnel of the device replaced this one."),
     Action(
+        "tunnel.conflict",
+        "device",
+        "Two agents connected as this device keep replacing each other's tunnel (one event "
+        "per episode, instead of one per flap).",
+        ("reason", "fix"),
+    ),
+    Action(
         "tunnel.closed_revoked",
         "device",
         "The tunnel was closed because its session token or device was revoked.",

@@ -340,13 +340,41 @@ def show_device(
     as_json: JsonOption = False,
     server: ServerOption = None,
 ) -> None:
-    """Show one device."""
+    """Show one device (and a recent tunnel conflict: two agents connected as it)."""
     with _session(server) as api:
         device = api.call("GET", f"/devices/{_path_id(device_id)}")
+        recent = api.call(
+            "GET",
+            f"/devices/{device['id']}/audit-events",
+            params={"action": "tunnel.conflict", "limit": "1"},
+        )
+    shown = dict(device)
+    conflict = _recent_conflict(recent.get("items") or [])
+    if conflict is not None:
+        shown["tunnel_conflict"] = conflict
     if as_json:
-        _echo_json(device)
+        _echo_json(shown)
         return
-    typer.echo(_fields(device))
+    typer.echo(_fields(shown))
+
+
+#: A ``tunnel.conflict`` event this recent is shown by ``devices show``.
+CONFLICT_SHOWN_FOR = 600.0
+
+
+def _recent_conflict(items: list[dict[str, Any]]) -> str | None:
+    """``"<cause> (since …); fix: <fix>"`` for a conflict recorded in the last 10 min."""
+    from datetime import UTC, datetime  # noqa: PLC0415 - only this command needs it
+
+    if not items:
+        return None
+    event = items[0]
+    occurred = datetime.fromisoformat(str(event["occurred_at"]).replace("Z", "+00:00"))
+    if (datetime.now(UTC) - occurred).total_seconds() > CONFLICT_SHOWN_FOR:
+        return None
+    detail = event.get("detail") or {}
+    when = occurred.strftime("%Y-%m-%d %H:%M:%S UTC")
+    return f"{detail.get('reason', 'tunnel conflict')} (since {when}); fix: {detail.get('fix', '')}"
 
 
 def _fields(item: dict[str, Any]) -> str:
