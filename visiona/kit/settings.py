@@ -162,7 +162,8 @@ class Settings(BaseSettings):
         16 * 1024 * 1024,
         ge=256 * 1024,
         le=2**31,
-        description="Receive window granted to each tunnel stream (bytes; 4-16 MiB for bulk).",
+        description="Receive window granted to each tunnel stream (bytes; 4-16 MiB, "
+        "i.e. 4194304-16777216, for bulk).",
     )
     tunnel_max_message: int = Field(
         1024 * 1024,

@@ -486,11 +486,13 @@
 
   // -- models page ---------------------------------------------------------------------
 
+  // Decimal (SI) units, as the server-rendered pages and the CLI: 1 kB = 1000 bytes.
   function formatBytes(n) {
-    const units = ["bytes", "KiB", "MiB", "GiB"];
-    let i = 0;
-    while (n >= 1024 && i < units.length - 1) { n /= 1024; i += 1; }
-    return i === 0 ? n + " bytes" : n.toFixed(1) + " " + units[i];
+    if (n < 1000) return n === 1 ? "1 byte" : n + " bytes";
+    const units = ["kB", "MB", "GB", "TB"];
+    let i = -1;
+    while ((i < 0 || n >= 999.95) && i < units.length - 1) { n /= 1000; i += 1; }
+    return n.toFixed(1) + " " + units[i];
   }
 
   function setupUpload() {
