@@ -6,8 +6,10 @@ UV := .tools/bin/uv
 VENV := .venv
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
-HOST ?= 127.0.0.1
-PORT ?= 8080
+# `make run PORT=18080` or `VISIONA_PORT=18080 make run`: unset here, the server's own
+# settings decide (VISIONA_HOST / VISIONA_PORT, .env, else 127.0.0.1:8080).
+HOST ?=
+PORT ?=
 
 .PHONY: install install-dev run test lint format bench screenshots system-deps clean
 
@@ -37,7 +39,7 @@ system-deps:
 	bash scripts/system-deps.sh
 
 run: install
-	$(VENV)/bin/visiona serve --host $(HOST) --port $(PORT)
+	$(VENV)/bin/visiona serve$(if $(HOST), --host $(HOST))$(if $(PORT), --port $(PORT))
 
 lint: install-dev
 	$(VENV)/bin/ruff check visiona tests bench testkit

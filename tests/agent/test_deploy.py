@@ -182,6 +182,37 @@ async def test_a_wrong_checksum_is_refused_and_nothing_is_kept(
     record = response.json()["error"]["deployment"]
     assert record["status"] == "failed"
     assert record["error"].startswith("the agent answered 422: sha256_mismatch")
-    assert second.json()["status"] == "succeeded"
+    assert second.json()["status"] == "stored"  # this agent has no deploy hook
+    assert second.json()["error"] is None
+    assert second.json()["detail"] == (
+        f"stored at {models_dir / (str(good['id']) + '.nef')} on the PC; no deploy hook configured"
+    )
     assert sorted(p.name for p in models_dir.iterdir()) == [f"{good['id']}.nef"]
     assert uuid.UUID(record["model_id"]) == uuid.UUID(str(model["id"]))
+
+
+async def test_a_hook_with_shell_syntax_that_exits_3_fails_the_record(
+    live: LiveServer, http: httpx.AsyncClient, device_port: int, tmp_path: Path
+) -> None:
+    user = await signup(http)
+    token = (await pairing_token(http, user))["token"]
+    options = agent_options(live, device_port, tmp_path / "s.json", token)
+    options = options.__class__(
+        **{
+            **options.__dict__,
+            "models_dir": tmp_path / "models",
+            "deploy_hook": 'echo "flashing $VISIONA_MODEL_CHIP failed" >&2; exit 3',
+        }
+    )
+    agent = Agent(options)
+    async with running(agent):
+        await asyncio.wait_for(agent.connected.wait(), 30)
+        device_id = await _online_device(http, user)
+        model = await uploaded(http, user, nef(10_000), chip="kl720")
+        response = await deploy(http, user, device_id, str(model["id"]))
+    assert response.status_code == 502, response.text
+    record = response.json()["error"]["deployment"]
+    assert record["status"] == "failed"
+    assert record["error"] == (
+        "the agent answered 500: hook_failed: The deploy hook exited with 3: flashing kl720 failed"
+    )

@@ -109,6 +109,7 @@ async def test_a_head_split_across_writes_is_still_a_deployment(harness: Harness
         "path": str(stored),
         "size": len(content),
         "sha256": hashlib.sha256(content).hexdigest(),
+        "hook": "none",
     }
     assert stored.read_bytes() == content
 
@@ -190,3 +191,36 @@ async def test_a_hook_that_cannot_start_is_a_500(harness: Harness, tmp_path: Pat
     assert status == 500
     assert body["error"]["code"] == "hook_failed"
     assert body["error"]["message"].startswith("The deploy hook could not start")
+
+
+async def test_a_hook_with_shell_syntax_runs_in_the_shell_and_its_exit_status_counts(
+    harness: Harness, tmp_path: Path
+) -> None:
+    marker = tmp_path / "ran"
+    harness.deploy = DeploySettings(
+        models_dir=tmp_path / "models",
+        hook=f'echo "loaded $VISIONA_MODEL_ID" > "{marker}"; echo "flash refused" >&2; exit 3',
+    )
+    status, body = _parse(await harness.exchange(_head(b"abc") + b"abc"))
+    assert status == 500
+    assert body["error"] == {
+        "code": "hook_failed",
+        "message": "The deploy hook exited with 3: flash refused",
+    }
+    assert marker.read_text() == f"loaded {MODEL}\n"
+
+
+async def test_a_hook_that_exits_0_answers_hook_ran(harness: Harness, tmp_path: Path) -> None:
+    harness.deploy = DeploySettings(
+        models_dir=tmp_path / "models", hook='test -s "$VISIONA_MODEL_PATH" && true'
+    )
+    status, body = _parse(await harness.exchange(_head(b"abc") + b"abc"))
+    assert status == 200
+    assert body["hook"] == "ran"
+
+
+async def test_without_a_hook_the_answer_says_none_ran(harness: Harness, tmp_path: Path) -> None:
+    status, body = _parse(await harness.exchange(_head(b"abc") + b"abc"))
+    assert status == 200
+    assert body["hook"] == "none"
+    assert body["path"] == str(tmp_path / "models" / f"{MODEL}.nef")

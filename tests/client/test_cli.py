@@ -388,15 +388,24 @@ def test_deploy_to_a_real_agent_and_list_deployments(
             time.sleep(0.2)
         assert device_id is not None, "the agent did not come online"
 
+        # this agent has no deploy hook: the model is stored, and the CLI says so
         deployed = run("devices", "deploy", device_id, model_id)
         assert deployed.exit_code == 0, deployed.output
-        assert deployed.stdout.startswith("deployed det to ")
-        assert (models_dir / f"{model_id}.nef").read_bytes() == content
+        stored = models_dir / f"{model_id}.nef"
+        assert deployed.stdout.startswith(
+            f"stored det on {device_id}: stored at {stored} on the PC; no deploy hook configured"
+        ), deployed.stdout
+        assert "deployed" not in deployed.stdout
+        assert stored.read_bytes() == content
 
         listed = run("deployments", "list", device_id, "--json")
         records = [json.loads(line) for line in listed.stdout.splitlines()]
-        assert [(r["model_id"], r["status"]) for r in records] == [(model_id, "succeeded")]
-        assert "succeeded" in run("deployments", "list", device_id).stdout
+        assert [(r["model_id"], r["status"]) for r in records] == [(model_id, "stored")]
+        assert records[0]["error"] is None
+        assert records[0]["detail"].endswith("on the PC; no deploy hook configured")
+        table = run("deployments", "list", device_id).stdout
+        assert "stored" in table
+        assert "succeeded" not in table
     finally:
         agent.terminate()
         agent.wait(timeout=30)

@@ -453,3 +453,17 @@ async def test_through_haproxy_the_tunnel_the_proxy_and_the_internal_block_hold(
             )
             assert blocked.status_code == 404
             assert error_code(blocked) == "not_found"
+
+
+async def test_metrics_are_served_to_each_node_but_not_through_either_balancer(
+    balanced: Balanced, haproxy: HaproxyServer
+) -> None:
+    for node in (balanced.a, balanced.b):
+        async with httpx.AsyncClient(base_url=node.url, timeout=30) as direct:
+            assert (await direct.get("/metrics")).status_code == 200
+    for front in (balanced.lb.url, haproxy.url):
+        async with httpx.AsyncClient(base_url=front, timeout=30) as outside:
+            blocked = await outside.get("/metrics")
+            assert blocked.status_code == 404, front
+            assert error_code(blocked) == "not_found"
+            assert "visiona_" not in blocked.text

@@ -58,7 +58,15 @@ def test_connect_a_real_agent_watch_it_come_online_deploy_rename_filter_and_unpa
     expect(dialog).to_be_visible()
     command = dialog.locator("code")
     expect(command).to_contain_text("--token vpt_")
-    dialog.get_by_label("Local port of the device's service").fill(str(live.device_port))
+    # no port is proposed: 8080 is this server's own default, not the device's service
+    port_field = dialog.get_by_label("Local port of the device's service")
+    expect(port_field).to_have_value("")
+    assert ":8080" not in command.inner_text()
+    dialog.get_by_role("button", name="Copy command").click()
+    expect(
+        dialog.get_by_text("Enter the local port of the device's service first.")
+    ).to_be_visible()
+    port_field.fill(str(live.device_port))
     text = command.inner_text()
     assert re.fullmatch(
         rf"visiona agent --server {re.escape(live.url)} --token vpt_\S+ "
@@ -115,9 +123,12 @@ def test_connect_a_real_agent_watch_it_come_online_deploy_rename_filter_and_unpa
         assert [o.split(" (")[0] for o in options] == ["people-detector"]
         page.get_by_role("button", name="Deploy").click()
         deployments = page.locator('[data-region="deployments"]')
-        expect(deployments.get_by_role("row").filter(has_text="people-detector")).to_contain_text(
-            "Succeeded", timeout=30_000
-        )
+        # this agent has no deploy hook: the model is stored on the PC, not "succeeded"
+        expect(page.get_by_text("no deploy hook is configured there")).to_be_visible(timeout=30_000)
+        deployed = deployments.get_by_role("row").filter(has_text="people-detector")
+        expect(deployed).to_contain_text("Stored (no hook)", timeout=30_000)
+        expect(deployed).to_contain_text("on the PC; no deploy hook configured")
+        expect(deployed).not_to_contain_text("Succeeded")
         stored = list((workdir / "models").rglob("*"))
         assert any(p.is_file() and p.stat().st_size == len(MODEL) for p in stored), stored
 

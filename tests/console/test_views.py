@@ -120,7 +120,16 @@ def test_token_states() -> None:
 
 @pytest.mark.parametrize(
     ("num_bytes", "text"),
-    [(0, "0 bytes"), (1023, "1023 bytes"), (1024, "1.0 KiB"), (4 * 1024 * 1024, "4.0 MiB")],
+    [
+        (0, "0 bytes"),
+        (1, "1 byte"),
+        (999, "999 bytes"),
+        (1000, "1.0 kB"),
+        (1024, "1.0 kB"),
+        (999_960, "1.0 MB"),
+        (4 * 1024 * 1024, "4.2 MB"),
+        (5 * 10**9, "5.0 GB"),
+    ],
 )
 def test_size(num_bytes: int, text: str) -> None:
     assert size(num_bytes) == text

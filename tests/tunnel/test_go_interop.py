@@ -136,3 +136,48 @@ async def test_visiona_agent_under_the_go_cloud_stand_in(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_a_go_agent_never_sees_a_frame_for_a_stream_that_ended(
+    live: LiveServer,
+    http: httpx.AsyncClient,
+    device_port: int,
+    go_tunnel_peer: Path,
+    tmp_path: Path,
+) -> None:
+    """hashicorp/yamux logs ``[WARN] yamux: frame for missing stream`` for any frame that
+    arrives after both FINs: the server sends nothing for a stream once it ended."""
+    user = await signup(http)
+    token = (await pairing_token(http, user))["token"]
+    args = [
+        "-mode", "agent", "-server", live.url, "-token", token, "-yamux-log",
+        "-forward", f"127.0.0.1:{device_port}", "-session-file", str(tmp_path / "go.json"),
+    ]  # fmt: skip
+    async with run_peer(go_tunnel_peer, *args) as agent:
+        device_id = (await agent.event("paired"))["device_id"]
+        await agent.event("connected")
+        hub = HUB.of(live.app)
+        await wait_for(lambda: _true(hub.get(uuid.UUID(device_id)) is not None))
+        base = f"{API}/devices/{device_id}/proxy"
+        # small and large answers, bodies both ways, one at a time and many at once
+        for n in range(60):
+            response = await http.get(f"{base}/bytes/{1 + 4099 * n}", headers=user.headers)
+            assert response.status_code == 200
+        for n in range(20):
+            response = await http.post(
+                f"{base}/upload", content=pattern(70_000 * n + 1), headers=user.headers
+            )
+            assert response.status_code == 201
+        for _ in range(4):
+            answers = await asyncio.gather(
+                *(http.get(f"{base}/echo/{n}?q={n}", headers=user.headers) for n in range(25))
+            )
+            assert all(a.status_code == 200 for a in answers)
+        big = await http.get(f"{base}/bytes/{3 * 1024 * 1024}", headers=user.headers)
+        assert big.content == pattern(3 * 1024 * 1024)
+        # a ping both ways proves every frame sent before it reached the agent
+        await hub.get(uuid.UUID(device_id)).session.ping()  # type: ignore[union-attr]
+        await agent.stop()
+    warnings = [line for line in agent.stderr if "frame for missing stream" in line]
+    assert warnings == [], f"{len(warnings)} late frames, e.g. {warnings[:3]}"
+    assert not [line for line in agent.stderr if "[ERR]" in line], agent.stderr[-5:]

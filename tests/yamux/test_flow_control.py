@@ -81,6 +81,7 @@ async def test_closed_stream_drops_incoming_data_but_keeps_the_sender_flowing(
     await stream.drain()
     stream.write_eof()
     assert await stream.read() == b""
+    await stream.wait_closed()  # the last bytes and our FIN have left (credit permitting)
     await client.ping()  # our FIN has reached the server once the pong is back
     assert client.num_streams == 0
     assert server.num_streams == 0

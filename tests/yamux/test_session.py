@@ -355,3 +355,48 @@ async def test_keep_alive_with_a_policy_counts_misses_and_answers(
     assert not session.is_closed
     # Disarmed as the policy said stop: no timer is left that could count a third miss.
     assert not session._pings.keepalive_armed
+
+
+async def test_no_window_update_follows_our_fin_after_close(make_raw: RawFactory):
+    """The proxy's pattern: read an answer, then close() before the peer's FIN arrived.
+
+    hashicorp/yamux forgets a stream once both FINs crossed; any frame after ours (a
+    window update for what was read) is then "frame for missing stream" there.
+    """
+    session, reader, writer = await make_raw()
+    writer.write(frame(WINDOW_UPDATE, SYN, 1, 0) + data(1, b"answer" * 1000))
+    await writer.drain()
+    stream = await session.accept_stream()
+    assert await stream.readexactly(6000) == b"answer" * 1000
+    stream.close()
+    pinging = asyncio.ensure_future(session.ping())  # sent after everything close() sent
+    seen = []
+    async with asyncio.timeout(10):
+        while True:
+            header, _ = await read_frame(reader)
+            if header.type == PING:
+                break
+            seen.append((header.type, header.flags & (FIN | RST), header.length))
+    pinging.cancel()
+    await asyncio.gather(pinging, return_exceptions=True)
+    fin = seen.index((WINDOW_UPDATE, FIN, 0))
+    assert seen[fin + 1 :] == []
+    assert [s for s in seen if s[0] == WINDOW_UPDATE and s[2] > 0] == []
+
+
+async def test_a_peer_blocked_on_its_window_gets_credit_after_close(make_raw: RawFactory):
+    """After close() the peer may still be sending (its data is dropped): when its window
+    is used up it gets credit, so it can finish instead of hanging."""
+    session, reader, writer = await make_raw()
+    window = 256 * 1024
+    writer.write(frame(WINDOW_UPDATE, SYN, 1, 0) + data(1, b"x" * 1000))
+    await writer.drain()
+    stream = await session.accept_stream()
+    stream.close()
+    writer.write(data(1, b"y" * (window - 1000)))  # the rest of the initial window
+    await writer.drain()
+    header, _ = await read_until(reader, WINDOW_UPDATE)
+    while header.length == 0:  # the ACK and our FIN carry no credit
+        header, _ = await read_until(reader, WINDOW_UPDATE)
+    assert (header.stream_id, header.flags) == (1, 0)
+    assert header.length > 0

@@ -56,7 +56,13 @@ def agent(  # noqa: PLR0917 - one parameter per command-line option
     ] = None,
     session_file: SessionFileOption = None,
     name: Annotated[str | None, typer.Option(help="Device name (default: host name).")] = None,
-    serial: Annotated[str | None, typer.Option(help="Serial number (default: host + MAC).")] = None,
+    serial: Annotated[
+        str | None,
+        typer.Option(
+            help="Serial number (default: the dongle's USB serial, else host name + an id "
+            "unique to this agent installation, kept beside the session file)."
+        ),
+    ] = None,
     device_type: Annotated[
         str | None,
         typer.Option(
@@ -72,8 +78,9 @@ def agent(  # noqa: PLR0917 - one parameter per command-line option
     deploy_hook: Annotated[
         str | None,
         typer.Option(
-            help="Command run after each deployed model (VISIONA_MODEL_PATH, VISIONA_MODEL_ID, "
-            "VISIONA_MODEL_SHA256, VISIONA_MODEL_CHIP in its environment)."
+            help="Shell command run by /bin/sh -c after each deployed model (VISIONA_MODEL_PATH, "
+            "VISIONA_MODEL_ID, VISIONA_MODEL_SHA256, VISIONA_MODEL_CHIP in its environment; "
+            "a non-zero exit fails the deployment). Without one a deployment is 'stored'."
         ),
     ] = None,
     allow: Annotated[
@@ -135,7 +142,10 @@ def agent(  # noqa: PLR0917 - one parameter per command-line option
         session_file=session_file or agent_main.default_session_file(),
         pairing_token=token,
         name=name or socket.gethostname(),
-        serial_number=serial or agent_main.default_serial(),
+        serial_number=serial
+        or agent_main.default_serial(
+            (session_file or agent_main.default_session_file()).resolve().parent
+        ),
         device_type=device_type or detect_device_type() or "kl520",
         models_dir=models_dir,
         deploy_hook=deploy_hook,
@@ -270,7 +280,7 @@ def install_service(  # noqa: PLR0917 - one parameter per command-line option
         Path | None, typer.Option(help="Where deployed models are written.")
     ] = None,
     deploy_hook: Annotated[
-        str | None, typer.Option(help="Command run after each deployed model.")
+        str | None, typer.Option(help="Shell command (/bin/sh -c) run after each deployed model.")
     ] = None,
     allow: Annotated[
         list[str] | None, typer.Option(help="Allow rule 'METHOD /path-glob' (repeatable).")

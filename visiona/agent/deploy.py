@@ -11,9 +11,13 @@ before the local service is dialled, and a path under ``/visiona/`` is never for
 A deployment is streamed to a temporary file in the models directory while its
 sha256 is computed; once the length and the hash match the headers it is renamed
 (``os.replace``, atomic) to ``<models-dir>/<model_id>.nef``. Then the optional hook
-command runs with ``VISIONA_MODEL_PATH``, ``VISIONA_MODEL_ID``, ``VISIONA_MODEL_SHA256``
-and ``VISIONA_MODEL_CHIP`` in its environment. The answer is a small JSON body: 200
-``{"model_id", "path", "size", "sha256"}``, or ``{"error": {"code", "message"}}``
+runs as ``/bin/sh -c HOOK`` (so shell syntax works: quotes, ``;``, ``&&``, redirections,
+``exit N``; its exit status is the hook's) with ``VISIONA_MODEL_PATH``,
+``VISIONA_MODEL_ID``, ``VISIONA_MODEL_SHA256`` and ``VISIONA_MODEL_CHIP`` in its
+environment. The answer is a small JSON body: 200 ``{"model_id", "path", "size",
+"sha256", "hook"}`` (``hook``: ``"ran"``, or ``"none"`` when no hook is configured, so
+the cloud records the deployment as ``stored``, not ``succeeded``), or
+``{"error": {"code", "message"}}``
 with 400 (bad request), 422 (``sha256_mismatch``), 500 (``hook_failed``,
 ``write_failed``).
 """
@@ -26,7 +30,6 @@ import hashlib
 import json
 import logging
 import os
-import shlex
 import tempfile
 import uuid
 from collections.abc import Callable
@@ -43,6 +46,10 @@ from visiona.yamux import Stream, YamuxError
 
 _LOGGER = logging.getLogger(__name__)
 RESERVED = f"PUT {MODELS_PATH}".encode("ascii")
+#: The deploy hook is a shell command line, run by the POSIX shell.
+SHELL = "/bin/sh"
+#: The shell's exit statuses for a command not executable (126) or not found (127).
+_SHELL_CANNOT_RUN = (126, 127)
 _HEAD_LIMIT = 16 * 1024
 _FIRST_READ = 64 * 1024
 _READ_SIZE = 1024 * 1024
@@ -257,11 +264,16 @@ async def _receive(stream: Stream, data: bytes, deploy: DeploySettings) -> dict[
     _LOGGER.info("agent: model %s stored in %s (%s bytes)", request.model_id, final, request.length)
     if deploy.hook:
         await _run_hook(deploy.hook, final, request)
+    else:
+        _LOGGER.info(
+            "agent: model %s stored at %s; no deploy hook configured", request.model_id, final
+        )
     return {
         "model_id": str(request.model_id),
         "path": str(final),
         "size": request.length,
         "sha256": request.sha256,
+        "hook": "ran" if deploy.hook else "none",
     }
 
 
@@ -296,7 +308,8 @@ def _flush(file: IO[bytes]) -> None:
 
 
 async def _run_hook(command: str, path: Path, request: _Request) -> None:
-    """Run the deploy hook; a failure to start it or a non-zero exit is a 500 ``hook_failed``."""
+    """Run the deploy hook as ``/bin/sh -c command``; a failure to start it or a non-zero
+    exit (the shell's, so ``exit 3`` counts) is a 500 ``hook_failed``."""
     env = {
         **os.environ,
         "VISIONA_MODEL_PATH": str(path),
@@ -306,7 +319,9 @@ async def _run_hook(command: str, path: Path, request: _Request) -> None:
     }
     try:
         process = await asyncio.create_subprocess_exec(
-            *shlex.split(command),
+            SHELL,
+            "-c",
+            command,
             env=env,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
@@ -322,6 +337,12 @@ async def _run_hook(command: str, path: Path, request: _Request) -> None:
         raise
     if process.returncode != 0:
         tail = stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
+        if process.returncode in _SHELL_CANNOT_RUN:
+            raise DeployError(
+                500,
+                "hook_failed",
+                f"The deploy hook could not start (exit {process.returncode}): {tail[0][:500]}",
+            )
         raise DeployError(
             500,
             "hook_failed",

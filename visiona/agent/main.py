@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 
 from visiona.agent.runner import Agent, AgentOptions
+from visiona.agent.usb import dongle_serial
 from visiona.malloc import tune_malloc
 
 _LOGGER = logging.getLogger(__name__)
@@ -20,9 +21,37 @@ def default_session_file() -> Path:
     return Path.home() / ".config" / "visiona" / "agent-session.json"
 
 
-def default_serial() -> str:
-    """A serial number stable for this machine: host name and MAC address."""
-    return f"{socket.gethostname()}-{uuid.getnode():012x}"
+#: The file in the agent's state directory (beside its session file) holding the id
+#: of this agent installation.
+INSTALLATION_ID_FILE = "agent-id"
+
+
+def installation_id(state_dir: Path) -> str:
+    """This agent installation's own random id, created once in ``state_dir`` and kept."""
+    path = state_dir / INSTALLATION_ID_FILE
+    try:
+        existing = path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        existing = ""
+    if len(existing) >= 12 and all(c in "0123456789abcdef" for c in existing):
+        return existing
+    created = uuid.uuid4().hex
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(created + "\n", encoding="ascii")
+    return created
+
+
+def default_serial(state_dir: Path) -> str:
+    """The serial number an agent pairs with when ``--serial`` is not given.
+
+    The dongle's own USB serial when one can be read; otherwise the host name and an id
+    unique to this agent installation (kept in ``state_dir``), so two agents on one
+    computer (two user accounts, two session files) never pair as the same device.
+    """
+    dongle = dongle_serial()
+    if dongle:
+        return dongle
+    return f"{socket.gethostname()}-{installation_id(state_dir)[:12]}"
 
 
 def parse_forward(value: str) -> tuple[str, int]:

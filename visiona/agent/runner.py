@@ -106,6 +106,13 @@ class AgentOptions:
     busy_poll_interval: float = 2.0
 
 
+#: After a 4409 ``superseded`` close the agent waits this long before reconnecting,
+#: doubling each time in a row up to the cap: two agents of one device then stop
+#: knocking each other off every second.
+SUPERSEDED_BACKOFF_FIRST = 5.0
+SUPERSEDED_BACKOFF_CAP = 300.0
+
+
 class Backoff:
     """Exponential backoff with jitter: 0.5 s doubling up to 30 s; ``reset`` starts over."""
 
@@ -146,10 +153,26 @@ def tunnel_url(server: str) -> str:
 class Agent:
     """One agent process: call :meth:`run` and set ``stop`` to end it."""
 
-    def __init__(self, options: AgentOptions, *, stable_after: float = 10.0) -> None:
-        """Prepare the agent; nothing connects before :meth:`run`."""
+    def __init__(
+        self,
+        options: AgentOptions,
+        *,
+        stable_after: float = 10.0,
+        superseded_first: float = SUPERSEDED_BACKOFF_FIRST,
+    ) -> None:
+        """Prepare the agent; nothing connects before :meth:`run`.
+
+        ``superseded_first``: the first wait after this agent's tunnel was superseded
+        by another agent of the same device (doubling each time in a row, up to
+        :data:`SUPERSEDED_BACKOFF_CAP`).
+        """
         self._options = options
         self._stable_after = stable_after
+        self._superseded_first = superseded_first
+        #: The close code of the last tunnel (None before the first or once handled).
+        self.last_close_code: int | None = None
+        #: How many tunnels in a row were superseded by another agent of this device.
+        self.superseded_in_a_row = 0
         self._config = Config(max_stream_window=options.stream_window)
         self._deploy = DeploySettings(
             models_dir=options.models_dir or default_models_dir(), hook=options.deploy_hook
@@ -183,6 +206,7 @@ class Agent:
                 self._options.forward_port,
             )
             backoff = Backoff()
+            superseded = Backoff(first=self._superseded_first, cap=SUPERSEDED_BACKOFF_CAP)
             loop = asyncio.get_running_loop()
             renewer = loop.create_task(self._renew_loop(http, stop))
             prober = (
@@ -219,13 +243,9 @@ class Agent:
                         _LOGGER.warning("agent: tunnel failed: %s: %s", type(err).__name__, err)
                     if stop.is_set():
                         break
-                    if loop.time() - started >= self._stable_after:
-                        backoff.reset()
-                    asked = self._asked_delay  # the server said when
-                    delay = backoff.next_delay() if asked is None else asked
-                    _LOGGER.info("agent: reconnecting in %.1fs", delay)
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), delay)
+                    if await self._waited_superseded(superseded, stop):
+                        continue
+                    await self._pause(backoff, started, stop)
             finally:
                 renewer.cancel()
                 if prober is not None:
@@ -233,6 +253,42 @@ class Agent:
                 await asyncio.gather(renewer, *([prober] if prober else []), return_exceptions=True)
         _LOGGER.info("agent: stopped")
         return 0
+
+    async def _pause(self, backoff: Backoff, started: float, stop: asyncio.Event) -> None:
+        """Wait before the next attempt: as long as the server asked (``Retry-After``),
+        else the backoff's next delay (started over after a tunnel that stayed up)."""
+        if asyncio.get_running_loop().time() - started >= self._stable_after:
+            backoff.reset()
+        asked = self._asked_delay  # the server said when
+        delay = backoff.next_delay() if asked is None else asked
+        _LOGGER.info("agent: reconnecting in %.1fs", delay)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+
+    async def _waited_superseded(self, superseded: Backoff, stop: asyncio.Event) -> bool:
+        """After a 4409 ``superseded`` close wait (True); after any other close, start the
+        superseded backoff over (False).
+
+        Another agent holds this device: taking it back at once only knocks that one off
+        again. Wait longer each time in a row, and say why.
+        """
+        if self.last_close_code != CLOSE_SUPERSEDED:
+            self.superseded_in_a_row = 0
+            superseded.reset()
+            return False
+        self.superseded_in_a_row += 1
+        delay = superseded.next_delay()
+        _LOGGER.warning(
+            "agent: another agent connected as this device (superseded %d time(s) in a "
+            "row); waiting %.1fs before taking it back. Two agents on one device: give "
+            "each its own pairing (--serial, --session-file) or stop one",
+            self.superseded_in_a_row,
+            delay,
+        )
+        self.last_close_code = None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+        return True
 
     async def _credentials(
         self, http: httpx.AsyncClient, stop: asyncio.Event
@@ -369,6 +425,7 @@ class Agent:
         credentials.store_state(
             self._options.session_file, "stopped" if stop.is_set() else "down", what
         )
+        self.last_close_code = socket.close_code
         if socket.close_code == CLOSE_REVOKED:
             _LOGGER.warning("agent: the server revoked this agent's credentials")
 

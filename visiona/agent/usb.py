@@ -135,6 +135,20 @@ def usb_status() -> UsbStatus:
     return "online" if found is not None else "offline"
 
 
+def dongle_serial() -> str | None:
+    """The plugged-in dongle's USB serial number, or None (no dongle, none set, no access)."""
+    try:
+        found = _find()
+        if found is None:
+            return None
+        serial = found.serial_number
+    except Exception as err:  # noqa: BLE001 - NoBackendError, USBError, ValueError: all mean none
+        _hint_once(_reason(err))
+        return None
+    text = str(serial or "").strip()
+    return text[:128] if text and text.isprintable() else None
+
+
 def device_type_of(product_id: int) -> str | None:
     """``kl520`` … ``kl730`` for a Kneron product id, None when unknown."""
     return PRODUCT_TYPES.get(product_id)

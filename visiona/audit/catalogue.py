@@ -68,6 +68,13 @@ _ALL = (
     Action("tunnel.disconnected", "device", "The agent's tunnel closed.", ("reason",)),
     Action("tunnel.superseded", "device", "A new tunnel of the device replaced this one."),
     Action(
+        "tunnel.conflict",
+        "device",
+        "Two agents connected as this device keep replacing each other's tunnel (one event "
+        "per episode, instead of one per flap).",
+        ("reason", "fix"),
+    ),
+    Action(
         "tunnel.closed_revoked",
         "device",
         "The tunnel was closed because its session token or device was revoked.",
@@ -80,6 +87,12 @@ _ALL = (
     Action("model.deleted", "model", "A model was deleted.", ("name",)),
     Action("deployment.requested", "deployment", "A deployment was requested.", ("model_id",)),
     Action("deployment.succeeded", "deployment", "A deployment finished.", ("model_id",)),
+    Action(
+        "deployment.stored",
+        "deployment",
+        "A model was stored on the PC; no deploy hook is configured there.",
+        ("model_id", "detail"),
+    ),
     Action("deployment.failed", "deployment", "A deployment failed.", ("model_id", "reason")),
     Action(
         "proxy.forbidden_by_agent",

@@ -60,7 +60,9 @@ async def login(
 ) -> LoginResponse:
     """Open a web session: returns a bearer token and sets it as an HttpOnly cookie.
 
-    Attempts are rate-limited per email and per client address (429 with Retry-After).
+    Attempts are rate-limited per (email, client address), per client address and, with a
+    generous ceiling, per email from all addresses (429 ``rate_limited`` with
+    Retry-After): a wrong-password storm from one address does not lock the owner out.
     """
     await service.check_login_rate(
         limiter, settings, email=body.email, address=client_address(request)

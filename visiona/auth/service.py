@@ -64,13 +64,26 @@ class LoginResult:
 async def check_login_rate(
     limiter: RateLimiter, settings: Settings, *, email: str, address: str
 ) -> None:
-    """Count a login attempt per email and per client address; over the limit → 429."""
+    """Count a login attempt; over a limit → 429 ``rate_limited`` with Retry-After.
+
+    Three fixed windows, checked narrowest last so that a refused attempt is counted
+    only up to the limit that refused it: the client address (all emails,
+    ``login_rate_limit_per_address``), then the pair (email, client address)
+    (``login_rate_limit``), then the email from every address
+    (``login_rate_limit_per_email``, a generous ceiling). Someone guessing one
+    account's password from their address is stopped there, while the owner signs in
+    from theirs; the attempts a stopped address keeps making never reach the email's
+    ceiling, so only guessing from many addresses at once can lock the owner out.
+    """
     window = settings.login_rate_window
-    by_email = await limiter.hit(f"login:email:{email.lower()}", settings.login_rate_limit, window)
-    by_addr = await limiter.hit(
-        f"login:addr:{address}", settings.login_rate_limit_per_address, window
+    email_key = email.lower()
+    checks = (
+        (f"login:addr:{address}", settings.login_rate_limit_per_address),
+        (f"login:pair:{address}:{email_key}", settings.login_rate_limit),
+        (f"login:email:{email_key}", settings.login_rate_limit_per_email),
     )
-    for hit in (by_email, by_addr):
+    for key, limit in checks:
+        hit = await limiter.hit(key, limit, window)
         if not hit.allowed:
             raise RateLimitedError(hit.retry_after, "Too many login attempts; try again later.")
 

@@ -340,13 +340,41 @@ def show_device(
     as_json: JsonOption = False,
     server: ServerOption = None,
 ) -> None:
-    """Show one device."""
+    """Show one device (and a recent tunnel conflict: two agents connected as it)."""
     with _session(server) as api:
         device = api.call("GET", f"/devices/{_path_id(device_id)}")
+        recent = api.call(
+            "GET",
+            f"/devices/{device['id']}/audit-events",
+            params={"action": "tunnel.conflict", "limit": "1"},
+        )
+    shown = dict(device)
+    conflict = _recent_conflict(recent.get("items") or [])
+    if conflict is not None:
+        shown["tunnel_conflict"] = conflict
     if as_json:
-        _echo_json(device)
+        _echo_json(shown)
         return
-    typer.echo(_fields(device))
+    typer.echo(_fields(shown))
+
+
+#: A ``tunnel.conflict`` event this recent is shown by ``devices show``.
+CONFLICT_SHOWN_FOR = 600.0
+
+
+def _recent_conflict(items: list[dict[str, Any]]) -> str | None:
+    """``"<cause> (since …); fix: <fix>"`` for a conflict recorded in the last 10 min."""
+    from datetime import UTC, datetime  # noqa: PLC0415 - only this command needs it
+
+    if not items:
+        return None
+    event = items[0]
+    occurred = datetime.fromisoformat(str(event["occurred_at"]).replace("Z", "+00:00"))
+    if (datetime.now(UTC) - occurred).total_seconds() > CONFLICT_SHOWN_FOR:
+        return None
+    detail = event.get("detail") or {}
+    when = occurred.strftime("%Y-%m-%d %H:%M:%S UTC")
+    return f"{detail.get('reason', 'tunnel conflict')} (since {when}); fix: {detail.get('fix', '')}"
 
 
 def _fields(item: dict[str, Any]) -> str:
@@ -417,9 +445,14 @@ def deploy(
             )
     if as_json:
         _echo_json(record)
-    if record["status"] != "succeeded":
+    if record["status"] not in ("succeeded", "stored"):
         raise _fail(f"deployment {record['id']} {record['status']}: {record.get('error') or ''}")
-    if not as_json:
+    if as_json:
+        return
+    if record["status"] == "stored":
+        detail = record.get("detail") or "stored on the PC; no deploy hook configured"
+        typer.echo(f"stored {model['name']} on {device_id}: {detail} (deployment {record['id']})")
+    else:
         typer.echo(f"deployed {model['name']} to {device_id} (deployment {record['id']})")
 
 
@@ -437,13 +470,13 @@ def list_deployments(
         for item in items:
             _echo_json(item)
         return
-    table = _table("id", "model", "status", "error", "created")
+    table = _table("id", "model", "status", "details", "created")
     for item in items:
         table.add_row(
             str(item["id"]),
             str(item["model_id"]),
             str(item["status"]),
-            str(item.get("error") or ""),
+            str(item.get("detail") or item.get("error") or ""),
             str(item["created_at"])[:19].replace("T", " "),
         )
     typer.echo(_text(table) + f"{len(items)} deployment(s)")

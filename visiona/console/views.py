@@ -93,6 +93,8 @@ def session_state(token: SessionToken, now: datetime | None = None) -> Badge:
 def deployment_badge(deployment: Deployment) -> Badge:
     """A deployment's status."""
     status = str(deployment.status)
+    if status == "stored":  # on the PC, but no deploy hook loaded it
+        return Badge("Stored (no hook)", "offline")
     kind = {"succeeded": "online", "failed": "error"}.get(status, "reconnecting")
     return Badge(status.capitalize(), kind)
 
@@ -111,14 +113,21 @@ def exact(moment: datetime | None) -> str:
     return _aware(moment).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if moment else ""
 
 
+#: Sizes shown to people are decimal (SI), as in the CLI: 1 kB = 1000 bytes.
+_SIZE_UNITS = ("kB", "MB", "GB", "TB")
+
+
 def size(num_bytes: int | None) -> str:
-    """A byte count for people (KiB, MiB, GiB)."""
-    value = float(num_bytes or 0)
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{int(value)} bytes" if unit == "bytes" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GiB"  # pragma: no cover - the loop always returns
+    """A byte count for people in decimal units (kB, MB, GB), as the CLI shows it."""
+    count = int(num_bytes or 0)
+    if count < 1000:
+        return "1 byte" if count == 1 else f"{count} bytes"
+    value = float(count)
+    for unit in _SIZE_UNITS:
+        value /= 1000
+        if value < 999.95 or unit == _SIZE_UNITS[-1]:
+            return f"{value:.1f} {unit}"
+    return f"{value:.1f} TB"  # pragma: no cover - the loop always returns
 
 
 def matches(device: Device, status: str, query: str) -> bool:

@@ -23,7 +23,6 @@ from visiona.deployments.schemas import (
     DeploymentCreate,
     DeploymentOut,
     DeploymentPage,
-    DeploymentStatus,
 )
 from visiona.kit.deps import Conn, DatabaseDep, SettingsDep
 from visiona.kit.errors import (
@@ -71,7 +70,9 @@ async def create_deployment(
 ) -> DeploymentOut:
     """Send the model's file through the device's tunnel to its agent and wait for the outcome.
 
-    Answers 201 with the ``succeeded`` record. A failed transfer (tunnel dropped,
+    Answers 201 with the ``succeeded`` record (the agent's deploy hook ran), or the
+    ``stored`` one when the agent has no deploy hook (``detail`` says where the file is
+    on the PC). A failed transfer (tunnel dropped,
     checksum refused, hook failed, no answer, ...) → 502 ``deployment_failed``, and a
     device that is not connected → 502 ``device_offline``: both keep the record as
     ``failed`` and return it under ``error.deployment`` (its ``id`` and ``error``).
@@ -95,7 +96,7 @@ async def create_deployment(
         )
     # This node's tunnel, else the node holding it (one hop), else 502 device_offline.
     record = await delivery.deliver(deployment, model)
-    if record.status != DeploymentStatus.SUCCEEDED:
+    if not record.status.delivered:
         raise service.DeploymentFailedError(record)
     return DeploymentOut.model_validate(record)
 
@@ -140,6 +141,6 @@ async def internal_transfer(
     if deployment is None or deployment.owner_user_id != user_id:
         raise NotFoundError("Deployment not found.")
     record = await delivery.here(deployment, model)
-    if record.status != DeploymentStatus.SUCCEEDED:
+    if not record.status.delivered:
         raise service.DeploymentFailedError(record)
     return DeploymentOut.model_validate(record)

@@ -38,7 +38,11 @@ class Deployment:
 
 _COLUMNS = columns_of(Deployment, deployments)
 _ORDER = Keyset(deployments.c.created_at, deployments.c.id, descending=True, parse_key=uuid.UUID)
-_FINAL = (DeploymentStatus.SUCCEEDED.value, DeploymentStatus.FAILED.value)
+_FINAL = (
+    DeploymentStatus.SUCCEEDED.value,
+    DeploymentStatus.STORED.value,
+    DeploymentStatus.FAILED.value,
+)
 _now = bindparam("now", type_=UTCDateTime())
 _GET = select(*_COLUMNS).where(deployments.c.id == bindparam("deployment_id"))
 # Only a record still pending or transferring moves; a final state is final.

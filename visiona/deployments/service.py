@@ -43,6 +43,7 @@ _LOGGER = logging.getLogger(__name__)
 OFFLINE_REASON = "the device is not connected"
 _FINAL_ACTIONS = {
     DeploymentStatus.SUCCEEDED: "deployment.succeeded",
+    DeploymentStatus.STORED: "deployment.stored",
     DeploymentStatus.FAILED: "deployment.failed",
 }
 
@@ -241,6 +242,8 @@ async def record_outcome(
     detail: dict[str, str] = {"model_id": str(record.model_id)}
     if status is DeploymentStatus.FAILED:
         detail["reason"] = record.error or ""
+    elif status is DeploymentStatus.STORED:
+        detail["detail"] = record.error or ""
     await audit.record(
         conn,
         action,
@@ -265,17 +268,18 @@ async def transfer(
     """Send the model through ``link`` and record the outcome; return the final record.
 
     ``transferring`` is recorded before the first byte; ``succeeded`` once the agent
-    answered 200, ``failed`` with the reason otherwise (also after ``transfer_timeout``
-    seconds in all), and also when this task is cancelled (the record never stays
-    ``transferring``). While it runs, ``link.deployments`` counts it (the proxy's
-    ``refuse`` rule reads it).
+    answered 200 after its deploy hook ran, ``stored`` when it answered 200 without a
+    hook to run (the notice saying where the file is goes in the record), ``failed``
+    with the reason otherwise (also after ``transfer_timeout`` seconds in all), and also
+    when this task is cancelled (the record never stays ``transferring``). While it
+    runs, ``link.deployments`` counts it (the proxy's ``refuse`` rule reads it).
     """
     deployment_id = deployment.id
     await mark(db, deployment_id, DeploymentStatus.TRANSFERRING)
     link.deployments += 1
     try:
         async with asyncio.timeout(transfer_timeout):
-            await _send(storage, link, model, answer_timeout)
+            answer = await _send(storage, link, model, answer_timeout)
     except TimeoutError:
         reason = f"the deployment did not finish within {transfer_timeout:g}s"
         _LOGGER.warning("deployment %s failed: %s", deployment_id, reason)
@@ -294,12 +298,16 @@ async def transfer(
     _LOGGER.info(
         "deployment %s: model %s is on device %s", deployment_id, model.model_id, link.device_id
     )
+    if answer.get("hook") == "none":
+        notice = f"stored at {answer.get('path')} on the PC; no deploy hook configured"
+        return await mark(db, deployment_id, DeploymentStatus.STORED, notice[:500])
     return await mark(db, deployment_id, DeploymentStatus.SUCCEEDED)
 
 
 async def _send(
     storage: ObjectStorage, link: TunnelLink, model: ModelFile, answer_timeout: float
-) -> None:
+) -> dict[str, Any]:
+    """The agent's JSON answer (``hook``: ``ran`` or ``none`` from agents that say it)."""
     """Open the stored file and send it through the tunnel (:class:`TransferFailedError`)."""
     try:
         opened = await storage.open(model.storage_key)
@@ -307,7 +315,7 @@ async def _send(
         raise TransferFailedError(f"the model file could not be read: {err.message}") from err
     except ObjectMissingError as err:
         raise TransferFailedError("the model file is missing from storage") from err
-    await send_model(
+    return await send_model(
         link.session,
         opened.chunks,
         model_id=model.model_id,

@@ -233,7 +233,7 @@ deployments = Table(
     Column("owner_user_id", Uuid, ForeignKey("users.id"), nullable=False),
     Column("device_id", Uuid, ForeignKey("devices.id"), nullable=False),
     Column("model_id", Uuid, ForeignKey("models.id"), nullable=False),
-    # pending | transferring | succeeded | failed
+    # pending | transferring | succeeded | stored | failed
     Column("status", Text, nullable=False, server_default="pending"),
     Column("error", Text, nullable=True),
     Column("created_at", UTCDateTime, nullable=False, server_default=_now()),

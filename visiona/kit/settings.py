@@ -73,9 +73,20 @@ class Settings(BaseSettings):
         'as a JSON list, e.g. `["https://app.example"]`; empty = no CORS.',
     )
 
-    login_rate_limit: int = Field(10, ge=1, description="Login attempts per email per window.")
+    login_rate_limit: int = Field(
+        10,
+        ge=1,
+        description="Login attempts per email from one client address per window (a "
+        "guesser's address is stopped; the owner's own address is not).",
+    )
     login_rate_limit_per_address: int = Field(
-        50, ge=1, description="Login attempts per client address per window."
+        50, ge=1, description="Login attempts per client address per window (all emails)."
+    )
+    login_rate_limit_per_email: int = Field(
+        100,
+        ge=1,
+        description="Login attempts per email per window from all addresses together "
+        "(a generous ceiling against guessing from many addresses).",
     )
     login_rate_window: int = Field(60, ge=1, description="Login rate-limit window (s).")
     max_body_bytes: int = Field(
@@ -151,7 +162,8 @@ class Settings(BaseSettings):
         16 * 1024 * 1024,
         ge=256 * 1024,
         le=2**31,
-        description="Receive window granted to each tunnel stream (bytes; 4-16 MiB for bulk).",
+        description="Receive window granted to each tunnel stream (bytes; 4-16 MiB, "
+        "i.e. 4194304-16777216, for bulk).",
     )
     tunnel_max_message: int = Field(
         1024 * 1024,
@@ -238,6 +250,13 @@ class Settings(BaseSettings):
         description="Base URL other nodes use to reach this one (e.g. `http://10.0.0.5:8080`); "
         "unset in a cluster means the address `serve` bound. Needs REDIS_URL and "
         "INTERNAL_TOKEN.",
+    )
+    metrics_token: SecretStr | None = Field(
+        None,
+        repr=False,
+        description="Bearer token `/metrics` requires (`Authorization: Bearer <token>`, 401 "
+        "without it); unset = `/metrics` answers anyone who reaches the node, so keep it "
+        "off the public address (docs/nginx.conf blocks it). Never logged.",
     )
     internal_token: SecretStr | None = Field(
         None,

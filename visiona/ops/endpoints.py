@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
 from visiona.auth.dependencies import SessionsDep
 from visiona.cluster.dependencies import ClusterDep
-from visiona.kit.deps import DatabaseDep, MetricsDep
+from visiona.kit.deps import DatabaseDep, MetricsDep, SettingsDep
+from visiona.kit.errors import UnauthorizedError
+from visiona.kit.http import error_responses
 from visiona.models.dependencies import StorageDep
 
 _LOGGER = logging.getLogger(__name__)
@@ -72,7 +75,26 @@ async def healthz(
     return JSONResponse(body, status_code=200 if healthy else 503)
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-async def metrics(registry: MetricsDep) -> Response:
-    """Prometheus text exposition of this node's metrics."""
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses=error_responses(UnauthorizedError),
+)
+async def metrics(request: Request, registry: MetricsDep, settings: SettingsDep) -> Response:
+    """Prometheus text exposition of this node's metrics.
+
+    With ``VISIONA_METRICS_TOKEN`` set, only for ``Authorization: Bearer <that token>``
+    (401 ``unauthorized`` otherwise); unset, for anyone who reaches the node: the
+    reverse proxy in front keeps it private (docs/nginx.conf answers 404 from outside).
+    """
+    token = settings.metrics_token
+    if token is not None:
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        expected = token.get_secret_value().encode()
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+            raise UnauthorizedError(
+                "The metrics need the bearer token of VISIONA_METRICS_TOKEN.",
+                headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+            )
     return Response(generate_latest(registry.registry), media_type=CONTENT_TYPE_LATEST)

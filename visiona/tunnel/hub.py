@@ -32,7 +32,7 @@ from visiona.kit.clock import utcnow
 from visiona.kit.fdlimit import nofile_limits
 from visiona.kit.websocket import UpgradeAbandonedError
 from visiona.tokens import service as tokens
-from visiona.tunnel import repository
+from visiona.tunnel import conflict, repository
 from visiona.tunnel.errors import DeviceBusyError, TunnelUnavailableError
 from visiona.tunnel.link import TunnelLink
 from visiona.wire import (
@@ -95,6 +95,7 @@ class TunnelHub:
             max_stream_window=settings.tunnel_stream_window,
         )
         self._tunnels: dict[uuid.UUID, TunnelLink] = {}
+        self.conflicts = conflict.ConflictDetector()
         self._seen: set[uuid.UUID] = set()
         self._flush_task: asyncio.Task[None] | None = None
         self._serving: set[asyncio.Task[Any]] = set()
@@ -380,6 +381,14 @@ class TunnelHub:
         try:
             if older is not None:
                 _LOGGER.info("tunnel: device %s reconnected; closing the older tunnel", device_id)
+                if self.conflicts.superseded(device_id):
+                    _LOGGER.warning(
+                        "tunnel: device %s: tunnel conflict: %s; fix: %s",
+                        device_id,
+                        conflict.CAUSE,
+                        conflict.FIX,
+                    )
+                    await self._write(_conflict, link)
                 await older.close(CLOSE_SUPERSEDED, "superseded")
             await self._write(self._connected, link, utcnow())
             await self._claim(link)
@@ -402,7 +411,9 @@ class TunnelHub:
                 del self._tunnels[device_id]
                 self._seen.discard(device_id)
                 offline = await self._release(device_id)
-            await self._write(_ended, link, offline=offline)
+            await self._write(
+                _ended, link, offline=offline, quiet=self.conflicts.in_conflict(device_id)
+            )
             if task is not None:
                 self._serving.discard(task)
             _LOGGER.info(
@@ -410,8 +421,11 @@ class TunnelHub:
             )
 
     async def _connected(self, conn: AsyncConnection, link: TunnelLink, now: datetime) -> None:
-        """``online`` and the ``tunnel.connected`` event, in one transaction."""
+        """``online`` and the ``tunnel.connected`` event, in one transaction (no event while
+        the device is in a tunnel conflict: its one ``tunnel.conflict`` event says it)."""
         await repository.mark_connected(conn, link.device_id, now)
+        if self.conflicts.in_conflict(link.device_id):
+            return
         node = self.registry.node_id if self.registry is not None else None
         await audit.record(
             conn,
@@ -585,7 +599,23 @@ def _tunnel_capacity(reserve: int) -> int:
     return max(0, soft - reserve)
 
 
-async def _ended(conn: AsyncConnection, link: TunnelLink, *, offline: bool) -> None:
+async def _conflict(conn: AsyncConnection, link: TunnelLink) -> None:
+    """The one ``tunnel.conflict`` event of an episode, with the cause and the fix."""
+    await audit.record(
+        conn,
+        "tunnel.conflict",
+        actor=SYSTEM,
+        owner_id=link.owner_user_id,
+        target_id=link.device_id,
+        device_id=link.device_id,
+        detail={"reason": conflict.CAUSE, "fix": conflict.FIX},
+        client_addr=link.client_addr,
+    )
+
+
+async def _ended(
+    conn: AsyncConnection, link: TunnelLink, *, offline: bool, quiet: bool = False
+) -> None:
     """The tunnel ended: ``offline`` (when no newer tunnel holds the device) and its event.
 
     Closed by this server as superseded or revoked: ``tunnel.superseded`` /
@@ -599,6 +629,8 @@ async def _ended(conn: AsyncConnection, link: TunnelLink, *, offline: bool) -> N
     detail: dict[str, str] = {}
     actor = SYSTEM
     if code == CLOSE_SUPERSEDED:
+        if quiet:  # a flap of a tunnel conflict: its episode has one event
+            return
         action = "tunnel.superseded"
     elif code == CLOSE_REVOKED:
         action = "tunnel.closed_revoked"

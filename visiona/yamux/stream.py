@@ -366,7 +366,13 @@ class Stream:
             return
 
     def close(self) -> None:
-        """Send FIN after the queued data and stop reading: later data is dropped."""
+        """Send FIN after the queued data and stop reading: later data is dropped.
+
+        No window update follows the FIN unless the peer could send nothing at all
+        without one (its window is used up and it has not finished): a peer that sends
+        its own FIN at the same moment forgets the stream once both FINs crossed, and a
+        later frame for it is a "frame for missing stream" to hashicorp/yamux.
+        """
         self.write_eof()
         if not self._read_closed:
             self._read_closed = True
@@ -375,9 +381,16 @@ class Stream:
             self._offset = 0
             self._buffered = 0
             self._consumed += dropped
-            if self._consumed:
-                self._send_credit()
+            self._credit_if_blocked()
             self._wake_reader()
+
+    def _credit_if_blocked(self) -> None:
+        """After close(): give back credit only when the peer's window is used up or it
+        keeps sending a lot (half the largest window dropped since the last update), so
+        a peer still sending can finish (its data is dropped here) and no update is sent
+        that the peer does not need."""
+        if self._consumed and (self._recv_window <= 0 or self._consumed >= self._credit_threshold):
+            self._send_credit()
 
     async def wait_closed(self) -> None:
         """Wait until our FIN is sent (all queued data went out) or the stream ended."""
@@ -480,8 +493,7 @@ class Stream:
         self._recv_window -= size
         if self._read_closed:
             self._consumed += size
-            if self._consumed >= self._credit_threshold:
-                self._send_credit()
+            self._credit_if_blocked()
             return
         self._chunks.append(data)
         self._buffered += size
@@ -505,8 +517,7 @@ class Stream:
             return
         if self._read_closed:
             self._consumed += len(data)
-            if self._consumed >= self._credit_threshold:
-                self._send_credit()
+            self._credit_if_blocked()
             return
         self._chunks.append(data)
         self._buffered += len(data)

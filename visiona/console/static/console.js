@@ -305,7 +305,7 @@
 
   function connectCommand() {
     const code = $("#connect-command");
-    const port = $("#connect-port").value || "8080";
+    const port = $("#connect-port").value || "PORT";
     return "visiona agent --server " + code.dataset.server + " --token " + (connect.token || "…") + " --forward 127.0.0.1:" + port;
   }
 
@@ -380,7 +380,15 @@
     const dialog = $("#connect-dialog");
     if (!dialog) return;
     $("#connect-port").addEventListener("input", renderCommand);
-    $("#connect-copy").addEventListener("click", () => copyText(connectCommand(), $("#connect-copied")));
+    $("#connect-copy").addEventListener("click", () => {
+      const port = $("#connect-port");
+      if (!port.value || !port.checkValidity()) {
+        $("#connect-copied").textContent = "Enter the local port of the device's service first.";
+        port.focus();
+        return;
+      }
+      copyText(connectCommand(), $("#connect-copied"));
+    });
     $("#connect-new").addEventListener("click", newToken);
     $("#connect-close").addEventListener("click", () => dialog.close());
     dialog.addEventListener("close", () => {
@@ -432,6 +440,7 @@
         const failed = !result.ok && result.data && result.data.error && result.data.error.code === "deployment_failed";
         if (failed) showError(deploy, "Deployment failed: " + result.data.error.message);
         else if (!result.ok) showError(deploy, errorText(result));
+        else if (result.data && result.data.status === "stored") toast("Stored on the PC; no deploy hook is configured there, so nothing loaded it.");
         else toast("Deployment succeeded.");
         await refreshRegions(["deployments"]);
       });
@@ -477,11 +486,13 @@
 
   // -- models page ---------------------------------------------------------------------
 
+  // Decimal (SI) units, as the server-rendered pages and the CLI: 1 kB = 1000 bytes.
   function formatBytes(n) {
-    const units = ["bytes", "KiB", "MiB", "GiB"];
-    let i = 0;
-    while (n >= 1024 && i < units.length - 1) { n /= 1024; i += 1; }
-    return i === 0 ? n + " bytes" : n.toFixed(1) + " " + units[i];
+    if (n < 1000) return n === 1 ? "1 byte" : n + " bytes";
+    const units = ["kB", "MB", "GB", "TB"];
+    let i = -1;
+    while ((i < 0 || n >= 999.95) && i < units.length - 1) { n /= 1000; i += 1; }
+    return n.toFixed(1) + " " + units[i];
   }
 
   function setupUpload() {

@@ -91,9 +91,16 @@ func (w *wsConn) Write(p []byte) (int, error) {
 
 func (w *wsConn) Close() error { return w.c.Close() }
 
+// yamuxLog: hashicorp/yamux's own log lines ("[WARN] yamux: frame for missing stream"
+// ...) go to stderr instead of nowhere (-yamux-log), for tests that count them.
+var yamuxLog = false
+
 func yamuxConfig(window int) *yamux.Config {
 	cfg := yamux.DefaultConfig()
 	cfg.LogOutput = ioutil.Discard
+	if yamuxLog {
+		cfg.LogOutput = os.Stderr
+	}
 	if window > 0 {
 		cfg.MaxStreamWindowSize = uint32(window)
 	}
@@ -358,6 +365,7 @@ func main() {
 	n := flag.Int("n", 1, "load: requests")
 	workers := flag.Int("c", 1, "load: concurrent workers")
 	newConn := flag.Bool("new-conn", false, "load: a new connection per request")
+	flag.BoolVar(&yamuxLog, "yamux-log", false, "write hashicorp/yamux's log lines to stderr")
 	flag.Parse()
 	switch *mode {
 	case "agent":
