@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from testkit.live import LiveServer
-from tests.agent.test_agent import _options, running
+from tests.support.agent import agent_options, running
 from tests.support.api import signup
 from tests.support.devices import pairing_token
 from tests.support.tunnel import wait_for
@@ -46,12 +46,14 @@ async def test_a_superseded_agent_backs_off_and_says_why(
 ) -> None:
     user = await signup(http)
     token = (await pairing_token(http, user))["token"]
-    first = Agent(_options(live, device_port, tmp_path / "a.json", token), superseded_first=60)
+    first = Agent(agent_options(live, device_port, tmp_path / "a.json", token), superseded_first=60)
     async with running(first):
         await asyncio.wait_for(first.connected.wait(), 30)
         # a second agent with the same credentials (a copied session file)
         shutil.copy(tmp_path / "a.json", tmp_path / "b.json")
-        second = Agent(_options(live, device_port, tmp_path / "b.json", None), superseded_first=60)
+        second = Agent(
+            agent_options(live, device_port, tmp_path / "b.json", None), superseded_first=60
+        )
         with caplog.at_level(logging.WARNING, logger="visiona.agent.runner"):
             async with running(second):
                 await asyncio.wait_for(second.connected.wait(), 30)
