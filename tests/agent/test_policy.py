@@ -292,7 +292,9 @@ async def test_cli_takes_rules_from_options_and_config_and_status_prints_them(
         assert json.loads(out)["policy"] == {
             "allow": ["GET /v1/*", "POST /v1/inference"],
             "deploy": False,
+            "allow_ports": [],
         }
+        assert "tcp:      no port allowed" in text
     finally:
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 30)
