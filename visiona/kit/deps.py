@@ -12,6 +12,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncConnection
+from starlette.requests import HTTPConnection
 
 from visiona.kit.runtime import Runtime
 
@@ -23,8 +24,8 @@ async def get_runtime(request: Request) -> Runtime:
     return runtime_of(request)
 
 
-def runtime_of(request: Request) -> Runtime:
-    """The application's :class:`Runtime`, for code that holds the request."""
+def runtime_of(request: HTTPConnection) -> Runtime:
+    """The application's :class:`Runtime`, for code that holds the request (or WebSocket)."""
     runtime: Runtime = request.app.state.runtime
     return runtime
 
@@ -50,7 +51,7 @@ async def unit_of_work(request: Request) -> AsyncIterator[AsyncConnection]:
             request.state.unit_of_work = None
 
 
-def open_connection(request: Request) -> AsyncConnection | None:
+def open_connection(request: HTTPConnection) -> AsyncConnection | None:
     """The request's unit-of-work connection if one is open, else None."""
     conn: AsyncConnection | None = getattr(request.state, "unit_of_work", None)
     return conn

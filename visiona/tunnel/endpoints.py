@@ -37,11 +37,14 @@ from visiona.tunnel.target import (
     device_target,
     sandboxed_headers,
 )
+from visiona.tunnel.tcp_endpoints import router as tcp_router
 
 _LOGGER = logging.getLogger(__name__)
 PROXY_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 router = APIRouter()
+# TCP forwards (`/devices/{id}/tcp/{port}`): a WebSocket route of the same feature
+router.include_router(tcp_router)
 
 
 def hub_of(runtime: Runtime) -> TunnelHub:

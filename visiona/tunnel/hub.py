@@ -30,6 +30,7 @@ from visiona.kit.clock import utcnow
 from visiona.tokens import service as tokens
 from visiona.tunnel import repository
 from visiona.tunnel.errors import DeviceBusyError
+from visiona.tunnel.forwards import Forwards
 from visiona.tunnel.link import TunnelLink
 from visiona.wire import CLOSE_GOING_AWAY, CLOSE_KEEPALIVE, CLOSE_REVOKED, CLOSE_SUPERSEDED
 from visiona.yamux import Config
@@ -94,6 +95,8 @@ class TunnelHub:
         self._refuse_busy = settings.proxy_during_deploy == "refuse"
         #: proxied requests refused by admission, per reason (``/metrics``)
         self.refused: dict[str, int] = dict.fromkeys(ADMISSION_REASONS, 0)
+        #: the TCP forwards open through this node's tunnels (visiona/tunnel/tcp_endpoints.py)
+        self.forwards = Forwards(settings)
 
     # -- lifecycle ----------------------------------------------------------------
     async def start(self) -> None:
@@ -212,6 +215,7 @@ class TunnelHub:
             "Streams agents tried to open on this node (agents open none; each is reset).",
             self.streams_refused,
         )
+        self.forwards.register_metrics(metrics)
 
     # -- admission ------------------------------------------------------------------
     def admit(self, link: TunnelLink) -> Callable[[], None]:
