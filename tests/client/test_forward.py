@@ -33,7 +33,7 @@ from visiona.client.config import Credentials, save_credentials
 from visiona.client.errors import ClientError
 from visiona.client.forward import parse_spec, resolve_device
 from visiona.tunnel.endpoints import hub_of
-from visiona.wire import CLOSE_GOING_AWAY
+from visiona.wire import CLOSE_KEEPALIVE
 
 BIG = 64 * 1024 * 1024
 
@@ -231,7 +231,7 @@ async def test_a_dropped_tunnel_ends_the_affected_connections_with_a_message(
             assert await reader.readexactly(6) == b"hello\n"
             link = hub_of(live.app.state.runtime).get(uuid.UUID(device_id))
             assert link is not None
-            await link.close(CLOSE_GOING_AWAY, "test")
+            await link.close(CLOSE_KEEPALIVE, "keepalive timeout")  # as a lost agent
             assert await asyncio.wait_for(reader.read(), 30) == b""  # the connection ended
             writer.close()
             line = await asyncio.wait_for(proc.stderr.readline(), 30)
@@ -240,6 +240,30 @@ async def test_a_dropped_tunnel_ends_the_affected_connections_with_a_message(
         finally:
             proc.send_signal(signal.SIGINT)
             assert await asyncio.wait_for(proc.wait(), 30) == 0
+
+
+async def test_stdio_works_with_files_and_pipes_and_keeps_the_half_close(
+    live: LiveServer,
+    http: httpx.AsyncClient,
+    echo: EchoService,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The echo service answers "bye" only after our EOF: the half-close went through."""
+    async with _device(live, http, tmp_path, monkeypatch, [echo.port]) as (_, device_id, _a):
+        request = tmp_path / "request.bin"
+        request.write_bytes(b"abc" * 100_000)
+        answer = tmp_path / "answer.bin"
+        command = [sys.executable, "-m", "visiona", "forward", "--stdio", device_id, str(echo.port)]
+        with request.open("rb") as source, answer.open("wb") as sink:
+            proc = await asyncio.create_subprocess_exec(*command, stdin=source, stdout=sink)
+            assert await asyncio.wait_for(proc.wait(), 60) == 0
+        assert answer.read_bytes() == b"hello\n" + request.read_bytes() + b"bye\n"
+        proc = await asyncio.create_subprocess_exec(
+            *command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+        )
+        out, _ = await asyncio.wait_for(proc.communicate(b"through pipes"), 60)
+        assert (proc.returncode, out) == (0, b"hello\nthrough pipesbye\n")
 
 
 def test_the_forward_spec_and_device_names_are_parsed_strictly() -> None:

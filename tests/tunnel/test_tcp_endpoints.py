@@ -122,11 +122,22 @@ async def test_a_forward_carries_bytes_both_ways_and_is_audited(
         assert info.value.rcvd.code == 1000
 
         async def audited() -> bool:
-            return len(await stored_events(live.app, action="forward.closed")) == 1
+            return (
+                len(
+                    await stored_events(
+                        live.app, action="forward.closed", device_id=uuid.UUID(device_id)
+                    )
+                )
+                == 1
+            )
 
         await wait_for(audited)
-        opened = await stored_events(live.app, action="forward.opened")
-        closed = await stored_events(live.app, action="forward.closed")
+        opened = await stored_events(
+            live.app, action="forward.opened", device_id=uuid.UUID(device_id)
+        )
+        closed = await stored_events(
+            live.app, action="forward.closed", device_id=uuid.UUID(device_id)
+        )
         assert [e.detail["port"] for e in opened] == [echo.port]
         detail = closed[0].detail
         assert detail["forward_id"] == opened[0].detail["forward_id"]
@@ -197,6 +208,10 @@ async def test_a_port_the_agent_reported_not_allowed_is_403_before_the_upgrade(
         assert (status, body["error"]["code"]) == (403, "port_not_allowed")
         assert "allowed: 22" in body["error"]["message"]
         assert echo.connections == 0
+        refused = await stored_events(
+            live.app, action="forward.refused", device_id=uuid.UUID(device_id)
+        )
+        assert [e.detail["port"] for e in refused] == [echo.port]
 
 
 def _dispatcher(ports: list[int | str]) -> Any:
@@ -244,7 +259,14 @@ async def test_a_refusal_by_the_agent_closes_with_4403_and_a_reason(
         assert echo.connections == 0
 
         async def audited() -> bool:
-            return len(await stored_events(live.app, action="forward.refused")) == 1
+            return (
+                len(
+                    await stored_events(
+                        live.app, action="forward.refused", device_id=uuid.UUID(device_id)
+                    )
+                )
+                == 1
+            )
 
         await wait_for(audited)
 

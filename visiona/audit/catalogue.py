@@ -110,7 +110,7 @@ _ALL = (
     Action(
         "forward.refused",
         "device",
-        "The device's agent refused a TCP forward to a port its policy does not allow.",
+        "A TCP forward was refused: the port is not one the device's agent allows.",
         ("port", "reason"),
     ),
 )

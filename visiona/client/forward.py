@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -28,8 +29,9 @@ import socket
 import stat
 import sys
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
@@ -143,7 +145,8 @@ async def open_forward(target: Target) -> ClientConnection:
 
 
 class _Sink:
-    """Where bytes from the device go: a socket's writer or standard output."""
+    """Where bytes from the device go: a socket's writer or standard output (a pipe or a
+    socket)."""
 
     def __init__(self, writer: asyncio.StreamWriter, *, is_socket: bool) -> None:
         self.writer = writer
@@ -167,13 +170,29 @@ class _Sink:
             self.writer.close()
 
 
-async def relay(ws: ClientConnection, reader: asyncio.StreamReader, sink: _Sink) -> str | None:
-    """Copy ``reader`` → WebSocket and WebSocket → ``sink`` with half-close, until the server
+class _FileSink:
+    """Standard output redirected to a regular file (no pipe transport for those)."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self.file = file
+
+    async def write(self, data: bytes) -> None:
+        await asyncio.to_thread(self.file.write, data)
+
+    def write_eof(self) -> None:
+        self.file.flush()
+
+
+Source = Callable[[], Awaitable[bytes]]
+
+
+async def relay(ws: ClientConnection, read: Source, sink: _Sink | _FileSink) -> str | None:
+    """Copy ``read()`` → WebSocket and WebSocket → ``sink`` with half-close, until the server
     closes. None when it ended normally (1000), else what ended it, in words."""
 
     async def up() -> None:
         with contextlib.suppress(ConnectionClosed):
-            while chunk := await reader.read(_READ_SIZE):
+            while chunk := await read():
                 await ws.send(chunk)
             await ws.send(b"")  # our half-close
 
@@ -209,24 +228,49 @@ def _fd_is_socket(fd: int) -> bool:
     return stat.S_ISSOCK(os.fstat(fd).st_mode)
 
 
+def _is_regular(fd: int) -> bool:
+    return stat.S_ISREG(os.fstat(fd).st_mode)
+
+
 async def run_stdio(target: Target) -> int:
-    """Carry standard input and output over one forward; the exit code."""
+    """Carry standard input and output over one forward; the exit code.
+
+    Pipes, sockets and terminals go through asyncio's pipe transports; a regular file
+    (``< request.bin``, ``> answer.bin``) is read or written in a worker thread.
+    """
     loop = asyncio.get_running_loop()
     ws = await open_forward(target)
-    reader = asyncio.StreamReader(limit=2 * _READ_SIZE)
     in_fd, out_fd = sys.stdin.fileno(), sys.stdout.fileno()
     # dup: asyncio closes the file objects it is given; keep fds 0 and 1 intact
     in_file = os.fdopen(os.dup(in_fd), "rb", buffering=0)
     out_file = os.fdopen(os.dup(out_fd), "wb", buffering=0)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), in_file)
-    transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, out_file)
-    writer = asyncio.StreamWriter(transport, protocol, None, loop)
-    sink = _Sink(writer, is_socket=_fd_is_socket(out_fd))
+    read: Source
+    if _is_regular(in_fd):
+        read = functools.partial(asyncio.to_thread, in_file.read, _READ_SIZE)
+    else:
+        reader = asyncio.StreamReader(limit=2 * _READ_SIZE)
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), in_file)
+        read = functools.partial(reader.read, _READ_SIZE)
+    transport: asyncio.BaseTransport | None = None
+    sink: _Sink | _FileSink
+    if _is_regular(out_fd):
+        sink = _FileSink(out_file)
+    else:
+        transport, protocol = await loop.connect_write_pipe(
+            asyncio.streams.FlowControlMixin, out_file
+        )
+        writer = asyncio.StreamWriter(transport, protocol, None, loop)
+        sink = _Sink(writer, is_socket=_fd_is_socket(out_fd))
     try:
-        ended = await relay(ws, reader, sink)
+        ended = await relay(ws, read, sink)
     finally:
         await ws.close()
-        transport.close()
+        if transport is not None:
+            transport.close()
+        else:
+            out_file.close()
+        if _is_regular(in_fd):
+            in_file.close()
     if ended is not None:
         _say(ended)
         return 1
@@ -247,7 +291,8 @@ async def run_listener(target: Target, address: str, port: int, stop: asyncio.Ev
             writer.close()
             return
         try:
-            ended = await relay(ws, reader, _Sink(writer, is_socket=True))
+            read = functools.partial(reader.read, _READ_SIZE)
+            ended = await relay(ws, read, _Sink(writer, is_socket=True))
         except asyncio.CancelledError:
             await ws.close()
             raise

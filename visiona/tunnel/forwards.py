@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -56,8 +55,6 @@ class Forward:
     started: float = field(default_factory=time.monotonic)
     bytes_to_device: int = 0
     bytes_from_device: int = 0
-    #: ends the forward from outside (close code, reason); set by the relay
-    stop: Callable[[int, str], None] | None = None
 
     def duration(self) -> float:
         """Seconds since it opened."""

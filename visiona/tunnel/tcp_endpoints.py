@@ -18,6 +18,7 @@ server closes the WebSocket with 1000 once both directions ended, or with:
 
 - 4403: the agent refused the port (its ``--allow-port`` policy);
 - 4401: the device was unpaired or its credentials were revoked meanwhile;
+- 1001: the server is shutting down (the device's tunnel closes with it);
 - 4408: idle for ``forward_idle_timeout``, or open for ``forward_max_duration``;
 - 4502: nothing accepts on the port, the agent predates TCP forwarding, the device's
   tunnel dropped, or the connection on the device was reset;
@@ -53,6 +54,7 @@ from visiona.tunnel.tcp import ForwardError, ForwardRefusedError, open_tcp_strea
 from visiona.wire import (
     CLOSE_FORWARD_TIMEOUT,
     CLOSE_FORWARD_UNREACHABLE,
+    CLOSE_GOING_AWAY,
     CLOSE_NORMAL,
     CLOSE_REVOKED,
     CLOSE_UNSUPPORTED,
@@ -124,20 +126,42 @@ async def _admit(runtime: Runtime, websocket: WebSocket) -> tuple[Forward, Tunne
     link = hub.get(device_id)
     if link is None or link.owner_user_id != device.owner_user_id:
         forwards.refused["offline"] += 1
-        raise DeviceOfflineError()
-    if device.tcp_ports is not None and port not in device.tcp_ports:
-        forwards.refused["not_allowed"] += 1
-        allowed = ", ".join(str(p) for p in device.tcp_ports) or "none"
-        raise PortNotAllowedError(
-            f"The device's agent does not allow port {port} (allowed: {allowed}; "
-            "visiona agent --allow-port)."
-        )
-    forwards.admit(device_id, principal.user_id)
+        raise DeviceOfflineError(await _offline_message(hub, device_id))
     forward = Forward(
         device_id=device_id, owner_id=device.owner_user_id, user_id=principal.user_id, port=port
     )
+    if device.tcp_ports is not None and port not in device.tcp_ports:
+        forwards.refused["not_allowed"] += 1
+        allowed = ", ".join(str(p) for p in device.tcp_ports) or "none"
+        refusal = PortNotAllowedError(
+            f"The device's agent does not allow port {port} (allowed: {allowed}; "
+            "visiona agent --allow-port)."
+        )
+        client = websocket.client.host if websocket.client else None
+        await _record(runtime, "forward.refused", forward, client, reason=refusal.message)
+        raise refusal
+    forwards.admit(device_id, principal.user_id)
     forwards.add(forward)
     return forward, link
+
+
+async def _offline_message(hub: TunnelHub, device_id: uuid.UUID) -> str | None:
+    """Say so when another node of the cluster holds the device's tunnel: forwards are
+    served by the node holding it only (the node-to-node hop is not built yet)."""
+    registry = hub.registry
+    if registry is None:
+        return None
+    try:
+        owner = await registry.owner(device_id)
+    except Exception as err:  # noqa: BLE001 - Redis away: the plain offline answer
+        _LOGGER.warning("forward: owner of device %s unknown: %s", device_id, type(err).__name__)
+        return None
+    if owner is None or owner.node_id == registry.node_id:
+        return None
+    return (
+        "The device is connected to another node of the cluster; TCP forwards are not "
+        "carried between nodes yet."
+    )
 
 
 @router.websocket("/devices/{device_id}/tcp/{port}", name="device_tcp")
@@ -182,7 +206,11 @@ async def _serve(
         return
     forwards.opened_one()
     forward_id = uuid.uuid4()
-    await _record(runtime, "forward.opened", forward, client, forward_id=forward_id)
+    # written while the bytes already flow (the connection does not wait for the trail);
+    # awaited before forward.closed, which must come after it
+    opened = asyncio.get_running_loop().create_task(
+        _record(runtime, "forward.opened", forward, client, forward_id=forward_id)
+    )
     _LOGGER.info("forward: device %s port %s opened", forward.device_id, forward.port)
     relay = _Relay(
         websocket,
@@ -192,7 +220,10 @@ async def _serve(
         idle_timeout=settings.forward_idle_timeout,
         max_duration=settings.forward_max_duration,
     )
-    code, reason = await relay.run(early)
+    try:
+        code, reason = await relay.run(early)
+    finally:
+        await opened
     _LOGGER.info(
         "forward: device %s port %s closed (%s %s): %s bytes in, %s out",
         forward.device_id,
@@ -280,7 +311,6 @@ class _Relay:
         self._up_done = False
         self._down_done = False
         self._client_gone = False
-        forward.stop = self._finish
 
     def _finish(self, code: int, reason: str) -> None:
         if not self._end.done():
@@ -295,6 +325,8 @@ class _Relay:
         closed = self._link.closed_by_server
         if closed is not None and closed[0] == CLOSE_REVOKED:
             self._finish(CLOSE_REVOKED, "the device was unpaired or its credentials were revoked")
+        elif closed is not None and closed[0] == CLOSE_GOING_AWAY:
+            self._finish(CLOSE_GOING_AWAY, "the server is shutting down")
         elif self._link.session.is_closed:
             self._finish(CLOSE_FORWARD_UNREACHABLE, "the device's tunnel dropped")
         else:
