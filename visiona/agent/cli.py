@@ -84,7 +84,7 @@ def agent(  # noqa: PLR0917 - one parameter per command-line option
         ),
     ] = None,
     allow_port: Annotated[
-        list[int] | None,
+        list[str] | None,
         typer.Option(
             "--allow-port",
             metavar="PORT",
@@ -173,7 +173,7 @@ def _guard(
     *,
     no_deploy: bool,
     busy_probe: str | None,
-    ports: list[int] | None = None,
+    ports: list[str] | None = None,
 ) -> _Guard:
     """Merge the config file (if any) with the options: rules and ports add up, options win."""
     from visiona.agent.policy import build_policy, load_config  # noqa: PLC0415 - keep --help fast
@@ -301,7 +301,7 @@ def install_service(  # noqa: PLR0917 - one parameter per command-line option
         list[str] | None, typer.Option(help="Allow rule 'METHOD /path-glob' (repeatable).")
     ] = None,
     allow_port: Annotated[
-        list[int] | None,
+        list[str] | None,
         typer.Option("--allow-port", metavar="PORT", help="TCP port the cloud may reach."),
     ] = None,
     config: Annotated[
