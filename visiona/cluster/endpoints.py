@@ -5,6 +5,8 @@ wrong → 401) and the original user. These routes only look at this node's own
 tunnels: a device not here answers 502 ``device_offline`` and is never forwarded again.
 
 - ``/internal/v1/devices/{id}/proxy/{path}``: a proxied request, streamed both ways.
+- ``/internal/v1/devices/{id}/tcp/{port}``: a TCP forward (WebSocket) served by this
+  node's tunnel (visiona/tunnel/tcp_endpoints.py).
 - ``POST /internal/v1/deployments/{id}/transfer``: run a deployment recorded by the
   calling node (the model file in the JSON body) through this node's tunnel; answers
   the final record (200) or the deployment's error (502 with the record).
@@ -40,6 +42,7 @@ from visiona.kit.errors import (
 )
 from visiona.tunnel.endpoints import PROXY_METHODS, _forward_target, hub_of, proxy_local
 from visiona.tunnel.errors import DeviceOfflineError
+from visiona.tunnel.tcp_endpoints import internal_router as internal_tcp_router
 
 _OURS = {
     h.encode() for h in (TOKEN_HEADER, USER_HEADER, CLIENT_HEADER, PROTO_HEADER, PREFIX_HEADER)
@@ -87,6 +90,8 @@ async def internal_proxy(
 router.add_api_route(
     "/devices/{device_id}/proxy/{path:path}", internal_proxy, methods=PROXY_METHODS
 )
+# ``/internal/v1/devices/{id}/tcp/{port}``: a TCP forward carried from another node
+router.include_router(internal_tcp_router)
 
 
 @router.post("/deployments/{deployment_id}/transfer")

@@ -44,9 +44,10 @@ from starlette.websockets import WebSocketDisconnect
 
 from visiona.audit import service as audit
 from visiona.auth.dependencies import current_principal
+from visiona.cluster.forwarding import CLIENT_HEADER, TOKEN_HEADER, USER_HEADER, token_matches
 from visiona.devices import service as devices_service
 from visiona.kit.database import map_db_error
-from visiona.kit.errors import AppError, ValidationFailedError
+from visiona.kit.errors import AppError, UnauthorizedError, ValidationFailedError
 from visiona.kit.logs import end_incomplete_on_purpose
 from visiona.tunnel.errors import DeviceOfflineError
 from visiona.tunnel.forwards import Forward, PortNotAllowedError
@@ -62,6 +63,7 @@ from visiona.wire import (
 from visiona.yamux import YamuxError
 
 if TYPE_CHECKING:
+    from visiona.cluster.registry import Owner
     from visiona.kit.runtime import Runtime
     from visiona.tunnel.forwards import Forwards
     from visiona.tunnel.hub import TunnelHub
@@ -73,6 +75,8 @@ _READ_SIZE = 1024 * 1024
 _MAX_REASON = 123  # bytes a WebSocket close reason may hold
 
 router = APIRouter()
+#: ``/internal/v1/devices/{id}/tcp/{port}``: included by visiona/cluster/endpoints.py
+internal_router = APIRouter()
 
 
 def _hub(runtime: Runtime) -> TunnelHub:
@@ -105,15 +109,21 @@ def _parse(device_id: str, port: str) -> tuple[uuid.UUID, int]:
     return device, number
 
 
-async def _admit(runtime: Runtime, websocket: WebSocket) -> tuple[Forward, TunnelLink]:
-    """Every check made before the upgrade; the admitted forward holds its slots."""
-    params = websocket.path_params
-    device_id, port = _parse(str(params["device_id"]), str(params["port"]))
-    principal = await current_principal(websocket)
+async def _admit(
+    runtime: Runtime,
+    user_id: uuid.UUID,
+    device_id: uuid.UUID,
+    port: int,
+    client: str | None,
+    *,
+    may_hop: bool,
+) -> tuple[Forward, TunnelLink] | Owner:
+    """Every check made before the upgrade: the admitted forward (holding its slots) and
+    this node's tunnel, or (``may_hop``) the other node of the cluster holding the tunnel."""
     try:
         # unit of work: its own short read, before the upgrade (the forward holds none)
         async with runtime.db.reading() as conn:
-            device = await devices_service.get_device(conn, principal.user_id, device_id)
+            device = await devices_service.get_device(conn, user_id, device_id)
     except AppError:
         raise
     except Exception as err:
@@ -123,12 +133,8 @@ async def _admit(runtime: Runtime, websocket: WebSocket) -> tuple[Forward, Tunne
         raise mapped from err
     hub = _hub(runtime)
     forwards = hub.forwards
-    link = hub.get(device_id)
-    if link is None or link.owner_user_id != device.owner_user_id:
-        forwards.refused["offline"] += 1
-        raise DeviceOfflineError(await _offline_message(hub, device_id))
     forward = Forward(
-        device_id=device_id, owner_id=device.owner_user_id, user_id=principal.user_id, port=port
+        device_id=device_id, owner_id=device.owner_user_id, user_id=user_id, port=port
     )
     if device.tcp_ports is not None and port not in device.tcp_ports:
         forwards.refused["not_allowed"] += 1
@@ -137,60 +143,114 @@ async def _admit(runtime: Runtime, websocket: WebSocket) -> tuple[Forward, Tunne
             f"The device's agent does not allow port {port} (allowed: {allowed}; "
             "visiona agent --allow-port)."
         )
-        client = websocket.client.host if websocket.client else None
         await _record(runtime, "forward.refused", forward, client, reason=refusal.message)
         raise refusal
-    forwards.admit(device_id, principal.user_id)
+    link = hub.get(device_id)
+    if link is None or link.owner_user_id != device.owner_user_id:
+        owner = await _other_owner(hub, device_id) if may_hop else None
+        if owner is not None:
+            return owner
+        forwards.refused["offline"] += 1
+        raise DeviceOfflineError()
+    forwards.admit(device_id, user_id)
     forwards.add(forward)
     return forward, link
 
 
-async def _offline_message(hub: TunnelHub, device_id: uuid.UUID) -> str | None:
-    """Say so when another node of the cluster holds the device's tunnel: forwards are
-    served by the node holding it only (the node-to-node hop is not built yet)."""
+async def _other_owner(hub: TunnelHub, device_id: uuid.UUID) -> Owner | None:
+    """The other node of the cluster holding the device's tunnel, if any."""
     registry = hub.registry
     if registry is None:
         return None
     try:
         owner = await registry.owner(device_id)
-    except Exception as err:  # noqa: BLE001 - Redis away: the plain offline answer
+    except Exception as err:  # noqa: BLE001 - Redis away: answer from this node alone
         _LOGGER.warning("forward: owner of device %s unknown: %s", device_id, type(err).__name__)
         return None
     if owner is None or owner.node_id == registry.node_id:
         return None
-    return (
-        "The device is connected to another node of the cluster; TCP forwards are not "
-        "carried between nodes yet."
+    return owner
+
+
+async def _deny(websocket: WebSocket, err: AppError) -> None:
+    """Answer ``err`` instead of the upgrade."""
+    await websocket.send_denial_response(
+        JSONResponse(err.body(), status_code=err.status_code, headers=err.headers or None)
     )
+    end_incomplete_on_purpose()  # a denial is a complete answer; uvicorn thinks not
 
 
 @router.websocket("/devices/{device_id}/tcp/{port}", name="device_tcp")
 async def device_tcp(websocket: WebSocket) -> None:
     """A WebSocket carrying one TCP connection to ``127.0.0.1:{port}`` on the device's PC
-    (see the module doc for the errors before the upgrade and the close codes after)."""
+    (see the module doc for the errors before the upgrade and the close codes after).
+    In a cluster, a node without the device's tunnel carries the forward to the node
+    that holds it (visiona/tunnel/tcp_hop.py)."""
     runtime: Runtime = websocket.app.state.runtime
+    client = websocket.client.host if websocket.client else None
+    params = websocket.path_params
     try:
-        forward, link = await _admit(runtime, websocket)
+        device_id, port = _parse(str(params["device_id"]), str(params["port"]))
+        principal = await current_principal(websocket)
+        admitted = await _admit(runtime, principal.user_id, device_id, port, client, may_hop=True)
     except AppError as err:
-        await websocket.send_denial_response(
-            JSONResponse(err.body(), status_code=err.status_code, headers=err.headers or None)
-        )
-        end_incomplete_on_purpose()  # a denial is a complete answer; uvicorn thinks not
+        await _deny(websocket, err)
         return
+    if not isinstance(admitted, tuple):
+        from visiona.tunnel.tcp_hop import hop  # noqa: PLC0415 - the cluster's client, when used
+
+        await hop(runtime, websocket, admitted, f"/devices/{device_id}/tcp/{port}",
+                  user_id=principal.user_id, client=client)  # fmt: skip
+        return
+    await _run(runtime, websocket, *admitted, client)
+
+
+@internal_router.websocket("/devices/{device_id}/tcp/{port}")
+async def internal_device_tcp(websocket: WebSocket) -> None:
+    """A forward carried by another node of the cluster (internal token and the original
+    user in headers): served by this node's tunnel only, never carried further."""
+    runtime: Runtime = websocket.app.state.runtime
+    params = websocket.path_params
+    cluster = runtime.cluster
+    try:
+        if cluster is None or not token_matches(cluster.token, websocket.headers.get(TOKEN_HEADER)):
+            raise UnauthorizedError("Missing or invalid internal token.")
+        try:
+            user_id = uuid.UUID(websocket.headers.get(USER_HEADER, ""))
+        except ValueError as err:
+            raise UnauthorizedError("Missing or invalid forwarded user.") from err
+        device_id, port = _parse(str(params["device_id"]), str(params["port"]))
+        client = websocket.headers.get(CLIENT_HEADER) or None
+        admitted = await _admit(runtime, user_id, device_id, port, client, may_hop=False)
+    except AppError as err:
+        await _deny(websocket, err)
+        return
+    assert isinstance(admitted, tuple)  # noqa: S101 - may_hop=False never hops
+    await _run(runtime, websocket, *admitted, client)
+
+
+async def _run(
+    runtime: Runtime, websocket: WebSocket, forward: Forward, link: TunnelLink, client: str | None
+) -> None:
+    """Accept, serve the forward, give its slots back."""
     forwards = _hub(runtime).forwards
     try:
         await websocket.accept()
-        await _serve(runtime, websocket, forward, link, forwards)
+        await _serve(runtime, websocket, forward, link, forwards, client)
     finally:
         forwards.remove(forward)
 
 
-async def _serve(
-    runtime: Runtime, websocket: WebSocket, forward: Forward, link: TunnelLink, forwards: Forwards
+async def _serve(  # noqa: PLR0917 - one forward's parts
+    runtime: Runtime,
+    websocket: WebSocket,
+    forward: Forward,
+    link: TunnelLink,
+    forwards: Forwards,
+    client: str | None,
 ) -> None:
     """Open the TCP stream, record it, relay until either side ends, record the end."""
     settings = runtime.settings
-    client = websocket.client.host if websocket.client else None
     try:
         stream, early = await open_tcp_stream(
             link.session, forward.port, settings.forward_connect_timeout
