@@ -266,6 +266,23 @@ async def test_stdio_works_with_files_and_pipes_and_keeps_the_half_close(
         assert (proc.returncode, out) == (0, b"hello\nthrough pipesbye\n")
 
 
+async def test_the_listener_refuses_to_start_for_a_port_the_agent_does_not_allow(
+    live: LiveServer,
+    http: httpx.AsyncClient,
+    echo: EchoService,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with _device(live, http, tmp_path, monkeypatch, [echo.port]) as (_, device_id, _a):
+        other = echo.port + 1 if echo.port < 65535 else 1
+        code, _, err = await _run(
+            sys.executable, "-m", "visiona", "forward", device_id, f"0:{other}", limit=60
+        )
+        assert code == 1
+        assert f"error: the device's agent does not allow port {other}" in err
+        assert f"--allow-port {other}" in err
+
+
 def test_the_forward_spec_and_device_names_are_parsed_strictly() -> None:
     assert parse_spec("2222:22") == ("127.0.0.1", 2222, 22)
     assert parse_spec("0.0.0.0:2222:22") == ("0.0.0.0", 2222, 22)  # noqa: S104 - parsing only

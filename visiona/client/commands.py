@@ -669,11 +669,15 @@ def forward(
         raise _fail("not logged in; run `visiona login` first")
     base = server or credentials.server
     device_id = device.lower()
-    if not forwarding.is_uuid(device):
+    if not forwarding.is_uuid(device) or not stdio:
+        # --stdio with a whole id asks nothing first (ssh waits on it); a listener checks
+        # the device and the port before it listens
         with _session(base) as api:
-            device_id = forwarding.resolve_device(
-                list(api.pages("/devices", {"limit": "200"})), device
-            )
+            if not forwarding.is_uuid(device):
+                items = list(api.pages("/devices", {"limit": "200"}))
+                device_id = forwarding.resolve_device(items, device)
+            if not stdio:
+                forwarding.check_port(api.call("GET", f"/devices/{_path_id(device_id)}"), remote)
     target = forwarding.Target(base, credentials.token, device_id, remote)
     code = forwarding.run(target, stdio=stdio, address=address, port=local)
     raise typer.Exit(code)

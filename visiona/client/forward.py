@@ -110,6 +110,18 @@ def resolve_device(devices: list[dict[str, Any]], name: str) -> str:
     raise ClientError(f"{name!r} names {len(matches)} devices; give more of the id")
 
 
+def check_port(device: dict[str, Any], port: int) -> None:
+    """A :class:`ClientError` when the device's agent reported its ports and ``port`` is not
+    among them (the listener fails before it listens)."""
+    allowed = device.get("tcp_ports")
+    if allowed is not None and port not in allowed:
+        listed = ", ".join(str(p) for p in allowed) or "none"
+        raise ClientError(
+            f"the device's agent does not allow port {port} (allowed: {listed}); "
+            f"run it with --allow-port {port}"
+        )
+
+
 def describe_close(code: int | None, reason: str) -> str:
     """A server's close in words: ``refused by the device's agent: … (4403)``."""
     if code is None:
