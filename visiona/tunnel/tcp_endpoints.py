@@ -26,7 +26,11 @@ server closes the WebSocket with 1000 once both directions ended, or with:
 - 1003: the client sent a text message (or data after its half-close).
 
 ``forward.opened`` and ``forward.closed`` (port, bytes each way, duration, reason)
-go to the audit trail, each in its own short transaction.
+and ``forward.refused`` go to the audit trail, each in its own short transaction.
+
+In a cluster, a node without the device's tunnel makes the checks up to the port and
+carries the forward one hop to the node holding it (:mod:`visiona.tunnel.tcp_hop`),
+whose internal route (``/internal/v1/devices/{id}/tcp/{port}``) admits and serves it.
 """
 
 from __future__ import annotations
