@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the server binaries the test suite and benchmarks start as throwaway
 # processes (PostgreSQL, Redis, nginx and HAProxy as the cluster tests' balancers),
-# the Go toolchain + libraries for the yamux interop peer, wrk for the benchmarks
-# and Chromium for the console's browser tests, from Debian's packages, only when
+# the Go toolchain + libraries for the yamux interop peer, wrk for the benchmarks,
+# Chromium for the console's browser tests and OpenSSH (server and client) for the
+# `visiona forward` tests, from Debian's packages, only when
 # they are missing. (Where services may start, Debian's nginx and haproxy packages
 # start system services on port 80; the tests never use them, they run their own.)
 set -euo pipefail
@@ -20,6 +21,8 @@ command -v chromium >/dev/null || need+=(chromium)  # the console's browser test
 command -v jq >/dev/null || need+=(jq)  # the README walkthrough test pastes its curl | jq lines
 command -v curl >/dev/null || need+=(curl)
 command -v strace >/dev/null || need+=(strace)  # the syscall-count benchmark
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)  # `visiona forward` tests: a real sshd behind the agent
+command -v ssh >/dev/null && command -v scp >/dev/null || need+=(openssh-client)  # ... and the real ssh/scp
 [ -d /usr/share/gocode/src/github.com/hashicorp/yamux ] || need+=(golang-github-hashicorp-yamux-dev)
 [ -d /usr/share/gocode/src/github.com/gorilla/websocket ] || need+=(golang-github-gorilla-websocket-dev)
 

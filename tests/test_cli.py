@@ -218,7 +218,13 @@ def _loaded_after(args: list[str], cwd: Path, packages: tuple[str, ...]) -> list
 
 
 def test_client_and_agent_help_do_not_import_the_server_stack(tmp_path: Path) -> None:
-    for args in (["devices", "list", "--help"], ["--help"], ["--version"], ["agent", "--help"]):
+    for args in (
+        ["devices", "list", "--help"],
+        ["--help"],
+        ["--version"],
+        ["agent", "--help"],
+        ["forward", "--help"],
+    ):
         assert _loaded_after(args, tmp_path, SERVER_STACK) == [], args
 
 

@@ -66,6 +66,26 @@ RESERVED_PREFIX: Final = "/visiona/"
 #: ``PUT /visiona/models/{model_id}``: a model deployment.
 MODELS_PATH: Final = "/visiona/models/"
 
+#: ``GET /visiona/tcp/{port}`` with ``Upgrade: visiona-tcp``: a raw byte stream to
+#: 127.0.0.1:{port} on the device's PC, if the agent allows the port.
+TCP_PATH: Final = "/visiona/tcp/"
+#: The ``Upgrade`` token of a TCP stream; the agent's ``101`` answer carries it back.
+TCP_UPGRADE: Final = "visiona-tcp"
+#: Header on every answer the agent gives itself instead of the local service; its
+#: value says which rule refused: ``policy`` (an HTTP allow rule), ``port`` (a TCP port).
+REFUSED_HEADER: Final = "X-Visiona-Refused"
+
+# -- WebSocket close codes of a forwarded TCP connection (``/devices/{id}/tcp/{port}``) --
+#: The agent refused the port (its ``--allow-port`` policy).
+CLOSE_FORWARD_REFUSED: Final = 4403
+#: The forward was idle or open for too long (the reason says which).
+CLOSE_FORWARD_TIMEOUT: Final = 4408
+#: The device cannot serve the forward: nothing listens on the port, or its agent
+#: predates TCP forwarding, or its tunnel dropped (the reason says which).
+CLOSE_FORWARD_UNREACHABLE: Final = 4502
+#: The agent did not answer the stream's header in time.
+CLOSE_FORWARD_AGENT_TIMEOUT: Final = 4504
+
 # -- headers of a model deployment ---------------------------------------------------
 SHA256_HEADER: Final = "X-Visiona-Sha256"
 CHIP_HEADER: Final = "X-Visiona-Chip"

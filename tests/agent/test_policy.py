@@ -246,12 +246,12 @@ async def test_cli_takes_rules_from_options_and_config_and_status_prints_them(
     user = await signup(http)
     token = (await pairing_token(http, user))["token"]
     config = tmp_path / "agent.toml"
-    config.write_text('allow = ["GET /v1/*"]\n')
+    config.write_text('allow = ["GET /v1/*"]\nallow_ports = [5900]\n')
     session = str(tmp_path / "s.json")
     proc = await agent_cli(
         "--server", live.url, "--token", token, "--forward", f"127.0.0.1:{service.port}",
         "--session-file", session, "--config", str(config),
-        "--allow", "POST /v1/inference", "--no-deploy",
+        "--allow", "POST /v1/inference", "--no-deploy", "--allow-port", "22",
     )  # fmt: skip
     try:
 
@@ -286,14 +286,27 @@ async def test_cli_takes_rules_from_options_and_config_and_status_prints_them(
         assert json.loads(out)["policy"] == {
             "allow": ["GET /v1/*", "POST /v1/inference"],
             "deploy": False,
+            "allow_ports": [22, 5900],
         }
+        assert "tcp:      ports 22, 5900 on 127.0.0.1 (--allow-port)" in text
+
+        async def reported() -> bool:  # the agent tells the cloud its ports
+            items = (await http.get(f"{API}/devices", headers=user.headers)).json()["items"]
+            return bool(items[0]["tcp_ports"] == [22, 5900])
+
+        await wait_for(reported, limit=30)
     finally:
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 30)
 
 
 async def test_cli_refuses_a_bad_rule_or_config_with_exit_2(tmp_path: Path) -> None:
-    for extra in (["--allow", "GET"], ["--config", str(tmp_path / "missing.toml")]):
+    for extra in (
+        ["--allow", "GET"],
+        ["--config", str(tmp_path / "missing.toml")],
+        ["--allow-port", "0"],
+        ["--allow-port", "ssh"],
+    ):
         proc = await agent_cli(
             "--server", "http://127.0.0.1:9", "--forward", "127.0.0.1:9",
             "--session-file", str(tmp_path / "s.json"), *extra,

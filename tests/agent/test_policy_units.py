@@ -120,11 +120,28 @@ def test_a_bad_request_line_is_a_400(line: bytes) -> None:
 
 def test_no_rule_means_no_filtering_and_describe_says_so() -> None:
     assert not Policy().filtering
-    assert Policy().describe() == {"allow": [], "deploy": True}
+    assert Policy().describe() == {"allow": [], "deploy": True, "allow_ports": []}
     assert build_policy(["GET /x"], deploy=False).describe() == {
         "allow": ["GET /x"],
         "deploy": False,
+        "allow_ports": [],
     }
+
+
+def test_no_port_is_allowed_by_default_and_listed_ports_are() -> None:
+    assert not Policy().allows_port(22)
+    policy = build_policy([], ports=[5900, 22, "22"])
+    assert policy.allows_port(22)
+    assert policy.allows_port(5900)
+    assert not policy.allows_port(23)
+    assert policy.describe()["allow_ports"] == [22, 5900]
+    assert not policy.filtering  # ports do not filter HTTP streams
+
+
+@pytest.mark.parametrize("port", [0, 65536, -1, "ssh"])
+def test_a_port_outside_1_to_65535_is_refused(port: int | str) -> None:
+    with pytest.raises(PolicyError, match="1 to 65535"):
+        build_policy([], ports=[port])
 
 
 def test_the_config_file_is_toml_with_known_keys_only(tmp_path: Path) -> None:
@@ -136,12 +153,18 @@ def test_the_config_file_is_toml_with_known_keys_only(tmp_path: Path) -> None:
     data = load_config(good)
     assert data["allow"] == ["GET /v1/*", "POST /v1/inference"]
     assert data["deploy"] is False
+    ports = tmp_path / "ports.toml"
+    ports.write_text("allow_ports = [22, 5900]\n")
+    assert load_config(ports)["allow_ports"] == [22, 5900]
     for text, word in [
         ("allow = 'GET /x'", "list"),
         ("allow = [1]", "list"),
         ("deploy = 'no'", "deploy"),
         ("colour = 1", "unknown"),
         ("allow = [", "TOML"),
+        ("allow_ports = 22", "allow_ports"),
+        ("allow_ports = ['22']", "allow_ports"),
+        ("allow_ports = [true]", "allow_ports"),
     ]:
         bad = tmp_path / "bad.toml"
         bad.write_text(text)
@@ -183,10 +206,16 @@ def test_install_service_writes_the_policy_into_the_unit(
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
     args = ["agent", "install-service", "--forward", "127.0.0.1:1", "--session-file", str(session)]
     done = CliRunner().invoke(
-        cli, [*args, "--config", str(config), "--allow", "POST /v1/x", "--no-deploy"]
-    )
+        cli,
+        [
+            *args,
+            "--config", str(config), "--allow", "POST /v1/x", "--no-deploy",
+            "--allow-port", "22",
+        ],
+    )  # fmt: skip
     assert done.exit_code == 0, done.output
     unit = (tmp_path / "xdg" / "systemd" / "user" / "visiona-agent.service").read_text()
+    assert "--allow-port 22" in unit
     assert f"--config {config.resolve()}" in unit
     assert "--allow 'POST /v1/x'" in unit
     assert "--no-deploy" in unit

@@ -9,9 +9,11 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
+from tests.console.support import Live, pair_device, register
 from visiona.console.views import (
     busy_badge,
     deployment_badge,
+    forward_commands,
     matches,
     pairing_state,
     session_state,
@@ -148,3 +150,41 @@ def test_forms_post_so_a_password_never_lands_in_a_url(http: httpx.Client) -> No
     for path in ("/sign-in", "/sign-up"):
         assert '<form id="sign-' in http.get(path).text
         assert 'method="post"' in http.get(path).text
+
+
+def test_forward_commands_give_ssh_for_22_and_a_listener_for_every_port() -> None:
+    device = {"id": "6f1c", "tcp_ports": [22, 80, 5900]}
+    assert [(c.port, c.command) for c in forward_commands(device)] == [
+        (22, "ssh -o ProxyCommand='visiona forward --stdio %h 22' USER@6f1c"),
+        (22, "visiona forward 6f1c 10022:22"),
+        (80, "visiona forward 6f1c 10080:80"),
+        (5900, "visiona forward 6f1c 5900:5900"),
+    ]
+    assert forward_commands({"id": "6f1c", "tcp_ports": None}) == []
+
+
+def test_the_device_page_shows_the_commands_for_the_ports_the_agent_allows(
+    http: httpx.Client, live: Live
+) -> None:
+    account = register(http)
+    cookie = {"Cookie": f"{live.settings.cookie_name}={account.token}"}
+    shown = {}
+    for ports in ([22, 5900], [], None):
+        paired = pair_device(http, account, f"Ports {ports}")
+        if ports is not None:  # what the agent reports with its status
+            reported = http.post(
+                "/api/v1/agent/status",
+                json={"usb_status": "unknown", "tcp_ports": ports},
+                headers={"Authorization": f"Bearer {paired['session_token']}"},
+            )
+            assert reported.status_code == 204, reported.text
+        page = http.get(f"/devices/{paired['device_id']}", headers=cookie)
+        assert page.status_code == 200
+        shown[str(ports)] = (paired["device_id"], page.text)
+    device_id, text = shown["[22, 5900]"]
+    ssh = f"ssh -o ProxyCommand=&#39;visiona forward --stdio %h 22&#39; USER@{device_id}"
+    assert f"<code>{ssh}</code>" in text
+    assert f'data-copy="visiona forward {device_id} 5900:5900"' in text
+    assert "--allow-port 22" in shown["[]"][1]
+    assert "No port of the device" in shown["[]"][1]
+    assert "has not said which ports" in shown["None"][1]

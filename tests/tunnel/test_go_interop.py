@@ -4,6 +4,7 @@ through the Python server's proxy, and ``visiona agent`` under a Go cloud stand-
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import uuid
 from collections.abc import AsyncIterator
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from testkit.device_service import device_app, pattern
 from testkit.gopeer import run_peer
@@ -181,3 +184,35 @@ async def test_a_go_agent_never_sees_a_frame_for_a_stream_that_ended(
     warnings = [line for line in agent.stderr if "frame for missing stream" in line]
     assert warnings == [], f"{len(warnings)} late frames, e.g. {warnings[:3]}"
     assert not [line for line in agent.stderr if "[ERR]" in line], agent.stderr[-5:]
+
+
+async def test_a_go_agent_unaware_of_tcp_streams_fails_a_forward_cleanly(
+    live: LiveServer,
+    http: httpx.AsyncClient,
+    device_port: int,
+    go_tunnel_peer: Path,
+    tmp_path: Path,
+) -> None:
+    """A hashicorp/yamux agent forwards the TCP stream's head to its local HTTP service:
+    the forward ends with a clear close (4502), the tunnel and the proxy carry on."""
+    user = await signup(http)
+    token = (await pairing_token(http, user))["token"]
+    args = [
+        "-mode", "agent", "-server", live.url, "-token", token,
+        "-forward", f"127.0.0.1:{device_port}", "-session-file", str(tmp_path / "go.json"),
+    ]  # fmt: skip
+    async with run_peer(go_tunnel_peer, *args) as agent:
+        device_id = (await agent.event("paired"))["device_id"]
+        await agent.event("connected")
+        hub = HUB.of(live.app)
+        await wait_for(lambda: _true(hub.get(uuid.UUID(device_id)) is not None))
+        url = f"ws://127.0.0.1:{live.port}{API}/devices/{device_id}/tcp/22"
+        async with connect(url, additional_headers=user.headers) as ws:
+            with contextlib.suppress(ConnectionClosed):
+                await ws.recv()
+            rcvd = ws.protocol.close_rcvd
+        assert rcvd is not None
+        assert rcvd.code == 4502
+        assert "does not support TCP forwarding" in rcvd.reason
+        answer = await http.get(f"{API}/devices/{device_id}/proxy/bytes/10", headers=user.headers)
+        assert answer.status_code == 200

@@ -90,11 +90,21 @@ def agent(  # noqa: PLR0917 - one parameter per command-line option
             "matches any characters). With none, every request is forwarded."
         ),
     ] = None,
+    allow_port: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-port",
+            metavar="PORT",
+            help="TCP port on 127.0.0.1 the cloud may open byte streams to (`visiona forward`; "
+            "repeatable). None by default.",
+        ),
+    ] = None,
     config: Annotated[
         Path | None,
         typer.Option(
-            help="TOML file with allow = [...], deploy = true|false, busy_probe = URL, "
-            "busy_header = true|false (options given here add to it / override it)."
+            help="TOML file with allow = [...], allow_ports = [...], deploy = true|false, "
+            "busy_probe = URL, busy_header = true|false (options given here add to it / "
+            "override it)."
         ),
     ] = None,
     no_deploy: Annotated[
@@ -131,7 +141,9 @@ def agent(  # noqa: PLR0917 - one parameter per command-line option
     try:
         host, port = agent_main.parse_forward(forward)
         check_server_url(server)
-        guard = _guard(config, allow or [], no_deploy=no_deploy, busy_probe=busy_probe)
+        guard = _guard(
+            config, allow or [], no_deploy=no_deploy, busy_probe=busy_probe, ports=allow_port
+        )
     except (ValueError, PolicyError) as err:
         raise _fail(str(err), 2) from None
     configure_logging("INFO")
@@ -166,19 +178,27 @@ class _Guard:
 
 
 def _guard(
-    config: Path | None, allow: list[str], *, no_deploy: bool, busy_probe: str | None
+    config: Path | None,
+    allow: list[str],
+    *,
+    no_deploy: bool,
+    busy_probe: str | None,
+    ports: list[str] | None = None,
 ) -> _Guard:
-    """Merge the config file (if any) with the options: rules add up, options win."""
+    """Merge the config file (if any) with the options: rules and ports add up, options win."""
     from visiona.agent.policy import build_policy, load_config  # noqa: PLC0415 - keep --help fast
 
     data = load_config(config) if config is not None else {}
     rules = [*data.get("allow", []), *allow]
+    allowed_ports: list[int | str] = [*data.get("allow_ports", []), *(ports or [])]
     deploy = bool(data.get("deploy", True)) and not no_deploy
     probe = busy_probe or data.get("busy_probe") or None
     if probe is not None and not probe.startswith(("http://", "https://")):
         raise ValueError(f"--busy-probe must be an http(s) URL, got {probe!r}")
     return _Guard(
-        build_policy(rules, deploy=deploy), probe, busy_header=bool(data.get("busy_header"))
+        build_policy(rules, deploy=deploy, ports=allowed_ports),
+        probe,
+        busy_header=bool(data.get("busy_header")),
     )
 
 
@@ -231,6 +251,11 @@ def _policy_lines(policy: dict[str, Any] | None) -> list[str]:
     lines = ["policy:   " + ("allow only:" if rules else "everything forwarded (no --allow)")]
     lines += [f"  allow {rule}" for rule in rules]
     lines.append("deploy:   " + ("on" if policy.get("deploy", True) else "off (--no-deploy)"))
+    ports = [str(port) for port in policy.get("allow_ports", [])]
+    lines.append(
+        "tcp:      "
+        + (f"ports {', '.join(ports)} on 127.0.0.1 (--allow-port)" if ports else "no port allowed")
+    )
     return lines
 
 
@@ -285,6 +310,10 @@ def install_service(  # noqa: PLR0917 - one parameter per command-line option
     allow: Annotated[
         list[str] | None, typer.Option(help="Allow rule 'METHOD /path-glob' (repeatable).")
     ] = None,
+    allow_port: Annotated[
+        list[str] | None,
+        typer.Option("--allow-port", metavar="PORT", help="TCP port the cloud may reach."),
+    ] = None,
     config: Annotated[
         Path | None, typer.Option(help="The agent's TOML config file (see `visiona agent`).")
     ] = None,
@@ -303,7 +332,7 @@ def install_service(  # noqa: PLR0917 - one parameter per command-line option
 
     try:
         parse_forward(forward)
-        _guard(config, allow or [], no_deploy=no_deploy, busy_probe=None)
+        _guard(config, allow or [], no_deploy=no_deploy, busy_probe=None, ports=allow_port)
     except (ValueError, PolicyError) as err:
         raise _fail(str(err), 2) from None
     path = (session_file or default_session_file()).expanduser().resolve()
@@ -322,6 +351,8 @@ def install_service(  # noqa: PLR0917 - one parameter per command-line option
         args += ["--config", str(config.expanduser().resolve())]
     for rule in allow or []:
         args += ["--allow", rule]
+    for port in allow_port or []:
+        args += ["--allow-port", str(port)]
     if no_deploy:
         args.append("--no-deploy")
     executable = str(Path(sys.argv[0]).resolve()) if Path(sys.argv[0]).exists() else "visiona"

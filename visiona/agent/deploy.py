@@ -5,8 +5,10 @@ each stream: a stream that starts with ``PUT /visiona/models/`` is a deployment 
 the cloud and is handled here (refused 403 ``forbidden_by_agent`` with ``--no-deploy``);
 any other stream goes to the local service exactly as before
 (:func:`visiona.agent.forward.forward_stream`), with the bytes already read written
-first. With allow rules (:mod:`visiona.agent.policy`) the request line is checked
-before the local service is dialled, and a path under ``/visiona/`` is never forwarded.
+first. A stream that starts with ``GET /visiona/tcp/`` is a TCP stream
+(:mod:`visiona.agent.tcp`), answered under the ``--allow-port`` policy. With allow
+rules (:mod:`visiona.agent.policy`) the request line is checked before the local
+service is dialled, and a path under ``/visiona/`` is never forwarded.
 
 A deployment is streamed to a temporary file in the models directory while its
 sha256 is computed; once the length and the hash match the headers it is renamed
@@ -41,6 +43,8 @@ import h11
 
 from visiona.agent.forward import forward_stream
 from visiona.agent.policy import REFUSED_HEADER, Policy, RefusedError
+from visiona.agent.tcp import MARKER as TCP_MARKER
+from visiona.agent.tcp import handle_tcp
 from visiona.wire import CHIP_HEADER, MODELS_PATH, SHA256_HEADER
 from visiona.yamux import Stream, YamuxError
 
@@ -50,6 +54,8 @@ RESERVED = f"PUT {MODELS_PATH}".encode("ascii")
 SHELL = "/bin/sh"
 #: The shell's exit statuses for a command not executable (126) or not found (127).
 _SHELL_CANNOT_RUN = (126, 127)
+#: Stream starts the agent handles itself: a deployment, a TCP stream.
+_MARKERS = (RESERVED, TCP_MARKER)
 _HEAD_LIMIT = 16 * 1024
 _FIRST_READ = 64 * 1024
 _READ_SIZE = 1024 * 1024
@@ -105,11 +111,14 @@ async def dispatch_stream(
     policy = policy or _OPEN
     try:
         head = await stream.read(_FIRST_READ)
-        while head and len(head) < len(RESERVED) and RESERVED.startswith(head):
+        while head and any(len(head) < len(m) and m.startswith(head) for m in _MARKERS):
             more = await stream.read(_FIRST_READ)
             if not more:
                 break
             head += more
+        if head.startswith(TCP_MARKER):
+            await handle_tcp(stream, head, policy)
+            return
         if head.startswith(RESERVED):
             if policy.deploy:
                 await handle_deployment(stream, head, deploy)

@@ -25,8 +25,14 @@ _CHECK_EVERY = 1024 * 1024
 class _LocalSide(asyncio.Protocol):
     """The local TCP connection of one stream."""
 
-    def __init__(self, stream: Stream, on_head: Callable[[bytes], None] | None = None) -> None:
+    def __init__(
+        self,
+        stream: Stream,
+        on_head: Callable[[bytes], None] | None = None,
+        preamble: bytes = b"",
+    ) -> None:
         self._stream = stream
+        self._preamble = preamble  # written to the stream on connect, before any data
         self._on_head = on_head  # sees the first bytes of the answer, then is dropped
         self._loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
@@ -37,6 +43,11 @@ class _LocalSide(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        if self._preamble:
+            try:
+                self._stream.write(self._preamble)
+            except YamuxError:
+                self._abort()
 
     def data_received(self, data: bytes) -> None:
         if self._on_head is not None:
@@ -110,21 +121,29 @@ async def forward_stream(
     port: int,
     head: bytes = b"",
     on_response_head: Callable[[bytes], None] | None = None,
+    *,
+    connected: bytes = b"",
+    on_unreachable: Callable[[OSError], None] | None = None,
 ) -> None:
     """Dial ``host:port`` and copy both ways with half-close; reset the stream on failure.
 
     ``head``: bytes of the stream already read by the caller, sent to the service first.
     ``on_response_head``: called once with the first bytes the service answers (the
-    busy header watch); None costs nothing.
+    busy header watch); None costs nothing. ``connected``: written to the stream once
+    the connection is made, before anything the service sends (a TCP stream's ``101``
+    answer). ``on_unreachable``: answers a failed dial instead of the stream reset.
     """
     loop = asyncio.get_running_loop()
     try:
         _, local = await loop.create_connection(
-            lambda: _LocalSide(stream, on_response_head), host, port
+            lambda: _LocalSide(stream, on_response_head, connected), host, port
         )
     except OSError as err:
         _LOGGER.warning("agent: cannot reach %s:%s: %s", host, port, err.strerror or err)
-        stream.reset()
+        if on_unreachable is not None:
+            on_unreachable(err)
+        else:
+            stream.reset()
         return
     transport = local.transport
     assert transport is not None  # noqa: S101 - set by connection_made

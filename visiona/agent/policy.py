@@ -19,6 +19,11 @@ by the agent itself, 403 ``{"error": {"code": "forbidden_by_agent", ...}}`` with
 ``X-Visiona-Refused: policy`` header, and never reaches the local service. An allowed
 one is forwarded with its target rewritten canonically (the path that matched is the
 path the local service sees).
+
+TCP ports are a separate list: ``--allow-port 22`` (repeatable, or ``allow_ports =
+[22, 5900]`` in the TOML file) lets the cloud open raw byte streams to
+``127.0.0.1:22`` (``GET /visiona/tcp/{port}`` streams, :mod:`visiona.agent.tcp`). No
+port is allowed by default, and the HTTP rules do not govern them.
 """
 
 from __future__ import annotations
@@ -30,10 +35,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote_to_bytes
 
-from visiona.wire import RESERVED_PREFIX
+from visiona.wire import REFUSED_HEADER, RESERVED_PREFIX
 
-#: Header on every answer the agent gives itself instead of the local service.
-REFUSED_HEADER = "X-Visiona-Refused"
+__all__ = ["REFUSED_HEADER", "Policy", "PolicyError", "RefusedError", "Rule"]
 RESERVED_SEGMENT = RESERVED_PREFIX.strip("/")
 _METHOD = re.compile(r"^[A-Za-z]{1,20}$|^\*$")
 # RFC 3986 pchar minus the percent sign (re-encoded from the decoded text), as the cloud does.
@@ -95,10 +99,16 @@ class Rule:
 
 @dataclass(frozen=True)
 class Policy:
-    """The agent's allow rules (empty: everything forwarded) and whether deployments run."""
+    """The agent's allow rules (empty: everything forwarded), whether deployments run, and
+    the TCP ports the cloud may reach on 127.0.0.1 (empty: none)."""
 
     rules: tuple[Rule, ...] = ()
     deploy: bool = True
+    ports: frozenset[int] = frozenset()
+
+    def allows_port(self, port: int) -> bool:
+        """Whether a TCP stream to ``127.0.0.1:port`` may be opened."""
+        return port in self.ports
 
     @property
     def filtering(self) -> bool:
@@ -106,8 +116,13 @@ class Policy:
         return bool(self.rules)
 
     def describe(self) -> dict[str, Any]:
-        """What ``visiona agent status`` shows: the rules as text and the deploy switch."""
-        return {"allow": [str(rule) for rule in self.rules], "deploy": self.deploy}
+        """What ``visiona agent status`` shows: the rules as text, the deploy switch and the
+        allowed TCP ports."""
+        return {
+            "allow": [str(rule) for rule in self.rules],
+            "deploy": self.deploy,
+            "allow_ports": sorted(self.ports),
+        }
 
     def check(self, request_line: bytes) -> bytes:
         """The canonical request line to forward; :class:`RefusedError` when refused.
@@ -188,14 +203,15 @@ def normalise_target(target: bytes) -> tuple[str, bytes]:
 
 def load_config(path: Path) -> dict[str, Any]:
     """Read the agent's TOML config file: ``allow`` (list of rules), ``deploy`` (bool),
-    ``busy_probe`` (URL), ``busy_header`` (bool). Unknown keys are refused."""
+    ``busy_probe`` (URL), ``busy_header`` (bool), ``allow_ports`` (list of TCP ports).
+    Unknown keys are refused."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as err:
         raise PolicyError(f"cannot read the config file {path}: {err.strerror or err}") from err
     except tomllib.TOMLDecodeError as err:
         raise PolicyError(f"the config file {path} is not valid TOML: {err}") from err
-    known = {"allow", "deploy", "busy_probe", "busy_header"}
+    known = {"allow", "deploy", "busy_probe", "busy_header", "allow_ports"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise PolicyError(f"unknown key(s) in {path}: {', '.join(unknown)}")
@@ -208,9 +224,31 @@ def load_config(path: Path) -> dict[str, Any]:
         raise PolicyError(f"'busy_probe' in {path} must be a URL string")
     if not isinstance(data.get("busy_header", False), bool):
         raise PolicyError(f"'busy_header' in {path} must be true or false")
+    ports = data.get("allow_ports", [])
+    if not isinstance(ports, list) or not all(
+        isinstance(port, int) and not isinstance(port, bool) for port in ports
+    ):
+        raise PolicyError(f"'allow_ports' in {path} must be a list of port numbers")
     return data
 
 
-def build_policy(allow: list[str], *, deploy: bool = True) -> Policy:
-    """The policy of these rule texts (:class:`PolicyError` on the first bad one)."""
-    return Policy(tuple(Rule.parse(text) for text in allow), deploy=deploy)
+def parse_port(value: int | str) -> int:
+    """A TCP port number (1-65535) from an option or a config value; :class:`PolicyError`."""
+    try:
+        port = int(value)
+    except ValueError:
+        raise PolicyError(f"a port is a number from 1 to 65535, got {value!r}") from None
+    if not 1 <= port <= 65535:
+        raise PolicyError(f"a port is a number from 1 to 65535, got {value!r}")
+    return port
+
+
+def build_policy(
+    allow: list[str], *, deploy: bool = True, ports: list[int | str] | None = None
+) -> Policy:
+    """The policy of these rule texts and ports (:class:`PolicyError` on the first bad one)."""
+    return Policy(
+        tuple(Rule.parse(text) for text in allow),
+        deploy=deploy,
+        ports=frozenset(parse_port(port) for port in ports or ()),
+    )

@@ -449,8 +449,12 @@ class Agent:
                 task.add_done_callback(tasks.discard)
 
     async def _report_status(self, http: httpx.AsyncClient) -> None:
-        """POST the USB status (and busy/idle, once known) on connect and on each change."""
+        """POST the USB status (and busy/idle, once known) on connect and on each change,
+        with the TCP ports the policy allows (so the cloud refuses others before asking,
+        and its console shows the command to reach them). A server that predates the
+        ports field (422) gets the report without it."""
         last: tuple[UsbStatus, bool | None] | None = None
+        ports: list[int] | None = sorted(self._options.policy.ports)
         while True:
             self.busy.changed.clear()
             status = (await asyncio.to_thread(usb_status), self.busy.busy)
@@ -461,8 +465,14 @@ class Agent:
                 body: dict[str, object] = {"usb_status": status[0]}
                 if status[1] is not None:
                     body["busy"] = status[1]
+                if ports is not None:
+                    body["tcp_ports"] = ports
                 try:
                     response = await http.post(url, json=body, headers=headers)
+                    if response.status_code == 422 and ports is not None:
+                        _LOGGER.info("agent: the server does not take tcp_ports; reporting without")
+                        ports = None
+                        continue
                     if response.status_code == 204:
                         last = status
                         _LOGGER.info("agent: reported status %s", body)

@@ -100,6 +100,32 @@ _ALL = (
         "The agent's own policy refused a proxied request (403 forbidden_by_agent).",
         ("method", "path"),
     ),
+    Action(
+        "forward.opened",
+        "device",
+        "A TCP forward to a port of the device's PC opened (the agent accepted it).",
+        ("port", "forward_id"),
+    ),
+    Action(
+        "forward.closed",
+        "device",
+        "A TCP forward ended: bytes each way, how long it lasted and why it ended.",
+        (
+            "port",
+            "forward_id",
+            "reason",
+            "close_code",
+            "bytes_to_device",
+            "bytes_from_device",
+            "duration_seconds",
+        ),
+    ),
+    Action(
+        "forward.refused",
+        "device",
+        "A TCP forward was refused: the port is not one the device's agent allows.",
+        ("port", "reason"),
+    ),
 )
 
 #: Every action by name.

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from fastapi import Depends, Request
+from fastapi import Depends
+from starlette.requests import HTTPConnection
 
 from visiona.auth.sessions import SessionStore
 from visiona.kit.deps import open_connection, runtime_of
@@ -30,7 +31,7 @@ class Principal:
     via_cookie: bool
 
 
-def bearer_token(request: Request) -> str | None:
+def bearer_token(request: HTTPConnection) -> str | None:
     """The token of an ``Authorization: Bearer`` header, if any."""
     header = request.headers.get("authorization")
     if not header:
@@ -41,7 +42,7 @@ def bearer_token(request: Request) -> str | None:
     return value.strip()
 
 
-def _same_origin(request: Request) -> bool:
+def _same_origin(request: HTTPConnection) -> bool:
     origin = request.headers.get("origin")
     host = request.headers.get("host")
     if not origin or not host or origin == "null":
@@ -49,8 +50,12 @@ def _same_origin(request: Request) -> bool:
     return urlsplit(origin).netloc.lower() == host.lower()
 
 
-async def current_principal(request: Request) -> Principal:
-    """Authenticate the caller (401 otherwise); enforce same-origin for cookie writes."""
+async def current_principal(request: HTTPConnection) -> Principal:
+    """Authenticate the caller (401 otherwise); enforce same-origin for cookie writes.
+
+    A WebSocket handshake (no HTTP method in its scope) counts as a write: with the
+    cookie it must come from the same origin (browsers do not apply CORS to WebSockets).
+    """
     token = bearer_token(request)
     via_cookie = False
     if token is None:
@@ -64,7 +69,8 @@ async def current_principal(request: Request) -> Principal:
     session = await SESSIONS.of(request.app).touch(hash_token(token), open_connection(request))
     if session is None:
         raise UnauthorizedError("Session expired or not valid.")
-    if via_cookie and request.method not in _SAFE_METHODS and not _same_origin(request):
+    method = request.scope.get("method")
+    if via_cookie and method not in _SAFE_METHODS and not _same_origin(request):
         raise CsrfError()
     return Principal(user_id=session.user_id, token=token, via_cookie=via_cookie)
 

@@ -1,4 +1,5 @@
-"""Client commands: login/logout, models, devices, deployments, pairing tokens, audit trail.
+"""Client commands: login/logout, models, devices, deployments, pairing tokens, audit trail,
+and ``forward`` (a TCP port of a device's PC, :mod:`visiona.client.forward`).
 
 They talk to a running server over HTTP with the session token saved by ``login``
 (:mod:`visiona.client.config`). Every failure prints one line, ``error: ...``, on
@@ -655,10 +656,71 @@ def render_audit_events(items: list[dict[str, Any]]) -> str:
     return _text(table) + f"{len(items)} event(s)"
 
 
+# -- forward ------------------------------------------------------------------------
+
+
+@one_line_errors
+def forward(
+    device: Annotated[
+        str,
+        typer.Argument(
+            metavar="DEVICE", help="The device's id, a unique prefix of it, or its unique name."
+        ),
+    ],
+    spec: Annotated[
+        str,
+        typer.Argument(
+            metavar="[LOCAL_ADDR:]LOCAL_PORT:REMOTE_PORT | PORT",
+            help="Where to listen and which port of the device's PC to reach (with "
+            "--stdio: only the port).",
+        ),
+    ],
+    stdio: Annotated[
+        bool,
+        typer.Option(
+            "--stdio",
+            help="Carry standard input and output instead of listening (for ssh's ProxyCommand).",
+        ),
+    ] = False,
+    server: ServerOption = None,
+) -> None:
+    """Reach a TCP port of a device's PC through its tunnel (the agent must allow the port:
+    `visiona agent --allow-port N`).
+
+    `visiona forward DEVICE 2222:22` listens on 127.0.0.1:2222 and carries each
+    connection to port 22 of the device's PC; Ctrl-C stops it.
+    `ssh -o ProxyCommand='visiona forward --stdio %h 22' user@DEVICE` reaches its sshd.
+    """
+    from visiona.client import forward as forwarding  # noqa: PLC0415 - websockets only when run
+
+    if stdio:
+        address, local, remote = "", 0, forwarding.parse_port(spec)
+    else:
+        address, local, remote = forwarding.parse_spec(spec)
+    credentials = load_credentials()
+    if credentials is None:
+        raise _fail("not logged in; run `visiona login` first")
+    base = server or credentials.server
+    device_id = device.lower()
+    if not forwarding.is_uuid(device) or not stdio:
+        # --stdio with a whole id asks nothing first (ssh waits on it); a listener checks
+        # the device and the port before it listens
+        with _session(base) as api:
+            if not forwarding.is_uuid(device):
+                items = list(api.pages("/devices", {"limit": "200"}))
+                device_id = forwarding.resolve_device(items, device)
+            if not stdio:
+                forwarding.check_port(api.call("GET", f"/devices/{_path_id(device_id)}"), remote)
+    target = forwarding.Target(base, credentials.token, device_id, remote)
+    code = forwarding.run(target, stdio=stdio, address=address, port=local)
+    raise typer.Exit(code)
+
+
 def register(app: typer.Typer) -> None:
     """Add the client commands to the root ``visiona`` command."""
     app.command("login")(login)
     app.command("logout")(logout)
+    app.command("forward")(forward)
     app.add_typer(models_app, name="models")
     app.add_typer(devices_app, name="devices")
     app.add_typer(deployments_app, name="deployments")

@@ -117,6 +117,10 @@ class Forwarder:
             raise NodeUnreachableError() from err
         return ForwardedResponse(answer)
 
+    def internal_headers(self, *, user_id: uuid.UUID, client: str | None) -> dict[str, str]:
+        """The headers an internal call carries: the token, the user, the client address."""
+        return {TOKEN_HEADER: self._token, USER_HEADER: str(user_id), CLIENT_HEADER: client or ""}
+
     async def call(
         self,
         owner: Owner,

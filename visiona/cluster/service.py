@@ -62,6 +62,11 @@ class Peer:
             self.owner, request, device_id=device_id, target=target, prefix=prefix, user_id=user_id
         )
 
+    def internal_headers(self, *, user_id: uuid.UUID, client: str | None) -> dict[str, str]:
+        """The headers a call of another kind (a WebSocket) to the node's internal routes
+        carries: the internal token, the original user and the client's address."""
+        return self._forwarder.internal_headers(user_id=user_id, client=client)
+
     async def call(self, path: str, *, user_id: uuid.UUID, body: dict[str, Any]) -> Handed:
         """POST ``body`` to the node's internal route ``path`` (under ``/internal/v1``)."""
         return await self._forwarder.call(self.owner, path, user_id=user_id, body=body)

@@ -65,6 +65,33 @@ def busy_badge(device: Device) -> Badge:
     return Badge("Idle", "online")
 
 
+@dataclass(frozen=True)
+class ForwardCommand:
+    """A command to copy that reaches one port the device's agent allows."""
+
+    port: int
+    command: str
+
+
+def forward_commands(device: Device) -> list[ForwardCommand]:
+    """The commands reaching the ports the device's agent allows (``visiona forward``):
+    ``ssh`` through ``--stdio`` for port 22, a local listener for every port (on the same
+    number, or 10000 + it below 1024, which needs no privilege)."""
+    ports = device.tcp_ports or []
+    device_id = device.id
+    commands: list[ForwardCommand] = []
+    for port in ports:
+        if port == 22:
+            commands.append(
+                ForwardCommand(
+                    port, f"ssh -o ProxyCommand='visiona forward --stdio %h 22' USER@{device_id}"
+                )
+            )
+        local = port if port >= 1024 else 10000 + port
+        commands.append(ForwardCommand(port, f"visiona forward {device_id} {local}:{port}"))
+    return commands
+
+
 def usb_label(device: Device) -> str:
     """The dongle's USB status as the console shows it."""
     return {"online": "Connected", "offline": "Disconnected"}.get(str(device.status), "Unknown")
@@ -205,6 +232,7 @@ def environment() -> Environment:
     env.globals.update(
         tunnel_badge=tunnel_badge,
         busy_badge=busy_badge,
+        forward_commands=forward_commands,
         usb_label=usb_label,
         pairing_state=pairing_state,
         session_state=session_state,

@@ -248,11 +248,12 @@ async def renew_session(device: CurrentDevice, conn: Conn, settings: SettingsDep
 async def report_status(
     body: AgentStatusRequest, device: CurrentDevice, conn: Conn, hub: HubDep
 ) -> Response:
-    """Store `usb_status` (online | offline | unknown) as the device's `status`, and `busy`
-    (when given) as its `busy` flag; the node holding the device's tunnel also keeps the
+    """Store `usb_status` (online | offline | unknown) as the device's `status`, `busy`
+    (when given) as its `busy` flag and `tcp_ports` (when given) as the TCP ports its
+    agent allows; the node holding the device's tunnel also keeps the
     flag in memory, so `VISIONA_PROXY_DURING_DEPLOY=refuse` answers 429 without a tunnel
     round trip. Authenticated by `Authorization: Bearer <session token>`."""
-    await service.report_usb_status(conn, device, body.usb_status, body.busy)
+    await service.report_usb_status(conn, device, body.usb_status, body.busy, body.tcp_ports)
     if body.busy is not None:
         hub.report_busy(device.device_id, body.busy)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

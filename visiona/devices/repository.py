@@ -35,6 +35,8 @@ class Device:
     remote_status: RemoteStatus
     status: UsbStatus
     busy: bool
+    #: the TCP ports the agent allows, as it last reported (None: it never said)
+    tcp_ports: list[int] | None
     last_seen_at: datetime | None
     last_connected_at: datetime | None
     paired_at: datetime | None
@@ -260,10 +262,19 @@ async def set_usb_status(
     device_id: uuid.UUID,
     status: UsbStatus,
     now: datetime,
+    *,
     busy: bool | None = None,
+    tcp_ports: list[int] | None = None,
 ) -> bool:
-    """Store the agent-reported USB status (and busy flag, unless None) of a live device."""
+    """Store the agent-reported USB status (and busy flag, unless None; and the allowed TCP
+    ports, unless None) of a live device."""
     params: dict[str, Any] = {"device_id": device_id, "usb_status": status, "now": now}
+    if tcp_ports is not None:
+        values: dict[str, Any] = {"tcp_ports": sorted(set(tcp_ports))}
+        if busy is not None:
+            values["busy"] = busy
+        stmt = _SET_USB_STATUS.values(**values)
+        return (await conn.execute(stmt, params)).one_or_none() is not None
     if busy is None:
         return (await conn.execute(_SET_USB_STATUS, params)).one_or_none() is not None
     params["busy"] = busy

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -52,6 +53,12 @@ class DeviceOut(BaseModel):
         description="The agent reported its local service busy (busy probe or "
         "`X-Visiona-Busy` header); false when it never said or a tunnel just came up."
     )
+    tcp_ports: list[int] | None = Field(
+        None,
+        description="TCP ports on the device's PC its agent lets the cloud reach "
+        "(`visiona agent --allow-port`; `GET /devices/{id}/tcp/{port}`), as it last "
+        "reported; null when the agent never said (an older agent).",
+    )
     last_seen_at: datetime | None
     last_connected_at: datetime | None
     paired_at: datetime | None
@@ -98,4 +105,9 @@ class AgentStatusRequest(BaseModel):
     usb_status: UsbStatus
     busy: bool | None = Field(
         None, description="The local service is busy (true) or idle (false); omitted: unknown."
+    )
+    tcp_ports: list[Annotated[int, Field(ge=1, le=65535)]] | None = Field(
+        None,
+        max_length=1024,
+        description="The TCP ports the agent allows (`--allow-port`); omitted: unchanged.",
     )

@@ -335,7 +335,11 @@ async def report_usb_status(
     device: DeviceIdentity,
     usb_status: UsbStatus,
     busy: bool | None = None,
+    tcp_ports: list[int] | None = None,
 ) -> None:
-    """Store the USB status (and the busy flag, when given) the agent reports for its device."""
-    if not await repository.set_usb_status(conn, device.device_id, usb_status, utcnow(), busy):
+    """Store the USB status (and the busy flag and allowed TCP ports, when given) the agent
+    reports for its device."""
+    if not await repository.set_usb_status(
+        conn, device.device_id, usb_status, utcnow(), busy=busy, tcp_ports=tcp_ports
+    ):
         raise tokens.agent_unauthorized()  # the device went away since authentication

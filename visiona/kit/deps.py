@@ -87,7 +87,7 @@ async def unit_of_work(request: Request) -> AsyncIterator[AsyncConnection]:
             request.state.unit_of_work = None
 
 
-def open_connection(request: Request) -> AsyncConnection | None:
+def open_connection(request: HTTPConnection) -> AsyncConnection | None:
     """The request's unit-of-work connection if one is open, else None."""
     conn: AsyncConnection | None = getattr(request.state, "unit_of_work", None)
     return conn

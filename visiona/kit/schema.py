@@ -72,6 +72,8 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 Labels = JSON().with_variant(postgresql.ARRAY(Text), "postgresql")
+#: A JSON list of TCP port numbers: JSONB on PostgreSQL, JSON text on SQLite.
+PortList = JSON().with_variant(postgresql.JSONB(), "postgresql")
 
 
 def _now() -> Any:
@@ -151,6 +153,8 @@ devices = Table(
     Column("paired_at", UTCDateTime, nullable=True),
     # the agent's local service says it is busy (reset when a tunnel comes up)
     Column("busy", Boolean, nullable=False, server_default=false()),
+    # the TCP ports the agent allows (`--allow-port`), as it last reported; NULL: never said
+    Column("tcp_ports", PortList, nullable=True),
     Column("deleted_at", UTCDateTime, nullable=True),
 )
 _live_device = devices.c.deleted_at.is_(None)

@@ -225,6 +225,38 @@ class Settings(BaseSettings):
         "the device is in progress or its agent reports the local service busy.",
     )
 
+    # -- TCP forwards (`/devices/{id}/tcp/{port}`, `visiona forward`) ------------
+    forward_max_per_device: int = Field(
+        8,
+        ge=1,
+        description="Forwarded TCP connections open at once per device on a node; beyond → "
+        "429 `too_many_forwards` before the WebSocket upgrade.",
+    )
+    forward_max_per_user: int = Field(
+        16,
+        ge=1,
+        description="Forwarded TCP connections open at once per user on a node; beyond → "
+        "429 `too_many_forwards`.",
+    )
+    forward_idle_timeout: float = Field(
+        1800.0,
+        gt=0,
+        description="Seconds a forwarded connection may carry no byte either way before it "
+        "is closed (WebSocket close 4408).",
+    )
+    forward_max_duration: float = Field(
+        43200.0,
+        gt=0,
+        description="Seconds a forwarded connection may stay open at most (12 h by default); "
+        "closed after with 4408.",
+    )
+    forward_connect_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds the cloud waits for the agent's answer to a TCP stream's header "
+        "(close 4504 after: an agent that predates TCP forwarding and a silent local service).",
+    )
+
     # -- audit trail (audit feature) ------------------------------------------
     audit_retention_days: int = Field(
         365,

@@ -41,6 +41,8 @@ from visiona.tunnel.errors import (
     ReservedPathError,
 )
 from visiona.tunnel.target import InvalidProxyPathError, forward_target
+from visiona.tunnel.tcp_endpoints import internal_router as internal_tcp_router
+from visiona.tunnel.tcp_endpoints import router as tcp_router
 
 _LOGGER = logging.getLogger(__name__)
 PROXY_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -51,6 +53,10 @@ _OURS = {
 router = APIRouter()
 #: The routes other nodes forward to (``/internal/v1/…``; never exposed publicly).
 internal_router = APIRouter(prefix=INTERNAL_PREFIX, include_in_schema=False)
+# ``/internal/v1/devices/{id}/tcp/{port}``: a TCP forward carried from another node
+internal_router.include_router(internal_tcp_router)
+# TCP forwards (`/devices/{id}/tcp/{port}`): a WebSocket route of the same feature
+router.include_router(tcp_router)
 
 
 def _bearer(websocket: WebSocket) -> str | None:

@@ -34,6 +34,7 @@ from visiona.kit.websocket import UpgradeAbandonedError
 from visiona.tokens import service as tokens
 from visiona.tunnel import conflict, repository
 from visiona.tunnel.errors import DeviceBusyError, TunnelUnavailableError
+from visiona.tunnel.forwards import Forwards
 from visiona.tunnel.link import TunnelLink
 from visiona.wire import (
     CLOSE_GOING_AWAY,
@@ -115,6 +116,8 @@ class TunnelHub:
         #: upgrades between the gate and their tunnel's registration (or their refusal)
         self._pending = 0
         self.capacity = _tunnel_capacity(settings.tunnel_fd_reserve)
+        #: the TCP forwards open through this node's tunnels (visiona/tunnel/tcp_endpoints.py)
+        self.forwards = Forwards(settings)
 
     # -- lifecycle ----------------------------------------------------------------
     async def start(self) -> None:
@@ -277,6 +280,7 @@ class TunnelHub:
             "Streams agents tried to open on this node (agents open none; each is reset).",
             self.streams_refused,
         )
+        self.forwards.register_metrics(metrics)
 
     # -- admission ------------------------------------------------------------------
     def admit(self, link: TunnelLink) -> Callable[[], None]:
