@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from tests.console.support import Live, pair_device, register
+from tests.support.console import Live, pair_device, register
 from visiona.console.views import (
     busy_badge,
     deployment_badge,
