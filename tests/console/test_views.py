@@ -37,6 +37,7 @@ DEVICE = Device(
     remote_status="offline",
     status="unknown",
     busy=False,
+    tcp_ports=None,
     last_seen_at=None,
     last_connected_at=None,
     paired_at=None,
