@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -154,14 +155,15 @@ def test_forms_post_so_a_password_never_lands_in_a_url(http: httpx.Client) -> No
 
 
 def test_forward_commands_give_ssh_for_22_and_a_listener_for_every_port() -> None:
-    device = {"id": "6f1c", "tcp_ports": [22, 80, 5900]}
+    device = dataclasses.replace(DEVICE, tcp_ports=[22, 80, 5900])
+    shown = str(device.id)
     assert [(c.port, c.command) for c in forward_commands(device)] == [
-        (22, "ssh -o ProxyCommand='visiona forward --stdio %h 22' USER@6f1c"),
-        (22, "visiona forward 6f1c 10022:22"),
-        (80, "visiona forward 6f1c 10080:80"),
-        (5900, "visiona forward 6f1c 5900:5900"),
+        (22, f"ssh -o ProxyCommand='visiona forward --stdio %h 22' USER@{shown}"),
+        (22, f"visiona forward {shown} 10022:22"),
+        (80, f"visiona forward {shown} 10080:80"),
+        (5900, f"visiona forward {shown} 5900:5900"),
     ]
-    assert forward_commands({"id": "6f1c", "tcp_ports": None}) == []
+    assert forward_commands(dataclasses.replace(DEVICE, tcp_ports=None)) == []
 
 
 def test_the_device_page_shows_the_commands_for_the_ports_the_agent_allows(
