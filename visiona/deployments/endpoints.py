@@ -30,7 +30,6 @@ from visiona.kit.errors import (
     BadRequestError,
     CsrfError,
     NotFoundError,
-    StorageUnavailableError,
     UnauthorizedError,
     ValidationFailedError,
 )
@@ -57,7 +56,6 @@ internal_router = APIRouter(prefix=INTERNAL_PREFIX, include_in_schema=False)
         ValidationFailedError,
         service.DeploymentOfflineError,
         service.DeploymentFailedError,
-        StorageUnavailableError,
     ),
 )
 async def create_deployment(
