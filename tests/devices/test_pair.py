@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -21,6 +22,7 @@ from tests.support.devices import (
     serial,
     set_pairing_expiry,
 )
+from visiona.kit.deps import RUNTIME
 from visiona.kit.schema import pairing_tokens, session_tokens
 from visiona.kit.tokens import hash_token
 
@@ -157,7 +159,9 @@ async def test_pair_is_rate_limited_per_client_address(
     app: FastAPI,
 ) -> None:
     rt = runtime(app)
-    rt.settings = rt.settings.model_copy(update={"pair_rate_limit": 3})
+    RUNTIME.provide(
+        app, dataclasses.replace(rt, settings=rt.settings.model_copy(update={"pair_rate_limit": 3}))
+    )
     address = f"10.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}"
     other = "192.0.2." + str(uuid.uuid4().int % 250)
     transport = httpx.ASGITransport(app=app, client=(address, 40000))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -11,6 +12,7 @@ from fastapi import FastAPI
 
 from tests.support.api import error_code, signup
 from tests.support.devices import API, pair, pairing_token, runtime
+from visiona.kit.deps import RUNTIME
 from visiona.kit.tokens import hash_token
 
 
@@ -53,7 +55,12 @@ async def test_ttl_over_the_configured_maximum_is_a_validation_error(
         assert response.status_code == 422, ttl
         assert error_code(response) == "validation_error"
     rt = runtime(app)
-    rt.settings = rt.settings.model_copy(update={"pairing_token_max_ttl": 600})
+    RUNTIME.provide(
+        app,
+        dataclasses.replace(
+            rt, settings=rt.settings.model_copy(update={"pairing_token_max_ttl": 600})
+        ),
+    )
     capped = await client.post(
         f"{API}/pairing-tokens", json={"ttl_seconds": 601}, headers=user.headers
     )

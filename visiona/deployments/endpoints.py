@@ -29,7 +29,6 @@ from visiona.kit.errors import (
     BadRequestError,
     CsrfError,
     NotFoundError,
-    StorageUnavailableError,
     UnauthorizedError,
     ValidationFailedError,
 )
@@ -56,7 +55,6 @@ internal_router = APIRouter(prefix=INTERNAL_PREFIX, include_in_schema=False)
         ValidationFailedError,
         service.DeploymentOfflineError,
         service.DeploymentFailedError,
-        StorageUnavailableError,
     ),
 )
 async def create_deployment(
