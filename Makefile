@@ -44,7 +44,7 @@ run: install
 lint: install-dev
 	$(VENV)/bin/ruff check visiona tests bench testkit
 	$(VENV)/bin/ruff format --check visiona tests bench testkit
-	$(VENV)/bin/mypy visiona
+	$(VENV)/bin/mypy visiona tests bench testkit
 
 format: install-dev
 	$(VENV)/bin/ruff format visiona tests bench testkit

@@ -40,7 +40,7 @@ PRUNE_ROWS = 20_000
 
 
 def _database(url: str, data_dir: Path) -> Database:
-    settings = Settings(_env_file=None, database_url=url, data_dir=data_dir)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, database_url=url, data_dir=data_dir)
     return Database(settings.build_engine(), settings.database_target)
 
 

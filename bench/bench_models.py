@@ -13,6 +13,7 @@ Reproduce: ``.venv/bin/python -m bench models`` (or ``make bench``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import socket
@@ -118,14 +119,14 @@ def main() -> None:
             with ApiClient(url, token, timeout=120) as api:
                 for round_ in range(ROUNDS):
                     copy = root / f"copy-{round_}.nef"
-                    copies.append(_timed(lambda c=copy: shutil.copyfile(source, c)))
+                    copies.append(_timed(functools.partial(shutil.copyfile, source, copy)))
                     copy.unlink()
                     started = time.perf_counter()
                     model = api.upload_model(source, chip="kl520", name="bench", labels=[])
                     uploads.append(time.perf_counter() - started)
                     model_id = str(model["id"])
                     dest = root / f"download-{round_}.nef"
-                    downloads.append(_timed(lambda d=dest, m=model_id: api.download_model(m, d)))
+                    downloads.append(_timed(functools.partial(api.download_model, model_id, dest)))
                     dest.unlink()
                     api.call("DELETE", f"/models/{model_id}")
     copy_rate = _rate(statistics.median(copies))

@@ -76,7 +76,7 @@ class Proc:
                 event: dict[str, Any] = json.loads(line)
                 if event.get("event") == name:
                     return event
-        raise RuntimeError(f"{self.proc.args} exited before {name!r}")
+        raise RuntimeError(f"{self.proc.args!r} exited before {name!r}")
 
     def stop(self) -> None:
         """Terminate and reap."""

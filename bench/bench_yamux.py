@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import uvloop
 
@@ -80,7 +80,7 @@ class _Source(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Keep the transport to write on."""
-        self.transport = transport  # type: ignore[assignment]  # a stream socket's transport
+        self.transport = cast("asyncio.Transport", transport)  # a stream socket's transport
 
     def pause_writing(self) -> None:
         """The socket buffer is full: the writer waits on ``writable``."""

@@ -13,20 +13,26 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from typing import Generic
 
 import uvicorn
 from fastapi import FastAPI
+from starlette.applications import Starlette
+from typing_extensions import TypeVar
 
 from visiona.kit.serve import server_config
 from visiona.kit.settings import Settings
 from visiona.wire import API_PREFIX, TUNNEL_PATH
 
+#: The served application: the visionA app, or any Starlette app (a device's service).
+AppT = TypeVar("AppT", bound=Starlette, default=FastAPI)
+
 
 @dataclass(frozen=True)
-class LiveServer:
+class LiveServer(Generic[AppT]):
     """An application served by uvicorn on a loopback port."""
 
-    app: FastAPI
+    app: AppT
     port: int
 
     @property
@@ -40,7 +46,7 @@ class LiveServer:
         return f"ws://127.0.0.1:{self.port}{API_PREFIX}{TUNNEL_PATH}"
 
 
-def _server(app: FastAPI, settings: Settings | None = None) -> uvicorn.Server:
+def _server(app: Starlette, settings: Settings | None = None) -> uvicorn.Server:
     """With ``settings``, configured exactly as ``visiona serve`` does it
     (:func:`visiona.kit.serve.server_config`); without, as a plain uvicorn (a device)."""
     if settings is not None:
@@ -66,7 +72,7 @@ def _port(server: uvicorn.Server) -> int:
 
 
 @contextlib.asynccontextmanager
-async def serve_app(app: FastAPI, settings: Settings | None = None) -> AsyncIterator[LiveServer]:
+async def serve_app(app: AppT, settings: Settings | None = None) -> AsyncIterator[LiveServer[AppT]]:
     """Run ``app`` (lifespan included) in uvicorn on 127.0.0.1, port 0, in this event loop."""
     server = _server(app, settings)
     task = asyncio.create_task(server.serve())
@@ -84,8 +90,8 @@ async def serve_app(app: FastAPI, settings: Settings | None = None) -> AsyncIter
 
 @contextlib.contextmanager
 def serve_in_thread(
-    app: FastAPI, settings: Settings | None = None, *, timeout: float = 30
-) -> Iterator[LiveServer]:
+    app: AppT, settings: Settings | None = None, *, timeout: float = 30
+) -> Iterator[LiveServer[AppT]]:
     """Run ``app`` like :func:`serve_app`, in a background thread with its own loop."""
     server = _server(app, settings)
     thread = threading.Thread(target=server.run, name="live-server", daemon=True)

@@ -79,8 +79,9 @@ class Balanced:
             await redis.aclose()
         if raw is None:
             return None
-        match = re.search(rb'"node": "([^"]+)"', raw)
-        return match.group(1).decode() if match else None
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        match = re.search(r'"node": "([^"]+)"', text)
+        return match.group(1) if match else None
 
 
 def node_env(**settings: str) -> dict[str, str]:

@@ -93,30 +93,31 @@ class PostgresServer:
         """Start the server on :attr:`port` and wait until it accepts connections."""
         if not self._data.exists():
             self.init()
-        log = self._log.open("ab")
-        self._proc = subprocess.Popen(
-            self._cmd(
-                str(self._bindir / "postgres"),
-                "-D",
-                str(self._data),
-                "-p",
-                str(self.port),
-                "-k",
-                str(self._root),
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-c",
-                "fsync=off",
-                "-c",
-                "synchronous_commit=off",
-                "-c",
-                "full_page_writes=off",
-                "-c",
-                "max_connections=200",
-            ),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        # The child keeps its own descriptor of the log: ours is closed once it started.
+        with self._log.open("ab") as log:
+            self._proc = subprocess.Popen(
+                self._cmd(
+                    str(self._bindir / "postgres"),
+                    "-D",
+                    str(self._data),
+                    "-p",
+                    str(self.port),
+                    "-k",
+                    str(self._root),
+                    "-c",
+                    "listen_addresses=127.0.0.1",
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "synchronous_commit=off",
+                    "-c",
+                    "full_page_writes=off",
+                    "-c",
+                    "max_connections=200",
+                ),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         _wait_port(self.port, 30, self._proc, self._log)
         self._wait_ready()
 
@@ -221,26 +222,27 @@ class RedisServer:
     def start(self) -> None:
         """Start and wait until it listens."""
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-        log = self._log.open("ab")
-        self._proc = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self._root),
-                "--daemonize",
-                "no",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        # The child keeps its own descriptor of the log: ours is closed once it started.
+        with self._log.open("ab") as log:
+            self._proc = subprocess.Popen(
+                [
+                    binary,
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(self._root),
+                    "--daemonize",
+                    "no",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
         _wait_port(self.port, 15, self._proc, self._log)
 
     def stop(self) -> None:

@@ -5,8 +5,9 @@ Every repository and API test that touches SQL runs on both SQLite and PostgreSQ
 (the ``settings`` fixture is parametrized); the schema is always built by the
 migrations, never by ``create_all``. Isolation: on SQLite every test has its own
 database file; on PostgreSQL every test module has its own database, cloned with
-``CREATE DATABASE … TEMPLATE`` from one migrated once per run (a clone takes a few
-milliseconds where migrating takes seconds).
+``CREATE DATABASE … TEMPLATE`` from one migrated once per run (a clone takes a fraction
+of a second where migrating takes seconds), and every table is emptied after each test;
+Redis is flushed (``FLUSHDB``) before each test that uses it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
+from testkit.isolation import PgAdmin, flush_redis
 from testkit.live import LiveServer, serve_app
 from testkit.servers import PostgresServer, RedisServer
 from tests.support.settings import LIFESPAN_TIMEOUT, make_settings
@@ -88,10 +90,38 @@ def pg_template(postgres: PostgresServer) -> str:
     return name
 
 
+@pytest.fixture(scope="session")
+def pg_admin(postgres: PostgresServer) -> Iterator[PgAdmin]:
+    """Administrative connections to the run's PostgreSQL (clones, drops, truncation)."""
+    admin = PgAdmin(postgres)
+    yield admin
+    admin.close()
+
+
 @pytest.fixture(scope="module")
-def pg_url(postgres: PostgresServer, pg_template: str) -> str:
-    """This test module's own PostgreSQL database, migrated to head."""
-    return postgres.clone_database(pg_template)
+def _pg_module_db(pg_admin: PgAdmin, pg_template: str) -> Iterator[str]:
+    """This test module's PostgreSQL database, cloned from the migrated template."""
+    name = pg_admin.clone(pg_template)
+    yield name
+    pg_admin.drop(name)
+
+
+@pytest.fixture
+def pg_url(postgres: PostgresServer, pg_admin: PgAdmin, _pg_module_db: str) -> Iterator[str]:
+    """A PostgreSQL database migrated to head, empty for this test.
+
+    The module's database, every table emptied after each test (``TRUNCATE``): measured
+    faster than cloning a database per test, and as clean (the migrations seed no rows).
+    """
+    yield postgres.url(_pg_module_db)
+    pg_admin.truncate(_pg_module_db)
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The run's Redis, emptied for this test (``FLUSHDB``)."""
+    flush_redis(redis_server.url)
+    return redis_server.url
 
 
 @pytest.fixture(params=BACKENDS)
@@ -108,8 +138,8 @@ def settings(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Se
         migrate.upgrade(url)
         return make_settings(database_url=url, data_dir=tmp_path, redis_url=None)
     pg = request.getfixturevalue("pg_url")
-    redis = request.getfixturevalue("redis_server")
-    return make_settings(database_url=pg, data_dir=tmp_path, redis_url=redis.url)
+    redis = request.getfixturevalue("redis_url")
+    return make_settings(database_url=pg, data_dir=tmp_path, redis_url=redis)
 
 
 @pytest.fixture

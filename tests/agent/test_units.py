@@ -74,9 +74,9 @@ def _fake_usb(monkeypatch: pytest.MonkeyPatch, find: object) -> list[dict[str, o
         return find
 
     core = types.ModuleType("usb.core")
-    core.find = record  # type: ignore[attr-defined]
+    monkeypatch.setattr(core, "find", record, raising=False)
     package = types.ModuleType("usb")
-    package.core = core  # type: ignore[attr-defined]
+    monkeypatch.setattr(package, "core", core, raising=False)
     monkeypatch.setitem(sys.modules, "usb", package)
     monkeypatch.setitem(sys.modules, "usb.core", core)
     monkeypatch.setattr(usb, "_BACKENDS", usb.BackendCache(probe=lambda: _BACKEND))
@@ -98,7 +98,12 @@ def test_usb_status_looks_for_kneron_vendor_id(monkeypatch: pytest.MonkeyPatch) 
 
 def test_a_found_backend_is_looked_up_once() -> None:
     probes: list[int] = []
-    cache = usb.BackendCache(probe=lambda: probes.append(1) or _BACKEND)
+
+    def probe() -> object:
+        probes.append(1)
+        return _BACKEND
+
+    cache = usb.BackendCache(probe=probe)
     assert cache.get() is _BACKEND
     assert cache.get() is _BACKEND
     assert probes == [1]

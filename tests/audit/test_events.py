@@ -232,7 +232,7 @@ async def _events_settle(http: httpx.AsyncClient, user: User, device_id: str, co
 
     async def enough() -> bool:
         items = await trail(http, user, target_type="device", target_id=device_id)
-        return sum(item["action"].startswith("tunnel.") for item in items) >= count
+        return sum(bool(item["action"].startswith("tunnel.")) for item in items) >= count
 
     await wait_for(enough)
 

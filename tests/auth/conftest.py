@@ -34,5 +34,5 @@ def settings(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Se
     pg = request.getfixturevalue("pg_url")
     if backend == "postgres-no-redis":
         return make_settings(database_url=pg, data_dir=tmp_path, redis_url=None)
-    redis = request.getfixturevalue("redis_server")
-    return make_settings(database_url=pg, data_dir=tmp_path, redis_url=redis.url)
+    redis = request.getfixturevalue("redis_url")
+    return make_settings(database_url=pg, data_dir=tmp_path, redis_url=redis)

@@ -13,7 +13,7 @@ import pytest
 from redis.asyncio import Redis
 from sqlalchemy import event, select
 
-from testkit.servers import RedisServer, free_port
+from testkit.servers import free_port
 from tests.support.settings import make_settings
 from visiona.auth.repository import insert_user
 from visiona.auth.sessions import MemorySessionStore, RedisSessionStore, SqlSessionStore
@@ -67,8 +67,8 @@ async def test_memory_session_delete_ends_it() -> None:
 
 
 @pytest.fixture
-async def redis_client(redis_server: RedisServer) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_server.url)
+async def redis_client(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
     yield client
     await client.aclose()
 

@@ -59,7 +59,7 @@ def nodes(env: dict[str, str]) -> Iterator[tuple[Node, Node]]:
 @pytest.fixture
 async def device_port() -> AsyncIterator[int]:
     """The device's local HTTP service on a loopback port."""
-    async with serve_app(device_app()) as service:  # type: ignore[arg-type] - any ASGI app
+    async with serve_app(device_app()) as service:
         yield service.port
 
 
@@ -196,7 +196,7 @@ async def test_a_node_starting_keeps_the_other_nodes_devices_online(
         async with connect_agent(_as_server(a), token, forward_to(device_port)):
 
             async def online() -> bool:
-                return await _status(via_a, user.headers, device_id) == "online"
+                return bool(await _status(via_a, user.headers, device_id) == "online")
 
             await wait_for(online)
             # In a thread: the test's agent must keep answering keepalives meanwhile.

@@ -61,7 +61,7 @@ def cluster(postgres: PostgresServer, redis_server: RedisServer) -> Iterator[Bal
 @pytest.fixture
 async def device_port() -> AsyncIterator[int]:
     """The device's local HTTP service on a loopback port."""
-    async with serve_app(device_app()) as service:  # type: ignore[arg-type] - any ASGI app
+    async with serve_app(device_app()) as service:
         yield service.port
 
 
@@ -182,7 +182,7 @@ async def test_transfers_the_killed_node_ran_are_failed_and_none_stays_transferr
         # Nobody was waiting on B's own transfer: A's sweep notices its lease expired.
         async def swept() -> bool:
             records = await deployments_of(via_a, user, direct_device)
-            return records[0]["status"] == "failed"
+            return bool(records[0]["status"] == "failed")
 
         await wait_for(swept, limit=60)
         record = (await deployments_of(via_a, user, direct_device))[0]

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from playwright.sync_api import Page, sync_playwright
+from playwright.sync_api import Page, ViewportSize, sync_playwright
 
 from tests.support.console import (
     API,
@@ -34,8 +34,8 @@ from tests.support.console import (
 )
 from tests.support.settings import make_settings
 
-DESKTOP = {"width": 1280, "height": 760}
-PHONE = {"width": 375, "height": 720}
+DESKTOP: ViewportSize = {"width": 1280, "height": 760}
+PHONE: ViewportSize = {"width": 375, "height": 720}
 
 
 def _agent(

@@ -6,7 +6,7 @@ import re
 
 import httpx
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Dialog, Page, expect
 
 from tests.support.console import (
     PASSWORD,
@@ -72,7 +72,12 @@ def test_user_text_is_shown_as_text_everywhere(
         f"/api/v1/models/{model['id']}", json={"labels": [XSS]}, headers=account.headers
     ).raise_for_status()
     dialogs: list[str] = []
-    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+
+    def dismiss(dialog: Dialog) -> None:
+        dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    page.on("dialog", dismiss)
     sign_in(page.context, live, account)
     for path in ("/devices", f"/devices/{paired['device_id']}", "/models", "/pairing-tokens"):
         page.goto(path)

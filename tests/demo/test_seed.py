@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
+import typer
 from asgi_lifespan import LifespanManager
 from sqlalchemy import func, select
 from typer.testing import CliRunner
@@ -155,7 +156,7 @@ def test_seed_demo_refuses_when_the_demo_email_belongs_to_someone_else(
             await db.dispose()
 
     asyncio.run(squat())
-    with pytest.raises(cli.typer.Exit):
+    with pytest.raises(typer.Exit):
         cli.seed_demo_at_startup(fresh_settings.model_copy(update={"seed_demo_data": True}))
     assert "demo data not created" in capsys.readouterr().err
     assert asyncio.run(_counts(fresh_settings))["devices"] == 0

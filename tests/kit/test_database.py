@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
@@ -18,9 +19,9 @@ from visiona.kit.settings import Settings
 
 
 @pytest.fixture
-async def db(settings: Settings) -> Database:
+async def db(settings: Settings) -> AsyncIterator[Database]:
     database = Database(settings.build_engine(), settings.database_target)
-    yield database  # type: ignore[misc]  # async generator fixture
+    yield database
     await database.dispose()
 
 
@@ -96,6 +97,7 @@ async def test_unreachable_postgres_is_database_unavailable() -> None:
 
 async def _driver_in_transaction(conn: AsyncConnection) -> bool:
     raw = (await conn.get_raw_connection()).driver_connection
+    assert raw is not None
     if hasattr(raw, "is_in_transaction"):  # asyncpg
         return bool(raw.is_in_transaction())
     return bool(raw.in_transaction)  # aiosqlite → sqlite3

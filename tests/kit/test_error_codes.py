@@ -41,7 +41,8 @@ def _emitted_classes() -> set[tuple[int, str]]:
         # __main__ runs the CLI; the migrations run only inside alembic.
         if not module.name.endswith("__main__") and ".migrations" not in module.name:
             importlib.import_module(module.name)
-    return {(err.status_code, err.code) for err in {AppError, *_subclasses(AppError)}}
+    classes: set[type[AppError]] = {AppError, *_subclasses(AppError)}
+    return {(err.status_code, err.code) for err in classes}
 
 
 def _literal_codes() -> set[str]:

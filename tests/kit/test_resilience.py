@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -57,11 +58,11 @@ async def http(
             yield client
 
 
-async def _eventually(client: httpx.AsyncClient, method: str, url: str, **kw: object) -> int:
+async def _eventually(client: httpx.AsyncClient, method: str, url: str, **kw: Any) -> int:
     """Retry for a few seconds until the request stops failing with 503."""
     status = 0
     for _ in range(50):
-        status = (await client.request(method, url, **kw)).status_code  # type: ignore[arg-type]
+        status = (await client.request(method, url, **kw)).status_code
         if status != 503:
             return status
         await asyncio.sleep(0.1)

@@ -44,7 +44,7 @@ def test_environment_prefix_and_env_file(tmp_path: Path, monkeypatch: pytest.Mon
     env_file = tmp_path / ".env"
     env_file.write_text("VISIONA_PORT=9999\nVISIONA_LOG_FORMAT=json\n")
     monkeypatch.setenv("VISIONA_SESSION_IDLE_TTL", "60")
-    settings = Settings(_env_file=env_file)  # type: ignore[call-arg]
+    settings = Settings(_env_file=env_file)
     assert settings.port == 9999
     assert settings.log_format == "json"
     assert settings.session_idle_ttl == 60

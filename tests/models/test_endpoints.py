@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -172,7 +173,9 @@ async def test_over_the_limit_is_a_413_with_no_row_no_object_no_temp_file(
     user = await signup(client)
     limit = settings.model_max_bytes
 
-    async def body() -> object:  # chunked: no Content-Length, the stream itself is counted
+    async def body() -> AsyncIterator[
+        bytes
+    ]:  # chunked: no Content-Length, the stream itself is counted
         yield multipart_head({"target_chip": "kl520"})
         block = nef(256 * 1024)
         for _ in range(limit // len(block) + 1):
@@ -203,7 +206,7 @@ async def test_unknown_chip_is_refused_before_the_file_is_stored(
     user = await signup(client)
     sent = 0
 
-    async def body() -> object:
+    async def body() -> AsyncIterator[bytes]:
         nonlocal sent
         yield multipart_head({"target_chip": "kl999"})
         for _ in range(64):

@@ -76,7 +76,7 @@ async def test_over_the_limit_or_a_failing_source_leaves_nothing() -> None:
 
 
 async def test_the_default_store_is_a_directory_under_data_dir(tmp_path: Path) -> None:
-    settings = Settings(_env_file=None, data_dir=tmp_path)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, data_dir=tmp_path)
     storage = ObjectStorage.from_settings(settings)
     assert storage.target == f"local:{tmp_path}/objects"
     stored = await storage.put_stream(
@@ -93,12 +93,12 @@ def test_keys_are_built_by_the_server() -> None:
 
 
 def test_memory_url_and_options_from_settings() -> None:
-    settings = Settings(_env_file=None, storage_url="memory://")  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, storage_url="memory://")
     assert ObjectStorage.from_settings(settings).target == "memory://"
 
 
 def test_bad_options_fail_with_a_line_that_leaks_no_secret() -> None:
-    settings = Settings(  # type: ignore[call-arg]
+    settings = Settings(
         _env_file=None,
         storage_url="s3://user:hunter2@bucket/prefix",
         storage_options={"not_an_option": "hunter2-secret"},

@@ -87,7 +87,7 @@ def live_server(settings: Settings) -> Iterator[Live]:
         state["loop"], state["stop"] = asyncio.get_running_loop(), stop
         async with (
             serve_app(create_app(settings), settings) as server,  # configured as `serve`
-            serve_app(device_app()) as device,  # type: ignore[arg-type] - any ASGI app
+            serve_app(device_app()) as device,
         ):
             ports.update(server=server.port, device=device.port)
             ready.set()
@@ -95,6 +95,7 @@ def live_server(settings: Settings) -> Iterator[Live]:
 
     def run() -> None:
         try:
+            assert settings.database_url is not None
             migrate.upgrade(settings.database_url)
             asyncio.run(main())
         except BaseException as err:  # noqa: BLE001 - handed to the test thread below
@@ -199,10 +200,11 @@ def sign_in(context: BrowserContext, live: Live, account: Account) -> None:
     )
 
 
-def api_json(response: httpx.Response, status: int) -> Any:
-    """The JSON body of ``response``, asserting its status first."""
+def api_json(response: httpx.Response, status: int) -> dict[str, Any]:
+    """The JSON object of ``response``, asserting its status first."""
     assert response.status_code == status, response.text
-    return response.json()
+    body: dict[str, Any] = response.json()
+    return body
 
 
 def create_device(http: httpx.Client, account: Account, name: str, serial: str) -> dict[str, Any]:

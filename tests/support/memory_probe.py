@@ -28,7 +28,7 @@ async def probe(size: int, data_dir: Path) -> None:
     """Upload ``size`` bytes, download them again, check the sha256 both ways."""
     url = f"sqlite+aiosqlite:///{data_dir / 'visiona.db'}"
     await asyncio.to_thread(migrate.upgrade, url)
-    settings = Settings(  # type: ignore[call-arg] - _env_file is pydantic-settings' own
+    settings = Settings(
         _env_file=None,
         database_url=url,
         data_dir=data_dir,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from visiona.kit.settings import Settings
 
 #: asgi-lifespan waits 5 s by default; the lifespan connects to PostgreSQL and Redis, and
@@ -11,11 +13,11 @@ LIFESPAN_TIMEOUT = 60.0
 
 def make_settings(**overrides: object) -> Settings:
     """Settings that ignore the developer's environment and .env file."""
-    base: dict[str, object] = {
+    base: dict[str, Any] = {
         "login_rate_limit_per_address": 100_000,
         "login_rate_limit": 1_000,
         "pair_rate_limit": 1_000_000,
         "log_level": "WARNING",
     }
     base.update(overrides)
-    return Settings(_env_file=None, **base)  # type: ignore[call-arg]
+    return Settings(_env_file=None, **base)

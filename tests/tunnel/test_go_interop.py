@@ -9,6 +9,7 @@ import hashlib
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -36,16 +37,14 @@ def backend(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 async def device_port() -> AsyncIterator[int]:
     """The device's local HTTP service on a loopback port."""
-    async with serve_app(device_app()) as service:  # type: ignore[arg-type] - any ASGI app
+    async with serve_app(device_app()) as service:
         yield service.port
 
 
-async def _sha256_of_download(
-    http: httpx.AsyncClient, url: str, **kwargs: object
-) -> tuple[int, str]:
+async def _sha256_of_download(http: httpx.AsyncClient, url: str, **kwargs: Any) -> tuple[int, str]:
     digest = hashlib.sha256()
     size = 0
-    async with http.stream("GET", url, **kwargs) as response:  # type: ignore[arg-type]
+    async with http.stream("GET", url, **kwargs) as response:
         assert response.status_code == 200
         async for chunk in response.aiter_raw():
             digest.update(chunk)

@@ -29,7 +29,7 @@ from visiona.tunnel.dependencies import HUB
 @pytest.fixture
 async def device_port() -> AsyncIterator[int]:
     """The device's local HTTP service on a loopback port."""
-    async with serve_app(device_app()) as service:  # type: ignore[arg-type] - any ASGI app
+    async with serve_app(device_app()) as service:
         yield service.port
 
 

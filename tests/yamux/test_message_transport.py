@@ -10,6 +10,7 @@ import pytest
 
 from tests.support.yamux import until
 from visiona.yamux import Config, MessageTransport, Session, SessionClosedError
+from visiona.yamux.frames import Buffer
 
 MIB = 1024 * 1024
 
@@ -23,13 +24,13 @@ def message_pair(
     sizes: list[int] = []
     loop = asyncio.get_running_loop()
 
-    def to_right(message: object) -> None:
-        data = bytes(message)  # type: ignore[call-overload] - any buffer
+    def to_right(message: Buffer) -> None:
+        data = bytes(message)
         sizes.append(len(data))
         loop.call_soon(right.feed_data, data)  # delivered later, like a socket
 
-    def to_left(message: object) -> None:
-        loop.call_soon(left.feed_data, bytes(message))  # type: ignore[call-overload] - any buffer
+    def to_left(message: Buffer) -> None:
+        loop.call_soon(left.feed_data, bytes(message))
 
     def close_left() -> None:
         loop.call_soon(right.connection_lost, None)

@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TextIO
 
 _TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
+class _AgentHandler(logging.StreamHandler[TextIO]):
+    """The agent's own stderr handler (so a second set-up replaces it)."""
+
+
 def configure_logging(level: str = "INFO") -> None:
     """Install one stderr handler on the root logger (idempotent)."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _AgentHandler(sys.stderr)
     handler.setFormatter(logging.Formatter(_TEXT_FORMAT))
     root = logging.getLogger()
     for old in list(root.handlers):
-        if getattr(old, "_visiona_agent", False):
+        if isinstance(old, _AgentHandler):
             root.removeHandler(old)
-    handler._visiona_agent = True  # type: ignore[attr-defined]  # marks our own handler to replace
     root.addHandler(handler)
     root.setLevel(level)
