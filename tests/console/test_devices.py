@@ -85,6 +85,8 @@ def test_connect_a_real_agent_watch_it_come_online_deploy_rename_filter_and_unpa
         expect(dialog.get_by_role("status").filter(has_text="Paired")).to_contain_text(
             name, timeout=30_000
         )
+        expect(dialog.get_by_text("Used", exact=True)).to_be_visible()
+        expect(dialog).not_to_contain_text("Expires in Used")
         dialog.get_by_role("button", name="Close").click()
         expect(_row(page, name).get_by_text("Online", exact=True)).to_be_visible(timeout=20_000)
         # all of it without a reload
