@@ -31,6 +31,7 @@ from visiona.console.views import (
     every_row,
     field,
     matches,
+    recent_conflict,
     sorted_newest_first,
     tunnel_badge,
 )
@@ -220,6 +221,7 @@ async def device_page(
         deployable=[m for m in every_model if field(m, "target_chip") == chip],
         chip=chip,
         history=events.items,
+        conflict=recent_conflict(events.items),
         user_id=owner,
     )
 

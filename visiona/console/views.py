@@ -201,6 +201,26 @@ def category_actions(key: str) -> tuple[str, ...] | None:
     return None
 
 
+#: A ``tunnel.conflict`` event this recent (seconds) is shown on the device page.
+CONFLICT_SHOWN_FOR = 600.0
+
+
+def recent_conflict(events: Iterable[Any], now: datetime | None = None) -> Any:
+    """The newest ``tunnel.conflict`` event of the last 10 minutes, or None."""
+    moment = now or datetime.now(UTC)
+    for event in events:
+        if field(event, "action") != "tunnel.conflict":
+            continue
+        occurred = field(event, "occurred_at")
+        if (
+            occurred is not None
+            and (moment - _aware(occurred)).total_seconds() <= CONFLICT_SHOWN_FOR
+        ):
+            return event
+        return None
+    return None
+
+
 #: How a closed tunnel's reason reads (exception names and close reasons from the hub).
 _REASONS = {
     "SessionClosedError": "the connection was lost",
