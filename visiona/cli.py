@@ -379,6 +379,9 @@ def plain_metavars(command: Any) -> Any:
     if help_option is not None:
         params.append(help_option)
     for param in params:
+        if param.param_type_name == "argument":
+            _plain_usage(param)
+            continue
         if param.param_type_name != "option" or param.metavar is not None:
             continue
         if param.is_flag:
@@ -390,14 +393,54 @@ def plain_metavars(command: Any) -> Any:
     return command
 
 
+def _plain_usage(argument: Any) -> None:
+    """Usage lines in the usual convention: ``DEVICE MODEL``, ``[NAME]``, ``FILE...``.
+
+    typer writes a required argument as ``{DEVICE}`` and shows a lower-case name
+    (``{file}``) when no metavar is given.
+    """
+    name = str(argument.metavar or argument.name).upper()
+    shown = name if argument.required else f"[{name}]"
+    if argument.nargs != 1:
+        shown += "..."
+    argument._usage_display_name = lambda: shown  # typer's hook for the usage line
+
+
 def command() -> Any:
     """The click command tree of ``visiona`` with plain help labels."""
     return plain_metavars(typer.main.get_command(app))
 
 
+def _help_fast(root: Any, args: list[str]) -> bool:
+    """Print the help of ``visiona SUB ... --help`` straight away (True), as ``--help``.
+
+    Parsing a subcommand's line makes typer build its parameters' converters, which
+    imports pydantic (about half a second); help needs none of it. Only a line of
+    subcommand names followed by ``--help`` takes this path; anything else is parsed
+    as usual.
+    """
+    if not args or args[-1] not in {"--help", "-h"} or len(args) < 2:
+        return False
+    ctx = typer.Context(root, info_name="visiona")
+    command = root
+    for name in args[:-1]:
+        sub = getattr(command, "commands", {}).get(name)
+        if sub is None:
+            return False
+        ctx = typer.Context(sub, info_name=name, parent=ctx)
+        command = sub
+    if args[-1] == "-h" and "-h" not in command.get_help_option_names(ctx):
+        return False
+    typer.echo(command.get_help(ctx))
+    return True
+
+
 def main() -> None:
     """Console-script entry point."""
-    sys.exit(command()())
+    root = command()
+    if _help_fast(root, sys.argv[1:]):
+        sys.exit(0)
+    sys.exit(root())
 
 
 # -- the agent (visiona.agent.cli) and client commands for users (visiona.client) ----

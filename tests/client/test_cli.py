@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import stat
 import subprocess
 import sys
@@ -389,7 +390,7 @@ def test_deploy_to_a_real_agent_and_list_deployments(
         assert device_id is not None, "the agent did not come online"
 
         # this agent has no deploy hook: the model is stored, and the CLI says so
-        deployed = run("devices", "deploy", device_id, model_id)
+        deployed = run("devices", "deploy", device_id[:8], "det")  # id prefix, model name
         assert deployed.exit_code == 0, deployed.output
         stored = models_dir / f"{model_id}.nef"
         assert deployed.stdout.startswith(
@@ -406,6 +407,7 @@ def test_deploy_to_a_real_agent_and_list_deployments(
         table = run("deployments", "list", device_id).stdout
         assert "stored" in table
         assert "succeeded" not in table
+        assert "│ det " in table  # the model column names it (its id is only in the path)
     finally:
         agent.terminate()
         agent.wait(timeout=30)
@@ -421,3 +423,126 @@ def test_deploy_to_a_real_agent_and_list_deployments(
     assert failed.exit_code == 1
     assert len(failed.stderr.strip().splitlines()) == 1
     assert "device_offline" in failed.stderr
+
+
+# -- names, prefixes, usage lines, password from stdin, fast help (issue 21) -----------
+
+
+def _visiona(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """The real console script's code path (``python -m visiona``)."""
+    return subprocess.run(
+        [sys.executable, "-m", "visiona", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "usage"),
+    [
+        (["devices", "deploy"], "Usage: visiona devices deploy [OPTIONS] DEVICE MODEL"),
+        (["models", "upload"], "Usage: visiona models upload [OPTIONS] FILE"),
+        (["devices", "show"], "Usage: visiona devices show [OPTIONS] DEVICE"),
+    ],
+)
+def test_usage_lines_are_plain(args: list[str], usage: str) -> None:
+    shown = _visiona(*args, "--help")
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines()[0] == usage
+    assert "{" not in shown.stdout
+
+
+def test_login_help_does_not_mark_email_required() -> None:
+    shown = _visiona("login", "--help")
+    assert "required" not in shown.stdout
+    assert "--password-stdin" in shown.stdout
+
+
+def test_a_subcommand_help_loads_no_pydantic() -> None:
+    """What made `visiona devices list --help` slow (typer's per-parameter adapters)."""
+    shown = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "visiona", "devices", "list", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert shown.stdout.startswith("Usage: visiona devices list")
+    assert "pydantic" not in shown.stderr
+
+
+def test_a_server_that_is_not_a_url_says_so() -> None:
+    shown = _visiona("login", "--server", "notaurl", "--email", "a@example.com")
+    assert shown.returncode == 1
+    assert shown.stderr.strip() == (
+        "error: --server 'notaurl' is not a URL: give http://HOST:PORT or https://HOST"
+    )
+
+
+def test_password_stdin_signs_in_without_a_warning(
+    server: str,
+    tmp_path: Path,
+) -> None:
+    email = f"stdin-{uuid.uuid4().hex[:8]}@example.com"
+    created = httpx.post(
+        f"{server}/api/v1/auth/register",
+        json={"email": email, "password": PASSWORD, "name": "Stdin"},
+    )
+    assert created.status_code == 201
+    env_home = {"XDG_CONFIG_HOME": str(tmp_path)}
+    shown = subprocess.run(
+        [sys.executable, "-m", "visiona", "login", "--server", server, "--email", email,
+         "--password-stdin"],
+        input=PASSWORD + "\n",
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, **env_home},
+        timeout=120,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    assert "Warning" not in shown.stderr
+    assert shown.stdout.startswith(f"logged in to {server} as {email}")
+
+
+def _device(server: str, token: str, name: str) -> str:
+    created = httpx.post(
+        f"{server}/api/v1/devices",
+        headers={"Authorization": f"Bearer {token}"},
+        json={"name": name, "device_type": "kl520", "serial_number": uuid.uuid4().hex},
+    )
+    assert created.status_code == 201, created.text
+    return str(created.json()["id"])
+
+
+def test_devices_are_named_by_id_prefix_or_name_and_ambiguity_is_explained(
+    server: str,
+    account: str,
+    config_home: Path,
+) -> None:
+    assert login(server, account).exit_code == 0
+    token = _token_of(config_home)
+    lab = _device(server, token, "Lab PC")
+    twins = [_device(server, token, "Twin"), _device(server, token, "Twin")]
+
+    by_name = run("devices", "show", "Lab PC", "--json")
+    assert by_name.exit_code == 0, by_name.output
+    assert f'"id": "{lab}"' in by_name.stdout
+    assert f'"id": "{lab}"' in run("devices", "show", "lab pc", "--json").stdout
+    by_prefix = run("devices", "show", lab[:8], "--json")
+    assert f'"id": "{lab}"' in by_prefix.stdout
+
+    ambiguous = run("devices", "show", "Twin")
+    assert ambiguous.exit_code == 1
+    assert ambiguous.stderr.startswith("error: ambiguous: 'Twin' matches 2 devices: ")
+    assert all(twin in ambiguous.stderr for twin in twins)
+    missing = run("devices", "show", "No such PC")
+    assert missing.exit_code == 1
+    assert missing.stderr.strip() == (
+        "error: no device named 'No such PC' or with an id starting with it"
+    )
+    renamed = run("devices", "rename", lab[:8], "Lab PC (bench)")
+    assert renamed.exit_code == 0, renamed.output
+    assert renamed.stdout.strip() == f"renamed {lab} to Lab PC (bench)"

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
 
 import httpx
 from playwright.sync_api import Locator, Page, expect
@@ -20,6 +25,8 @@ from tests.support.console import (
     stop_agent,
     upload_model,
 )
+from tests.support.tunnel import connect_agent
+from visiona.tunnel import conflict
 
 MODEL = bytes(range(256)) * 8192  # 2 MiB
 
@@ -85,6 +92,8 @@ def test_connect_a_real_agent_watch_it_come_online_deploy_rename_filter_and_unpa
         expect(dialog.get_by_role("status").filter(has_text="Paired")).to_contain_text(
             name, timeout=30_000
         )
+        expect(dialog.get_by_text("Used", exact=True)).to_be_visible()
+        expect(dialog).not_to_contain_text("Expires in Used")
         dialog.get_by_role("button", name="Close").click()
         expect(_row(page, name).get_by_text("Online", exact=True)).to_be_visible(timeout=20_000)
         # all of it without a reload
@@ -255,4 +264,35 @@ def test_the_pairing_token_expires_in_the_dialog_and_a_new_one_can_be_made(
     expect(dialog.get_by_text("Waiting for the agent to pair")).to_be_visible()
     expect(first).to_contain_text("--token vpt_")
     assert first.inner_text() != token
+    assert seen.errors == []
+
+
+async def _flap(ws_url: str, token: str, times: int) -> None:
+    """Agents with one device's credentials, each knocking the previous one off (4409)."""
+    server = cast("Any", SimpleNamespace(ws_url=ws_url))
+    async with contextlib.AsyncExitStack() as stack:
+        agents = []
+        for _ in range(times):
+            agents.append(await stack.enter_async_context(connect_agent(server, token)))
+            if len(agents) > 1:
+                await asyncio.wait_for(agents[-2].closed.wait(), 10)
+
+
+def test_a_tunnel_conflict_is_shown_on_the_device_page_with_cause_and_fix(
+    page: Page, seen: Watch, http: httpx.Client, live: Live
+) -> None:
+    account = register(http)
+    device = pair_device(http, account, "Shared dongle")
+    ws_url = live.url.replace("http://", "ws://") + "/api/v1/agent/tunnel"
+    # Playwright's sync API holds this thread's event loop: the agents get their own
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, _flap(ws_url, device["session_token"], 6)).result(timeout=120)
+    sign_in(page.context, live, account)
+    page.goto(f"/devices/{device['device_id']}")
+    notice = page.locator("[data-tunnel-conflict]")
+    expect(notice).to_contain_text("Tunnel conflict")
+    expect(notice).to_contain_text(conflict.CAUSE)
+    expect(notice).to_contain_text(conflict.FIX)
+    history = page.locator("[data-region=history]")
+    expect(history.locator("tr[data-action='tunnel.conflict']")).to_have_count(1)
     assert seen.errors == []

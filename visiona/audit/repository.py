@@ -45,6 +45,8 @@ class EventFilter:
     owner_id: uuid.UUID
     device_id: uuid.UUID | None = None
     action: str | None = None
+    #: Any of these actions (a category of the console's Activity filter).
+    actions: tuple[str, ...] | None = None
     target_type: str | None = None
     target_id: str | None = None
     since: datetime | None = None
@@ -79,6 +81,8 @@ def _conditions(spec: EventFilter) -> list[ColumnElement[bool]]:
         found.append(c.device_id == spec.device_id)
     if spec.action is not None:
         found.append(c.action == spec.action)
+    if spec.actions is not None:
+        found.append(c.action.in_(spec.actions))
     if spec.target_type is not None:
         found.append(c.target_type == spec.target_type)
     if spec.target_id is not None:

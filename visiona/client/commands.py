@@ -139,6 +139,50 @@ def _path_id(value: str) -> str:
     return quote(value, safe="")
 
 
+def _is_uuid(value: str) -> bool:
+    import uuid  # noqa: PLC0415 - cheap, but only resolving needs it
+
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _resolve(api: ApiClient, kind: str, path: str, ref: str) -> str:
+    """The id of the one ``kind`` (``device``/``model``) that ``ref`` names.
+
+    ``ref`` is a full id, a unique id prefix or a unique name (exact, then ignoring
+    case), as docker and kubectl accept; anything else is one clear error line.
+    """
+    if _is_uuid(ref):
+        return ref
+    items = list(api.pages(path, {"limit": "200"}))
+    for matches in (
+        [i for i in items if i["name"] == ref],
+        [i for i in items if str(i["name"]).casefold() == ref.casefold()],
+        [i for i in items if str(i["id"]).startswith(ref.lower())] if ref.strip() else [],
+    ):
+        if len(matches) == 1:
+            return str(matches[0]["id"])
+        if len(matches) > 1:
+            named = ", ".join(f"{i['id']} ({i['name']})" for i in matches[:5])
+            more = f" and {len(matches) - 5} more" if len(matches) > 5 else ""
+            raise _fail(
+                f"ambiguous: {ref!r} matches {len(matches)} {kind}s: {named}{more}; "
+                "give more of the id"
+            )
+    raise _fail(f"no {kind} named {ref!r} or with an id starting with it")
+
+
+def _device_id(api: ApiClient, ref: str) -> str:
+    return _path_id(_resolve(api, "device", "/devices", ref))
+
+
+def _model_id(api: ApiClient, ref: str) -> str:
+    return _path_id(_resolve(api, "model", "/models", ref))
+
+
 def _echo_json(value: Any) -> None:
     typer.echo(json.dumps(value))
 
@@ -148,17 +192,42 @@ def _echo_json(value: Any) -> None:
 
 @one_line_errors
 def login(
-    email: Annotated[str, typer.Option(prompt=True, help="Your account's email.")],
-    password: Annotated[
-        str, typer.Option(prompt=True, hide_input=True, help="Your password (prompted).")
-    ],
+    email: Annotated[
+        str | None, typer.Option(help="Your account's email (asked for when not given).")
+    ] = None,
+    password_stdin: Annotated[
+        bool,
+        typer.Option(
+            "--password-stdin", help="Read the password from the first line of standard input."
+        ),
+    ] = False,
     server: Annotated[
         str, typer.Option("--server", envvar="VISIONA_SERVER", help="Server URL.")
     ] = DEFAULT_SERVER,
 ) -> None:
-    """Sign in and save the session token (0600 file in your config directory)."""
-    from visiona.client.http import ApiClient  # noqa: PLC0415 - httpx only when a command runs
+    """Sign in and save the session token (0600 file in your config directory).
 
+    The password is asked for, hidden, on a terminal; with --password-stdin (or when
+    standard input is not a terminal) it is the first line of standard input.
+    """
+    import sys  # noqa: PLC0415 - cheap; only this command reads stdin
+
+    from visiona.client.http import ApiClient, check_server  # noqa: PLC0415 - httpx only when a command runs
+
+    try:
+        check_server(server)
+    except ClientError as err:
+        raise _fail(str(err)) from None
+    if email is None:
+        email = str(typer.prompt("Email")).strip()
+    if password_stdin or not sys.stdin.isatty():
+        if not password_stdin:  # piped without the flag: still say what is read
+            typer.echo("Password: ")
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            raise _fail("no password on standard input")
+    else:
+        password = str(typer.prompt("Password", hide_input=True))
     with ApiClient(server) as api:
         token = api.login(email, password)
     path = save_credentials(Credentials(server=server.rstrip("/"), token=token, email=email))
@@ -272,7 +341,10 @@ def _text(table: Table) -> str:
 @models_app.command("download")
 @one_line_errors
 def download(
-    model_id: Annotated[str, typer.Argument(metavar="ID", help="The model's id.")],
+    model_id: Annotated[
+        str,
+        typer.Argument(metavar="MODEL", help="The model: its id, a unique id prefix or its name."),
+    ],
     output: Annotated[
         Path | None,
         typer.Option("-o", "--output", dir_okay=False, help="Defaults to <name>.nef here."),
@@ -281,7 +353,8 @@ def download(
 ) -> None:
     """Download a model's file, with a progress bar, and check its sha256."""
     with _session(server) as api:
-        dest = output or _default_destination(api.call("GET", f"/models/{model_id}"))
+        model_id = _resolve(api, "model", "/models", model_id)
+        dest = output or _default_destination(api.call("GET", f"/models/{_path_id(model_id)}"))
         with _progress() as bar:
             task = bar.add_task(f"downloading {dest.name}", total=None)
             model = api.download_model(
@@ -337,13 +410,18 @@ def render_devices(items: list[dict[str, Any]]) -> str:
 @devices_app.command("show")
 @one_line_errors
 def show_device(
-    device_id: Annotated[str, typer.Argument(metavar="DEVICE", help="The device's id.")],
+    device_id: Annotated[
+        str,
+        typer.Argument(
+            metavar="DEVICE", help="The device: its id, a unique id prefix or its name."
+        ),
+    ],
     as_json: JsonOption = False,
     server: ServerOption = None,
 ) -> None:
     """Show one device (and a recent tunnel conflict: two agents connected as it)."""
     with _session(server) as api:
-        device = api.call("GET", f"/devices/{_path_id(device_id)}")
+        device = api.call("GET", f"/devices/{_device_id(api, device_id)}")
         recent = api.call(
             "GET",
             f"/devices/{device['id']}/audit-events",
@@ -394,39 +472,57 @@ def _plain(value: Any) -> str:
 @devices_app.command("rename")
 @one_line_errors
 def rename_device(
-    device_id: Annotated[str, typer.Argument(metavar="DEVICE", help="The device's id.")],
+    device_id: Annotated[
+        str,
+        typer.Argument(
+            metavar="DEVICE", help="The device: its id, a unique id prefix or its name."
+        ),
+    ],
     name: Annotated[str, typer.Argument(metavar="NAME", help="The new name.")],
     server: ServerOption = None,
 ) -> None:
     """Rename a device."""
     with _session(server) as api:
-        device = api.call("PATCH", f"/devices/{_path_id(device_id)}", json={"name": name})
+        device = api.call("PATCH", f"/devices/{_device_id(api, device_id)}", json={"name": name})
     typer.echo(f"renamed {device['id']} to {device['name']}")
 
 
 @devices_app.command("unpair")
 @one_line_errors
 def unpair_device(
-    device_id: Annotated[str, typer.Argument(metavar="DEVICE", help="The device's id.")],
+    device_id: Annotated[
+        str,
+        typer.Argument(
+            metavar="DEVICE", help="The device: its id, a unique id prefix or its name."
+        ),
+    ],
     yes: YesOption = False,
     server: ServerOption = None,
 ) -> None:
     """Unpair a device: its tokens are revoked and its tunnel closed (asks first)."""
     with _session(server) as api:
-        device = api.call("GET", f"/devices/{_path_id(device_id)}")
+        device = api.call("GET", f"/devices/{_device_id(api, device_id)}")
         if not yes and not typer.confirm(
             f"unpair {device['name']} ({device['id']})? its agent will need a new pairing"
         ):
             raise _fail("not unpaired")
-        api.call("DELETE", f"/devices/{_path_id(device_id)}")
+        api.call("DELETE", f"/devices/{_path_id(device['id'])}")
     typer.echo(f"unpaired {device['id']}")
 
 
 @devices_app.command("deploy")
 @one_line_errors
 def deploy(
-    device_id: Annotated[str, typer.Argument(metavar="DEVICE", help="The device's id.")],
-    model_id: Annotated[str, typer.Argument(metavar="MODEL", help="The model's id.")],
+    device_id: Annotated[
+        str,
+        typer.Argument(
+            metavar="DEVICE", help="The device: its id, a unique id prefix or its name."
+        ),
+    ],
+    model_id: Annotated[
+        str,
+        typer.Argument(metavar="MODEL", help="The model: its id, a unique id prefix or its name."),
+    ],
     as_json: JsonOption = False,
     server: ServerOption = None,
 ) -> None:
@@ -435,14 +531,15 @@ def deploy(
 
     console = Console(stderr=True)
     with _session(server) as api:
-        model = api.call("GET", f"/models/{_path_id(model_id)}")
+        model = api.call("GET", f"/models/{_model_id(api, model_id)}")
+        device_id = _resolve(api, "device", "/devices", device_id)
         with console.status(
             f"deploying {model['name']} ({_size(int(model['file_size']))}) to {device_id}"
         ):
             record = api.call(
                 "POST",
                 f"/devices/{_path_id(device_id)}/deployments",
-                json={"model_id": model_id},
+                json={"model_id": model["id"]},
             )
     if as_json:
         _echo_json(record)
@@ -460,13 +557,20 @@ def deploy(
 @deployments_app.command("list")
 @one_line_errors
 def list_deployments(
-    device_id: Annotated[str, typer.Argument(metavar="DEVICE", help="The device's id.")],
+    device_id: Annotated[
+        str,
+        typer.Argument(
+            metavar="DEVICE", help="The device: its id, a unique id prefix or its name."
+        ),
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
     server: ServerOption = None,
 ) -> None:
     """List a device's deployments, newest first."""
     with _session(server) as api:
-        items = list(api.pages(f"/devices/{_path_id(device_id)}/deployments", {"limit": "200"}))
+        path = f"/devices/{_device_id(api, device_id)}/deployments"
+        items = list(api.pages(path, {"limit": "200"}))
+        names = {} if as_json else {m["id"]: m["name"] for m in api.pages("/models", {})}
     if as_json:
         for item in items:
             _echo_json(item)
@@ -475,7 +579,7 @@ def list_deployments(
     for item in items:
         table.add_row(
             str(item["id"]),
-            str(item["model_id"]),
+            str(names.get(item["model_id"], "(deleted model)")),
             str(item["status"]),
             str(item.get("detail") or item.get("error") or ""),
             str(item["created_at"])[:19].replace("T", " "),
@@ -489,13 +593,16 @@ def list_deployments(
 @models_app.command("show")
 @one_line_errors
 def show_model(
-    model_id: Annotated[str, typer.Argument(metavar="ID", help="The model's id.")],
+    model_id: Annotated[
+        str,
+        typer.Argument(metavar="MODEL", help="The model: its id, a unique id prefix or its name."),
+    ],
     as_json: JsonOption = False,
     server: ServerOption = None,
 ) -> None:
     """Show one model."""
     with _session(server) as api:
-        model = api.call("GET", f"/models/{_path_id(model_id)}")
+        model = api.call("GET", f"/models/{_model_id(api, model_id)}")
     if as_json:
         _echo_json(model)
         return
@@ -508,29 +615,35 @@ def show_model(
 @models_app.command("rename")
 @one_line_errors
 def rename_model(
-    model_id: Annotated[str, typer.Argument(metavar="ID", help="The model's id.")],
+    model_id: Annotated[
+        str,
+        typer.Argument(metavar="MODEL", help="The model: its id, a unique id prefix or its name."),
+    ],
     name: Annotated[str, typer.Argument(metavar="NAME", help="The new name.")],
     server: ServerOption = None,
 ) -> None:
     """Rename a model."""
     with _session(server) as api:
-        model = api.call("PATCH", f"/models/{_path_id(model_id)}", json={"name": name})
+        model = api.call("PATCH", f"/models/{_model_id(api, model_id)}", json={"name": name})
     typer.echo(f"renamed {model['id']} to {model['name']}")
 
 
 @models_app.command("delete")
 @one_line_errors
 def delete_model(
-    model_id: Annotated[str, typer.Argument(metavar="ID", help="The model's id.")],
+    model_id: Annotated[
+        str,
+        typer.Argument(metavar="MODEL", help="The model: its id, a unique id prefix or its name."),
+    ],
     yes: YesOption = False,
     server: ServerOption = None,
 ) -> None:
     """Delete a model and its file (asks first)."""
     with _session(server) as api:
-        model = api.call("GET", f"/models/{_path_id(model_id)}")
+        model = api.call("GET", f"/models/{_model_id(api, model_id)}")
         if not yes and not typer.confirm(f"delete {model['name']} ({model['id']})?"):
             raise _fail("not deleted")
-        api.call("DELETE", f"/models/{_path_id(model_id)}")
+        api.call("DELETE", f"/models/{_model_id(api, model_id)}")
     typer.echo(f"deleted {model['id']}")
 
 
@@ -619,12 +732,16 @@ def list_audit_events(
     server: ServerOption = None,
 ) -> None:
     """List your audit events, newest first (yours, your devices' and the server's on them)."""
-    path = "/audit-events" if device_id is None else f"/devices/{_path_id(device_id)}/audit-events"
     query = {"limit": str(min(limit, 200))}
     if action:
         query["action"] = action
     items: list[dict[str, Any]] = []
     with _session(server) as api:
+        path = (
+            "/audit-events"
+            if device_id is None
+            else f"/devices/{_device_id(api, device_id)}/audit-events"
+        )
         for item in api.pages(path, query):
             items.append(item)
             if len(items) >= limit:

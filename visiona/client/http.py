@@ -13,7 +13,7 @@ import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 
@@ -43,11 +43,24 @@ def _reason(response: httpx.Response, *, login_hint: bool = True) -> str:
     return message
 
 
+def check_server(server: str) -> None:
+    """``ClientError`` with one clear line unless ``server`` is an http(s) URL with a host."""
+    parts = urlsplit(server)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ClientError(
+            f"--server {server!r} is not a URL: give http://HOST:PORT or https://HOST"
+        )
+
+
 class ApiClient:
     """The API of one server, authenticated with a session token when one is given."""
 
     def __init__(self, server: str, token: str | None = None, *, timeout: float = 30.0) -> None:
-        """Prepare a client of ``server`` (e.g. ``http://127.0.0.1:8080``)."""
+        """Prepare a client of ``server`` (e.g. ``http://127.0.0.1:8080``).
+
+        ``ClientError`` ("… is not a URL …") unless it is an http(s) URL with a host.
+        """
+        check_server(server)
         self.server = server.rstrip("/")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(

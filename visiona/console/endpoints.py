@@ -24,10 +24,13 @@ from visiona.auth.dependencies import CurrentPrincipal, Principal, current_princ
 from visiona.auth.schemas import RegisterRequest
 from visiona.console.security import ConsoleRoute, safe_next
 from visiona.console.views import (
+    CATEGORIES,
     STATUS_FILTERS,
+    category_actions,
     environment,
     every_row,
     matches,
+    recent_conflict,
     sorted_newest_first,
     tunnel_badge,
 )
@@ -217,6 +220,7 @@ async def device_page(
         deployable=[m for m in every_model if m.target_chip == chip],
         chip=chip,
         history=events.items,
+        conflict=recent_conflict(events.items),
         user_id=owner,
     )
 
@@ -315,10 +319,20 @@ async def activity_page(  # noqa: PLR0917 - FastAPI injects query parameters by 
     cursor: Annotated[str | None, Query(max_length=512)] = None,
 ) -> Response:
     """The account's audit trail, newest first, 50 a page, optionally one kind of event."""
-    action = action if action in ACTIONS else ""
-    spec = EventFilter(owner_id=principal.user_id, action=action or None)
+    # A kind of event (the filter's categories), or one exact action (older links).
+    kinds = category_actions(action)
+    if kinds is None and action not in ACTIONS:
+        action = ""
+    spec = EventFilter(
+        owner_id=principal.user_id,
+        action=action if kinds is None and action else None,
+        actions=kinds,
+    )
     found = await audit.list_events(conn, spec, PageRequest(limit=50, cursor=cursor))
     names = await _device_names(conn, reads, principal.user_id)
+    every_model = await every_row(
+        lambda page: models.list_models(conn, principal.user_id, chip=None, source=None, page=page)
+    )
     return render(
         request,
         "activity.html",
@@ -327,8 +341,9 @@ async def activity_page(  # noqa: PLR0917 - FastAPI injects query parameters by 
         events=found.items,
         next_cursor=found.next_cursor,
         action=action,
-        actions=list(ACTIONS),
+        categories=CATEGORIES,
         device_names=names,
+        model_names={str(m.id): m.name for m in every_model},
         user_id=principal.user_id,
         retention_days=settings.audit_retention_days,
     )

@@ -206,12 +206,71 @@ def event_actor(event: AuditEvent, user_id: uuid.UUID, device_names: Mapping[str
     return "visionA"
 
 
-def event_detail(event: AuditEvent) -> str:
-    """The detail fields as ``name: value`` pairs (lists joined, ids shortened)."""
+#: The Activity filter's kinds of event (README, "The web console"): key, label, the
+#: prefixes of the actions it covers.
+CATEGORIES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("sign-ins", "Sign-ins (failed ones too)", ("user.",)),
+    ("pairings", "Pairings and devices", ("pairing_token.", "device.")),
+    ("tokens", "Session tokens", ("session_token.",)),
+    ("tunnels", "Tunnels and remote access", ("tunnel.", "proxy.")),
+    ("models", "Models", ("model.",)),
+    ("deployments", "Deployments", ("deployment.",)),
+)
+
+
+def category_actions(key: str) -> tuple[str, ...] | None:
+    """The actions of the category ``key`` (None when ``key`` is no category)."""
+    for name, _label, prefixes in CATEGORIES:
+        if name == key:
+            return tuple(a for a in ACTIONS if a.startswith(prefixes))
+    return None
+
+
+#: A ``tunnel.conflict`` event this recent (seconds) is shown on the device page.
+CONFLICT_SHOWN_FOR = 600.0
+
+
+def recent_conflict(events: Iterable[AuditEvent], now: datetime | None = None) -> AuditEvent | None:
+    """The newest ``tunnel.conflict`` event of the last 10 minutes, or None."""
+    moment = now or datetime.now(UTC)
+    for event in events:
+        if event.action != "tunnel.conflict":
+            continue
+        occurred = event.occurred_at
+        if (
+            occurred is not None
+            and (moment - _aware(occurred)).total_seconds() <= CONFLICT_SHOWN_FOR
+        ):
+            return event
+        return None
+    return None
+
+
+#: How a closed tunnel's reason reads (exception names and close reasons from the hub).
+_REASONS = {
+    "SessionClosedError": "the connection was lost",
+    "PingTimeoutError": "the agent stopped answering pings",
+    "ProtocolError": "the agent broke the tunnel protocol",
+    "ConnectionResetError": "the connection was reset",
+    "closed by the agent": "the agent closed it",
+}
+_DETAIL_NAMES = {"session_token_id": "session token", "model_id": "model", "node": "server node"}
+
+
+def event_detail(event: AuditEvent, model_names: Mapping[str, str] | None = None) -> str:
+    """The detail fields in words: empty values left out, models by name, reasons readable."""
     parts = []
-    for key, value in event.detail.items():
+    for key, value in (event.detail or {}).items():
+        if value is None or value in ("", "None", []):
+            continue
         shown = ", ".join(str(v) for v in value) if isinstance(value, list) else str(value)
-        parts.append(f"{key.replace('_', ' ')}: {shown if shown else '—'}")
+        if key == "model_id":
+            shown = (model_names or {}).get(shown) or f"(deleted model {short_id(shown, 8)})"
+        elif key == "session_token_id":
+            shown = short_id(shown, 8)
+        elif key == "reason":
+            shown = _REASONS.get(shown, shown)
+        parts.append(f"{_DETAIL_NAMES.get(key, key.replace('_', ' '))}: {shown}")
     return "; ".join(parts)
 
 

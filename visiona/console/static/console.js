@@ -48,15 +48,38 @@
     const error = result.data && result.data.error;
     if (!error) return fallback || "Something went wrong (HTTP " + result.status + ").";
     if (Array.isArray(error.fields) && error.fields.length) {
-      return error.fields
-        .map((f) => {
-          const loc = Array.isArray(f.loc) ? f.loc.filter((p) => p !== "body") : [];
-          const name = FIELD_NAMES[loc[0]] || loc[0];
-          return name ? name + ": " + f.message : f.message;
-        })
-        .join(" ");
+      // One readable sentence per field (the first problem of each), one per line.
+      const seen = new Set();
+      const lines = [];
+      for (const f of error.fields) {
+        const loc = Array.isArray(f.loc) ? f.loc.filter((p) => p !== "body") : [];
+        const key = String(loc[0] || "");
+        if (seen.has(key)) continue;
+        seen.add(key);
+        const name = FIELD_NAMES[key] || (key ? key.charAt(0).toUpperCase() + key.slice(1).replace(/_/g, " ") : "");
+        lines.push(name ? name + " " + fieldProblem(f.message) : sentence(f.message));
+      }
+      return lines.join("\n");
     }
     return error.message;
+  }
+
+  function sentence(text) {
+    const t = String(text || "").replace(/^Value error, /, "").trim();
+    return t ? t.charAt(0).toUpperCase() + t.slice(1) + (/[.!?]$/.test(t) ? "" : ".") : "";
+  }
+
+  // pydantic's wording → "Password must be at least 8 characters long."
+  function fieldProblem(message) {
+    const m = String(message || "").replace(/^Value error, /, "").trim();
+    let found = /^String should have at least (\d+) characters?$/.exec(m);
+    if (found) return "must be at least " + found[1] + " characters long.";
+    found = /^String should have at most (\d+) characters?$/.exec(m);
+    if (found) return "must be at most " + found[1] + " characters long.";
+    if (/not a valid email address/i.test(m)) return "is not a valid email address.";
+    if (/^Field required$/i.test(m)) return "is required.";
+    const low = m.charAt(0).toLowerCase() + m.slice(1);
+    return (/^(must|is|should) /.test(low) ? low : "is not valid: " + low) + (/[.!?]$/.test(low) ? "" : ".");
   }
 
   function showError(form, text) {
@@ -343,7 +366,8 @@
     const name = result.data.device ? result.data.device.name : "The device";
     status.textContent = "Paired: " + name + " is connected and now in your device list.";
     status.className = "paired";
-    $("#connect-expiry").textContent = "used";
+    $("#connect-expiry-label").textContent = "Token:";
+    $("#connect-expiry").textContent = "Used";
     if (devicesPoll) devicesPoll.now();
   }
 
@@ -352,6 +376,7 @@
     connect.token = connect.id = null;
     connect.paired = false;
     $("#connect-new").hidden = true;
+    $("#connect-expiry-label").textContent = "Expires in";
     const status = $("#connect-status");
     status.textContent = "Creating a pairing token…";
     status.className = "waiting";
