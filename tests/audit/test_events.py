@@ -32,8 +32,9 @@ from visiona.tunnel.dependencies import HUB
 from visiona.tunnel.hub import RESTART_REASON
 from visiona.yamux import Stream
 
-# recorded by the policy helper's agent-side refusals (tests live with that feature)
-_ELSEWHERE = {"proxy.forbidden_by_agent"}
+# recorded by the policy helper's agent-side refusals (tests live with that feature), and
+# by TCP forwards (tests/tunnel/test_tcp_endpoints.py asserts each with its detail)
+_ELSEWHERE = {"proxy.forbidden_by_agent", "forward.opened", "forward.closed", "forward.refused"}
 
 
 def assert_no_secret(text: str, *secrets: str) -> None:
