@@ -152,6 +152,8 @@ devices = Table(
     # the agent's local service says it is busy (reset when a tunnel comes up)
     Column("busy", Boolean, nullable=False, server_default=false()),
     Column("deleted_at", UTCDateTime, nullable=True),
+    # the epoch of the tunnel that last came up: status writes of older tunnels miss
+    Column("tunnel_epoch", BigInteger, nullable=True),
 )
 _live_device = devices.c.deleted_at.is_(None)
 # A deleted serial can be registered again: uniqueness holds for live rows only.
