@@ -39,6 +39,7 @@ from visiona.tokens import service as tokens
 from visiona.tunnel import repository
 from visiona.tunnel.errors import DeviceBusyError, TunnelUnavailableError
 from visiona.tunnel.link import TunnelLink
+from visiona.tunnel.pacing import TokenBucket
 from visiona.tunnel.statuswriter import StatusChange, StatusWriter
 from visiona.wire import (
     CLOSE_GOING_AWAY,
@@ -125,6 +126,8 @@ class TunnelHub:
         #: upgrades between the gate and their tunnel's registration (or their refusal)
         self._pending = 0
         self.capacity = _tunnel_capacity(settings.tunnel_fd_reserve)
+        rate = settings.tunnel_accept_rate
+        self._bucket = TokenBucket(rate, max(1.0, rate)) if rate > 0 else None
 
     # -- lifecycle ----------------------------------------------------------------
     async def start(self) -> None:
@@ -333,7 +336,10 @@ class TunnelHub:
         """Let one upgrade in, or refuse it before the handshake (:class:`TunnelUnavailableError`).
 
         Checked from memory, before the token (no database round trip for a refusal):
-        tunnels plus upgrades in progress may not take more file descriptors than
+        while the node drains; beyond ``tunnel_accept_rate`` upgrades per second (a
+        token bucket, visiona/tunnel/pacing.py); while more than
+        :data:`MAX_STATUS_BACKLOG` status changes wait for the database; and when
+        tunnels plus upgrades in progress would take more file descriptors than
         ``capacity`` (the soft limit less ``tunnel_fd_reserve``). An upgrade let in holds
         a place until :meth:`close_upgrade`.
         """
@@ -356,6 +362,11 @@ class TunnelHub:
                 CAPACITY_RETRY_AFTER,
                 "The node holds as many tunnels as its file descriptors allow; retry later "
                 "(or on another node).",
+            )
+        if self._bucket is not None and (retry_after := self._bucket.take()):
+            self.count_upgrade("503")
+            raise TunnelUnavailableError(
+                "paced", retry_after, "The node takes new tunnels at a paced rate; retry later."
             )
         self._pending += 1
 
