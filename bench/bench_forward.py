@@ -172,7 +172,7 @@ def _listener(base: str, token: str, device_id: str, port: int, tmp: Path) -> tu
         proc.kill()
         raise RuntimeError(f"visiona forward did not start: {line!r}")
     wrapper = Proc.__new__(Proc)
-    wrapper.proc = proc  # type: ignore[assignment] - stderr piped instead of stdout
+    wrapper.proc = proc
     return wrapper, int(found.group(1))
 
 

@@ -46,7 +46,7 @@ def nodes(postgres: PostgresServer, redis_server: RedisServer) -> Iterator[tuple
 @pytest.fixture
 async def device_port() -> AsyncIterator[int]:
     """The device's local HTTP service on a loopback port."""
-    async with serve_app(device_app()) as service:  # type: ignore[arg-type] - any ASGI app
+    async with serve_app(device_app()) as service:
         yield service.port
 
 

@@ -26,6 +26,7 @@ from visiona.deployments.repository import Deployment
 from visiona.deployments.schemas import DeploymentStatus
 from visiona.devices.repository import Device
 from visiona.tokens.repository import PairingToken, SessionToken
+from visiona.wire import RemoteStatus
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 SEEN = NOW - timedelta(days=20)
@@ -79,7 +80,7 @@ SESSION = SessionToken(
     ],
 )
 def test_tunnel_badge_reads_the_status_and_whether_it_ever_connected(
-    remote_status: str, last_connected_at: datetime | None, label: str, kind: str
+    remote_status: RemoteStatus, last_connected_at: datetime | None, label: str, kind: str
 ) -> None:
     device = replace(DEVICE, remote_status=remote_status, last_connected_at=last_connected_at)
     badge = tunnel_badge(device)

@@ -67,7 +67,8 @@ async def test_serve_raises_the_soft_limit_and_keeps_descriptors_for_the_api(
             async def all_online() -> bool:
                 listed = await http.get("/api/v1/devices", headers=user.headers)
                 assert listed.status_code == 200
-                return sum(d["remote_status"] == "online" for d in listed.json()["items"]) == 20
+                online = [d for d in listed.json()["items"] if d["remote_status"] == "online"]
+                return len(online) == 20
 
             await wait_for(all_online)
             metrics = (await http.get("/metrics")).text

@@ -277,7 +277,7 @@ async def test_an_agent_that_predates_tcp_forwarding_gives_4502_not_a_hang(
     user = await signup(http)
     device_id, token = await paired_agent_token(http, user)
     async with (
-        serve_app(device_app()) as service,  # type: ignore[arg-type] - any ASGI app
+        serve_app(device_app()) as service,
         connect_agent(live, token, forward_to(service.port)),
     ):
         await _tunnel_up(live, device_id)

@@ -5,23 +5,29 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import logging
 import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import uvicorn
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
-from testkit.live import LiveServer
+from testkit.live import LiveServer, serve_app
 from tests.support.api import signup
 from tests.support.tunnel import API, paired_agent_token
+from visiona.agent.runner import Agent, AgentOptions
 from visiona.app import create_app
 from visiona.kit.serve import server_config
 from visiona.kit.settings import Settings
 from visiona.kit.websocket import DIRECT_EXTENSION, TunnelWebSocketProtocol
 from visiona.tunnel.dependencies import HUB
+from visiona.tunnel.pacing import TokenBucket
 from visiona.wire import TUNNEL_PATH
 
 Scope = dict[str, Any]
@@ -100,3 +106,69 @@ async def test_an_agent_giving_up_during_its_upgrade_is_counted_without_error_or
     assert device["remote_status"] == "offline"
     problems = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
     assert problems == [], [(r.name, r.getMessage()) for r in problems]
+
+
+def test_the_bucket_lets_a_burst_in_then_books_the_refused_one_slot_each() -> None:
+    now = [100.0]
+    bucket = TokenBucket(2.0, 2.0, clock=lambda: now[0])
+    assert [bucket.take(), bucket.take()] == [0, 0]  # the burst
+    waits = [bucket.take() for _ in range(8)]
+    assert all(w >= 1 for w in waits)
+    assert waits == sorted(waits)
+    assert waits[-1] >= 4  # eight refused at 2 per second: spread over 4 s, not all at 1
+    now[0] += 0.5
+    assert bucket.take() == 0  # a token came back
+
+
+async def test_upgrades_beyond_the_accept_rate_get_503_before_the_token_is_checked(
+    settings: Settings, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    paced = settings.model_copy(update={"tunnel_accept_rate": 0.5})
+    app = create_app(paced)
+    async with serve_app(app, paced) as live:
+        async with httpx.AsyncClient(base_url=live.url, timeout=30) as http:
+            user = await signup(http)
+            pairing = (
+                await http.post(f"{API}/pairing-tokens", json={}, headers=user.headers)
+            ).json()
+        bad = {"Authorization": "Bearer vst_nope"}
+        with pytest.raises(InvalidStatus) as first:
+            await connect(live.ws_url, additional_headers=bad)
+        assert first.value.response.status_code == 401  # the one token of the burst
+        with pytest.raises(InvalidStatus) as second:
+            await connect(live.ws_url, additional_headers=bad)
+        response = second.value.response
+        assert response.status_code == 503  # refused before the token was even looked at
+        error = json.loads(response.body or b"{}")["error"]
+        assert (error["code"], error["reason"]) == ("tunnel_unavailable", "paced")
+        retry_after = int(response.headers["Retry-After"])
+        assert retry_after >= 1
+        # the project's agent is refused too, and waits what it was told (plus jitter)
+        caplog.set_level(logging.INFO, logger="visiona.agent")
+        agent = Agent(
+            AgentOptions(
+                server=live.url,
+                forward_host="127.0.0.1",
+                forward_port=9,
+                session_file=tmp_path / "session.json",
+                pairing_token=pairing["token"],
+                usb_poll_interval=3600,
+            )
+        )
+        stop = asyncio.Event()
+        running = asyncio.create_task(agent.run(stop))
+        try:
+            await asyncio.wait_for(agent.connected.wait(), 60)
+        finally:
+            stop.set()
+            await asyncio.wait_for(running, 30)
+    messages = [r.getMessage() for r in caplog.records]
+    refused = [m for m in messages if "refused with HTTP 503" in m]
+    assert refused, messages
+    asked = float(refused[0].split("retry after ")[1].split(" s")[0])
+    waited = next(
+        float(m.split("reconnecting in ")[1].rstrip("s"))
+        for m in messages
+        if "reconnecting in" in m
+    )
+    assert asked <= waited <= asked * 1.5 + 0.05

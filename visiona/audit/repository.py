@@ -74,6 +74,11 @@ async def insert_event(conn: AsyncConnection, values: dict[str, Any]) -> None:
     await conn.execute(_INSERT, values)
 
 
+async def insert_events(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    """Append many events in one executemany (each row has every column)."""
+    await conn.execute(_INSERT, rows)
+
+
 def _conditions(spec: EventFilter) -> list[ColumnElement[bool]]:
     c = audit_events.c
     found = [c.owner_id == spec.owner_id]

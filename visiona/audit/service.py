@@ -119,11 +119,39 @@ async def record(
     (``ValueError``), never written. ``occurred_at`` is strictly increasing within
     this process, so the events of one unit of work list in the order they happened.
     """
+    values = event_values(
+        action,
+        actor=actor,
+        owner_id=owner_id,
+        target_id=target_id,
+        device_id=device_id,
+        detail=detail,
+        client_addr=client_addr,
+        request_id=request_id,
+    )
+    await repository.insert_event(conn, values)
+    event_id: uuid.UUID = values["id"]
+    return event_id
+
+
+def event_values(
+    action: str,
+    *,
+    actor: Actor,
+    owner_id: uuid.UUID | None,
+    target_id: str | uuid.UUID | None,
+    device_id: uuid.UUID | None = None,
+    detail: Mapping[str, Any] | None = None,
+    client_addr: str | None = None,
+    request_id: str | None = None,
+) -> dict[str, Any]:
+    """The row of an event that happens now, checked as :func:`record` checks it, for
+    :func:`record_prepared` to write later (a batch: ``occurred_at`` is now, not then)."""
     known = ACTIONS.get(action)
     if known is None:
         raise ValueError(f"unknown audit action {action!r}")
     event_id = uuid.uuid4()
-    values = {
+    return {
         "id": event_id,
         "occurred_at": _event_time(),
         "owner_id": owner_id,
@@ -137,8 +165,12 @@ async def record(
         "request_id": request_id if request_id is not None else request_id_var.get(),
         "detail": _checked_detail(action, detail),
     }
-    await repository.insert_event(conn, values)
-    return event_id
+
+
+async def record_prepared(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    """Append events built by :func:`event_values`, in one statement (executemany)."""
+    if rows:
+        await repository.insert_events(conn, rows)
 
 
 async def list_events(

@@ -1,6 +1,7 @@
 """The tunnel registry in Redis: which node holds which device's tunnel (a lease).
 
-``tun:dev:{device_id}`` = ``{"node", "url", "epoch"}`` with a TTL of about three
+``tun:dev:{device_id}`` = ``{"node", "url", "epoch"}`` (the epoch: the tunnel's own, as in
+its status writes — visiona/tunnel/repository.py — plus a random suffix) with a TTL of about three
 keepalive intervals. The node whose tunnel came up last writes it unconditionally
 (newest wins); renewal and deletion are compare-and-set Lua scripts keyed on the
 node id and epoch, so a node never extends nor deletes a lease it no longer holds.
@@ -36,6 +37,20 @@ KEY_PREFIX = "tun:dev:"
 RUN_PREFIX = "dep:run:"
 REVOKED_CHANNEL = "visiona:revoked"
 
+# KEYS[1] lease; ARGV: value, ttl ms, epoch (decimal ns). Newest wins by the tunnel's
+# epoch, not by the order the claims land in: a lease of a newer tunnel (a longer or
+# greater epoch) is kept, and returned; else the value is written and nil returned.
+_CLAIM = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local epoch = string.match(current, '"epoch": "(%d+)')
+  if epoch and (#epoch > #ARGV[3] or (#epoch == #ARGV[3] and epoch > ARGV[3])) then
+    return current
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false
+"""
 # KEYS[1] lease; ARGV: value, ttl ms. Extends only the caller's own lease (same value).
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -94,14 +109,22 @@ class TunnelRegistry:
         self.ttl = ttl
         self._ttl_ms = max(1, int(ttl * 1000))
         self._renew = redis.register_script(_RENEW)
+        self._claim = redis.register_script(_CLAIM)
         self._release = redis.register_script(_RELEASE)
         self._listener: asyncio.Task[None] | None = None
 
-    async def claim(self, device_id: uuid.UUID) -> Lease:
-        """Take the device's lease (newest wins over any other node's)."""
-        epoch = f"{time.time_ns():x}-{secrets.token_hex(4)}"
-        value = json.dumps({"node": self.node_id, "url": self.node_url, "epoch": epoch})
-        await self._redis.set(_key(device_id), value, px=self._ttl_ms)
+    async def claim(self, device_id: uuid.UUID, *, epoch: int | None = None) -> Lease | None:
+        """Take the device's lease for the tunnel of ``epoch`` (the one in its status
+        writes; now when not given): newest wins over any other node's — by epoch, so
+        an older tunnel's late claim does not take it back. None: a newer tunnel holds it.
+        """
+        stamp = str(epoch if epoch is not None else time.time_ns())
+        value = json.dumps(
+            {"node": self.node_id, "url": self.node_url, "epoch": f"{stamp}-{secrets.token_hex(4)}"}
+        )
+        newer = await self._claim(keys=[_key(device_id)], args=[value, self._ttl_ms, stamp])
+        if newer is not None:
+            return None
         return Lease(device_id, value)
 
     async def renew(self, lease: Lease) -> bool:

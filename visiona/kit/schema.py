@@ -156,6 +156,8 @@ devices = Table(
     # the TCP ports the agent allows (`--allow-port`), as it last reported; NULL: never said
     Column("tcp_ports", PortList, nullable=True),
     Column("deleted_at", UTCDateTime, nullable=True),
+    # the epoch of the tunnel that last came up: status writes of older tunnels miss
+    Column("tunnel_epoch", BigInteger, nullable=True),
 )
 _live_device = devices.c.deleted_at.is_(None)
 # A deleted serial can be registered again: uniqueness holds for live rows only.

@@ -3,16 +3,19 @@
 One hub per application (built in the lifespan). It holds at most one tunnel per
 device — the newest wins, the older one is closed with GoAway and WebSocket close
 code 4409 ``superseded`` — and closes a tunnel whose credentials were revoked (4401
-``revoked``). Status: a tunnel coming up writes ``online`` + ``last_connected_at`` at
-once; ``last_seen_at`` is refreshed from answered pings and traffic in one UPDATE per
-``tunnel_status_interval`` for all devices of the node; an unanswered keepalive
-writes ``reconnecting``; a tunnel that ends writes ``offline``.
+``revoked``). Status: a tunnel coming up is ``online`` + ``last_connected_at``, an
+unanswered keepalive ``reconnecting``, a tunnel that ends ``offline``; these changes
+and their audit events (``tunnel.connected``; ``tunnel.disconnected``,
+``tunnel.superseded``, ``tunnel.closed_revoked``) are queued and written in batches
+of at most 0.25 s, one transaction each, retried until written
+(visiona/tunnel/statuswriter.py). ``last_seen_at`` is refreshed from answered pings
+and traffic in one UPDATE per ``tunnel_status_interval`` for all devices of the node.
+Every write carries the tunnel's epoch, so an old tunnel's late write never wins.
 
-Audit: ``tunnel.connected`` is written with the ``online`` status, and the end of a
-tunnel (``tunnel.disconnected``, ``tunnel.superseded``, ``tunnel.closed_revoked``)
-with the ``offline`` one, in the same short transaction (and at start-up, with the
-reset of devices a crashed run left connected); keepalives and the batched
-``last_seen_at`` write no event.
+Upgrades pass a gate first (:meth:`TunnelHub.open_upgrade`): 503 + ``Retry-After``
+while the node drains, while its status writes are behind, or when the tunnels would
+eat the file descriptors kept for the API. On SIGTERM :meth:`TunnelHub.drain` closes
+the tunnels (1001 with a reconnect hint) spread over ``tunnel_drain_window``.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import contextlib
 import logging
 import math
 import random
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec
@@ -36,6 +40,8 @@ from visiona.tunnel import conflict, repository
 from visiona.tunnel.errors import DeviceBusyError, TunnelUnavailableError
 from visiona.tunnel.forwards import Forwards
 from visiona.tunnel.link import TunnelLink
+from visiona.tunnel.pacing import TokenBucket
+from visiona.tunnel.statuswriter import StatusChange, StatusWriter
 from visiona.wire import (
     CLOSE_GOING_AWAY,
     CLOSE_KEEPALIVE,
@@ -67,6 +73,10 @@ RESTART_REASON = "the server restarted"
 ADMISSION_REASONS = {"inflight": 1, "deploying": 5, "busy": 5}
 #: ``Retry-After`` of a tunnel refused because the node's descriptors are spoken for.
 CAPACITY_RETRY_AFTER = 30
+#: Status changes waiting for the database above which new tunnels are refused (paced).
+MAX_STATUS_BACKLOG = 2000
+#: The longest a tunnel's status change waits in memory before its batch is written.
+STATUS_BATCH_INTERVAL = 0.25
 _ADMISSION_MESSAGES = {
     "inflight": "The device has too many requests in flight; retry later.",
     "deploying": "A deployment to the device is in progress; retry after it.",
@@ -98,6 +108,8 @@ class TunnelHub:
         self._tunnels: dict[uuid.UUID, TunnelLink] = {}
         self.conflicts = conflict.ConflictDetector()
         self._seen: set[uuid.UUID] = set()
+        self._status = StatusWriter(db, min(STATUS_BATCH_INTERVAL, settings.tunnel_status_interval))
+        self._last_epoch = 0
         self._flush_task: asyncio.Task[None] | None = None
         self._serving: set[asyncio.Task[Any]] = set()
         self._chores: set[asyncio.Task[None]] = set()
@@ -118,6 +130,8 @@ class TunnelHub:
         self.capacity = _tunnel_capacity(settings.tunnel_fd_reserve)
         #: the TCP forwards open through this node's tunnels (visiona/tunnel/tcp_endpoints.py)
         self.forwards = Forwards(settings)
+        rate = settings.tunnel_accept_rate
+        self._bucket = TokenBucket(rate, max(1.0, rate)) if rate > 0 else None
 
     # -- lifecycle ----------------------------------------------------------------
     async def start(self) -> None:
@@ -145,6 +159,7 @@ class TunnelHub:
                 )
         if reset:
             _LOGGER.info("tunnel: marked %s device(s) offline left from a previous run", len(reset))
+        self._status.start()
         self._flush_task = asyncio.get_running_loop().create_task(self._flush_loop())
 
     async def _reset_own(self, conn: AsyncConnection) -> list[tuple[uuid.UUID, uuid.UUID]]:
@@ -187,6 +202,7 @@ class TunnelHub:
             await asyncio.wait(serving, timeout=window + 10)
         if self._chores:
             await asyncio.wait(list(self._chores), timeout=10)
+        await self._status.close()  # every end recorded before uvicorn stops
         _LOGGER.info("tunnel: drained")
 
     def _going_away(self, link: TunnelLink, hint: float) -> None:
@@ -210,6 +226,7 @@ class TunnelHub:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flush_task
             self._flush_task = None
+        await self._status.close()
 
     # -- queries ------------------------------------------------------------------
     def get(self, device_id: uuid.UUID) -> TunnelLink | None:
@@ -324,7 +341,10 @@ class TunnelHub:
         """Let one upgrade in, or refuse it before the handshake (:class:`TunnelUnavailableError`).
 
         Checked from memory, before the token (no database round trip for a refusal):
-        tunnels plus upgrades in progress may not take more file descriptors than
+        while the node drains; beyond ``tunnel_accept_rate`` upgrades per second (a
+        token bucket, visiona/tunnel/pacing.py); while more than
+        :data:`MAX_STATUS_BACKLOG` status changes wait for the database; and when
+        tunnels plus upgrades in progress would take more file descriptors than
         ``capacity`` (the soft limit less ``tunnel_fd_reserve``). An upgrade let in holds
         a place until :meth:`close_upgrade`.
         """
@@ -335,6 +355,11 @@ class TunnelHub:
                 max(1, math.ceil(self._settings.tunnel_drain_window)),
                 "The node is stopping; retry later (or on another node).",
             )
+        if self._status.backlog > MAX_STATUS_BACKLOG:
+            self.count_upgrade("503")
+            raise TunnelUnavailableError(
+                "paced", 2, "The node is catching up with its database; retry shortly."
+            )
         if self._pending + len(self._tunnels) >= self.capacity:
             self.count_upgrade("503")
             raise TunnelUnavailableError(
@@ -342,6 +367,11 @@ class TunnelHub:
                 CAPACITY_RETRY_AFTER,
                 "The node holds as many tunnels as its file descriptors allow; retry later "
                 "(or on another node).",
+            )
+        if self._bucket is not None and (retry_after := self._bucket.take()):
+            self.count_upgrade("503")
+            raise TunnelUnavailableError(
+                "paced", retry_after, "The node takes new tunnels at a paced rate; retry later."
             )
         self._pending += 1
 
@@ -375,6 +405,7 @@ class TunnelHub:
             self.upgrade_abandoned(identity.device_id)
             return
         self.count_upgrade("101")
+        link.epoch = self._next_epoch()
         task = asyncio.current_task()
         if task is not None:
             self._serving.add(task)
@@ -392,9 +423,9 @@ class TunnelHub:
                         conflict.CAUSE,
                         conflict.FIX,
                     )
-                    await self._write(_conflict, link)
+                    self._status.put(_conflict(link))
                 await older.close(CLOSE_SUPERSEDED, "superseded")
-            await self._write(self._connected, link, utcnow())
+            self._status.put(self._connected(link, utcnow()))
             await self._claim(link)
             _LOGGER.info("tunnel: device %s connected", device_id)
             if self.draining:  # came up while the node drains: go away at once
@@ -415,8 +446,8 @@ class TunnelHub:
                 del self._tunnels[device_id]
                 self._seen.discard(device_id)
                 offline = await self._release(device_id)
-            await self._write(
-                _ended, link, offline=offline, quiet=self.conflicts.in_conflict(device_id)
+            self._status.put(
+                _ended(link, offline=offline, quiet=self.conflicts.in_conflict(device_id))
             )
             if task is not None:
                 self._serving.discard(task)
@@ -424,15 +455,18 @@ class TunnelHub:
                 "tunnel: device %s disconnected (%s)", device_id, link.session.close_reason
             )
 
-    async def _connected(self, conn: AsyncConnection, link: TunnelLink, now: datetime) -> None:
-        """``online`` and the ``tunnel.connected`` event, in one transaction (no event while
+    def _next_epoch(self) -> int:
+        """A new tunnel's epoch: nanoseconds now, strictly above the previous one here."""
+        self._last_epoch = max(time.time_ns(), self._last_epoch + 1)
+        return self._last_epoch
+
+    def _connected(self, link: TunnelLink, now: datetime) -> StatusChange:
+        """``online`` and the ``tunnel.connected`` event, for the next batch (no event while
         the device is in a tunnel conflict: its one ``tunnel.conflict`` event says it)."""
-        await repository.mark_connected(conn, link.device_id, now)
         if self.conflicts.in_conflict(link.device_id):
-            return
+            return StatusChange(link.device_id, link.epoch, "online", at=now)
         node = self.registry.node_id if self.registry is not None else None
-        await audit.record(
-            conn,
+        event = audit.event_values(
             "tunnel.connected",
             actor=Actor.device(link.device_id),
             owner_id=link.owner_user_id,
@@ -441,17 +475,27 @@ class TunnelHub:
             detail={"session_token_id": str(link.session_token_id), "node": node},
             client_addr=link.client_addr,
         )
+        return StatusChange(link.device_id, link.epoch, "online", at=now, event=event)
 
     # -- the registry lease (cluster only) ---------------------------------------
     async def _claim(self, link: TunnelLink) -> None:
+        """Take the device's lease for ``link``; a newer tunnel's lease (another node)
+        supersedes it at once."""
         if self.registry is None:
             return
         try:
-            self._leases[link.device_id] = await self.registry.claim(link.device_id)
+            lease = await self.registry.claim(link.device_id, epoch=link.epoch)
         except Exception as err:  # noqa: BLE001 - Redis away: the next renewal claims again
             _LOGGER.warning(
                 "cluster: lease of device %s not taken: %s", link.device_id, type(err).__name__
             )
+            return
+        if lease is None:
+            _LOGGER.info("tunnel: device %s has a newer tunnel elsewhere; closing", link.device_id)
+            self._background(link.close(CLOSE_SUPERSEDED, "superseded"))
+            return
+        if self._tunnels.get(link.device_id) is link:
+            self._leases[link.device_id] = lease
 
     async def _release(self, device_id: uuid.UUID) -> bool:
         """Drop the device's lease; False when another node holds the device now."""
@@ -515,9 +559,7 @@ class TunnelHub:
             if link.healthy:
                 link.healthy = False
                 self._seen.discard(device_id)
-                self._background(
-                    self._write(repository.set_remote_status, device_id, "reconnecting")
-                )
+                self._status.put(StatusChange(device_id, link.epoch, "reconnecting"))
             if misses >= self._settings.tunnel_ping_misses:
                 _LOGGER.info("tunnel: device %s missed %s keepalives", device_id, misses)
                 self._background(link.close(CLOSE_KEEPALIVE, "keepalive timeout"))
@@ -561,11 +603,20 @@ class TunnelHub:
         for device_id, link in self._tunnels.items():
             if link.traffic_since_last_check():
                 seen.add(device_id)
-        seen = {d for d in seen if d in self._tunnels and self._tunnels[d].healthy}
-        if seen:
-            await self._write(repository.mark_seen, seen, utcnow())
+        epochs = {d: self._tunnels[d].epoch for d in seen if self._healthy(d)}
+        if epochs:
+            await self._write(repository.mark_seen, epochs, utcnow())
         if self._refuse_busy and self.registry is not None and self._tunnels:
             await self._refresh_busy()
+
+    def _healthy(self, device_id: uuid.UUID) -> bool:
+        link = self._tunnels.get(device_id)
+        return link is not None and link.healthy
+
+    @property
+    def status_backlog(self) -> int:
+        """Status changes and events waiting for the database."""
+        return self._status.backlog
 
     async def _refresh_busy(self) -> None:
         """Cluster with ``proxy_during_deploy=refuse``: the agent's status report may land on
@@ -603,10 +654,9 @@ def _tunnel_capacity(reserve: int) -> int:
     return max(0, soft - reserve)
 
 
-async def _conflict(conn: AsyncConnection, link: TunnelLink) -> None:
+def _conflict(link: TunnelLink) -> StatusChange:
     """The one ``tunnel.conflict`` event of an episode, with the cause and the fix."""
-    await audit.record(
-        conn,
+    event = audit.event_values(
         "tunnel.conflict",
         actor=SYSTEM,
         owner_id=link.owner_user_id,
@@ -615,26 +665,24 @@ async def _conflict(conn: AsyncConnection, link: TunnelLink) -> None:
         detail={"reason": conflict.CAUSE, "fix": conflict.FIX},
         client_addr=link.client_addr,
     )
+    return StatusChange(link.device_id, link.epoch, None, event=event)
 
 
-async def _ended(
-    conn: AsyncConnection, link: TunnelLink, *, offline: bool, quiet: bool = False
-) -> None:
+def _ended(link: TunnelLink, *, offline: bool, quiet: bool = False) -> StatusChange:
     """The tunnel ended: ``offline`` (when no newer tunnel holds the device) and its event.
 
     Closed by this server as superseded or revoked: ``tunnel.superseded`` /
     ``tunnel.closed_revoked``; otherwise ``tunnel.disconnected`` with the reason (the
-    agent's own close or a lost connection has the device as actor).
+    agent's own close or a lost connection has the device as actor; the node's
+    shutdown has the system, reason ``server shutting down``).
     """
-    if offline:
-        await repository.set_remote_status(conn, link.device_id, "offline")
     closed = link.closed_by_server
     code = closed[0] if closed else None
     detail: dict[str, str] = {}
     actor = SYSTEM
     if code == CLOSE_SUPERSEDED:
         if quiet:  # a flap of a tunnel conflict: its episode has one event
-            return
+            return StatusChange(link.device_id, link.epoch, "offline" if offline else None)
         action = "tunnel.superseded"
     elif code == CLOSE_REVOKED:
         action = "tunnel.closed_revoked"
@@ -646,8 +694,7 @@ async def _ended(
             actor = Actor.device(link.device_id)
             why = link.session.close_reason
             detail["reason"] = type(why).__name__ if why is not None else "closed by the agent"
-    await audit.record(
-        conn,
+    event = audit.event_values(
         action,
         actor=actor,
         owner_id=link.owner_user_id,
@@ -656,3 +703,4 @@ async def _ended(
         detail=detail,
         client_addr=link.client_addr,
     )
+    return StatusChange(link.device_id, link.epoch, "offline" if offline else None, event=event)

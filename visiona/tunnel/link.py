@@ -57,6 +57,9 @@ class TunnelLink:
         self.connected_at = time.time()
         #: False while keepalives go unanswered (the device reads ``reconnecting``).
         self.healthy = True
+        #: This tunnel's generation (set by the hub): carried in its status writes and
+        #: in the registry, so an older tunnel's late writes never win.
+        self.epoch = 0
         #: Admission (visiona/tunnel/admission.py): proxied requests in flight, deployments
         #: in progress through this tunnel, and what the agent last said of its service.
         self.inflight = 0

@@ -1,15 +1,18 @@
 """SQL of the tunnel: the devices' remote status columns. Takes a connection; never commits.
 
-Statements are built once, here, with bind parameters.
+Statements are built once, here, with bind parameters. Every status write carries the
+tunnel's epoch (``devices.tunnel_epoch``, migration 0006): ``online`` applies only
+over an older epoch (newest wins), ``reconnecting``/``offline`` and the batched
+``last_seen_at`` only to the same epoch — a late write of an old tunnel misses.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Collection
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import BigInteger, bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from visiona.kit.schema import UTCDateTime, devices
@@ -18,15 +21,30 @@ from visiona.wire import RemoteStatus
 _live = devices.c.deleted_at.is_(None)
 _now = bindparam("now", type_=UTCDateTime())
 _one = (devices.c.id == bindparam("device_id")) & _live
+_epoch = bindparam("epoch", type_=BigInteger())
 _CONNECTED = (
     update(devices)
-    .where(_one)
-    .values(remote_status="online", last_connected_at=_now, last_seen_at=_now, busy=False)
+    .where(_one, or_(devices.c.tunnel_epoch.is_(None), devices.c.tunnel_epoch < _epoch))
+    .values(
+        remote_status="online",
+        last_connected_at=_now,
+        last_seen_at=_now,
+        busy=False,
+        tunnel_epoch=_epoch,
+    )
 )
-_SET_STATUS = update(devices).where(_one).values(remote_status=bindparam("new_status"))
+_SET_STATUS = (
+    update(devices)
+    .where(_one, devices.c.tunnel_epoch == _epoch)
+    .values(remote_status=bindparam("new_status"))
+)
 _SEEN = (
     update(devices)
-    .where(devices.c.id.in_(bindparam("device_ids", expanding=True)), _live)
+    .where(
+        devices.c.id.in_(bindparam("device_ids", expanding=True)),
+        devices.c.tunnel_epoch.in_(bindparam("epochs", expanding=True)),
+        _live,
+    )
     .values(last_seen_at=_now, remote_status="online")
 )
 _ALL_OFFLINE = (
@@ -37,25 +55,38 @@ _ALL_OFFLINE = (
 )
 
 
-async def mark_connected(conn: AsyncConnection, device_id: uuid.UUID, now: datetime) -> None:
-    """A tunnel came up: ``online``, connected and seen now, not busy until the agent says."""
-    await conn.execute(_CONNECTED, {"device_id": device_id, "now": now})
+async def mark_connected(
+    conn: AsyncConnection, rows: Sequence[tuple[uuid.UUID, int, datetime]]
+) -> None:
+    """Tunnels came up, ``(device id, epoch, when)`` each, in one executemany: ``online``,
+    connected and seen then, not busy until the agent says — unless a newer tunnel's
+    epoch is already written."""
+    if rows:
+        await conn.execute(
+            _CONNECTED, [{"device_id": d, "epoch": e, "now": when} for d, e, when in rows]
+        )
 
 
 async def set_remote_status(
-    conn: AsyncConnection, device_id: uuid.UUID, remote_status: RemoteStatus
+    conn: AsyncConnection, rows: Sequence[tuple[uuid.UUID, int, RemoteStatus]]
 ) -> None:
-    """Record a status change (``reconnecting``, ``offline``...) of one device."""
-    await conn.execute(_SET_STATUS, {"device_id": device_id, "new_status": remote_status})
+    """Status changes (``reconnecting``, ``offline``...), ``(device id, epoch, status)``
+    each, in one executemany; each applies only while its tunnel's epoch is the device's."""
+    if rows:
+        await conn.execute(
+            _SET_STATUS,
+            [{"device_id": d, "epoch": e, "new_status": status} for d, e, status in rows],
+        )
 
 
-async def mark_seen(
-    conn: AsyncConnection, device_ids: Collection[uuid.UUID], now: datetime
-) -> None:
-    """One statement for the whole batch: these devices were seen (and are online) at ``now``."""
-    if not device_ids:
+async def mark_seen(conn: AsyncConnection, seen: Mapping[uuid.UUID, int], now: datetime) -> None:
+    """One statement for the whole batch: these devices (device id → tunnel epoch) were
+    seen, and are online, at ``now`` — those whose epoch is still theirs."""
+    if not seen:
         return
-    await conn.execute(_SEEN, {"device_ids": list(device_ids), "now": now})
+    await conn.execute(
+        _SEEN, {"device_ids": list(seen), "epochs": list(set(seen.values())), "now": now}
+    )
 
 
 async def mark_all_offline(conn: AsyncConnection) -> list[tuple[uuid.UUID, uuid.UUID]]:

@@ -10,6 +10,9 @@
 //	    /api/v1/agent/tunnel (yamux client) and /proxy/<path> which sends each request
 //	    over a new stream to the connected agent and streams the answer back.
 //
+//	-mode hub: the minimal tunnel server of the scale bench's reference: any bearer token,
+//	    every tunnel kept (yamux client, hashicorp's keepalive), GET /count answers how
+//	    many are up.
 //	-mode origin, -mode load: the bench's local HTTP service and load client (bench.go).
 //
 // Events are JSON lines on stdout.
@@ -351,6 +354,46 @@ func runCloud(listen string, window int) {
 	log.Fatal(http.Serve(ln, mux))
 }
 
+func runHub(listen string, window int) {
+	var mu sync.Mutex
+	up := 0
+	mux := http.NewServeMux()
+	mux.HandleFunc("/api/v1/agent/tunnel", func(w http.ResponseWriter, r *http.Request) {
+		if !strings.HasPrefix(r.Header.Get("Authorization"), "Bearer ") {
+			http.Error(w, `{"error":{"code":"unauthorized","message":"The token is not valid."}}`, 401)
+			return
+		}
+		upgrader := websocket.Upgrader{ReadBufferSize: 4096, WriteBufferSize: 4096}
+		c, err := upgrader.Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		sess, err := yamux.Client(&wsConn{c: c}, yamuxConfig(window))
+		if err != nil {
+			return
+		}
+		mu.Lock()
+		up++
+		mu.Unlock()
+		<-sess.CloseChan()
+		mu.Lock()
+		up--
+		mu.Unlock()
+	})
+	mux.HandleFunc("/count", func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		n := up
+		mu.Unlock()
+		fmt.Fprintf(w, "%d", n)
+	})
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		log.Fatal(err)
+	}
+	emit(map[string]interface{}{"event": "listening", "port": ln.Addr().(*net.TCPAddr).Port})
+	log.Fatal(http.Serve(ln, mux))
+}
+
 func main() {
 	mode := flag.String("mode", "", "agent | cloud")
 	server := flag.String("server", "", "agent: the cloud's base URL")
@@ -372,6 +415,8 @@ func main() {
 		runAgent(*server, *token, *fwd, *sessionFile, *serial, *window)
 	case "cloud":
 		runCloud(*listen, *window)
+	case "hub":
+		runHub(*listen, *window)
 	case "origin":
 		runOrigin(*listen)
 	case "load":

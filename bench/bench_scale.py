@@ -1,0 +1,345 @@
+"""Many tunnels on one node: pairing, a connect storm, idle cost, a restart (issue 27).
+
+N lightweight agents in this process speak the real protocol (the agent's own picows
+WebSocket and yamux session, answering pings and proxied requests; they honour
+``Retry-After`` and the 1001 reconnect hint as ``visiona agent`` does) against a real
+``visiona serve`` on PostgreSQL + Redis, then against a minimal Go tunnel server
+(``testkit/go/src/tunnelpeer -mode hub``: gorilla/websocket + hashicorp/yamux) as the
+reference, in the same run. Printed: time to pair N; connect storm to all online (as
+the agents see it, and as the API reports it); the upgrade answers by status; idle CPU
+and RSS per tunnel; a tiny proxied request's p50 with N tunnels up against with one;
+SIGTERM → restart → all online again.
+
+``BENCH_SCALE_N`` sets N (default 200, CI-friendly; the issue's figure is 10,000 —
+raise the fd limit first, ``ulimit -n``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.bench_tunnel import Proc
+from testkit.gopeer import build_tunnel_peer
+from testkit.servers import PostgresServer, RedisServer, free_port
+from visiona.agent.runner import retry_after_delay
+from visiona.agent.websocket import UpgradeRefusedError, open_tunnel_socket
+from visiona.kit import migrate
+from visiona.wire import API_PREFIX, TUNNEL_PATH, reconnect_hint
+from visiona.yamux import Config, Session, Stream, YamuxError
+
+API = API_PREFIX
+N = int(os.environ.get("BENCH_SCALE_N", "200"))
+IDLE_SECONDS = 5.0
+PROXIED = 200
+_ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+
+
+@dataclass
+class Fleet:
+    """The in-process agents: their loops, how many are up, what the upgrades answered."""
+
+    ws_url: str
+    up: int = 0
+    answers: dict[str, int] = field(default_factory=dict)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def count(self, answer: str) -> None:
+        self.answers[answer] = self.answers.get(answer, 0) + 1
+
+    async def agent(self, token: str) -> None:
+        """One agent: connect, answer streams, come back when told (or with backoff)."""
+        backoff = 0.5
+        while not self.stop.is_set():
+            delay = backoff / 2 + random.uniform(0, backoff / 2)
+            try:
+                socket = await open_tunnel_socket(self.ws_url, token, handshake_timeout=30)
+            except UpgradeRefusedError as err:
+                self.count(str(err.status))
+                if err.retry_after is not None:
+                    delay = retry_after_delay(err.retry_after)
+            except (OSError, TimeoutError) as err:
+                self.count(type(err).__name__)
+            except Exception as err:  # noqa: BLE001 - picows' own handshake errors
+                self.count(type(err).__name__)
+            else:
+                self.count("101")
+                backoff = 0.5
+                session = Session(socket.feed, client=False, config=Config(enable_keepalive=False))
+                accepting = asyncio.create_task(_answer_streams(session))
+                self.up += 1
+                stopping = asyncio.create_task(self.stop.wait())
+                closed = asyncio.create_task(session.closed.wait())
+                await asyncio.wait({stopping, closed}, return_when=asyncio.FIRST_COMPLETED)
+                self.up -= 1
+                for task in (stopping, closed, accepting):
+                    task.cancel()
+                await session.close()
+                hint = reconnect_hint(socket.close_code, socket.close_reason)
+                delay = hint if hint is not None else 0.5 * random.random()
+            backoff = min(30.0, backoff * 2)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), delay)
+
+    def start(self, tokens: list[str]) -> None:
+        self.tasks.extend(asyncio.create_task(self.agent(t)) for t in tokens)
+
+    async def close(self) -> None:
+        self.stop.set()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+async def _answer_streams(session: Session) -> None:
+    with contextlib.suppress(YamuxError):
+        while True:
+            stream = await session.accept_stream()
+            asyncio.get_running_loop().create_task(_answer(stream))
+
+
+async def _answer(stream: Stream) -> None:
+    try:
+        await stream.readuntil(b"\r\n\r\n")
+        stream.write(_ANSWER)
+        stream.write_eof()
+        await stream.drain()
+    except (YamuxError, asyncio.IncompleteReadError):
+        stream.reset()
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _until(predicate: Any, limit: float = 600) -> float:
+    """Seconds until ``await predicate()`` is true (polled every 50 ms; bounded)."""
+    started = time.perf_counter()
+    while not await predicate():
+        if time.perf_counter() - started > limit:
+            raise RuntimeError("the scale bench waited too long")
+        await asyncio.sleep(0.05)
+    return time.perf_counter() - started
+
+
+@contextlib.contextmanager
+def _serve(env: dict[str, str], port: int) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "visiona", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.1)
+        else:
+            raise RuntimeError("visiona serve did not become healthy")
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        proc.wait(timeout=60)
+
+
+async def _online(http: httpx.AsyncClient, headers: dict[str, str]) -> int:
+    count, cursor = 0, None
+    while True:
+        params: dict[str, Any] = {"limit": 200, "remote_status": "online"}
+        if cursor:
+            params["cursor"] = cursor
+        body = (await http.get(f"{API}/devices", params=params, headers=headers)).json()
+        count += len(body["items"])
+        cursor = body.get("next_cursor")
+        if not cursor:
+            return count
+
+
+async def _p50(http: httpx.AsyncClient, device_id: str, headers: dict[str, str]) -> float:
+    times = []
+    for _ in range(PROXIED):
+        started = time.perf_counter()
+        response = await http.get(f"{API}/devices/{device_id}/proxy/ping", headers=headers)
+        times.append(time.perf_counter() - started)
+        response.raise_for_status()
+    return sorted(times)[len(times) // 2] * 1000
+
+
+def _upgrades(metrics: str) -> str:
+    found = re.findall(r'visiona_tunnel_upgrades_total\{answer="([^"]+)"\} ([0-9.e+]+)', metrics)
+    return ", ".join(f"{a}: {int(float(v))}" for a, v in found)
+
+
+async def _visiona(env: dict[str, str]) -> list[str]:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    lines: list[str] = []
+    fleet = Fleet(base.replace("http://", "ws://") + f"{API}{TUNNEL_PATH}")
+    with _serve(env, port) as proc:
+        async with httpx.AsyncClient(base_url=base, timeout=60) as http:
+            body = {"email": "scale@example.com", "password": "bench password 123", "name": "S"}
+            await http.post(f"{API}/auth/register", json=body)
+            login = await http.post(
+                f"{API}/auth/login", json={"email": body["email"], "password": body["password"]}
+            )
+            headers = {"Authorization": f"Bearer {login.json()['token']}"}
+            gate = asyncio.Semaphore(16)
+
+            async def pair(i: int) -> tuple[str, str]:
+                async with gate:
+                    made = await http.post(f"{API}/pairing-tokens", json={}, headers=headers)
+                    paired = await http.post(
+                        f"{API}/agent/pair",
+                        json={
+                            "pairing_token": made.json()["token"],
+                            "serial_number": f"SCALE-{i}",
+                            "device_type": "kl520",
+                            "name": f"scale {i}",
+                        },
+                    )
+                    paired.raise_for_status()
+                    return str(paired.json()["device_id"]), str(paired.json()["session_token"])
+
+            started = time.perf_counter()
+            devices = await asyncio.gather(*(pair(i) for i in range(N)))
+            lines.append(f"pair {N}: {time.perf_counter() - started:.2f} s")
+            rss0, cpu0 = _rss_kib(proc.pid), _cpu_seconds(proc.pid)
+            fleet.start([devices[0][1]])
+            await _until(lambda: _true(fleet.up == 1))
+            p50_one = await _p50(http, devices[0][0], headers)
+
+            started = time.perf_counter()
+            cpu_before = _cpu_seconds(proc.pid)
+            fleet.start([token for _, token in devices[1:]])
+            agents_up = await _until(lambda: _true(fleet.up == N))
+            api_online = agents_up + await _until(lambda: _eq(_online(http, headers), N))
+            storm_cpu = (_cpu_seconds(proc.pid) - cpu_before) / max(1, N - 1) * 1000
+            lines.append(
+                f"storm of {N}: all up {agents_up:.2f} s (agents), online {api_online:.2f} s "
+                f"(API); server CPU {storm_cpu:.2f} ms per tunnel"
+            )
+            await asyncio.sleep(1)
+            cpu1 = _cpu_seconds(proc.pid)
+            await asyncio.sleep(IDLE_SECONDS)
+            idle = (_cpu_seconds(proc.pid) - cpu1) / IDLE_SECONDS * 100
+            rss = (_rss_kib(proc.pid) - rss0) / N
+            lines.append(
+                f"idle with {N}: {idle:.2f} % of a core ({idle * 1000 / N:.2f} % per 1,000); "
+                f"RSS {rss:.1f} KiB per tunnel (baseline CPU before: {cpu0:.1f} s)"
+            )
+            p50_n = await _p50(http, devices[0][0], headers)
+            lines.append(
+                f"proxied p50: {p50_n:.2f} ms with {N} up vs {p50_one:.2f} ms with 1 "
+                f"({p50_n / p50_one:.2f}x)"
+            )
+            metrics = (await http.get("/metrics")).text
+            lines.append(f"upgrade answers (server): {_upgrades(metrics)}")
+
+            os.kill(proc.pid, signal.SIGTERM)
+            stopping = time.perf_counter()
+            await asyncio.to_thread(proc.wait, 120)
+            stopped = time.perf_counter() - stopping
+        with _serve(env, port):
+            restarted = time.perf_counter()
+            async with httpx.AsyncClient(base_url=base, timeout=60) as http:
+                again = await _until(lambda: _eq(_online(http, headers), N))
+            lines.append(
+                f"SIGTERM: exit after {stopped:.2f} s; all {N} online "
+                f"{time.perf_counter() - restarted:.2f} s after the new start "
+                f"(API: {again:.2f} s)"
+            )
+            lines.append(f"upgrade answers (agents): {dict(sorted(fleet.answers.items()))}")
+            await fleet.close()
+    return lines
+
+
+async def _go(binary: Path) -> list[str]:
+    hub = Proc(str(binary), "-mode", "hub")
+    try:
+        port = hub.event("listening")["port"]
+        pid = hub.proc.pid
+        fleet = Fleet(f"ws://127.0.0.1:{port}{API}{TUNNEL_PATH}")
+        rss0 = _rss_kib(pid)
+        cpu0 = _cpu_seconds(pid)
+        started = time.perf_counter()
+        fleet.start([f"vst_go-{i}" for i in range(N)])
+        up = await _until(lambda: _true(fleet.up == N))
+        storm_cpu = (_cpu_seconds(pid) - cpu0) / N * 1000
+        await asyncio.sleep(1)
+        cpu1 = _cpu_seconds(pid)
+        await asyncio.sleep(IDLE_SECONDS)
+        idle = (_cpu_seconds(pid) - cpu1) / IDLE_SECONDS * 100
+        rss = (_rss_kib(pid) - rss0) / N
+        await fleet.close()
+        del started
+        return [
+            f"Go reference, storm of {N}: all up {up:.2f} s; {storm_cpu:.2f} ms CPU per tunnel",
+            f"Go reference idle with {N}: {idle:.2f} % of a core; RSS {rss:.1f} KiB per tunnel",
+        ]
+    finally:
+        hub.stop()
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def _eq(count: Any, expected: int) -> bool:
+    return bool(await count == expected)
+
+
+def main() -> None:
+    """Run the scenario on visiona and on the Go reference; print the figures."""
+    binary = build_tunnel_peer()
+    pg, redis = PostgresServer(), RedisServer()
+    pg.start()
+    redis.start()
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
+            url = pg.create_database("bench_scale")
+            migrate.upgrade(url)
+            env = {k: v for k, v in os.environ.items() if not k.startswith("VISIONA_")}
+            env.update(
+                {
+                    "VISIONA_DATABASE_URL": url.replace("+asyncpg", ""),
+                    "VISIONA_REDIS_URL": redis.url,
+                    "VISIONA_STORAGE_URL": Path(tmp).as_uri(),
+                    "VISIONA_LOG_LEVEL": "WARNING",
+                    "VISIONA_PAIR_RATE_LIMIT": "1000000",
+                    "VISIONA_LOGIN_RATE_LIMIT_PER_ADDRESS": "1000000",
+                    "VISIONA_TUNNEL_DRAIN_WINDOW": "2",
+                }
+            )
+            lines = asyncio.run(_visiona(env))
+        lines += asyncio.run(_go(binary))
+    finally:
+        redis.cleanup()
+        pg.cleanup()
+    print(f"N = {N} tunnels (BENCH_SCALE_N)")
+    for line in lines:
+        print(f"  {line}")

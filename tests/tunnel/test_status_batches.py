@@ -1,0 +1,137 @@
+"""Tunnel status changes: written in batches, kept and retried when the database is
+busy, and guarded by the tunnel's epoch so an old tunnel's late write never wins."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import event, func, select, update
+
+from tests.support.api import signup
+from tests.support.tunnel import paired_agent_token
+from visiona.audit import service as audit
+from visiona.kit.clock import utcnow
+from visiona.kit.database import Database
+from visiona.kit.runtime import Runtime
+from visiona.kit.schema import audit_events, devices
+from visiona.kit.settings import Settings
+from visiona.tunnel import repository
+from visiona.tunnel.statuswriter import StatusChange, StatusWriter
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """A database that gives up quickly on a lock held elsewhere."""
+    return settings.model_copy(update={"db_command_timeout": 1.0, "sqlite_busy_timeout_ms": 200})
+
+
+def _runtime(app: FastAPI) -> Runtime:
+    runtime: Runtime = app.state.runtime
+    return runtime
+
+
+def _online(device_id: uuid.UUID, epoch: int) -> StatusChange:
+    event_row = audit.event_values(
+        "tunnel.connected",
+        actor=audit.Actor.device(device_id),
+        owner_id=None,
+        target_id=device_id,
+        device_id=device_id,
+        detail={"session_token_id": "x", "node": None},
+    )
+    return StatusChange(device_id, epoch, "online", at=utcnow(), event=event_row)
+
+
+async def _status(db: Database, device_id: uuid.UUID) -> str:
+    async with db.reading() as conn:
+        value = await conn.scalar(select(devices.c.remote_status).where(devices.c.id == device_id))
+    return str(value)
+
+
+async def _devices(client: httpx.AsyncClient, count: int) -> list[uuid.UUID]:
+    user = await signup(client)
+    return [uuid.UUID((await paired_agent_token(client, user))[0]) for _ in range(count)]
+
+
+async def test_a_batch_the_busy_database_refused_is_kept_and_written_whole_later(
+    app: FastAPI, client: httpx.AsyncClient, settings: Settings
+) -> None:
+    ids = await _devices(client, 5)
+    db = _runtime(app).db
+    writer = StatusWriter(db, 0.05)
+    for epoch, device_id in enumerate(ids, start=1):
+        writer.put(_online(device_id, epoch))
+    other = Database(settings.build_engine(), settings.database_target)
+    try:
+        async with other.transaction() as conn:  # another writer holds the devices
+            await conn.execute(update(devices).values(name=devices.c.name))
+            assert await writer.write_once() is False
+            assert writer.backlog == 5  # kept, nothing dropped
+    finally:
+        await other.dispose()
+    statements: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, sql: str, *_: Any) -> None:
+        statements.append(sql.split(maxsplit=1)[0].upper())
+
+    engine = db.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        assert await writer.write_once() is True
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert writer.backlog == 0
+    assert (writer.failed, writer.batches) == (1, 1)
+    # one executemany for the five statuses, one for the five events
+    assert statements.count("UPDATE") == 1
+    assert statements.count("INSERT") == 1
+    for device_id in ids:
+        assert await _status(db, device_id) == "online"
+    async with db.reading() as conn:
+        written = await conn.scalar(
+            select(func.count())
+            .select_from(audit_events)
+            .where(audit_events.c.action == "tunnel.connected", audit_events.c.device_id.in_(ids))
+        )
+    assert written == 5
+
+
+async def test_an_old_tunnels_late_writes_never_overwrite_a_newer_tunnels_status(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    (device_id,) = await _devices(client, 1)
+    db = _runtime(app).db
+    old, new = 1_000, 2_000
+    async with db.transaction() as conn:
+        await repository.mark_connected(conn, [(device_id, new, utcnow())])
+        # the old tunnel's writes arrive late: each misses
+        await repository.mark_connected(conn, [(device_id, old, utcnow())])
+        await repository.set_remote_status(conn, [(device_id, old, "offline")])
+        await repository.set_remote_status(conn, [(device_id, old, "reconnecting")])
+    assert await _status(db, device_id) == "online"
+    async with db.reading() as conn:
+        kept = await conn.scalar(select(devices.c.tunnel_epoch).where(devices.c.id == device_id))
+    assert kept == new
+    async with db.transaction() as conn:  # the new tunnel's own end applies
+        await repository.set_remote_status(conn, [(device_id, new, "offline")])
+    assert await _status(db, device_id) == "offline"
+    async with db.transaction() as conn:  # a seen batch of the old tunnel misses too
+        await repository.mark_seen(conn, {device_id: old}, utcnow())
+    assert await _status(db, device_id) == "offline"
+
+
+async def test_in_one_batch_online_of_the_newer_tunnel_wins_over_the_older_ones_end(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    (device_id,) = await _devices(client, 1)
+    db = _runtime(app).db
+    writer = StatusWriter(db, 0.05)
+    writer.put(_online(device_id, 10))
+    writer.put(_online(device_id, 20))  # the agent reconnected before the old end was seen
+    writer.put(StatusChange(device_id, 10, "offline"))
+    assert await writer.write_once() is True
+    assert await _status(db, device_id) == "online"
