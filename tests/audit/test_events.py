@@ -34,7 +34,9 @@ from visiona.tunnel.hub import RESTART_REASON
 from visiona.yamux import Stream
 
 # recorded by the policy helper's agent-side refusals (tests live with that feature)
-_ELSEWHERE = {"proxy.forbidden_by_agent"}
+#: Produced and asserted in other modules: tests/agent/test_policy.py,
+#: tests/agent/test_deploy.py (a real agent without a hook), tests/tunnel/test_conflict.py.
+_ELSEWHERE = {"proxy.forbidden_by_agent", "deployment.stored", "tunnel.conflict"}
 
 
 def assert_no_secret(text: str, *secrets: str) -> None:
