@@ -21,6 +21,7 @@ import httpx
 from testkit.device_service import pattern
 from testkit.live import LiveServer
 from tests.support.agent import agent_cli, agent_options, running
+from tests.support.audit import stored_events
 from tests.support.api import User, signup
 from tests.support.deployments import deploy, deployments_of, set_model_sha
 from tests.support.devices import pairing_token
@@ -187,6 +188,10 @@ async def test_a_wrong_checksum_is_refused_and_nothing_is_kept(
     assert second.json()["detail"] == (
         f"stored at {models_dir / (str(good['id']) + '.nef')} on the PC; no deploy hook configured"
     )
+    [event] = await stored_events(
+        live.app, action="deployment.stored", target_id=second.json()["id"]
+    )
+    assert event.detail == {"model_id": str(good["id"]), "detail": second.json()["detail"]}
     assert sorted(p.name for p in models_dir.iterdir()) == [f"{good['id']}.nef"]
     assert uuid.UUID(record["model_id"]) == uuid.UUID(str(model["id"]))
 

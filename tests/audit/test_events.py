@@ -32,9 +32,17 @@ from visiona.tunnel.dependencies import HUB
 from visiona.tunnel.hub import RESTART_REASON
 from visiona.yamux import Stream
 
-# recorded by the policy helper's agent-side refusals (tests live with that feature), and
-# by TCP forwards (tests/tunnel/test_tcp_endpoints.py asserts each with its detail)
-_ELSEWHERE = {"proxy.forbidden_by_agent", "forward.opened", "forward.closed", "forward.refused"}
+#: Produced and asserted in other modules: tests/agent/test_policy.py (agent-side
+#: refusals), tests/agent/test_deploy.py (a real agent without a hook),
+#: tests/tunnel/test_conflict.py, tests/tunnel/test_tcp_endpoints.py (TCP forwards).
+_ELSEWHERE = {
+    "proxy.forbidden_by_agent",
+    "deployment.stored",
+    "tunnel.conflict",
+    "forward.opened",
+    "forward.closed",
+    "forward.refused",
+}
 
 
 def assert_no_secret(text: str, *secrets: str) -> None:
