@@ -29,7 +29,7 @@ _CONNECTED = (
         remote_status="online",
         last_connected_at=_now,
         last_seen_at=_now,
-        busy=False,
+        busy=bindparam("busy"),
         tunnel_epoch=_epoch,
     )
 )
@@ -56,14 +56,15 @@ _ALL_OFFLINE = (
 
 
 async def mark_connected(
-    conn: AsyncConnection, rows: Sequence[tuple[uuid.UUID, int, datetime]]
+    conn: AsyncConnection, rows: Sequence[tuple[uuid.UUID, int, datetime, bool]]
 ) -> None:
-    """Tunnels came up, ``(device id, epoch, when)`` each, in one executemany: ``online``,
-    connected and seen then, not busy until the agent says — unless a newer tunnel's
-    epoch is already written."""
+    """Tunnels came up, ``(device id, epoch, when, busy)`` each, in one executemany:
+    ``online``, connected and seen then, ``busy`` as the agent said since (false until it
+    says) — unless a newer tunnel's epoch is already written."""
     if rows:
         await conn.execute(
-            _CONNECTED, [{"device_id": d, "epoch": e, "now": when} for d, e, when in rows]
+            _CONNECTED,
+            [{"device_id": d, "epoch": e, "now": when, "busy": b} for d, e, when, b in rows],
         )
 
 
