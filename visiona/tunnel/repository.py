@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 
-from sqlalchemy import BigInteger, bindparam, or_, select, update
+from sqlalchemy import BigInteger, bindparam, case, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from visiona.kit.schema import UTCDateTime, devices
@@ -29,7 +29,9 @@ _CONNECTED = (
         remote_status="online",
         last_connected_at=_now,
         last_seen_at=_now,
-        busy=bindparam("busy"),
+        # a report of the agent since the tunnel came up (it may land before the batch,
+        # on any node: it sets updated_at) is kept; else what this node heard, or false
+        busy=case((devices.c.updated_at >= _now, devices.c.busy), else_=bindparam("busy")),
         tunnel_epoch=_epoch,
     )
 )
