@@ -107,9 +107,9 @@ async def test_an_old_tunnels_late_writes_never_overwrite_a_newer_tunnels_status
     db = _runtime(app).db
     old, new = 1_000, 2_000
     async with db.transaction() as conn:
-        await repository.mark_connected(conn, [(device_id, new, utcnow())])
+        await repository.mark_connected(conn, [(device_id, new, utcnow(), False)])
         # the old tunnel's writes arrive late: each misses
-        await repository.mark_connected(conn, [(device_id, old, utcnow())])
+        await repository.mark_connected(conn, [(device_id, old, utcnow(), False)])
         await repository.set_remote_status(conn, [(device_id, old, "offline")])
         await repository.set_remote_status(conn, [(device_id, old, "reconnecting")])
     assert await _status(db, device_id) == "online"

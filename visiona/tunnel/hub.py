@@ -475,7 +475,9 @@ class TunnelHub:
             detail={"session_token_id": str(link.session_token_id), "node": node},
             client_addr=link.client_addr,
         )
-        return StatusChange(link.device_id, link.epoch, "online", at=now, event=event)
+        return StatusChange(
+            link.device_id, link.epoch, "online", at=now, event=event, busy=lambda: link.busy
+        )
 
     # -- the registry lease (cluster only) ---------------------------------------
     async def _claim(self, link: TunnelLink) -> None:

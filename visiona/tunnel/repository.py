@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 
-from sqlalchemy import BigInteger, bindparam, or_, select, update
+from sqlalchemy import BigInteger, bindparam, case, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from visiona.kit.schema import UTCDateTime, devices
@@ -29,7 +29,9 @@ _CONNECTED = (
         remote_status="online",
         last_connected_at=_now,
         last_seen_at=_now,
-        busy=False,
+        # a report of the agent since the tunnel came up (it may land before the batch,
+        # on any node: it sets updated_at) is kept; else what this node heard, or false
+        busy=case((devices.c.updated_at >= _now, devices.c.busy), else_=bindparam("busy")),
         tunnel_epoch=_epoch,
     )
 )
@@ -56,14 +58,15 @@ _ALL_OFFLINE = (
 
 
 async def mark_connected(
-    conn: AsyncConnection, rows: Sequence[tuple[uuid.UUID, int, datetime]]
+    conn: AsyncConnection, rows: Sequence[tuple[uuid.UUID, int, datetime, bool]]
 ) -> None:
-    """Tunnels came up, ``(device id, epoch, when)`` each, in one executemany: ``online``,
-    connected and seen then, not busy until the agent says — unless a newer tunnel's
-    epoch is already written."""
+    """Tunnels came up, ``(device id, epoch, when, busy)`` each, in one executemany:
+    ``online``, connected and seen then, ``busy`` as the agent said since (false until it
+    says) — unless a newer tunnel's epoch is already written."""
     if rows:
         await conn.execute(
-            _CONNECTED, [{"device_id": d, "epoch": e, "now": when} for d, e, when in rows]
+            _CONNECTED,
+            [{"device_id": d, "epoch": e, "now": when, "busy": b} for d, e, when, b in rows],
         )
 
 

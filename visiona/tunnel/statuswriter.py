@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +51,9 @@ class StatusChange:
     status: RemoteStatus | None
     at: datetime | None = None
     event: dict[str, Any] | None = None
+    #: ``online`` only: what the agent said of its service since the tunnel came up,
+    #: read when the batch is written (its report may come before the batch does)
+    busy: Callable[[], bool] | None = None
 
 
 class StatusWriter:
@@ -96,7 +100,11 @@ class StatusWriter:
             return True
         try:
             async with self._db.transaction() as conn:
-                online = [(c.device_id, c.epoch, c.at) for c in batch if c.at is not None]
+                online = [
+                    (c.device_id, c.epoch, c.at, c.busy() if c.busy else False)
+                    for c in batch
+                    if c.at is not None
+                ]
                 await repository.mark_connected(conn, online)
                 changes = [
                     (c.device_id, c.epoch, c.status)
