@@ -8,6 +8,8 @@ tunnels: a device not here answers 502 ``device_offline`` and is never forwarded
 - ``POST /internal/v1/deployments/{id}/transfer``: run a deployment recorded by the
   calling node (the model file in the JSON body) through this node's tunnel; answers
   the final record (200) or the deployment's error (502 with the record).
+- ``/internal/v1/link``: the persistent node link (a WebSocket; visiona/cluster/linkserver.py)
+  that nodes of this version use instead of the two routes above.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from visiona.cluster.deployments import model_file_of, run_here
 from visiona.cluster.forwarding import (
     CLIENT_HEADER,
     INTERNAL_PREFIX,
@@ -27,19 +28,15 @@ from visiona.cluster.forwarding import (
     USER_HEADER,
     token_matches,
 )
+from visiona.cluster.linkserver import link_endpoint, transfer_here
 from visiona.cluster.service import cluster_of
-from visiona.deployments import repository as deployments_repository
-from visiona.deployments import service as deployments
-from visiona.deployments.schemas import DeploymentOut, DeploymentStatus
+from visiona.deployments.schemas import DeploymentOut
 from visiona.kit.deps import RuntimeDep
 from visiona.kit.errors import (
     BadRequestError,
-    NotFoundError,
-    StorageUnavailableError,
     UnauthorizedError,
 )
-from visiona.tunnel.endpoints import PROXY_METHODS, _forward_target, hub_of, proxy_local
-from visiona.tunnel.errors import DeviceOfflineError
+from visiona.tunnel.endpoints import PROXY_METHODS, _forward_target, proxy_local
 
 _OURS = {
     h.encode() for h in (TOKEN_HEADER, USER_HEADER, CLIENT_HEADER, PROTO_HEADER, PREFIX_HEADER)
@@ -99,27 +96,14 @@ async def internal_transfer(
     user_id = _caller(request, runtime)  # before the body: no detail for an unknown caller
     try:
         body = await request.json()
-        model = model_file_of(body if isinstance(body, dict) else {})
     except ValueError as err:
         raise BadRequestError("Malformed model file.") from err
-    storage = runtime.model_storage
-    if storage is None:
-        raise StorageUnavailableError()
-    # unit of work: the record's check only; each state change is its own (as on one node)
-    async with runtime.db.transaction() as conn:
-        deployment = await deployments_repository.get_deployment(conn, deployment_id)
-    if deployment is None or deployment.owner_user_id != user_id:
-        raise NotFoundError("Deployment not found.")
-    link = hub_of(runtime).get(deployment.device_id)
-    if link is None or link.owner_user_id != user_id:
-        failed = await deployments.mark(
-            runtime.db, deployment.id, DeploymentStatus.FAILED, deployments.OFFLINE_REASON
-        )
-        raise deployments.DeploymentOfflineError(failed, DeviceOfflineError.default_message)
-    record = await run_here(runtime, storage, link, deployment, model)
-    if record.status != DeploymentStatus.SUCCEEDED:
-        raise deployments.DeploymentFailedError(record)
+    record = await transfer_here(
+        runtime, deployment_id, user_id, body if isinstance(body, dict) else {}
+    )
     return DeploymentOut.model_validate(record)
 
+
+router.add_api_websocket_route("/link", link_endpoint, name="node_link")
 
 __all__ = ["TOKEN_HEADER", "router"]

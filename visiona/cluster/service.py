@@ -69,7 +69,8 @@ def build_cluster(runtime: Runtime, bound_url: str | None) -> Cluster | None:
     ttl = 3 * settings.tunnel_ping_interval + settings.tunnel_ping_timeout
     registry = TunnelRegistry(runtime.redis, node_id=node_id, node_url=url, ttl=ttl)
     token = settings.internal_token.get_secret_value()
-    cluster = Cluster(registry, Forwarder(token, settings.cluster_connect_timeout), token)
+    forwarder = Forwarder(token, settings.cluster_connect_timeout, node_id=node_id)
+    cluster = Cluster(registry, forwarder, token)
     runtime.cluster = cluster
     _LOGGER.info("cluster: node %s at %s (lease ttl %.1fs)", node_id, url, ttl)
     return cluster
