@@ -21,6 +21,7 @@ import contextlib
 import logging
 import random
 import secrets
+import socket
 from typing import TYPE_CHECKING, Any
 
 from picows import (
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
 
     from picows import WSUpgradeRequest, WSUpgradeResponse
+    from picows.url import WSParsedURL
 
     from visiona.yamux import Stream
     from visiona.yamux.frames import Buffer
@@ -60,6 +62,8 @@ _RETRY_FIRST = 0.05
 _RETRY_MAX = 5.0
 _REFUSED_FIRST = 1.0
 _REFUSED_MAX = 30.0
+#: seconds a peer may take to upgrade and prove itself once connected
+HANDSHAKE_TIMEOUT = 10.0
 
 
 def _retrieve(future: asyncio.Future[Session]) -> None:
@@ -193,13 +197,40 @@ class _LinkSocket(WSListener):
             self._ws.disconnect(graceful=False)
 
 
+async def _connected_socket(host: str, port: int, connect_timeout: float) -> socket.socket:
+    """A TCP socket connected to ``host:port`` within ``connect_timeout`` (raises OSError)."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    last: OSError = OSError(f"no address for {host}")
+    for family, kind, proto, _, address in infos:
+        sock = socket.socket(family, kind, proto)
+        sock.setblocking(False)  # noqa: FBT003 - the socket API
+        try:
+            async with asyncio.timeout(connect_timeout):
+                await loop.sock_connect(sock, address)
+        except (OSError, TimeoutError) as err:
+            sock.close()
+            last = err if isinstance(err, OSError) else OSError(f"connect timed out ({host})")
+            continue
+        return sock
+    raise last
+
+
 async def dial(
-    url: str, *, token: str, node_id: str, config: Config, connect_timeout: float
+    url: str,
+    *,
+    token: str,
+    node_id: str,
+    config: Config,
+    connect_timeout: float,
+    handshake_timeout: float = HANDSHAKE_TIMEOUT,
 ) -> Session:
     """Open and authenticate a link to the node at base ``url``; its yamux session.
 
-    Raises :class:`LinkAuthError` when either side's proof fails, :class:`LinkError`
-    for anything else (refused, unreachable, no upgrade, timeout).
+    The TCP connect is bounded by ``connect_timeout`` (a node that is down or
+    unreachable fails fast); the upgrade and the proofs by ``handshake_timeout`` (a
+    busy peer may take a moment to answer). Raises :class:`LinkAuthError` when either
+    side's proof fails, :class:`LinkError` for anything else.
     """
     ws_url = "ws" + url.removeprefix("http") + LINK_PATH
     nonce = secrets.token_bytes(NONCE_SIZE)
@@ -207,16 +238,20 @@ async def dial(
     def factory(_request: WSUpgradeRequest, response: WSUpgradeResponse) -> _LinkSocket:
         return _LinkSocket(token, nonce, parse_nonce(response.headers.get(NONCE_HEADER)), config)
 
+    async def connect(parsed: WSParsedURL) -> socket.socket:
+        return await _connected_socket(parsed.host, parsed.port, connect_timeout)
+
     transport: WSTransport | None = None
     try:
-        async with asyncio.timeout(connect_timeout):
+        async with asyncio.timeout(handshake_timeout):
             transport, listener = await ws_connect(
                 factory,
                 ws_url,
                 extra_headers={NONCE_HEADER: nonce.hex(), NODE_HEADER: node_id},
-                websocket_handshake_timeout=connect_timeout,
+                websocket_handshake_timeout=handshake_timeout,
                 max_frame_size=16 * 1024 * 1024,
                 enable_auto_pong=True,
+                socket_factory=connect,
             )
             assert isinstance(listener, _LinkSocket)  # noqa: S101 - the factory builds it
             return await listener.ready
@@ -225,8 +260,8 @@ async def dial(
     except TimeoutError as err:
         if transport is not None:
             transport.disconnect(graceful=False)
-        raise LinkError("timed out") from err
-    except Exception as err:
+        raise LinkError("no handshake in time") from err
+    except Exception as err:  # picows raises its own connect and upgrade errors
         if transport is not None:
             transport.disconnect(graceful=False)
         raise LinkError(f"{type(err).__name__}: {err}") from err

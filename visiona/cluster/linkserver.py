@@ -29,7 +29,7 @@ from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket  # at run time: FastAPI reads the annotation
 
 from visiona.cluster.deployments import model_file_of, run_here
-from visiona.cluster.link import MAX_MESSAGE
+from visiona.cluster.link import HANDSHAKE_TIMEOUT, MAX_MESSAGE
 from visiona.cluster.linkwire import (
     CLOSE_AUTH_FAILED,
     LINK_PATH,
@@ -104,7 +104,7 @@ async def link_endpoint(websocket: WebSocket) -> None:
     )
     given: bytes | None = None
     with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(forwarder.connect_timeout):
+        async with asyncio.timeout(HANDSHAKE_TIMEOUT):
             message = await websocket.receive()
             given = message.get("bytes") if message["type"] == "websocket.receive" else None
     expected = proof(cluster.token, dialer=True, dialer_nonce=theirs, acceptor_nonce=ours)
