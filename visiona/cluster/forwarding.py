@@ -101,7 +101,8 @@ class Forwarder:
         try:
             stream = await self._open(owner)
         except (LinkError, YamuxError) as err:
-            _LOGGER.info(
+            # The link reports its outage once; each refused request is in the access log.
+            _LOGGER.debug(
                 "cluster: node %s holding device %s is unreachable: %s",
                 owner.node_id,
                 device_id,
