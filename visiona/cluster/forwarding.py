@@ -71,8 +71,8 @@ class Forwarder:
         connect_timeout: float,
         *,
         node_id: str = "",
-        keepalive_interval: float = 5.0,
-        keepalive_timeout: float = 5.0,
+        keepalive_interval: float = 10.0,
+        keepalive_timeout: float = 10.0,
     ) -> None:
         """Links authenticate with ``token``; dialling a node takes at most ``connect_timeout``."""
         self.connect_timeout = connect_timeout

@@ -305,6 +305,18 @@ class NodeLink:
         """Whether an authenticated session to the peer is open now."""
         return self._session is not None and not self._session.is_closed
 
+    @property
+    def idle(self) -> bool:
+        """Whether the link went unused for longer than it is kept dialled."""
+        return asyncio.get_running_loop().time() - self._last_used > self._idle_after
+
+    def discard(self) -> None:
+        """Stop a link that is down (no session to close): its redialling ends."""
+        self._closed = True
+        for task in (self._keeper, self._dialing):
+            if task is not None and not task.done():
+                task.cancel()
+
     async def session(self) -> Session:
         """The live session to the peer, dialling it if needed (raises :class:`LinkError`)."""
         loop = asyncio.get_running_loop()
@@ -421,6 +433,7 @@ class LinkPool:
         """The link to the node at base ``url`` (created, not dialled, on first use)."""
         link = self._links.get(url)
         if link is None:
+            self._prune()
             link = NodeLink(
                 url,
                 token=self._token,
@@ -430,6 +443,13 @@ class LinkPool:
             )
             self._links[url] = link
         return link
+
+    def _prune(self) -> None:
+        """Forget the links that are down and were not used for a while (old node URLs)."""
+        for url, link in list(self._links.items()):
+            if link.idle and not link.up:
+                del self._links[url]
+                link.discard()
 
     def stats(self) -> dict[str, Any]:
         """How many links the pool holds and how many are up (for logs and tests)."""
