@@ -17,7 +17,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from testkit.live import serve_app
 from testkit.servers import free_port
-from visiona.cluster.link import LinkAuthError, LinkError, dial, link_config
+from visiona.cluster.linkdial import LinkAuthError, LinkError, dial, link_config
 from visiona.cluster.linkwire import (
     CLOSE_AUTH_FAILED,
     LINK_PATH,
