@@ -116,14 +116,14 @@ def cluster_env(
 
 
 def spawn_node(
-    name: str, env: dict[str, str], *args: str
+    name: str, env: dict[str, str], *args: str, port: int = 0
 ) -> tuple[str, subprocess.Popen[bytes], Path]:
-    """Start `visiona serve [args]` on port 0 (see :func:`wait_node`)."""
+    """Start `visiona serve [args]` on ``port`` (0: the kernel's choice; see :func:`wait_node`)."""
     log = Path(tempfile.mkstemp(prefix=f"visiona-{name}-", suffix=".log")[1])
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "visiona", "serve", *args],
-            env={**env, "VISIONA_HOST": "127.0.0.1", "VISIONA_PORT": "0"},
+            env={**env, "VISIONA_HOST": "127.0.0.1", "VISIONA_PORT": str(port)},
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=tempfile.gettempdir(),

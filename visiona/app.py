@@ -20,9 +20,10 @@ from visiona.auth.dependencies import SESSIONS
 from visiona.auth.endpoints import router as auth_router
 from visiona.auth.sessions import SessionStore, build_session_store
 from visiona.cluster.dependencies import CLUSTER
+from visiona.cluster.endpoints import internal_router as cluster_internal_router
 from visiona.cluster.service import build_cluster, build_registry
 from visiona.console import install as install_console
-from visiona.deployments.delivery import Delivery
+from visiona.deployments.delivery import LINK_KIND, Delivery
 from visiona.deployments.dependencies import DELIVERY
 from visiona.deployments.endpoints import internal_router as deployments_internal_router
 from visiona.deployments.endpoints import router as deployments_router
@@ -104,9 +105,9 @@ async def run_features(
     dependencies, and close them in reverse order when the block ends.
 
     The one place that knows every feature: the tunnel hub (with the cluster's
-    registry when clustered), the cluster, the proxy's relay, the model storage,
-    deployments' delivery and recovery, the session store, the audit pruner, and who
-    hears of a revoked device.
+    registry when clustered), the cluster (and what its node link serves here), the
+    proxy's relay, the model storage, deployments' delivery and recovery, the session
+    store, the audit pruner, and who hears of a revoked device.
     """
     settings, db = runtime.settings, runtime.db
     sessions = build_session_store(
@@ -148,8 +149,13 @@ async def run_features(
         HUB.provide(app, hub)
         DRAIN.provide(app, (hub.drain,))  # SIGTERM: the tunnels drain first (kit/serve.py)
         CLUSTER.provide(app, cluster)
-        RELAY.provide(app, Relay(hub, cluster, db, settings.proxy_response_timeout))
-        DELIVERY.provide(app, Delivery(db, settings, storage, hub, cluster))
+        relay = Relay(hub, cluster, db, settings.proxy_response_timeout)
+        RELAY.provide(app, relay)
+        delivery = Delivery(db, settings, storage, hub, cluster)
+        DELIVERY.provide(app, delivery)
+        # What another node's link carries here, served from this node's tunnels only.
+        cluster.handlers.proxy(relay.here)
+        cluster.handlers.call(LINK_KIND, delivery.on_link_call)
         yield sessions
 
 
@@ -211,7 +217,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # audit feature routers
     app.include_router(audit_router, prefix=API_PREFIX)
     app.include_router(ops_router)
-    # the routes other cluster nodes forward to (each feature's own)
+    # the routes other cluster nodes forward to: the node link (the cluster's), and each
+    # feature's own HTTP route (older nodes, during a rolling upgrade)
+    app.include_router(cluster_internal_router)
     app.include_router(tunnel_internal_router)
     app.include_router(deployments_internal_router)
 

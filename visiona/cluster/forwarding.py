@@ -1,32 +1,41 @@
-"""Forwarding a proxied request to the node that holds the device's tunnel.
+"""Forwarding to the node that holds the device's tunnel, over one link per peer.
 
-The request goes to the owner's internal route (``/internal/v1/devices/{id}/proxy/…``)
-with the internal token, the caller's user id and request id and the original client
-address, host, scheme and prefix; both bodies are streamed (never held whole). The
-internal route only looks locally, so a request is forwarded at most once.
+Every exchange that crosses nodes is a stream of the persistent, mutually
+authenticated yamux link to the owning node (visiona/cluster/link.py): a proxied
+request (:meth:`Forwarder.proxy`, both bodies streamed) or a call a feature hands
+over (:meth:`Forwarder.call`, e.g. a deployment's transfer). The stream's header
+carries the caller's user id and request id (and for a proxied request the client's
+address, scheme and the cloud prefix; docs/tunnel-protocol.md part 3); the owning node
+hands it to the handler its features registered for the kind
+(:class:`~visiona.cluster.linkserver.LinkHandlers`), which serves it from that node's
+own tunnels only, so a request is forwarded at most once.
+
+The HTTP internal routes (``/internal/v1/…``, checked with the token headers below)
+stay for operators and older nodes; nodes of this version do not call them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import httpx
-from starlette.responses import Response
-
-from visiona.kit.errors import AppError
-from visiona.kit.http import HOP_BY_HOP
+from visiona.cluster.link import LinkAcceptor, LinkError, LinkPool, link_config
+from visiona.cluster.linkexchange import LinkExchange, LinkResponse, NodeUnreachableError
+from visiona.cluster.linkwire import VERSION, call_kind, encode_head, read_head, str_pairs
 from visiona.kit.logs import request_id_var
+from visiona.yamux import YamuxError
 
 if TYPE_CHECKING:
     import uuid
 
     from starlette.requests import Request
-    from starlette.types import Receive, Scope, Send
+    from starlette.responses import Response
 
     from visiona.cluster.registry import Owner
+    from visiona.yamux import Stream
 
 _LOGGER = logging.getLogger(__name__)
 INTERNAL_PREFIX = "/internal/v1"
@@ -35,17 +44,6 @@ USER_HEADER = "x-visiona-user"
 CLIENT_HEADER = "x-visiona-client"
 PROTO_HEADER = "x-visiona-proto"
 PREFIX_HEADER = "x-visiona-prefix"
-_OURS = {TOKEN_HEADER, USER_HEADER, CLIENT_HEADER, PROTO_HEADER, PREFIX_HEADER}
-_DROPPED_REQUEST = {k.decode() for k in HOP_BY_HOP} | _OURS | {"x-request-id"}
-_DROPPED_RESPONSE = HOP_BY_HOP | {b"x-request-id", b"date", b"server"}
-
-
-class NodeUnreachableError(AppError):
-    """The node holding the device's tunnel cannot be reached: 502 ``device_offline``."""
-
-    status_code = 502
-    code = "device_offline"
-    default_message = "The server node holding the device's tunnel is unreachable."
 
 
 @dataclass(frozen=True)
@@ -66,15 +64,29 @@ def token_matches(expected: str, given: str | None) -> bool:
 
 
 class Forwarder:
-    """The HTTP client one node uses to reach the others."""
+    """This node's links to the others (dialled on first use) and the links they opened here."""
 
-    def __init__(self, token: str, connect_timeout: float) -> None:
-        """A pooled client; connecting to a node takes at most ``connect_timeout`` seconds."""
-        self._token = token
-        self._client = httpx.AsyncClient(
-            timeout=httpx.Timeout(None, connect=connect_timeout),
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
+    def __init__(
+        self,
+        token: str,
+        connect_timeout: float,
+        *,
+        node_id: str = "",
+        keepalive_interval: float = 10.0,
+        keepalive_timeout: float = 10.0,
+    ) -> None:
+        """Links authenticate with ``token``; dialling a node takes at most ``connect_timeout``."""
+        self.connect_timeout = connect_timeout
+        self.config = link_config(keepalive_interval, keepalive_timeout)
+        self.pool = LinkPool(
+            token=token, node_id=node_id, connect_timeout=connect_timeout, config=self.config
         )
+        self.acceptor = LinkAcceptor()
+
+    async def _open(self, owner: Owner) -> Stream:
+        """A new stream on the link to ``owner`` (raises :class:`LinkError` or YamuxError)."""
+        session = await self.pool.link(owner.url).session()
+        return await session.open_stream()
 
     async def proxy(
         self,
@@ -86,36 +98,41 @@ class Forwarder:
         prefix: str,
         user_id: uuid.UUID,
     ) -> Response:
-        """Send ``request`` to ``owner``'s internal proxy route and stream its answer back."""
-        headers = [(k, v) for k, v in request.headers.items() if k not in _DROPPED_REQUEST]
-        client = request.client.host if request.client else "unknown"
-        headers += [
-            (TOKEN_HEADER, self._token),
-            (USER_HEADER, str(user_id)),
-            (CLIENT_HEADER, client),
-            (PROTO_HEADER, request.url.scheme),
-            (PREFIX_HEADER, prefix),
-            ("x-request-id", request_id_var.get() or ""),
-        ]
-        url = f"{owner.url}{INTERNAL_PREFIX}/devices/{device_id}/proxy{target.decode('latin-1')}"
-        has_body = "content-length" in request.headers or "transfer-encoding" in request.headers
-        outgoing = self._client.build_request(
-            request.method,
-            httpx.URL(url),
-            headers=headers,
-            content=request.stream() if has_body else None,
-        )
+        """Send ``request`` to ``owner`` over the link and stream its answer back."""
         try:
-            answer = await self._client.send(outgoing, stream=True)
-        except httpx.TransportError as err:
-            _LOGGER.warning(
+            stream = await self._open(owner)
+        except (LinkError, YamuxError) as err:
+            # The link reports its outage once; each refused request is in the access log.
+            _LOGGER.debug(
                 "cluster: node %s holding device %s is unreachable: %s",
                 owner.node_id,
                 device_id,
-                type(err).__name__,
+                err or type(err).__name__,
             )
             raise NodeUnreachableError() from err
-        return ForwardedResponse(answer)
+        scope = request.scope
+        client = scope.get("client")
+        header = {
+            "v": VERSION,
+            "kind": "proxy",
+            "hop": 1,
+            "user": str(user_id),
+            "request_id": request_id_var.get(),
+            "client": client[0] if client else "unknown",
+            "scheme": scope.get("scheme", "http"),
+            "prefix": prefix,
+            "device": str(device_id),
+            "method": scope["method"],
+            "target": target.decode("latin-1"),
+            "headers": str_pairs(scope["headers"]),
+        }
+        has_body = any(
+            k in {b"content-length", b"transfer-encoding"} and v != b"0"
+            for k, v in scope["headers"]
+        )
+        exchange = LinkExchange(stream, request)
+        status, headers = await exchange.open(encode_head(header), has_body=has_body)
+        return LinkResponse(exchange, status, headers)
 
     def internal_headers(self, *, user_id: uuid.UUID, client: str | None) -> dict[str, str]:
         """The headers an internal call carries: the token, the user, the client address."""
@@ -129,66 +146,63 @@ class Forwarder:
         user_id: uuid.UUID,
         body: dict[str, Any],
     ) -> Handed:
-        """POST ``body`` to ``owner``'s internal route ``path``; wait for its answer.
+        """Hand ``body`` to ``owner``'s handler of ``path`` over the link; wait for its answer.
 
+        ``path`` names the call as the internal HTTP route does (under ``/internal/v1``);
+        its first segment is the exchange's kind (:func:`~visiona.cluster.linkwire.call_kind`).
         The owning node bounds the work itself (a deployment: file size, deploy answer
-        timeout), so no read timeout applies here.
+        timeout), so no timeout applies here; a link lost meanwhile ends the wait at once.
         """
-        headers = {
-            TOKEN_HEADER: self._token,
-            USER_HEADER: str(user_id),
-            "x-request-id": request_id_var.get() or "",
-        }
-        url = f"{owner.url}{INTERNAL_PREFIX}{path}"
         try:
-            answer = await self._client.post(url, json=body, headers=headers)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as err:
+            stream = await self._open(owner)
+        except (LinkError, YamuxError) as err:
             _LOGGER.warning(
                 "cluster: node %s is unreachable for %s: %s",
                 owner.node_id,
                 path,
-                type(err).__name__,
+                err or type(err).__name__,
             )
             return Handed(unreachable=True)
-        except httpx.TransportError as err:
+        header = {
+            "v": VERSION,
+            "kind": call_kind(path),
+            "hop": 1,
+            "user": str(user_id),
+            "request_id": request_id_var.get(),
+            "path": path,
+            "body": body,
+        }
+        try:
+            stream.write(encode_head(header))
+            head = await read_head(stream)
+        except (YamuxError, asyncio.IncompleteReadError, ValueError) as err:
             _LOGGER.warning(
                 "cluster: node %s lost during %s: %s",
                 owner.node_id,
                 path,
                 type(err).__name__,
             )
+            stream.reset()
             return Handed(lost=True)
-        code = None
-        if answer.status_code >= 400:
-            try:
-                code = str(answer.json()["error"]["code"])
-            except (ValueError, KeyError, TypeError):
-                code = None
-        return Handed(status=answer.status_code, code=code)
+        stream.close()
+        code = head.get("code")
+        return Handed(status=int(head.get("status", 0)), code=str(code) if code else None)
 
     async def close(self) -> None:
-        """Close the pooled connections."""
-        await self._client.aclose()
+        """Close this node's links to the others, and theirs to it."""
+        await self.pool.close()
+        await self.acceptor.close()
 
 
-class ForwardedResponse(Response):
-    """An ASGI response relaying another node's streamed answer."""
-
-    def __init__(self, answer: httpx.Response) -> None:
-        """Hold the open ``answer`` (head received, body not read)."""
-        super().__init__(status_code=answer.status_code)
-        self._answer = answer
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:  # noqa: ARG002 - nothing to read
-        """Stream the body as it arrives, then close the connection to the node."""
-        answer = self._answer
-        headers = [(k, v) for k, v in answer.headers.raw if k.lower() not in _DROPPED_RESPONSE]
-        try:
-            await send(
-                {"type": "http.response.start", "status": answer.status_code, "headers": headers}
-            )
-            async for chunk in answer.aiter_raw():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-        finally:
-            await answer.aclose()
+__all__ = [
+    "CLIENT_HEADER",
+    "INTERNAL_PREFIX",
+    "PREFIX_HEADER",
+    "PROTO_HEADER",
+    "TOKEN_HEADER",
+    "USER_HEADER",
+    "Forwarder",
+    "Handed",
+    "NodeUnreachableError",
+    "token_matches",
+]

@@ -24,6 +24,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from visiona.cluster.forwarding import Forwarder, Handed, token_matches
+from visiona.cluster.linkserver import LinkHandlers
+from visiona.cluster.linkwire import proof
 from visiona.cluster.registry import TunnelRegistry
 
 if TYPE_CHECKING:
@@ -57,7 +59,7 @@ class Peer:
         prefix: str,
         user_id: uuid.UUID,
     ) -> Response:
-        """Relay ``request`` to the node's internal proxy route, streamed both ways."""
+        """Relay ``request`` to the node over the link (a ``proxy`` stream), streamed both ways."""
         return await self._forwarder.proxy(
             self.owner, request, device_id=device_id, target=target, prefix=prefix, user_id=user_id
         )
@@ -68,7 +70,8 @@ class Peer:
         return self._forwarder.internal_headers(user_id=user_id, client=client)
 
     async def call(self, path: str, *, user_id: uuid.UUID, body: dict[str, Any]) -> Handed:
-        """POST ``body`` to the node's internal route ``path`` (under ``/internal/v1``)."""
+        """Hand ``body`` to the node's handler of ``path`` (named as the internal route
+        under ``/internal/v1``) over the link; wait for its answer."""
         return await self._forwarder.call(self.owner, path, user_id=user_id, body=body)
 
 
@@ -84,6 +87,9 @@ class Cluster:
         """``holds(device_id)``: whether this node holds the device's tunnel now (a
         cluster node asks the registry only when it does not)."""
         self._holds = holds
+        #: what this node does with the streams other nodes open on their links to it
+        #: (the features' handlers, registered by the composition root; unused alone)
+        self.handlers = LinkHandlers()
 
     async def at_device(
         self,
@@ -167,6 +173,13 @@ class ClusterNode(Cluster):
         """Compare with the internal token in constant time."""
         return token_matches(self._token, token)
 
+    def link_proof(self, *, dialer: bool, dialer_nonce: bytes, acceptor_nonce: bytes) -> bytes:
+        """A node link's proof of the internal token over both nonces (the token itself
+        never leaves this object; docs/tunnel-protocol.md §18)."""
+        return proof(
+            self._token, dialer=dialer, dialer_nonce=dialer_nonce, acceptor_nonce=acceptor_nonce
+        )
+
     @contextlib.asynccontextmanager
     async def running(self, work_id: uuid.UUID) -> AsyncIterator[None]:
         """Hold ``work_id``'s run lease in Redis (renewed) while the block runs."""
@@ -205,8 +218,8 @@ class ClusterNode(Cluster):
         return await self.registry.running(work_ids)
 
     async def close(self) -> None:
-        """Close the pooled connections to the other nodes (the registry's revocation
-        listener is the composition root's to stop, before the hub closes)."""
+        """Close the links to the other nodes and theirs to this one (the registry's
+        revocation listener is the composition root's to stop, before the hub closes)."""
         await self.forwarder.close()
 
 
@@ -234,4 +247,5 @@ def build_cluster(
     if registry is None or settings.internal_token is None:
         return Cluster(holds)
     token = settings.internal_token.get_secret_value()
-    return ClusterNode(holds, registry, Forwarder(token, settings.cluster_connect_timeout), token)
+    forwarder = Forwarder(token, settings.cluster_connect_timeout, node_id=registry.node_id)
+    return ClusterNode(holds, registry, forwarder, token)

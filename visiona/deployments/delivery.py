@@ -6,10 +6,13 @@ where the device's tunnel is (:meth:`~visiona.cluster.service.Cluster.at_device`
 
 - here: the transfer runs through this node's tunnel under a run lease
   (:meth:`~visiona.cluster.service.Cluster.running`), and records its outcome;
-- one hop away: the owning node's internal route
-  (``POST /internal/v1/deployments/{id}/transfer``, the model file in the JSON body,
-  :func:`visiona.deployments.endpoints.internal_transfer`) runs it there and records the
-  outcome, which this node reads back from the database;
+- one hop away: the owning node runs it (:meth:`Delivery.handed`) and records the
+  outcome, which this node reads back from the database. The call travels over the
+  node link (:meth:`~visiona.cluster.service.Peer.call`, handled there by
+  :meth:`Delivery.on_link_call`, which the composition root registers for the kind
+  ``deployments``); older nodes reach the same through the internal route
+  ``POST /internal/v1/deployments/{id}/transfer`` (the model file in the JSON body,
+  :func:`visiona.deployments.endpoints.internal_transfer`);
 - nowhere: the record is ``failed`` and 502 ``device_offline`` is raised with it.
 """
 
@@ -20,14 +23,17 @@ import logging
 import uuid
 from typing import TYPE_CHECKING
 
+from visiona.deployments import repository
 from visiona.deployments.schemas import DeploymentStatus
 from visiona.deployments.service import (
     OFFLINE_REASON,
+    DeploymentFailedError,
     DeploymentOfflineError,
     ModelFile,
     mark,
     transfer,
 )
+from visiona.kit.errors import BadRequestError, NotFoundError
 
 if TYPE_CHECKING:
     from visiona.cluster.service import Cluster, Peer
@@ -65,9 +71,26 @@ def model_file_of(body: dict[str, object]) -> ModelFile:
         raise ValueError("malformed model file") from err
 
 
+#: The kind of a transfer call on the node link (the first segment of its path).
+LINK_KIND = "deployments"
+
+
 def transfer_path(deployment_id: uuid.UUID) -> str:
     """The internal route (under ``/internal/v1``) that runs a transfer on the owning node."""
-    return f"/deployments/{deployment_id}/transfer"
+    return f"/{LINK_KIND}/{deployment_id}/transfer"
+
+
+def deployment_of_path(path: str) -> uuid.UUID:
+    """The deployment id of a :func:`transfer_path` (400 ``bad_request`` otherwise)."""
+    kind, _, rest = path.strip("/").partition("/")
+    raw, _, action = rest.partition("/")
+    try:
+        deployment_id = uuid.UUID(raw)
+    except ValueError as err:
+        raise BadRequestError("Unknown deployments call.") from err
+    if kind != LINK_KIND or action != "transfer":
+        raise BadRequestError("Unknown deployments call.")
+    return deployment_id
 
 
 class Delivery:
@@ -119,6 +142,30 @@ class Delivery:
                 answer_timeout=self._answer_timeout,
                 transfer_timeout=self._transfer_timeout,
             )
+
+    async def handed(
+        self, deployment_id: uuid.UUID, user_id: uuid.UUID, body: dict[str, object]
+    ) -> Deployment:
+        """Run a deployment another node recorded (for ``user_id``) through this node's
+        tunnel only; return the delivered record, or raise the deployment's error (with
+        the record). Malformed model file → 400; not the user's → 404."""
+        try:
+            model = model_file_of(body)
+        except ValueError as err:
+            raise BadRequestError("Malformed model file.") from err
+        # unit of work: the record's check only; each state change is its own (as on one node)
+        async with self._db.transaction() as conn:
+            deployment = await repository.get_deployment(conn, deployment_id)
+        if deployment is None or deployment.owner_user_id != user_id:
+            raise NotFoundError("Deployment not found.")
+        record = await self.here(deployment, model)
+        if not record.status.delivered:
+            raise DeploymentFailedError(record)
+        return record
+
+    async def on_link_call(self, path: str, user_id: uuid.UUID, body: dict[str, object]) -> None:
+        """The node link's handler of ``deployments`` calls (:func:`transfer_path`)."""
+        await self.handed(deployment_of_path(path), user_id, body)
 
     async def _there(self, peer: Peer, deployment: Deployment, model: ModelFile) -> Deployment:
         """Have ``peer`` run the transfer; read the outcome it recorded."""

@@ -4,8 +4,9 @@
 opens short transactions itself (check and record, then each status change), so
 no database connection is held while the file crosses the tunnel. Where the transfer
 runs is :class:`~visiona.deployments.delivery.Delivery`'s business: this node's tunnel,
-or the node holding it, whose internal route (:data:`internal_router`,
-``POST /internal/v1/deployments/{id}/transfer``) runs it there.
+or the node holding it, which runs it there: handed over the node link by nodes of
+this version, or through the internal route (:data:`internal_router`,
+``POST /internal/v1/deployments/{id}/transfer``) by older nodes (a rolling upgrade).
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ from fastapi import APIRouter, Request, status
 
 from visiona.auth.dependencies import CurrentPrincipal
 from visiona.cluster.dependencies import INTERNAL_PREFIX, InternalCaller
-from visiona.deployments import repository, service
-from visiona.deployments.delivery import model_file_of
+from visiona.deployments import service
 from visiona.deployments.dependencies import DeliveryDep
 from visiona.deployments.schemas import (
     DeploymentCreate,
@@ -123,22 +123,13 @@ async def internal_transfer(
     deployment_id: uuid.UUID,
     request: Request,
     user_id: InternalCaller,
-    db: DatabaseDep,
     delivery: DeliveryDep,
 ) -> DeploymentOut:
     """A deployment recorded by another node: transfer it through this node's tunnel only;
     answers the final record (200) or the deployment's error (502 with the record)."""
     try:
         body = await request.json()
-        model = model_file_of(body if isinstance(body, dict) else {})
     except ValueError as err:
         raise BadRequestError("Malformed model file.") from err
-    # unit of work: the record's check only; each state change is its own (as on one node)
-    async with db.transaction() as conn:
-        deployment = await repository.get_deployment(conn, deployment_id)
-    if deployment is None or deployment.owner_user_id != user_id:
-        raise NotFoundError("Deployment not found.")
-    record = await delivery.here(deployment, model)
-    if not record.status.delivered:
-        raise service.DeploymentFailedError(record)
+    record = await delivery.handed(deployment_id, user_id, body if isinstance(body, dict) else {})
     return DeploymentOut.model_validate(record)

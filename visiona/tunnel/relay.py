@@ -3,8 +3,10 @@
 :class:`Relay` is built once by the composition root (the hub, the cluster, the
 database, the answer timeout) and handed to the proxy routes by
 :mod:`visiona.tunnel.dependencies`. :meth:`Relay.to_device` asks the cluster where the
-device's tunnel is (:meth:`~visiona.cluster.service.Cluster.at_device`); the internal
-route another node forwards to calls :meth:`Relay.here` (never forwarded again).
+device's tunnel is (:meth:`~visiona.cluster.service.Cluster.at_device`); a request
+another node forwards (over the node link, whose ``proxy`` streams the composition
+root hands to :meth:`Relay.here`, or to the internal HTTP route of older nodes) runs
+through :meth:`Relay.here` (never forwarded again).
 """
 
 from __future__ import annotations
