@@ -21,8 +21,8 @@ import httpx
 from testkit.device_service import pattern
 from testkit.live import LiveServer
 from tests.support.agent import agent_cli, agent_options, running
-from tests.support.audit import stored_events
 from tests.support.api import User, signup
+from tests.support.audit import stored_events
 from tests.support.deployments import deploy, deployments_of, set_model_sha
 from tests.support.devices import pairing_token
 from tests.support.models import nef, uploaded

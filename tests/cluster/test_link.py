@@ -60,7 +60,7 @@ def nodes(env: dict[str, str]) -> Iterator[tuple[Node, Node]]:
 @pytest.fixture
 async def device_port() -> AsyncIterator[int]:
     """The device's local HTTP service on a loopback port."""
-    async with serve_app(device_app()) as service:  # type: ignore[arg-type] - any ASGI app
+    async with serve_app(device_app()) as service:
         yield service.port
 
 
@@ -77,10 +77,10 @@ class AgentOnB:
         """The device's registry entry, raw (node, URL and epoch)."""
         redis = Redis.from_url(self._redis_url)
         try:
-            raw: bytes | None = await redis.get(f"{KEY_PREFIX}{self.device_id}")
+            raw = await redis.get(f"{KEY_PREFIX}{self.device_id}")
         finally:
             await redis.aclose()
-        return raw
+        return raw.encode() if isinstance(raw, str) else raw
 
 
 @pytest.fixture

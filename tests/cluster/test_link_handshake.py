@@ -83,7 +83,7 @@ async def _raises(kind: type[Exception], call: Callable[[], Awaitable[object]]) 
 
 async def test_a_peer_that_cannot_prove_the_token_gets_no_session_and_nothing_more() -> None:
     seen = Seen()
-    async with serve_app(impostor(seen)) as peer:  # type: ignore[arg-type] - any ASGI app
+    async with serve_app(impostor(seen)) as peer:
         message = await _raises(LinkAuthError, lambda: _dial(peer.port))
         await asyncio.wait_for(seen.done.wait(), 10)
     assert "could not prove" in message
@@ -94,7 +94,7 @@ async def test_a_peer_that_cannot_prove_the_token_gets_no_session_and_nothing_mo
 
 async def test_a_websocket_peer_without_a_nonce_is_not_a_node() -> None:
     seen = Seen()
-    async with serve_app(impostor(seen, nonce=False)) as peer:  # type: ignore[arg-type] - any ASGI app
+    async with serve_app(impostor(seen, nonce=False)) as peer:
         message = await _raises(LinkAuthError, lambda: _dial(peer.port))
         await asyncio.wait_for(seen.done.wait(), 10)
     assert "no nonce" in message

@@ -76,6 +76,7 @@ class Forwarder:
         keepalive_timeout: float = 10.0,
     ) -> None:
         """Links authenticate with ``token``; dialling a node takes at most ``connect_timeout``."""
+        self._token = token  # for the TCP forward's own WebSocket hop (internal_headers)
         self.connect_timeout = connect_timeout
         self.config = link_config(keepalive_interval, keepalive_timeout)
         self.pool = LinkPool(
