@@ -57,6 +57,12 @@ async def test_two_agents_flapping_are_one_conflict_event_not_one_per_flap(
         assert agents[-1].close_code is None
     await wait_for(lambda: _is(hub.get(device) is None))
     assert hub.conflicts.in_conflict(device)
+
+    async def conflict_written() -> bool:  # the status writer writes in batches
+        found = await stored_events(live.app, action="tunnel.conflict", target_id=device_id)
+        return len(found) == 1
+
+    await wait_for(conflict_written)
     [event] = await stored_events(live.app, action="tunnel.conflict", target_id=device_id)
     assert event.detail == {"reason": conflict.CAUSE, "fix": conflict.FIX}
     seen = await actions(live.app, target_id=device_id)

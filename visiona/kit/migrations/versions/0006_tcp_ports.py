@@ -22,8 +22,13 @@ branch_labels = None
 depends_on = None
 
 
+#: A batch rebuild (SQLite) reflects only its own table: reflecting the tables its foreign
+#: keys name warned about the expression index uq_users_email_lower.
+_NO_REFERENTS = {"resolve_fks": False}
+
+
 def upgrade() -> None:
-    with op.batch_alter_table("devices") as batch:
+    with op.batch_alter_table("devices", reflect_kwargs=_NO_REFERENTS) as batch:
         batch.add_column(
             sa.Column(
                 "tcp_ports",
@@ -34,5 +39,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("devices") as batch:
+    with op.batch_alter_table("devices", reflect_kwargs=_NO_REFERENTS) as batch:
         batch.drop_column("tcp_ports")
