@@ -8,22 +8,18 @@ counts its connections, so a refused port is seen never to be touched.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from pathlib import Path
 
 import httpx
 import pytest
 
 from testkit.live import LiveServer
-from tests.support.agent import agent_options, running
+from tests.support.agent import running
 from tests.support.api import User, signup
-from tests.support.devices import pairing_token
+from tests.support.tcp import EchoService, tcp_agent
 from tests.support.tunnel import API, connect_agent, forward_to, paired_agent_token, wait_for
-from visiona.agent.policy import build_policy
-from visiona.agent.runner import Agent
 from visiona.tunnel.dependencies import HUB
 from visiona.tunnel.tcp import (
     ForwardRefusedError,
@@ -33,36 +29,6 @@ from visiona.tunnel.tcp import (
     stream_head,
 )
 from visiona.yamux import Session
-
-
-class EchoService:
-    """A TCP service on a loopback port: greets, echoes, half-closes after the client's EOF."""
-
-    def __init__(self) -> None:
-        self.connections = 0
-        self.port = 0
-        self._server: asyncio.Server | None = None
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        await self._server.wait_closed()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        writer.write(b"hello\n")  # a server that speaks first (as sshd does)
-        with contextlib.suppress(ConnectionError):
-            while chunk := await reader.read(1 << 16):
-                writer.write(chunk)
-                await writer.drain()
-            writer.write(b"bye\n")  # after the client's EOF: the half-close held
-            writer.write_eof()
-            await writer.drain()
-        writer.close()
 
 
 @pytest.fixture
@@ -84,18 +50,6 @@ async def closed_port() -> int:
     return port
 
 
-async def _agent(
-    live: LiveServer, http: httpx.AsyncClient, tmp_path: Path, ports: list[int | str]
-) -> tuple[User, Agent]:
-    user = await signup(http)
-    token = (await pairing_token(http, user))["token"]
-    # the HTTP forward target is a dead port: TCP streams must not depend on it
-    options = replace(
-        agent_options(live, 9, tmp_path / "s.json", token), policy=build_policy([], ports=ports)
-    )
-    return user, Agent(options)
-
-
 async def _session(live: LiveServer, http: httpx.AsyncClient, user: User) -> tuple[str, Session]:
     items = (await http.get(f"{API}/devices", headers=user.headers)).json()["items"]
     device_id = str(items[0]["id"])
@@ -107,7 +61,7 @@ async def _session(live: LiveServer, http: httpx.AsyncClient, user: User) -> tup
 async def test_an_allowed_port_carries_bytes_both_ways_with_half_close(
     live: LiveServer, http: httpx.AsyncClient, echo: EchoService, tmp_path: Path
 ) -> None:
-    user, agent = await _agent(live, http, tmp_path, [echo.port])
+    user, agent = await tcp_agent(live, http, tmp_path, [echo.port])
     async with running(agent):
         await asyncio.wait_for(agent.connected.wait(), 30)
         _, session = await _session(live, http, user)
@@ -126,7 +80,7 @@ async def test_an_allowed_port_carries_bytes_both_ways_with_half_close(
 async def test_a_port_not_allowed_is_refused_without_touching_it(
     live: LiveServer, http: httpx.AsyncClient, echo: EchoService, tmp_path: Path
 ) -> None:
-    user, agent = await _agent(live, http, tmp_path, [echo.port + 1 if echo.port < 65535 else 1])
+    user, agent = await tcp_agent(live, http, tmp_path, [echo.port + 1 if echo.port < 65535 else 1])
     async with running(agent):
         await asyncio.wait_for(agent.connected.wait(), 30)
         _, session = await _session(live, http, user)
@@ -139,7 +93,7 @@ async def test_a_port_not_allowed_is_refused_without_touching_it(
 async def test_no_port_is_allowed_by_default(
     live: LiveServer, http: httpx.AsyncClient, echo: EchoService, tmp_path: Path
 ) -> None:
-    user, agent = await _agent(live, http, tmp_path, [])
+    user, agent = await tcp_agent(live, http, tmp_path, [])
     async with running(agent):
         await asyncio.wait_for(agent.connected.wait(), 30)
         _, session = await _session(live, http, user)
@@ -151,7 +105,7 @@ async def test_no_port_is_allowed_by_default(
 async def test_an_allowed_port_nothing_listens_on_is_a_clear_unreachable(
     live: LiveServer, http: httpx.AsyncClient, closed_port: int, tmp_path: Path
 ) -> None:
-    user, agent = await _agent(live, http, tmp_path, [closed_port])
+    user, agent = await tcp_agent(live, http, tmp_path, [closed_port])
     async with running(agent):
         await asyncio.wait_for(agent.connected.wait(), 30)
         _, session = await _session(live, http, user)
@@ -162,7 +116,7 @@ async def test_an_allowed_port_nothing_listens_on_is_a_clear_unreachable(
 async def test_a_malformed_tcp_head_gets_a_400_and_reaches_nothing(
     live: LiveServer, http: httpx.AsyncClient, echo: EchoService, tmp_path: Path
 ) -> None:
-    user, agent = await _agent(live, http, tmp_path, [echo.port])
+    user, agent = await tcp_agent(live, http, tmp_path, [echo.port])
     async with running(agent):
         await asyncio.wait_for(agent.connected.wait(), 30)
         _, session = await _session(live, http, user)
@@ -184,7 +138,7 @@ async def test_a_malformed_tcp_head_gets_a_400_and_reaches_nothing(
 async def test_the_agent_reports_its_allowed_ports_to_the_cloud(
     live: LiveServer, http: httpx.AsyncClient, tmp_path: Path
 ) -> None:
-    user, agent = await _agent(live, http, tmp_path, [5900, 22])
+    user, agent = await tcp_agent(live, http, tmp_path, [5900, 22])
     async with running(agent):
         await asyncio.wait_for(agent.connected.wait(), 30)
 

@@ -24,9 +24,9 @@ import pytest
 
 from testkit.live import LiveServer
 from testkit.sshd import SshServer, proxy_command, run_sshd
-from tests.agent.test_tcp import EchoService, _agent
 from tests.support.agent import running
 from tests.support.api import User
+from tests.support.tcp import EchoService, tcp_agent
 from tests.support.tunnel import API, wait_for
 from visiona.agent.runner import Agent
 from visiona.client.config import Credentials, save_credentials
@@ -69,7 +69,7 @@ async def _device(
     ports: list[int | str],
 ) -> AsyncIterator[tuple[User, str, Agent]]:
     """A paired device whose agent allows ``ports``, and the client's saved login."""
-    user, agent = await _agent(live, http, tmp_path, ports)
+    user, agent = await tcp_agent(live, http, tmp_path, ports)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "client-config"))
     monkeypatch.delenv("VISIONA_SERVER", raising=False)
     save_credentials(Credentials(server=live.url, token=user.token, email=user.email))

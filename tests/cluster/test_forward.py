@@ -24,12 +24,11 @@ from testkit.nginx import NginxServer
 from testkit.nodes import Balanced, Node, cluster_env, running_nodes
 from testkit.servers import PostgresServer, RedisServer
 from testkit.sshd import proxy_command, run_sshd
-from tests.agent.test_tcp import EchoService
 from tests.support.agent import agent_options, running
 from tests.support.api import signup
 from tests.support.devices import pairing_token
+from tests.support.tcp import EchoService, agent_dispatcher
 from tests.support.tunnel import API, connect_agent, paired_agent_token, wait_for
-from tests.tunnel.test_tcp_endpoints import _dispatcher
 from visiona.agent.policy import build_policy
 from visiona.agent.runner import Agent
 from visiona.client.config import Credentials, save_credentials
@@ -78,7 +77,7 @@ async def test_a_forward_asked_of_the_other_node_is_carried_to_the_owner(
             user = await signup(via_a)
             device_id, token = await paired_agent_token(via_a, user)
             # the agent's own stream handling on B; it never reported ports (older agent)
-            async with connect_agent(cast("LiveServer", b), token, _dispatcher([echo.port])):
+            async with connect_agent(cast("LiveServer", b), token, agent_dispatcher([echo.port])):
 
                 async def online() -> bool:
                     got = await via_a.get(f"{API}/devices/{device_id}", headers=user.headers)

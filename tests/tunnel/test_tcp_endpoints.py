@@ -23,13 +23,11 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from testkit.device_service import device_app
 from testkit.live import LiveServer, serve_app
-from tests.agent.test_tcp import EchoService, _agent
 from tests.support.agent import running
 from tests.support.api import User, signup
 from tests.support.audit import stored_events
+from tests.support.tcp import EchoService, agent_dispatcher, tcp_agent
 from tests.support.tunnel import API, connect_agent, forward_to, paired_agent_token, wait_for
-from visiona.agent.deploy import DeploySettings, dispatch_stream
-from visiona.agent.policy import build_policy
 from visiona.kit.settings import Settings
 from visiona.tunnel.dependencies import HUB
 from visiona.yamux import Stream
@@ -107,7 +105,7 @@ async def _device_id(http: httpx.AsyncClient, user: User) -> str:
 async def test_a_forward_carries_bytes_both_ways_and_is_audited(
     live: LiveServer, http: httpx.AsyncClient, echo: EchoService, tmp_path: Path
 ) -> None:
-    user, agent = await _agent(live, http, tmp_path, [echo.port])
+    user, agent = await tcp_agent(live, http, tmp_path, [echo.port])
     async with running(agent):
         device_id = await _device_id(http, user)
         payload = bytes(range(256)) * 8192  # 2 MiB
@@ -166,7 +164,7 @@ def _samples(text: str) -> dict[str, float]:
 async def test_credentials_are_the_proxys_and_another_users_device_is_404(
     live: LiveServer, http: httpx.AsyncClient, echo: EchoService, tmp_path: Path
 ) -> None:
-    user, agent = await _agent(live, http, tmp_path, [echo.port])
+    user, agent = await tcp_agent(live, http, tmp_path, [echo.port])
     async with running(agent):
         device_id = await _device_id(http, user)
         assert (await _refused(live, device_id, echo.port))[0] == 401
@@ -201,7 +199,7 @@ async def test_an_offline_device_is_a_clear_502(
 async def test_a_port_the_agent_reported_not_allowed_is_403_before_the_upgrade(
     live: LiveServer, http: httpx.AsyncClient, echo: EchoService, tmp_path: Path
 ) -> None:
-    user, agent = await _agent(live, http, tmp_path, [22])
+    user, agent = await tcp_agent(live, http, tmp_path, [22])
     async with running(agent):
         device_id = await _device_id(http, user)
         status, body = await _refused(live, device_id, echo.port, **user.headers)
@@ -212,18 +210,6 @@ async def test_a_port_the_agent_reported_not_allowed_is_403_before_the_upgrade(
             live.app, action="forward.refused", device_id=uuid.UUID(device_id)
         )
         assert [e.detail["port"] for e in refused] == [echo.port]
-
-
-def _dispatcher(ports: list[int | str]) -> Any:
-    """The real agent's stream handling, without its status reports (ports never said)."""
-    policy = build_policy([], ports=ports)
-
-    async def handler(stream: Stream) -> None:
-        await dispatch_stream(
-            stream, "127.0.0.1", 9, DeploySettings(Path("/nonexistent")), policy=policy
-        )
-
-    return handler
 
 
 async def _tunnel_up(live: LiveServer, device_id: str) -> None:
@@ -250,7 +236,7 @@ async def test_a_refusal_by_the_agent_closes_with_4403_and_a_reason(
 ) -> None:
     user = await signup(http)
     device_id, token = await paired_agent_token(http, user)
-    async with connect_agent(live, token, _dispatcher([])):
+    async with connect_agent(live, token, agent_dispatcher([])):
         await _tunnel_up(live, device_id)
         async with _forward(live, user, device_id, echo.port) as ws:
             code, reason = await _closed_with(ws)
@@ -310,7 +296,7 @@ async def test_an_agent_that_never_answers_gives_4504(
 async def test_forwards_are_limited_per_device_and_per_user(
     live: LiveServer, http: httpx.AsyncClient, echo: EchoService, tmp_path: Path
 ) -> None:
-    user, agent = await _agent(live, http, tmp_path, [echo.port])
+    user, agent = await tcp_agent(live, http, tmp_path, [echo.port])
     async with running(agent):
         device_id = await _device_id(http, user)
         async with contextlib.AsyncExitStack() as stack:
@@ -331,7 +317,9 @@ async def test_the_per_user_limit_spans_devices(
     tokens = [await paired_agent_token(http, user) for _ in range(2)]
     async with contextlib.AsyncExitStack() as stack:
         for device_id, token in tokens:
-            await stack.enter_async_context(connect_agent(live, token, _dispatcher([echo.port])))
+            await stack.enter_async_context(
+                connect_agent(live, token, agent_dispatcher([echo.port]))
+            )
             await _tunnel_up(live, device_id)
         opened = 0
         for device_id, _ in tokens:
@@ -350,7 +338,7 @@ async def test_the_per_user_limit_spans_devices(
 async def test_an_idle_forward_is_closed_with_4408(
     live: LiveServer, http: httpx.AsyncClient, echo: EchoService, tmp_path: Path
 ) -> None:
-    user, agent = await _agent(live, http, tmp_path, [echo.port])
+    user, agent = await tcp_agent(live, http, tmp_path, [echo.port])
     async with running(agent):
         device_id = await _device_id(http, user)
         async with _forward(live, user, device_id, echo.port) as ws:
@@ -363,7 +351,7 @@ async def test_an_idle_forward_is_closed_with_4408(
 async def test_a_forward_past_its_maximum_duration_is_closed_with_4408(
     live: LiveServer, http: httpx.AsyncClient, echo: EchoService, tmp_path: Path
 ) -> None:
-    user, agent = await _agent(live, http, tmp_path, [echo.port])
+    user, agent = await tcp_agent(live, http, tmp_path, [echo.port])
     async with running(agent):
         device_id = await _device_id(http, user)
         async with _forward(live, user, device_id, echo.port) as ws:
@@ -384,7 +372,7 @@ async def test_a_forward_past_its_maximum_duration_is_closed_with_4408(
 async def test_unpairing_closes_live_forwards_within_a_second(
     live: LiveServer, http: httpx.AsyncClient, echo: EchoService, tmp_path: Path
 ) -> None:
-    user, agent = await _agent(live, http, tmp_path, [echo.port])
+    user, agent = await tcp_agent(live, http, tmp_path, [echo.port])
     async with running(agent):
         device_id = await _device_id(http, user)
         async with (
