@@ -78,6 +78,7 @@ def _serve(cwd: Path) -> Iterator[str]:
         proc.terminate()
         proc.wait(timeout=20)
         drain.join(timeout=20)
+        proc.stderr.close()  # the pipe's file object, or a ResourceWarning (an error here)
 
 
 @pytest.fixture
