@@ -124,8 +124,12 @@ async def test_the_owner_killed_answers_502_quickly_then_the_agent_is_back_throu
                 await wait_for(back, limit=60)
                 assert await cluster.owner(device_id) == f"node-{other.name}"
                 assert (await via_other.get(echo, headers=user.headers)).status_code == 200
-                status = await via_other.get(f"{API}/devices/{device_id}", headers=user.headers)
-                assert status.json()["remote_status"] == "online"
+
+                async def online() -> bool:  # the new tunnel's status is written in a batch
+                    shown = await via_other.get(f"{API}/devices/{device_id}", headers=user.headers)
+                    return bool(shown.json()["remote_status"] == "online")
+
+                await wait_for(online)
         finally:
             stop.set()
             await asyncio.wait_for(running, 30)

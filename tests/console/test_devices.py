@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -287,6 +288,14 @@ def test_a_tunnel_conflict_is_shown_on_the_device_page_with_cause_and_fix(
     # Playwright's sync API holds this thread's event loop: the agents get their own
     with ThreadPoolExecutor(1) as pool:
         pool.submit(asyncio.run, _flap(ws_url, device["session_token"], 6)).result(timeout=120)
+    # tunnel events are written in batches: the page is rendered once they are
+    events = f"/api/v1/devices/{device['device_id']}/audit-events"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        items = http.get(events, headers=account.headers).json()["items"]
+        if any(item["action"] == "tunnel.conflict" for item in items):
+            break
+        time.sleep(0.05)
     sign_in(page.context, live, account)
     page.goto(f"/devices/{device['device_id']}")
     notice = page.locator("[data-tunnel-conflict]")
