@@ -90,6 +90,14 @@ async def test_a_new_token_replaces_a_dead_session_file(
     assert "replacing the previous session" in stderr_text
     assert second not in stderr_text
 
+    async def offline() -> bool:
+        items = (await http.get(f"{API}/devices", headers=user.headers)).json()["items"]
+        return all(item["remote_status"] != "online" for item in items)
+
+    # the stopped agent's batched offline is written before the next one is awaited, so
+    # "online" below is the next agent's (otherwise it is stopped before it runs)
+    await wait_for(offline, limit=60)
+
     # the same (now used) token again: the stored session is kept, no pairing attempt
     proc = await _agent_cli(*args, "--session-file", str(session_file), "--token", second)
     try:
