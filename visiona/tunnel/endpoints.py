@@ -66,8 +66,9 @@ def _bearer(websocket: WebSocket) -> str | None:
 
 async def _identify(db: Database, token: str | None) -> DeviceIdentity:
     try:
-        # unit of work: its own, before the WebSocket upgrade (the tunnel outlives any transaction)
-        async with db.transaction() as conn:
+        # one statement answers it: a read (no BEGIN/COMMIT round trips on a connect), before
+        # the WebSocket upgrade (the tunnel outlives any transaction)
+        async with db.reading() as conn:
             return await authenticate_device(conn, token)
     except AppError:
         raise
