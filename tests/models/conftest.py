@@ -37,7 +37,9 @@ def s3_endpoint() -> Iterator[str]:
 def s3_bucket(s3_endpoint: str) -> str:
     """A new empty bucket."""
     name = f"visiona-{uuid.uuid4().hex[:12]}"
-    response = httpx.put(f"{s3_endpoint}/{name}")
+    # moto loads its S3 backend on the first request: seconds on a busy machine (httpx's
+    # default 5 s timed out in CI), so the bound is generous; it guards a hang only
+    response = httpx.put(f"{s3_endpoint}/{name}", timeout=120)
     assert response.status_code == 200, response.text
     return name
 
