@@ -92,22 +92,26 @@ def test_web_sessions_survive_a_restart_of_the_embedded_server(tmp_path: Path) -
     # Issue 11, item 3: no Redis configured, sessions live in the SQLite file.
     body = {"email": "restart@example.com", "password": PASSWORD}
     with _serve(tmp_path) as first:
-        created = httpx.post(f"{first}/api/v1/auth/register", json={**body, "name": "R"})
+        created = httpx.post(
+            f"{first}/api/v1/auth/register", json={**body, "name": "R"}, timeout=30
+        )
         assert created.status_code == 201
-        login = httpx.post(f"{first}/api/v1/auth/login", json=body)
+        login = httpx.post(f"{first}/api/v1/auth/login", json=body, timeout=30)
         assert login.status_code == 200, login.text
         token = login.json()["token"]
         cookie = login.cookies["visiona_session"]
-        other = httpx.post(f"{first}/api/v1/auth/login", json=body).json()["token"]
-        out = httpx.post(f"{first}/api/v1/auth/logout", headers=_bearer(other))
+        other = httpx.post(f"{first}/api/v1/auth/login", json=body, timeout=30).json()["token"]
+        out = httpx.post(f"{first}/api/v1/auth/logout", headers=_bearer(other), timeout=30)
         assert out.status_code == 204
     with _serve(tmp_path) as second:  # a new process on the same database file
-        me = httpx.get(f"{second}/api/v1/auth/me", headers=_bearer(token))
+        me = httpx.get(f"{second}/api/v1/auth/me", headers=_bearer(token), timeout=30)
         assert me.status_code == 200, me.text
         assert me.json()["email"] == body["email"]
-        page = httpx.get(f"{second}/api/v1/auth/me", cookies={"visiona_session": cookie})
+        page = httpx.get(
+            f"{second}/api/v1/auth/me", cookies={"visiona_session": cookie}, timeout=30
+        )
         assert page.status_code == 200
-        signed_out = httpx.get(f"{second}/api/v1/auth/me", headers=_bearer(other))
+        signed_out = httpx.get(f"{second}/api/v1/auth/me", headers=_bearer(other), timeout=30)
         assert signed_out.status_code == 401  # the logout before the restart held
 
 

@@ -71,7 +71,9 @@ def test_the_curl_walkthrough_then_the_agent_step_pair_two_devices(
         items: list[dict[str, str]] = []
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and agent.poll() is None:
-            items = httpx.get(f"{server}/api/v1/devices", headers=headers).json()["items"]
+            items = httpx.get(f"{server}/api/v1/devices", headers=headers, timeout=30).json()[
+                "items"
+            ]
             if any(d["remote_status"] == "online" for d in items):
                 break
             time.sleep(0.2)

@@ -315,7 +315,7 @@ async def test_a_tunnel_left_connected_by_a_crash_is_recorded_as_ended_at_start_
     settings: Settings,
 ) -> None:
     app = create_app(settings)
-    async with serve_app(app) as live, httpx.AsyncClient(base_url=live.url) as http:
+    async with serve_app(app) as live, httpx.AsyncClient(base_url=live.url, timeout=30) as http:
         user = await signup(http)
         device = await paired_device(http, user)
         async with _hub_runtime(live).db.transaction() as conn:  # as a crashed run leaves it
@@ -325,7 +325,7 @@ async def test_a_tunnel_left_connected_by_a_crash_is_recorded_as_ended_at_start_
                 .values(remote_status="online")
             )
     restarted = serve_app(create_app(settings), settings)
-    async with restarted as live, httpx.AsyncClient(base_url=live.url) as http:
+    async with restarted as live, httpx.AsyncClient(base_url=live.url, timeout=30) as http:
         # sign in again: on SQLite the web sessions lived in the previous process
         login = await http.post(
             f"{API}/auth/login", json={"email": user.email, "password": PASSWORD}

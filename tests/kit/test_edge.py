@@ -40,27 +40,29 @@ def token(server: str) -> str:
     """A signed-in user's bearer token."""
     email = f"edge-{uuid.uuid4().hex[:8]}@example.com"
     body = {"email": email, "password": PASSWORD, "name": "Edge"}
-    assert httpx.post(f"{server}/api/v1/auth/register", json=body).status_code == 201
-    login = httpx.post(f"{server}/api/v1/auth/login", json={"email": email, "password": PASSWORD})
+    assert httpx.post(f"{server}/api/v1/auth/register", json=body, timeout=30).status_code == 201
+    login = httpx.post(
+        f"{server}/api/v1/auth/login", json={"email": email, "password": PASSWORD}, timeout=30
+    )
     return str(login.json()["token"])
 
 
 def test_docs_and_redoc_load_every_asset_from_the_server(server: str) -> None:
     for page in ("/docs", "/redoc"):
-        html = httpx.get(f"{server}{page}").text
+        html = httpx.get(f"{server}{page}", timeout=30).text
         sources = re.findall(r'(?:src|href)="([^"]+)"', html)
         assert sources, html
         for source in sources:
             assert source.startswith("/"), f"{page} loads {source} from elsewhere"
-            asset = httpx.get(f"{server}{source}")
+            asset = httpx.get(f"{server}{source}", timeout=30)
             assert asset.status_code == 200, source
             assert len(asset.content) > 100
         assert "cdn" not in html.lower()
-    assert "/openapi.json" in httpx.get(f"{server}/docs").text
+    assert "/openapi.json" in httpx.get(f"{server}/docs", timeout=30).text
 
 
 def test_openapi_declares_bearer_and_cookie_security(server: str) -> None:
-    spec = httpx.get(f"{server}/openapi.json").json()
+    spec = httpx.get(f"{server}/openapi.json", timeout=30).json()
     schemes = spec["components"]["securitySchemes"]
     assert schemes["bearerToken"] == {**schemes["bearerToken"], "type": "http", "scheme": "bearer"}
     assert schemes["sessionCookie"]["in"] == "cookie"
@@ -82,6 +84,7 @@ def test_head_works_wherever_get_does(server: str, token: str, tmp_path: Path) -
         files={"file": ("big.nef", content)},
         data={"target_chip": "kl520"},
         headers=headers,
+        timeout=30,
     )
     assert upload.status_code == 201, upload.text
     model_id = upload.json()["id"]
@@ -89,14 +92,14 @@ def test_head_works_wherever_get_does(server: str, token: str, tmp_path: Path) -
     assert head.status_code == 200
     assert head.content == b""
     assert int(head.headers["content-length"]) == len(content)
-    get = httpx.get(f"{server}/api/v1/models/{model_id}/file", headers=headers)
+    get = httpx.get(f"{server}/api/v1/models/{model_id}/file", headers=headers, timeout=30)
     assert get.content == content  # the server is still fine after a cut-short HEAD
     assert httpx.head(f"{server}/api/v1/models", headers=headers).status_code == 200
     assert httpx.head(f"{server}/api/v1/models").status_code == 401
 
 
 def test_405_carries_an_allow_header(server: str, token: str) -> None:
-    response = httpx.put(f"{server}/healthz")
+    response = httpx.put(f"{server}/healthz", timeout=30)
     assert response.status_code == 405
     assert response.json()["error"]["code"] == "method_not_allowed"
     assert set(response.headers["allow"].replace(" ", "").split(",")) == {"GET", "HEAD"}
@@ -117,11 +120,11 @@ def test_405_allow_lists_the_methods_of_every_route_of_the_path(server: str, tok
     assert models.status_code == 405
     assert _allow(models) == {"GET", "HEAD", "POST"}
     # GET, PATCH and DELETE /models/{id}: three routes; the id need not exist
-    one = httpx.put(f"{server}/api/v1/models/{uuid.uuid4()}", headers=auth)
+    one = httpx.put(f"{server}/api/v1/models/{uuid.uuid4()}", headers=auth, timeout=30)
     assert one.status_code == 405
     assert _allow(one) == {"DELETE", "GET", "HEAD", "PATCH"}
     # HEAD is answered like GET, so a path without GET gains no HEAD
-    login = httpx.get(f"{server}/api/v1/auth/login")
+    login = httpx.get(f"{server}/api/v1/auth/login", timeout=30)
     assert login.status_code == 405
     assert _allow(login) == {"POST"}
 
@@ -138,9 +141,9 @@ def test_cors_answers_listed_origins_only(server: str) -> None:
     assert preflight.status_code == 200
     assert preflight.headers["access-control-allow-origin"] == ORIGIN
     assert preflight.headers["access-control-allow-credentials"] == "true"
-    simple = httpx.get(f"{server}/healthz", headers={"Origin": ORIGIN})
+    simple = httpx.get(f"{server}/healthz", headers={"Origin": ORIGIN}, timeout=30)
     assert simple.headers["access-control-allow-origin"] == ORIGIN
-    other = httpx.get(f"{server}/healthz", headers={"Origin": "https://evil.example"})
+    other = httpx.get(f"{server}/healthz", headers={"Origin": "https://evil.example"}, timeout=30)
     assert "access-control-allow-origin" not in other.headers
     refused = httpx.options(
         f"{server}/api/v1/models",
@@ -154,7 +157,7 @@ def test_no_cors_by_default(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'v.db'}"
     migrate.upgrade(url)
     with serve_in_thread(create_app(make_settings(database_url=url, data_dir=tmp_path))) as live:
-        response = httpx.get(f"{live.url}/healthz", headers={"Origin": ORIGIN})
+        response = httpx.get(f"{live.url}/healthz", headers={"Origin": ORIGIN}, timeout=30)
         assert "access-control-allow-origin" not in response.headers
 
 
@@ -165,12 +168,17 @@ def test_target_chip_is_case_insensitive_on_every_route(server: str, token: str)
         files={"file": ("c.nef", nef(1000))},
         data={"target_chip": "KL720"},
         headers=headers,
+        timeout=30,
     )
     assert upload.status_code == 201, upload.text
     assert upload.json()["target_chip"] == "kl720"
     for chip in ("KL720", "kl720", "Kl720"):
-        listed = httpx.get(f"{server}/api/v1/models", params={"chip": chip}, headers=headers)
+        listed = httpx.get(
+            f"{server}/api/v1/models", params={"chip": chip}, headers=headers, timeout=30
+        )
         assert listed.status_code == 200, listed.text
         assert [m["id"] for m in listed.json()["items"]] == [upload.json()["id"]]
-    bad = httpx.get(f"{server}/api/v1/models", params={"chip": "KL999"}, headers=headers)
+    bad = httpx.get(
+        f"{server}/api/v1/models", params={"chip": "KL999"}, headers=headers, timeout=30
+    )
     assert bad.status_code == 422

@@ -257,7 +257,7 @@ async def test_client_going_away_resets_the_stream(
     user, device_id = connected
     hub = HUB.of(live.app)
     async with (
-        httpx.AsyncClient(base_url=live.url) as once,
+        httpx.AsyncClient(base_url=live.url, timeout=30) as once,
         once.stream("GET", _proxy(device_id, "stall"), headers=user.headers) as r,
     ):
         assert await anext(r.aiter_raw()) == b"first part;"

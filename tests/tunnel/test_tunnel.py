@@ -310,7 +310,7 @@ async def test_last_seen_is_written_in_one_statement_per_interval_for_all_device
 
 async def test_start_marks_offline_what_a_previous_run_left_online(settings: Settings) -> None:
     app = create_app(settings)
-    async with serve_app(app) as live, httpx.AsyncClient(base_url=live.url) as http:
+    async with serve_app(app) as live, httpx.AsyncClient(base_url=live.url, timeout=30) as http:
         user = await signup(http)
         device_id, _ = await paired_agent_token(http, user)
         async with _runtime(live).db.transaction() as conn:
