@@ -252,3 +252,22 @@ async def test_a_bad_selector_is_a_400_with_position_and_reason(client: httpx.As
     assert error["code"] == "invalid_selector"
     assert error["position"] == 8
     assert "(" in error["reason"]
+
+
+async def test_openapi_declares_the_tag_routes_and_their_error_codes(
+    client: httpx.AsyncClient,
+) -> None:
+    paths = (await client.get("/openapi.json")).json()["paths"]
+    tags_path = paths["/api/v1/devices/{device_id}/tags"]
+    assert set(tags_path) == {"put", "patch"}
+    for method in ("put", "patch"):
+        responses = tags_path[method]["responses"]
+        assert "reserved_tag" in responses["400"]["description"]
+        assert "invalid_tag" in responses["422"]["description"]
+        assert "too_many_tags" in responses["422"]["description"]
+        assert "not_found" in responses["404"]["description"]
+    listing = paths["/api/v1/devices"]["get"]
+    assert "invalid_selector" in listing["responses"]["400"]["description"]
+    assert "selector" in {p["name"] for p in listing["parameters"]}
+    device = (await client.get("/openapi.json")).json()["components"]["schemas"]["DeviceOut"]
+    assert {"tags", "current_model", "previous_model"} <= set(device["properties"])
