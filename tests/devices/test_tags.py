@@ -113,6 +113,20 @@ async def test_builtin_tags_are_read_only(client: httpx.AsyncClient, key: str) -
     assert error_code(removed) == "reserved_tag"
 
 
+async def test_tags_read_from_a_device_can_be_sent_back_unchanged(
+    client: httpx.AsyncClient,
+) -> None:
+    user = await signup(client)
+    device = await _device(client, user)
+    first = (await _put(client, user, device["id"], {"site": "lab"})).json()
+    again = await _put(client, user, device["id"], first["tags"])  # built-ins included
+    assert again.status_code == 200, again.text
+    assert again.json()["tags"] == first["tags"]
+    patched = await _patch(client, user, device["id"], set={"chip": "kl520", "room": "1"})
+    assert patched.status_code == 200, patched.text
+    assert patched.json()["tags"]["room"] == "1"
+
+
 @pytest.mark.parametrize(
     "tags",
     [

@@ -200,7 +200,8 @@ async def replace_tags(
     reads: DevicesDep,
 ) -> DeviceOut:
     """Make `tags` the device's tags: the ones not named are removed. Built-in tags
-    (`chip`, `type`, `visiona.io/…`) cannot be set (400 `reserved_tag`); a bad key or
+    (`chip`, `type`, `visiona.io/…`) cannot be changed (400 `reserved_tag`; one sent with
+    the value it has is ignored, so `tags` can be sent back as read); a bad key or
     value is a 422 `invalid_tag`, more than 32 tags a 422 `too_many_tags`. Records
     `device.tagged` when anything changed. Answers the device."""
     await fleet.replace_tags(conn, principal.user_id, device_id, body.tags)

@@ -25,6 +25,7 @@ from visiona.devices.selectors import Selector
 from visiona.devices.service import require_device
 from visiona.devices.tags import (
     InvalidTagError,
+    builtin_tags,
     check_count,
     check_key,
     check_tags,
@@ -54,10 +55,14 @@ async def replace_tags(
     conn: AsyncConnection, owner_user_id: uuid.UUID, device_id: uuid.UUID, tags: Mapping[str, str]
 ) -> None:
     """Make ``tags`` the device's user tags (404 when not the owner's; 422 ``invalid_tag``
-    / ``too_many_tags``, 400 ``reserved_tag``)."""
-    check_tags(tags)
-    check_count(tags)
-    await _change(conn, owner_user_id, device_id, lambda _: dict(tags))
+    / ``too_many_tags``, 400 ``reserved_tag``; built-ins with their own value are ignored)."""
+
+    def apply(_before: dict[str, str], builtins: dict[str, str]) -> dict[str, str]:
+        after = check_tags(tags, builtins)
+        check_count(after)
+        return after
+
+    await _change(conn, owner_user_id, device_id, apply)
 
 
 async def change_tags(
@@ -71,16 +76,15 @@ async def change_tags(
     """Set ``set_tags`` and remove the keys ``remove`` (absent keys are no-ops) on the
     owner's device; the same errors as :func:`replace_tags`, and a key both set and
     removed is a 422 ``invalid_tag``."""
-    check_tags(set_tags)
     removed = list(dict.fromkeys(remove))
     for key in removed:
         check_key(key)
         if key in set_tags:
             raise InvalidTagError(f"Tag {key!r} is both set and removed.")
 
-    def apply(before: dict[str, str]) -> dict[str, str]:
+    def apply(before: dict[str, str], builtins: dict[str, str]) -> dict[str, str]:
         after = {k: v for k, v in before.items() if k not in removed}
-        after.update(set_tags)
+        after.update(check_tags(set_tags, builtins))
         check_count(after)
         return after
 
@@ -91,14 +95,14 @@ async def _change(
     conn: AsyncConnection,
     owner_user_id: uuid.UUID,
     device_id: uuid.UUID,
-    compute: Callable[[dict[str, str]], dict[str, str]],
+    compute: Callable[[dict[str, str], dict[str, str]], dict[str, str]],
 ) -> None:
-    """Lock the owner's device, compute its new user tags from the current ones, write the
-    difference and record ``device.tagged`` (when anything changed)."""
-    await require_device(conn, owner_user_id, device_id)
+    """Lock the owner's device, compute its new user tags from the current ones (and its
+    built-ins), write the difference and record ``device.tagged`` (when anything changed)."""
+    device = await require_device(conn, owner_user_id, device_id)
     await repository.lock_device(conn, device_id)
     before = await repository.tags_of_device(conn, device_id)
-    after = compute(before)
+    after = compute(before, builtin_tags(device.device_type))
     upsert = {k: v for k, v in after.items() if before.get(k) != v}
     removed = sorted(k for k in before if k not in after)
     if not upsert and not removed:

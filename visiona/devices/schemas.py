@@ -123,7 +123,8 @@ _TAG_MAP_ARGS: dict[str, Any] = {
     "description": f"`key: value` pairs; at most {MAX_TAGS} tags per device. Key: 1-"
     f"{MAX_KEY_LENGTH} of `a-z 0-9 . _ / -`, beginning and ending with a letter or digit; "
     f"value: 1-{MAX_VALUE_LENGTH} of `A-Z a-z 0-9 . _ -`, the same. `chip`, `type` and "
-    "keys under `visiona.io/` are built in (400 `reserved_tag`).",
+    "keys under `visiona.io/` are built in: another value than theirs is a 400 "
+    "`reserved_tag`, their own value is ignored.",
     "examples": [{"site": "lab", "room": "2"}],
 }
 

@@ -14,8 +14,9 @@ Built-in tags are computed from the device record on every read and never stored
 ``chip`` (the device type, trimmed and lower-cased: what a model's ``target_chip`` must
 equal) and ``type`` (the device type as the agent reported it, trimmed). Neither is
 present when the device type is unknown. They appear in every device answer's ``tags``
-next to the user's tags and are read-only: setting or removing one, or any key under
-:data:`RESERVED_PREFIX`, is a 400 ``reserved_tag``.
+next to the user's tags and are read-only: setting one to another value than it has,
+removing one, or any key under :data:`RESERVED_PREFIX`, is a 400 ``reserved_tag`` (one
+sent with the value it has is ignored, so a device's ``tags`` can be sent back as read).
 """
 
 from __future__ import annotations
@@ -118,13 +119,23 @@ def check_key(key: str) -> None:
         raise ReservedTagError(key)
 
 
-def check_tags(tags: Mapping[str, str]) -> None:
-    """Check every key and value a user sets (:func:`check_key`; 422 ``invalid_tag``)."""
+def check_tags(tags: Mapping[str, str], builtins: Mapping[str, str]) -> dict[str, str]:
+    """The tags a user sets, checked (422 ``invalid_tag``, 400 ``reserved_tag``).
+
+    A built-in tag given with the value it has (``builtins``: the device's) is left out
+    silently, so a device's ``tags`` as read can be sent back unchanged; with another
+    value, or any key under :data:`RESERVED_PREFIX`, it is a 400 ``reserved_tag``.
+    """
+    kept: dict[str, str] = {}
     for key, value in tags.items():
+        if key in builtins and builtins[key] == value:
+            continue
         check_key(key)
         problem = value_problem(value)
         if problem is not None:
             raise InvalidTagError(f"Tag {key!r} has the value {value[:80]!r}: {problem}.")
+        kept[key] = value
+    return kept
 
 
 def check_count(tags: Mapping[str, str]) -> None:
