@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 from sqlalchemy import update
+from typer.testing import CliRunner
 
 from testkit.live import LiveServer
 from tests.support.agent import agent_options, running
@@ -28,6 +29,7 @@ from tests.support.models import nef, uploaded
 from tests.support.tunnel import API, wait_for
 from visiona.agent.credentials import model_path
 from visiona.agent.runner import Agent, AgentOptions
+from visiona.cli import app as cli
 from visiona.kit.runtime import Runtime
 from visiona.kit.schema import devices
 
@@ -62,6 +64,11 @@ async def test_the_agent_keeps_its_model_across_restarts_and_repairs_a_missed_ou
     kept = json.loads(model_path(session).read_text())
     assert {k: kept[k] for k in ("id", "sha256")} == expected
     assert model_path(session).stat().st_mode & 0o777 == 0o600
+    shown = CliRunner().invoke(cli, ["agent", "status", "--session-file", str(session), "--json"])
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.stdout)["current_model"] == expected
+    text = CliRunner().invoke(cli, ["agent", "status", "--session-file", str(session)]).stdout
+    assert f"model:    {expected['id']} (sha256 {expected['sha256'][:16]}…)" in text
     assert (await _device(http, user))["current_model"] == expected
 
     # The server misses the outcome (here: its record is wiped); the restarted agent,
