@@ -444,7 +444,7 @@ def tag_devices(
     words: Annotated[
         list[str] | None,
         typer.Argument(
-            metavar="[DEVICE...] [KEY=VALUE...]",
+            metavar="DEVICE|KEY=VALUE",
             help="Devices (id, unique id prefix or name) and the tags to set on each; a word "
             "with '=' is a tag.",
         ),
