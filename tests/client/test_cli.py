@@ -321,6 +321,56 @@ def test_devices_show_rename_unpair_with_confirmation(
     assert run("devices", "unpair", str(uuid.uuid4()), "--yes").exit_code == 1
 
 
+def test_devices_tag_several_at_once_and_list_by_selector(
+    server: str, account: str, config_home: Path
+) -> None:
+    assert login(server, account).exit_code == 0
+    headers = {"Authorization": f"Bearer {_token_of(config_home)}"}
+    for name in ("tag-a", "tag-b", "tag-c"):
+        created = httpx.post(
+            f"{server}/api/v1/devices",
+            json={"name": name, "device_type": "KL520", "serial_number": f"SN-{name}"},
+            headers=headers,
+        )
+        assert created.status_code == 201, created.text
+
+    tagged = run("devices", "tag", "tag-a", "tag-b", "site=lab", "room=2")
+    assert tagged.exit_code == 0, tagged.output
+    assert [line.split()[2] for line in tagged.stdout.splitlines()] == ["tag-a:", "tag-b:"]
+    assert "room=2,site=lab" in tagged.stdout
+
+    def selected(selector: str) -> list[str]:
+        listed = run("devices", "list", "--select", selector, "--json")
+        assert listed.exit_code == 0, listed.output
+        return [json.loads(line)["name"] for line in listed.stdout.splitlines()]
+
+    assert selected("site=lab") == ["tag-a", "tag-b"]
+    assert selected("chip in (kl520),!site") == ["tag-c"]
+    table = run("devices", "list", "-l", "site=lab")
+    assert "room=2,site=lab" in table.stdout
+    assert table.stdout.endswith("2 device(s)\n")
+
+    by_selector = run(
+        "devices", "tag", "--select", "site=lab", "-r", "room", "retired=yes", "--json"
+    )
+    assert by_selector.exit_code == 0, by_selector.output
+    answers = [json.loads(line) for line in by_selector.stdout.splitlines()]
+    assert [a["tags"] for a in answers] == [
+        {"chip": "kl520", "retired": "yes", "site": "lab", "type": "KL520"}
+    ] * 2
+    assert selected("!retired") == ["tag-c"]
+
+    bad = run("devices", "list", "--select", "site in lab")
+    assert bad.exit_code == 1
+    assert bad.stderr.startswith("error: Invalid selector at position 8:")
+    assert "(invalid_selector, HTTP 400)" in bad.stderr
+    reserved = run("devices", "tag", "tag-a", "tag-c", "chip=kl720")
+    assert reserved.exit_code == 1
+    assert reserved.stderr.count("reserved_tag") == 2  # each device said why
+    assert run("devices", "tag", "tag-a").exit_code == 1  # nothing to do
+    assert run("devices", "tag", "tag-a", "--select", "x", "a=b").exit_code == 1
+
+
 def test_pairing_tokens_create_list_revoke(server: str, account: str, config_home: Path) -> None:
     assert login(server, account).exit_code == 0
     created = run("pairing-tokens", "create", "--json")

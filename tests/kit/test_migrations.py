@@ -22,6 +22,7 @@ TABLES = {
     "users",
     "models",
     "devices",
+    "device_tags",
     "pairing_tokens",
     "session_tokens",
     "deployments",

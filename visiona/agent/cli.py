@@ -225,6 +225,7 @@ def status(
         "tunnel_since": state.get("since"),
         "last_close": state.get("last_close"),
         "policy": state.get("policy"),
+        "current_model": credentials.load_current_model(path),
     }
     if as_json:
         typer.echo(json.dumps(info))
@@ -238,9 +239,17 @@ def status(
         + (f" (last close: {info['last_close']})" if info["last_close"] else ""),
         f"session:  expires {creds.expires_at}{expires}",
         f"file:     {path}",
+        _model_line(info["current_model"]),
         *_policy_lines(info["policy"]),
     ]
     typer.echo("\n".join(lines))
+
+
+def _model_line(model: dict[str, str] | None) -> str:
+    """The model of the last successful deployment (what the agent reports as running)."""
+    if model is None:
+        return "model:    none deployed yet"
+    return f"model:    {model['id']} (sha256 {model['sha256'][:16]}…)"
 
 
 def _policy_lines(policy: dict[str, Any] | None) -> list[str]:

@@ -162,6 +162,39 @@ def load_state(session_file: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def model_path(session_file: Path) -> Path:
+    """Where the model of the last successful deployment is kept: next to the session file
+    (``<stem>.model.json``), so it survives restarts and goes with the session."""
+    return session_file.with_name(f"{session_file.stem}.model.json")
+
+
+def store_current_model(session_file: Path, model_id: str, sha256: str) -> None:
+    """Record ``model_id`` (``sha256``) as the model this PC runs now (0600, atomic)."""
+    payload = {
+        "id": model_id,
+        "sha256": sha256,
+        "deployed_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    _write_private(model_path(session_file), payload)
+
+
+def load_current_model(session_file: Path) -> dict[str, str] | None:
+    """``{"id", "sha256"}`` of the last successful deployment, or None (none, unreadable)."""
+    try:
+        data = json.loads(model_path(session_file).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        _LOGGER.warning("agent: ignoring the unreadable model record (%s)", type(err).__name__)
+        return None
+    if not isinstance(data, dict):
+        return None
+    model_id, sha256 = data.get("id"), data.get("sha256")
+    if not isinstance(model_id, str) or not isinstance(sha256, str):
+        return None
+    return {"id": model_id, "sha256": sha256}
+
+
 async def _post(http: httpx.AsyncClient, url: str, **kwargs: Any) -> httpx.Response:
     try:
         response = await http.post(url, **kwargs)

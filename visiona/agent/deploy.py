@@ -70,10 +70,14 @@ _REASONS = {
 
 @dataclass(frozen=True)
 class DeploySettings:
-    """Where deployed models go and what runs after each one."""
+    """Where deployed models go, what runs after each one, and who hears of a success."""
 
     models_dir: Path
     hook: str | None = None
+    #: called with the model id and sha256 once a deployment succeeded (the file is in
+    #: place and the hook, if any, exited 0), before the answer is sent; it may block
+    #: briefly (it runs in a worker thread): the agent records the model on disk there
+    on_deployed: Callable[[str, str], None] | None = None
 
 
 def default_models_dir() -> Path:
@@ -277,6 +281,13 @@ async def _receive(stream: Stream, data: bytes, deploy: DeploySettings) -> dict[
         _LOGGER.info(
             "agent: model %s stored at %s; no deploy hook configured", request.model_id, final
         )
+    if deploy.on_deployed is not None:
+        # Before the answer: a server that misses the answer still learns of the model
+        # from the agent's next status report.
+        try:
+            await asyncio.to_thread(deploy.on_deployed, str(request.model_id), request.sha256)
+        except OSError as err:
+            _LOGGER.warning("agent: cannot record the deployed model: %s", err)
     return {
         "model_id": str(request.model_id),
         "path": str(final),

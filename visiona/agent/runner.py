@@ -174,10 +174,16 @@ class Agent:
         #: How many tunnels in a row were superseded by another agent of this device.
         self.superseded_in_a_row = 0
         self._config = Config(max_stream_window=options.stream_window)
-        self._deploy = DeploySettings(
-            models_dir=options.models_dir or default_models_dir(), hook=options.deploy_hook
-        )
         self.busy = BusyState()
+        #: ``{"id", "sha256"}`` of the last successful deployment (kept next to the session
+        #: file across restarts), reported with the status; None: none known
+        self.current_model = credentials.load_current_model(options.session_file)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._deploy = DeploySettings(
+            models_dir=options.models_dir or default_models_dir(),
+            hook=options.deploy_hook,
+            on_deployed=self._deployed,
+        )
         self._watch = self.busy.watch_head if options.busy_header else None
         self.connected = asyncio.Event()
         self.connections = 0
@@ -187,9 +193,22 @@ class Agent:
         self._asked_delay: float | None = None
         self._creds = Credentials(server="", device_id="", session_token="", expires_at="")
 
+    def _deployed(self, model_id: str, sha256: str) -> None:
+        """A deployment succeeded (called in a worker thread): record the model on disk and
+        wake the status reporter, which tells the server."""
+        credentials.store_current_model(self._options.session_file, model_id, sha256)
+        model = {"id": model_id, "sha256": sha256}
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._set_current_model, model)
+
+    def _set_current_model(self, model: dict[str, str]) -> None:
+        self.current_model = model
+        self.busy.changed.set()  # the reporter's wake-up
+
     async def run(self, stop: asyncio.Event) -> int:
         """Run until ``stop`` is set (exit code 0) or the server refuses us (exit code 3)."""
         session_file = self._options.session_file
+        self._loop = asyncio.get_running_loop()
         async with httpx.AsyncClient(timeout=15) as http:
             try:
                 creds = await self._credentials(http, stop)
@@ -451,13 +470,16 @@ class Agent:
     async def _report_status(self, http: httpx.AsyncClient) -> None:
         """POST the USB status (and busy/idle, once known) on connect and on each change,
         with the TCP ports the policy allows (so the cloud refuses others before asking,
-        and its console shows the command to reach them). A server that predates the
-        ports field (422) gets the report without it."""
-        last: tuple[UsbStatus, bool | None] | None = None
+        and its console shows the command to reach them) and the model of the last
+        successful deployment (so the cloud's record is right even when it missed a
+        deployment's outcome). A server that predates these fields (422) gets the report
+        without them."""
+        last: tuple[UsbStatus, bool | None, dict[str, str] | None] | None = None
         ports: list[int] | None = sorted(self._options.policy.ports)
+        extras = True  # tcp_ports and current_model; off for an older server
         while True:
             self.busy.changed.clear()
-            status = (await asyncio.to_thread(usb_status), self.busy.busy)
+            status = (await asyncio.to_thread(usb_status), self.busy.busy, self.current_model)
             if status != last:
                 creds = self._creds  # renewal may have replaced the token
                 url = f"{creds.server}{API_PREFIX}{STATUS_PATH}"
@@ -465,13 +487,19 @@ class Agent:
                 body: dict[str, object] = {"usb_status": status[0]}
                 if status[1] is not None:
                     body["busy"] = status[1]
-                if ports is not None:
+                if extras and ports is not None:
                     body["tcp_ports"] = ports
+                if extras and status[2] is not None:
+                    body["current_model"] = status[2]
                 try:
                     response = await http.post(url, json=body, headers=headers)
-                    if response.status_code == 422 and ports is not None:
-                        _LOGGER.info("agent: the server does not take tcp_ports; reporting without")
-                        ports = None
+                    newer = "tcp_ports" in body or "current_model" in body
+                    if response.status_code == 422 and newer:
+                        _LOGGER.info(
+                            "agent: the server does not take tcp_ports/current_model; "
+                            "reporting without"
+                        )
+                        extras = False
                         continue
                     if response.status_code == 204:
                         last = status

@@ -44,6 +44,12 @@ _ALL = (
     ),
     Action("device.renamed", "device", "A device was renamed.", ("from", "to")),
     Action(
+        "device.tagged",
+        "device",
+        "A device's tags changed (the tags added or changed, and the keys removed).",
+        ("set", "removed"),
+    ),
+    Action(
         "device.unpaired",
         "device",
         "A device was unpaired; its tokens were revoked.",

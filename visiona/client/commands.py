@@ -375,15 +375,36 @@ def _default_destination(model: dict[str, Any]) -> Path:
 # -- devices ----------------------------------------------------------------------
 
 
+SelectOption = Annotated[
+    str | None,
+    typer.Option(
+        "--select",
+        "-l",
+        metavar="SELECTOR",
+        help="Only the devices a tag selector selects, e.g. 'site=lab,chip in (kl520),!retired'.",
+    ),
+]
+
+
+def _selected(api: ApiClient, selector: str | None) -> list[dict[str, Any]]:
+    """Every device (the ones ``selector`` selects, when given), all pages."""
+    params = {"limit": "200"}
+    if selector is not None:
+        params["selector"] = selector
+    return list(api.pages("/devices", params))
+
+
 @devices_app.command("list")
 @one_line_errors
 def list_devices(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+    select: SelectOption = None,
     server: ServerOption = None,
 ) -> None:
-    """List your devices with their tunnel and USB status, and whether their service is busy."""
+    """List your devices with their tunnel and USB status, whether their service is busy,
+    and their tags (built-in ones aside)."""
     with _session(server) as api:
-        items = list(api.pages("/devices", {"limit": "200"}))
+        items = _selected(api, select)
     if as_json:
         for item in items:
             typer.echo(json.dumps(item))
@@ -393,7 +414,7 @@ def list_devices(
 
 def render_devices(items: list[dict[str, Any]]) -> str:
     """The devices as a plain table (one line per device)."""
-    table = _table("id", "name", "type", "serial", "remote", "usb", "service")
+    table = _table("id", "name", "type", "serial", "remote", "usb", "service", "tags")
     for item in items:
         table.add_row(
             str(item.get("id", "")),
@@ -403,8 +424,83 @@ def render_devices(items: list[dict[str, Any]]) -> str:
             str(item.get("remote_status", "")),
             str(item.get("status", "")),
             "busy" if item.get("busy") else "idle",
+            _user_tags(item),
         )
     return _text(table) + f"{len(items)} device(s)"
+
+
+#: The built-in tags (the device type): the table shows them in its "type" column.
+_BUILTIN_TAGS = ("chip", "type")
+
+
+def _user_tags(item: dict[str, Any]) -> str:
+    tags = item.get("tags") or {}
+    return ",".join(f"{k}={v}" for k, v in tags.items() if k not in _BUILTIN_TAGS)
+
+
+@devices_app.command("tag")
+@one_line_errors
+def tag_devices(
+    words: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="DEVICE|KEY=VALUE",
+            help="Devices (id, unique id prefix or name) and the tags to set on each; a word "
+            "with '=' is a tag.",
+        ),
+    ] = None,
+    remove: Annotated[
+        list[str] | None,
+        typer.Option("--remove", "-r", metavar="KEY", help="Remove this tag (repeat for several)."),
+    ] = None,
+    select: Annotated[
+        str | None,
+        typer.Option(
+            "--select",
+            "-l",
+            metavar="SELECTOR",
+            help="Tag every device this selector selects (instead of naming devices).",
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+    server: ServerOption = None,
+) -> None:
+    """Set and remove tags on several devices at once (one PATCH per device): `visiona
+    devices tag lab-1 lab-2 site=lab room=2 -r old`, or `--select 'site=lab' retired=yes`.
+    A device that fails is reported and the others are still tagged (exit 1)."""
+    refs = [w for w in words or [] if "=" not in w]
+    set_tags: dict[str, str] = {}
+    for word in words or []:
+        if "=" in word:
+            key, _, value = word.partition("=")
+            set_tags[key.strip()] = value.strip()
+    removed = list(remove or [])
+    if not set_tags and not removed:
+        raise _fail("nothing to do: give KEY=VALUE tags to set or -r KEY to remove")
+    if bool(refs) == (select is not None):
+        raise _fail("name the devices or give --select SELECTOR (one of the two)")
+    body = {"set": set_tags, "remove": removed}
+    failed = 0
+    with _session(server) as api:
+        if select is not None:
+            targets = [(str(item["id"]), str(item["name"])) for item in _selected(api, select)]
+        else:
+            targets = [(_resolve(api, "device", "/devices", ref), ref) for ref in refs]
+        for device_id, label in targets:
+            try:
+                device = api.call("PATCH", f"/devices/{_path_id(device_id)}/tags", json=body)
+            except ClientError as err:
+                failed += 1
+                typer.echo(f"error: {label}: {err}", err=True)
+                continue
+            if as_json:
+                _echo_json(device)
+            else:
+                typer.echo(f"tagged {device['id']} {device['name']}: {_user_tags(device) or '-'}")
+    if not targets:
+        typer.echo("no device selected", err=True)
+    if failed:
+        raise typer.Exit(1)
 
 
 @devices_app.command("show")
@@ -464,6 +560,8 @@ def _fields(item: dict[str, Any]) -> str:
 def _plain(value: Any) -> str:
     if value is None:
         return "-"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
     if isinstance(value, list):
         return ", ".join(str(v) for v in value)
     return str(value)

@@ -35,9 +35,12 @@ from visiona.console.views import (
     tunnel_badge,
 )
 from visiona.deployments import service as deployments
+from visiona.devices import fleet_service as fleet
 from visiona.devices import service as devices
 from visiona.devices.dependencies import DevicesDep
+from visiona.devices.selectors import MAX_LENGTH, InvalidSelectorError, Selector
 from visiona.devices.service import Devices
+from visiona.devices.tags import BUILTIN_KEYS
 from visiona.kit.deps import Conn, SettingsDep
 from visiona.kit.errors import NotFoundError, UnauthorizedError
 from visiona.kit.pagination import Page, PageRequest
@@ -55,6 +58,8 @@ if TYPE_CHECKING:
 router = APIRouter(route_class=ConsoleRoute, include_in_schema=False)
 
 Text = Annotated[str, Query(max_length=200)]
+#: The tag selector filter (its parser bounds it; a longer one is shown as an error).
+SelectorText = Annotated[str, Query(max_length=4 * MAX_LENGTH)]
 PRODUCT = "visionA"
 
 
@@ -125,8 +130,10 @@ def _password_min() -> int:
 # -- devices ----------------------------------------------------------------------
 
 
-async def _all_devices(conn: AsyncConnection, reads: Devices, user_id: uuid.UUID) -> list[Device]:
-    return await every_row(lambda page: reads.list(conn, user_id, page=page))
+async def _all_devices(
+    conn: AsyncConnection, reads: Devices, user_id: uuid.UUID, selector: Selector | None = None
+) -> list[Device]:
+    return await every_row(lambda page: reads.list(conn, user_id, page=page, selector=selector))
 
 
 async def _device_names(
@@ -135,12 +142,33 @@ async def _device_names(
     return {str(d.id): d.name for d in await _all_devices(conn, reads, user_id)}
 
 
-async def _device_list(
-    conn: AsyncConnection, reads: Devices, user_id: uuid.UUID, status: str, query: str
+async def _device_list(  # noqa: PLR0917 - the page's filters, one by one
+    conn: AsyncConnection,
+    reads: Devices,
+    user_id: uuid.UUID,
+    status: str,
+    query: str,
+    selector: str = "",
 ) -> dict[str, Any]:
+    """The devices the filters keep: status and search in Python, the tag selector in SQL
+    (a selector that does not parse is shown as an error and filters nothing)."""
+    parsed, selector_error = None, None
+    try:
+        parsed = fleet.parse_selector(selector) if selector.strip() else None
+    except InvalidSelectorError as err:
+        selector_error = err.message
     everything = await _all_devices(conn, reads, user_id)
-    shown = [device for device in everything if matches(device, status, query.strip())]
-    return {"devices": shown, "total": len(everything), "status": status, "q": query}
+    chosen = everything if parsed is None else await _all_devices(conn, reads, user_id, parsed)
+    shown = [device for device in chosen if matches(device, status, query.strip())]
+    return {
+        "devices": shown,
+        "device_tags": await fleet.tags_of(conn, shown),
+        "total": len(everything),
+        "status": status,
+        "q": query,
+        "selector": selector,
+        "selector_error": selector_error,
+    }
 
 
 def _status_filter(value: str) -> str:
@@ -155,24 +183,35 @@ async def devices_page(  # noqa: PLR0917 - FastAPI injects query parameters by n
     reads: DevicesDep,
     status: Text = "all",
     q: Text = "",
+    selector: SelectorText = "",
 ) -> Response:
-    """The devices table with its filter, search, bulk unpair and connect dialog."""
-    listing = await _device_list(conn, reads, principal.user_id, _status_filter(status), q)
+    """The devices table with its filters (status, search, tag selector: all kept in the
+    URL), bulk unpair and connect dialog."""
+    listing = await _device_list(
+        conn, reads, principal.user_id, _status_filter(status), q, selector
+    )
     return render(request, "devices.html", title="Devices", nav="devices", **listing)
 
 
 @router.get("/devices.json")
-async def devices_rows(
+async def devices_rows(  # noqa: PLR0917 - FastAPI injects query parameters by name
     principal: CurrentPrincipal,
     conn: Conn,
     reads: DevicesDep,
     status: Text = "all",
     q: Text = "",
+    selector: SelectorText = "",
 ) -> Response:
     """What the devices page polls: the filtered rows as HTML plus a summary per device."""
-    listing = await _device_list(conn, reads, principal.user_id, _status_filter(status), q)
+    listing = await _device_list(
+        conn, reads, principal.user_id, _status_filter(status), q, selector
+    )
     shown: list[Device] = listing["devices"]
-    html = _templates().get_template("_device_rows.html").render(devices=shown)
+    html = (
+        _templates()
+        .get_template("_device_rows.html")
+        .render(devices=shown, device_tags=listing["device_tags"])
+    )
     summary = [{"id": str(d.id), "name": d.name, "status": tunnel_badge(d).label} for d in shown]
     return JSONResponse({"total": listing["total"], "devices": summary, "rows_html": html})
 
@@ -208,21 +247,33 @@ async def device_page(
         conn, EventFilter(owner_id=owner, device_id=parsed), PageRequest(limit=50)
     )
     chip = (device.device_type or "").strip().lower()
+    model_names = {str(m.id): m.name for m in every_model}
     return render(
         request,
         "device.html",
+        tags=(await fleet.tags_of(conn, [device]))[device.id],
+        builtin_tags=BUILTIN_KEYS,
+        current_model=_model_label(device.current_model_id, model_names),
+        previous_model=_model_label(device.previous_model_id, model_names),
         title=device.name,
         nav="devices",
         device=device,
         session_tokens=sorted_newest_first(sessions),
         deployments=history.items,
-        model_names={str(m.id): m.name for m in every_model},
+        model_names=model_names,
         deployable=[m for m in every_model if m.target_chip == chip],
         chip=chip,
         history=events.items,
         conflict=recent_conflict(events.items),
         user_id=owner,
     )
+
+
+def _model_label(model_id: uuid.UUID | None, names: dict[str, str]) -> str | None:
+    """A model's name (its id when it is not one of the user's models), or None."""
+    if model_id is None:
+        return None
+    return names.get(str(model_id), str(model_id))
 
 
 # -- models -----------------------------------------------------------------------

@@ -26,6 +26,7 @@ from visiona.deployments import repository
 from visiona.deployments.repository import Deployment
 from visiona.deployments.schemas import DeploymentOut, DeploymentStatus
 from visiona.deployments.transfer import TransferFailedError, send_model
+from visiona.devices import fleet_service as fleet
 from visiona.devices import service as devices_service
 from visiona.kit.clock import utcnow
 from visiona.kit.errors import AppError, ConflictError, NotFoundError, StorageUnavailableError
@@ -206,13 +207,20 @@ async def prepare(
 
 
 async def mark(
-    db: Database, deployment_id: uuid.UUID, status: DeploymentStatus, error: str | None = None
+    db: Database,
+    deployment_id: uuid.UUID,
+    status: DeploymentStatus,
+    error: str | None = None,
+    *,
+    sha256: str | None = None,
 ) -> Deployment:
     """Move the deployment to ``status`` in its own transaction; return the record.
 
     A record that is already final is left as it is (and returned as it is). Reaching
     a final state records ``deployment.succeeded`` or ``deployment.failed`` (with the
-    reason) in the same transaction, the system as actor.
+    reason) in the same transaction, the system as actor. Reaching ``succeeded`` or
+    ``stored`` with the file's ``sha256`` also records the model as the device's
+    current model (the one before becomes its previous), in the same transaction.
     """
     # unit of work: the named exception of a service opening its own — the transfer
     # records each state change in a short transaction of its own, so nothing is held
@@ -224,6 +232,10 @@ async def mark(
         )
         if record is not None:
             await record_outcome(conn, record, status)
+            if status.delivered and sha256:
+                await fleet.record_current_model(
+                    conn, record.device_id, record.model_id, sha256, now
+                )
         if record is None:
             record = await repository.get_deployment(conn, deployment_id)
     if record is None:  # pragma: no cover - records are never deleted
@@ -300,8 +312,10 @@ async def transfer(
     )
     if answer.get("hook") == "none":
         notice = f"stored at {answer.get('path')} on the PC; no deploy hook configured"
-        return await mark(db, deployment_id, DeploymentStatus.STORED, notice[:500])
-    return await mark(db, deployment_id, DeploymentStatus.SUCCEEDED)
+        return await mark(
+            db, deployment_id, DeploymentStatus.STORED, notice[:500], sha256=model.sha256
+        )
+    return await mark(db, deployment_id, DeploymentStatus.SUCCEEDED, sha256=model.sha256)
 
 
 async def _send(

@@ -15,8 +15,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response, status
 
 from visiona.auth.dependencies import CurrentPrincipal
+from visiona.devices import fleet_service as fleet
 from visiona.devices import service
 from visiona.devices.dependencies import DevicesDep
+from visiona.devices.repository import Device
 from visiona.devices.schemas import (
     AgentStatusRequest,
     DeviceCreate,
@@ -25,7 +27,11 @@ from visiona.devices.schemas import (
     DeviceUpdate,
     PairRequest,
     PairResponse,
+    TagsPatch,
+    TagsReplace,
 )
+from visiona.devices.selectors import InvalidSelectorError
+from visiona.devices.tags import InvalidTagError, ReservedTagError, TooManyTagsError
 from visiona.kit.clock import utcnow
 from visiona.kit.deps import (
     Conn,
@@ -69,7 +75,7 @@ _NO_CONTENT: dict[str, Any] = {
     response_model=DeviceList,
     tags=["devices"],
     summary="List your devices",
-    responses=error_responses(UnauthorizedError, ValidationFailedError),
+    responses=error_responses(UnauthorizedError, InvalidSelectorError, ValidationFailedError),
 )
 async def list_devices(  # noqa: PLR0917 - FastAPI injects query parameters by name
     principal: CurrentPrincipal,
@@ -80,13 +86,31 @@ async def list_devices(  # noqa: PLR0917 - FastAPI injects query parameters by n
     device_status: Annotated[
         UsbStatus | None, Query(alias="status", description="USB status.")
     ] = None,
+    selector: Annotated[
+        str | None,
+        Query(
+            description="A tag selector (Kubernetes label-selector syntax), e.g. "
+            "`site=lab,chip in (kl520,kl720),!retired`; a bad one is a 400 "
+            "`invalid_selector` with `position` and `reason`.",
+            examples=["site=lab,chip in (kl520)"],
+        ),
+    ] = None,
 ) -> DeviceList:
-    """Your live devices in creation order (oldest first), optionally filtered by status."""
+    """Your live devices in creation order (oldest first), optionally filtered by status
+    and by a tag selector (all filters hold together; pages stay keyset-paginated)."""
+    parsed = fleet.parse_selector(selector)
     found = await reads.list(
-        conn, principal.user_id, remote_status=remote_status, status=device_status, page=page
+        conn,
+        principal.user_id,
+        remote_status=remote_status,
+        status=device_status,
+        page=page,
+        selector=parsed,
     )
+    tags = await fleet.tags_of(conn, found.items)
     return DeviceList(
-        items=[DeviceOut.model_validate(row) for row in found.items], next_cursor=found.next_cursor
+        items=[DeviceOut.of(row, tags[row.id]) for row in found.items],
+        next_cursor=found.next_cursor,
     )
 
 
@@ -107,7 +131,7 @@ async def create_device(body: DeviceCreate, principal: CurrentPrincipal, conn: C
         serial_number=body.serial_number,
         device_type=body.device_type,
     )
-    return DeviceOut.model_validate(row)
+    return await _answer(conn, row)
 
 
 @router.get(
@@ -122,7 +146,7 @@ async def get_device(
 ) -> DeviceOut:
     """The device; unknown, deleted or not yours → 404. A device whose tunnel has not been
     seen for three status intervals reads ``remote_status=offline``."""
-    return DeviceOut.model_validate(await reads.get(conn, principal.user_id, device_id))
+    return await _answer(conn, await reads.get(conn, principal.user_id, device_id))
 
 
 @router.patch(
@@ -141,7 +165,70 @@ async def rename_device(
 ) -> DeviceOut:
     """Change the device's name."""
     device = await reads.rename(conn, principal.user_id, device_id, body.name)
-    return DeviceOut.model_validate(device)
+    return await _answer(conn, device)
+
+
+async def _answer(conn: Conn, device: Device) -> DeviceOut:
+    """The answer for one device, with its tags."""
+    tags = await fleet.tags_of(conn, [device])
+    return DeviceOut.of(device, tags[device.id])
+
+
+_TAG_ERRORS = (
+    UnauthorizedError,
+    CsrfError,
+    ReservedTagError,
+    NotFoundError,
+    InvalidTagError,
+    TooManyTagsError,
+    ValidationFailedError,
+)
+
+
+@router.put(
+    "/devices/{device_id}/tags",
+    response_model=DeviceOut,
+    tags=["devices"],
+    summary="Replace a device's tags",
+    responses=error_responses(*_TAG_ERRORS),
+)
+async def replace_tags(
+    device_id: uuid.UUID,
+    body: TagsReplace,
+    principal: CurrentPrincipal,
+    conn: Conn,
+    reads: DevicesDep,
+) -> DeviceOut:
+    """Make `tags` the device's tags: the ones not named are removed. Built-in tags
+    (`chip`, `type`, `visiona.io/…`) cannot be changed (400 `reserved_tag`; one sent with
+    the value it has is ignored, so `tags` can be sent back as read); a bad key or
+    value is a 422 `invalid_tag`, more than 32 tags a 422 `too_many_tags`. Records
+    `device.tagged` when anything changed. Answers the device."""
+    await fleet.replace_tags(conn, principal.user_id, device_id, body.tags)
+    return await _answer(conn, await reads.get(conn, principal.user_id, device_id))
+
+
+@router.patch(
+    "/devices/{device_id}/tags",
+    response_model=DeviceOut,
+    tags=["devices"],
+    summary="Set and remove some of a device's tags",
+    responses=error_responses(*_TAG_ERRORS),
+)
+async def change_tags(
+    device_id: uuid.UUID,
+    body: TagsPatch,
+    principal: CurrentPrincipal,
+    conn: Conn,
+    reads: DevicesDep,
+) -> DeviceOut:
+    """Add or change the tags in `set` and remove the keys in `remove` (a key the device
+    does not have is ignored; a key in both is a 422 `invalid_tag`); the other tags stay.
+    Errors as for `PUT`. Answers the device."""
+    await fleet.change_tags(
+        conn, principal.user_id, device_id, set_tags=body.set, remove=body.remove
+    )
+    return await _answer(conn, await reads.get(conn, principal.user_id, device_id))
 
 
 @router.delete(
@@ -252,8 +339,16 @@ async def report_status(
     (when given) as its `busy` flag and `tcp_ports` (when given) as the TCP ports its
     agent allows; the node holding the device's tunnel also keeps the
     flag in memory, so `VISIONA_PROXY_DURING_DEPLOY=refuse` answers 429 without a tunnel
-    round trip. Authenticated by `Authorization: Bearer <session token>`."""
+    round trip. `current_model` (when given) is the model of the agent's last successful
+    deployment, kept on its PC: when it differs from the record it becomes the device's
+    `current_model` (the one before moves to `previous_model`), so the record is right
+    even when the server missed a deployment's outcome. Authenticated by
+    `Authorization: Bearer <session token>`."""
     await service.report_usb_status(conn, device, body.usb_status, body.busy, body.tcp_ports)
+    if body.current_model is not None:
+        await fleet.record_current_model(
+            conn, device.device_id, body.current_model.id, body.current_model.sha256
+        )
     if body.busy is not None:
         hub.report_busy(device.device_id, body.busy)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -13,7 +13,7 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Insert, and_, bindparam, case, literal, select, update
+from sqlalchemy import ColumnElement, Insert, and_, bindparam, case, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -42,6 +42,11 @@ class Device:
     paired_at: datetime | None
     created_at: datetime
     updated_at: datetime
+    #: the model it runs now and the one before (migration 0008_fleet; None: unknown)
+    current_model_id: uuid.UUID | None = None
+    current_model_sha256: str | None = None
+    previous_model_id: uuid.UUID | None = None
+    previous_model_sha256: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,9 +217,13 @@ async def list_devices(
     status: UsbStatus | None,
     page: PageRequest,
     stale_before: datetime,
+    where: ColumnElement[bool] | None = None,
 ) -> Page[Device]:
-    """One page of the owner's live devices, by (created_at, id); the filters are optional."""
+    """One page of the owner's live devices, by (created_at, id); the filters are optional
+    (``where``: more conditions over ``devices``, e.g. a tag selector's)."""
     stmt = select(*_COLUMNS).where(devices.c.owner_user_id == owner_user_id, _live)
+    if where is not None:
+        stmt = stmt.where(where)
     if remote_status is not None:
         stmt = stmt.where(_read_status == remote_status)
     if status is not None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from visiona.devices.repository import Device
+from visiona.devices.tags import MAX_KEY_LENGTH, MAX_TAGS, MAX_VALUE_LENGTH
 from visiona.kit.text import StoredStr
 from visiona.wire import RemoteStatus, UsbStatus
 
@@ -34,8 +36,19 @@ class DeviceUpdate(BaseModel):
     name: StoredStr = _NAME
 
 
+class ModelRef(BaseModel):
+    """A model a device runs (or ran): its id and the sha256 of its file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: uuid.UUID
+    sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F]{64}$")] = Field(
+        description="The hex sha256 of the model file."
+    )
+
+
 class DeviceOut(BaseModel):
-    """A device with both of its status fields."""
+    """A device with both of its status fields, its tags and the model it runs."""
 
     model_config = ConfigDict(from_attributes=True)
 
@@ -64,6 +77,36 @@ class DeviceOut(BaseModel):
     paired_at: datetime | None
     created_at: datetime
     updated_at: datetime
+    tags: dict[str, str] = Field(
+        default_factory=dict,
+        description="The device's tags, sorted by key: the ones users set and the built-in, "
+        "read-only `chip` (the device type, lower case) and `type` (the device type as "
+        "reported), present when the device type is known.",
+        examples=[{"chip": "kl520", "site": "lab", "type": "KL520"}],
+    )
+    current_model: ModelRef | None = Field(
+        None,
+        description="The model the device runs now: its last deployment that reached the PC "
+        "(`succeeded` or `stored`), or what its agent reports; null when unknown.",
+    )
+    previous_model: ModelRef | None = Field(
+        None, description="The model it ran before `current_model` (a rollback's target)."
+    )
+
+    @classmethod
+    def of(cls, device: Device, tags: dict[str, str]) -> DeviceOut:
+        """The answer for ``device`` with its (visible) ``tags``."""
+        out = cls.model_validate(device)
+        out.tags = tags
+        out.current_model = _ref(device.current_model_id, device.current_model_sha256)
+        out.previous_model = _ref(device.previous_model_id, device.previous_model_sha256)
+        return out
+
+
+def _ref(model_id: uuid.UUID | None, sha256: str | None) -> ModelRef | None:
+    if model_id is None or sha256 is None:
+        return None
+    return ModelRef(id=model_id, sha256=sha256)
 
 
 class DeviceList(BaseModel):
@@ -72,6 +115,38 @@ class DeviceList(BaseModel):
     items: list[DeviceOut]
     next_cursor: str | None = Field(
         description="Pass as `cursor` for the next page; null on the last page."
+    )
+
+
+_TAG_MAP_ARGS: dict[str, Any] = {
+    "max_length": 2 * MAX_TAGS,
+    "description": f"`key: value` pairs; at most {MAX_TAGS} tags per device. Key: 1-"
+    f"{MAX_KEY_LENGTH} of `a-z 0-9 . _ / -`, beginning and ending with a letter or digit; "
+    f"value: 1-{MAX_VALUE_LENGTH} of `A-Z a-z 0-9 . _ -`, the same. `chip`, `type` and "
+    "keys under `visiona.io/` are built in: another value than theirs is a 400 "
+    "`reserved_tag`, their own value is ignored.",
+    "examples": [{"site": "lab", "room": "2"}],
+}
+
+
+class TagsReplace(BaseModel):
+    """``PUT /devices/{id}/tags``: the device's tags from now on (the ones not named go)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tags: dict[StoredStr, StoredStr] = Field(**_TAG_MAP_ARGS)
+
+
+class TagsPatch(BaseModel):
+    """``PATCH /devices/{id}/tags``: tags to set (added or changed) and keys to remove."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    set: dict[StoredStr, StoredStr] = Field(default_factory=dict, **_TAG_MAP_ARGS)
+    remove: list[StoredStr] = Field(
+        default_factory=list,
+        max_length=2 * MAX_TAGS,
+        description="Keys to remove; a key the device does not have is ignored.",
     )
 
 
@@ -110,4 +185,9 @@ class AgentStatusRequest(BaseModel):
         None,
         max_length=1024,
         description="The TCP ports the agent allows (`--allow-port`); omitted: unchanged.",
+    )
+    current_model: ModelRef | None = Field(
+        None,
+        description="The model of the agent's last successful deployment, kept on the PC "
+        "across restarts; omitted or null: unknown (the record is left as it is).",
     )

@@ -17,7 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from visiona.audit import service as audit
 from visiona.audit.service import Actor
 from visiona.devices import repository
+from visiona.devices.fleet_repository import selector_clause
 from visiona.devices.repository import Device, DeviceRef
+from visiona.devices.selectors import Selector
 from visiona.kit.clock import utcnow
 from visiona.kit.errors import ConflictError, NotFoundError, RateLimitedError
 from visiona.kit.pagination import Page, PageRequest
@@ -67,8 +69,10 @@ class Devices:
         remote_status: RemoteStatus | None = None,
         status: UsbStatus | None = None,
         page: PageRequest,
+        selector: Selector | None = None,
     ) -> Page[Device]:
-        """The owner's live devices in creation order, one page at a time."""
+        """The owner's live devices in creation order, one page at a time (only those
+        ``selector`` selects, when given)."""
         return await repository.list_devices(
             conn,
             owner_user_id,
@@ -76,6 +80,7 @@ class Devices:
             status=status,
             page=page,
             stale_before=self.stale_before(),
+            where=None if selector is None else selector_clause(selector),
         )
 
     async def get(

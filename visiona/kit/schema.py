@@ -158,6 +158,12 @@ devices = Table(
     Column("deleted_at", UTCDateTime, nullable=True),
     # the epoch of the tunnel that last came up: status writes of older tunnels miss
     Column("tunnel_epoch", BigInteger, nullable=True),
+    # the model the device runs now and the one before it (migration 0008_fleet; no
+    # foreign key: an agent may report a model this server never had)
+    Column("current_model_id", Uuid, nullable=True),
+    Column("current_model_sha256", Text, nullable=True),
+    Column("previous_model_id", Uuid, nullable=True),
+    Column("previous_model_sha256", Text, nullable=True),
 )
 _live_device = devices.c.deleted_at.is_(None)
 # A deleted serial can be registered again: uniqueness holds for live rows only.
@@ -182,6 +188,22 @@ Index(
     postgresql_where=_live_device,
     sqlite_where=_live_device,
 )
+
+# The tags users set on devices (``key=value``; the built-in ones are computed, never
+# stored). Selectors filter with EXISTS subqueries served by (key, value).
+device_tags = Table(
+    "device_tags",
+    metadata,
+    Column(
+        "device_id",
+        Uuid,
+        ForeignKey("devices.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("key", Text, primary_key=True),
+    Column("value", Text, nullable=False),
+)
+Index("idx_device_tags_key_value", device_tags.c.key, device_tags.c.value)
 
 pairing_tokens = Table(
     "pairing_tokens",

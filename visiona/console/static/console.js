@@ -450,6 +450,29 @@
       $('[data-action="unpair"]').dataset.name = result.data.name;
       toast("Renamed to " + result.data.name + ".");
     });
+    const tags = $("#tags-form");
+    if (tags) {
+      tags.addEventListener("submit", async (event) => {
+        event.preventDefault();
+        showError(tags, "");
+        const wanted = {};
+        for (const word of tags.tags.value.split(/[\s,]+/).filter(Boolean)) {
+          const at = word.indexOf("=");
+          if (at < 1) {
+            showError(tags, "Tags: write each one as key=value (" + word + ").");
+            return;
+          }
+          wanted[word.slice(0, at)] = word.slice(at + 1);
+        }
+        const result = await api("PUT", "/devices/" + id + "/tags", { tags: wanted });
+        if (!result.ok) {
+          showError(tags, errorText(result));
+          return;
+        }
+        await refreshRegions(["tag-list"]);
+        toast("Tags saved.");
+      });
+    }
     const deploy = $("#deploy-form");
     if (deploy) {
       deploy.addEventListener("submit", async (event) => {
