@@ -14,6 +14,12 @@ operation id), the route still matches, sets ``scope["route"]`` (the metrics lab
 its template) and runs inside the exception handlers; only the per-request dependency
 solving is gone. The handler does its own parameter parsing: :func:`path_uuid` gives
 the same 422 as FastAPI's validation would.
+
+:class:`SolvedRoute` (declared with :func:`solved_get`) does the same for ordinary
+endpoints without a hand-written handler: the endpoint's dependencies are turned into
+a plan once, when the route is built, and each request runs the plan (FastAPI's order,
+cache, exit stacks and parameter validation) instead of ``solve_dependencies``; the
+hot reads (``/auth/me``, ``GET /devices/{id}``, the device list, ``/healthz``) use it.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""HTTP plumbing: the error handler, the OpenAPI error declarations, request context.
+"""HTTP plumbing: the error handlers, the OpenAPI error declarations, and the edge — the
+one ASGI layer in front of the router (:class:`Edge`, installed by :func:`install_edge`).
 
 Every error leaves as ``{"error": {"code", "message"}}`` (422 adds ``fields``);
 never a stack trace, driver message or SQL text.
