@@ -34,13 +34,8 @@ from visiona.devices.endpoints import router as devices_router
 from visiona.devices.service import Devices
 from visiona.kit.database import Database
 from visiona.kit.deps import DEVICE_REVOKED, DRAIN, RUNTIME
-from visiona.kit.edge import (
-    HeadAsGetMiddleware,
-    create_fastapi,
-    install_cors,
-    install_security_schemes,
-)
-from visiona.kit.http import RequestContextMiddleware, install_error_handlers
+from visiona.kit.edge import create_fastapi, install_cors, install_security_schemes
+from visiona.kit.http import install_edge, install_error_handlers
 from visiona.kit.logs import install_server_log_filters
 from visiona.kit.metrics import Metrics
 from visiona.kit.migrate import status_from_connection, upgrade_on_connection
@@ -226,15 +221,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # the web console (pages at /, scripts and styles at /static)
     install_console(app)
 
-    app.add_middleware(
-        RequestContextMiddleware,
+    # issue 26: one ASGI layer (request id, limits, HEAD like GET, errors, metrics,
+    # access log) between the server and the router, instead of FastAPI's stack
+    install_edge(
+        app,
         metrics=metrics,
         max_body_bytes=settings.max_body_bytes,
         body_read_timeout=settings.body_read_timeout,
         unlimited=_brings_own_limit,
     )
-    # issue 11: HEAD like GET, CORS for listed origins, bearer + cookie in OpenAPI
-    app.add_middleware(HeadAsGetMiddleware)
+    # issue 11: CORS for listed origins (outside the edge), bearer + cookie in OpenAPI
     install_cors(app, settings.cors_origins)
     install_security_schemes(app, settings.cookie_name)
     return app

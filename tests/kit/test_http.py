@@ -1,4 +1,5 @@
-"""Request ids, the error shape for 404/405/413/500, and secret-free logs."""
+"""Request ids, the error shape for 404/405/413/422/500, secret-free logs, and the one
+ASGI layer (the edge) between the server and the router."""
 
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
+from starlette.routing import Router
 
 from tests.support.api import PASSWORD, error_code, signup
 from tests.support.settings import make_settings
 from visiona.app import create_app
+from visiona.kit.http import Edge
 
 
 @pytest.fixture
@@ -103,3 +107,69 @@ async def test_logs_never_contain_tokens_or_passwords(
     assert "/api/v1/auth/me" in text  # the access log is there
     assert user.token not in text
     assert PASSWORD not in text
+
+
+async def test_the_edge_is_the_one_layer_before_the_router(memory_app: FastAPI) -> None:
+    # FastAPI's own stack (server errors, exception telemetry, body limit, exceptions,
+    # AsyncExitStack) is not built: a regression adds a layer here.
+    stack = memory_app.middleware_stack
+    assert type(stack) is Edge
+    assert stack.app is memory_app.router
+    assert isinstance(stack.app, Router)
+
+
+async def test_cors_is_the_only_layer_added_outside_the_edge() -> None:
+    app = create_app(
+        make_settings(
+            database_url="sqlite+aiosqlite:///:memory:", cors_origins=["https://a.example"]
+        )
+    )
+    stack = app.build_middleware_stack()
+    assert type(stack) is CORSMiddleware
+    assert type(stack.app) is Edge
+    assert stack.app.app is app.router
+
+
+async def test_validation_error_is_the_422_envelope_through_the_edge(
+    http: httpx.AsyncClient,
+) -> None:
+    user = await signup(http)
+    response = await http.get("/api/v1/devices/not-a-uuid", headers=user.headers)
+    assert response.status_code == 422
+    assert error_code(response) == "validation_error"
+    assert response.json()["error"]["fields"][0]["loc"] == ["path", "device_id"]
+    assert response.headers["x-request-id"]
+
+
+async def test_errors_rendered_by_the_edge_carry_the_request_id(http: httpx.AsyncClient) -> None:
+    for method, path in (("GET", "/api/v1/nothing-here"), ("DELETE", "/api/v1/auth/login")):
+        response = await http.request(method, path, headers={"X-Request-ID": "edge-1"})
+        assert response.headers["x-request-id"] == "edge-1"
+        assert "date" in response.headers
+    boom = await http.get("/api/v1/boom", headers={"X-Request-ID": "edge-2"})
+    assert boom.status_code == 500
+    assert boom.headers["x-request-id"] == "edge-2"
+
+
+async def test_unexpected_error_is_counted_and_logged_once_without_its_text(
+    memory_app: FastAPI, http: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    await http.get("/api/v1/boom")
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [r.getMessage().split(":")[0] for r in errors] == ["unhandled error"]
+    assert "SELECT" not in caplog.text
+    runtime = memory_app.state.runtime
+    sample = runtime.metrics.registry.get_sample_value(
+        "visiona_http_requests_total",
+        {"method": "GET", "route": "/api/v1/boom", "status": "500"},
+    )
+    assert sample == 1
+
+
+async def test_head_is_answered_like_get_without_a_body(http: httpx.AsyncClient) -> None:
+    get = await http.get("/healthz")
+    head = await http.head("/healthz")
+    assert head.status_code == get.status_code == 200
+    assert head.content == b""
+    assert head.headers["content-length"] == get.headers["content-length"]

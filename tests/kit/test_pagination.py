@@ -41,9 +41,9 @@ def test_a_cursor_this_server_did_not_hand_out_is_a_422(cursor: str) -> None:
     assert caught.value.status_code == 422
 
 
-def test_no_cursor_means_the_first_page() -> None:
+async def test_no_cursor_means_the_first_page() -> None:
     assert decode_cursor(None) is None
-    assert page_request() == page_request(DEFAULT_LIMIT, None)
+    assert await page_request() == await page_request(DEFAULT_LIMIT, None)
 
 
 def test_a_key_of_the_wrong_type_is_a_422() -> None:

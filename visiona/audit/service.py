@@ -3,7 +3,7 @@
 :func:`record` writes on the caller's connection, inside the caller's transaction:
 the event commits with the change it records, or rolls back with it. The request id
 and the client address come from the request context (set by
-:class:`visiona.kit.http.RequestContextMiddleware`) unless given. ``detail`` is small
+:class:`visiona.kit.http.Edge`) unless given. ``detail`` is small
 and never carries a token, password or hash: :func:`record` refuses keys that name
 one and values that look like one of our tokens.
 """

@@ -11,6 +11,7 @@ from visiona.auth.dependencies import CurrentPrincipal, SessionsDep
 from visiona.auth.passwords import hash_password
 from visiona.auth.schemas import LoginRequest, LoginResponse, RegisterRequest, UserOut
 from visiona.kit.deps import Conn, DatabaseDep, LimiterDep, SettingsDep, client_address
+from visiona.kit.direct import solved_get
 from visiona.kit.errors import (
     ConflictError,
     CsrfError,
@@ -117,7 +118,8 @@ async def logout(
     return response
 
 
-@router.get(
+@solved_get(
+    router,
     "/me",
     response_model=UserOut,
     summary="The signed-in user",

@@ -41,6 +41,7 @@ from visiona.kit.deps import (
     SettingsDep,
     client_address,
 )
+from visiona.kit.direct import solved_get
 from visiona.kit.errors import (
     ConflictError,
     CsrfError,
@@ -70,7 +71,8 @@ _NO_CONTENT: dict[str, Any] = {
 # -- devices ------------------------------------------------------------------
 
 
-@router.get(
+@solved_get(
+    router,
     "/devices",
     response_model=DeviceList,
     tags=["devices"],
@@ -134,7 +136,8 @@ async def create_device(body: DeviceCreate, principal: CurrentPrincipal, conn: C
     return await _answer(conn, row)
 
 
-@router.get(
+@solved_get(
+    router,
     "/devices/{device_id}",
     response_model=DeviceOut,
     tags=["devices"],

@@ -5,9 +5,9 @@
   licences inside it), so the pages work without a CDN.
 - :func:`install_security_schemes` declares the bearer token and the session
   cookie in the OpenAPI document and on every operation that can answer 401.
-- :class:`HeadAsGetMiddleware` answers ``HEAD`` wherever ``GET`` works: the GET
-  handler runs, its headers go out and its body is dropped (a streamed body stops
-  at the first chunk).
+- ``HEAD`` is answered wherever ``GET`` works by the one ASGI layer,
+  :class:`visiona.kit.http.Edge`: the GET handler runs, its headers go out and its
+  body is dropped (a streamed body stops at the first chunk).
 - :func:`install_cors` allows the origins of ``VISIONA_CORS_ORIGINS`` only.
 """
 
@@ -18,7 +18,6 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.middleware.cors import CORSMiddleware
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 BEARER = "bearerToken"
 #: routes that answer 401 for a bad password or pairing token, not for missing auth
@@ -80,66 +79,6 @@ def install_security_schemes(app: FastAPI, cookie_name: str) -> None:
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented override
-
-
-class _HeadBodyDroppedError(Exception):
-    """Raised into a streaming GET handler once HEAD has sent its headers."""
-
-
-class HeadAsGetMiddleware:
-    """Run ``HEAD`` requests as ``GET`` and send no body; 405's ``Allow`` gains HEAD."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        """Wrap ``app``."""
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Rewrite HEAD to GET for the app; drop the body on the way out."""
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        if scope["method"] != "HEAD":
-            await self.app(scope, receive, _allow_head(send))
-            return
-        started = False
-
-        async def head_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-                await _allow_head(send)(message)
-            elif message["type"] == "http.response.body":
-                await send({"type": "http.response.body", "body": b"", "more_body": False})
-                if message.get("more_body", False):
-                    raise _HeadBodyDroppedError
-            else:
-                await send(message)
-
-        try:
-            await self.app({**scope, "method": "GET"}, receive, head_send)
-        except _HeadBodyDroppedError:
-            if not started:  # pragma: no cover - body before start is not ASGI
-                raise
-
-
-def _allow_head(send: Send) -> Send:
-    """Add HEAD to a 405's ``Allow`` header when GET is in it."""
-
-    async def wrapped(message: Message) -> None:
-        if message["type"] == "http.response.start" and message["status"] == 405:
-            headers = []
-            for name, value in message.get("headers", []):
-                shown = value
-                if name.lower() == b"allow":
-                    methods = [m.strip() for m in value.decode().split(",") if m.strip()]
-                    if "GET" in methods and "HEAD" not in methods:
-                        methods.append("HEAD")
-                    shown = ", ".join(sorted(methods)).encode()
-                headers.append((name, shown))
-            message = {**message, "headers": headers}
-        await send(message)
-
-    return wrapped
 
 
 def install_cors(app: FastAPI, origins: list[str]) -> None:

@@ -1,4 +1,5 @@
-"""HTTP plumbing: the error handler, the OpenAPI error declarations, request context.
+"""HTTP plumbing: the error handlers, the OpenAPI error declarations, and the edge — the
+one ASGI layer in front of the router (:class:`Edge`, installed by :func:`install_edge`).
 
 Every error leaves as ``{"error": {"code", "message"}}`` (422 adds ``fields``);
 never a stack trace, driver message or SQL text.
@@ -13,7 +14,8 @@ import re
 import time
 import traceback
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack
 from email.utils import formatdate
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,8 +26,11 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.exceptions import WebSocketException
+from starlette.responses import Response
 from starlette.routing import Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from visiona.kit.database import map_db_error
 from visiona.kit.errors import (
@@ -64,6 +69,8 @@ _LOGGER = logging.getLogger(__name__)
 _ACCESS = logging.getLogger("visiona.access")
 _PACKAGE = "visiona"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+#: An exception handler as the app registers them (every one of the service's is async).
+Handler = Callable[[Any, Exception], Awaitable[Response | None]]
 
 
 class ErrorDetail(BaseModel):
@@ -217,14 +224,45 @@ def _raised_at(exc: BaseException, depth: int = 3) -> str:
     return " < ".join(where) or "unknown"
 
 
-class RequestContextMiddleware:
-    """Request id, body-size limit, body-read timeout, metrics by route template, ``Date``
-    and one access-log line."""
+class _HeadBodyDroppedError(Exception):
+    """Raised into a streaming GET handler once HEAD has sent its headers."""
+
+
+#: What the route's own exception wrapping (Starlette's ``request_response``) finds in
+#: the scope; FastAPI's ``ExceptionMiddleware`` used to put it there.
+_HANDLERS_KEY = "starlette.exception_handlers"
+#: FastAPI's request handler asserts this stack (it closes uploaded files with it).
+_FILE_STACK_KEY = "fastapi_middleware_astack"
+
+
+async def _close_websocket(websocket: WebSocket, exc: Exception) -> None:
+    """Starlette's answer to a :class:`WebSocketException`: close with its code."""
+    assert isinstance(exc, WebSocketException)  # noqa: S101 - registered for it only
+    await websocket.close(code=exc.code, reason=exc.reason)
+
+
+class Edge:
+    """The one ASGI layer between the server and the router (issue 26).
+
+    Per HTTP request: the request id (echoed when safe, else new) and the log context,
+    the body-size limit and the body-read timeout, ``HEAD`` run as ``GET`` with its
+    body dropped (a 405's ``Allow`` gains HEAD), a ``Date`` where the app set none,
+    the error envelope for whatever escapes the routes (the router's 404 and 405, an
+    unexpected exception as a 500 without internals), metrics by route template and one
+    access-log line. The exception handlers registered on the app are handed to the
+    routes through the scope, where each route's own wrapping applies them (a
+    ``RequestValidationError`` becomes the 422 envelope there), as FastAPI's
+    ``ExceptionMiddleware`` did; FastAPI's ``ServerErrorMiddleware``, exception
+    telemetry, body limit and ``AsyncExitStackMiddleware`` layers are not built
+    (:func:`install_edge`). Request heads are bounded before this, by the protocol
+    (:class:`visiona.kit.serve.LimitedHttpToolsProtocol`).
+    """
 
     def __init__(
         self,
         app: ASGIApp,
         *,
+        handlers: Mapping[Any, Callable[..., Any]],
         metrics: Metrics,
         max_body_bytes: int,
         body_read_timeout: float = 30.0,
@@ -232,25 +270,50 @@ class RequestContextMiddleware:
     ) -> None:
         """Wrap ``app``; paths for which ``unlimited(path)`` is true bring their own limit.
 
-        A request body that stalls for ``body_read_timeout`` seconds between two reads
-        is answered 408 (the application sees the client as gone).
+        ``handlers`` are the app's exception handlers: the one for ``Exception`` (or
+        500) answers what nothing else handles. A request body that stalls for
+        ``body_read_timeout`` seconds between two reads is answered 408 (the
+        application sees the client as gone).
         """
-        self._app = app
+        self.app = app
         self._metrics = metrics
         self._max = max_body_bytes
         self._timeout = body_read_timeout
         self._unlimited = unlimited
+        by_type: dict[Any, Handler] = {WebSocketException: _close_websocket}
+        by_status: dict[int, Handler] = {}
+        self._fallback: Handler | None = None
+        for key, handler in handlers.items():
+            if key in (500, Exception):
+                self._fallback = handler
+            elif isinstance(key, int):
+                by_status[key] = handler
+            else:
+                by_type[key] = handler
+        self._by_type = by_type
+        self._by_status = by_status
+        self._scope_handlers = (by_type, by_status)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Handle one ASGI call."""
-        if scope["type"] != "http":
-            await self._app(scope, receive, send)
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
             return
-        path: str = scope.get("path", "")
+        if kind == "websocket":
+            # A WebSocket route applies the handlers itself (its session's wrapping).
+            scope[_HANDLERS_KEY] = self._scope_handlers
+        await self.app(scope, receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
         limit = None if self._unlimited(path) else self._max
         request_id = _incoming_request_id(scope) or uuid.uuid4().hex
-        exchange = _Exchange(receive, send, request_id, limit, self._timeout)
-        token = request_id_var.set(exchange.request_id)
+        head = scope["method"] == "HEAD"
+        exchange = _Exchange(receive, send, request_id, limit, self._timeout, head=head)
+        inner = {**scope, "method": "GET"} if head else scope
+        inner[_HANDLERS_KEY] = self._scope_handlers
+        token = request_id_var.set(request_id)
         client = scope.get("client")
         addr_token = client_addr_var.set(str(client[0]) if client else None)
         started = time.perf_counter()
@@ -258,40 +321,120 @@ class RequestContextMiddleware:
             if limit is not None and _content_length(scope) > limit:
                 exchange.refused = PayloadTooLargeError()
             else:
-                try:
-                    await self._app(scope, exchange.receive, exchange.send)
-                except Exception:
-                    if exchange.refused is None:
-                        raise
+                await self._run(inner, exchange)
             if exchange.refused is not None and not exchange.started:
-                exchange.status = exchange.refused.status_code
-                await _send_error(send, exchange.refused, exchange.request_id)
+                await exchange.send_refusal()
         finally:
             elapsed = time.perf_counter() - started
-            template = _route_template(scope)
-            method = scope.get("method", "")
+            template = _route_template(inner)
+            method = inner["method"]
             self._metrics.observe_request(method, template, exchange.status, elapsed)
             _ACCESS.info("%s %s %s %.1fms", method, path, exchange.status, elapsed * 1000)
             request_id_var.reset(token)
             client_addr_var.reset(addr_token)
 
+    async def _run(self, scope: Scope, exchange: _Exchange) -> None:
+        """The app, then the envelope for what escaped it (unless the edge refused)."""
+        async with AsyncExitStack() as files:
+            scope[_FILE_STACK_KEY] = files
+            try:
+                await self.app(scope, exchange.receive, exchange.send)
+            except _HeadBodyDroppedError:
+                if not exchange.started:  # pragma: no cover - body before start is not ASGI
+                    raise
+            except Exception as exc:  # noqa: BLE001 - rendered (or re-raised) by its handler
+                if exchange.refused is None:
+                    await self._render(scope, exchange, exc)
+
+    async def _render(self, scope: Scope, exchange: _Exchange, exc: Exception) -> None:
+        handler = None
+        if isinstance(exc, StarletteHTTPException):
+            handler = self._by_status.get(exc.status_code)
+        if handler is None:
+            handler = _lookup(self._by_type, exc)
+        unexpected = handler is None
+        if handler is None:
+            handler = self._fallback or _unexpected
+        if exchange.started:
+            if unexpected:  # logged as such, then the server ends the cut-short response
+                await handler(Request(scope, exchange.receive), exc)
+            raise exc
+        response = await handler(Request(scope, exchange.receive), exc)
+        if response is not None:
+            await response(scope, exchange.receive, exchange.send)
+        exc.__traceback__ = None  # a reused exception instance would grow its traceback
+
+
+def _lookup(handlers: Mapping[Any, Handler], exc: Exception) -> Handler | None:
+    for cls in type(exc).__mro__:
+        handler = handlers.get(cls)
+        if handler is not None:
+            return handler
+    return None
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    _log_failure("unhandled error", request, exc)
+    return _json(AppError())
+
+
+def install_edge(
+    app: FastAPI,
+    *,
+    metrics: Metrics,
+    max_body_bytes: int,
+    body_read_timeout: float,
+    unlimited: Callable[[str], bool],
+) -> None:
+    """Make :class:`Edge` the app's one layer: the app's middleware stack becomes the
+    user middleware (CORS, when origins are listed), then the edge, then the router.
+
+    FastAPI's own ``build_middleware_stack`` puts five layers around the user
+    middleware (server errors, exception telemetry, its body limit, exceptions, an
+    ``AsyncExitStack``); the edge does what the service needs of them.
+    """
+
+    def build_middleware_stack() -> ASGIApp:
+        stack: ASGIApp = Edge(
+            app.router,
+            handlers=app.exception_handlers,
+            metrics=metrics,
+            max_body_bytes=max_body_bytes,
+            body_read_timeout=body_read_timeout,
+            unlimited=unlimited,
+        )
+        for cls, args, kwargs in reversed(app.user_middleware):
+            stack = cls(stack, *args, **kwargs)
+        return stack
+
+    app.build_middleware_stack = build_middleware_stack  # type: ignore[method-assign]  # the edge replaces FastAPI's five layers
+
 
 class _Exchange:
-    """One request's receive/send wrappers: body limit and timeout, status, added headers."""
+    """One request's receive/send wrappers: body limit and timeout, status, added headers,
+    HEAD's dropped body."""
 
     def __init__(
-        self, receive: Receive, send: Send, request_id: str, limit: int | None, timeout: float
+        self,
+        receive: Receive,
+        send: Send,
+        request_id: str,
+        limit: int | None,
+        timeout: float,
+        *,
+        head: bool = False,
     ) -> None:
         self._receive = receive
         self._send = send
         self._limit = limit
         self._timeout = timeout
+        self._head = head
         self._seen = 0
         self._body_done = False
         self.request_id = request_id
         self.status = 500
         self.started = False
-        # Set when the middleware answers instead of the app (413, 408).
+        # Set when the edge answers instead of the app (413, 408).
         self.refused: AppError | None = None
 
     async def receive(self) -> Message:
@@ -312,7 +455,7 @@ class _Exchange:
             if self._limit is not None:
                 self._seen += len(message.get("body", b""))
                 if self._seen > self._limit:
-                    # Stop the app reading; the middleware answers 413 whatever the app does.
+                    # Stop the app reading; the edge answers 413 whatever the app does.
                     self.refused = PayloadTooLargeError()
                     return {"type": "http.disconnect"}
         return message
@@ -320,14 +463,52 @@ class _Exchange:
     async def send(self, message: Message) -> None:
         if self.refused is not None:
             return
-        if message["type"] == "http.response.start":
-            self.status = int(message["status"])
+        await self._out(message)
+
+    async def _out(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            status = int(message["status"])
+            self.status = status
             self.started = True
             headers = [*message.get("headers", []), (b"x-request-id", self.request_id.encode())]
             if not any(name.lower() == b"date" for name, _ in headers):
                 headers.append((b"date", _http_date()))
+            if status == 405:
+                headers = _allow_head(headers)
             message = {**message, "headers": headers}
+        elif kind == "http.response.body" and self._head:
+            await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+            if message.get("more_body", False):
+                raise _HeadBodyDroppedError
+            return
         await self._send(message)
+
+    async def send_refusal(self) -> None:
+        """Answer with :attr:`refused` (the app's own messages are dropped from now on)."""
+        assert self.refused is not None  # noqa: S101 - called once refused
+        response = _json(self.refused)
+        await self._out(
+            {
+                "type": "http.response.start",
+                "status": response.status_code,
+                "headers": response.raw_headers,
+            }
+        )
+        await self._out({"type": "http.response.body", "body": response.body})
+
+
+def _allow_head(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """A 405's headers with HEAD in ``Allow`` when GET is in it (HEAD is answered as GET)."""
+    shown = []
+    for name, value in headers:
+        if name.lower() == b"allow":
+            methods = [m.strip() for m in value.decode().split(",") if m.strip()]
+            if "GET" in methods and "HEAD" not in methods:
+                methods.append("HEAD")
+            value = ", ".join(sorted(methods)).encode()  # noqa: PLW2901 - the header rewritten
+        shown.append((name, value))
+    return shown
 
 
 _DATE: list[Any] = [0, b""]
@@ -368,19 +549,3 @@ def _content_length(scope: Scope) -> int:
             except ValueError:
                 return 0
     return 0
-
-
-async def _send_error(send: Send, err: AppError, request_id: str) -> None:
-    response = _json(err)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": response.status_code,
-            "headers": [
-                *response.raw_headers,
-                (b"x-request-id", request_id.encode()),
-                (b"date", _http_date()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": response.body})

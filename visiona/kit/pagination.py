@@ -55,7 +55,7 @@ class PageRequest:
     cursor: str | None = None
 
 
-def page_request(
+async def page_request(
     limit: Annotated[
         int, Query(ge=1, le=MAX_LIMIT, description=f"Page size, 1 to {MAX_LIMIT}.")
     ] = DEFAULT_LIMIT,

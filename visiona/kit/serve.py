@@ -6,7 +6,7 @@
   no limit (a 5 MB header is accepted), so the raw bytes of an unfinished head are
   counted too.
 - uvicorn's own ``Server`` and ``Date`` headers are off: a proxied device response
-  keeps its own, without duplicates; :class:`visiona.kit.http.RequestContextMiddleware`
+  keeps its own, without duplicates; :class:`visiona.kit.http.Edge`
   adds ``Date`` where the application set none.
 - ``X-Forwarded-For``/``-Proto`` are trusted only from ``forwarded_allow_ips``
   (default: nobody), so a caller cannot choose the address that rate limits count.

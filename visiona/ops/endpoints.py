@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 from visiona.auth.dependencies import SessionsDep
 from visiona.cluster.dependencies import ClusterDep
 from visiona.kit.deps import DatabaseDep, MetricsDep, SettingsDep
+from visiona.kit.direct import solved_get
 from visiona.kit.errors import UnauthorizedError
 from visiona.kit.http import error_responses
 from visiona.models.dependencies import StorageDep
@@ -47,7 +48,8 @@ async def _check(name: str, probe: Any) -> tuple[str, str]:
     return name, "ok"
 
 
-@router.get(
+@solved_get(
+    router,
     "/healthz",
     response_model=Health,
     summary="Liveness and dependencies",
