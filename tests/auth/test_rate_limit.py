@@ -11,6 +11,7 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 
 from tests.support.api import PASSWORD, error_code, signup
+from tests.support.settings import LIFESPAN_TIMEOUT
 from visiona.app import create_app
 from visiona.kit.settings import Settings
 
@@ -30,7 +31,9 @@ async def strict_app(settings: Settings) -> AsyncIterator[FastAPI]:
         }
     )
     app = create_app(strict)
-    async with LifespanManager(app):
+    async with LifespanManager(
+        app, startup_timeout=LIFESPAN_TIMEOUT, shutdown_timeout=LIFESPAN_TIMEOUT
+    ):
         yield app
 
 

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from tests.support.api import error_code
 from tests.support.devices import API, pair
+from tests.support.settings import LIFESPAN_TIMEOUT
 from visiona import cli
 from visiona.app import create_app
 from visiona.demo import seed as demo
@@ -70,7 +71,9 @@ async def test_seed_demo_twice_leaves_one_of_each(fresh_settings: Settings) -> N
     }
 
     app = create_app(fresh_settings)
-    async with LifespanManager(app):
+    async with LifespanManager(
+        app, startup_timeout=LIFESPAN_TIMEOUT, shutdown_timeout=LIFESPAN_TIMEOUT
+    ):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             login = await client.post(

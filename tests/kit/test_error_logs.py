@@ -23,7 +23,7 @@ from asgi_lifespan import LifespanManager
 
 from testkit.servers import PostgresServer
 from tests.support.api import PASSWORD
-from tests.support.settings import make_settings
+from tests.support.settings import LIFESPAN_TIMEOUT, make_settings
 from visiona.app import create_app
 from visiona.kit import migrate
 from visiona.kit.logs import configure_logging
@@ -75,7 +75,9 @@ def json_logs(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
 @pytest.fixture
 async def failing_client(failing_settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     application = create_app(failing_settings)
-    async with LifespanManager(application):
+    async with LifespanManager(
+        application, startup_timeout=LIFESPAN_TIMEOUT, shutdown_timeout=LIFESPAN_TIMEOUT
+    ):
         transport = httpx.ASGITransport(app=application)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
             yield http

@@ -14,7 +14,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Router
 
 from tests.support.api import PASSWORD, error_code, signup
-from tests.support.settings import make_settings
+from tests.support.settings import LIFESPAN_TIMEOUT, make_settings
 from visiona.app import create_app
 from visiona.kit.http import Edge
 
@@ -28,7 +28,9 @@ async def memory_app() -> AsyncIterator[FastAPI]:
         raise RuntimeError("SELECT secret FROM internals")  # must never reach the client
 
     app.add_api_route("/api/v1/boom", boom)
-    async with LifespanManager(app):
+    async with LifespanManager(
+        app, startup_timeout=LIFESPAN_TIMEOUT, shutdown_timeout=LIFESPAN_TIMEOUT
+    ):
         yield app
 
 

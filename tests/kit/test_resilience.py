@@ -16,7 +16,7 @@ from asgi_lifespan import LifespanManager
 
 from testkit.servers import PostgresServer, RedisServer
 from tests.support.api import error_code, signup
-from tests.support.settings import make_settings
+from tests.support.settings import LIFESPAN_TIMEOUT, make_settings
 from visiona.app import create_app
 from visiona.kit import migrate
 
@@ -52,7 +52,9 @@ async def http(
         redis_socket_timeout=1,
     )
     app = create_app(settings)
-    async with LifespanManager(app):
+    async with LifespanManager(
+        app, startup_timeout=LIFESPAN_TIMEOUT, shutdown_timeout=LIFESPAN_TIMEOUT
+    ):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             yield client

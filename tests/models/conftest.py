@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from moto.server import ThreadedMotoServer
 
 from tests.support.models import MODEL_LIMIT, s3_options
+from tests.support.settings import LIFESPAN_TIMEOUT
 from visiona.app import create_app
 from visiona.kit.settings import Settings
 
@@ -59,7 +60,9 @@ def s3_settings(settings: Settings, s3_endpoint: str, s3_bucket: str) -> Setting
 async def s3_app(s3_settings: Settings) -> AsyncIterator[FastAPI]:
     """The application storing model files in S3."""
     application = create_app(s3_settings)
-    async with LifespanManager(application):
+    async with LifespanManager(
+        application, startup_timeout=LIFESPAN_TIMEOUT, shutdown_timeout=LIFESPAN_TIMEOUT
+    ):
         yield application
 
 

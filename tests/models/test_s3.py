@@ -22,6 +22,7 @@ from tests.support.models import (
     streamed_body,
     uploaded,
 )
+from tests.support.settings import LIFESPAN_TIMEOUT
 from visiona.app import create_app
 from visiona.kit.settings import Settings
 
@@ -111,7 +112,9 @@ async def down_app(settings: Settings) -> Any:
         update={"storage_url": "s3://nowhere/visiona", "storage_options": options}
     )
     application = create_app(broken)
-    async with LifespanManager(application):
+    async with LifespanManager(
+        application, startup_timeout=LIFESPAN_TIMEOUT, shutdown_timeout=LIFESPAN_TIMEOUT
+    ):
         yield application
 
 

@@ -10,6 +10,7 @@ from asgi_lifespan import LifespanManager
 from pydantic import SecretStr
 
 from tests.support.api import error_code, signup
+from tests.support.settings import LIFESPAN_TIMEOUT
 from visiona.app import create_app
 from visiona.kit.settings import Settings
 
@@ -40,7 +41,9 @@ METRICS_TOKEN = "metrics-scraper-token-5f0c2a"
 async def guarded(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """The app with ``VISIONA_METRICS_TOKEN`` set."""
     app = create_app(settings.model_copy(update={"metrics_token": SecretStr(METRICS_TOKEN)}))
-    async with LifespanManager(app):
+    async with LifespanManager(
+        app, startup_timeout=LIFESPAN_TIMEOUT, shutdown_timeout=LIFESPAN_TIMEOUT
+    ):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
             yield http
