@@ -8,7 +8,6 @@ import logging
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
@@ -17,6 +16,7 @@ from visiona.cluster.dependencies import ClusterDep
 from visiona.kit.deps import DatabaseDep, MetricsDep, SettingsDep
 from visiona.kit.errors import UnauthorizedError
 from visiona.kit.http import error_responses
+from visiona.kit.jsonout import JSONOut
 from visiona.models.dependencies import StorageDep
 
 _LOGGER = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ async def _check(name: str, probe: Any) -> tuple[str, str]:
 )
 async def healthz(
     db: DatabaseDep, sessions: SessionsDep, storage: StorageDep, cluster: ClusterDep
-) -> JSONResponse:
+) -> JSONOut:
     """200 when the database, the session store and the object store answer within 1 s each.
 
     In a cluster, ``node`` names the node that answered."""
@@ -72,7 +72,7 @@ async def healthz(
     if not healthy:
         failing = ", ".join(name for name, value in results.items() if value != "ok")
         body["error"] = {"code": "dependency_unavailable", "message": f"Unavailable: {failing}."}
-    return JSONResponse(body, status_code=200 if healthy else 503)
+    return JSONOut(body, status_code=200 if healthy else 503)
 
 
 @router.get(
