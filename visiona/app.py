@@ -68,7 +68,12 @@ def _is_memory(settings: Settings) -> bool:
 async def build_runtime(settings: Settings, metrics: Metrics) -> Runtime:
     """The infrastructure of ``settings``: the database (checked to be migrated), Redis
     and the rate limiter. Raises :class:`MigrationsPendingError` when the schema is behind."""
-    db = Database(settings.build_engine(), settings.database_target)
+    db = Database(
+        settings.build_engine(),
+        settings.database_target,
+        hot_connections=settings.db_hot_connections,
+        recycle=settings.db_pool_recycle,
+    )
     async with db.engine.begin() as conn:
         if _is_memory(settings):
             await conn.run_sync(upgrade_on_connection)

@@ -148,3 +148,50 @@ async def test_pooled_connections_killed_by_the_server_are_replaced_transparentl
         headers=user.headers,
     )
     assert write.status_code == 201, write.text
+
+
+async def _device_of(http: httpx.AsyncClient, headers: dict[str, str], serial: str) -> str:
+    created = await http.post(
+        "/api/v1/devices",
+        json={"name": "hot", "device_type": "kl520", "serial_number": serial},
+        headers=headers,
+    )
+    assert created.status_code == 201, created.text
+    return str(created.json()["id"])
+
+
+async def test_hot_reads_survive_killed_lane_connections(
+    http: httpx.AsyncClient, own_postgres: PostgresServer
+) -> None:
+    # GET /devices/{id} and /healthz run on the hot-read lane's driver connections
+    # (visiona/kit/hotread.py): killed by the server, they are replaced or retried.
+    user = await signup(http)
+    device_id = await _device_of(http, user.headers, "hot-kill-1")
+    assert (await http.get(f"/api/v1/devices/{device_id}", headers=user.headers)).is_success
+    assert (await http.get("/healthz")).status_code == 200
+    assert int(await asyncio.to_thread(own_postgres.psql, _TERMINATE)) >= 1
+
+    read = await http.get(f"/api/v1/devices/{device_id}", headers=user.headers)
+    assert read.status_code == 200, read.text
+    assert read.json()["id"] == device_id
+    assert (await http.get("/healthz")).status_code == 200
+
+
+async def test_hot_reads_with_postgres_down_are_503_and_recover(
+    http: httpx.AsyncClient, own_postgres: PostgresServer
+) -> None:
+    user = await signup(http)
+    device_id = await _device_of(http, user.headers, "hot-down-1")
+    url = f"/api/v1/devices/{device_id}"
+    assert (await http.get(url, headers=user.headers)).status_code == 200
+
+    await asyncio.to_thread(own_postgres.stop)
+    try:
+        down = await http.get(url, headers=user.headers)  # the web session is in Redis
+        assert down.status_code == 503
+        assert error_code(down) == "database_unavailable"
+        assert "asyncpg" not in down.text
+    finally:
+        await asyncio.to_thread(own_postgres.start)
+
+    assert await _eventually(http, "GET", url, headers=user.headers) == 200

@@ -13,6 +13,7 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response, status
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from visiona.auth.dependencies import CurrentPrincipal
 from visiona.devices import fleet_service as fleet
@@ -29,10 +30,12 @@ from visiona.devices.schemas import (
     PairResponse,
     TagsPatch,
     TagsReplace,
+    device_body,
 )
 from visiona.devices.selectors import InvalidSelectorError
 from visiona.devices.tags import InvalidTagError, ReservedTagError, TooManyTagsError
 from visiona.kit.clock import utcnow
+from visiona.kit.database import Database
 from visiona.kit.deps import (
     Conn,
     DatabaseDep,
@@ -51,6 +54,7 @@ from visiona.kit.errors import (
     ValidationFailedError,
 )
 from visiona.kit.http import error_responses
+from visiona.kit.jsonout import JSONOut
 from visiona.kit.pagination import PageParams
 from visiona.tokens import service as tokens
 from visiona.tokens.dependencies import CurrentDevice
@@ -97,7 +101,7 @@ async def list_devices(  # noqa: PLR0917 - FastAPI injects query parameters by n
             examples=["site=lab,chip in (kl520)"],
         ),
     ] = None,
-) -> DeviceList:
+) -> Response:
     """Your live devices in creation order (oldest first), optionally filtered by status
     and by a tag selector (all filters hold together; pages stay keyset-paginated)."""
     parsed = fleet.parse_selector(selector)
@@ -110,9 +114,12 @@ async def list_devices(  # noqa: PLR0917 - FastAPI injects query parameters by n
         selector=parsed,
     )
     tags = await fleet.tags_of(conn, found.items)
-    return DeviceList(
-        items=[DeviceOut.of(row, tags[row.id]) for row in found.items],
-        next_cursor=found.next_cursor,
+    # DeviceList's fields, encoded by orjson (visiona/kit/jsonout.py)
+    return JSONOut(
+        {
+            "items": [device_body(row, tags[row.id]) for row in found.items],
+            "next_cursor": found.next_cursor,
+        }
     )
 
 
@@ -145,11 +152,15 @@ async def create_device(body: DeviceCreate, principal: CurrentPrincipal, conn: C
     responses=error_responses(UnauthorizedError, NotFoundError, ValidationFailedError),
 )
 async def get_device(
-    device_id: uuid.UUID, principal: CurrentPrincipal, conn: Conn, reads: DevicesDep
-) -> DeviceOut:
+    device_id: uuid.UUID, principal: CurrentPrincipal, db: DatabaseDep, reads: DevicesDep
+) -> Response:
     """The device; unknown, deleted or not yours → 404. A device whose tunnel has not been
     seen for three status intervals reads ``remote_status=offline``."""
-    return await _answer(conn, await reads.get(conn, principal.user_id, device_id))
+    # hot reads on the driver (visiona/kit/hotread.py), no unit of work: two statements
+    # that need not share a snapshot (the tags of a device deleted in between are harmless);
+    # the answer encoded by orjson (visiona/kit/jsonout.py), response_model documents it
+    device = await reads.get(db, principal.user_id, device_id)
+    return JSONOut(device_body(device, await fleet.tags_of_one(db, device)))
 
 
 @router.patch(
@@ -171,10 +182,9 @@ async def rename_device(
     return await _answer(conn, device)
 
 
-async def _answer(conn: Conn, device: Device) -> DeviceOut:
+async def _answer(source: Database | AsyncConnection, device: Device) -> DeviceOut:
     """The answer for one device, with its tags."""
-    tags = await fleet.tags_of(conn, [device])
-    return DeviceOut.of(device, tags[device.id])
+    return DeviceOut.of(device, await fleet.tags_of_one(source, device))
 
 
 _TAG_ERRORS = (

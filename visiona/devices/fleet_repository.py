@@ -43,6 +43,8 @@ from visiona.devices.selectors import (
     Requirement,
     Selector,
 )
+from visiona.kit.database import Database
+from visiona.kit.hotread import HotRead
 from visiona.kit.schema import device_tags, devices
 
 # -- selectors --------------------------------------------------------------------------
@@ -122,6 +124,7 @@ _LOCK = select(devices.c.id).where(devices.c.id == bindparam("device_id")).with_
 _OF_DEVICE = select(device_tags.c.key, device_tags.c.value).where(
     device_tags.c.device_id == bindparam("device_id")
 )
+_OF_DEVICE_HOT = HotRead(_OF_DEVICE, tuple)  # `GET /devices/{id}`'s second read
 _DELETE_ALL = delete(device_tags).where(device_tags.c.device_id == bindparam("device_id"))
 _DELETE_KEYS = delete(device_tags).where(
     device_tags.c.device_id == bindparam("device_id"),
@@ -151,10 +154,11 @@ async def lock_device(conn: AsyncConnection, device_id: uuid.UUID) -> None:
     await conn.execute(_LOCK, {"device_id": device_id})
 
 
-async def tags_of_device(conn: AsyncConnection, device_id: uuid.UUID) -> dict[str, str]:
-    """The user tags of one device (built-ins aside)."""
-    rows = await conn.execute(_OF_DEVICE, {"device_id": device_id})
-    return {row[0]: row[1] for row in rows}
+async def tags_of_device(
+    source: Database | AsyncConnection, device_id: uuid.UUID
+) -> dict[str, str]:
+    """The user tags of one device (built-ins aside); a hot read given the :class:`Database`."""
+    return dict(await _OF_DEVICE_HOT.all(source, device_id=device_id))
 
 
 async def tags_of(

@@ -32,6 +32,7 @@ from visiona.devices.tags import (
     visible_tags,
 )
 from visiona.kit.clock import utcnow
+from visiona.kit.database import Database
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -49,6 +50,11 @@ async def tags_of(
     """The tags each device shows (its user tags and the built-ins), in one query."""
     user = await repository.tags_of(conn, (device.id for device in found))
     return {d.id: visible_tags(d.device_type, user.get(d.id, {})) for d in found}
+
+
+async def tags_of_one(source: Database | AsyncConnection, device: Device) -> dict[str, str]:
+    """The tags ``device`` shows; a hot read given the :class:`Database`."""
+    return visible_tags(device.device_type, await repository.tags_of_device(source, device.id))
 
 
 async def replace_tags(

@@ -17,6 +17,8 @@ from sqlalchemy import ColumnElement, Insert, and_, bindparam, case, literal, se
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from visiona.kit.database import Database
+from visiona.kit.hotread import HotRead
 from visiona.kit.pagination import Keyset, Page, PageRequest, paginate
 from visiona.kit.records import build, columns_of
 from visiona.kit.schema import devices
@@ -86,6 +88,8 @@ _mine = and_(
 )
 
 _GET = select(*_COLUMNS).where(_mine)
+# `GET /devices/{id}` reads it: a hot read (compiled once, run on the driver)
+_GET_HOT = HotRead(_GET, _device)
 _REF = select(*columns_of(DeviceRef, devices)).where(_mine)
 _device_ref = build(DeviceRef)
 _BY_SERIAL = select(*_RAW_COLUMNS).where(
@@ -167,16 +171,17 @@ async def insert_device_if_absent(
 
 
 async def get_device(
-    conn: AsyncConnection,
+    source: Database | AsyncConnection,
     owner_user_id: uuid.UUID,
     device_id: uuid.UUID,
     *,
     stale_before: datetime,
 ) -> Device | None:
-    """The owner's live device ``device_id`` (``stale_before``: see ``_read_status``)."""
-    params = {"device_id": device_id, "owner": owner_user_id, "stale_before": stale_before}
-    row = (await conn.execute(_GET, params)).one_or_none()
-    return _device(row) if row else None
+    """The owner's live device ``device_id`` (``stale_before``: see ``_read_status``); a
+    hot read on the driver given the :class:`Database`, else on the connection."""
+    return await _GET_HOT.one(
+        source, device_id=device_id, owner=owner_user_id, stale_before=stale_before
+    )
 
 
 async def get_ref(

@@ -109,6 +109,37 @@ def _ref(model_id: uuid.UUID | None, sha256: str | None) -> ModelRef | None:
     return ModelRef(id=model_id, sha256=sha256)
 
 
+def _ref_body(model_id: uuid.UUID | None, sha256: str | None) -> dict[str, Any] | None:
+    if model_id is None or sha256 is None:
+        return None
+    return {"id": model_id, "sha256": sha256}
+
+
+# DeviceOut's fields in its order; the ones not read off the record by name are built.
+_BUILT = frozenset({"tags", "current_model", "previous_model"})
+_FIELDS = tuple(DeviceOut.model_fields)
+
+
+def device_body(device: Device, tags: dict[str, str]) -> dict[str, Any]:
+    """:class:`DeviceOut` of ``device`` as plain values, for :class:`visiona.kit.jsonout.JSONOut`.
+
+    The hot routes answer with it: encoded, it is byte for byte
+    ``DeviceOut.of(device, tags).model_dump_json()`` (a test holds the two together),
+    without building and validating the model.
+    """
+    body: dict[str, Any] = {}
+    for name in _FIELDS:
+        if name not in _BUILT:
+            body[name] = getattr(device, name)
+        elif name == "tags":
+            body[name] = tags
+        elif name == "current_model":
+            body[name] = _ref_body(device.current_model_id, device.current_model_sha256)
+        else:
+            body[name] = _ref_body(device.previous_model_id, device.previous_model_sha256)
+    return body
+
+
 class DeviceList(BaseModel):
     """One page of devices in creation order."""
 

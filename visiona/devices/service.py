@@ -21,6 +21,7 @@ from visiona.devices.fleet_repository import selector_clause
 from visiona.devices.repository import Device, DeviceRef
 from visiona.devices.selectors import Selector
 from visiona.kit.clock import utcnow
+from visiona.kit.database import Database
 from visiona.kit.errors import ConflictError, NotFoundError, RateLimitedError
 from visiona.kit.pagination import Page, PageRequest
 from visiona.kit.ratelimit import RateLimiter
@@ -84,11 +85,12 @@ class Devices:
         )
 
     async def get(
-        self, conn: AsyncConnection, owner_user_id: uuid.UUID, device_id: uuid.UUID
+        self, source: Database | AsyncConnection, owner_user_id: uuid.UUID, device_id: uuid.UUID
     ) -> Device:
-        """The owner's live device; another user's or a deleted one is a 404."""
+        """The owner's live device; another user's or a deleted one is a 404 (given the
+        :class:`Database`: a hot read, no unit of work)."""
         device = await repository.get_device(
-            conn, owner_user_id, device_id, stale_before=self.stale_before()
+            source, owner_user_id, device_id, stale_before=self.stale_before()
         )
         if device is None:
             raise NotFoundError("Device not found.")

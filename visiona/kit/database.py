@@ -12,6 +12,12 @@ Pooled connections are not pinged before use (a ping is a round trip per request
 Instead a connection the driver already knows is closed (the server terminated it,
 e.g. ``pg_terminate_backend`` or a restart) is discarded at checkout and replaced
 transparently; one that dies unnoticed fails its first statement, which maps to 503.
+
+Hot reads (:mod:`visiona.kit.hotread`) bypass SQLAlchemy's per-call machinery: they run
+on a :class:`DriverLane`, a few driver connections (asyncpg / aiosqlite) the Database
+owns beside the pool. The lane takes each connection from the pool once and detaches
+it, so it is opened and set up exactly like a pooled one (connect arguments, codecs,
+PRAGMAs), and then lends it without SQLAlchemy's checkout, events or reset.
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -182,15 +189,35 @@ def map_db_error(err: BaseException) -> AppError | None:  # noqa: PLR0911 - a fl
     return None
 
 
+#: Driver connections of the hot-read lane unless told otherwise (per process).
+DEFAULT_HOT_CONNECTIONS = 4
+
+
 class Database:
     """The engine plus the unit-of-work entry point used at the edges."""
 
-    def __init__(self, engine: AsyncEngine, target: str) -> None:
-        """Wrap ``engine``; ``target`` is its credential-free name for logs."""
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        target: str,
+        *,
+        hot_connections: int = DEFAULT_HOT_CONNECTIONS,
+        recycle: float = 1800,
+    ) -> None:
+        """Wrap ``engine``; ``target`` is its credential-free name for logs.
+
+        ``hot_connections`` driver connections (beside the pool) serve hot reads; 0, an
+        in-memory SQLite database (one shared connection) or another driver runs them
+        through the pool instead. ``recycle``: seconds before a lane connection is renewed.
+        """
         self.engine = engine
         self.target = target
         # The same pool; connections checked out through it run in autocommit.
         self._reader = engine.execution_options(isolation_level=_AUTOCOMMIT)
+        #: The driver connections hot reads run on (None: they run through the pool).
+        self.lane: DriverLane | None = DriverLane.for_engine(
+            engine, target, size=hot_connections, recycle=recycle
+        )
 
     @property
     def dialect(self) -> str:
@@ -247,9 +274,13 @@ class Database:
         return mapped
 
     async def ping(self, within: float = 1.0) -> None:
-        """Run ``SELECT 1`` within ``within`` seconds; raise on failure."""
-        async with asyncio.timeout(within), self.reading() as conn:
-            await conn.execute(text("SELECT 1"))
+        """Run ``SELECT 1`` within ``within`` seconds (on the hot-read lane); raise on failure."""
+        async with asyncio.timeout(within):
+            if self.lane is None:
+                async with self.reading() as conn:
+                    await conn.execute(text("SELECT 1"))
+            else:
+                await self.lane.fetch(_PING_KEY, "SELECT 1", (), first=True)
 
     def pool_in_use(self) -> int:
         """Connections currently checked out of the pool."""
@@ -258,7 +289,9 @@ class Database:
         return int(checkedout()) if callable(checkedout) else 0
 
     async def dispose(self) -> None:
-        """Close every pooled connection."""
+        """Close every pooled connection and the hot-read lane's."""
+        if self.lane is not None:
+            await self.lane.close()
         await self.engine.dispose()
 
 
@@ -267,3 +300,275 @@ async def _close_quietly(conn: AsyncConnection) -> None:
         await conn.close()
     except (sa_exc.SQLAlchemyError, OSError) as err:
         _LOGGER.debug("closing a broken connection failed: %s", type(err).__name__)
+
+
+# -- the hot-read lane -------------------------------------------------------------
+
+_PING_KEY = -1  # the prepared-statement key of Database.ping's SELECT 1
+#: SQLSTATE classes of an error after which the session is gone: connection exception,
+#: operator intervention (admin shutdown, crash shutdown, cannot connect now).
+_PG_LOST_CLASSES = ("08", "57P")
+
+
+class LaneConnection:
+    """One driver connection of a :class:`DriverLane` and its prepared statements."""
+
+    __slots__ = ("driver", "opened_at", "prepared")
+
+    def __init__(self, driver: Any, opened_at: float) -> None:
+        """Hold ``driver`` (an ``asyncpg.Connection`` or an ``aiosqlite.Connection``)."""
+        self.driver = driver
+        self.opened_at = opened_at
+        #: asyncpg prepared statements by the hot read's key (PostgreSQL only)
+        self.prepared: dict[int, Any] = {}
+
+
+class DriverLane:
+    """A few driver connections for hot reads, lent without SQLAlchemy's machinery.
+
+    Each connection is taken from the engine's pool once (so it is opened and set up
+    exactly like a pooled one) and detached: the pool forgets it and opens another
+    when it needs one, so the lane adds up to ``size`` connections to the server.
+    Statements run in autocommit: on PostgreSQL as asyncpg prepared statements cached
+    per connection, on SQLite outside any transaction (no write lock, as
+    :meth:`Database.reading`).
+
+    A connection the server closed is dropped when it is lent; one that dies during a
+    statement is dropped and the statement retried once on a fresh connection (reads
+    only: retrying is harmless); anything still failing maps to 503
+    ``database_unavailable`` like the pool's errors, never a driver error.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        target: str,
+        *,
+        size: int,
+        timeout: float,
+        recycle: float,
+    ) -> None:
+        """A lane of up to ``size`` connections from ``engine``'s pool (see :meth:`for_engine`)."""
+        self.engine = engine
+        self.dialect = engine.dialect
+        self.target = target
+        self._postgres = engine.dialect.name == "postgresql"
+        self._size = size
+        self._timeout = timeout
+        self._recycle = recycle
+        self._idle: list[LaneConnection] = []
+        self._lent: set[LaneConnection] = set()
+        self._slots = asyncio.Semaphore(size)
+        self._closed = False
+
+    @classmethod
+    def for_engine(
+        cls, engine: AsyncEngine, target: str, *, size: int, recycle: float
+    ) -> DriverLane | None:
+        """The lane for ``engine``, or None when hot reads must go through the pool.
+
+        None for ``size`` 0, for a driver other than asyncpg and aiosqlite, and for a
+        pool that shares one connection (in-memory SQLite: a detached connection
+        would take the database with it).
+        """
+        pool = engine.sync_engine.pool
+        if size <= 0 or engine.dialect.driver not in ("asyncpg", "aiosqlite"):
+            return None
+        if isinstance(pool, StaticPool):
+            return None
+        timeout = getattr(pool, "timeout", None)
+        wait = float(timeout()) if callable(timeout) else 5.0
+        return cls(engine, target, size=size, timeout=wait, recycle=recycle)
+
+    def in_use(self) -> int:
+        """Lane connections lent right now."""
+        return len(self._lent)
+
+    async def fetch(self, key: int, sql: str, args: Sequence[Any], *, first: bool) -> list[Any]:
+        """Run ``sql`` with positional ``args``; its rows as the driver returns them.
+
+        ``key`` names the statement (its prepared form is cached per connection under
+        it); ``first``: only the first row is wanted (at most one is returned).
+        """
+        try:
+            return await self._attempt(key, sql, args, first=first)
+        except Exception as err:
+            if not self._lost(err):
+                raise self._mapped(err) from err
+            _LOGGER.info("hot read: a database connection was lost; retrying once")
+        try:
+            return await self._attempt(key, sql, args, first=first)
+        except Exception as err:
+            raise self._mapped(err) from err
+
+    async def _attempt(self, key: int, sql: str, args: Sequence[Any], *, first: bool) -> list[Any]:
+        conn = await self._acquire()
+        try:
+            if self._postgres:
+                rows = await self._run_postgres(conn, key, sql, args, first=first)
+            else:
+                rows = list(await conn.driver.execute_fetchall(sql, args))
+        except BaseException as err:
+            self._release(conn, broken=not self._harmless(err))
+            raise
+        self._release(conn, broken=False)
+        return rows[:1] if first else rows
+
+    async def _run_postgres(
+        self, conn: LaneConnection, key: int, sql: str, args: Sequence[Any], *, first: bool
+    ) -> list[Any]:
+        prepared = conn.prepared.get(key)
+        if prepared is None:
+            prepared = conn.prepared[key] = await conn.driver.prepare(sql)
+        try:
+            if first:
+                row = await prepared.fetchrow(*args)
+                return [] if row is None else [row]
+            return list(await prepared.fetch(*args))
+        except (asyncpg.InvalidCachedStatementError, asyncpg.OutdatedSchemaCacheError):
+            # the schema changed under the prepared statement (a migration): prepare again
+            conn.prepared.clear()
+            await conn.driver.reload_schema_state()
+            prepared = conn.prepared[key] = await conn.driver.prepare(sql)
+            if first:
+                row = await prepared.fetchrow(*args)
+                return [] if row is None else [row]
+            return list(await prepared.fetch(*args))
+
+    async def _acquire(self) -> LaneConnection:
+        if self._closed:
+            raise DatabaseUnavailableError
+        if self._slots.locked():
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await self._slots.acquire()
+            except TimeoutError as err:
+                _LOGGER.warning("database %s unavailable: lane exhausted", self.target)
+                raise DatabaseUnavailableError from err
+        else:
+            await self._slots.acquire()  # a free slot: returns without suspending
+        try:
+            conn = self._take_idle() or await self._open()
+        except BaseException:
+            self._slots.release()
+            raise
+        self._lent.add(conn)
+        return conn
+
+    def _take_idle(self) -> LaneConnection | None:
+        now = time.monotonic()
+        while self._idle:
+            conn = self._idle.pop()  # the most recently used: its socket is warm
+            if self._is_closed(conn):
+                _LOGGER.info("discarding a lane database connection the server closed")
+            elif 0 <= self._recycle < now - conn.opened_at:
+                _LOGGER.debug("renewing a lane database connection (recycle)")
+            else:
+                return conn
+            self._discard(conn)
+        return None
+
+    async def _open(self) -> LaneConnection:
+        try:
+            proxied = await self.engine.raw_connection()
+        except Exception as err:
+            mapped = map_db_error(err)
+            if mapped is None:
+                raise
+            _LOGGER.warning("database %s unavailable: %s", self.target, type(err).__name__)
+            raise mapped from err
+        driver = proxied.driver_connection
+        proxied.detach()  # ours now: the pool opens another when it needs one
+        return LaneConnection(driver, time.monotonic())
+
+    def _release(self, conn: LaneConnection, *, broken: bool) -> None:
+        self._lent.discard(conn)
+        if broken or self._closed:
+            self._discard(conn)
+        else:
+            self._idle.append(conn)
+        self._slots.release()
+
+    def _is_closed(self, conn: LaneConnection) -> bool:
+        if self._postgres:
+            return bool(conn.driver.is_closed())
+        return not getattr(conn.driver, "_running", True)
+
+    def _discard(self, conn: LaneConnection) -> None:
+        """Drop ``conn`` without waiting (asyncpg: terminate; aiosqlite: stop its thread)."""
+        if self._postgres:
+            conn.driver.terminate()
+        else:
+            conn.driver.stop()
+
+    def _harmless(self, err: BaseException) -> bool:
+        """Whether the connection is fine after ``err`` (a statement's own error)."""
+        if self._postgres:
+            return isinstance(err, asyncpg.PostgresError) and not self._lost(err)
+        return isinstance(err, sqlite3.OperationalError | sqlite3.IntegrityError)
+
+    def _lost(self, err: BaseException) -> bool:
+        """Whether ``err`` means the connection is gone (a retry on a fresh one may work)."""
+        if self._postgres:
+            sqlstate = getattr(err, "sqlstate", None)
+            if isinstance(sqlstate, str) and sqlstate.startswith(_PG_LOST_CLASSES):
+                return True
+            return isinstance(err, asyncpg.InterfaceError | ConnectionError)
+        # aiosqlite's ValueError of a closed connection; sqlite3's ProgrammingError of one
+        return isinstance(err, ValueError | sqlite3.ProgrammingError)
+
+    def _mapped(self, err: Exception) -> Exception:
+        """``err`` as the API sees it: 503 / 409 / 422 like :func:`map_db_error`, or itself."""
+        if isinstance(err, AppError):
+            return err
+        mapped = map_driver_error(err)
+        if mapped is None:
+            return err
+        if isinstance(mapped, DatabaseUnavailableError):
+            _LOGGER.warning("database %s unavailable: %s", self.target, type(err).__name__)
+        return mapped
+
+    async def close(self) -> None:
+        """Close every lane connection (lent ones when they come back)."""
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            try:
+                await conn.driver.close()
+            except (OSError, asyncpg.InterfaceError, ValueError, sqlite3.Error) as err:
+                _LOGGER.debug("closing a lane connection failed: %s", type(err).__name__)
+                self._discard(conn)
+
+
+def map_driver_error(err: BaseException) -> AppError | None:  # noqa: PLR0911 - a flat decision table
+    """:func:`map_db_error` for an error raised by a driver directly (the hot-read lane).
+
+    Unique and foreign-key violations are 409 ``conflict``; a value the database refuses
+    is 422 ``invalid_value``; a lost connection, a timeout, a server going away or busy
+    is 503 ``database_unavailable``; anything else is None (a bug: the caller raises it).
+    """
+    if isinstance(err, AppError):
+        return err
+    if isinstance(err, asyncpg.PostgresError):
+        sqlstate = getattr(err, "sqlstate", None) or ""
+        if sqlstate in (_PG_UNIQUE, _PG_FOREIGN_KEY):
+            return ConflictError()
+        if sqlstate.startswith(_PG_DATA_EXCEPTION):
+            return InvalidValueError()
+        if sqlstate.startswith(_PG_UNAVAILABLE_CLASSES):
+            return DatabaseUnavailableError()
+        return None
+    if isinstance(err, sqlite3.IntegrityError):
+        name = getattr(err, "sqlite_errorname", "")
+        return ConflictError() if name in _SQLITE_CONFLICTS else None
+    if isinstance(
+        err,
+        asyncpg.InterfaceError
+        | OSError
+        | TimeoutError
+        | sqlite3.OperationalError
+        | sqlite3.ProgrammingError
+        | ValueError,
+    ):
+        return DatabaseUnavailableError()
+    return None

@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     db_connect_timeout: float = Field(5.0, gt=0, description="Seconds to open a connection.")
     db_command_timeout: float = Field(30.0, gt=0, description="Seconds for one statement.")
     db_pool_recycle: int = Field(1800, ge=-1, description="Seconds before a conn is renewed.")
+    db_hot_connections: int = Field(
+        4,
+        ge=0,
+        description="Driver connections for hot reads, beside the pool (0: through the pool).",
+    )
     sqlite_busy_timeout_ms: int = Field(5000, ge=0, description="SQLite lock wait.")
 
     redis_url: str | None = Field(

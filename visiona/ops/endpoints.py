@@ -8,7 +8,6 @@ import logging
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
@@ -18,6 +17,7 @@ from visiona.kit.deps import DatabaseDep, MetricsDep, SettingsDep
 from visiona.kit.direct import solved_get
 from visiona.kit.errors import UnauthorizedError
 from visiona.kit.http import error_responses
+from visiona.kit.jsonout import JSONOut
 from visiona.models.dependencies import StorageDep
 
 _LOGGER = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ async def _check(name: str, probe: Any) -> tuple[str, str]:
 )
 async def healthz(
     db: DatabaseDep, sessions: SessionsDep, storage: StorageDep, cluster: ClusterDep
-) -> JSONResponse:
+) -> JSONOut:
     """200 when the database, the session store and the object store answer within 1 s each.
 
     In a cluster, ``node`` names the node that answered."""
@@ -74,7 +74,7 @@ async def healthz(
     if not healthy:
         failing = ", ".join(name for name, value in results.items() if value != "ok")
         body["error"] = {"code": "dependency_unavailable", "message": f"Unavailable: {failing}."}
-    return JSONResponse(body, status_code=200 if healthy else 503)
+    return JSONOut(body, status_code=200 if healthy else 503)
 
 
 @router.get(

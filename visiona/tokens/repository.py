@@ -15,6 +15,8 @@ from datetime import datetime
 from sqlalchemy import ColumnElement, Table, bindparam, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from visiona.kit.database import Database
+from visiona.kit.hotread import HotRead
 from visiona.kit.pagination import Keyset, Page, PageRequest, paginate
 from visiona.kit.records import build, columns_of
 from visiona.kit.schema import UTCDateTime, devices, pairing_tokens, session_tokens
@@ -147,6 +149,9 @@ _VALID_SESSION = (
     )
 )
 _valid_session = build(ValidSession)
+# The tunnel's connect and every agent route check a token with it: a hot read (one
+# statement compiled once, run on the driver; visiona/kit/hotread.py).
+_VALID_SESSION_HOT = HotRead(_VALID_SESSION, _valid_session)
 
 
 # -- pairing tokens -------------------------------------------------------------
@@ -290,8 +295,10 @@ async def revoke_live_session_token(conn: AsyncConnection, token_hash: str, now:
 
 
 async def find_valid_session(
-    conn: AsyncConnection, token_hash: str, now: datetime
+    source: Database | AsyncConnection, token_hash: str, now: datetime
 ) -> ValidSession | None:
-    """The session token ``token_hash`` if unrevoked, unexpired and its device is live."""
-    row = (await conn.execute(_VALID_SESSION, {"hash": token_hash, "now": now})).one_or_none()
-    return _valid_session(row) if row else None
+    """The session token ``token_hash`` if unrevoked, unexpired and its device is live.
+
+    Given the :class:`Database`, a hot read on the driver; given a connection, on it.
+    """
+    return await _VALID_SESSION_HOT.one(source, hash=token_hash, now=now)

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from visiona.audit import service as audit
 from visiona.audit.service import Actor
 from visiona.kit.clock import utcnow
+from visiona.kit.database import Database
 from visiona.kit.errors import NotFoundError, UnauthorizedError, ValidationFailedError
 from visiona.kit.pagination import Page, PageRequest
 from visiona.kit.settings import Settings
@@ -256,17 +257,18 @@ class DeviceIdentity:
 
 
 async def authenticate_device(
-    conn: AsyncConnection, token: str | None, *, now: datetime | None = None
+    source: Database | AsyncConnection, token: str | None, *, now: datetime | None = None
 ) -> DeviceIdentity:
     """The device a session token speaks for; any failure is the same 401.
 
     Valid means: a ``vst_`` token whose hash is stored, unrevoked, unexpired, and
     whose device is not deleted. This is what the tunnel calls before the
-    WebSocket upgrade.
+    WebSocket upgrade, with the :class:`Database` (a hot read on the driver, no unit
+    of work); the agent routes pass their unit of work's connection.
     """
     if not token or not has_prefix(token, DEVICE_SESSION_PREFIX):
         raise agent_unauthorized()
-    found = await repository.find_valid_session(conn, hash_token(token), now or utcnow())
+    found = await repository.find_valid_session(source, hash_token(token), now or utcnow())
     if found is None:
         raise agent_unauthorized()
     return DeviceIdentity(

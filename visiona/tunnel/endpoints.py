@@ -13,7 +13,7 @@ import uuid
 from typing import Any
 
 from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
 from visiona.auth.dependencies import CurrentPrincipal, current_principal
 from visiona.cluster.dependencies import INTERNAL_PREFIX, InternalCaller
@@ -29,6 +29,7 @@ from visiona.kit.deps import runtime_of
 from visiona.kit.direct import direct_route, path_uuid
 from visiona.kit.errors import AppError, CsrfError, NotFoundError, UnauthorizedError
 from visiona.kit.http import error_responses
+from visiona.kit.jsonout import JSONOut
 from visiona.kit.logs import end_incomplete_on_purpose
 from visiona.tokens.service import DeviceIdentity, authenticate_device
 from visiona.tunnel.dependencies import HUB, RELAY, RelayDep
@@ -66,10 +67,10 @@ def _bearer(websocket: WebSocket) -> str | None:
 
 async def _identify(db: Database, token: str | None) -> DeviceIdentity:
     try:
-        # one statement answers it: a read (no BEGIN/COMMIT round trips on a connect), before
-        # the WebSocket upgrade (the tunnel outlives any transaction)
-        async with db.reading() as conn:
-            return await authenticate_device(conn, token)
+        # one statement answers it: a hot read on the driver (no unit of work, no BEGIN/
+        # COMMIT on a connect), before the WebSocket upgrade (the tunnel outlives any
+        # transaction)
+        return await authenticate_device(db, token)
     except AppError:
         raise
     except Exception as err:
@@ -110,7 +111,7 @@ async def agent_tunnel(websocket: WebSocket) -> None:
 async def _deny(websocket: WebSocket, err: AppError) -> None:
     """Answer the upgrade with ``err`` as an HTTP error (no handshake)."""
     await websocket.send_denial_response(
-        JSONResponse(err.body(), status_code=err.status_code, headers=err.headers or None)
+        JSONOut(err.body(), status_code=err.status_code, headers=err.headers or None)
     )
     end_incomplete_on_purpose()  # a denial is a complete answer; uvicorn thinks not
 
