@@ -33,6 +33,7 @@ SEEN = NOW - timedelta(days=20)
 DEVICE = Device(
     id=uuid.uuid4(),
     owner_user_id=uuid.uuid4(),
+    org_id=uuid.uuid4(),
     name="Lab PC",
     device_type="kl520",
     serial_number="KL-1",
@@ -50,6 +51,7 @@ PAIRING = PairingToken(
     token_hash="0" * 64,
     public_id=uuid.uuid4(),
     user_id=uuid.uuid4(),
+    org_id=uuid.uuid4(),
     device_id=None,
     created_at=SEEN,
     expires_at=NOW + timedelta(minutes=5),
@@ -112,6 +114,7 @@ def test_token_states() -> None:
     failed = Deployment(
         id=uuid.uuid4(),
         owner_user_id=uuid.uuid4(),
+        org_id=uuid.uuid4(),
         device_id=uuid.uuid4(),
         model_id=uuid.uuid4(),
         status=DeploymentStatus.FAILED,

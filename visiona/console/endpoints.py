@@ -125,20 +125,18 @@ def _password_min() -> int:
 # -- devices ----------------------------------------------------------------------
 
 
-async def _all_devices(conn: AsyncConnection, reads: Devices, user_id: uuid.UUID) -> list[Device]:
-    return await every_row(lambda page: reads.list(conn, user_id, page=page))
+async def _all_devices(conn: AsyncConnection, reads: Devices, org_id: uuid.UUID) -> list[Device]:
+    return await every_row(lambda page: reads.list(conn, org_id, page=page))
 
 
-async def _device_names(
-    conn: AsyncConnection, reads: Devices, user_id: uuid.UUID
-) -> dict[str, str]:
-    return {str(d.id): d.name for d in await _all_devices(conn, reads, user_id)}
+async def _device_names(conn: AsyncConnection, reads: Devices, org_id: uuid.UUID) -> dict[str, str]:
+    return {str(d.id): d.name for d in await _all_devices(conn, reads, org_id)}
 
 
 async def _device_list(
-    conn: AsyncConnection, reads: Devices, user_id: uuid.UUID, status: str, query: str
+    conn: AsyncConnection, reads: Devices, org_id: uuid.UUID, status: str, query: str
 ) -> dict[str, Any]:
-    everything = await _all_devices(conn, reads, user_id)
+    everything = await _all_devices(conn, reads, org_id)
     shown = [device for device in everything if matches(device, status, query.strip())]
     return {"devices": shown, "total": len(everything), "status": status, "q": query}
 
@@ -157,7 +155,7 @@ async def devices_page(  # noqa: PLR0917 - FastAPI injects query parameters by n
     q: Text = "",
 ) -> Response:
     """The devices table with its filter, search, bulk unpair and connect dialog."""
-    listing = await _device_list(conn, reads, principal.user_id, _status_filter(status), q)
+    listing = await _device_list(conn, reads, principal.org_id, _status_filter(status), q)
     return render(request, "devices.html", title="Devices", nav="devices", **listing)
 
 
@@ -170,7 +168,7 @@ async def devices_rows(
     q: Text = "",
 ) -> Response:
     """What the devices page polls: the filtered rows as HTML plus a summary per device."""
-    listing = await _device_list(conn, reads, principal.user_id, _status_filter(status), q)
+    listing = await _device_list(conn, reads, principal.org_id, _status_filter(status), q)
     shown: list[Device] = listing["devices"]
     html = _templates().get_template("_device_rows.html").render(devices=shown)
     summary = [{"id": str(d.id), "name": d.name, "status": tunnel_badge(d).label} for d in shown]
@@ -189,7 +187,7 @@ async def device_page(
     request: Request, device_id: str, principal: CurrentPrincipal, conn: Conn, reads: DevicesDep
 ) -> Response:
     """One device: details, rename, session tokens, deployments, deploy form, unpair."""
-    owner, parsed = principal.user_id, _device_id(device_id)
+    owner, parsed = principal.org_id, _device_id(device_id)
     try:
         device = None if parsed is None else await reads.get(conn, owner, parsed)
     except NotFoundError:
@@ -205,7 +203,7 @@ async def device_page(
     )
     history = await deployments.list_deployments(conn, owner, parsed, PageRequest(limit=50))
     events = await audit.list_events(
-        conn, EventFilter(owner_id=owner, device_id=parsed), PageRequest(limit=50)
+        conn, EventFilter(org_id=owner, device_id=parsed), PageRequest(limit=50)
     )
     chip = (device.device_type or "").strip().lower()
     return render(
@@ -221,7 +219,7 @@ async def device_page(
         chip=chip,
         history=events.items,
         conflict=recent_conflict(events.items),
-        user_id=owner,
+        user_id=principal.user_id,
     )
 
 
@@ -246,7 +244,7 @@ async def models_page(  # noqa: PLR0917 - FastAPI injects query parameters by na
     def fetch(page: PageRequest) -> Awaitable[Page[Model]]:
         return models.list_models(
             conn,
-            principal.user_id,
+            principal.org_id,
             chip=chip or None,
             source=ModelSource(source) if source else None,
             page=page,
@@ -269,8 +267,8 @@ async def models_page(  # noqa: PLR0917 - FastAPI injects query parameters by na
 # -- pairing tokens and account ------------------------------------------------------
 
 
-async def _pairing_tokens(conn: AsyncConnection, user_id: uuid.UUID) -> list[PairingToken]:
-    return await every_row(lambda page: token_service.list_pairing_tokens(conn, user_id, page))
+async def _pairing_tokens(conn: AsyncConnection, org_id: uuid.UUID) -> list[PairingToken]:
+    return await every_row(lambda page: token_service.list_pairing_tokens(conn, org_id, page))
 
 
 @router.get("/pairing-tokens")
@@ -278,8 +276,8 @@ async def pairing_tokens_page(
     request: Request, principal: CurrentPrincipal, conn: Conn, reads: DevicesDep
 ) -> Response:
     """Unused and used pairing tokens, newest first, with revoke."""
-    tokens = sorted_newest_first(await _pairing_tokens(conn, principal.user_id))
-    names = await _device_names(conn, reads, principal.user_id)
+    tokens = sorted_newest_first(await _pairing_tokens(conn, principal.org_id))
+    names = await _device_names(conn, reads, principal.org_id)
     return render(
         request,
         "pairing_tokens.html",
@@ -293,14 +291,14 @@ async def pairing_tokens_page(
 @router.get("/pairing-tokens/{token_id}.json")
 async def pairing_token_state(token_id: str, principal: CurrentPrincipal, conn: Conn) -> Response:
     """What the connect dialog polls: whether its token was used, and by which device."""
-    for token in await _pairing_tokens(conn, principal.user_id):
+    for token in await _pairing_tokens(conn, principal.org_id):
         if str(token.public_id) != token_id:
             continue
         device_id = token.device_id
         device: dict[str, str] | None = None
         if device_id is not None:
             try:
-                found = await devices.require_device(conn, principal.user_id, device_id)
+                found = await devices.require_device(conn, principal.org_id, device_id)
                 device = {"id": str(device_id), "name": found.name}
             except NotFoundError:
                 device = None
@@ -324,14 +322,14 @@ async def activity_page(  # noqa: PLR0917 - FastAPI injects query parameters by 
     if kinds is None and action not in ACTIONS:
         action = ""
     spec = EventFilter(
-        owner_id=principal.user_id,
+        org_id=principal.org_id,
         action=action if kinds is None and action else None,
         actions=kinds,
     )
     found = await audit.list_events(conn, spec, PageRequest(limit=50, cursor=cursor))
-    names = await _device_names(conn, reads, principal.user_id)
+    names = await _device_names(conn, reads, principal.org_id)
     every_model = await every_row(
-        lambda page: models.list_models(conn, principal.user_id, chip=None, source=None, page=page)
+        lambda page: models.list_models(conn, principal.org_id, chip=None, source=None, page=page)
     )
     return render(
         request,

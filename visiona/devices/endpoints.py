@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response, status
 
-from visiona.auth.dependencies import CurrentPrincipal
+from visiona.auth.dependencies import CurrentPrincipal, DeviceWriter
 from visiona.devices import service
 from visiona.devices.dependencies import DevicesDep
 from visiona.devices.schemas import (
@@ -83,7 +83,7 @@ async def list_devices(  # noqa: PLR0917 - FastAPI injects query parameters by n
 ) -> DeviceList:
     """Your live devices in creation order (oldest first), optionally filtered by status."""
     found = await reads.list(
-        conn, principal.user_id, remote_status=remote_status, status=device_status, page=page
+        conn, principal.org_id, remote_status=remote_status, status=device_status, page=page
     )
     return DeviceList(
         items=[DeviceOut.model_validate(row) for row in found.items], next_cursor=found.next_cursor
@@ -98,10 +98,12 @@ async def list_devices(  # noqa: PLR0917 - FastAPI injects query parameters by n
     summary="Register a device",
     responses=error_responses(UnauthorizedError, CsrfError, ConflictError, ValidationFailedError),
 )
-async def create_device(body: DeviceCreate, principal: CurrentPrincipal, conn: Conn) -> DeviceOut:
-    """Register a device by hand. A live device of yours with the same serial → 409."""
+async def create_device(body: DeviceCreate, principal: DeviceWriter, conn: Conn) -> DeviceOut:
+    """Register a device by hand. A live device of the organisation with the same serial
+    → 409."""
     row = await service.create_device(
         conn,
+        principal.org_id,
         principal.user_id,
         name=body.name,
         serial_number=body.serial_number,
@@ -122,7 +124,7 @@ async def get_device(
 ) -> DeviceOut:
     """The device; unknown, deleted or not yours → 404. A device whose tunnel has not been
     seen for three status intervals reads ``remote_status=offline``."""
-    return DeviceOut.model_validate(await reads.get(conn, principal.user_id, device_id))
+    return DeviceOut.model_validate(await reads.get(conn, principal.org_id, device_id))
 
 
 @router.patch(
@@ -135,12 +137,14 @@ async def get_device(
 async def rename_device(
     device_id: uuid.UUID,
     body: DeviceUpdate,
-    principal: CurrentPrincipal,
+    principal: DeviceWriter,
     conn: Conn,
     reads: DevicesDep,
 ) -> DeviceOut:
     """Change the device's name."""
-    device = await reads.rename(conn, principal.user_id, device_id, body.name)
+    device = await reads.rename(
+        conn, principal.org_id, device_id, body.name, actor=principal.audit_actor
+    )
     return DeviceOut.model_validate(device)
 
 
@@ -152,14 +156,16 @@ async def rename_device(
     responses=error_responses(UnauthorizedError, CsrfError, NotFoundError, ValidationFailedError),
 )
 async def unpair_device(
-    device_id: uuid.UUID, principal: CurrentPrincipal, db: DatabaseDep, revoked: DeviceRevokedDep
+    device_id: uuid.UUID, principal: DeviceWriter, db: DatabaseDep, revoked: DeviceRevokedDep
 ) -> Response:
     """Soft-delete the device and revoke all its pairing and session tokens in one
     transaction; then close its live tunnel. The serial can be paired again later
     (as a new device)."""
     # unit of work: its own, so the revocation hooks run after the commit
     async with db.transaction() as conn:
-        result = await service.unpair_device(conn, principal.user_id, device_id)
+        result = await service.unpair_device(
+            conn, principal.org_id, device_id, actor=principal.audit_actor
+        )
     _LOGGER.info(
         "device %s unpaired: %d pairing and %d session tokens revoked",
         device_id,
@@ -204,9 +210,9 @@ async def pair(
             name=body.name,
         )
     _LOGGER.info(
-        "device %s paired for user %s (%s)",
+        "device %s paired into organisation %s (%s)",
         paired.device_id,
-        paired.owner_user_id,
+        paired.org_id,
         "new device" if paired.new_device else "existing device",
     )
     return PairResponse(
