@@ -61,7 +61,12 @@ _EVENT = columns_of(AuditEvent, audit_events, actor_email=users.c.email, actor_n
 _WITH_ACTOR = audit_events.outerjoin(
     users, and_(audit_events.c.actor_type == "user", users.c.id == audit_events.c.actor_id)
 )
+#: Every event with its acting user's email and name: select ``EVENT_COLUMNS`` from
+#: ``EVENTS_WITH_ACTOR`` and build each row with :func:`event_of`.
+EVENT_COLUMNS = _EVENT
+EVENTS_WITH_ACTOR = _WITH_ACTOR
 _event = build(AuditEvent)
+event_of = _event
 _ORDER = Keyset(audit_events.c.occurred_at, audit_events.c.id, descending=True, parse_key=uuid.UUID)
 _INSERT = insert(audit_events)
 _cutoff = bindparam("cutoff", type_=UTCDateTime())

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, routing
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 
@@ -34,7 +34,14 @@ def _calls(dependant: Dependant) -> Iterator[object]:
         yield from _calls(sub)
 
 
-def route_permission(route: APIRoute, permission_of: Callable[[object], Any]) -> Any:
+def api_routes(app: FastAPI) -> Iterator[Any]:
+    """Every API route of ``app`` as included (full ``path_format``, its ``dependant``)."""
+    for context in routing.iter_route_contexts(app.routes):
+        if isinstance(context.original_route, APIRoute):
+            yield context
+
+
+def route_permission(route: Any, permission_of: Callable[[object], Any]) -> Any:
     """The permission ``route``'s dependencies check (None: none)."""
     for call in _calls(route.dependant):
         found = permission_of(call)
@@ -52,8 +59,8 @@ def install_permission_docs(app: FastAPI, permission_of: Callable[[object], Any]
             return app.openapi_schema
         schema = build()
         paths = schema.get("paths", {})
-        for route in app.routes:
-            if not isinstance(route, APIRoute) or not route.include_in_schema:
+        for route in api_routes(app):
+            if not route.include_in_schema:
                 continue
             permission = route_permission(route, permission_of)
             if permission is None:
