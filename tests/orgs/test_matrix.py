@@ -227,7 +227,12 @@ def _verdict(op: Operation, response: httpx.Response, expected: str) -> str | No
         message = body.get("error", {}).get("message", "") if isinstance(body, dict) else ""
     else:
         message = ""
-    if expected == "allowed" and status not in (401, 403, 404):
+    # the device has no tunnel: the proxy and the deployment say so (a HEAD without a
+    # body); nothing else fails
+    offline = code in ("device_offline", "deployment_failed") or (
+        status == 502 and op.method == "HEAD"
+    )
+    if expected == "allowed" and status not in (401, 403, 404) and (status < 500 or offline):
         return None
     if expected == "forbidden" and status == 403 and op.method == "HEAD":
         return None

@@ -89,10 +89,11 @@ _MEMBERS = select(_m.user_id, _u.email, _u.name, _m.role, _m.created_at).join(
 )
 _MEMBER_ORDER = Keyset(_m.created_at, _m.user_id, parse_key=uuid.UUID)
 _OWNERS = select(func.count()).where(_m.org_id == bindparam("org_id"), _m.role == Role.OWNER)
+# UPDATE statements bind names no column has (SQLAlchemy reserves those for SET).
 _SET_ROLE = (
     update(memberships)
-    .where(_m.org_id == bindparam("org_id"), _m.user_id == bindparam("user_id"))
-    .values(role=bindparam("role"), updated_at=bindparam("now"))
+    .where(_m.org_id == bindparam("org"), _m.user_id == bindparam("member"))
+    .values(role=bindparam("new_role"), updated_at=bindparam("now"))
 )
 _REMOVE = delete(memberships).where(
     _m.org_id == bindparam("org_id"), _m.user_id == bindparam("user_id")
@@ -113,8 +114,8 @@ _BY_HASH = _INVITATION.where(_i.token_hash == bindparam("token_hash"))
 _REVOKE = (
     update(invitations)
     .where(
-        _i.id == bindparam("invitation_id"),
-        _i.org_id == bindparam("org_id"),
+        _i.id == bindparam("invitation"),
+        _i.org_id == bindparam("org"),
         _i.accepted_at.is_(None),
         _i.revoked_at.is_(None),
     )
@@ -123,8 +124,8 @@ _REVOKE = (
 )
 _ACCEPT = (
     update(invitations)
-    .where(_i.id == bindparam("invitation_id"), _i.accepted_at.is_(None), _i.revoked_at.is_(None))
-    .values(accepted_at=bindparam("now"), accepted_by=bindparam("user_id"))
+    .where(_i.id == bindparam("invitation"), _i.accepted_at.is_(None), _i.revoked_at.is_(None))
+    .values(accepted_at=bindparam("now"), accepted_by=bindparam("member"))
     .returning(_i.id)
 )
 
@@ -240,7 +241,7 @@ async def set_role(
     conn: AsyncConnection, org_id: uuid.UUID, user_id: uuid.UUID, role: Role, now: datetime
 ) -> None:
     """Change a member's role."""
-    params = {"org_id": org_id, "user_id": user_id, "role": role.value, "now": now}
+    params = {"org": org_id, "member": user_id, "new_role": role.value, "now": now}
     await conn.execute(_SET_ROLE, params)
 
 
@@ -288,7 +289,7 @@ async def revoke_invitation(
     conn: AsyncConnection, org_id: uuid.UUID, invitation_id: uuid.UUID, now: datetime
 ) -> bool:
     """Revoke a pending invitation of ``org_id``; False when there is none."""
-    params = {"org_id": org_id, "invitation_id": invitation_id, "now": now}
+    params = {"org": org_id, "invitation": invitation_id, "now": now}
     return (await conn.execute(_REVOKE, params)).one_or_none() is not None
 
 
@@ -302,5 +303,5 @@ async def mark_accepted(
     conn: AsyncConnection, invitation_id: uuid.UUID, user_id: uuid.UUID, now: datetime
 ) -> bool:
     """Use the invitation once; False when it was used or revoked meanwhile."""
-    params = {"invitation_id": invitation_id, "user_id": user_id, "now": now}
+    params = {"invitation": invitation_id, "member": user_id, "now": now}
     return (await conn.execute(_ACCEPT, params)).one_or_none() is not None
