@@ -44,7 +44,8 @@ async def register(conn: AsyncConnection, *, email: str, password_hash: str, nam
         password_hash=password_hash,
         now=now,
     )
-    org = await orgs.create_personal_org(conn, user.id, name.strip() or email.split("@", 1)[0], now)
+    label = name.strip() or email.split("@", 1)[0]
+    org = await orgs.create_personal_org(conn, user.id, label, now, record=False)
     await audit.record(
         conn,
         "user.registered",
@@ -53,6 +54,7 @@ async def register(conn: AsyncConnection, *, email: str, password_hash: str, nam
         org_id=org.id,
         target_id=user.id,
     )
+    await orgs.record_created(conn, org, user.id)
     return user
 
 

@@ -167,6 +167,7 @@ async def prepare(
             conn,
             "deployment.failed",
             actor=audit.SYSTEM,
+            owner_id=owner_id,
             org_id=org_id,
             target_id=stale_id,
             device_id=device_id,

@@ -107,9 +107,15 @@ def _not_found() -> NotFoundError:
 
 
 async def create_personal_org(
-    conn: AsyncConnection, user_id: uuid.UUID, label: str, now: datetime | None = None
+    conn: AsyncConnection,
+    user_id: uuid.UUID,
+    label: str,
+    now: datetime | None = None,
+    *,
+    record: bool = True,
 ) -> Org:
-    """The personal organisation of a new user, with their owner membership."""
+    """The personal organisation of a new user, with their owner membership; ``record``
+    its ``org.created`` event (else the caller does, :func:`record_created`)."""
     now = now or utcnow()
     org = await repository.create_org(
         conn,
@@ -120,11 +126,17 @@ async def create_personal_org(
         now=now,
     )
     await repository.add_member(conn, org.id, user_id, Role.OWNER, now)
+    if record:
+        await record_created(conn, org, user_id)
+    return org
+
+
+async def record_created(conn: AsyncConnection, org: Org, user_id: uuid.UUID) -> None:
+    """Record ``org.created`` (by ``user_id``)."""
     await audit.record(
         conn, "org.created", actor=Actor.user(user_id), org_id=org.id, target_id=org.id,
-        detail={"name": org.name, "personal": True},
+        detail={"name": org.name, "personal": org.personal},
     )  # fmt: skip
-    return org
 
 
 async def personal_org_id(conn: AsyncConnection, user_id: uuid.UUID) -> uuid.UUID | None:
