@@ -218,6 +218,7 @@ CATEGORIES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("tunnels", "Tunnels and remote access", ("tunnel.", "proxy.")),
     ("models", "Models", ("model.",)),
     ("deployments", "Deployments", ("deployment.",)),
+    ("members", "Members and invitations", ("org.", "member.", "invitation.")),
 )
 
 
