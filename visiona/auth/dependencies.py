@@ -24,11 +24,11 @@ from starlette.requests import HTTPConnection
 from visiona.audit.service import Actor
 from visiona.auth.sessions import SessionStore
 from visiona.kit.deps import open_connection, runtime_of
-from visiona.kit.errors import CsrfError, ForbiddenError, NotFoundError, UnauthorizedError
+from visiona.kit.errors import CsrfError, NotFoundError, UnauthorizedError
 from visiona.kit.runtime import Provided
 from visiona.kit.tokens import USER_SESSION_PREFIX, has_prefix, hash_token
 from visiona.orgs.dependencies import MEMBERSHIPS
-from visiona.orgs.permissions import Permission, Role, permissions_of
+from visiona.orgs.permissions import Permission, Role, forbidden, permissions_of
 
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -80,12 +80,6 @@ class Principal:
         """403 ``forbidden`` naming ``permission`` unless the principal holds it."""
         if permission not in self.permissions:
             raise forbidden(permission, self.role)
-
-
-def forbidden(permission: Permission, role: Role | None) -> ForbiddenError:
-    """The 403 of a role (or key) lacking ``permission``."""
-    who = f"the {role.value} role" if role is not None else "this API key"
-    return ForbiddenError(f"Permission {permission.value!r} is required; {who} does not have it.")
 
 
 def bearer_token(request: HTTPConnection) -> str | None:

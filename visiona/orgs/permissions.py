@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from visiona.kit.errors import ForbiddenError
+
 
 class Role(StrEnum):
     """A member's role in an organisation, weakest last."""
@@ -106,6 +108,12 @@ def scopes_permissions(scopes: frozenset[str] | set[str]) -> frozenset[Permissio
 def at_least(role: Role, other: Role) -> bool:
     """Whether ``role`` holds every permission of ``other``."""
     return ROLE_PERMISSIONS[other] <= ROLE_PERMISSIONS[role]
+
+
+def forbidden(permission: Permission, role: Role | None) -> ForbiddenError:
+    """The 403 ``forbidden`` of a role (None: an API key) lacking ``permission``."""
+    who = f"the {role.value} role" if role is not None else "this API key"
+    return ForbiddenError(f"Permission {permission.value!r} is required; {who} does not have it.")
 
 
 def markdown_table() -> str:

@@ -33,7 +33,7 @@ from visiona.kit.errors import AppError, ConflictError, ForbiddenError, NotFound
 from visiona.kit.pagination import Page, PageRequest
 from visiona.kit.tokens import INVITATION_PREFIX, hash_token, new_token
 from visiona.orgs import repository
-from visiona.orgs.permissions import Permission, Role, permissions_of
+from visiona.orgs.permissions import Permission, Role, forbidden, permissions_of
 from visiona.orgs.repository import Invitation, Member, MyOrg, Org
 
 _LOGGER = logging.getLogger(__name__)
@@ -88,10 +88,7 @@ class Membership:
     def require(self, permission: Permission) -> None:
         """403 ``forbidden`` naming ``permission`` unless the role holds it."""
         if permission not in permissions_of(self.role):
-            raise ForbiddenError(
-                f"Permission {permission.value!r} is required; "
-                f"the {self.role.value} role does not have it."
-            )
+            raise forbidden(permission, self.role)
 
 
 @dataclass(frozen=True, slots=True)
