@@ -31,7 +31,7 @@ from visiona.audit.service import Actor
 from visiona.devices import repository as devices
 from visiona.kit import migrate
 from visiona.kit.database import Database
-from visiona.kit.schema import audit_events, users
+from visiona.kit.schema import audit_events, organizations, users
 from visiona.kit.settings import Settings
 
 WRITES = 300
@@ -59,6 +59,7 @@ async def _writes(db: Database, owner: uuid.UUID, device: uuid.UUID, audited: bo
                     "device.renamed",
                     actor=Actor.user(owner),
                     owner_id=owner,
+                    org_id=owner,
                     target_id=device,
                     device_id=device,
                     detail={"from": f"n{number - 1}", "to": f"n{number}"},
@@ -70,9 +71,12 @@ async def _setup(db: Database) -> tuple[uuid.UUID, uuid.UUID]:
     owner = uuid.uuid4()
     async with db.transaction() as conn:
         await conn.execute(insert(users).values(id=owner, email=f"{owner}@b.example", name="b"))
+        # the bench's organisation has the owner's id: one id scopes both
+        await conn.execute(insert(organizations).values(id=owner, name="b", personal=True))
         device = await devices.insert_device_if_absent(
             conn,
             device_id=uuid.uuid4(),
+            org_id=owner,
             owner_user_id=owner,
             name="bench",
             device_type="kl520",
@@ -106,6 +110,7 @@ async def _prune(db: Database, owner: uuid.UUID) -> tuple[float, float, int]:
             "id": uuid.uuid4(),
             "occurred_at": old + timedelta(microseconds=n),
             "owner_id": owner,
+            "org_id": owner,
             "actor_type": "system",
             "actor_id": None,
             "action": "tunnel.disconnected",

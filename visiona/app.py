@@ -16,7 +16,7 @@ from visiona import __version__
 from visiona.audit.dependencies import PRUNER
 from visiona.audit.endpoints import router as audit_router
 from visiona.audit.retention import Pruner
-from visiona.auth.dependencies import SESSIONS
+from visiona.auth.dependencies import SESSIONS, permission_of
 from visiona.auth.endpoints import router as auth_router
 from visiona.auth.sessions import SessionStore, build_session_store
 from visiona.cluster.dependencies import CLUSTER
@@ -46,6 +46,10 @@ from visiona.models.dependencies import STORAGE
 from visiona.models.endpoints import router as models_router
 from visiona.models.storage import ObjectStorage
 from visiona.ops.endpoints import router as ops_router
+from visiona.orgs.access import Memberships
+from visiona.orgs.dependencies import MEMBERSHIPS
+from visiona.orgs.endpoints import router as orgs_router
+from visiona.orgs.openapi import install_permission_docs
 from visiona.tokens.endpoints import router as tokens_router
 from visiona.tunnel.dependencies import HUB, RELAY
 from visiona.tunnel.endpoints import internal_router as tunnel_internal_router
@@ -107,7 +111,7 @@ async def run_features(
     The one place that knows every feature: the tunnel hub (with the cluster's
     registry when clustered), the cluster (and what its node link serves here), the
     proxy's relay, the model storage, deployments' delivery and recovery, the session
-    store, the audit pruner, and who hears of a revoked device.
+    store, the membership cache, the audit pruner, and who hears of a revoked device.
     """
     settings, db = runtime.settings, runtime.db
     sessions = build_session_store(
@@ -136,6 +140,9 @@ async def run_features(
         recovery = Recovery(db, cluster)
         await recovery.start()
         stack.push_async_callback(recovery.stop)
+        memberships = Memberships(db, runtime.redis)
+        memberships.start()  # with Redis: hears every node's membership changes
+        stack.push_async_callback(memberships.close)
         pruner = Pruner(db, settings.audit_retention_days, settings.audit_prune_interval)
         pruner.start()
         stack.push_async_callback(pruner.stop)
@@ -143,6 +150,7 @@ async def run_features(
         RUNTIME.provide(app, runtime)
         DEVICE_REVOKED.provide(app, DeviceRevoked.of(hooks))
         SESSIONS.provide(app, sessions)
+        MEMBERSHIPS.provide(app, memberships)
         PRUNER.provide(app, pruner)
         STORAGE.provide(app, storage)
         DEVICES.provide(app, Devices.from_settings(settings))
@@ -203,6 +211,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # now pays for 8 cheap ones (the proxy's pattern fails at `/devices/`).
     app.include_router(tunnel_router, prefix=API_PREFIX)
     app.include_router(auth_router, prefix=API_PREFIX)
+    # organisations feature router (members, invitations)
+    app.include_router(orgs_router, prefix=API_PREFIX)
     # devices feature routers
     app.include_router(devices_router, prefix=API_PREFIX)
     app.include_router(tokens_router, prefix=API_PREFIX)
@@ -238,6 +248,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # issue 11: CORS for listed origins (outside the edge), bearer + cookie in OpenAPI
     install_cors(app, settings.cors_origins)
     install_security_schemes(app, settings.cookie_name)
+    install_permission_docs(app, permission_of)  # x-visiona-permission per operation
     return app
 
 

@@ -129,7 +129,11 @@ async def test_another_users_trail_and_device_history_are_invisible(
     assert foreign.status_code == 404
     assert foreign.json() == missing.json()
     theirs = await trail(client, intruder)
-    assert {item["action"] for item in theirs} == {"user.registered", "user.signed_in"}
+    assert {item["action"] for item in theirs} == {
+        "user.registered",
+        "org.created",
+        "user.signed_in",
+    }
     assert all(item["actor_id"] in (intruder.id, None) for item in theirs)
     assert device["device_id"] not in str(theirs)
     by_target = await trail(client, intruder, target_type="device", target_id=device["device_id"])

@@ -34,7 +34,8 @@ from visiona.yamux import Stream
 
 #: Produced and asserted in other modules: tests/agent/test_policy.py (agent-side
 #: refusals), tests/agent/test_deploy.py (a real agent without a hook),
-#: tests/tunnel/test_conflict.py, tests/tunnel/test_tcp_endpoints.py (TCP forwards).
+#: tests/tunnel/test_conflict.py, tests/tunnel/test_tcp_endpoints.py (TCP forwards),
+#: tests/orgs/test_orgs.py (members and invitations).
 _ELSEWHERE = {
     "proxy.forbidden_by_agent",
     "deployment.stored",
@@ -42,6 +43,13 @@ _ELSEWHERE = {
     "forward.opened",
     "forward.closed",
     "forward.refused",
+    # tests/orgs/test_orgs.py: the membership events of a team
+    "member.invited",
+    "member.joined",
+    "member.role_changed",
+    "member.removed",
+    "member.left",
+    "invitation.revoked",
 }
 
 
@@ -67,6 +75,7 @@ async def test_user_registered_signed_in_failed_and_signed_out(
     items = await trail(client, user)
     assert [item["action"] for item in reversed(items)] == [
         "user.registered",
+        "org.created",
         "user.signed_in",
         "user.sign_in_failed",
         "user.signed_out",

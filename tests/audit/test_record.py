@@ -28,9 +28,10 @@ class _InjectedError(Exception):
 
 
 async def test_an_event_commits_with_its_change(app: FastAPI, client: httpx.AsyncClient) -> None:
-    owner = uuid.UUID((await signup(client)).id)
+    user = await signup(client)
+    owner, org = uuid.UUID(user.id), uuid.UUID(user.org_id)
     async with runtime(app).db.transaction() as conn:
-        issued = await tokens.create_pairing_token(conn, owner, 60)
+        issued = await tokens.create_pairing_token(conn, org, owner, 60)
     (event,) = await stored_events(app, owner_id=owner, target_type="pairing_token")
     assert event.action == "pairing_token.created"
     assert event.target_type == "pairing_token"
@@ -43,14 +44,14 @@ async def test_a_failure_after_the_change_leaves_neither_change_nor_event(
     app: FastAPI, client: httpx.AsyncClient
 ) -> None:
     user = await signup(client)
-    owner = uuid.UUID(user.id)
+    owner, org = uuid.UUID(user.id), uuid.UUID(user.org_id)
     seen: list[str] = []
 
     async def create_then_fail() -> None:
         async with runtime(app).db.transaction() as conn:
-            await tokens.create_pairing_token(conn, owner, 60)
+            await tokens.create_pairing_token(conn, org, owner, 60)
             seen.extend(
-                e.action for e in await _events_on(conn, owner) if e.target_type == "pairing_token"
+                e.action for e in await _events_on(conn, org) if e.target_type == "pairing_token"
             )
             raise _InjectedError
 
@@ -67,9 +68,9 @@ async def test_a_failure_after_the_change_leaves_neither_change_nor_event(
         assert count.scalar_one() == 0
 
 
-async def _events_on(conn: AsyncConnection, owner: uuid.UUID) -> list[AuditEvent]:
-    """The owner's events as ``conn`` (inside its transaction) sees them."""
-    page = await audit.list_events(conn, EventFilter(owner_id=owner), PageRequest())
+async def _events_on(conn: AsyncConnection, org: uuid.UUID) -> list[AuditEvent]:
+    """The organisation's events as ``conn`` (inside its transaction) sees them."""
+    page = await audit.list_events(conn, EventFilter(org_id=org), PageRequest())
     return page.items
 
 
@@ -96,6 +97,7 @@ async def test_outside_a_request_the_context_is_empty_and_the_system_can_act(
             "tunnel.closed_revoked",
             actor=SYSTEM,
             owner_id=owner,
+            org_id=None,
             target_id=owner,
             detail={"count": 1, "ids": [uuid.UUID(int=1)]},
         )
@@ -128,6 +130,7 @@ async def test_a_detail_that_carries_a_secret_or_is_too_big_is_refused(
                 "device.renamed",
                 actor=Actor.user(owner),
                 owner_id=owner,
+                org_id=None,
                 target_id=owner,
                 detail=detail,
             )
@@ -137,22 +140,20 @@ async def test_a_detail_that_carries_a_secret_or_is_too_big_is_refused(
 async def test_an_unknown_action_is_refused(app: FastAPI) -> None:
     with pytest.raises(ValueError, match="unknown audit action"):
         async with runtime(app).db.transaction() as conn:
-            await audit.record(
-                conn, "device.teleported", actor=SYSTEM, owner_id=None, target_id=None
-            )
+            await audit.record(conn, "device.teleported", actor=SYSTEM, org_id=None, target_id=None)
 
 
 async def test_an_unpair_that_fails_after_its_change_leaves_the_device_tokens_and_trail(
     app: FastAPI, client: httpx.AsyncClient
 ) -> None:
     user = await signup(client)
-    owner = uuid.UUID(user.id)
+    org = uuid.UUID(user.org_id)
     device = await paired_device(client, user)
     device_id = uuid.UUID(device["device_id"])
 
     async def unpair_then_fail() -> None:
         async with runtime(app).db.transaction() as conn:
-            await devices.unpair_device(conn, owner, device_id)
+            await devices.unpair_device(conn, org, device_id, actor=Actor.user(uuid.UUID(user.id)))
             raise _InjectedError
 
     with pytest.raises(_InjectedError):

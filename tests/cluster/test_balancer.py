@@ -46,7 +46,7 @@ from tests.support.tunnel import (
     wait_for,
 )
 from visiona.agent.runner import EXIT_AUTH_REFUSED, Agent, AgentOptions
-from visiona.cluster.forwarding import TOKEN_HEADER, USER_HEADER
+from visiona.cluster.forwarding import ORG_HEADER, TOKEN_HEADER, USER_HEADER
 from visiona.yamux import Stream
 
 OPERATIONS = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
@@ -240,10 +240,16 @@ async def test_the_internal_route_answers_401_without_the_token_and_404_at_the_b
 
             await wait_for(leased)
             holder = a if await balanced.owner(device_id) == "node-a" else b
-            good: dict[str, Any] = {TOKEN_HEADER: TOKEN, USER_HEADER: user.id}
+            good: dict[str, Any] = {
+                TOKEN_HEADER: TOKEN,
+                USER_HEADER: user.id,
+                ORG_HEADER: user.org_id,
+            }
             async with httpx.AsyncClient(base_url=holder.url, timeout=30) as direct:
                 assert (await direct.get(internal, headers=good)).status_code == 200
-                missing = await direct.get(internal, headers={USER_HEADER: user.id})
+                missing = await direct.get(
+                    internal, headers={USER_HEADER: user.id, ORG_HEADER: user.org_id}
+                )
                 assert missing.status_code == 401
                 forged = {**good, TOKEN_HEADER: TOKEN[:-1] + "X"}
                 assert (await direct.get(internal, headers=forged)).status_code == 401
@@ -339,7 +345,7 @@ async def test_the_internal_transfer_route_never_forwards_a_miss(balanced: Balan
             "chip": "kl520",
         }
         transfer = f"/internal/v1/deployments/{record['id']}/transfer"
-        good = {TOKEN_HEADER: TOKEN, USER_HEADER: user.id}
+        good = {TOKEN_HEADER: TOKEN, USER_HEADER: user.id, ORG_HEADER: user.org_id}
         assert (await via_a.post(transfer, json=body)).status_code == 401
         async with connect_agent(cast("LiveServer", b), token, receiving(Received())):
 
@@ -353,7 +359,9 @@ async def test_the_internal_transfer_route_never_forwards_a_miss(balanced: Balan
             assert error_code(miss) == "device_offline"
             stranger = await signup(via_a)
             other = await via_a.post(
-                transfer, json=body, headers={**good, USER_HEADER: stranger.id}
+                transfer,
+                json=body,
+                headers={**good, USER_HEADER: stranger.id, ORG_HEADER: stranger.org_id},
             )
             assert other.status_code == 404
 
@@ -449,7 +457,8 @@ async def test_through_haproxy_the_tunnel_the_proxy_and_the_internal_block_hold(
             assert upload.json() == {"sha256": hashlib.sha256(sent).hexdigest(), "size": len(sent)}
             internal = f"/internal/v1/devices/{device_id}/proxy/echo/x"
             blocked = await via_ha.get(
-                internal, headers={TOKEN_HEADER: TOKEN, USER_HEADER: user.id}
+                internal,
+                headers={TOKEN_HEADER: TOKEN, USER_HEADER: user.id, ORG_HEADER: user.org_id},
             )
             assert blocked.status_code == 404
             assert error_code(blocked) == "not_found"

@@ -27,7 +27,7 @@ from tests.support.tunnel import (
     paired_agent_token,
     wait_for,
 )
-from visiona.cluster.forwarding import TOKEN_HEADER, USER_HEADER
+from visiona.cluster.forwarding import ORG_HEADER, TOKEN_HEADER, USER_HEADER
 from visiona.wire import CLOSE_REVOKED
 
 
@@ -141,11 +141,12 @@ async def test_internal_route_needs_the_token_and_never_forwards_a_miss(
         user = await signup(via_a)
         device_id, token = await paired_agent_token(via_a, user)
         internal = f"/internal/v1/devices/{device_id}/proxy/echo/x"
-        missing = await via_a.get(internal, headers={USER_HEADER: user.id})
+        missing = await via_a.get(internal, headers={USER_HEADER: user.id, ORG_HEADER: user.org_id})
         assert missing.status_code == 401
         assert error_code(missing) == "unauthorized"
         forged = await via_a.get(
-            internal, headers={TOKEN_HEADER: TOKEN[:-1] + "X", USER_HEADER: user.id}
+            internal,
+            headers={TOKEN_HEADER: TOKEN[:-1] + "X", USER_HEADER: user.id, ORG_HEADER: user.org_id},
         )
         assert forged.status_code == 401
         async with connect_agent(_as_server(b), token, forward_to(device_port)):
@@ -157,10 +158,16 @@ async def test_internal_route_needs_the_token_and_never_forwards_a_miss(
             await wait_for(reached)
             # A holds no tunnel of the device: its internal route answers offline, even
             # though the registry names B (a forwarded request is never forwarded again).
-            miss = await via_a.get(internal, headers={TOKEN_HEADER: TOKEN, USER_HEADER: user.id})
+            miss = await via_a.get(
+                internal,
+                headers={TOKEN_HEADER: TOKEN, USER_HEADER: user.id, ORG_HEADER: user.org_id},
+            )
             assert miss.status_code == 502
             assert error_code(miss) == "device_offline"
-            hit = await via_b.get(internal, headers={TOKEN_HEADER: TOKEN, USER_HEADER: user.id})
+            hit = await via_b.get(
+                internal,
+                headers={TOKEN_HEADER: TOKEN, USER_HEADER: user.id, ORG_HEADER: user.org_id},
+            )
             assert hit.status_code == 200
 
 

@@ -76,6 +76,7 @@ def _call(kind: str, path: str, **extra: Any) -> dict[str, Any]:
         "kind": kind,
         "hop": 1,
         "user": str(uuid.uuid4()),
+        "org": str(uuid.uuid4()),
         "path": path,
         "body": {"n": 1},
         "request_id": None,
@@ -85,22 +86,27 @@ def _call(kind: str, path: str, **extra: Any) -> dict[str, Any]:
 
 async def test_a_call_goes_to_the_handler_registered_for_its_kind(linked):
     session, handlers = linked
-    seen: list[tuple[str, uuid.UUID, dict[str, Any]]] = []
+    seen: list[tuple[str, uuid.UUID, uuid.UUID, dict[str, Any]]] = []
 
-    async def deployments(path: str, user_id: uuid.UUID, body: dict[str, Any]) -> None:
-        seen.append((path, user_id, body))
+    async def deployments(
+        path: str, user_id: uuid.UUID, org_id: uuid.UUID, body: dict[str, Any]
+    ) -> None:
+        seen.append((path, user_id, org_id, body))
 
     handlers.call("deployments", deployments)
     head = _call("deployments", "/deployments/x/transfer")
     answer, _ = await _exchange(session, head)
     assert answer["status"] == 200
-    assert seen == [("/deployments/x/transfer", uuid.UUID(head["user"]), {"n": 1})]
+    caller = uuid.UUID(head["user"]), uuid.UUID(head["org"])
+    assert seen == [("/deployments/x/transfer", *caller, {"n": 1})]
 
 
 async def test_a_handlers_error_is_answered_with_its_status_and_code(linked):
     session, handlers = linked
 
-    async def refuse(path: str, user_id: uuid.UUID, body: dict[str, Any]) -> None:
+    async def refuse(
+        path: str, user_id: uuid.UUID, org_id: uuid.UUID, body: dict[str, Any]
+    ) -> None:
         raise ConflictError("busy")
 
     handlers.call("deployments", refuse)
@@ -119,13 +125,19 @@ async def test_a_kind_nobody_handles_is_404_and_another_hop_400(linked):
 
 async def test_a_proxied_request_runs_through_the_proxy_handler_with_its_body(linked):
     session, handlers = linked
-    device, user = uuid.uuid4(), uuid.uuid4()
+    device, user, org = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
 
     async def here(
-        request: Request, *, device_id: uuid.UUID, user_id: uuid.UUID, target: bytes, prefix: str
+        request: Request,
+        *,
+        device_id: uuid.UUID,
+        user_id: uuid.UUID,
+        org_id: uuid.UUID,
+        target: bytes,
+        prefix: str,
     ) -> Response:
         body = await request.body()
-        assert (device_id, user_id, target, prefix) == (device, user, b"/s?x=1", "/p")
+        assert (device_id, user_id, org_id, target, prefix) == (device, user, org, b"/s?x=1", "/p")
         return Response(body[::-1], status_code=201, headers={"x-seen": request.method})
 
     handlers.proxy(here)
@@ -134,6 +146,7 @@ async def test_a_proxied_request_runs_through_the_proxy_handler_with_its_body(li
         "kind": "proxy",
         "hop": 1,
         "user": str(user),
+        "org": str(org),
         "request_id": "r1",
         "client": "203.0.113.7",
         "scheme": "https",
@@ -158,7 +171,9 @@ async def test_a_proxied_request_runs_through_the_proxy_handler_with_its_body(li
 
 
 def test_proxy_is_not_a_call_kind():
-    async def nothing(path: str, user_id: uuid.UUID, body: dict[str, Any]) -> None:
+    async def nothing(
+        path: str, user_id: uuid.UUID, org_id: uuid.UUID, body: dict[str, Any]
+    ) -> None:
         return None
 
     with pytest.raises(ValueError, match="proxy"):

@@ -57,6 +57,7 @@ async def _records(
                 conn,
                 deployment_id=uuid.uuid4(),
                 owner_user_id=uuid.UUID(user.id),
+                org_id=uuid.UUID(user.org_id),
                 device_id=uuid.UUID(device_id),
                 model_id=uuid.UUID(model_id),
                 now=then,

@@ -11,9 +11,11 @@ import httpx
 import pytest
 
 from tests.support.console import Live, pair_device, register
+from visiona.audit.repository import AuditEvent
 from visiona.console.views import (
     busy_badge,
     deployment_badge,
+    event_actor,
     forward_commands,
     matches,
     pairing_state,
@@ -33,6 +35,7 @@ SEEN = NOW - timedelta(days=20)
 DEVICE = Device(
     id=uuid.uuid4(),
     owner_user_id=uuid.uuid4(),
+    org_id=uuid.uuid4(),
     name="Lab PC",
     device_type="kl520",
     serial_number="KL-1",
@@ -50,6 +53,7 @@ PAIRING = PairingToken(
     token_hash="0" * 64,
     public_id=uuid.uuid4(),
     user_id=uuid.uuid4(),
+    org_id=uuid.uuid4(),
     device_id=None,
     created_at=SEEN,
     expires_at=NOW + timedelta(minutes=5),
@@ -112,6 +116,7 @@ def test_token_states() -> None:
     failed = Deployment(
         id=uuid.uuid4(),
         owner_user_id=uuid.uuid4(),
+        org_id=uuid.uuid4(),
         device_id=uuid.uuid4(),
         model_id=uuid.uuid4(),
         status=DeploymentStatus.FAILED,
@@ -192,3 +197,29 @@ def test_the_device_page_shows_the_commands_for_the_ports_the_agent_allows(
     assert "--allow-port 22" in shown["[]"][1]
     assert "No port of the device" in shown["[]"][1]
     assert "has not said which ports" in shown["None"][1]
+
+
+def test_the_activity_names_who_in_the_team_acted() -> None:
+    me, colleague = uuid.uuid4(), uuid.uuid4()
+    event = AuditEvent(
+        id=uuid.uuid4(),
+        occurred_at=NOW,
+        owner_id=colleague,
+        org_id=uuid.uuid4(),
+        actor_type="user",
+        actor_id=colleague,
+        action="device.renamed",
+        target_type="device",
+        target_id=None,
+        device_id=None,
+        client_addr=None,
+        request_id=None,
+        detail={},
+        actor_email="grace@example.com",
+        actor_name="Grace",
+    )
+    assert event_actor(event, colleague, {}) == "You"
+    assert event_actor(event, me, {}) == "Grace"
+    assert event_actor(replace(event, actor_name=""), me, {}) == "grace@example.com"
+    gone = replace(event, actor_name=None, actor_email=None)
+    assert event_actor(gone, me, {}) == "Someone"

@@ -48,6 +48,7 @@ async def test_two_concurrent_prepares_record_one_and_refuse_the_other(
             async with db.transaction() as conn:
                 record, _ = await service.prepare(
                     conn,
+                    uuid.UUID(user.org_id),
                     uuid.UUID(user.id),
                     uuid.UUID(device_id),
                     uuid.UUID(model_id),
@@ -81,6 +82,7 @@ async def test_a_record_older_than_the_transfer_timeout_is_failed_not_kept(
             insert(deployments).values(
                 id=stuck,
                 owner_user_id=uuid.UUID(user.id),
+                org_id=uuid.UUID(user.org_id),
                 device_id=uuid.UUID(device_id),
                 model_id=uuid.UUID(model_id),
                 status="transferring",
@@ -112,6 +114,7 @@ async def test_a_recent_active_record_is_kept_and_refuses_the_next(
             insert(deployments).values(
                 id=running,
                 owner_user_id=uuid.UUID(user.id),
+                org_id=uuid.UUID(user.org_id),
                 device_id=uuid.UUID(device_id),
                 model_id=uuid.UUID(model_id),
                 status="pending",

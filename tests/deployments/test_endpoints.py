@@ -90,6 +90,7 @@ async def test_model_without_a_file_is_409(client: httpx.AsyncClient, app: FastA
             insert(models).values(
                 id=bare,
                 owner_user_id=uuid.UUID(user.id),
+                org_id=uuid.UUID(user.org_id),
                 name="builtin without file",
                 target_chip="kl520",
                 file_size=0,

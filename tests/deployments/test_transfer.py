@@ -186,6 +186,7 @@ async def test_a_cancelled_transfer_is_recorded_failed(
         async with runtime.db.transaction() as conn:
             deployment, model = await service.prepare(
                 conn,
+                uuid.UUID(user.org_id),
                 uuid.UUID(user.id),
                 uuid.UUID(device_id),
                 uuid.UUID(model_id),

@@ -16,6 +16,7 @@ def _device(**values: object) -> Device:
     fields: dict[str, object] = {
         "id": uuid.uuid4(),
         "owner_user_id": uuid.uuid4(),
+        "org_id": uuid.uuid4(),
         "name": 'ä\u2028 "quoted" </script>',
         "device_type": "KL520",
         "serial_number": "s-1",

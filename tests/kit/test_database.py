@@ -43,7 +43,9 @@ async def test_foreign_key_violation_is_a_conflict(db: Database) -> None:
     with pytest.raises(ConflictError):
         async with db.transaction() as conn:
             await conn.execute(
-                insert(devices).values(id=uuid.uuid4(), owner_user_id=uuid.uuid4(), name="orphan")
+                insert(devices).values(
+                    id=uuid.uuid4(), owner_user_id=uuid.uuid4(), org_id=uuid.uuid4(), name="orphan"
+                )
             )
 
 
@@ -54,7 +56,9 @@ async def test_failed_unit_of_work_leaves_nothing_behind(db: Database) -> None:
         async with db.transaction() as conn:
             await conn.execute(insert(users).values(**_user(email)))
             await conn.execute(
-                insert(devices).values(id=uuid.uuid4(), owner_user_id=uuid.uuid4(), name="orphan")
+                insert(devices).values(
+                    id=uuid.uuid4(), owner_user_id=uuid.uuid4(), org_id=uuid.uuid4(), name="orphan"
+                )
             )
 
     with pytest.raises(ConflictError):

@@ -19,6 +19,9 @@ from visiona.kit import migrate
 from visiona.kit.schema import metadata
 
 TABLES = {
+    "organizations",
+    "memberships",
+    "invitations",
     "users",
     "models",
     "devices",
@@ -117,18 +120,22 @@ def test_partial_unique_index_lets_a_deleted_serial_come_back(empty_db: str) -> 
     def exercise(conn: Connection) -> int:
         from sqlalchemy import func, insert, select, update  # noqa: PLC0415 - local to the check
 
-        from visiona.kit.schema import devices, users  # noqa: PLC0415
+        from visiona.kit.schema import devices, organizations, users  # noqa: PLC0415
 
         owner = uuid.uuid4()
+        org = uuid.uuid4()
         conn.execute(insert(users).values(id=owner, email=f"{owner}@example.com", name="x"))
+        conn.execute(insert(organizations).values(id=org, name="x", personal=True))
         first = uuid.uuid4()
         conn.execute(
-            insert(devices).values(id=first, owner_user_id=owner, name="a", serial_number="SN")
+            insert(devices).values(
+                id=first, owner_user_id=owner, org_id=org, name="a", serial_number="SN"
+            )
         )
         conn.execute(update(devices).where(devices.c.id == first).values(deleted_at=func.now()))
         conn.execute(
             insert(devices).values(
-                id=uuid.uuid4(), owner_user_id=owner, name="b", serial_number="SN"
+                id=uuid.uuid4(), owner_user_id=owner, org_id=org, name="b", serial_number="SN"
             )
         )
         conn.commit()

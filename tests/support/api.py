@@ -18,6 +18,8 @@ class User:
     id: str
     email: str
     token: str
+    #: their personal organisation (every request acts in it unless told otherwise)
+    org_id: str = ""
 
     @property
     def headers(self) -> dict[str, str]:
@@ -35,7 +37,11 @@ async def signup(client: httpx.AsyncClient, email: str | None = None) -> User:
     login = await client.post("/api/v1/auth/login", json={"email": email, "password": PASSWORD})
     assert login.status_code == 200, login.text
     body: dict[str, Any] = login.json()
-    return User(id=body["user"]["id"], email=email, token=body["token"])
+    user = User(id=body["user"]["id"], email=email, token=body["token"])
+    orgs = await client.get("/api/v1/orgs", headers=user.headers)
+    assert orgs.status_code == 200, orgs.text
+    user.org_id = next(o["id"] for o in orgs.json()["items"] if o["personal"])
+    return user
 
 
 def error_code(response: httpx.Response) -> str:

@@ -10,11 +10,8 @@ from sqlalchemy import select
 
 from tests.support.api import User
 from tests.support.devices import API, runtime
-from visiona.audit.repository import AuditEvent
-from visiona.kit.records import build, columns_of
+from visiona.audit.repository import EVENT_COLUMNS, EVENTS_WITH_ACTOR, AuditEvent, event_of
 from visiona.kit.schema import audit_events
-
-_event = build(AuditEvent)
 
 #: Every action the helpers read back from the trail (API or database) in this run:
 #: tests/audit/test_events.py checks the catalogue against it.
@@ -23,12 +20,12 @@ PRODUCED: set[str] = set()
 
 async def stored_events(app: FastAPI, **where: Any) -> list[AuditEvent]:
     """Every stored event whose columns equal ``where``, oldest first."""
-    stmt = select(*columns_of(AuditEvent, audit_events))
+    stmt = select(*EVENT_COLUMNS).select_from(EVENTS_WITH_ACTOR)
     for name, value in where.items():
         stmt = stmt.where(audit_events.c[name] == value)
     stmt = stmt.order_by(audit_events.c.occurred_at, audit_events.c.id)
     async with runtime(app).db.reading() as conn:
-        events = [_event(row) for row in (await conn.execute(stmt)).all()]
+        events = [event_of(row) for row in (await conn.execute(stmt)).all()]
     PRODUCED.update(event.action for event in events)
     return events
 

@@ -38,7 +38,7 @@ def _online(device_id: uuid.UUID, epoch: int) -> StatusChange:
     event_row = audit.event_values(
         "tunnel.connected",
         actor=audit.Actor.device(device_id),
-        owner_id=None,
+        org_id=None,
         target_id=device_id,
         device_id=device_id,
         detail={"session_token_id": "x", "node": None},

@@ -30,6 +30,23 @@ _ALL = (
         ("email",),
     ),
     Action("user.signed_out", "user", "A web session ended by signing out."),
+    Action("org.created", "org", "An organisation was created.", ("name", "personal")),
+    Action(
+        "member.invited",
+        "invitation",
+        "A member invited an email to the organisation with a role.",
+        ("email", "role"),
+    ),
+    Action("invitation.revoked", "invitation", "A pending invitation was revoked."),
+    Action(
+        "member.joined",
+        "user",
+        "A user accepted an invitation and joined the organisation.",
+        ("invitation_id", "role", "email"),
+    ),
+    Action("member.role_changed", "user", "A member's role was changed.", ("email", "from", "to")),
+    Action("member.removed", "user", "A member was removed.", ("email", "role")),
+    Action("member.left", "user", "A member left the organisation.", ("email", "role")),
     Action(
         "pairing_token.created", "pairing_token", "A pairing token was issued.", ("expires_at",)
     ),

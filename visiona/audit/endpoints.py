@@ -1,7 +1,8 @@
 """HTTP routes of the audit trail (HTTP in/out only): the caller's trail and a device's.
 
-A user sees the events whose owner they are: their own actions, and those of their
-devices and of the system on their behalf. Another user's device is a 404, exactly
+A member sees the events of the organisation they act in: its members' actions, and
+those of its devices and of the system on their behalf. Another organisation's device
+is a 404, exactly
 like one that does not exist; a device the caller unpaired keeps its history.
 """
 
@@ -57,9 +58,9 @@ class _Filters:
         self.since = since
         self.until = until
 
-    def spec(self, owner_id: uuid.UUID, device_id: uuid.UUID | None = None) -> EventFilter:
+    def spec(self, org_id: uuid.UUID, device_id: uuid.UUID | None = None) -> EventFilter:
         return EventFilter(
-            owner_id=owner_id,
+            org_id=org_id,
             device_id=device_id,
             action=self.action,
             target_type=self.target_type,
@@ -88,9 +89,10 @@ def _page(found: Page[AuditEvent]) -> AuditEventList:
 async def list_events(
     principal: CurrentPrincipal, conn: Conn, page: PageParams, filters: Filters
 ) -> AuditEventList:
-    """Your events, newest first: what you did, what your devices did, and what the
-    server did to them (tunnels, deployments). Filters combine (all must hold)."""
-    spec = filters.spec(principal.user_id)
+    """The organisation's events, newest first: what its members did (``actor_email``
+    names who), what its devices did, and what the server did to them (tunnels,
+    deployments). Filters combine (all must hold)."""
+    spec = filters.spec(principal.org_id)
     return _page(await service.list_events(conn, spec, page))
 
 
@@ -108,7 +110,7 @@ async def list_device_events(
     filters: Filters,
 ) -> AuditEventList:
     """The events that concern the device, newest first (an unpaired device of yours keeps
-    its history). Another user's device → 404."""
-    await devices.require_owned_ever(conn, principal.user_id, device_id)
-    spec = filters.spec(principal.user_id, device_id)
+    its history). Another organisation's device → 404."""
+    await devices.require_owned_ever(conn, principal.org_id, device_id)
+    spec = filters.spec(principal.org_id, device_id)
     return _page(await service.list_events(conn, spec, page))

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, bindparam, delete, insert, select
+from sqlalchemy import ColumnElement, and_, bindparam, delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from visiona.kit.pagination import Keyset, Page, PageRequest, paginate
 from visiona.kit.records import build, columns_of
-from visiona.kit.schema import UTCDateTime, audit_events
+from visiona.kit.schema import UTCDateTime, audit_events, users
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +27,7 @@ class AuditEvent:
     id: uuid.UUID
     occurred_at: datetime
     owner_id: uuid.UUID | None
+    org_id: uuid.UUID | None
     actor_type: str
     actor_id: uuid.UUID | None
     action: str
@@ -36,13 +37,16 @@ class AuditEvent:
     client_addr: str | None
     request_id: str | None
     detail: dict[str, Any]
+    #: the acting user's email and name (a user actor who still exists), for "who"
+    actor_email: str | None = None
+    actor_name: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class EventFilter:
     """Which events a list shows (all conditions hold; None: no condition)."""
 
-    owner_id: uuid.UUID
+    org_id: uuid.UUID
     device_id: uuid.UUID | None = None
     action: str | None = None
     #: Any of these actions (a category of the console's Activity filter).
@@ -53,8 +57,16 @@ class EventFilter:
     until: datetime | None = None
 
 
-_EVENT = columns_of(AuditEvent, audit_events)
+_EVENT = columns_of(AuditEvent, audit_events, actor_email=users.c.email, actor_name=users.c.name)
+_WITH_ACTOR = audit_events.outerjoin(
+    users, and_(audit_events.c.actor_type == "user", users.c.id == audit_events.c.actor_id)
+)
+#: Every event with its acting user's email and name: select ``EVENT_COLUMNS`` from
+#: ``EVENTS_WITH_ACTOR`` and build each row with :func:`event_of`.
+EVENT_COLUMNS = _EVENT
+EVENTS_WITH_ACTOR = _WITH_ACTOR
 _event = build(AuditEvent)
+event_of = _event
 _ORDER = Keyset(audit_events.c.occurred_at, audit_events.c.id, descending=True, parse_key=uuid.UUID)
 _INSERT = insert(audit_events)
 _cutoff = bindparam("cutoff", type_=UTCDateTime())
@@ -81,7 +93,7 @@ async def insert_events(conn: AsyncConnection, rows: list[dict[str, Any]]) -> No
 
 def _conditions(spec: EventFilter) -> list[ColumnElement[bool]]:
     c = audit_events.c
-    found = [c.owner_id == spec.owner_id]
+    found = [c.org_id == spec.org_id]
     if spec.device_id is not None:
         found.append(c.device_id == spec.device_id)
     if spec.action is not None:
@@ -103,7 +115,7 @@ async def list_events(
     conn: AsyncConnection, spec: EventFilter, page: PageRequest
 ) -> Page[AuditEvent]:
     """One page of the events ``spec`` selects, newest first."""
-    stmt = select(*_EVENT).where(*_conditions(spec))
+    stmt = select(*_EVENT).select_from(_WITH_ACTOR).where(*_conditions(spec))
     return await paginate(conn, stmt, _ORDER, page, _event)
 
 

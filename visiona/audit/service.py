@@ -26,7 +26,12 @@ from visiona.audit.repository import AuditEvent, EventFilter
 from visiona.kit.clock import utcnow
 from visiona.kit.logs import client_addr_var, request_id_var
 from visiona.kit.pagination import Page, PageRequest
-from visiona.kit.tokens import DEVICE_SESSION_PREFIX, PAIRING_PREFIX, USER_SESSION_PREFIX
+from visiona.kit.tokens import (
+    DEVICE_SESSION_PREFIX,
+    INVITATION_PREFIX,
+    PAIRING_PREFIX,
+    USER_SESSION_PREFIX,
+)
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -36,7 +41,7 @@ MAX_DETAIL_BYTES = 2048
 PRUNE_BATCH = 1000
 _SECRET_WORDS = ("password", "secret", "hash", "plaintext")
 _TOKEN_PREFIXES = tuple(
-    f"{p}_" for p in (USER_SESSION_PREFIX, PAIRING_PREFIX, DEVICE_SESSION_PREFIX)
+    f"{p}_" for p in (USER_SESSION_PREFIX, PAIRING_PREFIX, DEVICE_SESSION_PREFIX, INVITATION_PREFIX)
 )
 _MAX_TEXT = 320  # an email as typed, a name, a reason: longer values are cut
 
@@ -104,16 +109,18 @@ async def record(
     action: str,
     *,
     actor: Actor,
-    owner_id: uuid.UUID | None,
+    org_id: uuid.UUID | None,
     target_id: str | uuid.UUID | None,
     device_id: uuid.UUID | None = None,
+    owner_id: uuid.UUID | None = None,
     detail: Mapping[str, Any] | None = None,
     client_addr: str | None = None,
     request_id: str | None = None,
 ) -> uuid.UUID:
     """Append an event on ``conn`` (the caller's transaction); its id.
 
-    ``owner_id`` is the user whose trail it is; ``device_id`` the device it concerns
+    ``org_id`` is the organisation whose trail it is (None: nobody's); ``owner_id`` the
+    user it concerns (default: the acting user); ``device_id`` the device it concerns
     (the device's page lists it). The target type comes from the catalogue. An
     unknown action or a detail that names a secret is a programming error
     (``ValueError``), never written. ``occurred_at`` is strictly increasing within
@@ -122,6 +129,7 @@ async def record(
     values = event_values(
         action,
         actor=actor,
+        org_id=org_id,
         owner_id=owner_id,
         target_id=target_id,
         device_id=device_id,
@@ -138,9 +146,10 @@ def event_values(
     action: str,
     *,
     actor: Actor,
-    owner_id: uuid.UUID | None,
+    org_id: uuid.UUID | None,
     target_id: str | uuid.UUID | None,
     device_id: uuid.UUID | None = None,
+    owner_id: uuid.UUID | None = None,
     detail: Mapping[str, Any] | None = None,
     client_addr: str | None = None,
     request_id: str | None = None,
@@ -154,7 +163,8 @@ def event_values(
     return {
         "id": event_id,
         "occurred_at": _event_time(),
-        "owner_id": owner_id,
+        "owner_id": owner_id if owner_id is not None or actor.type != "user" else actor.id,
+        "org_id": org_id,
         "actor_type": actor.type,
         "actor_id": actor.id,
         "action": action,
@@ -176,7 +186,7 @@ async def record_prepared(conn: AsyncConnection, rows: list[dict[str, Any]]) -> 
 async def list_events(
     conn: AsyncConnection, spec: EventFilter, page: PageRequest
 ) -> Page[AuditEvent]:
-    """One page of ``spec.owner_id``'s trail (optionally one device's), newest first."""
+    """One page of ``spec.org_id``'s trail (optionally one device's), newest first."""
     return await repository.list_events(conn, spec, page)
 
 

@@ -1,34 +1,85 @@
-"""Who is calling: the web-session principal, taken from a bearer token or the cookie."""
+"""Who is calling: the web-session caller (a bearer token or the cookie), and the
+:class:`Principal` acting in one organisation with a role.
+
+Every route that acts in an organisation takes ``Annotated[Principal,
+Depends(requires(Permission.X))]`` (the aliases below): the organisation is the
+``X-Visiona-Org`` header's, else the caller's personal one; an organisation the caller
+is not a member of is a 404 (no oracle), a role without ``X`` a 403 ``forbidden``
+naming it. The membership lookup is cached (:mod:`visiona.orgs.access`): no extra
+round trip per request. Routes of the user alone (sign-out, ``/auth/me``, the list of
+their organisations, accepting an invitation) take :data:`CurrentCaller`.
+"""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from fastapi import Depends
 from starlette.requests import HTTPConnection
 
+from visiona.audit.service import Actor
 from visiona.auth.sessions import SessionStore
 from visiona.kit.deps import open_connection, runtime_of
-from visiona.kit.errors import CsrfError, UnauthorizedError
+from visiona.kit.errors import CsrfError, NotFoundError, UnauthorizedError
 from visiona.kit.runtime import Provided
 from visiona.kit.tokens import USER_SESSION_PREFIX, has_prefix, hash_token
+from visiona.orgs.dependencies import MEMBERSHIPS
+from visiona.orgs.permissions import Permission, Role, forbidden, permissions_of
 
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 #: Web sessions (Redis, the database or in process; built by the composition root).
 SESSIONS = Provided[SessionStore]("session_store")
+#: The header naming the organisation a request acts in (else the personal one).
+ORG_HEADER = "X-Visiona-Org"
 
 
 @dataclass(frozen=True)
-class Principal:
-    """An authenticated user and the session token that proved it."""
+class Caller:
+    """An authenticated user and the session token that proved it (no organisation)."""
 
     user_id: uuid.UUID
     token: str
     via_cookie: bool
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who acts, in which organisation, with which permissions.
+
+    ``actor`` is ``user`` for a web session (``role`` is their membership's); an API key
+    (issue 22 item 4) will be ``api_key`` with ``api_key_id`` and the permissions of its
+    scopes, ``user_id`` its creator and ``role`` None.
+    """
+
+    user_id: uuid.UUID
+    org_id: uuid.UUID
+    role: Role | None
+    permissions: frozenset[Permission]
+    token: str
+    via_cookie: bool
+    actor: Literal["user", "api_key"] = "user"
+    api_key_id: uuid.UUID | None = None
+
+    @property
+    def audit_actor(self) -> Actor:
+        """Who the audit trail names: the user (an API key: the key, item 4)."""
+        if self.actor == "api_key" and self.api_key_id is not None:
+            return Actor("api_key", self.api_key_id)
+        return Actor.user(self.user_id)
+
+    def can(self, permission: Permission) -> bool:
+        """Whether the principal holds ``permission``."""
+        return permission in self.permissions
+
+    def require(self, permission: Permission) -> None:
+        """403 ``forbidden`` naming ``permission`` unless the principal holds it."""
+        if permission not in self.permissions:
+            raise forbidden(permission, self.role)
 
 
 def bearer_token(request: HTTPConnection) -> str | None:
@@ -50,7 +101,7 @@ def _same_origin(request: HTTPConnection) -> bool:
     return urlsplit(origin).netloc.lower() == host.lower()
 
 
-async def current_principal(request: HTTPConnection) -> Principal:
+async def current_caller(request: HTTPConnection) -> Caller:
     """Authenticate the caller (401 otherwise); enforce same-origin for cookie writes.
 
     A WebSocket handshake (no HTTP method in its scope) counts as a write: with the
@@ -72,8 +123,80 @@ async def current_principal(request: HTTPConnection) -> Principal:
     method = request.scope.get("method")
     if via_cookie and method not in _SAFE_METHODS and not _same_origin(request):
         raise CsrfError()
-    return Principal(user_id=session.user_id, token=token, via_cookie=via_cookie)
+    return Caller(user_id=session.user_id, token=token, via_cookie=via_cookie)
 
 
-CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
+def requested_org(request: HTTPConnection) -> uuid.UUID | None:
+    """The ``X-Visiona-Org`` header's organisation id (None: absent); malformed → 404."""
+    raw = request.headers.get(ORG_HEADER)
+    if raw is None or not raw.strip():
+        return None
+    try:
+        return uuid.UUID(raw.strip())
+    except ValueError:
+        raise NotFoundError("Organisation not found.") from None
+
+
+async def current_principal(request: HTTPConnection) -> Principal:
+    """The caller acting in the requested (or personal) organisation; 404 when they are
+    not a member of it (the same answer as an organisation that does not exist)."""
+    caller = await current_caller(request)
+    requested = requested_org(request)
+    access = await MEMBERSHIPS.of(request.app).resolve(
+        caller.user_id, requested, open_connection(request)
+    )
+    if access is None:
+        raise NotFoundError("Organisation not found.")
+    return Principal(
+        user_id=caller.user_id,
+        org_id=access.org_id,
+        role=access.role,
+        permissions=permissions_of(access.role),
+        token=caller.token,
+        via_cookie=caller.via_cookie,
+    )
+
+
+def requires(permission: Permission) -> Callable[[HTTPConnection], Awaitable[Principal]]:
+    """A dependency: the :func:`current_principal`, 403 unless it holds ``permission``.
+
+    The permission is kept on the function (``visiona_permission``): the OpenAPI
+    document names it per operation (``x-visiona-permission``) and the matrix test
+    reads it there.
+    """
+
+    async def dependency(request: HTTPConnection) -> Principal:
+        principal = await current_principal(request)
+        principal.require(permission)
+        return principal
+
+    dependency.visiona_permission = permission  # type: ignore[attr-defined]  # read by the docs
+    dependency.__name__ = f"requires_{permission.name.lower()}"
+    return dependency
+
+
+def permission_of(dependency: object) -> Permission | None:
+    """The permission a :func:`requires` dependency checks (None for anything else)."""
+    found = getattr(dependency, "visiona_permission", None)
+    return found if isinstance(found, Permission) else None
+
+
+_REQUIRES = {permission: requires(permission) for permission in Permission}
+
+
+def require(permission: Permission) -> Callable[[HTTPConnection], Awaitable[Principal]]:
+    """The one :func:`requires` dependency of ``permission`` (shared by every route)."""
+    return _REQUIRES[permission]
+
+
+#: The signed-in user, in no particular organisation.
+CurrentCaller = Annotated[Caller, Depends(current_caller)]
+#: Acting in an organisation with read access (every role).
+CurrentPrincipal = Annotated[Principal, Depends(require(Permission.READ))]
+Reader = CurrentPrincipal
+DeviceWriter = Annotated[Principal, Depends(require(Permission.DEVICES_WRITE))]
+ModelWriter = Annotated[Principal, Depends(require(Permission.MODELS_WRITE))]
+ModelDownloader = Annotated[Principal, Depends(require(Permission.MODELS_DOWNLOAD))]
+Deployer = Annotated[Principal, Depends(require(Permission.DEPLOY))]
+Proxier = Annotated[Principal, Depends(require(Permission.PROXY))]
 SessionsDep = Annotated[SessionStore, Depends(SESSIONS.dependency)]

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from fastapi import APIRouter, Request, Response, status
 
 from visiona.auth import repository, service
-from visiona.auth.dependencies import CurrentPrincipal, SessionsDep
+from visiona.auth.dependencies import CurrentCaller, SessionsDep
 from visiona.auth.passwords import hash_password
 from visiona.auth.schemas import LoginRequest, LoginResponse, RegisterRequest, UserOut
 from visiona.kit.deps import Conn, DatabaseDep, LimiterDep, SettingsDep, client_address
@@ -109,7 +109,7 @@ async def login(
     responses=error_responses(UnauthorizedError, CsrfError),
 )
 async def logout(
-    principal: CurrentPrincipal, conn: Conn, sessions: SessionsDep, settings: SettingsDep
+    principal: CurrentCaller, conn: Conn, sessions: SessionsDep, settings: SettingsDep
 ) -> Response:
     """End the current web session and clear the cookie."""
     await service.logout(conn, sessions, principal.user_id, principal.token)
@@ -125,7 +125,7 @@ async def logout(
     summary="The signed-in user",
     responses=error_responses(UnauthorizedError),
 )
-async def me(principal: CurrentPrincipal, conn: Conn) -> UserOut:
+async def me(principal: CurrentCaller, conn: Conn) -> UserOut:
     """Return the user of the current session."""
     user = await repository.get_by_id(conn, principal.user_id)
     if user is None:  # the account is gone; the session is meaningless

@@ -23,10 +23,12 @@ from visiona.kit.errors import ConflictError, InvalidCredentialsError, RateLimit
 from visiona.kit.ratelimit import RateLimiter
 from visiona.kit.settings import Settings
 from visiona.kit.tokens import USER_SESSION_PREFIX, hash_token, new_token
+from visiona.orgs import service as orgs
 
 
 async def register(conn: AsyncConnection, *, email: str, password_hash: str, name: str) -> User:
-    """Create a user; a taken email (any case) is a 409, a lost race too (unique index).
+    """Create a user and their personal organisation (owner), in the same transaction; a
+    taken email (any case) is a 409, a lost race too (unique index).
 
     The caller hashes the password (:func:`hash_password`) before opening the unit of
     work, so no lock is held during the deliberately slow hash.
@@ -42,13 +44,17 @@ async def register(conn: AsyncConnection, *, email: str, password_hash: str, nam
         password_hash=password_hash,
         now=now,
     )
+    label = name.strip() or email.split("@", 1)[0]
+    org = await orgs.create_personal_org(conn, user.id, label, now, record=False)
     await audit.record(
         conn,
         "user.registered",
         actor=Actor.user(user.id),
         owner_id=user.id,
+        org_id=org.id,
         target_id=user.id,
     )
+    await orgs.record_created(conn, org, user.id)
     return user
 
 
@@ -107,9 +113,10 @@ async def login(sessions: SessionStore, found: Credentials | None, *, password: 
 
 
 async def record_sign_in(conn: AsyncConnection, user: User) -> None:
-    """Record ``user.signed_in``."""
+    """Record ``user.signed_in`` (in the user's personal organisation's trail)."""
+    org_id = await orgs.personal_org_id(conn, user.id)
     await audit.record(
-        conn, "user.signed_in", actor=Actor.user(user.id), owner_id=user.id, target_id=user.id
+        conn, "user.signed_in", actor=Actor.user(user.id), org_id=org_id, target_id=user.id
     )
 
 
@@ -118,16 +125,19 @@ async def record_sign_in_failed(
 ) -> None:
     """Record ``user.sign_in_failed`` with the email as typed (never the password).
 
-    The trail is the named account's when one exists; otherwise the event has no
-    owner and no user sees it (an operator can, in the database). The actor is a user
-    nobody authenticated: its id is null even when the account exists.
+    The trail is the named account's personal organisation's when one exists;
+    otherwise the event has no owner nor organisation and no user sees it (an operator
+    can, in the database). The actor is a user nobody authenticated: its id is null
+    even when the account exists.
     """
     owner = found.id if found is not None else None
+    org_id = None if owner is None else await orgs.personal_org_id(conn, owner)
     await audit.record(
         conn,
         "user.sign_in_failed",
         actor=Actor("user"),
         owner_id=owner,
+        org_id=org_id,
         target_id=owner,
         detail={"email": email},
     )
@@ -141,8 +151,9 @@ async def logout(
     The event is written first: if ending the session fails, the caller's unit of
     work rolls the event back. With the SQL session store both are one transaction.
     """
+    org_id = await orgs.personal_org_id(conn, user_id)
     await audit.record(
-        conn, "user.signed_out", actor=Actor.user(user_id), owner_id=user_id, target_id=user_id
+        conn, "user.signed_out", actor=Actor.user(user_id), org_id=org_id, target_id=user_id
     )
     # a SQL session store deletes on ``conn`` too: the event and the end commit together
     await sessions.delete(hash_token(token), conn)

@@ -3,17 +3,19 @@
 Internal routes (``/internal/v1/…``, never exposed publicly) belong to the feature
 whose work they run (the tunnel's proxy, deployments' transfer); each declares
 :data:`InternalCaller` to accept only another node of the cluster: the shared internal
-token (constant-time; missing or wrong → 401) and the original user's id.
+token (constant-time; missing or wrong → 401), the original user's id and the
+organisation they act in (``x-visiona-caller-org``; the device is checked against it).
 """
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
 
-from visiona.cluster.forwarding import INTERNAL_PREFIX, TOKEN_HEADER, USER_HEADER
+from visiona.cluster.forwarding import INTERNAL_PREFIX, ORG_HEADER, TOKEN_HEADER, USER_HEADER
 from visiona.cluster.service import Cluster
 from visiona.kit.errors import UnauthorizedError
 from visiona.kit.runtime import Provided
@@ -23,17 +25,38 @@ CLUSTER = Provided[Cluster]("cluster")
 ClusterDep = Annotated[Cluster, Depends(CLUSTER.dependency)]
 
 
-async def internal_caller(request: Request) -> uuid.UUID:
-    """Check the internal token; return the forwarded user's id (401 otherwise)."""
+@dataclass(frozen=True, slots=True)
+class ForwardedCaller:
+    """The user another node acts for, and the organisation they act in."""
+
+    user_id: uuid.UUID
+    org_id: uuid.UUID
+
+
+def forwarded_caller(user: str | None, org: str | None) -> ForwardedCaller:
+    """The caller of forwarded headers (401 when either id is missing or malformed)."""
+    try:
+        return ForwardedCaller(uuid.UUID(user or ""), uuid.UUID(org or ""))
+    except ValueError as err:
+        raise UnauthorizedError("Missing or invalid forwarded user or organisation.") from err
+
+
+async def internal_caller(request: Request) -> ForwardedCaller:
+    """Check the internal token; return the forwarded caller (401 otherwise)."""
     if not CLUSTER.of(request.app).accepts(request.headers.get(TOKEN_HEADER)):
         raise UnauthorizedError("Missing or invalid internal token.")
-    try:
-        return uuid.UUID(request.headers.get(USER_HEADER, ""))
-    except ValueError as err:
-        raise UnauthorizedError("Missing or invalid forwarded user.") from err
+    return forwarded_caller(request.headers.get(USER_HEADER), request.headers.get(ORG_HEADER))
 
 
-#: The user on whose behalf another node calls this node's internal route.
-InternalCaller = Annotated[uuid.UUID, Depends(internal_caller)]
+#: The user (and organisation) on whose behalf another node calls this node's internal route.
+InternalCaller = Annotated[ForwardedCaller, Depends(internal_caller)]
 
-__all__ = ["CLUSTER", "INTERNAL_PREFIX", "ClusterDep", "InternalCaller", "internal_caller"]
+__all__ = [
+    "CLUSTER",
+    "INTERNAL_PREFIX",
+    "ClusterDep",
+    "ForwardedCaller",
+    "InternalCaller",
+    "forwarded_caller",
+    "internal_caller",
+]

@@ -4,8 +4,9 @@ Every exchange that crosses nodes is a stream of the persistent, mutually
 authenticated yamux link to the owning node (visiona/cluster/link.py): a proxied
 request (:meth:`Forwarder.proxy`, both bodies streamed) or a call a feature hands
 over (:meth:`Forwarder.call`, e.g. a deployment's transfer). The stream's header
-carries the caller's user id and request id (and for a proxied request the client's
-address, scheme and the cloud prefix; docs/tunnel-protocol.md part 3); the owning node
+carries the caller's user id, the organisation it acts in and the request id (and for
+a proxied request the client's address, scheme and the cloud prefix;
+docs/tunnel-protocol.md part 3); the owning node
 hands it to the handler its features registered for the kind
 (:class:`~visiona.cluster.linkserver.LinkHandlers`), which serves it from that node's
 own tunnels only, so a request is forwarded at most once.
@@ -41,6 +42,9 @@ _LOGGER = logging.getLogger(__name__)
 INTERNAL_PREFIX = "/internal/v1"
 TOKEN_HEADER = "x-visiona-internal-token"  # noqa: S105 - a header name, not a secret
 USER_HEADER = "x-visiona-user"
+#: The organisation the forwarded caller acts in: the other node checks the device
+#: against it (issue 22), as this node would.
+ORG_HEADER = "x-visiona-caller-org"
 CLIENT_HEADER = "x-visiona-client"
 PROTO_HEADER = "x-visiona-proto"
 PREFIX_HEADER = "x-visiona-prefix"
@@ -98,6 +102,7 @@ class Forwarder:
         target: bytes,
         prefix: str,
         user_id: uuid.UUID,
+        org_id: uuid.UUID,
     ) -> Response:
         """Send ``request`` to ``owner`` over the link and stream its answer back."""
         try:
@@ -118,6 +123,7 @@ class Forwarder:
             "kind": "proxy",
             "hop": 1,
             "user": str(user_id),
+            "org": str(org_id),
             "request_id": request_id_var.get(),
             "client": client[0] if client else "unknown",
             "scheme": scope.get("scheme", "http"),
@@ -135,9 +141,17 @@ class Forwarder:
         status, headers = await exchange.open(encode_head(header), has_body=has_body)
         return LinkResponse(exchange, status, headers)
 
-    def internal_headers(self, *, user_id: uuid.UUID, client: str | None) -> dict[str, str]:
-        """The headers an internal call carries: the token, the user, the client address."""
-        return {TOKEN_HEADER: self._token, USER_HEADER: str(user_id), CLIENT_HEADER: client or ""}
+    def internal_headers(
+        self, *, user_id: uuid.UUID, org_id: uuid.UUID, client: str | None
+    ) -> dict[str, str]:
+        """The headers an internal call carries: the token, the user and their organisation,
+        the client address."""
+        return {
+            TOKEN_HEADER: self._token,
+            USER_HEADER: str(user_id),
+            ORG_HEADER: str(org_id),
+            CLIENT_HEADER: client or "",
+        }
 
     async def call(
         self,
@@ -145,6 +159,7 @@ class Forwarder:
         path: str,
         *,
         user_id: uuid.UUID,
+        org_id: uuid.UUID,
         body: dict[str, Any],
     ) -> Handed:
         """Hand ``body`` to ``owner``'s handler of ``path`` over the link; wait for its answer.
@@ -169,6 +184,7 @@ class Forwarder:
             "kind": call_kind(path),
             "hop": 1,
             "user": str(user_id),
+            "org": str(org_id),
             "request_id": request_id_var.get(),
             "path": path,
             "body": body,
@@ -198,6 +214,7 @@ class Forwarder:
 __all__ = [
     "CLIENT_HEADER",
     "INTERNAL_PREFIX",
+    "ORG_HEADER",
     "PREFIX_HEADER",
     "PROTO_HEADER",
     "TOKEN_HEADER",

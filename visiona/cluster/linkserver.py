@@ -60,6 +60,7 @@ class ProxyHere(Protocol):
         *,
         device_id: uuid.UUID,
         user_id: uuid.UUID,
+        org_id: uuid.UUID,
         target: bytes,
         prefix: str,
     ) -> Response:
@@ -67,9 +68,9 @@ class ProxyHere(Protocol):
         ...
 
 
-#: Run a call another node handed over: ``(path, user_id, body)``; returning is a 200,
-#: an :class:`AppError` raised is answered with its status and code.
-CallHere = Callable[[str, uuid.UUID, dict[str, Any]], Awaitable[None]]
+#: Run a call another node handed over: ``(path, user_id, org_id, body)``; returning is a
+#: 200, an :class:`AppError` raised is answered with its status and code.
+CallHere = Callable[[str, uuid.UUID, uuid.UUID, dict[str, Any]], Awaitable[None]]
 
 _LOGGER = logging.getLogger(__name__)
 #: Largest request body chunk accepted from a peer (the forwarding node sends what
@@ -218,6 +219,7 @@ async def _serve_proxy(here: ProxyHere, stream: Stream, head: dict[str, Any]) ->
     """Run a forwarded proxied request through ``here`` (this node's tunnel), as a local one."""
     try:
         user_id = uuid.UUID(str(head["user"]))
+        org_id = uuid.UUID(str(head["org"]))
         device_id = uuid.UUID(str(head["device"]))
         target = str(head["target"]).encode("latin-1")
         prefix = str(head["prefix"])
@@ -242,7 +244,12 @@ async def _serve_proxy(here: ProxyHere, stream: Stream, head: dict[str, Any]) ->
     request = Request(scope, receive)
     try:
         response = await here(
-            request, device_id=device_id, user_id=user_id, target=target, prefix=prefix
+            request,
+            device_id=device_id,
+            user_id=user_id,
+            org_id=org_id,
+            target=target,
+            prefix=prefix,
         )
     except YamuxError:
         raise
@@ -266,11 +273,12 @@ async def _serve_call(handler: CallHere, stream: Stream, head: dict[str, Any]) -
     """Run a call another node handed over; answer 200 (its errors: by the caller)."""
     try:
         user_id = uuid.UUID(str(head["user"]))
+        org_id = uuid.UUID(str(head["org"]))
         path = str(head["path"])
         body = head["body"]
     except (KeyError, ValueError) as err:
         raise LinkProtocolError("malformed call header") from err
-    await handler(path, user_id, body if isinstance(body, dict) else {})
+    await handler(path, user_id, org_id, body if isinstance(body, dict) else {})
     with contextlib.suppress(YamuxError):
         stream.write(encode_head({"status": 200, "headers": [], "code": None}))
         stream.close()

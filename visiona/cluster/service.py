@@ -58,21 +58,35 @@ class Peer:
         target: bytes,
         prefix: str,
         user_id: uuid.UUID,
+        org_id: uuid.UUID,
     ) -> Response:
         """Relay ``request`` to the node over the link (a ``proxy`` stream), streamed both ways."""
         return await self._forwarder.proxy(
-            self.owner, request, device_id=device_id, target=target, prefix=prefix, user_id=user_id
+            self.owner,
+            request,
+            device_id=device_id,
+            target=target,
+            prefix=prefix,
+            user_id=user_id,
+            org_id=org_id,
         )
 
-    def internal_headers(self, *, user_id: uuid.UUID, client: str | None) -> dict[str, str]:
+    def internal_headers(
+        self, *, user_id: uuid.UUID, org_id: uuid.UUID, client: str | None
+    ) -> dict[str, str]:
         """The headers a call of another kind (a WebSocket) to the node's internal routes
-        carries: the internal token, the original user and the client's address."""
-        return self._forwarder.internal_headers(user_id=user_id, client=client)
+        carries: the internal token, the original user, their organisation and the client's
+        address."""
+        return self._forwarder.internal_headers(user_id=user_id, org_id=org_id, client=client)
 
-    async def call(self, path: str, *, user_id: uuid.UUID, body: dict[str, Any]) -> Handed:
+    async def call(
+        self, path: str, *, user_id: uuid.UUID, org_id: uuid.UUID, body: dict[str, Any]
+    ) -> Handed:
         """Hand ``body`` to the node's handler of ``path`` (named as the internal route
         under ``/internal/v1``) over the link; wait for its answer."""
-        return await self._forwarder.call(self.owner, path, user_id=user_id, body=body)
+        return await self._forwarder.call(
+            self.owner, path, user_id=user_id, org_id=org_id, body=body
+        )
 
 
 class Cluster:

@@ -131,21 +131,19 @@ def _password_min() -> int:
 
 
 async def _all_devices(
-    conn: AsyncConnection, reads: Devices, user_id: uuid.UUID, selector: Selector | None = None
+    conn: AsyncConnection, reads: Devices, org_id: uuid.UUID, selector: Selector | None = None
 ) -> list[Device]:
-    return await every_row(lambda page: reads.list(conn, user_id, page=page, selector=selector))
+    return await every_row(lambda page: reads.list(conn, org_id, page=page, selector=selector))
 
 
-async def _device_names(
-    conn: AsyncConnection, reads: Devices, user_id: uuid.UUID
-) -> dict[str, str]:
-    return {str(d.id): d.name for d in await _all_devices(conn, reads, user_id)}
+async def _device_names(conn: AsyncConnection, reads: Devices, org_id: uuid.UUID) -> dict[str, str]:
+    return {str(d.id): d.name for d in await _all_devices(conn, reads, org_id)}
 
 
 async def _device_list(  # noqa: PLR0917 - the page's filters, one by one
     conn: AsyncConnection,
     reads: Devices,
-    user_id: uuid.UUID,
+    org_id: uuid.UUID,
     status: str,
     query: str,
     selector: str = "",
@@ -157,8 +155,8 @@ async def _device_list(  # noqa: PLR0917 - the page's filters, one by one
         parsed = fleet.parse_selector(selector) if selector.strip() else None
     except InvalidSelectorError as err:
         selector_error = err.message
-    everything = await _all_devices(conn, reads, user_id)
-    chosen = everything if parsed is None else await _all_devices(conn, reads, user_id, parsed)
+    everything = await _all_devices(conn, reads, org_id)
+    chosen = everything if parsed is None else await _all_devices(conn, reads, org_id, parsed)
     shown = [device for device in chosen if matches(device, status, query.strip())]
     return {
         "devices": shown,
@@ -188,7 +186,7 @@ async def devices_page(  # noqa: PLR0917 - FastAPI injects query parameters by n
     """The devices table with its filters (status, search, tag selector: all kept in the
     URL), bulk unpair and connect dialog."""
     listing = await _device_list(
-        conn, reads, principal.user_id, _status_filter(status), q, selector
+        conn, reads, principal.org_id, _status_filter(status), q, selector
     )
     return render(request, "devices.html", title="Devices", nav="devices", **listing)
 
@@ -204,7 +202,7 @@ async def devices_rows(  # noqa: PLR0917 - FastAPI injects query parameters by n
 ) -> Response:
     """What the devices page polls: the filtered rows as HTML plus a summary per device."""
     listing = await _device_list(
-        conn, reads, principal.user_id, _status_filter(status), q, selector
+        conn, reads, principal.org_id, _status_filter(status), q, selector
     )
     shown: list[Device] = listing["devices"]
     html = (
@@ -228,7 +226,7 @@ async def device_page(
     request: Request, device_id: str, principal: CurrentPrincipal, conn: Conn, reads: DevicesDep
 ) -> Response:
     """One device: details, rename, session tokens, deployments, deploy form, unpair."""
-    owner, parsed = principal.user_id, _device_id(device_id)
+    owner, parsed = principal.org_id, _device_id(device_id)
     try:
         device = None if parsed is None else await reads.get(conn, owner, parsed)
     except NotFoundError:
@@ -244,7 +242,7 @@ async def device_page(
     )
     history = await deployments.list_deployments(conn, owner, parsed, PageRequest(limit=50))
     events = await audit.list_events(
-        conn, EventFilter(owner_id=owner, device_id=parsed), PageRequest(limit=50)
+        conn, EventFilter(org_id=owner, device_id=parsed), PageRequest(limit=50)
     )
     chip = (device.device_type or "").strip().lower()
     model_names = {str(m.id): m.name for m in every_model}
@@ -265,7 +263,7 @@ async def device_page(
         chip=chip,
         history=events.items,
         conflict=recent_conflict(events.items),
-        user_id=owner,
+        user_id=principal.user_id,
     )
 
 
@@ -297,7 +295,7 @@ async def models_page(  # noqa: PLR0917 - FastAPI injects query parameters by na
     def fetch(page: PageRequest) -> Awaitable[Page[Model]]:
         return models.list_models(
             conn,
-            principal.user_id,
+            principal.org_id,
             chip=chip or None,
             source=ModelSource(source) if source else None,
             page=page,
@@ -320,8 +318,8 @@ async def models_page(  # noqa: PLR0917 - FastAPI injects query parameters by na
 # -- pairing tokens and account ------------------------------------------------------
 
 
-async def _pairing_tokens(conn: AsyncConnection, user_id: uuid.UUID) -> list[PairingToken]:
-    return await every_row(lambda page: token_service.list_pairing_tokens(conn, user_id, page))
+async def _pairing_tokens(conn: AsyncConnection, org_id: uuid.UUID) -> list[PairingToken]:
+    return await every_row(lambda page: token_service.list_pairing_tokens(conn, org_id, page))
 
 
 @router.get("/pairing-tokens")
@@ -329,8 +327,8 @@ async def pairing_tokens_page(
     request: Request, principal: CurrentPrincipal, conn: Conn, reads: DevicesDep
 ) -> Response:
     """Unused and used pairing tokens, newest first, with revoke."""
-    tokens = sorted_newest_first(await _pairing_tokens(conn, principal.user_id))
-    names = await _device_names(conn, reads, principal.user_id)
+    tokens = sorted_newest_first(await _pairing_tokens(conn, principal.org_id))
+    names = await _device_names(conn, reads, principal.org_id)
     return render(
         request,
         "pairing_tokens.html",
@@ -344,14 +342,14 @@ async def pairing_tokens_page(
 @router.get("/pairing-tokens/{token_id}.json")
 async def pairing_token_state(token_id: str, principal: CurrentPrincipal, conn: Conn) -> Response:
     """What the connect dialog polls: whether its token was used, and by which device."""
-    for token in await _pairing_tokens(conn, principal.user_id):
+    for token in await _pairing_tokens(conn, principal.org_id):
         if str(token.public_id) != token_id:
             continue
         device_id = token.device_id
         device: dict[str, str] | None = None
         if device_id is not None:
             try:
-                found = await devices.require_device(conn, principal.user_id, device_id)
+                found = await devices.require_device(conn, principal.org_id, device_id)
                 device = {"id": str(device_id), "name": found.name}
             except NotFoundError:
                 device = None
@@ -375,14 +373,14 @@ async def activity_page(  # noqa: PLR0917 - FastAPI injects query parameters by 
     if kinds is None and action not in ACTIONS:
         action = ""
     spec = EventFilter(
-        owner_id=principal.user_id,
+        org_id=principal.org_id,
         action=action if kinds is None and action else None,
         actions=kinds,
     )
     found = await audit.list_events(conn, spec, PageRequest(limit=50, cursor=cursor))
-    names = await _device_names(conn, reads, principal.user_id)
+    names = await _device_names(conn, reads, principal.org_id)
     every_model = await every_row(
-        lambda page: models.list_models(conn, principal.user_id, chip=None, source=None, page=page)
+        lambda page: models.list_models(conn, principal.org_id, chip=None, source=None, page=page)
     )
     return render(
         request,

@@ -197,10 +197,13 @@ def event_summary(event: AuditEvent) -> str:
 
 
 def event_actor(event: AuditEvent, user_id: uuid.UUID, device_names: Mapping[str, str]) -> str:
-    """Who acted: "You", a device by name, or "visionA" for the server itself."""
+    """Who acted: "You", another member by name (or email), a device by name, or
+    "visionA" for the server itself."""
     kind, actor = event.actor_type, event.actor_id
     if kind == "user":
-        return "You" if actor is not None and actor == user_id else "Someone"
+        if actor is not None and actor == user_id:
+            return "You"
+        return event.actor_name or event.actor_email or "Someone"
     if kind == "device":
         return device_names.get(str(actor), f"Device {short_id(actor, 8)}")
     return "visionA"
@@ -215,6 +218,7 @@ CATEGORIES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("tunnels", "Tunnels and remote access", ("tunnel.", "proxy.")),
     ("models", "Models", ("model.",)),
     ("deployments", "Deployments", ("deployment.",)),
+    ("members", "Members and invitations", ("org.", "member.", "invitation.")),
 )
 
 

@@ -27,6 +27,7 @@ from visiona.kit.settings import Settings
 from visiona.models import repository as models
 from visiona.models.repository import ModelWrite
 from visiona.models.schemas import ModelSource
+from visiona.orgs import service as orgs
 from visiona.tokens import service as tokens
 
 _LOGGER = logging.getLogger(__name__)
@@ -67,15 +68,19 @@ async def seed_demo(conn: AsyncConnection) -> DemoData:
     """Create whatever demo rows are missing, and a new 24 h pairing token, on ``conn``."""
     now = utcnow()
     password = await _ensure_user(conn, now)
+    org_id = await orgs.personal_org_id(conn, DEMO_USER_ID)
+    if org_id is None:  # a demo user made before organisations existed, and not migrated
+        org_id = (await orgs.create_personal_org(conn, DEMO_USER_ID, DEMO_USER_NAME, now)).id
     device, device_created = await devices.ensure_device(
         conn,
+        org_id,
         DEMO_USER_ID,
         name=DEMO_DEVICE_NAME,
         device_type=DEMO_DEVICE_TYPE,
         serial_number=DEMO_SERIAL,
         now=now,
     )
-    model_id = await models.find_live_by_name(conn, DEMO_USER_ID, DEMO_MODEL_NAME, DEMO_MODEL_CHIP)
+    model_id = await models.find_live_by_name(conn, org_id, DEMO_MODEL_NAME, DEMO_MODEL_CHIP)
     model_created = model_id is None
     if model_id is None:
         model_id = uuid.uuid4()
@@ -84,6 +89,7 @@ async def seed_demo(conn: AsyncConnection) -> DemoData:
             ModelWrite(
                 id=model_id,
                 owner_user_id=DEMO_USER_ID,
+                org_id=org_id,
                 name=DEMO_MODEL_NAME,
                 target_chip=DEMO_MODEL_CHIP,
                 file_size=0,
@@ -97,7 +103,7 @@ async def seed_demo(conn: AsyncConnection) -> DemoData:
             ),
         )
     ttl = int(DEMO_PAIRING_TTL.total_seconds())
-    issued = await tokens.create_pairing_token(conn, DEMO_USER_ID, ttl, now=now)
+    issued = await tokens.create_pairing_token(conn, org_id, DEMO_USER_ID, ttl, now=now)
     return DemoData(
         user_id=DEMO_USER_ID,
         email=DEMO_EMAIL,
@@ -126,6 +132,7 @@ async def _ensure_user(conn: AsyncConnection, now: datetime) -> str | None:
         password_hash=await hash_password(password),
         now=now,
     )
+    await orgs.create_personal_org(conn, DEMO_USER_ID, DEMO_USER_NAME, now)
     return password
 
 

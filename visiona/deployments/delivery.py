@@ -129,7 +129,7 @@ class Delivery:
         """Transfer through this node's tunnel (under a run lease in a cluster); no tunnel
         of the deployment's owner here → ``failed`` and :class:`DeploymentOfflineError`."""
         link = self._hub.get(deployment.device_id)
-        if link is None or link.owner_user_id != deployment.owner_user_id:
+        if link is None or link.org_id != deployment.org_id:
             failed = await mark(self._db, deployment.id, DeploymentStatus.FAILED, OFFLINE_REASON)
             raise DeploymentOfflineError(failed, OFFLINE_MESSAGE)
         async with self._cluster.running(deployment.id):
@@ -144,11 +144,11 @@ class Delivery:
             )
 
     async def handed(
-        self, deployment_id: uuid.UUID, user_id: uuid.UUID, body: dict[str, object]
+        self, deployment_id: uuid.UUID, org_id: uuid.UUID, body: dict[str, object]
     ) -> Deployment:
-        """Run a deployment another node recorded (for ``user_id``) through this node's
-        tunnel only; return the delivered record, or raise the deployment's error (with
-        the record). Malformed model file → 400; not the user's → 404."""
+        """Run a deployment another node recorded (in ``org_id``) through this node's
+        tunnel only; return the delivered record, or raise the deployment's
+        error (with the record). Malformed model file → 400; not the organisation's → 404."""
         try:
             model = model_file_of(body)
         except ValueError as err:
@@ -156,16 +156,19 @@ class Delivery:
         # unit of work: the record's check only; each state change is its own (as on one node)
         async with self._db.transaction() as conn:
             deployment = await repository.get_deployment(conn, deployment_id)
-        if deployment is None or deployment.owner_user_id != user_id:
+        if deployment is None or deployment.org_id != org_id:
             raise NotFoundError("Deployment not found.")
         record = await self.here(deployment, model)
         if not record.status.delivered:
             raise DeploymentFailedError(record)
         return record
 
-    async def on_link_call(self, path: str, user_id: uuid.UUID, body: dict[str, object]) -> None:
+    async def on_link_call(
+        self, path: str, user_id: uuid.UUID, org_id: uuid.UUID, body: dict[str, object]
+    ) -> None:
         """The node link's handler of ``deployments`` calls (:func:`transfer_path`)."""
-        await self.handed(deployment_of_path(path), user_id, body)
+        del user_id  # the deployment names who requested it
+        await self.handed(deployment_of_path(path), org_id, body)
 
     async def _there(self, peer: Peer, deployment: Deployment, model: ModelFile) -> Deployment:
         """Have ``peer`` run the transfer; read the outcome it recorded."""
@@ -173,6 +176,7 @@ class Delivery:
         outcome = await peer.call(
             transfer_path(deployment.id),
             user_id=deployment.owner_user_id,
+            org_id=deployment.org_id,
             body=model_file_body(model),
         )
         if outcome.unreachable:

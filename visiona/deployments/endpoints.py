@@ -15,7 +15,7 @@ import uuid
 
 from fastapi import APIRouter, Request, status
 
-from visiona.auth.dependencies import CurrentPrincipal
+from visiona.auth.dependencies import CurrentPrincipal, Deployer
 from visiona.cluster.dependencies import INTERNAL_PREFIX, InternalCaller
 from visiona.deployments import service
 from visiona.deployments.dependencies import DeliveryDep
@@ -60,7 +60,7 @@ internal_router = APIRouter(prefix=INTERNAL_PREFIX, include_in_schema=False)
 async def create_deployment(
     device_id: uuid.UUID,
     body: DeploymentCreate,
-    principal: CurrentPrincipal,
+    principal: Deployer,
     *,
     db: DatabaseDep,
     settings: SettingsDep,
@@ -74,7 +74,7 @@ async def create_deployment(
     checksum refused, hook failed, no answer, ...) → 502 ``deployment_failed``, and a
     device that is not connected → 502 ``device_offline``: both keep the record as
     ``failed`` and return it under ``error.deployment`` (its ``id`` and ``error``).
-    Another user's device or model → 404; a model without a file → 409
+    Another organisation's device or model → 404; a model without a file → 409
     ``model_file_missing``; a model for another chip than the device type → 409
     ``chip_mismatch`` (nothing recorded). Deployments to one device are serialised:
     while one is ``pending`` or ``transferring`` another → 409 ``deployment_in_progress``
@@ -87,10 +87,12 @@ async def create_deployment(
     async with db.transaction() as conn:
         deployment, model = await service.prepare(
             conn,
+            principal.org_id,
             principal.user_id,
             device_id,
             body.model_id,
             transfer_timeout=settings.deploy_transfer_timeout,
+            actor=principal.audit_actor,
         )
     # This node's tunnel, else the node holding it (one hop), else 502 device_offline.
     record = await delivery.deliver(deployment, model)
@@ -112,7 +114,7 @@ async def list_deployments(
     page: PageParams,
 ) -> DeploymentPage:
     """The device's deployments, newest first, one page at a time (404 when not yours)."""
-    found = await service.list_deployments(conn, principal.user_id, device_id, page)
+    found = await service.list_deployments(conn, principal.org_id, device_id, page)
     return DeploymentPage(
         items=[DeploymentOut.model_validate(r) for r in found.items], next_cursor=found.next_cursor
     )
@@ -122,7 +124,7 @@ async def list_deployments(
 async def internal_transfer(
     deployment_id: uuid.UUID,
     request: Request,
-    user_id: InternalCaller,
+    caller: InternalCaller,
     delivery: DeliveryDep,
 ) -> DeploymentOut:
     """A deployment recorded by another node: transfer it through this node's tunnel only;
@@ -131,5 +133,7 @@ async def internal_transfer(
         body = await request.json()
     except ValueError as err:
         raise BadRequestError("Malformed model file.") from err
-    record = await delivery.handed(deployment_id, user_id, body if isinstance(body, dict) else {})
+    record = await delivery.handed(
+        deployment_id, caller.org_id, body if isinstance(body, dict) else {}
+    )
     return DeploymentOut.model_validate(record)

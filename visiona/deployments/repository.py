@@ -1,6 +1,6 @@
 """SQL for deployment records. Takes a connection; never commits.
 
-Reads are scoped to the owner; every status change is one short ``UPDATE``.
+Reads are scoped to the organisation (``org_id``); every status change is one short ``UPDATE``.
 Statements without per-call structure are built once, here, with bind parameters.
 """
 
@@ -27,6 +27,7 @@ class Deployment:
 
     id: uuid.UUID
     owner_user_id: uuid.UUID
+    org_id: uuid.UUID
     device_id: uuid.UUID
     model_id: uuid.UUID
     status: DeploymentStatus
@@ -103,9 +104,9 @@ def _insert_unless_active(dialect: str) -> Insert:
 
 
 def _deployment(row: AnyRow) -> Deployment:
-    id_, owner, device, model, status, error, created, updated, finished = row
+    id_, owner, org, device, model, status, error, created, updated, finished = row
     return Deployment(
-        id_, owner, device, model, DeploymentStatus(status), error, created, updated, finished
+        id_, owner, org, device, model, DeploymentStatus(status), error, created, updated, finished
     )
 
 
@@ -114,6 +115,7 @@ async def insert_deployment(
     *,
     deployment_id: uuid.UUID,
     owner_user_id: uuid.UUID,
+    org_id: uuid.UUID,
     device_id: uuid.UUID,
     model_id: uuid.UUID,
     now: datetime,
@@ -123,6 +125,7 @@ async def insert_deployment(
     values = {
         "id": deployment_id,
         "owner_user_id": owner_user_id,
+        "org_id": org_id,
         "device_id": device_id,
         "model_id": model_id,
         "status": DeploymentStatus.PENDING.value,
@@ -176,13 +179,14 @@ async def get_deployment(conn: AsyncConnection, deployment_id: uuid.UUID) -> Dep
 
 async def list_page(
     conn: AsyncConnection,
-    owner_id: uuid.UUID,
+    org_id: uuid.UUID,
     device_id: uuid.UUID,
     page: PageRequest,
 ) -> Page[Deployment]:
-    """One page of the device's deployments, newest first (ties: the higher id first)."""
+    """One page of the device's deployments in ``org_id``, newest first (ties: the higher
+    id first)."""
     stmt = select(*_COLUMNS).where(
-        deployments.c.device_id == device_id, deployments.c.owner_user_id == owner_id
+        deployments.c.device_id == device_id, deployments.c.org_id == org_id
     )
     return await paginate(conn, stmt, _ORDER, page, _deployment)
 

@@ -126,23 +126,26 @@ class ModelFile:
 
 async def prepare(
     conn: AsyncConnection,
+    org_id: uuid.UUID,
     owner_id: uuid.UUID,
     device_id: uuid.UUID,
     model_id: uuid.UUID,
     *,
     transfer_timeout: float,
+    actor: Actor | None = None,
 ) -> tuple[Deployment, ModelFile]:
     """Check the device and the model and record a ``pending`` deployment.
 
-    Another user's or a deleted device or model is a 404; a model without a file or
+    Another organisation's or a deleted device or model is a 404 (``owner_id`` is who
+    deploys); a model without a file or
     for another chip than the device's type is a 409 (and nothing is recorded); a
     device with a deployment still ``pending``/``transferring`` is a 409
     :class:`DeploymentInProgressError` — unless that one is older than
     ``transfer_timeout`` seconds (its server stopped), which is failed first.
     Returns the deployment and the model.
     """
-    device = await devices_service.require_device(conn, owner_id, device_id)
-    model = await models_service.require_model(conn, owner_id, model_id)
+    device = await devices_service.require_device(conn, org_id, device_id)
+    model = await models_service.require_model(conn, org_id, model_id)
     if not model.storage_key or not model.sha256:
         raise ModelFileMissingError()
     device_type = (device.device_type or "").strip().lower()
@@ -166,6 +169,7 @@ async def prepare(
             "deployment.failed",
             actor=audit.SYSTEM,
             owner_id=owner_id,
+            org_id=org_id,
             target_id=stale_id,
             device_id=device_id,
             detail={"model_id": str(stale_model), "reason": STALE_REASON},
@@ -176,6 +180,7 @@ async def prepare(
             conn,
             deployment_id=uuid.uuid4(),
             owner_user_id=owner_id,
+            org_id=org_id,
             device_id=device_id,
             model_id=model_id,
             now=now,
@@ -190,8 +195,9 @@ async def prepare(
     await audit.record(
         conn,
         "deployment.requested",
-        actor=Actor.user(owner_id),
+        actor=actor or Actor.user(owner_id),
         owner_id=owner_id,
+        org_id=org_id,
         target_id=deployment.id,
         device_id=device_id,
         detail={"model_id": str(model_id)},
@@ -261,6 +267,7 @@ async def record_outcome(
         action,
         actor=SYSTEM,
         owner_id=record.owner_user_id,
+        org_id=record.org_id,
         target_id=record.id,
         device_id=record.device_id,
         detail=detail,
@@ -342,10 +349,11 @@ async def _send(
 
 async def list_deployments(
     conn: AsyncConnection,
-    owner_id: uuid.UUID,
+    org_id: uuid.UUID,
     device_id: uuid.UUID,
     page: PageRequest,
 ) -> Page[Deployment]:
-    """One page of the device's deployments, newest first (404 when not the caller's device)."""
-    await devices_service.require_device(conn, owner_id, device_id)
-    return await repository.list_page(conn, owner_id, device_id, page)
+    """One page of the device's deployments, newest first (404 when not the organisation's
+    device)."""
+    await devices_service.require_device(conn, org_id, device_id)
+    return await repository.list_page(conn, org_id, device_id, page)

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response, status
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from visiona.auth.dependencies import CurrentPrincipal
+from visiona.auth.dependencies import CurrentPrincipal, DeviceWriter
 from visiona.devices import fleet_service as fleet
 from visiona.devices import service
 from visiona.devices.dependencies import DevicesDep
@@ -107,7 +107,7 @@ async def list_devices(  # noqa: PLR0917 - FastAPI injects query parameters by n
     parsed = fleet.parse_selector(selector)
     found = await reads.list(
         conn,
-        principal.user_id,
+        principal.org_id,
         remote_status=remote_status,
         status=device_status,
         page=page,
@@ -131,10 +131,12 @@ async def list_devices(  # noqa: PLR0917 - FastAPI injects query parameters by n
     summary="Register a device",
     responses=error_responses(UnauthorizedError, CsrfError, ConflictError, ValidationFailedError),
 )
-async def create_device(body: DeviceCreate, principal: CurrentPrincipal, conn: Conn) -> DeviceOut:
-    """Register a device by hand. A live device of yours with the same serial → 409."""
+async def create_device(body: DeviceCreate, principal: DeviceWriter, conn: Conn) -> DeviceOut:
+    """Register a device by hand. A live device of the organisation with the same serial
+    → 409."""
     row = await service.create_device(
         conn,
+        principal.org_id,
         principal.user_id,
         name=body.name,
         serial_number=body.serial_number,
@@ -159,7 +161,7 @@ async def get_device(
     # hot reads on the driver (visiona/kit/hotread.py), no unit of work: two statements
     # that need not share a snapshot (the tags of a device deleted in between are harmless);
     # the answer encoded by orjson (visiona/kit/jsonout.py), response_model documents it
-    device = await reads.get(db, principal.user_id, device_id)
+    device = await reads.get(db, principal.org_id, device_id)
     return JSONOut(device_body(device, await fleet.tags_of_one(db, device)))
 
 
@@ -173,12 +175,14 @@ async def get_device(
 async def rename_device(
     device_id: uuid.UUID,
     body: DeviceUpdate,
-    principal: CurrentPrincipal,
+    principal: DeviceWriter,
     conn: Conn,
     reads: DevicesDep,
 ) -> DeviceOut:
     """Change the device's name."""
-    device = await reads.rename(conn, principal.user_id, device_id, body.name)
+    device = await reads.rename(
+        conn, principal.org_id, device_id, body.name, actor=principal.audit_actor
+    )
     return await _answer(conn, device)
 
 
@@ -208,7 +212,7 @@ _TAG_ERRORS = (
 async def replace_tags(
     device_id: uuid.UUID,
     body: TagsReplace,
-    principal: CurrentPrincipal,
+    principal: DeviceWriter,
     conn: Conn,
     reads: DevicesDep,
 ) -> DeviceOut:
@@ -217,8 +221,10 @@ async def replace_tags(
     the value it has is ignored, so `tags` can be sent back as read); a bad key or
     value is a 422 `invalid_tag`, more than 32 tags a 422 `too_many_tags`. Records
     `device.tagged` when anything changed. Answers the device."""
-    await fleet.replace_tags(conn, principal.user_id, device_id, body.tags)
-    return await _answer(conn, await reads.get(conn, principal.user_id, device_id))
+    await fleet.replace_tags(
+        conn, principal.org_id, device_id, body.tags, actor=principal.audit_actor
+    )
+    return await _answer(conn, await reads.get(conn, principal.org_id, device_id))
 
 
 @router.patch(
@@ -231,7 +237,7 @@ async def replace_tags(
 async def change_tags(
     device_id: uuid.UUID,
     body: TagsPatch,
-    principal: CurrentPrincipal,
+    principal: DeviceWriter,
     conn: Conn,
     reads: DevicesDep,
 ) -> DeviceOut:
@@ -239,9 +245,14 @@ async def change_tags(
     does not have is ignored; a key in both is a 422 `invalid_tag`); the other tags stay.
     Errors as for `PUT`. Answers the device."""
     await fleet.change_tags(
-        conn, principal.user_id, device_id, set_tags=body.set, remove=body.remove
+        conn,
+        principal.org_id,
+        device_id,
+        set_tags=body.set,
+        remove=body.remove,
+        actor=principal.audit_actor,
     )
-    return await _answer(conn, await reads.get(conn, principal.user_id, device_id))
+    return await _answer(conn, await reads.get(conn, principal.org_id, device_id))
 
 
 @router.delete(
@@ -252,14 +263,16 @@ async def change_tags(
     responses=error_responses(UnauthorizedError, CsrfError, NotFoundError, ValidationFailedError),
 )
 async def unpair_device(
-    device_id: uuid.UUID, principal: CurrentPrincipal, db: DatabaseDep, revoked: DeviceRevokedDep
+    device_id: uuid.UUID, principal: DeviceWriter, db: DatabaseDep, revoked: DeviceRevokedDep
 ) -> Response:
     """Soft-delete the device and revoke all its pairing and session tokens in one
     transaction; then close its live tunnel. The serial can be paired again later
     (as a new device)."""
     # unit of work: its own, so the revocation hooks run after the commit
     async with db.transaction() as conn:
-        result = await service.unpair_device(conn, principal.user_id, device_id)
+        result = await service.unpair_device(
+            conn, principal.org_id, device_id, actor=principal.audit_actor
+        )
     _LOGGER.info(
         "device %s unpaired: %d pairing and %d session tokens revoked",
         device_id,
@@ -304,9 +317,9 @@ async def pair(
             name=body.name,
         )
     _LOGGER.info(
-        "device %s paired for user %s (%s)",
+        "device %s paired into organisation %s (%s)",
         paired.device_id,
-        paired.owner_user_id,
+        paired.org_id,
         "new device" if paired.new_device else "existing device",
     )
     return PairResponse(

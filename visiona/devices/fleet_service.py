@@ -58,9 +58,14 @@ async def tags_of_one(source: Database | AsyncConnection, device: Device) -> dic
 
 
 async def replace_tags(
-    conn: AsyncConnection, owner_user_id: uuid.UUID, device_id: uuid.UUID, tags: Mapping[str, str]
+    conn: AsyncConnection,
+    org_id: uuid.UUID,
+    device_id: uuid.UUID,
+    tags: Mapping[str, str],
+    *,
+    actor: Actor,
 ) -> None:
-    """Make ``tags`` the device's user tags (404 when not the owner's; 422 ``invalid_tag``
+    """Make ``tags`` the device's user tags (404 when not the organisation's; 422 ``invalid_tag``
     / ``too_many_tags``, 400 ``reserved_tag``; built-ins with their own value are ignored)."""
 
     def apply(_before: dict[str, str], builtins: dict[str, str]) -> dict[str, str]:
@@ -68,19 +73,20 @@ async def replace_tags(
         check_count(after)
         return after
 
-    await _change(conn, owner_user_id, device_id, apply)
+    await _change(conn, org_id, device_id, apply, actor)
 
 
 async def change_tags(
     conn: AsyncConnection,
-    owner_user_id: uuid.UUID,
+    org_id: uuid.UUID,
     device_id: uuid.UUID,
     *,
     set_tags: Mapping[str, str],
     remove: Iterable[str],
+    actor: Actor,
 ) -> None:
     """Set ``set_tags`` and remove the keys ``remove`` (absent keys are no-ops) on the
-    owner's device; the same errors as :func:`replace_tags`, and a key both set and
+    organisation's device; the same errors as :func:`replace_tags`, and a key both set and
     removed is a 422 ``invalid_tag``."""
     removed = list(dict.fromkeys(remove))
     for key in removed:
@@ -94,18 +100,19 @@ async def change_tags(
         check_count(after)
         return after
 
-    await _change(conn, owner_user_id, device_id, apply)
+    await _change(conn, org_id, device_id, apply, actor)
 
 
 async def _change(
     conn: AsyncConnection,
-    owner_user_id: uuid.UUID,
+    org_id: uuid.UUID,
     device_id: uuid.UUID,
     compute: Callable[[dict[str, str], dict[str, str]], dict[str, str]],
+    actor: Actor,
 ) -> None:
-    """Lock the owner's device, compute its new user tags from the current ones (and its
+    """Lock the organisation's device, compute its new user tags from the current ones (and its
     built-ins), write the difference and record ``device.tagged`` (when anything changed)."""
-    device = await require_device(conn, owner_user_id, device_id)
+    device = await require_device(conn, org_id, device_id)
     await repository.lock_device(conn, device_id)
     before = await repository.tags_of_device(conn, device_id)
     after = compute(before, builtin_tags(device.device_type))
@@ -117,8 +124,8 @@ async def _change(
     await audit.record(
         conn,
         "device.tagged",
-        actor=Actor.user(owner_user_id),
-        owner_id=owner_user_id,
+        actor=actor,
+        org_id=org_id,
         target_id=device_id,
         device_id=device_id,
         detail={"set": dict(sorted(upsert.items())), "removed": removed},

@@ -1,6 +1,7 @@
 """SQL for devices. Takes a connection; never commits.
 
-Every query a user can reach is scoped to the owner; "now" is always bound from
+Every query a user can reach is scoped to the organisation (``org_id``; the
+``owner_user_id`` column says who created the row); "now" is always bound from
 Python so SQLite's text timestamps and PostgreSQL's ``timestamptz`` compare alike.
 Statements without per-call structure are built once, here, with bind parameters.
 """
@@ -31,6 +32,7 @@ class Device:
 
     id: uuid.UUID
     owner_user_id: uuid.UUID
+    org_id: uuid.UUID
     name: str
     device_type: str | None
     serial_number: str | None
@@ -44,7 +46,7 @@ class Device:
     paired_at: datetime | None
     created_at: datetime
     updated_at: datetime
-    #: the model it runs now and the one before (migration 0008_fleet; None: unknown)
+    #: the model it runs now and the one before (migration 0008; None: unknown)
     current_model_id: uuid.UUID | None = None
     current_model_sha256: str | None = None
     previous_model_id: uuid.UUID | None = None
@@ -57,6 +59,7 @@ class DeviceRef:
 
     id: uuid.UUID
     owner_user_id: uuid.UUID
+    org_id: uuid.UUID
     name: str
     device_type: str | None
 
@@ -83,7 +86,7 @@ _device = build(Device)
 _ORDER = Keyset(devices.c.created_at, devices.c.id, parse_key=uuid.UUID)
 _mine = and_(
     devices.c.id == bindparam("device_id"),
-    devices.c.owner_user_id == bindparam("owner"),
+    devices.c.org_id == bindparam("org"),
     _live,
 )
 
@@ -93,7 +96,7 @@ _GET_HOT = HotRead(_GET, _device)
 _REF = select(*columns_of(DeviceRef, devices)).where(_mine)
 _device_ref = build(DeviceRef)
 _BY_SERIAL = select(*_RAW_COLUMNS).where(
-    devices.c.owner_user_id == bindparam("owner"),
+    devices.c.org_id == bindparam("org"),
     devices.c.serial_number == bindparam("serial"),
     _live,
 )
@@ -131,7 +134,7 @@ def _insert_if_absent(dialect: str) -> Insert:
     return (
         make(devices)
         .on_conflict_do_nothing(
-            index_elements=[devices.c.owner_user_id, devices.c.serial_number],
+            index_elements=[devices.c.org_id, devices.c.serial_number],
             index_where=_live,
         )
         .returning(*_RAW_COLUMNS)
@@ -142,6 +145,7 @@ async def insert_device_if_absent(
     conn: AsyncConnection,
     *,
     device_id: uuid.UUID,
+    org_id: uuid.UUID,
     owner_user_id: uuid.UUID,
     name: str,
     device_type: str | None,
@@ -149,7 +153,7 @@ async def insert_device_if_absent(
     now: datetime,
     paired_at: datetime | None = None,
 ) -> Device | None:
-    """Insert a device unless the owner has a live one with this serial (then None).
+    """Insert a device unless the organisation has a live one with this serial (then None).
 
     ``ON CONFLICT DO NOTHING`` on the partial unique index: a racing insert waits
     for the other transaction instead of failing it.
@@ -157,6 +161,7 @@ async def insert_device_if_absent(
     values = {
         "id": device_id,
         "owner_user_id": owner_user_id,
+        "org_id": org_id,
         "name": name,
         "device_type": device_type,
         "serial_number": serial_number,
@@ -172,51 +177,50 @@ async def insert_device_if_absent(
 
 async def get_device(
     source: Database | AsyncConnection,
-    owner_user_id: uuid.UUID,
+    org_id: uuid.UUID,
     device_id: uuid.UUID,
     *,
     stale_before: datetime,
 ) -> Device | None:
-    """The owner's live device ``device_id`` (``stale_before``: see ``_read_status``); a
-    hot read on the driver given the :class:`Database`, else on the connection."""
-    return await _GET_HOT.one(
-        source, device_id=device_id, owner=owner_user_id, stale_before=stale_before
-    )
+    """The organisation's live device ``device_id`` (``stale_before``: see
+    ``_read_status``); a hot read on the driver given the :class:`Database`, else on the
+    connection."""
+    return await _GET_HOT.one(source, device_id=device_id, org=org_id, stale_before=stale_before)
 
 
 async def get_ref(
-    conn: AsyncConnection, owner_user_id: uuid.UUID, device_id: uuid.UUID
+    conn: AsyncConnection, org_id: uuid.UUID, device_id: uuid.UUID
 ) -> DeviceRef | None:
-    """The owner's live device ``device_id`` without its status."""
-    params = {"device_id": device_id, "owner": owner_user_id}
+    """The organisation's live device ``device_id`` without its status."""
+    params = {"device_id": device_id, "org": org_id}
     row = (await conn.execute(_REF, params)).one_or_none()
     return _device_ref(row) if row else None
 
 
 _OWNED_EVER = select(devices.c.id).where(
-    devices.c.id == bindparam("device_id"), devices.c.owner_user_id == bindparam("owner")
+    devices.c.id == bindparam("device_id"), devices.c.org_id == bindparam("org")
 )
 
 
-async def owned_ever(conn: AsyncConnection, owner_user_id: uuid.UUID, device_id: uuid.UUID) -> bool:
-    """Whether the owner has (or had: deleted ones count) the device ``device_id``."""
-    params = {"device_id": device_id, "owner": owner_user_id}
+async def owned_ever(conn: AsyncConnection, org_id: uuid.UUID, device_id: uuid.UUID) -> bool:
+    """Whether the organisation has (or had: deleted ones count) the device ``device_id``."""
+    params = {"device_id": device_id, "org": org_id}
     return (await conn.execute(_OWNED_EVER, params)).one_or_none() is not None
 
 
 async def get_live_device_by_serial(
-    conn: AsyncConnection, owner_user_id: uuid.UUID, serial_number: str
+    conn: AsyncConnection, org_id: uuid.UUID, serial_number: str
 ) -> Device | None:
-    """The owner's live device with ``serial_number``, its status as stored (for the
+    """The organisation's live device with ``serial_number``, its status as stored (for the
     pairing's write path; reads shown to users go through ``Devices``)."""
-    params = {"owner": owner_user_id, "serial": serial_number}
+    params = {"org": org_id, "serial": serial_number}
     row = (await conn.execute(_BY_SERIAL, params)).one_or_none()
     return _device(row) if row else None
 
 
 async def list_devices(
     conn: AsyncConnection,
-    owner_user_id: uuid.UUID,
+    org_id: uuid.UUID,
     *,
     remote_status: RemoteStatus | None,
     status: UsbStatus | None,
@@ -224,9 +228,9 @@ async def list_devices(
     stale_before: datetime,
     where: ColumnElement[bool] | None = None,
 ) -> Page[Device]:
-    """One page of the owner's live devices, by (created_at, id); the filters are optional
-    (``where``: more conditions over ``devices``, e.g. a tag selector's)."""
-    stmt = select(*_COLUMNS).where(devices.c.owner_user_id == owner_user_id, _live)
+    """One page of the organisation's live devices, by (created_at, id); the filters are
+    optional (``where``: more conditions over ``devices``, e.g. a tag selector's)."""
+    stmt = select(*_COLUMNS).where(devices.c.org_id == org_id, _live)
     if where is not None:
         stmt = stmt.where(where)
     if remote_status is not None:
@@ -238,17 +242,17 @@ async def list_devices(
 
 async def rename_device(
     conn: AsyncConnection,
-    owner_user_id: uuid.UUID,
+    org_id: uuid.UUID,
     device_id: uuid.UUID,
     *,
     name: str,
     now: datetime,
     stale_before: datetime,
 ) -> Device | None:
-    """Rename the owner's live device; None when there is no such device."""
+    """Rename the organisation's live device; None when there is no such device."""
     params: dict[str, Any] = {
         "device_id": device_id,
-        "owner": owner_user_id,
+        "org": org_id,
         "new_name": name,
         "now": now,
         "stale_before": stale_before,
@@ -264,10 +268,10 @@ async def mark_paired(conn: AsyncConnection, device_id: uuid.UUID, now: datetime
 
 
 async def soft_delete_device(
-    conn: AsyncConnection, owner_user_id: uuid.UUID, device_id: uuid.UUID, now: datetime
+    conn: AsyncConnection, org_id: uuid.UUID, device_id: uuid.UUID, now: datetime
 ) -> bool:
-    """Soft-delete the owner's live device; False when there is no such device."""
-    params = {"device_id": device_id, "owner": owner_user_id, "now": now}
+    """Soft-delete the organisation's live device; False when there is no such device."""
+    params = {"device_id": device_id, "org": org_id, "now": now}
     return (await conn.execute(_SOFT_DELETE, params)).one_or_none() is not None
 
 

@@ -65,18 +65,18 @@ class Devices:
     async def list(
         self,
         conn: AsyncConnection,
-        owner_user_id: uuid.UUID,
+        org_id: uuid.UUID,
         *,
         remote_status: RemoteStatus | None = None,
         status: UsbStatus | None = None,
         page: PageRequest,
         selector: Selector | None = None,
     ) -> Page[Device]:
-        """The owner's live devices in creation order, one page at a time (only those
-        ``selector`` selects, when given)."""
+        """The organisation's live devices in creation order, one page at a time (only
+        those ``selector`` selects, when given)."""
         return await repository.list_devices(
             conn,
-            owner_user_id,
+            org_id,
             remote_status=remote_status,
             status=status,
             page=page,
@@ -85,28 +85,34 @@ class Devices:
         )
 
     async def get(
-        self, source: Database | AsyncConnection, owner_user_id: uuid.UUID, device_id: uuid.UUID
+        self, source: Database | AsyncConnection, org_id: uuid.UUID, device_id: uuid.UUID
     ) -> Device:
-        """The owner's live device; another user's or a deleted one is a 404 (given the
-        :class:`Database`: a hot read, no unit of work)."""
+        """The organisation's live device; another organisation's or a deleted one is a 404
+        (given the :class:`Database`: a hot read, no unit of work)."""
         device = await repository.get_device(
-            source, owner_user_id, device_id, stale_before=self.stale_before()
+            source, org_id, device_id, stale_before=self.stale_before()
         )
         if device is None:
             raise NotFoundError("Device not found.")
         return device
 
     async def rename(
-        self, conn: AsyncConnection, owner_user_id: uuid.UUID, device_id: uuid.UUID, name: str
+        self,
+        conn: AsyncConnection,
+        org_id: uuid.UUID,
+        device_id: uuid.UUID,
+        name: str,
+        *,
+        actor: Actor,
     ) -> Device:
-        """Rename the owner's device (404 when not theirs); the answer reads like a GET."""
-        before = await repository.get_ref(conn, owner_user_id, device_id)
+        """Rename the organisation's device (404 when not its); the answer reads like a GET."""
+        before = await repository.get_ref(conn, org_id, device_id)
         now = utcnow()
         device = None
         if before is not None:
             device = await repository.rename_device(
                 conn,
-                owner_user_id,
+                org_id,
                 device_id,
                 name=name,
                 now=now,
@@ -118,8 +124,8 @@ class Devices:
             await audit.record(
                 conn,
                 "device.renamed",
-                actor=Actor.user(owner_user_id),
-                owner_id=owner_user_id,
+                actor=actor,
+                org_id=org_id,
                 target_id=device_id,
                 device_id=device_id,
                 detail={"from": before.name, "to": name},
@@ -128,36 +134,40 @@ class Devices:
 
 
 async def require_device(
-    conn: AsyncConnection, owner_user_id: uuid.UUID, device_id: uuid.UUID
+    conn: AsyncConnection, org_id: uuid.UUID, device_id: uuid.UUID
 ) -> DeviceRef:
-    """The owner's live device without its status (ownership, type); else a 404."""
-    device = await repository.get_ref(conn, owner_user_id, device_id)
+    """The organisation's live device without its status (ownership, type); else a 404."""
+    device = await repository.get_ref(conn, org_id, device_id)
     if device is None:
         raise NotFoundError("Device not found.")
     return device
 
 
 async def require_owned_ever(
-    conn: AsyncConnection, owner_user_id: uuid.UUID, device_id: uuid.UUID
+    conn: AsyncConnection, org_id: uuid.UUID, device_id: uuid.UUID
 ) -> None:
-    """404 unless the device is (or was, before its unpair) the owner's: its history stays."""
-    if not await repository.owned_ever(conn, owner_user_id, device_id):
+    """404 unless the device is (or was, before its unpair) the organisation's: its history
+    stays."""
+    if not await repository.owned_ever(conn, org_id, device_id):
         raise NotFoundError("Device not found.")
 
 
 async def create_device(
     conn: AsyncConnection,
+    org_id: uuid.UUID,
     owner_user_id: uuid.UUID,
     *,
     name: str,
     serial_number: str,
     device_type: str | None,
 ) -> Device:
-    """Register a device; a live device of the owner with the same serial is a 409."""
+    """Register a device in ``org_id`` (``owner_user_id`` creates it); a live device of the
+    organisation with the same serial is a 409."""
     now = utcnow()
     device = await repository.insert_device_if_absent(
         conn,
         device_id=uuid.uuid4(),
+        org_id=org_id,
         owner_user_id=owner_user_id,
         name=name,
         device_type=device_type,
@@ -176,6 +186,7 @@ async def _record_created(conn: AsyncConnection, device: Device, actor: Actor, v
         "device.created",
         actor=actor,
         owner_id=device.owner_user_id,
+        org_id=device.org_id,
         target_id=device.id,
         device_id=device.id,
         detail={"via": via, "serial_number": device.serial_number},
@@ -184,6 +195,7 @@ async def _record_created(conn: AsyncConnection, device: Device, actor: Actor, v
 
 async def ensure_device(
     conn: AsyncConnection,
+    org_id: uuid.UUID,
     owner_user_id: uuid.UUID,
     *,
     name: str,
@@ -192,7 +204,8 @@ async def ensure_device(
     now: datetime,
     paired_at: datetime | None = None,
 ) -> tuple[Device, bool]:
-    """The owner's live device with this serial, created when missing; and whether it was.
+    """The organisation's live device with this serial, created when missing (by
+    ``owner_user_id``); and whether it was.
 
     ``paired_at`` marks an existing device paired again (a device unpaired meanwhile is
     a 409, and the caller's whole unit of work rolls back).
@@ -200,6 +213,7 @@ async def ensure_device(
     device = await repository.insert_device_if_absent(
         conn,
         device_id=uuid.uuid4(),
+        org_id=org_id,
         owner_user_id=owner_user_id,
         name=name,
         device_type=device_type,
@@ -209,7 +223,7 @@ async def ensure_device(
     )
     if device is not None:
         return device, True
-    device = await repository.get_live_device_by_serial(conn, owner_user_id, serial_number)
+    device = await repository.get_live_device_by_serial(conn, org_id, serial_number)
     if device is None or (
         paired_at is not None and not await repository.mark_paired(conn, device.id, paired_at)
     ):
@@ -227,7 +241,7 @@ class Unpaired:
 
 
 async def unpair_device(
-    conn: AsyncConnection, owner_user_id: uuid.UUID, device_id: uuid.UUID
+    conn: AsyncConnection, org_id: uuid.UUID, device_id: uuid.UUID, *, actor: Actor
 ) -> Unpaired:
     """Soft-delete the device and revoke every pairing and session token bound to it.
 
@@ -235,14 +249,14 @@ async def unpair_device(
     closes the live tunnel (the revocation hooks) only after the commit.
     """
     now = utcnow()
-    if not await repository.soft_delete_device(conn, owner_user_id, device_id, now):
+    if not await repository.soft_delete_device(conn, org_id, device_id, now):
         raise NotFoundError("Device not found.")
     revoked = await tokens.revoke_all_of_device(conn, device_id, now)
     await audit.record(
         conn,
         "device.unpaired",
-        actor=Actor.user(owner_user_id),
-        owner_id=owner_user_id,
+        actor=actor,
+        org_id=org_id,
         target_id=device_id,
         device_id=device_id,
         detail={
@@ -266,6 +280,7 @@ class Paired:
 
     device_id: uuid.UUID
     owner_user_id: uuid.UUID
+    org_id: uuid.UUID
     session_token: str
     session_token_id: uuid.UUID
     expires_at: datetime
@@ -294,7 +309,8 @@ async def pair(
 
     1. consume the token with one conditional UPDATE (the winner of a race takes
        it; every other caller, and every bad token, gets the same 401);
-    2. re-use the owner's live device with this serial, or create it;
+    2. re-use the organisation's live device with this serial, or create it (the
+       token's organisation; its creator creates the device);
     3. bind the token to the device, set ``paired_at``, issue a session token whose
        ``parent_token_hash`` is the pairing token's hash;
     4. record the events: ``device.created`` (a new device), ``device.paired``,
@@ -305,6 +321,7 @@ async def pair(
     owner = used.owner_user_id
     device, new_device = await ensure_device(
         conn,
+        used.org_id,
         owner,
         name=name,
         serial_number=serial_number,
@@ -320,6 +337,7 @@ async def pair(
         "device.paired",
         actor=actor,
         owner_id=owner,
+        org_id=used.org_id,
         target_id=device.id,
         device_id=device.id,
         detail={"pairing_token_id": str(used.public_id), "serial_number": serial_number},
@@ -330,6 +348,7 @@ async def pair(
     return Paired(
         device_id=device.id,
         owner_user_id=owner,
+        org_id=used.org_id,
         session_token=session.token,
         session_token_id=session.public_id,
         expires_at=session.expires_at,

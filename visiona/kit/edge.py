@@ -90,7 +90,7 @@ def install_cors(app: FastAPI, origins: list[str]) -> None:
         allow_origins=origins,
         allow_credentials=True,
         allow_methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"],
-        allow_headers=["Authorization", "Content-Type", "Range", "If-Range"],
+        allow_headers=["Authorization", "Content-Type", "Range", "If-Range", "X-Visiona-Org"],
         expose_headers=["Content-Length", "Content-Range", "ETag", "X-Request-Id"],
         max_age=600,
     )

@@ -93,11 +93,60 @@ users = Table(
 # No citext: uniqueness is on lower(email) (seed 000's note).
 Index("uq_users_email_lower", func.lower(users.c.email), unique=True)
 
+# Organisations own devices, models, pairing tokens, deployments and audit events
+# (issue 22, migration 0008); ``owner_user_id`` on those rows means "created by".
+organizations = Table(
+    "organizations",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("name", Text, nullable=False),
+    # the organisation every user gets at sign-up (cannot be left by its owner)
+    Column("personal", Boolean, nullable=False, server_default=false()),
+    Column("created_by", Uuid, ForeignKey("users.id"), nullable=True),
+    Column("created_at", UTCDateTime, nullable=False, server_default=_now()),
+    Column("updated_at", UTCDateTime, nullable=False, server_default=_now()),
+)
+
+memberships = Table(
+    "memberships",
+    metadata,
+    Column(
+        "org_id",
+        Uuid,
+        ForeignKey("organizations.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("user_id", Uuid, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    Column("role", Text, nullable=False),  # owner | admin | operator | viewer
+    Column("created_at", UTCDateTime, nullable=False, server_default=_now()),
+    Column("updated_at", UTCDateTime, nullable=False, server_default=_now()),
+)
+Index("idx_memberships_user", memberships.c.user_id)
+
+invitations = Table(
+    "invitations",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("org_id", Uuid, ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False),
+    Column("email", Text, nullable=False),
+    Column("role", Text, nullable=False),
+    Column("token_hash", Text, nullable=False),  # sha256(plaintext), never the plaintext
+    Column("created_by", Uuid, ForeignKey("users.id"), nullable=True),
+    Column("created_at", UTCDateTime, nullable=False, server_default=_now()),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Column("accepted_at", UTCDateTime, nullable=True),
+    Column("accepted_by", Uuid, ForeignKey("users.id"), nullable=True),
+    Column("revoked_at", UTCDateTime, nullable=True),
+)
+Index("uq_invitations_token_hash", invitations.c.token_hash, unique=True)
+Index("idx_invitations_org", invitations.c.org_id, invitations.c.created_at)
+
 models = Table(
     "models",
     metadata,
     Column("id", Uuid, primary_key=True),
     Column("owner_user_id", Uuid, ForeignKey("users.id"), nullable=False),
+    Column("org_id", Uuid, ForeignKey("organizations.id"), nullable=False),
     Column("name", Text, nullable=False),
     Column("target_chip", Text, nullable=False),
     Column("file_size", BigInteger, nullable=False, server_default=text("0")),
@@ -113,22 +162,22 @@ models = Table(
 )
 _live_model = models.c.deleted_at.is_(None)
 Index(
-    "idx_models_owner_active",
-    models.c.owner_user_id,
+    "idx_models_org_active",
+    models.c.org_id,
     models.c.created_at,
     postgresql_where=_live_model,
     sqlite_where=_live_model,
 )
 Index(
-    "idx_models_owner_chip_active",
-    models.c.owner_user_id,
+    "idx_models_org_chip_active",
+    models.c.org_id,
     models.c.target_chip,
     postgresql_where=_live_model,
     sqlite_where=_live_model,
 )
 Index(
-    "idx_models_owner_source_active",
-    models.c.owner_user_id,
+    "idx_models_org_source_active",
+    models.c.org_id,
     models.c.source,
     postgresql_where=_live_model,
     sqlite_where=_live_model,
@@ -139,6 +188,7 @@ devices = Table(
     metadata,
     Column("id", Uuid, primary_key=True),
     Column("owner_user_id", Uuid, ForeignKey("users.id"), nullable=False),
+    Column("org_id", Uuid, ForeignKey("organizations.id"), nullable=False),
     Column("name", Text, nullable=False),
     Column("device_type", Text, nullable=True),
     Column("serial_number", Text, nullable=True),
@@ -158,7 +208,7 @@ devices = Table(
     Column("deleted_at", UTCDateTime, nullable=True),
     # the epoch of the tunnel that last came up: status writes of older tunnels miss
     Column("tunnel_epoch", BigInteger, nullable=True),
-    # the model the device runs now and the one before it (migration 0008_fleet; no
+    # the model the device runs now and the one before it (migration 0008; no
     # foreign key: an agent may report a model this server never had)
     Column("current_model_id", Uuid, nullable=True),
     Column("current_model_sha256", Text, nullable=True),
@@ -166,18 +216,20 @@ devices = Table(
     Column("previous_model_sha256", Text, nullable=True),
 )
 _live_device = devices.c.deleted_at.is_(None)
-# A deleted serial can be registered again: uniqueness holds for live rows only.
+# A deleted serial can be registered again: uniqueness holds for live rows only. Seed
+# 000 made a live serial unique per owner; since organisations (0008) it is unique per
+# organisation: the same dongle can be paired in two organisations, never twice in one.
 Index(
-    "uq_devices_owner_serial_active",
-    devices.c.owner_user_id,
+    "uq_devices_org_serial_active",
+    devices.c.org_id,
     devices.c.serial_number,
     unique=True,
     postgresql_where=_live_device,
     sqlite_where=_live_device,
 )
 Index(
-    "idx_devices_owner_active",
-    devices.c.owner_user_id,
+    "idx_devices_org_active",
+    devices.c.org_id,
     devices.c.created_at,
     postgresql_where=_live_device,
     sqlite_where=_live_device,
@@ -212,6 +264,8 @@ pairing_tokens = Table(
     # The public, non-secret id (random; no relation to the hash): API, audit events.
     Column("public_id", Uuid, nullable=False),
     Column("user_id", Uuid, ForeignKey("users.id"), nullable=False),
+    # no device until used: the organisation the device will be paired into
+    Column("org_id", Uuid, ForeignKey("organizations.id"), nullable=False),
     Column("device_id", Uuid, ForeignKey("devices.id"), nullable=True),
     Column("kind", Text, nullable=False, server_default="pairing"),
     Column("created_at", UTCDateTime, nullable=False, server_default=_now()),
@@ -223,6 +277,12 @@ _live_pairing = pairing_tokens.c.revoked_at.is_(None)
 Index(
     "idx_pairing_tokens_user_active",
     pairing_tokens.c.user_id,
+    postgresql_where=_live_pairing,
+    sqlite_where=_live_pairing,
+)
+Index(
+    "idx_pairing_tokens_org_active",
+    pairing_tokens.c.org_id,
     postgresql_where=_live_pairing,
     sqlite_where=_live_pairing,
 )
@@ -259,6 +319,7 @@ deployments = Table(
     metadata,
     Column("id", Uuid, primary_key=True),
     Column("owner_user_id", Uuid, ForeignKey("users.id"), nullable=False),
+    Column("org_id", Uuid, ForeignKey("organizations.id"), nullable=False),
     Column("device_id", Uuid, ForeignKey("devices.id"), nullable=False),
     Column("model_id", Uuid, ForeignKey("models.id"), nullable=False),
     # pending | transferring | succeeded | stored | failed
@@ -270,6 +331,7 @@ deployments = Table(
 )
 Index("idx_deployments_device", deployments.c.device_id, deployments.c.created_at)
 Index("idx_deployments_model", deployments.c.model_id)
+Index("idx_deployments_org", deployments.c.org_id, deployments.c.created_at)
 #: The device's deployments still running: at most one (the admission rule).
 DEPLOYMENT_ACTIVE = ("pending", "transferring")
 _active_deployment = deployments.c.status.in_(DEPLOYMENT_ACTIVE)
@@ -293,6 +355,8 @@ audit_events = Table(
     Column("occurred_at", UTCDateTime, nullable=False),
     # the user whose trail it is (None: visible to nobody through the API)
     Column("owner_id", Uuid, nullable=True),
+    # the organisation whose trail it is (None: visible to nobody through the API)
+    Column("org_id", Uuid, nullable=True),
     Column("actor_type", Text, nullable=False),  # user | device | system
     Column("actor_id", Uuid, nullable=True),
     Column("action", Text, nullable=False),  # e.g. device.paired
@@ -304,7 +368,7 @@ audit_events = Table(
     Column("request_id", Text, nullable=True),
     Column("detail", Detail, nullable=False),
 )
-Index("idx_audit_events_owner", audit_events.c.owner_id, audit_events.c.occurred_at)
+Index("idx_audit_events_org", audit_events.c.org_id, audit_events.c.occurred_at)
 Index(
     "idx_audit_events_target",
     audit_events.c.target_type,

@@ -13,6 +13,8 @@ TOKEN_BYTES = 32
 USER_SESSION_PREFIX = "vus"
 PAIRING_PREFIX = "vpt"
 DEVICE_SESSION_PREFIX = "vst"
+#: An invitation to join an organisation (shown once to the admin who made it).
+INVITATION_PREFIX = "vin"
 
 
 def new_token(prefix: str) -> str:

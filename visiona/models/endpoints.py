@@ -18,7 +18,7 @@ from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from starlette.requests import ClientDisconnect
 
-from visiona.auth.dependencies import CurrentPrincipal
+from visiona.auth.dependencies import CurrentPrincipal, ModelDownloader, ModelWriter, Principal
 from visiona.kit.database import Database
 from visiona.kit.deps import Conn, DatabaseDep, SettingsDep
 from visiona.kit.errors import (
@@ -144,7 +144,7 @@ async def _record_or_discard(
 )
 async def upload_model(
     request: Request,
-    principal: CurrentPrincipal,
+    principal: ModelWriter,
     db: DatabaseDep,
     settings: SettingsDep,
     storage: StorageDep,
@@ -165,13 +165,15 @@ async def upload_model(
         check_fields=lambda: service.upload_fields(form),
     )
     fields: UploadFields = service.upload_fields(form)
-    model = await _record_or_discard(storage, stored, _create(db, owner, model_id, fields, stored))
+    model = await _record_or_discard(
+        storage, stored, _create(db, principal, model_id, fields, stored)
+    )
     return ModelOut.model_validate(model)
 
 
 async def _create(
     db: Database,
-    owner: uuid.UUID,
+    principal: Principal,
     model_id: uuid.UUID,
     fields: UploadFields,
     stored: StoredObject,
@@ -179,7 +181,13 @@ async def _create(
     # unit of work: streaming upload: the record is written once the bytes are stored
     async with db.transaction() as conn:
         return await service.create_model(
-            conn, owner_id=owner, model_id=model_id, fields=fields, stored=stored
+            conn,
+            org_id=principal.org_id,
+            owner_id=principal.user_id,
+            model_id=model_id,
+            fields=fields,
+            stored=stored,
+            actor=principal.audit_actor,
         )
 
 
@@ -200,7 +208,7 @@ async def list_models(
     """The caller's live models, newest first, one page at a time."""
     found = await service.list_models(
         conn,
-        principal.user_id,
+        principal.org_id,
         chip=chip.value if chip else None,
         source=source,
         page=page,
@@ -218,7 +226,7 @@ async def list_models(
 )
 async def get_model(model_id: uuid.UUID, principal: CurrentPrincipal, conn: Conn) -> ModelOut:
     """The caller's model (404 when it is missing, deleted or someone else's)."""
-    return ModelOut.model_validate(await service.require_model(conn, principal.user_id, model_id))
+    return ModelOut.model_validate(await service.require_model(conn, principal.org_id, model_id))
 
 
 @router.patch(
@@ -228,10 +236,12 @@ async def get_model(model_id: uuid.UUID, principal: CurrentPrincipal, conn: Conn
     responses=error_responses(UnauthorizedError, CsrfError, NotFoundError),
 )
 async def patch_model(
-    model_id: uuid.UUID, body: ModelPatch, principal: CurrentPrincipal, conn: Conn
+    model_id: uuid.UUID, body: ModelPatch, principal: ModelWriter, conn: Conn
 ) -> ModelOut:
     """Change `name` and/or `labels`; omitted fields stay as they are."""
-    model = await service.update_model(conn, principal.user_id, model_id, body)
+    model = await service.update_model(
+        conn, principal.org_id, model_id, body, actor=principal.audit_actor
+    )
     return ModelOut.model_validate(model)
 
 
@@ -242,12 +252,14 @@ async def patch_model(
     responses=error_responses(UnauthorizedError, CsrfError, NotFoundError),
 )
 async def delete_model(
-    model_id: uuid.UUID, principal: CurrentPrincipal, db: DatabaseDep, storage: StorageDep
+    model_id: uuid.UUID, principal: ModelWriter, db: DatabaseDep, storage: StorageDep
 ) -> Response:
     """Soft-delete the model (404 afterwards); its file is deleted once that is committed."""
     # unit of work: its own, so the file is deleted only after the commit
     async with db.transaction() as conn:
-        key = await service.delete_model(conn, principal.user_id, model_id)
+        key = await service.delete_model(
+            conn, principal.org_id, model_id, actor=principal.audit_actor
+        )
     if key:
         await storage.delete_quietly(key)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -271,7 +283,7 @@ async def delete_model(
 async def replace_file(
     model_id: uuid.UUID,
     request: Request,
-    principal: CurrentPrincipal,
+    principal: ModelWriter,
     *,
     db: DatabaseDep,
     settings: SettingsDep,
@@ -284,7 +296,7 @@ async def replace_file(
     owner = principal.user_id
     # unit of work: streaming upload: a short check before any byte, the record after
     async with db.transaction() as conn:  # 404 before any byte is stored
-        current = await service.require_model(conn, owner, model_id)
+        current = await service.require_model(conn, principal.org_id, model_id)
     limit = settings.model_max_bytes
     stored = await service.receive_file(
         _form(request, limit),
@@ -293,7 +305,7 @@ async def replace_file(
         max_bytes=limit,
     )
     replaced = await _record_or_discard(
-        storage, stored, _replace(db, owner, model_id, stored), keep=current.storage_key
+        storage, stored, _replace(db, principal, model_id, stored), keep=current.storage_key
     )
     if replaced.old_key:
         await storage.delete_quietly(replaced.old_key)
@@ -301,11 +313,17 @@ async def replace_file(
 
 
 async def _replace(
-    db: Database, owner: uuid.UUID, model_id: uuid.UUID, stored: StoredObject
+    db: Database, principal: Principal, model_id: uuid.UUID, stored: StoredObject
 ) -> service.Replaced:
     # unit of work: streaming upload: the record is written once the bytes are stored
     async with db.transaction() as conn:
-        return await service.replace_file(conn, owner_id=owner, model_id=model_id, stored=stored)
+        return await service.replace_file(
+            conn,
+            org_id=principal.org_id,
+            actor=principal.audit_actor,
+            model_id=model_id,
+            stored=stored,
+        )
 
 
 @router.get(
@@ -323,7 +341,7 @@ async def _replace(
 async def download_file(
     model_id: uuid.UUID,
     request: Request,
-    principal: CurrentPrincipal,
+    principal: ModelDownloader,
     conn: Conn,
     storage: StorageDep,
 ) -> Response:
@@ -332,7 +350,7 @@ async def download_file(
     A single `Range: bytes=a-b` (or `a-`, `-n`) gets 206 with `Content-Range`, so an
     interrupted download can resume (`If-Range` with the ETag is honoured).
     """
-    model = await service.require_model(conn, principal.user_id, model_id)
+    model = await service.require_model(conn, principal.org_id, model_id)
     size = model.file_size
     etag = f'"{model.sha256}"'
     headers = {"ETag": etag, "Accept-Ranges": "bytes", "Cache-Control": "private, no-cache"}

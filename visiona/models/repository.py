@@ -1,6 +1,6 @@
 """SQL for model records. Takes a connection; never commits.
 
-Every read and write is scoped to the owner and to live rows (``deleted_at IS
+Every read and write is scoped to the organisation (``org_id``) and to live rows (``deleted_at IS
 NULL``), which is what the partial indexes cover. Statements without per-call
 structure are built once, here, with bind parameters.
 """
@@ -29,6 +29,7 @@ class Model:
 
     id: uuid.UUID
     owner_user_id: uuid.UUID
+    org_id: uuid.UUID
     name: str
     target_chip: str
     file_size: int
@@ -48,6 +49,7 @@ class ModelWrite:
 
     id: uuid.UUID
     owner_user_id: uuid.UUID
+    org_id: uuid.UUID
     name: str
     target_chip: str
     file_size: int
@@ -66,16 +68,14 @@ _WRITE_NAMES = tuple(field.name for field in fields(ModelWrite))
 _ORDER = Keyset(models.c.created_at, models.c.id, descending=True, parse_key=uuid.UUID)
 _now = bindparam("now", type_=UTCDateTime())
 _live = models.c.deleted_at.is_(None)
-_mine = and_(
-    models.c.id == bindparam("model_id"), models.c.owner_user_id == bindparam("owner"), _live
-)
+_mine = and_(models.c.id == bindparam("model_id"), models.c.org_id == bindparam("org"), _live)
 _GET = select(*_COLUMNS).where(_mine)
 _GET_FOR_UPDATE = _GET.with_for_update()
 _SOFT_DELETE = (
     update(models).where(_mine).values(deleted_at=_now, updated_at=_now).returning(*_COLUMNS)
 )
 _FIND_BY_NAME = select(models.c.id).where(
-    models.c.owner_user_id == bindparam("owner"),
+    models.c.org_id == bindparam("org"),
     models.c.name == bindparam("model_name"),
     models.c.target_chip == bindparam("chip"),
     _live,
@@ -83,10 +83,13 @@ _FIND_BY_NAME = select(models.c.id).where(
 
 
 def _model(row: AnyRow) -> Model:
-    (id_, owner, name, chip, size, sha256, source, labels, key, faa, created, updated, up) = row
+    (id_, owner, org, name, chip, size, sha256, source, labels, key, faa, created, updated, up) = (
+        row
+    )
     return Model(
         id_,
         owner,
+        org,
         name,
         chip,
         size,
@@ -103,18 +106,20 @@ def _model(row: AnyRow) -> Model:
 
 @cache
 def _upsert(dialect: str) -> Insert:
-    """``INSERT … ON CONFLICT (id) DO UPDATE … WHERE same owner and live`` for ``dialect``.
+    """``INSERT … ON CONFLICT (id) DO UPDATE … WHERE same organisation and live`` for
+    ``dialect``.
 
-    The ``SET`` list leaves out ``id``, ``owner_user_id`` and ``created_at``: an update
+    The ``SET`` list leaves out ``id``, ``owner_user_id``, ``org_id`` and ``created_at``: an
+    update
     keeps the original ``created_at`` (seed 000's rule).
     """
     make = postgresql.insert if dialect == "postgresql" else sqlite.insert
     stmt = make(models)
-    kept = {"id", "owner_user_id", "created_at"}
+    kept = {"id", "owner_user_id", "org_id", "created_at"}
     return stmt.on_conflict_do_update(
         index_elements=[models.c.id],
         set_={name: stmt.excluded[name] for name in _WRITE_NAMES if name not in kept},
-        where=and_(models.c.owner_user_id == stmt.excluded.owner_user_id, _live),
+        where=and_(models.c.org_id == stmt.excluded.org_id, _live),
     ).returning(*_COLUMNS)
 
 
@@ -132,24 +137,24 @@ async def upsert(conn: AsyncConnection, model: ModelWrite) -> Model | None:
 
 
 async def get(
-    conn: AsyncConnection, owner_id: uuid.UUID, model_id: uuid.UUID, *, for_update: bool = False
+    conn: AsyncConnection, org_id: uuid.UUID, model_id: uuid.UUID, *, for_update: bool = False
 ) -> Model | None:
-    """The live model ``model_id`` of ``owner_id``, or None."""
+    """The live model ``model_id`` of ``org_id``, or None."""
     stmt = _GET_FOR_UPDATE if for_update else _GET
-    row = (await conn.execute(stmt, {"model_id": model_id, "owner": owner_id})).one_or_none()
+    row = (await conn.execute(stmt, {"model_id": model_id, "org": org_id})).one_or_none()
     return _model(row) if row else None
 
 
 async def list_page(
     conn: AsyncConnection,
-    owner_id: uuid.UUID,
+    org_id: uuid.UUID,
     *,
     chip: str | None,
     source: ModelSource | None,
     page: PageRequest,
 ) -> Page[Model]:
-    """One page of the owner's live models, newest first (ties: the higher id first)."""
-    stmt = select(*_COLUMNS).where(models.c.owner_user_id == owner_id, _live)
+    """One page of the organisation's live models, newest first (ties: the higher id first)."""
+    stmt = select(*_COLUMNS).where(models.c.org_id == org_id, _live)
     if chip is not None:
         stmt = stmt.where(models.c.target_chip == chip)
     if source is not None:
@@ -159,7 +164,7 @@ async def list_page(
 
 async def update_fields(
     conn: AsyncConnection,
-    owner_id: uuid.UUID,
+    org_id: uuid.UUID,
     model_id: uuid.UUID,
     *,
     name: str | None,
@@ -174,7 +179,7 @@ async def update_fields(
         changes["labels"] = labels
     stmt = (
         update(models)
-        .where(models.c.id == model_id, models.c.owner_user_id == owner_id, _live)
+        .where(models.c.id == model_id, models.c.org_id == org_id, _live)
         .values(**changes)
         .returning(*_COLUMNS)
     )
@@ -183,19 +188,19 @@ async def update_fields(
 
 
 async def soft_delete(
-    conn: AsyncConnection, owner_id: uuid.UUID, model_id: uuid.UUID, now: datetime
+    conn: AsyncConnection, org_id: uuid.UUID, model_id: uuid.UUID, now: datetime
 ) -> Model | None:
     """Mark the live model deleted; return it (with its storage key), or None."""
-    params = {"model_id": model_id, "owner": owner_id, "now": now}
+    params = {"model_id": model_id, "org": org_id, "now": now}
     row = (await conn.execute(_SOFT_DELETE, params)).one_or_none()
     return _model(row) if row else None
 
 
 async def find_live_by_name(
-    conn: AsyncConnection, owner_id: uuid.UUID, name: str, target_chip: str
+    conn: AsyncConnection, org_id: uuid.UUID, name: str, target_chip: str
 ) -> uuid.UUID | None:
-    """The id of the owner's live model with this name and chip (the demo seed's lookup)."""
-    params = {"owner": owner_id, "model_name": name, "chip": target_chip}
+    """The id of the organisation's live model with this name and chip (the demo seed's lookup)."""
+    params = {"org": org_id, "model_name": name, "chip": target_chip}
     row = (await conn.execute(_FIND_BY_NAME, params)).first()
     if row is None:
         return None

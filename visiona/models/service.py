@@ -126,18 +126,22 @@ async def _complete(
 async def create_model(
     conn: AsyncConnection,
     *,
+    org_id: uuid.UUID,
     owner_id: uuid.UUID,
     model_id: uuid.UUID,
     fields: UploadFields,
     stored: StoredObject,
+    actor: Actor | None = None,
 ) -> Model:
-    """Record an uploaded model whose file is already stored."""
+    """Record an uploaded model of ``org_id`` (uploaded by ``owner_id``) whose file is
+    already stored."""
     now = utcnow()
     model = await repository.upsert(
         conn,
         ModelWrite(
             id=model_id,
             owner_user_id=owner_id,
+            org_id=org_id,
             name=fields.name,
             target_chip=fields.target_chip.value,
             labels=tuple(fields.labels),
@@ -155,17 +159,17 @@ async def create_model(
     await audit.record(
         conn,
         "model.uploaded",
-        actor=Actor.user(owner_id),
-        owner_id=owner_id,
+        actor=actor or Actor.user(owner_id),
+        org_id=org_id,
         target_id=model.id,
         detail={"name": model.name, "target_chip": model.target_chip, "file_size": stored.size},
     )
     return model
 
 
-async def require_model(conn: AsyncConnection, owner_id: uuid.UUID, model_id: uuid.UUID) -> Model:
-    """The caller's live model, or 404 (also when it is someone else's)."""
-    model = await repository.get(conn, owner_id, model_id)
+async def require_model(conn: AsyncConnection, org_id: uuid.UUID, model_id: uuid.UUID) -> Model:
+    """The organisation's live model, or 404 (also when it is another organisation's)."""
+    model = await repository.get(conn, org_id, model_id)
     if model is None:
         raise _not_found()
     return model
@@ -180,16 +184,22 @@ class Replaced:
 
 
 async def replace_file(
-    conn: AsyncConnection, *, owner_id: uuid.UUID, model_id: uuid.UUID, stored: StoredObject
+    conn: AsyncConnection,
+    *,
+    org_id: uuid.UUID,
+    actor: Actor,
+    model_id: uuid.UUID,
+    stored: StoredObject,
 ) -> Replaced:
     """Point the model at a new file (upsert by id: created_at and the id are kept)."""
-    current = await repository.get(conn, owner_id, model_id, for_update=True)
+    current = await repository.get(conn, org_id, model_id, for_update=True)
     if current is None:
         raise _not_found()
     now = utcnow()
     values = ModelWrite(
         id=current.id,
         owner_user_id=current.owner_user_id,
+        org_id=current.org_id,
         name=current.name,
         target_chip=current.target_chip,
         labels=current.labels,
@@ -208,8 +218,8 @@ async def replace_file(
     await audit.record(
         conn,
         "model.file_replaced",
-        actor=Actor.user(owner_id),
-        owner_id=owner_id,
+        actor=actor,
+        org_id=org_id,
         target_id=model.id,
         detail={"file_size": stored.size},
     )
@@ -222,26 +232,31 @@ async def replace_file(
 
 async def list_models(
     conn: AsyncConnection,
-    owner_id: uuid.UUID,
+    org_id: uuid.UUID,
     *,
     chip: str | None,
     source: ModelSource | None,
     page: PageRequest,
 ) -> Page[Model]:
-    """One page of the caller's models, newest first."""
-    return await repository.list_page(conn, owner_id, chip=chip, source=source, page=page)
+    """One page of the organisation's models, newest first."""
+    return await repository.list_page(conn, org_id, chip=chip, source=source, page=page)
 
 
 async def update_model(
-    conn: AsyncConnection, owner_id: uuid.UUID, model_id: uuid.UUID, patch: ModelPatch
+    conn: AsyncConnection,
+    org_id: uuid.UUID,
+    model_id: uuid.UUID,
+    patch: ModelPatch,
+    *,
+    actor: Actor,
 ) -> Model:
-    """Rename or relabel the caller's model; a new name records ``model.renamed``."""
+    """Rename or relabel the organisation's model; a new name records ``model.renamed``."""
     if patch.name is None and patch.labels is None:
-        return await require_model(conn, owner_id, model_id)
-    before = await require_model(conn, owner_id, model_id) if patch.name is not None else None
+        return await require_model(conn, org_id, model_id)
+    before = await require_model(conn, org_id, model_id) if patch.name is not None else None
     now = utcnow()
     model = await repository.update_fields(
-        conn, owner_id, model_id, name=patch.name, labels=patch.labels, now=now
+        conn, org_id, model_id, name=patch.name, labels=patch.labels, now=now
     )
     if model is None:
         raise _not_found()
@@ -249,8 +264,8 @@ async def update_model(
         await audit.record(
             conn,
             "model.renamed",
-            actor=Actor.user(owner_id),
-            owner_id=owner_id,
+            actor=actor,
+            org_id=org_id,
             target_id=model.id,
             detail={"from": before.name, "to": model.name},
         )
@@ -258,18 +273,19 @@ async def update_model(
 
 
 async def delete_model(
-    conn: AsyncConnection, owner_id: uuid.UUID, model_id: uuid.UUID
+    conn: AsyncConnection, org_id: uuid.UUID, model_id: uuid.UUID, *, actor: Actor
 ) -> str | None:
-    """Soft-delete the caller's model; return the key of its file (to delete after commit)."""
+    """Soft-delete the organisation's model; return the key of its file (to delete after
+    commit)."""
     now = utcnow()
-    model = await repository.soft_delete(conn, owner_id, model_id, now)
+    model = await repository.soft_delete(conn, org_id, model_id, now)
     if model is None:
         raise _not_found()
     await audit.record(
         conn,
         "model.deleted",
-        actor=Actor.user(owner_id),
-        owner_id=owner_id,
+        actor=actor,
+        org_id=org_id,
         target_id=model.id,
         detail={"name": model.name},
     )

@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi import APIRouter, Response, status
 
-from visiona.auth.dependencies import CurrentPrincipal
+from visiona.auth.dependencies import CurrentPrincipal, DeviceWriter
 from visiona.devices import service as devices
 from visiona.kit.deps import Conn, DatabaseDep, DeviceRevokedDep, SettingsDep
 from visiona.kit.errors import CsrfError, NotFoundError, UnauthorizedError, ValidationFailedError
@@ -78,8 +78,8 @@ async def list_session_tokens(
     page: PageParams,
 ) -> SessionTokenList:
     """The device's agent session tokens, revoked ones included; never the plaintext."""
-    await devices.require_device(conn, principal.user_id, device_id)  # not yours or deleted: 404
-    found = await service.list_session_tokens(conn, principal.user_id, device_id, page)
+    await devices.require_device(conn, principal.org_id, device_id)  # not yours or deleted: 404
+    found = await service.list_session_tokens(conn, principal.org_id, device_id, page)
     return SessionTokenList(
         items=[_session(token) for token in found.items], next_cursor=found.next_cursor
     )
@@ -93,12 +93,14 @@ async def list_session_tokens(
     responses=error_responses(UnauthorizedError, CsrfError, NotFoundError),
 )
 async def revoke_session_token(
-    token_id: str, principal: CurrentPrincipal, db: DatabaseDep, revoked: DeviceRevokedDep
+    token_id: str, principal: DeviceWriter, db: DatabaseDep, revoked: DeviceRevokedDep
 ) -> Response:
     """Revoke the token (idempotent) and close the live tunnel of its device."""
     # unit of work: its own, so the revocation hooks run after the commit
     async with db.transaction() as conn:
-        device_id = await service.revoke_session_token(conn, principal.user_id, token_id)
+        device_id = await service.revoke_session_token(
+            conn, principal.org_id, principal.user_id, token_id
+        )
     _LOGGER.info("a session token of device %s was revoked", device_id)
     await revoked(device_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -116,7 +118,7 @@ async def revoke_session_token(
     responses=error_responses(UnauthorizedError, CsrfError, ValidationFailedError),
 )
 async def create_pairing_token(
-    principal: CurrentPrincipal,
+    principal: DeviceWriter,
     conn: Conn,
     settings: SettingsDep,
     body: PairingTokenCreate | None = None,
@@ -124,7 +126,7 @@ async def create_pairing_token(
     """A one-time token for `visiona agent --token`. The plaintext is in this response
     only; it expires after `ttl_seconds` (default 900, at most the configured maximum)."""
     ttl = service.pairing_ttl(settings, body.ttl_seconds if body else None)
-    issued = await service.create_pairing_token(conn, principal.user_id, ttl)
+    issued = await service.create_pairing_token(conn, principal.org_id, principal.user_id, ttl)
     return PairingTokenCreated(id=issued.id, token=issued.token, expires_at=issued.expires_at)
 
 
@@ -141,7 +143,7 @@ async def list_pairing_tokens(
     page: PageParams,
 ) -> PairingTokenList:
     """Your pairing tokens, used and revoked ones included; never the plaintext."""
-    found = await service.list_pairing_tokens(conn, principal.user_id, page)
+    found = await service.list_pairing_tokens(conn, principal.org_id, page)
     return PairingTokenList(
         items=[_pairing(token) for token in found.items], next_cursor=found.next_cursor
     )
@@ -154,7 +156,7 @@ async def list_pairing_tokens(
     summary="Revoke a pairing token",
     responses=error_responses(UnauthorizedError, CsrfError, NotFoundError),
 )
-async def revoke_pairing_token(token_id: str, principal: CurrentPrincipal, conn: Conn) -> Response:
+async def revoke_pairing_token(token_id: str, principal: DeviceWriter, conn: Conn) -> Response:
     """Revoke the token (idempotent); it can no longer be exchanged."""
-    await service.revoke_pairing_token(conn, principal.user_id, token_id)
+    await service.revoke_pairing_token(conn, principal.org_id, principal.user_id, token_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

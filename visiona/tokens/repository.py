@@ -29,6 +29,7 @@ class PairingToken:
     token_hash: str
     public_id: uuid.UUID
     user_id: uuid.UUID
+    org_id: uuid.UUID
     device_id: uuid.UUID | None
     created_at: datetime
     expires_at: datetime | None
@@ -60,6 +61,7 @@ class ValidSession:
     pairing_token_id: uuid.UUID | None
     device_id: uuid.UUID
     owner_user_id: uuid.UUID
+    org_id: uuid.UUID
 
 
 _now = bindparam("now", type_=UTCDateTime())
@@ -81,7 +83,11 @@ def _unexpired(table: Table) -> ColumnElement[bool]:
 
 
 def _revoke_one(table: Table) -> ColumnElement[bool]:
-    return (table.c.public_id == bindparam("id")) & (table.c.user_id == bindparam("owner"))
+    """The token ``:id`` of the organisation ``:org`` (a session token's through its device)."""
+    if table is pairing_tokens:
+        return (table.c.public_id == bindparam("id")) & (table.c.org_id == bindparam("org"))
+    of_org = select(devices.c.id).where(devices.c.org_id == bindparam("org"))
+    return (table.c.public_id == bindparam("id")) & table.c.device_id.in_(of_org)
 
 
 # A repeated revocation keeps the first time: ``coalesce(revoked_at, :now)``.
@@ -108,7 +114,7 @@ _CONSUME_PAIRING = (
         _unexpired(pairing_tokens),
     )
     .values(used_at=_now)
-    .returning(pairing_tokens.c.user_id, pairing_tokens.c.public_id)
+    .returning(pairing_tokens.c.user_id, pairing_tokens.c.public_id, pairing_tokens.c.org_id)
 )
 _BIND_PAIRING = (
     update(pairing_tokens)
@@ -139,6 +145,7 @@ _VALID_SESSION = (
         session_tokens.c.pairing_token_id,
         session_tokens.c.device_id,
         devices.c.owner_user_id,
+        devices.c.org_id,
     )
     .join(devices, devices.c.id == session_tokens.c.device_id)
     .where(
@@ -162,14 +169,16 @@ async def insert_pairing_token(
     *,
     token_hash: str,
     user_id: uuid.UUID,
+    org_id: uuid.UUID,
     now: datetime,
     expires_at: datetime | None,
 ) -> PairingToken:
-    """Store a new pairing token (its hash only)."""
+    """Store a new pairing token (its hash only) of ``org_id``, made by ``user_id``."""
     values = {
         "token_hash": token_hash,
         "public_id": uuid.uuid4(),
         "user_id": user_id,
+        "org_id": org_id,
         "kind": "pairing",
         "created_at": now,
         "expires_at": expires_at,
@@ -178,27 +187,28 @@ async def insert_pairing_token(
 
 
 async def list_pairing_tokens(
-    conn: AsyncConnection, user_id: uuid.UUID, page: PageRequest
+    conn: AsyncConnection, org_id: uuid.UUID, page: PageRequest
 ) -> Page[PairingToken]:
-    """One page of the user's pairing tokens, by (created_at, public id)."""
-    stmt = select(*_PAIRING).where(pairing_tokens.c.user_id == user_id)
+    """One page of the organisation's pairing tokens, by (created_at, public id)."""
+    stmt = select(*_PAIRING).where(pairing_tokens.c.org_id == org_id)
     return await paginate(conn, stmt, _PAIRING_ORDER, page, _pairing)
 
 
 async def revoke_pairing_token(
-    conn: AsyncConnection, user_id: uuid.UUID, public_id: uuid.UUID, now: datetime
+    conn: AsyncConnection, org_id: uuid.UUID, public_id: uuid.UUID, now: datetime
 ) -> bool:
-    """Revoke the user's pairing token (idempotent); False when the user has no such token."""
-    params = {"id": public_id, "owner": user_id, "now": now}
+    """Revoke the organisation's pairing token (idempotent); False when it has no such token."""
+    params = {"id": public_id, "org": org_id, "now": now}
     return (await conn.execute(_REVOKE_PAIRING, params)).one_or_none() is not None
 
 
 @dataclass(frozen=True, slots=True)
 class ConsumedPairing:
-    """A pairing token just used up: its owner and its public id."""
+    """A pairing token just used up: who made it, its public id, its organisation."""
 
     user_id: uuid.UUID
     public_id: uuid.UUID
+    org_id: uuid.UUID
 
 
 _consumed = build(ConsumedPairing)
@@ -259,20 +269,21 @@ async def insert_session_token(
 
 
 async def list_session_tokens(
-    conn: AsyncConnection, user_id: uuid.UUID, device_id: uuid.UUID, page: PageRequest
+    conn: AsyncConnection, org_id: uuid.UUID, device_id: uuid.UUID, page: PageRequest
 ) -> Page[SessionToken]:
-    """One page of the device's session tokens, by (created_at, public id)."""
-    stmt = select(*_SESSION).where(
-        session_tokens.c.user_id == user_id, session_tokens.c.device_id == device_id
-    )
+    """One page of the device's session tokens (the organisation's device), by
+    (created_at, public id)."""
+    of_org = select(devices.c.id).where(devices.c.id == device_id, devices.c.org_id == org_id)
+    stmt = select(*_SESSION).where(session_tokens.c.device_id.in_(of_org))
     return await paginate(conn, stmt, _SESSION_ORDER, page, _session)
 
 
 async def revoke_session_token(
-    conn: AsyncConnection, user_id: uuid.UUID, public_id: uuid.UUID, now: datetime
+    conn: AsyncConnection, org_id: uuid.UUID, public_id: uuid.UUID, now: datetime
 ) -> uuid.UUID | None:
-    """Revoke the user's session token (idempotent); its device id, or None if not theirs."""
-    params = {"id": public_id, "owner": user_id, "now": now}
+    """Revoke the organisation's session token (idempotent); its device id, or None if not
+    the organisation's."""
+    params = {"id": public_id, "org": org_id, "now": now}
     row = (await conn.execute(_REVOKE_SESSION, params)).one_or_none()
     if row is None:
         return None

@@ -79,20 +79,30 @@ def pairing_ttl(settings: Settings, ttl_seconds: int | None) -> int:
 
 
 async def create_pairing_token(
-    conn: AsyncConnection, user_id: uuid.UUID, ttl: int, *, now: datetime | None = None
+    conn: AsyncConnection,
+    org_id: uuid.UUID,
+    user_id: uuid.UUID,
+    ttl: int,
+    *,
+    now: datetime | None = None,
 ) -> IssuedToken:
-    """Issue a pairing token for ``user_id`` valid for ``ttl`` seconds."""
+    """Issue a pairing token into ``org_id`` (made by ``user_id``) valid for ``ttl`` seconds."""
     token = new_token(PAIRING_PREFIX)
     now = now or utcnow()
     expires_at = now + timedelta(seconds=ttl)
     row = await repository.insert_pairing_token(
-        conn, token_hash=hash_token(token), user_id=user_id, now=now, expires_at=expires_at
+        conn,
+        token_hash=hash_token(token),
+        user_id=user_id,
+        org_id=org_id,
+        now=now,
+        expires_at=expires_at,
     )
     await audit.record(
         conn,
         "pairing_token.created",
         actor=Actor.user(user_id),
-        owner_id=user_id,
+        org_id=org_id,
         target_id=row.public_id,
         detail={"expires_at": expires_at.isoformat()},
     )
@@ -100,25 +110,25 @@ async def create_pairing_token(
 
 
 async def list_pairing_tokens(
-    conn: AsyncConnection, user_id: uuid.UUID, page: PageRequest
+    conn: AsyncConnection, org_id: uuid.UUID, page: PageRequest
 ) -> Page[PairingToken]:
-    """The user's pairing tokens (used and revoked ones too), in creation order."""
-    return await repository.list_pairing_tokens(conn, user_id, page)
+    """The organisation's pairing tokens (used and revoked ones too), in creation order."""
+    return await repository.list_pairing_tokens(conn, org_id, page)
 
 
-async def revoke_pairing_token(conn: AsyncConnection, user_id: uuid.UUID, token_id: str) -> None:
-    """Revoke the user's pairing token; a malformed, unknown or foreign id is a 404."""
+async def revoke_pairing_token(
+    conn: AsyncConnection, org_id: uuid.UUID, user_id: uuid.UUID, token_id: str
+) -> None:
+    """Revoke the organisation's pairing token; a malformed, unknown or foreign id is a 404."""
     public_id = parse_token_id(token_id)
     now = utcnow()
-    if public_id is None or not await repository.revoke_pairing_token(
-        conn, user_id, public_id, now
-    ):
+    if public_id is None or not await repository.revoke_pairing_token(conn, org_id, public_id, now):
         raise NotFoundError("Pairing token not found.")
     await audit.record(
         conn,
         "pairing_token.revoked",
         actor=Actor.user(user_id),
-        owner_id=user_id,
+        org_id=org_id,
         target_id=public_id,
     )
 
@@ -130,6 +140,7 @@ class UsedPairing:
     token_hash: str
     public_id: uuid.UUID
     owner_user_id: uuid.UUID
+    org_id: uuid.UUID
 
 
 async def consume_pairing_token(
@@ -147,7 +158,12 @@ async def consume_pairing_token(
     used = await repository.consume_pairing_token(conn, token_hash, now)
     if used is None:
         raise agent_unauthorized()
-    return UsedPairing(token_hash=token_hash, public_id=used.public_id, owner_user_id=used.user_id)
+    return UsedPairing(
+        token_hash=token_hash,
+        public_id=used.public_id,
+        owner_user_id=used.user_id,
+        org_id=used.org_id,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +207,7 @@ async def issue_session_token(
         "pairing_token.used",
         actor=actor,
         owner_id=owner_user_id,
+        org_id=pairing.org_id,
         target_id=pairing.public_id,
         device_id=device_id,
     )
@@ -199,6 +216,7 @@ async def issue_session_token(
         "session_token.issued",
         actor=actor,
         owner_id=owner_user_id,
+        org_id=pairing.org_id,
         target_id=row.public_id,
         device_id=device_id,
         detail={"pairing_token_id": str(pairing.public_id)},
@@ -235,6 +253,7 @@ async def renew_session(
         "session_token.renewed",
         actor=Actor.device(device.device_id),
         owner_id=device.owner_user_id,
+        org_id=device.org_id,
         target_id=row.public_id,
         device_id=device.device_id,
         detail={"previous_id": str(device.session_token_id)},
@@ -251,6 +270,7 @@ class DeviceIdentity:
 
     device_id: uuid.UUID
     owner_user_id: uuid.UUID
+    org_id: uuid.UUID
     token_hash: str
     session_token_id: uuid.UUID
     pairing_token_id: uuid.UUID | None
@@ -274,6 +294,7 @@ async def authenticate_device(
     return DeviceIdentity(
         device_id=found.device_id,
         owner_user_id=found.owner_user_id,
+        org_id=found.org_id,
         token_hash=found.token_hash,
         session_token_id=found.public_id,
         pairing_token_id=found.pairing_token_id,
@@ -286,31 +307,31 @@ async def session_holds(conn: AsyncConnection, token_hash: str) -> bool:
 
 
 async def list_session_tokens(
-    conn: AsyncConnection, owner_user_id: uuid.UUID, device_id: uuid.UUID, page: PageRequest
+    conn: AsyncConnection, org_id: uuid.UUID, device_id: uuid.UUID, page: PageRequest
 ) -> Page[SessionToken]:
-    """The session tokens of the owner's device (revoked ones too), in creation order.
+    """The session tokens of the organisation's device (revoked ones too), in creation order.
 
-    The caller checks first that the device is the owner's and live (a 404 otherwise).
+    The caller checks first that the device is the organisation's and live (a 404 otherwise).
     """
-    return await repository.list_session_tokens(conn, owner_user_id, device_id, page)
+    return await repository.list_session_tokens(conn, org_id, device_id, page)
 
 
 async def revoke_session_token(
-    conn: AsyncConnection, owner_user_id: uuid.UUID, token_id: str
+    conn: AsyncConnection, org_id: uuid.UUID, user_id: uuid.UUID, token_id: str
 ) -> uuid.UUID:
-    """Revoke the owner's session token; returns its device. Not theirs → 404."""
+    """Revoke the organisation's session token; returns its device. Not its → 404."""
     device_id = None
     public_id = parse_token_id(token_id)
     now = utcnow()
     if public_id is not None:
-        device_id = await repository.revoke_session_token(conn, owner_user_id, public_id, now)
+        device_id = await repository.revoke_session_token(conn, org_id, public_id, now)
     if device_id is None:
         raise NotFoundError("Session token not found.")
     await audit.record(
         conn,
         "session_token.revoked",
-        actor=Actor.user(owner_user_id),
-        owner_id=owner_user_id,
+        actor=Actor.user(user_id),
+        org_id=org_id,
         target_id=public_id,
         device_id=device_id,
     )

@@ -15,10 +15,11 @@ from typing import Any
 from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import Response
 
-from visiona.auth.dependencies import CurrentPrincipal, current_principal
+from visiona.auth.dependencies import Proxier, require
 from visiona.cluster.dependencies import INTERNAL_PREFIX, InternalCaller
 from visiona.cluster.forwarding import (
     CLIENT_HEADER,
+    ORG_HEADER,
     PREFIX_HEADER,
     PROTO_HEADER,
     TOKEN_HEADER,
@@ -31,6 +32,7 @@ from visiona.kit.errors import AppError, CsrfError, NotFoundError, UnauthorizedE
 from visiona.kit.http import error_responses
 from visiona.kit.jsonout import JSONOut
 from visiona.kit.logs import end_incomplete_on_purpose
+from visiona.orgs.permissions import Permission
 from visiona.tokens.service import DeviceIdentity, authenticate_device
 from visiona.tunnel.dependencies import HUB, RELAY, RelayDep
 from visiona.tunnel.errors import (
@@ -48,7 +50,8 @@ from visiona.tunnel.tcp_endpoints import router as tcp_router
 _LOGGER = logging.getLogger(__name__)
 PROXY_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 _OURS = {
-    h.encode() for h in (TOKEN_HEADER, USER_HEADER, CLIENT_HEADER, PROTO_HEADER, PREFIX_HEADER)
+    h.encode()
+    for h in (TOKEN_HEADER, USER_HEADER, ORG_HEADER, CLIENT_HEADER, PROTO_HEADER, PREFIX_HEADER)
 }
 
 router = APIRouter()
@@ -120,7 +123,7 @@ async def proxy(
     device_id: uuid.UUID,
     path: str,
     request: Request,
-    principal: CurrentPrincipal,
+    principal: Proxier,
 ) -> Response:
     """Forward the request through the device's tunnel to its agent's local service and
     stream the answer back. Not your device → 404; not connected → 502 ``device_offline``;
@@ -137,7 +140,12 @@ async def proxy(
     target, prefix = forward_target(request, path)
     # The relay is read directly: no dependency to solve for it.
     return await RELAY.of(request.app).to_device(
-        request, device_id=device_id, user_id=principal.user_id, target=target, prefix=prefix
+        request,
+        device_id=device_id,
+        user_id=principal.user_id,
+        org_id=principal.org_id,
+        target=target,
+        prefix=prefix,
     )
 
 
@@ -147,7 +155,7 @@ async def proxy_request(request: Request) -> Response:
     machinery (visiona/kit/direct.py). The order of checks is FastAPI's: the path's
     device id (422), then the caller (401, 403 CSRF)."""
     device_id = path_uuid(request, "device_id")
-    principal = await current_principal(request)
+    principal = await require(Permission.PROXY)(request)
     return await proxy(device_id, request.path_params["path"], request, principal)
 
 
@@ -155,7 +163,7 @@ async def internal_proxy(
     device_id: uuid.UUID,
     path: str,
     request: Request,
-    user_id: InternalCaller,
+    caller: InternalCaller,
     relay: RelayDep,
 ) -> Any:
     """A request forwarded by another node: proxy it through this node's tunnel only."""
@@ -172,7 +180,12 @@ async def internal_proxy(
         (k, v) for k, v in request.scope["headers"] if k.lower() not in _OURS
     ]
     return await relay.here(
-        request, device_id=device_id, user_id=user_id, target=target, prefix=prefix
+        request,
+        device_id=device_id,
+        user_id=caller.user_id,
+        org_id=caller.org_id,
+        target=target,
+        prefix=prefix,
     )
 
 

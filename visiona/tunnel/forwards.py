@@ -49,7 +49,7 @@ class Forward:
     """One open forward: who, where, since when, and the bytes it carried."""
 
     device_id: uuid.UUID
-    owner_id: uuid.UUID
+    org_id: uuid.UUID
     user_id: uuid.UUID
     port: int
     started: float = field(default_factory=time.monotonic)

@@ -147,12 +147,13 @@ class TunnelHub:
                 reset = await repository.mark_all_offline(conn)
             else:
                 reset = await self._reset_own(conn)
-            for device_id, owner_id in reset:  # their tunnels ended with that run
+            for device_id, owner_id, org_id in reset:  # their tunnels ended with that run
                 await audit.record(
                     conn,
                     "tunnel.disconnected",
                     actor=SYSTEM,
                     owner_id=owner_id,
+                    org_id=org_id,
                     target_id=device_id,
                     device_id=device_id,
                     detail={"reason": RESTART_REASON},
@@ -162,7 +163,9 @@ class TunnelHub:
         self._status.start()
         self._flush_task = asyncio.get_running_loop().create_task(self._flush_loop())
 
-    async def _reset_own(self, conn: AsyncConnection) -> list[tuple[uuid.UUID, uuid.UUID]]:
+    async def _reset_own(
+        self, conn: AsyncConnection
+    ) -> list[tuple[uuid.UUID, uuid.UUID, uuid.UUID]]:
         """Cluster start-up: offline only devices whose lease is gone or names this node."""
         registry = self.registry
         assert registry is not None  # noqa: S101 - only called with a registry
@@ -396,6 +399,7 @@ class TunnelHub:
                 websocket,
                 device_id=identity.device_id,
                 owner_user_id=identity.owner_user_id,
+                org_id=identity.org_id,
                 token_hash=identity.token_hash,
                 config=self._config,
                 max_message=self._settings.tunnel_max_message,
@@ -470,6 +474,7 @@ class TunnelHub:
             "tunnel.connected",
             actor=Actor.device(link.device_id),
             owner_id=link.owner_user_id,
+            org_id=link.org_id,
             target_id=link.device_id,
             device_id=link.device_id,
             detail={"session_token_id": str(link.session_token_id), "node": node},
@@ -662,6 +667,7 @@ def _conflict(link: TunnelLink) -> StatusChange:
         "tunnel.conflict",
         actor=SYSTEM,
         owner_id=link.owner_user_id,
+        org_id=link.org_id,
         target_id=link.device_id,
         device_id=link.device_id,
         detail={"reason": conflict.CAUSE, "fix": conflict.FIX},
@@ -700,6 +706,7 @@ def _ended(link: TunnelLink, *, offline: bool, quiet: bool = False) -> StatusCha
         action,
         actor=actor,
         owner_id=link.owner_user_id,
+        org_id=link.org_id,
         target_id=link.device_id,
         device_id=link.device_id,
         detail=detail,

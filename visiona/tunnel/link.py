@@ -39,6 +39,7 @@ class TunnelLink:
         device_id: uuid.UUID,
         owner_user_id: uuid.UUID,
         token_hash: str,
+        org_id: uuid.UUID | None = None,
         config: Config,
         max_message: int,
         session_token_id: uuid.UUID | None = None,
@@ -46,6 +47,8 @@ class TunnelLink:
         """Start the yamux client session on ``websocket`` (already accepted)."""
         self.device_id = device_id
         self.owner_user_id = owner_user_id
+        #: The organisation the device belongs to: proxies and forwards check it.
+        self.org_id = org_id
         self.token_hash = token_hash
         #: The public id of the session token the tunnel authenticated with.
         self.session_token_id = session_token_id

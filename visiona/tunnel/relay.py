@@ -54,6 +54,7 @@ class Relay:
         *,
         device_id: uuid.UUID,
         user_id: uuid.UUID,
+        org_id: uuid.UUID,
         target: bytes,
         prefix: str,
     ) -> Response:
@@ -61,12 +62,22 @@ class Relay:
 
         async def here() -> Response:
             return await self.here(
-                request, device_id=device_id, user_id=user_id, target=target, prefix=prefix
+                request,
+                device_id=device_id,
+                user_id=user_id,
+                org_id=org_id,
+                target=target,
+                prefix=prefix,
             )
 
         async def there(peer: Peer) -> Response:
             return await peer.proxy(
-                request, device_id=device_id, target=target, prefix=prefix, user_id=user_id
+                request,
+                device_id=device_id,
+                target=target,
+                prefix=prefix,
+                user_id=user_id,
+                org_id=org_id,
             )
 
         return await self._cluster.at_device(device_id, here=here, there=there)
@@ -77,16 +88,18 @@ class Relay:
         *,
         device_id: uuid.UUID,
         user_id: uuid.UUID,
+        org_id: uuid.UUID,
         target: bytes,
         prefix: str,
     ) -> Response:
-        """Proxy through this node's tunnel of the device (no tunnel here → 502 offline)."""
+        """Proxy through this node's tunnel of the device (no tunnel here → 502 offline;
+        another organisation's device → 404)."""
         hub = self._hub
         link = hub.get(device_id)
-        if link is None or link.owner_user_id != user_id:
+        if link is None or link.org_id != org_id:
             # unit of work: its own, only when the device is not connected (a proxy holds none)
             async with self._db.transaction() as conn:
-                await devices_service.require_device(conn, user_id, device_id)
+                await devices_service.require_device(conn, org_id, device_id)
             raise DeviceOfflineError()
         release = hub.admit(link)  # 429 device_busy, from memory
         exchange = ProxyExchange(
@@ -100,7 +113,7 @@ class Relay:
         if status == 403 and _REFUSED in headers:
             await self._record_refusal(
                 request,
-                owner_id=link.owner_user_id,
+                org_id=org_id,
                 user_id=user_id,
                 device_id=device_id,
                 target=target,
@@ -111,7 +124,7 @@ class Relay:
         self,
         request: Request,
         *,
-        owner_id: uuid.UUID,
+        org_id: uuid.UUID,
         user_id: uuid.UUID,
         device_id: uuid.UUID,
         target: bytes,
@@ -127,7 +140,7 @@ class Relay:
                     conn,
                     "proxy.forbidden_by_agent",
                     actor=audit.Actor.user(user_id),
-                    owner_id=owner_id,
+                    org_id=org_id,
                     target_id=device_id,
                     device_id=device_id,
                     detail={"method": request.method, "path": path},

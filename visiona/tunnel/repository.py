@@ -53,7 +53,7 @@ _ALL_OFFLINE = (
     update(devices)
     .where(devices.c.remote_status != "offline")
     .values(remote_status="offline")
-    .returning(devices.c.id, devices.c.owner_user_id)
+    .returning(devices.c.id, devices.c.owner_user_id, devices.c.org_id)
 )
 
 
@@ -92,13 +92,15 @@ async def mark_seen(conn: AsyncConnection, seen: Mapping[uuid.UUID, int], now: d
     )
 
 
-async def mark_all_offline(conn: AsyncConnection) -> list[tuple[uuid.UUID, uuid.UUID]]:
+async def mark_all_offline(
+    conn: AsyncConnection,
+) -> list[tuple[uuid.UUID, uuid.UUID, uuid.UUID]]:
     """At start-up: every device still marked connected is offline (this node holds none yet).
 
-    Returns the ``(device id, owner id)`` of each device marked.
+    Returns the ``(device id, owner id, organisation id)`` of each device marked.
     """
     result = await conn.execute(_ALL_OFFLINE)
-    return [(row[0], row[1]) for row in result]
+    return [(row[0], row[1], row[2]) for row in result]
 
 
 async def connected_device_ids(conn: AsyncConnection) -> list[uuid.UUID]:
@@ -109,17 +111,18 @@ async def connected_device_ids(conn: AsyncConnection) -> list[uuid.UUID]:
 
 async def mark_offline(
     conn: AsyncConnection, device_ids: Collection[uuid.UUID]
-) -> list[tuple[uuid.UUID, uuid.UUID]]:
-    """Mark these devices offline; the ``(device id, owner id)`` of each that was not."""
+) -> list[tuple[uuid.UUID, uuid.UUID, uuid.UUID]]:
+    """Mark these devices offline; the ``(device id, owner id, organisation id)`` of each
+    that was not."""
     if not device_ids:
         return []
     result = await conn.execute(
         update(devices)
         .where(devices.c.id.in_(list(device_ids)), devices.c.remote_status != "offline")
         .values(remote_status="offline")
-        .returning(devices.c.id, devices.c.owner_user_id)
+        .returning(devices.c.id, devices.c.owner_user_id, devices.c.org_id)
     )
-    return [(row[0], row[1]) for row in result]
+    return [(row[0], row[1], row[2]) for row in result]
 
 
 async def busy_flags(

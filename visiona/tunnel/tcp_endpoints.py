@@ -47,14 +47,15 @@ from fastapi.responses import JSONResponse
 from starlette.websockets import WebSocketDisconnect
 
 from visiona.audit import service as audit
-from visiona.auth.dependencies import current_principal
-from visiona.cluster.dependencies import CLUSTER
-from visiona.cluster.forwarding import CLIENT_HEADER, TOKEN_HEADER, USER_HEADER
+from visiona.auth.dependencies import require
+from visiona.cluster.dependencies import CLUSTER, forwarded_caller
+from visiona.cluster.forwarding import CLIENT_HEADER, ORG_HEADER, TOKEN_HEADER, USER_HEADER
 from visiona.devices.dependencies import DEVICES
 from visiona.kit.database import map_db_error
 from visiona.kit.deps import runtime_of
 from visiona.kit.errors import AppError, UnauthorizedError, ValidationFailedError
 from visiona.kit.logs import end_incomplete_on_purpose
+from visiona.orgs.permissions import Permission
 from visiona.tunnel.dependencies import HUB
 from visiona.tunnel.errors import DeviceOfflineError
 from visiona.tunnel.forwards import Forward, PortNotAllowedError
@@ -109,9 +110,10 @@ def _parse(device_id: str, port: str) -> tuple[uuid.UUID, int]:
     return device, number
 
 
-async def _admit(
+async def _admit(  # noqa: PLR0917 - who (user, organisation), where, from where
     websocket: WebSocket,
     user_id: uuid.UUID,
+    org_id: uuid.UUID,
     device_id: uuid.UUID,
     port: int,
     client: str | None,
@@ -123,7 +125,7 @@ async def _admit(
     try:
         # unit of work: its own short read, before the upgrade (the forward holds none)
         async with runtime_of(websocket).db.reading() as conn:
-            device = await DEVICES.of(websocket.app).get(conn, user_id, device_id)
+            device = await DEVICES.of(websocket.app).get(conn, org_id, device_id)
     except AppError:
         raise
     except Exception as err:
@@ -133,9 +135,7 @@ async def _admit(
         raise mapped from err
     hub = HUB.of(websocket.app)
     forwards = hub.forwards
-    forward = Forward(
-        device_id=device_id, owner_id=device.owner_user_id, user_id=user_id, port=port
-    )
+    forward = Forward(device_id=device_id, org_id=device.org_id, user_id=user_id, port=port)
     if device.tcp_ports is not None and port not in device.tcp_ports:
         forwards.refused["not_allowed"] += 1
         allowed = ", ".join(str(p) for p in device.tcp_ports) or "none"
@@ -148,7 +148,7 @@ async def _admit(
         )
         raise refusal
     link = hub.get(device_id)
-    if link is None or link.owner_user_id != device.owner_user_id:
+    if link is None or link.org_id != device.org_id:
         peer = await CLUSTER.of(websocket.app).peer_holding(device_id) if may_hop else None
         if peer is not None:
             return peer
@@ -178,8 +178,10 @@ async def device_tcp(websocket: WebSocket) -> None:
     params = websocket.path_params
     try:
         device_id, port = _parse(str(params["device_id"]), str(params["port"]))
-        principal = await current_principal(websocket)
-        admitted = await _admit(websocket, principal.user_id, device_id, port, client, may_hop=True)
+        principal = await require(Permission.PROXY)(websocket)
+        admitted = await _admit(
+            websocket, principal.user_id, principal.org_id, device_id, port, client, may_hop=True
+        )
     except AppError as err:
         await _deny(websocket, err)
         return
@@ -187,7 +189,7 @@ async def device_tcp(websocket: WebSocket) -> None:
         from visiona.tunnel.tcp_hop import hop  # noqa: PLC0415 - the cluster's client, when used
 
         await hop(runtime.settings, websocket, admitted, f"/devices/{device_id}/tcp/{port}",
-                  user_id=principal.user_id, client=client)  # fmt: skip
+                  user_id=principal.user_id, org_id=principal.org_id, client=client)  # fmt: skip
         return
     await _run(runtime, websocket, *admitted, client)
 
@@ -201,13 +203,14 @@ async def internal_device_tcp(websocket: WebSocket) -> None:
     try:
         if not CLUSTER.of(websocket.app).accepts(websocket.headers.get(TOKEN_HEADER)):
             raise UnauthorizedError("Missing or invalid internal token.")
-        try:
-            user_id = uuid.UUID(websocket.headers.get(USER_HEADER, ""))
-        except ValueError as err:
-            raise UnauthorizedError("Missing or invalid forwarded user.") from err
+        caller = forwarded_caller(
+            websocket.headers.get(USER_HEADER), websocket.headers.get(ORG_HEADER)
+        )
         device_id, port = _parse(str(params["device_id"]), str(params["port"]))
         client = websocket.headers.get(CLIENT_HEADER) or None
-        admitted = await _admit(websocket, user_id, device_id, port, client, may_hop=False)
+        admitted = await _admit(
+            websocket, caller.user_id, caller.org_id, device_id, port, client, may_hop=False
+        )
     except AppError as err:
         await _deny(websocket, err)
         return
@@ -321,7 +324,7 @@ async def _record(
                 conn,
                 action,
                 actor=audit.Actor.user(forward.user_id),
-                owner_id=forward.owner_id,
+                org_id=forward.org_id,
                 target_id=forward.device_id,
                 device_id=forward.device_id,
                 detail=body,

@@ -60,11 +60,12 @@ async def hop(
     path: str,
     *,
     user_id: uuid.UUID,
+    org_id: uuid.UUID,
     client: str | None,
 ) -> None:
     """Carry the caller's forward (``path``: ``/devices/{id}/tcp/{port}``) to ``peer``."""
     owner = peer.owner
-    headers = peer.internal_headers(user_id=user_id, client=client)
+    headers = peer.internal_headers(user_id=user_id, org_id=org_id, client=client)
     try:
         upstream = await connect(
             _ws_url(owner, path),

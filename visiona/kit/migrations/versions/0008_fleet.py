@@ -11,7 +11,7 @@
   ran before (a rollback's target). No foreign key: an agent may report a model this
   server never had (or deleted).
 
-Revision ID: 0008_fleet
+Revision ID: 0008
 Revises: 0007
 Create Date: 2026-12-07
 """
@@ -21,7 +21,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0008_fleet"
+revision = "0008"
 down_revision = "0007"
 branch_labels = None
 depends_on = None

@@ -1,0 +1,1 @@
+"""Organisations, members, roles and invitations (issue 22): who may act where."""
