@@ -1,4 +1,4 @@
-"""Migration 0009 (organisations) on a database filled at 0008 (the revision before it): backfill, down, up again."""
+"""Migration 0009 (organisations) on a database filled at 0008: backfill, down, up again."""
 
 from __future__ import annotations
 

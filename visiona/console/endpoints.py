@@ -185,9 +185,7 @@ async def devices_page(  # noqa: PLR0917 - FastAPI injects query parameters by n
 ) -> Response:
     """The devices table with its filters (status, search, tag selector: all kept in the
     URL), bulk unpair and connect dialog."""
-    listing = await _device_list(
-        conn, reads, principal.org_id, _status_filter(status), q, selector
-    )
+    listing = await _device_list(conn, reads, principal.org_id, _status_filter(status), q, selector)
     return render(request, "devices.html", title="Devices", nav="devices", **listing)
 
 
@@ -201,9 +199,7 @@ async def devices_rows(  # noqa: PLR0917 - FastAPI injects query parameters by n
     selector: SelectorText = "",
 ) -> Response:
     """What the devices page polls: the filtered rows as HTML plus a summary per device."""
-    listing = await _device_list(
-        conn, reads, principal.org_id, _status_filter(status), q, selector
-    )
+    listing = await _device_list(conn, reads, principal.org_id, _status_filter(status), q, selector)
     shown: list[Device] = listing["devices"]
     html = (
         _templates()
