@@ -50,6 +50,8 @@ _ELSEWHERE = {
     "member.removed",
     "member.left",
     "invitation.revoked",
+    # tests/devices/test_tags.py: tags set and removed
+    "device.tagged",
 }
 
 

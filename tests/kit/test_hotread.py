@@ -19,7 +19,7 @@ from tests.support.settings import make_settings
 from visiona.kit.database import Database, DriverLane
 from visiona.kit.errors import DatabaseUnavailableError
 from visiona.kit.hotread import HotRead
-from visiona.kit.schema import devices, models, users
+from visiona.kit.schema import devices, models, organizations, users
 from visiona.kit.settings import Settings
 
 
@@ -40,6 +40,8 @@ def _as_tuple(row: Any) -> tuple[Any, ...]:
 
 
 async def _owner(db: Database) -> uuid.UUID:
+    """A user and their personal organisation, which has the user's id (so the devices'
+    ``org_id`` can be the owner's id)."""
     user_id = uuid.uuid4()
     now = datetime.now(UTC)
     async with db.transaction() as conn:
@@ -47,6 +49,9 @@ async def _owner(db: Database) -> uuid.UUID:
             insert(users).values(
                 id=user_id, email=f"{user_id.hex}@x.io", name="n", created_at=now, updated_at=now
             )
+        )
+        await conn.execute(
+            insert(organizations).values(id=user_id, name="n", personal=True, created_by=user_id)
         )
     return user_id
 
@@ -57,6 +62,7 @@ async def _device(db: Database, owner: uuid.UUID, **values: Any) -> uuid.UUID:
     row = {
         "id": device_id,
         "owner_user_id": owner,
+        "org_id": owner,
         "name": "ä device",
         "device_type": "kl520",
         "serial_number": f"s-{device_id.hex[:8]}",
@@ -169,7 +175,9 @@ async def test_on_a_connection_it_sees_the_transactions_own_writes(db: Database)
     device_id = uuid.uuid4()
     async with db.transaction() as conn:
         await conn.execute(
-            insert(devices).values(id=device_id, owner_user_id=owner, name="uncommitted")
+            insert(devices).values(
+                id=device_id, owner_user_id=owner, org_id=owner, name="uncommitted"
+            )
         )
         found = await _DEVICE_HOT.one(conn, device_id=device_id)
         assert found is not None

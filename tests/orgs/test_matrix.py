@@ -194,6 +194,10 @@ def _body(op: Operation, scope: Scope) -> dict[str, Any]:  # noqa: PLR0911 - one
         return {"json": {"email": f"x-{uuid.uuid4().hex[:8]}@example.com", "role": "viewer"}}
     if "/members/" in path and method == "PATCH":
         return {"json": {"role": "viewer"}}
+    if path.endswith("/tags") and method == "PUT":
+        return {"json": {"tags": {"site": "lab"}}}
+    if path.endswith("/tags") and method == "PATCH":
+        return {"json": {"set": {"site": "lab"}, "remove": []}}
     if method == "PATCH":
         return {"json": {"name": "renamed"}}
     if path == f"{API}/pairing-tokens" and method == "POST":
