@@ -234,3 +234,33 @@ def test_a_malformed_org_cookie_acts_in_the_personal_organisation(
     shown = http.get("/devices", headers={"Cookie": cookie})
     assert shown.status_code == 200
     assert "Personal dongle" in shown.text
+
+
+def test_the_download_link_serves_the_chosen_organisations_model_to_roles_allowed(
+    http: httpx.Client, live: Live
+) -> None:
+    owner, operator, viewer = register(http), register(http), register(http)
+    team = create_org(http, owner, "Downloads")
+    model = api_json(
+        http.post(
+            f"{API}/models",
+            data={"target_chip": "kl520", "name": "shared"},
+            files={"file": ("shared.nef", MODEL, "application/octet-stream")},
+            headers=acting(owner, team),
+        ),
+        201,
+    )
+    join(http, owner, team, operator, "operator")
+    join(http, owner, team, viewer, "viewer")
+
+    def fetch(account: Account) -> httpx.Response:
+        cookie = f"{live.settings.cookie_name}={account.token}; visiona_org={team}"
+        return http.get(f"/models/{model['id']}/file", headers={"Cookie": cookie})
+
+    got = fetch(operator)
+    assert got.status_code == 200
+    assert got.content == MODEL
+    assert 'filename="shared.nef"' in got.headers["content-disposition"]
+    refused = fetch(viewer)
+    assert refused.status_code == 403
+    assert refused.json()["error"]["code"] == "forbidden"

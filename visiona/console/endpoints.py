@@ -13,7 +13,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from annotated_types import MinLen
 from fastapi import APIRouter, Form, Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import (
+    HTMLResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from visiona.audit import service as audit
@@ -47,6 +53,8 @@ from visiona.kit.deps import Conn, SettingsDep
 from visiona.kit.errors import NotFoundError, UnauthorizedError
 from visiona.kit.pagination import Page, PageRequest
 from visiona.models import service as models
+from visiona.models.dependencies import StorageDep
+from visiona.models.endpoints import attachment_disposition
 from visiona.models.schemas import ModelSource, TargetChip
 from visiona.orgs import service as orgs
 from visiona.orgs.dependencies import MembershipsDep
@@ -318,6 +326,24 @@ async def models_page(  # noqa: PLR0917 - FastAPI injects query parameters by na
         source=source,
         max_bytes=settings.model_max_bytes,
     )
+
+
+@router.get("/models/{model_id}/file")
+async def model_file(
+    model_id: uuid.UUID, principal: ConsolePrincipal, conn: Conn, storage: StorageDep
+) -> Response:
+    """The Download link of the models page: the whole file of a model of the chosen
+    organisation (a plain link cannot send ``X-Visiona-Org``; ``models:download``, so a
+    viewer gets 403 as from the API)."""
+    principal.require(Permission.MODELS_DOWNLOAD)
+    model = await models.require_model(conn, principal.org_id, model_id)
+    opened = await models.open_file(storage, model, 0, None)
+    headers = {
+        "Content-Length": str(opened.end - opened.start),
+        "Content-Disposition": attachment_disposition(model.name),
+        "ETag": f'"{model.sha256}"',
+    }
+    return StreamingResponse(opened.chunks, headers=headers, media_type="application/octet-stream")
 
 
 # -- pairing tokens and account ------------------------------------------------------
