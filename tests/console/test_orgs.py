@@ -210,6 +210,7 @@ def test_the_switcher_refuses_other_origins_and_foreign_organisations(
     cookies = {"Cookie": f"{live.settings.cookie_name}={me.token}"}
     no_origin = http.post("/org", data={"org_id": theirs}, headers=cookies)
     assert no_origin.status_code == 403
+    assert no_origin.json()["error"]["code"] == "csrf_failed"
     foreign = http.post("/org", data={"org_id": theirs}, headers={**cookies, "Origin": live.url})
     assert foreign.status_code == 404
     assert "visiona_org" not in foreign.headers.get("set-cookie", "")
@@ -264,3 +265,11 @@ def test_the_download_link_serves_the_chosen_organisations_model_to_roles_allowe
     refused = fetch(viewer)
     assert refused.status_code == 403
     assert refused.json()["error"]["code"] == "forbidden"
+
+
+def test_a_signed_out_invitee_signs_in_first_and_comes_back_to_the_link(
+    http: httpx.Client,
+) -> None:
+    opened = http.get("/invitations/accept?token=vin_x")
+    assert opened.status_code == 303
+    assert opened.headers["location"] == "/sign-in?next=%2Finvitations%2Faccept%3Ftoken%3Dvin_x"
