@@ -41,11 +41,6 @@ class Shell:
     orgs: list[MyOrg]
 
     @property
-    def org(self) -> MyOrg | None:
-        """The organisation the page acts in (None if it vanished meanwhile)."""
-        return next((o for o in self.orgs if o.id == self.principal.org_id), None)
-
-    @property
     def can(self) -> frozenset[str]:
         """The permissions the page's role holds, by value (for the templates)."""
         return frozenset(p.value for p in self.principal.permissions)

@@ -227,7 +227,7 @@ async def devices_rows(  # noqa: PLR0917 - FastAPI injects query parameters by n
     return JSONResponse({"total": listing["total"], "devices": summary, "rows_html": html})
 
 
-def _device_id(value: str) -> uuid.UUID | None:
+def _uuid(value: str) -> uuid.UUID | None:
     try:
         return uuid.UUID(value)
     except ValueError:
@@ -239,7 +239,7 @@ async def device_page(
     request: Request, device_id: str, principal: ConsolePage, conn: Conn, reads: DevicesDep
 ) -> Response:
     """One device: details, rename, session tokens, deployments, deploy form, unpair."""
-    owner, parsed = principal.org_id, _device_id(device_id)
+    owner, parsed = principal.org_id, _uuid(device_id)
     try:
         device = None if parsed is None else await reads.get(conn, owner, parsed)
     except NotFoundError:
@@ -464,7 +464,7 @@ async def switch_org(  # noqa: PLR0917 - FastAPI injects each by name
     cookie), back on the section's list page. Cookie-authenticated, so same-origin only
     (the caller check, as every console write); an organisation the user is not a member
     of is refused with the same 404 page as one that does not exist."""
-    chosen = _device_id(org_id.strip())
+    chosen = _uuid(org_id.strip())
     access = None if chosen is None else await memberships.resolve(caller.user_id, chosen, None)
     if access is None:
         return render(request, "not_found.html", 404, title="Not found", what="organisation")
@@ -508,7 +508,6 @@ async def members_page(request: Request, principal: ConsolePage, conn: Conn) -> 
         members=members,
         invitations=invitations,
         user_id=principal.user_id,
-        roles=[r.value for r in Role],
         grantable=grantable,
         invitable=[r for r in grantable if r != Role.OWNER.value],
     )
