@@ -273,3 +273,22 @@ def test_a_signed_out_invitee_signs_in_first_and_comes_back_to_the_link(
     opened = http.get("/invitations/accept?token=vin_x")
     assert opened.status_code == 303
     assert opened.headers["location"] == "/sign-in?next=%2Finvitations%2Faccept%3Ftoken%3Dvin_x"
+
+
+def test_an_invitation_for_a_member_already_says_so(http: httpx.Client, live: Live) -> None:
+    owner, member = register(http), register(http)
+    team = create_org(http, owner, "Twice invited")
+    join(http, owner, team, member, "viewer")
+    again = api_json(
+        http.post(
+            f"{API}/orgs/{team}/invitations",
+            json={"email": member.email, "role": "operator"},
+            headers=owner.headers,
+        ),
+        201,
+    )
+    cookie = f"{live.settings.cookie_name}={member.token}"
+    shown = http.get(f"/invitations/accept?token={again['token']}", headers={"Cookie": cookie})
+    assert shown.status_code == 200
+    assert "You are already a member of <strong>Twice invited</strong>" in shown.text
+    assert "Join" not in shown.text
