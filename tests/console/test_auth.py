@@ -39,8 +39,9 @@ def test_root_redirects_to_sign_in_then_to_devices(page: Page, seen: Watch) -> N
     expect(page.get_by_role("heading", name="Devices")).to_be_visible()
     expect(page).to_have_url(re.compile(r"/devices$"))
     page.get_by_role("link", name="Account").click()
-    expect(page.get_by_text(email)).to_be_visible()
-    expect(page.get_by_text(name)).to_be_visible()
+    account = page.get_by_role("main")  # the organisation menu names the user too
+    expect(account.get_by_text(email)).to_be_visible()
+    expect(account.get_by_text(name)).to_be_visible()
     assert seen.errors == []
 
 

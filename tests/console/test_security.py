@@ -121,7 +121,13 @@ def test_pages_fit_the_screen_at_phone_and_desktop_width(
     upload_model(http, account, "Wide model name", b"w" * 100)
     sign_in(page.context, live, account)
     page.set_viewport_size({"width": width, "height": 800})
-    for path in ("/devices", f"/devices/{device['device_id']}", "/models", "/pairing-tokens"):
+    for path in (
+        "/devices",
+        f"/devices/{device['device_id']}",
+        "/models",
+        "/pairing-tokens",
+        "/members",
+    ):
         page.goto(path)
         overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
         wide = page.evaluate(_TOO_WIDE) if overflow > 0 else []

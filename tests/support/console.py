@@ -286,3 +286,35 @@ def stop_agent(process: subprocess.Popen[bytes]) -> str:
         process.kill()
     _, stderr = process.communicate(timeout=30)
     return stderr.decode(errors="replace")
+
+
+def user_id(http: httpx.Client, account: Account) -> str:
+    """The account's user id."""
+    return str(api_json(http.get(f"{API}/auth/me", headers=account.headers), 200)["id"])
+
+
+def create_org(http: httpx.Client, owner: Account, name: str) -> str:
+    """A new team organisation owned by ``owner``; its id."""
+    created = http.post(f"{API}/orgs", json={"name": name}, headers=owner.headers)
+    return str(api_json(created, 201)["id"])
+
+
+def acting(account: Account, org_id: str) -> dict[str, str]:
+    """``account``'s headers, acting in ``org_id``."""
+    return {**account.headers, "X-Visiona-Org": org_id}
+
+
+def join(http: httpx.Client, owner: Account, org_id: str, user: Account, role: str) -> None:
+    """``user`` joins ``org_id`` with ``role`` through an invitation of ``owner``."""
+    invited = api_json(
+        http.post(
+            f"{API}/orgs/{org_id}/invitations",
+            json={"email": user.email, "role": role},
+            headers=owner.headers,
+        ),
+        201,
+    )
+    accepted = http.post(
+        f"{API}/invitations/accept", json={"token": invited["token"]}, headers=user.headers
+    )
+    api_json(accepted, 200)

@@ -27,6 +27,7 @@ from visiona.kit.deps import open_connection, runtime_of
 from visiona.kit.errors import CsrfError, NotFoundError, UnauthorizedError
 from visiona.kit.runtime import Provided
 from visiona.kit.tokens import USER_SESSION_PREFIX, has_prefix, hash_token
+from visiona.orgs.access import Access
 from visiona.orgs.dependencies import MEMBERSHIPS
 from visiona.orgs.permissions import Permission, Role, forbidden, permissions_of
 
@@ -141,12 +142,17 @@ async def current_principal(request: HTTPConnection) -> Principal:
     """The caller acting in the requested (or personal) organisation; 404 when they are
     not a member of it (the same answer as an organisation that does not exist)."""
     caller = await current_caller(request)
-    requested = requested_org(request)
     access = await MEMBERSHIPS.of(request.app).resolve(
-        caller.user_id, requested, open_connection(request)
+        caller.user_id, requested_org(request), open_connection(request)
     )
     if access is None:
         raise NotFoundError("Organisation not found.")
+    return principal_of(caller, access)
+
+
+def principal_of(caller: Caller, access: Access) -> Principal:
+    """``caller`` acting in ``access``'s organisation with its role (the membership
+    check is the caller's: :meth:`visiona.orgs.access.Memberships.resolve`)."""
     return Principal(
         user_id=caller.user_id,
         org_id=access.org_id,

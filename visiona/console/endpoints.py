@@ -12,17 +12,24 @@ from functools import cache
 from typing import TYPE_CHECKING, Annotated, Any
 
 from annotated_types import MinLen
-from fastapi import APIRouter, Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi import APIRouter, Form, Query, Request
+from fastapi.responses import (
+    HTMLResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from visiona.audit import service as audit
 from visiona.audit.catalogue import ACTIONS
 from visiona.audit.repository import EventFilter
 from visiona.auth import repository as users
-from visiona.auth.dependencies import CurrentPrincipal, Principal, current_principal
+from visiona.auth.dependencies import Caller, CurrentCaller, current_caller
 from visiona.auth.schemas import RegisterRequest
-from visiona.console.security import ConsoleRoute, safe_next
+from visiona.console.dependencies import ORG_COOKIE, ConsolePage, ConsolePrincipal, shell_of
+from visiona.console.security import DEFAULT_NEXT, ConsoleRoute, safe_next
 from visiona.console.views import (
     CATEGORIES,
     STATUS_FILTERS,
@@ -41,11 +48,17 @@ from visiona.devices.dependencies import DevicesDep
 from visiona.devices.selectors import MAX_LENGTH, InvalidSelectorError, Selector
 from visiona.devices.service import Devices
 from visiona.devices.tags import BUILTIN_KEYS
+from visiona.kit.clock import utcnow
 from visiona.kit.deps import Conn, SettingsDep
 from visiona.kit.errors import NotFoundError, UnauthorizedError
 from visiona.kit.pagination import Page, PageRequest
 from visiona.models import service as models
+from visiona.models.dependencies import StorageDep
+from visiona.models.endpoints import attachment_disposition
 from visiona.models.schemas import ModelSource, TargetChip
+from visiona.orgs import service as orgs
+from visiona.orgs.dependencies import MembershipsDep
+from visiona.orgs.permissions import Permission, Role
 from visiona.tokens import service as token_service
 
 if TYPE_CHECKING:
@@ -53,6 +66,7 @@ if TYPE_CHECKING:
 
     from visiona.devices.repository import Device
     from visiona.models.repository import Model
+    from visiona.orgs.repository import Invitation
     from visiona.tokens.repository import PairingToken
 
 router = APIRouter(route_class=ConsoleRoute, include_in_schema=False)
@@ -70,6 +84,7 @@ def _templates() -> Environment:
 
 def render(request: Request, template: str, status_code: int = 200, **context: Any) -> Response:
     """Render ``template`` with the context every page has (product name, server URL)."""
+    shell = shell_of(request)
     html = (
         _templates()
         .get_template(template)
@@ -77,15 +92,17 @@ def render(request: Request, template: str, status_code: int = 200, **context: A
             product=PRODUCT,
             server_url=str(request.base_url).rstrip("/"),
             path=request.url.path,
+            shell=shell,
+            can=shell.can if shell is not None else frozenset(),
             **context,
         )
     )
     return HTMLResponse(html, status_code=status_code)
 
 
-async def _signed_in(request: Request) -> Principal | None:
+async def _signed_in(request: Request) -> Caller | None:
     try:
-        return await current_principal(request)
+        return await current_caller(request)
     except UnauthorizedError:
         return None
 
@@ -94,7 +111,7 @@ async def _signed_in(request: Request) -> Principal | None:
 
 
 @router.get("/")
-async def home(_principal: CurrentPrincipal) -> Response:
+async def home(_principal: ConsolePrincipal) -> Response:
     """The devices page is the landing page."""
     return RedirectResponse("/devices", status_code=303)
 
@@ -176,7 +193,7 @@ def _status_filter(value: str) -> str:
 @router.get("/devices")
 async def devices_page(  # noqa: PLR0917 - FastAPI injects query parameters by name
     request: Request,
-    principal: CurrentPrincipal,
+    principal: ConsolePage,
     conn: Conn,
     reads: DevicesDep,
     status: Text = "all",
@@ -191,7 +208,7 @@ async def devices_page(  # noqa: PLR0917 - FastAPI injects query parameters by n
 
 @router.get("/devices.json")
 async def devices_rows(  # noqa: PLR0917 - FastAPI injects query parameters by name
-    principal: CurrentPrincipal,
+    principal: ConsolePrincipal,
     conn: Conn,
     reads: DevicesDep,
     status: Text = "all",
@@ -210,7 +227,7 @@ async def devices_rows(  # noqa: PLR0917 - FastAPI injects query parameters by n
     return JSONResponse({"total": listing["total"], "devices": summary, "rows_html": html})
 
 
-def _device_id(value: str) -> uuid.UUID | None:
+def _uuid(value: str) -> uuid.UUID | None:
     try:
         return uuid.UUID(value)
     except ValueError:
@@ -219,10 +236,10 @@ def _device_id(value: str) -> uuid.UUID | None:
 
 @router.get("/devices/{device_id}")
 async def device_page(
-    request: Request, device_id: str, principal: CurrentPrincipal, conn: Conn, reads: DevicesDep
+    request: Request, device_id: str, principal: ConsolePage, conn: Conn, reads: DevicesDep
 ) -> Response:
     """One device: details, rename, session tokens, deployments, deploy form, unpair."""
-    owner, parsed = principal.org_id, _device_id(device_id)
+    owner, parsed = principal.org_id, _uuid(device_id)
     try:
         device = None if parsed is None else await reads.get(conn, owner, parsed)
     except NotFoundError:
@@ -276,7 +293,7 @@ def _model_label(model_id: uuid.UUID | None, names: dict[str, str]) -> str | Non
 @router.get("/models")
 async def models_page(  # noqa: PLR0917 - FastAPI injects query parameters by name
     request: Request,
-    principal: CurrentPrincipal,
+    principal: ConsolePage,
     conn: Conn,
     settings: SettingsDep,
     chip: Text = "",
@@ -311,6 +328,24 @@ async def models_page(  # noqa: PLR0917 - FastAPI injects query parameters by na
     )
 
 
+@router.get("/models/{model_id}/file")
+async def model_file(
+    model_id: uuid.UUID, principal: ConsolePrincipal, conn: Conn, storage: StorageDep
+) -> Response:
+    """The Download link of the models page: the whole file of a model of the chosen
+    organisation (a plain link cannot send ``X-Visiona-Org``; ``models:download``, so a
+    viewer gets 403 as from the API)."""
+    principal.require(Permission.MODELS_DOWNLOAD)
+    model = await models.require_model(conn, principal.org_id, model_id)
+    opened = await models.open_file(storage, model, 0, None)
+    headers = {
+        "Content-Length": str(opened.end - opened.start),
+        "Content-Disposition": attachment_disposition(model.name),
+        "ETag": f'"{model.sha256}"',
+    }
+    return StreamingResponse(opened.chunks, headers=headers, media_type="application/octet-stream")
+
+
 # -- pairing tokens and account ------------------------------------------------------
 
 
@@ -320,7 +355,7 @@ async def _pairing_tokens(conn: AsyncConnection, org_id: uuid.UUID) -> list[Pair
 
 @router.get("/pairing-tokens")
 async def pairing_tokens_page(
-    request: Request, principal: CurrentPrincipal, conn: Conn, reads: DevicesDep
+    request: Request, principal: ConsolePage, conn: Conn, reads: DevicesDep
 ) -> Response:
     """Unused and used pairing tokens, newest first, with revoke."""
     tokens = sorted_newest_first(await _pairing_tokens(conn, principal.org_id))
@@ -336,7 +371,7 @@ async def pairing_tokens_page(
 
 
 @router.get("/pairing-tokens/{token_id}.json")
-async def pairing_token_state(token_id: str, principal: CurrentPrincipal, conn: Conn) -> Response:
+async def pairing_token_state(token_id: str, principal: ConsolePrincipal, conn: Conn) -> Response:
     """What the connect dialog polls: whether its token was used, and by which device."""
     for token in await _pairing_tokens(conn, principal.org_id):
         if str(token.public_id) != token_id:
@@ -356,7 +391,7 @@ async def pairing_token_state(token_id: str, principal: CurrentPrincipal, conn: 
 @router.get("/activity")
 async def activity_page(  # noqa: PLR0917 - FastAPI injects query parameters by name
     request: Request,
-    principal: CurrentPrincipal,
+    principal: ConsolePage,
     conn: Conn,
     settings: SettingsDep,
     reads: DevicesDep,
@@ -395,9 +430,108 @@ async def activity_page(  # noqa: PLR0917 - FastAPI injects query parameters by 
 
 
 @router.get("/account")
-async def account_page(request: Request, principal: CurrentPrincipal, conn: Conn) -> Response:
+async def account_page(request: Request, principal: ConsolePage, conn: Conn) -> Response:
     """The signed-in user's email and name."""
     user = await users.get_by_id(conn, principal.user_id)
     if user is None:  # the account is gone; the session is meaningless
         raise UnauthorizedError("Session expired or not valid.")
     return render(request, "account.html", title="Account", nav="account", user=user)
+
+
+# -- organisations: the switcher, members, invitations ---------------------------------
+
+
+def _section(path: str) -> str:
+    """The list page of the console section ``path`` is in (a device of one organisation
+    means nothing in another): ``/devices/…`` → ``/devices``."""
+    first = safe_next(path).split("?")[0].strip("/").split("/")[0]
+    return f"/{first}" if first in _SECTIONS else DEFAULT_NEXT
+
+
+_SECTIONS = frozenset({"devices", "models", "pairing-tokens", "activity", "members", "account"})
+
+
+@router.post("/org")
+async def switch_org(  # noqa: PLR0917 - FastAPI injects each by name
+    request: Request,
+    caller: CurrentCaller,
+    memberships: MembershipsDep,
+    settings: SettingsDep,
+    org_id: Annotated[str, Form(max_length=64)] = "",
+    next: Annotated[str, Form(max_length=200)] = "",  # noqa: A002 - the form's name
+) -> Response:
+    """The organisation switcher: act in ``org_id`` from now on (the ``visiona_org``
+    cookie), back on the section's list page. Cookie-authenticated, so same-origin only
+    (the caller check, as every console write); an organisation the user is not a member
+    of is refused with the same 404 page as one that does not exist."""
+    chosen = _uuid(org_id.strip())
+    access = None if chosen is None else await memberships.resolve(caller.user_id, chosen, None)
+    if access is None:
+        return render(request, "not_found.html", 404, title="Not found", what="organisation")
+    response = RedirectResponse(_section(next), status_code=303)
+    response.set_cookie(
+        ORG_COOKIE,
+        str(access.org_id),
+        max_age=settings.session_absolute_ttl,
+        httponly=True,
+        samesite="lax",
+        secure=settings.cookie_secure,
+        path="/",
+    )
+    return response
+
+
+@router.get("/members")
+async def members_page(request: Request, principal: ConsolePage, conn: Conn) -> Response:
+    """The organisation's members and roles; admins and owners invite, change roles,
+    remove and see the pending invitations; anyone may leave (not their personal one)."""
+    org_id = principal.org_id
+    members = await every_row(lambda page: orgs.list_members(conn, org_id, principal.user_id, page))
+    invitations: list[Invitation] = []
+    if principal.can(Permission.MEMBERS):
+        every = await every_row(
+            lambda page: orgs.list_invitations(conn, org_id, principal.user_id, page)
+        )
+        now = utcnow()
+        invitations = [
+            i for i in every
+            if i.accepted_at is None and i.revoked_at is None and i.expires_at > now
+        ]  # fmt: skip
+    mine = await orgs.membership(conn, org_id, principal.user_id)
+    grantable = [r.value for r in Role if principal.can(Permission.ORG) or r != Role.OWNER]
+    return render(
+        request,
+        "members.html",
+        title="Members",
+        nav="members",
+        org=mine.org,
+        members=members,
+        invitations=invitations,
+        user_id=principal.user_id,
+        grantable=grantable,
+        invitable=[r for r in grantable if r != Role.OWNER.value],
+    )
+
+
+@router.get("/invitations/accept")
+async def accept_invitation_page(
+    request: Request,
+    caller: CurrentCaller,
+    conn: Conn,
+    token: Annotated[str, Query(max_length=200)] = "",
+) -> Response:
+    """An invitation link: who invited you where, with which role, and a button to
+    join; or why it cannot be accepted (used, expired, for another email, a member
+    already), in words."""
+    user = await users.get_by_id(conn, caller.user_id)
+    if user is None:
+        raise UnauthorizedError("Session expired or not valid.")
+    found = await orgs.invitation_preview(conn, caller.user_id, user.email, token.strip())
+    return render(
+        request,
+        "accept_invitation.html",
+        title="Invitation",
+        token=token.strip(),
+        user=user,
+        preview=found,
+    )

@@ -369,7 +369,7 @@ async def download_file(
     start, end = span if isinstance(span, tuple) else (0, None)
     opened = await service.open_file(storage, model, start, end)
     headers["Content-Length"] = str(opened.end - opened.start)
-    headers["Content-Disposition"] = _disposition(model.name)
+    headers["Content-Disposition"] = attachment_disposition(model.name)
     code = status.HTTP_200_OK
     if isinstance(span, tuple):
         code = status.HTTP_206_PARTIAL_CONTENT
@@ -411,7 +411,9 @@ def _parse_range(header: str, size: int) -> tuple[int, int] | str | None:  # noq
     return start, end
 
 
-def _disposition(name: str) -> str:
+def attachment_disposition(name: str) -> str:
+    """The ``Content-Disposition`` of a download of the model ``name`` (``….nef``; the
+    console's download uses it too)."""
     filename = name if name.lower().endswith(".nef") else f"{name}.nef"
     ascii_name = "".join(
         c if c.isascii() and c.isprintable() and c not in '"\\' else "_" for c in filename

@@ -314,3 +314,43 @@ async def accept(conn: AsyncConnection, user_id: uuid.UUID, user_email: str, tok
                 "email": user_email},
     )  # fmt: skip
     return MyOrg(org.id, org.name, org.personal, org.created_at, invitation.role)
+
+
+@dataclass(frozen=True, slots=True)
+class InvitationPreview:
+    """What an invitation link says to the signed-in user before they accept it.
+
+    ``state``: ``ok`` (they can accept), ``invalid`` (unknown, used, revoked or
+    expired), ``mismatch`` (for another email), ``member`` (a member already). The
+    organisation, role and invited email are only given when the token is valid.
+    """
+
+    state: str
+    org_name: str | None = None
+    role: Role | None = None
+    email: str | None = None
+
+
+async def invitation_preview(
+    conn: AsyncConnection, user_id: uuid.UUID, user_email: str, token: str
+) -> InvitationPreview:
+    """What accepting ``token`` would do for the user (the checks of :func:`accept`,
+    read only)."""
+    invitation = await repository.invitation_by_hash(conn, hash_token(token)) if token else None
+    if (
+        invitation is None
+        or invitation.accepted_at is not None
+        or invitation.revoked_at is not None
+        or invitation.expires_at <= utcnow()
+    ):
+        return InvitationPreview("invalid")
+    org = await repository.get_org(conn, invitation.org_id)
+    if org is None:
+        return InvitationPreview("invalid")
+    if invitation.email.lower() != user_email.lower():
+        state = "mismatch"
+    elif await repository.role_of(conn, org.id, user_id) is not None:
+        state = "member"
+    else:
+        state = "ok"
+    return InvitationPreview(state, org.name, invitation.role, invitation.email)

@@ -9,12 +9,15 @@
   const POLL_MS = 3000;
   const $ = (selector, root) => (root || document).querySelector(selector);
   const $$ = (selector, root) => Array.from((root || document).querySelectorAll(selector));
+  // The organisation the page acts in (the switcher's); every API call names it.
+  const ORG = document.body ? document.body.dataset.org || "" : "";
 
   // -- helpers -----------------------------------------------------------------
 
   // A JSON request to a URL of this server; resolves to {ok, status, data}.
   async function request(method, url, body) {
     const init = { method, credentials: "same-origin", headers: { Accept: "application/json" } };
+    if (ORG && url.startsWith(API + "/")) init.headers["X-Visiona-Org"] = ORG;
     if (body !== undefined) {
       init.headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(body);
@@ -434,10 +437,11 @@
   // -- device page ---------------------------------------------------------------------
 
   function setupDevice() {
+    const heading = $("h1[data-device-id]");
+    if (!heading) return;
+    const id = heading.dataset.deviceId;
     const form = $("#rename-form");
-    if (!form) return;
-    const id = form.dataset.deviceId;
-    form.addEventListener("submit", async (event) => {
+    if (form) form.addEventListener("submit", async (event) => {
       event.preventDefault();
       showError(form, "");
       const result = await api("PATCH", "/devices/" + id, { name: form.name.value.trim() });
@@ -447,7 +451,8 @@
       }
       $("[data-device-name]").textContent = result.data.name;
       document.title = result.data.name + " · visionA";
-      $('[data-action="unpair"]').dataset.name = result.data.name;
+      const unpair = $('[data-action="unpair"]');
+      if (unpair) unpair.dataset.name = result.data.name;
       toast("Renamed to " + result.data.name + ".");
     });
     const tags = $("#tags-form");
@@ -590,6 +595,7 @@
       });
       xhr.open("POST", API + "/models");
       xhr.setRequestHeader("Accept", "application/json");
+      if (ORG) xhr.setRequestHeader("X-Visiona-Org", ORG);
       xhr.send(data);
     });
 
@@ -627,6 +633,108 @@
     await refreshRegions(["models-list"]);
   }
 
+
+  // -- members -------------------------------------------------------------------------
+
+  function setupMembers() {
+    const form = $("#invite-form");
+    if (form) {
+      form.addEventListener("submit", async (event) => {
+        event.preventDefault();
+        showError(form, "");
+        const email = form.email.value.trim();
+        if (!email) return showError(form, "Email is required.");
+        const orgId = form.dataset.orgId;
+        const result = await api("POST", "/orgs/" + orgId + "/invitations", { email, role: form.role.value });
+        if (!result.ok) return showError(form, errorText(result));
+        const link = location.origin + "/invitations/accept?token=" + encodeURIComponent(result.data.token);
+        const box = $("[data-invite-link]");
+        $("[data-invite-email]", box).textContent = result.data.email + " (" + result.data.role + ")";
+        $("[data-invite-url]", box).textContent = link;
+        $("[data-copy-invite]", box).dataset.copy = link;
+        box.hidden = false;
+        form.reset();
+        await refreshRegions(["members"]);
+      });
+    }
+    document.addEventListener("change", async (event) => {
+      const select = event.target.closest("select[data-role-select]");
+      if (!select) return;
+      const slot = $("[data-members-error]");
+      slot.hidden = true;
+      const result = await api("PATCH", "/orgs/" + select.dataset.orgId + "/members/" + select.dataset.memberId, { role: select.value });
+      if (!result.ok) {
+        select.value = select.dataset.current;
+        slot.textContent = "Role not changed: " + errorText(result);
+        slot.hidden = false;
+        return;
+      }
+      select.dataset.current = result.data.role;
+      toast(result.data.email + " is now " + result.data.role + ".");
+    });
+  }
+
+  function membersError(result, what) {
+    const slot = $("[data-members-error]");
+    if (!slot) return toast(what + errorText(result));
+    slot.textContent = what + errorText(result);
+    slot.hidden = false;
+  }
+
+  async function removeMember(button) {
+    const ok = await confirmAction("Remove " + button.dataset.name + "?", button.dataset.name + " loses access to this organisation's devices and models at once.", "Remove");
+    if (!ok) return;
+    const result = await api("DELETE", "/orgs/" + button.dataset.orgId + "/members/" + button.dataset.memberId);
+    if (!result.ok) return membersError(result, "Not removed: ");
+    toast(button.dataset.name + " removed.");
+    await refreshRegions(["members"]);
+  }
+
+  async function leaveOrg(button) {
+    const ok = await confirmAction("Leave " + button.dataset.name + "?", "You lose access to its devices and models; someone must invite you again to come back.", "Leave");
+    if (!ok) return;
+    const result = await api("DELETE", "/orgs/" + button.dataset.orgId + "/members/" + button.dataset.memberId);
+    if (!result.ok) return membersError(result, "You did not leave: ");
+    location.assign("/devices");  // the stale choice falls back to your personal organisation
+  }
+
+  async function revokeInvitation(button) {
+    const ok = await confirmAction("Revoke the invitation of " + button.dataset.name + "?", "Its link stops working.", "Revoke");
+    if (!ok) return;
+    const result = await api("DELETE", "/orgs/" + button.dataset.orgId + "/invitations/" + button.dataset.invitationId);
+    if (!result.ok && result.status !== 404) return membersError(result, "Not revoked: ");
+    toast("Invitation revoked.");
+    await refreshRegions(["members"]);
+  }
+
+  // Act in an organisation from now on: the switcher's form (same origin, a real POST).
+  function switchTo(orgId, next) {
+    const form = document.createElement("form");
+    form.method = "post";
+    form.action = "/org";
+    for (const [name, value] of [["org_id", orgId], ["next", next]]) {
+      const input = document.createElement("input");
+      input.type = "hidden";
+      input.name = name;
+      input.value = value;
+      form.append(input);
+    }
+    document.body.append(form);
+    form.submit();
+  }
+
+  function setupAccept() {
+    const form = $("#accept-form");
+    if (!form) return;
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      showError(form, "");
+      const result = await api("POST", "/invitations/accept", { token: form.dataset.token });
+      if (!result.ok) return showError(form, errorText(result));
+      switchTo(result.data.id, "/members");
+    });
+  }
+
   // -- wiring --------------------------------------------------------------------------
 
   const ACTIONS = {
@@ -638,6 +746,9 @@
     "revoke-pairing": revokePairing,
     "rename-model": renameModel,
     "delete-model": deleteModel,
+    "remove-member": removeMember,
+    "leave-org": leaveOrg,
+    "revoke-invitation": revokeInvitation,
   };
 
   document.addEventListener("click", (event) => {
@@ -666,5 +777,7 @@
     setupConnect();
     setupDevice();
     setupUpload();
+    setupMembers();
+    setupAccept();
   });
 })();
