@@ -32,6 +32,8 @@ from visiona.devices.dependencies import DEVICES
 from visiona.devices.endpoints import agent_router
 from visiona.devices.endpoints import router as devices_router
 from visiona.devices.service import Devices
+from visiona.enrollment.endpoints import agent_router as enrollment_agent_router
+from visiona.enrollment.endpoints import router as enrollment_router
 from visiona.kit.database import Database
 from visiona.kit.deps import DEVICE_REVOKED, DRAIN, RUNTIME
 from visiona.kit.edge import (
@@ -207,6 +209,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(devices_router, prefix=API_PREFIX)
     app.include_router(tokens_router, prefix=API_PREFIX)
     app.include_router(agent_router, prefix=API_PREFIX)
+    app.include_router(enrollment_router, prefix=API_PREFIX)
+    app.include_router(enrollment_agent_router, prefix=API_PREFIX)
 
     # models feature routers
     app.include_router(models_router, prefix=API_PREFIX)

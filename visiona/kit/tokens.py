@@ -13,6 +13,7 @@ TOKEN_BYTES = 32
 USER_SESSION_PREFIX = "vus"
 PAIRING_PREFIX = "vpt"
 DEVICE_SESSION_PREFIX = "vst"
+ENROLLMENT_PREFIX = "vek"
 
 
 def new_token(prefix: str) -> str:
