@@ -596,3 +596,29 @@ def test_devices_are_named_by_id_prefix_or_name_and_ambiguity_is_explained(
     renamed = run("devices", "rename", lab[:8], "Lab PC (bench)")
     assert renamed.exit_code == 0, renamed.output
     assert renamed.stdout.strip() == f"renamed {lab} to Lab PC (bench)"
+
+
+def test_enroll_keys_create_list_revoke(server: str, account: str, config_home: Path) -> None:
+    assert login(server, account).exit_code == 0
+    created = run(
+        "enroll-keys", "create", "warehouse", "--max-uses", "3", "-t", "site=wh", "--json"
+    )
+    assert created.exit_code == 0, created.output
+    body = json.loads(created.stdout)
+    assert body["key"].startswith("vek_")
+    assert f"--enroll-key {body['key']}" in body["agent_command"]
+    enrolled = httpx.post(
+        f"{server}/api/v1/agent/enroll",
+        json={"enrollment_key": body["key"], "serial_number": "SN-E1", "device_type": "kl520"},
+    )
+    assert enrolled.status_code == 201, enrolled.text
+    listed = run("enroll-keys", "list")
+    assert listed.exit_code == 0, listed.output
+    assert "1/3" in listed.stdout
+    assert "site=wh" in listed.stdout
+    assert body["key"] not in listed.stdout
+    revoked = run("enroll-keys", "revoke", body["id"], "--json")
+    assert revoked.exit_code == 0, revoked.output
+    as_json = run("enroll-keys", "list", "--json")
+    assert json.loads(as_json.stdout.splitlines()[0])["revoked_at"] is not None
+    assert run("enroll-keys", "create", "bad", "-t", "nokey").exit_code == 1

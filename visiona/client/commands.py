@@ -50,6 +50,11 @@ pairing_app = typer.Typer(
     help="One-time pairing tokens that let an agent join your account.",
     no_args_is_help=True,
 )
+enroll_app = typer.Typer(
+    rich_markup_mode=None,
+    help="Reusable enrollment keys: one key pairs a whole fleet of PCs.",
+    no_args_is_help=True,
+)
 
 audit_app = typer.Typer(
     rich_markup_mode=None,
@@ -811,6 +816,112 @@ def revoke_pairing_token(
     typer.echo(f"revoked {token_id}")
 
 
+# -- enrollment keys --------------------------------------------------------------
+
+
+@enroll_app.command("create")
+@one_line_errors
+def create_enrollment_key(  # noqa: PLR0917 - one parameter per command-line option
+    name: Annotated[str, typer.Argument(help="What the key is for, e.g. 'warehouse'.")],
+    max_uses: Annotated[int, typer.Option("--max-uses", min=1, help="Enrolments it allows.")] = 1,
+    expires_in_hours: Annotated[
+        int, typer.Option("--expires-in-hours", min=1, help="Hours until it stops working.")
+    ] = 24,
+    tag: Annotated[
+        list[str] | None,
+        typer.Option("--tag", "-t", metavar="KEY=VALUE", help="A tag each device gets (repeat)."),
+    ] = None,
+    name_template: Annotated[
+        str | None,
+        typer.Option(
+            "--name-template", help="Device names: {serial}, {type} and {n} are replaced."
+        ),
+    ] = None,
+    forward: Annotated[
+        str, typer.Option(help="The local service the agent command forwards to.")
+    ] = "127.0.0.1:8000",
+    as_json: JsonOption = False,
+    server: ServerOption = None,
+) -> None:
+    """Create an enrollment key and print the agent command that uses it (shown once)."""
+    tags: dict[str, str] = {}
+    for word in tag or []:
+        key, sep, value = word.partition("=")
+        if not sep or not key.strip():
+            raise _fail(f"--tag takes KEY=VALUE, got {word!r}")
+        tags[key.strip()] = value.strip()
+    body: dict[str, Any] = {
+        "name": name,
+        "max_uses": max_uses,
+        "expires_in_hours": expires_in_hours,
+        "tags": tags,
+    }
+    if name_template:
+        body["name_template"] = name_template
+    with _session(server) as api:
+        created = api.call("POST", "/enrollment-keys", json=body)
+        base = api.server
+    command = f"visiona agent --server {base} --enroll-key {created['key']} --forward {forward}"
+    if as_json:
+        _echo_json({**created, "agent_command": command})
+        return
+    typer.echo(
+        f"enrollment key {created['key']} ({created['max_uses']} use(s), "
+        f"expires {created['expires_at']})"
+    )
+    typer.echo("on each computer with a dongle, run:")
+    typer.echo(f"  {command}")
+
+
+@enroll_app.command("list")
+@one_line_errors
+def list_enrollment_keys(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+    server: ServerOption = None,
+) -> None:
+    """List your enrollment keys with their uses (never their plaintext)."""
+    with _session(server) as api:
+        items = list(api.pages("/enrollment-keys", {"limit": "200"}))
+    if as_json:
+        for item in items:
+            _echo_json(item)
+        return
+    table = _table("id", "name", "uses", "state", "expires", "tags")
+    for item in items:
+        state = (
+            "revoked"
+            if item.get("revoked_at")
+            else "used up"
+            if item["uses"] >= item["max_uses"]
+            else "usable"
+        )
+        table.add_row(
+            str(item["id"]),
+            str(item["name"]),
+            f"{item['uses']}/{item['max_uses']}",
+            state,
+            str(item.get("expires_at") or "")[:19].replace("T", " "),
+            ",".join(f"{k}={v}" for k, v in sorted(item.get("tags", {}).items())),
+        )
+    typer.echo(_text(table) + f"{len(items)} enrollment key(s)")
+
+
+@enroll_app.command("revoke")
+@one_line_errors
+def revoke_enrollment_key(
+    key_id: Annotated[str, typer.Argument(metavar="ID", help="The key's id (from list).")],
+    as_json: JsonOption = False,
+    server: ServerOption = None,
+) -> None:
+    """Revoke an enrollment key: it enrols no more PCs (enrolled devices stay paired)."""
+    with _session(server) as api:
+        api.call("DELETE", f"/enrollment-keys/{_path_id(key_id)}")
+    if as_json:
+        _echo_json({"id": key_id, "revoked": True})
+        return
+    typer.echo(f"revoked {key_id}")
+
+
 # -- audit trail ----------------------------------------------------------------------
 
 
@@ -940,4 +1051,5 @@ def register(app: typer.Typer) -> None:
     app.add_typer(devices_app, name="devices")
     app.add_typer(deployments_app, name="deployments")
     app.add_typer(pairing_app, name="pairing-tokens")
+    app.add_typer(enroll_app, name="enroll-keys")
     app.add_typer(audit_app, name="audit")
