@@ -53,6 +53,9 @@ from visiona.models.dependencies import STORAGE
 from visiona.models.endpoints import router as models_router
 from visiona.models.storage import ObjectStorage
 from visiona.ops.endpoints import router as ops_router
+from visiona.rollouts.dependencies import SCHEDULER
+from visiona.rollouts.endpoints import router as rollouts_router
+from visiona.rollouts.scheduler import Scheduler, build_lease
 from visiona.tokens.endpoints import router as tokens_router
 from visiona.tunnel.dependencies import HUB, RELAY
 from visiona.tunnel.endpoints import internal_router as tunnel_internal_router
@@ -108,7 +111,8 @@ async def run_features(
 
     The one place that knows every feature: the tunnel hub (with the cluster's
     registry when clustered), the cluster (and what its node link serves here), the
-    proxy's relay, the model storage, deployments' delivery and recovery, the session
+    proxy's relay, the model storage, deployments' delivery and recovery, the rollout
+    scheduler, the session
     store, the audit pruner, and who hears of a revoked device.
     """
     settings, db = runtime.settings, runtime.db
@@ -158,6 +162,12 @@ async def run_features(
         # What another node's link carries here, served from this node's tunnels only.
         cluster.handlers.proxy(relay.here)
         cluster.handlers.call(LINK_KIND, delivery.on_link_call)
+        # Rollouts: the scheduler runs on every node, acts under its lease (after the
+        # deployments' recovery above failed what a previous run left unfinished).
+        scheduler = Scheduler(db, settings, delivery, build_lease(runtime.redis, cluster))
+        SCHEDULER.provide(app, scheduler)
+        scheduler.start()
+        stack.push_async_callback(scheduler.stop)
         yield sessions
 
 
@@ -217,6 +227,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # deployments feature routers
     app.include_router(deployments_router, prefix=API_PREFIX)
+
+    # rollouts feature routers
+    app.include_router(rollouts_router, prefix=API_PREFIX)
 
     # audit feature routers
     app.include_router(audit_router, prefix=API_PREFIX)
