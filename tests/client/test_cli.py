@@ -639,12 +639,12 @@ def test_rollouts_create_watch_show_and_cancel(
     uploaded = run("models", "upload", str(_model_file(config_home)), "--chip", "kl720")
     assert uploaded.exit_code == 0, uploaded.output
     model_id = uploaded.stdout.split()[1]
-    created = run(
+    made = run(
         "rollouts", "create", "--model", model_id, "--device", "roll-a", "--device", "roll-b",
         "--canary", "1", "--batch", "50%", "--max-failures", "10%", "--json",
     )  # fmt: skip
-    assert created.exit_code == 0, created.output
-    rollout = json.loads(created.stdout)
+    assert made.exit_code == 0, made.output
+    rollout = json.loads(made.stdout)
     assert rollout["devices"] == 2
     assert rollout["max_failure_percent"] == 10
     shown = run("rollouts", "show", rollout["id"])

@@ -107,7 +107,7 @@ async def _key(http: httpx.AsyncClient, user: User, uses: int) -> str:
 async def _online(http: httpx.AsyncClient, user: User, n: int) -> None:
     async def ready() -> bool:
         items = (await http.get(f"{API}/devices", headers=user.headers)).json()["items"]
-        return sum(i["remote_status"] == "online" for i in items) == n
+        return bool(sum(i["remote_status"] == "online" for i in items) == n)
 
     await wait_for(ready, limit=120)
 
@@ -123,7 +123,7 @@ async def _until_state(
     http: httpx.AsyncClient, user: User, rollout_id: str, state: str
 ) -> dict[str, Any]:
     async def reached() -> bool:
-        return (await _rollout(http, user, rollout_id))["state"] == state
+        return bool((await _rollout(http, user, rollout_id))["state"] == state)
 
     await wait_for(reached, limit=120)
     return await _rollout(http, user, rollout_id)
@@ -137,7 +137,13 @@ async def _devices(http: httpx.AsyncClient, user: User, rollout_id: str) -> list
     return items
 
 
-async def test_canary_then_batches_reach_every_agent_once_and_roll_back(
+async def _create(http: httpx.AsyncClient, user: User, **body: Any) -> str:
+    created = await http.post(f"{API}/rollouts", json=body, headers=user.headers)
+    assert created.status_code == 201, created.text
+    return str(created.json()["id"])
+
+
+async def test_canary_then_batches_reach_every_agent_once_and_the_offline_one_later(
     live: LiveServer, http: httpx.AsyncClient, device_port: int, tmp_path: Path
 ) -> None:
     user = await signup(http)
@@ -150,36 +156,29 @@ async def test_canary_then_batches_reach_every_agent_once_and_roll_back(
         # the seventh PC is enrolled, but its agent is not running yet
         late = await http.post(
             f"{API}/agent/enroll",
-            json={
-                "enrollment_key": fleet.key,
-                "serial_number": "SN-LATE",
-                "device_type": "kl720",
-            },
+            json={"enrollment_key": fleet.key, "serial_number": "SN-LATE", "device_type": "kl720"},
         )
         assert late.status_code == 201, late.text
         await _online(http, user, 6)
-        first = await uploaded(http, user, nef(200_000, seed=1), chip="kl720")
-        created = await http.post(
-            f"{API}/rollouts",
-            json={
-                "model_id": first["id"],
-                "selector": "site=f",
-                "canary": 1,
-                "batch": 3,
-                "max_failure_percent": 100,
-            },
-            headers=user.headers,
+        model = await uploaded(http, user, nef(200_000, seed=1), chip="kl720")
+        rollout_id = await _create(
+            http,
+            user,
+            model_id=model["id"],
+            selector="site=f",
+            canary=1,
+            batch=3,
+            max_failure_percent=100,
         )
-        assert created.status_code == 201, created.text
-        rollout_id = created.json()["id"]
-        assert created.json()["devices"] == 7
+        assert (await _rollout(http, user, rollout_id))["devices"] == 7
 
         async def only_late_left() -> bool:
-            shown = await _rollout(http, user, rollout_id)
-            counts = shown["counts"]
-            return counts["succeeded"] == 5 and counts["failed"] == 1 and counts["waiting"] == 1
+            counts = (await _rollout(http, user, rollout_id))["counts"]
+            return bool(
+                counts["succeeded"] == 5 and counts["failed"] == 1 and counts["waiting"] == 1
+            )
 
-        await wait_for(only_late_left, limit=120)
+        await wait_for(only_late_left, limit=100)
         shown = await _rollout(http, user, rollout_id)
         assert shown["state"] == "running"
         assert [b["devices"] for b in shown["batches"]] == [1, 3, 3]
@@ -192,33 +191,45 @@ async def test_canary_then_batches_reach_every_agent_once_and_roll_back(
         done = await _until_state(http, user, rollout_id, "completed")
         assert done["counts"]["succeeded"] == 6
         for serial in [*serials[:5], "SN-LATE"]:
-            assert fleet.ran(serial) == [first["id"]], serial
-        assert (
-            await actions(http_app(live), action="rollout.batch_started")
-            == ["rollout.batch_started"] * 3
-        )
+            assert fleet.ran(serial) == [model["id"]], serial
+        started = await actions(http_app(live), action="rollout.batch_started")
+        assert started == ["rollout.batch_started"] * 3
+    finally:
+        await fleet.close()
 
-        # a second model, then back to the first
-        second = await uploaded(http, user, nef(100_000, seed=2), chip="kl720")
-        again = await http.post(
-            f"{API}/rollouts",
-            json={"model_id": second["id"], "selector": "site=f", "batch": "50%"},
-            headers=user.headers,
+
+async def test_a_failing_agent_pauses_the_rollout_and_a_rollback_restores_the_model(
+    live: LiveServer, http: httpx.AsyncClient, device_port: int, tmp_path: Path
+) -> None:
+    user = await signup(http)
+    fleet = Fleet(live, device_port, tmp_path, await _key(http, user, 3))
+    try:
+        await fleet.start("SN-A")
+        await fleet.start("SN-B")
+        await fleet.start("SN-BAD", failing=True)
+        await _online(http, user, 3)
+        first = await uploaded(http, user, nef(50_000, seed=1), chip="kl720")
+        first_id = await _create(
+            http, user, model_id=first["id"], selector="site=f", max_failure_percent=100
         )
-        assert again.status_code == 201
-        again_id = again.json()["id"]
-        paused = await _until_state(http, user, again_id, "paused")  # the failing agent
+        await _until_state(http, user, first_id, "completed")
+        second = await uploaded(http, user, nef(60_000, seed=2), chip="kl720")
+        second_id = await _create(http, user, model_id=second["id"], selector="site=f", batch="50%")
+        paused = await _until_state(http, user, second_id, "paused")  # auto-abort
         assert "failed" in paused["reason"]
-        await http.post(f"{API}/rollouts/{again_id}/cancel", headers=user.headers)
-        rolled = await http.post(f"{API}/rollouts/{again_id}/rollback", headers=user.headers)
+        assert paused["counts"]["failed"] == 1
+        cancelled = await http.post(f"{API}/rollouts/{second_id}/cancel", headers=user.headers)
+        assert cancelled.status_code == 200
+        rolled = await http.post(f"{API}/rollouts/{second_id}/rollback", headers=user.headers)
         assert rolled.status_code == 201, rolled.text
         back = await _until_state(http, user, rolled.json()["id"], "completed")
         assert back["counts"]["failed"] == 0
-        for serial in [*serials[:5], "SN-LATE"]:
+        for serial in ("SN-A", "SN-B"):
             ran = fleet.ran(serial)
-            assert ran[0] == first["id"], serial
-            assert len(ran) == len(set(ran)) + (1 if second["id"] in ran else 0), ran
-            assert ran[-1] == first["id"], serial
+            assert ran[0] == first["id"], ran
+            assert ran[-1] == first["id"], ran  # back on the first model
+            assert ran.count(second["id"]) <= 1, ran
+        assert await actions(http_app(live), action="rollout.paused") == ["rollout.paused"]
     finally:
         await fleet.close()
 

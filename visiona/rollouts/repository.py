@@ -27,6 +27,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    or_,
     select,
     update,
 )
@@ -507,8 +508,15 @@ async def assign_batch(
     return max(0, (await conn.execute(stmt)).rowcount or 0)
 
 
-async def candidates(conn: AsyncConnection, rollout_id: uuid.UUID, limit: int) -> list[Candidate]:
-    """Up to ``limit`` devices of started batches not yet sent whose device is online."""
+async def candidates(
+    conn: AsyncConnection, rollout_id: uuid.UUID, limit: int, *, settled_before: datetime
+) -> list[Candidate]:
+    """Up to ``limit`` devices of started batches not yet sent whose device is online.
+
+    A device tried before (its transfer was lost with a node) is taken only once its
+    tunnel has been up since ``settled_before``: the agent reports the model it runs as
+    soon as it connects, so one that did receive the lost transfer is seen as running it
+    (``succeeded``, by :func:`sync_devices`) instead of being sent it again."""
     stmt = (
         select(
             rollout_devices.c.device_id,
@@ -524,6 +532,10 @@ async def candidates(conn: AsyncConnection, rollout_id: uuid.UUID, limit: int) -
             rollout_devices.c.state == "queued",
             _online,
             _live,
+            or_(
+                rollout_devices.c.attempts == 0,
+                devices.c.last_connected_at <= settled_before,
+            ),
         )
         .order_by(
             rollout_devices.c.batch, rollout_devices.c.created_at, rollout_devices.c.device_id

@@ -13,7 +13,8 @@ short transactions:
 3. *settle*: a device ``transferring`` under a deployment this node is not running (a
    previous leader's) takes its deployment's outcome; one whose node died before or
    during the transfer (the deployment failed as lost, interrupted or restarted) is
-   queued again (at most :data:`MAX_ATTEMPTS` tries), and one that reports the model
+   queued again (at most :data:`MAX_ATTEMPTS` tries), sent again only once its tunnel
+   has been up for :data:`RETRY_GRACE` seconds, and one that reports the model
    meanwhile counts as ``succeeded`` — never sent twice;
 4. *plan* (:mod:`visiona.rollouts.planner`): auto-abort, the deadline, the next batch,
    completion; one audit event per batch and per state change;
@@ -36,7 +37,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from visiona.audit import service as audit
@@ -80,6 +81,9 @@ LOST = frozenset(
     }
 )
 DEADLINE_REASON = "the deadline passed"
+#: Seconds a device whose transfer was lost stays connected before it is sent the model
+#: again: time for its agent's on-connect report of the model it runs to land.
+RETRY_GRACE = 5.0
 _ACTIVE = (DeploymentStatus.PENDING.value, DeploymentStatus.TRANSFERRING.value)
 
 
@@ -177,8 +181,11 @@ class Scheduler:
             await self._settle(conn, rollout, now)
             running = await self._plan(conn, rollout, token, now)
             free = self._max - len(self._inflight)
+            settled = now - timedelta(seconds=RETRY_GRACE)
             chosen = (
-                await repository.candidates(conn, rollout_id, free) if running and free > 0 else []
+                await repository.candidates(conn, rollout_id, free, settled_before=settled)
+                if running and free > 0
+                else []
             )
         for candidate in chosen:
             await self._dispatch(rollout, candidate, token)
