@@ -178,3 +178,25 @@ async def test_bad_requests_are_refused_with_their_codes(client: httpx.AsyncClie
     listed = (await client.get(f"{API}/rollouts", headers=user.headers)).json()
     assert [r["id"] for r in listed["items"]] == [rollout_id]
     assert (await client.get(f"{API}/rollouts", headers=other.headers)).json()["items"] == []
+
+
+async def test_openapi_declares_the_rollout_and_enrollment_routes_and_their_codes(
+    client: httpx.AsyncClient,
+) -> None:
+    paths = (await client.get("/openapi.json")).json()["paths"]
+    assert set(paths["/api/v1/rollouts"]) == {"get", "post"}
+    created = paths["/api/v1/rollouts"]["post"]["responses"]
+    assert "invalid_selector" in created["400"]["description"]
+    assert "chip_mismatch" in created["409"]["description"]
+    assert "model_file_missing" in created["409"]["description"]
+    assert "get" in paths["/api/v1/rollouts/{rollout_id}"]
+    listing = paths["/api/v1/rollouts/{rollout_id}/devices"]["get"]
+    assert "state" in {p["name"] for p in listing["parameters"]}
+    for action in ("pause", "resume", "cancel", "rollback"):
+        responses = paths[f"/api/v1/rollouts/{{rollout_id}}/{action}"]["post"]["responses"]
+        assert "rollout_state" in responses["409"]["description"], action
+        assert "not_found" in responses["404"]["description"], action
+    assert set(paths["/api/v1/enrollment-keys"]) == {"get", "post"}
+    assert "delete" in paths["/api/v1/enrollment-keys/{key_id}"]
+    enroll = paths["/api/v1/agent/enroll"]["post"]["responses"]
+    assert {"201", "401", "429", "422"} <= set(enroll)
