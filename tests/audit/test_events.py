@@ -34,7 +34,9 @@ from visiona.yamux import Stream
 
 #: Produced and asserted in other modules: tests/agent/test_policy.py (agent-side
 #: refusals), tests/agent/test_deploy.py (a real agent without a hook),
-#: tests/tunnel/test_conflict.py, tests/tunnel/test_tcp_endpoints.py (TCP forwards).
+#: tests/tunnel/test_conflict.py, tests/tunnel/test_tcp_endpoints.py (TCP forwards),
+#: tests/enrollment/ (enrollment keys and enrolments), tests/rollouts/ (rollouts: the
+#: scheduler's batches need agents or devices brought online).
 _ELSEWHERE = {
     "proxy.forbidden_by_agent",
     "deployment.stored",
@@ -42,6 +44,17 @@ _ELSEWHERE = {
     "forward.opened",
     "forward.closed",
     "forward.refused",
+    "enrollment_key.created",
+    "enrollment_key.revoked",
+    "device.enrolled",
+    "rollout.created",
+    "rollout.batch_started",
+    "rollout.batch_finished",
+    "rollout.paused",
+    "rollout.resumed",
+    "rollout.cancelled",
+    "rollout.completed",
+    "rollout.failed",
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -104,6 +105,7 @@ async def test_devices_already_running_the_model_are_skipped_and_it_completes(
     assert done["counts"]["skipped"] == 2
     assert done["finished_at"] is not None
     assert await actions(app, action="rollout.completed") == ["rollout.completed"]
+    assert await actions(app, action="rollout.batch_finished") == ["rollout.batch_finished"]
     rolled = await client.post(f"{API}/rollouts/{created['id']}/rollback", headers=user.headers)
     assert rolled.status_code == 201, rolled.text
     assert rolled.json()["rollback_of"] == created["id"]
@@ -200,3 +202,22 @@ async def test_openapi_declares_the_rollout_and_enrollment_routes_and_their_code
     assert "delete" in paths["/api/v1/enrollment-keys/{key_id}"]
     enroll = paths["/api/v1/agent/enroll"]["post"]["responses"]
     assert {"201", "401", "429", "422"} <= set(enroll)
+
+
+async def test_at_the_deadline_offline_devices_are_cancelled_and_it_fails(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    user = await signup(client)
+    ids = await _devices(client, user, 2)
+    model = await uploaded(client, user, nef(1024, seed=9), chip="kl720")
+    deadline = (utcnow() + timedelta(seconds=3)).isoformat()
+    created = await _create(client, user, model_id=model["id"], device_ids=ids, deadline=deadline)
+    assert created.status_code == 201, created.text
+    rollout_id = created.json()["id"]
+    await wait_for(_until(client, user, rollout_id, lambda r: r["state"] == "failed"), limit=30)
+    failed = await _rollout(client, user, rollout_id)
+    assert failed["counts"]["cancelled"] == 2
+    assert failed["reason"] == "the deadline passed with 2 device(s) not deployed"
+    devices = await client.get(f"{API}/rollouts/{rollout_id}/devices", headers=user.headers)
+    assert {d["error"] for d in devices.json()["items"]} == {"the deadline passed"}
+    assert await actions(app, action="rollout.failed") == ["rollout.failed"]

@@ -61,6 +61,9 @@ def _now_ms() -> int:
 class Lease(Protocol):
     """The scheduler's right to act, and the fencing token that proves it."""
 
+    #: the longest a holder may wait between two :meth:`hold` calls and keep the lease
+    renew_every: float
+
     async def hold(self) -> int | None:
         """Take or renew the lease: its fencing token, or None when another node holds it."""
         ...
@@ -72,6 +75,8 @@ class Lease(Protocol):
 
 class LocalLease:
     """A single node: always held, one token per start (the wall clock in ms)."""
+
+    renew_every = float("inf")
 
     def __init__(self) -> None:
         """Draw this run's token."""
@@ -93,6 +98,7 @@ class RedisLease:
         self._redis = redis
         self._value = f"{node_id}:{secrets.token_hex(8)}"
         self._ttl_ms = max(1, int(ttl * 1000))
+        self.renew_every = ttl / 3
         self._acquire = redis.register_script(_ACQUIRE)
         self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)

@@ -1,6 +1,7 @@
 """The rollout scheduler: runs on every node, acts only under the lease.
 
-Each turn (every ``VISIONA_ROLLOUT_INTERVAL`` seconds, or sooner when woken), the node
+Each turn (every ``VISIONA_ROLLOUT_INTERVAL`` seconds while a rollout is open, every
+:data:`IDLE_WAIT` seconds otherwise, or sooner when woken), the node
 holding the lease (:mod:`visiona.rollouts.lease`) drives every open rollout, each in
 short transactions:
 
@@ -84,6 +85,9 @@ DEADLINE_REASON = "the deadline passed"
 #: Seconds a device whose transfer was lost stays connected before it is sent the model
 #: again: time for its agent's on-connect report of the model it runs to land.
 RETRY_GRACE = 5.0
+#: Seconds between the turns of a scheduler with no open rollout (one created on
+#: another node is seen within this).
+IDLE_WAIT = 5.0
 _ACTIVE = (DeploymentStatus.PENDING.value, DeploymentStatus.TRANSFERRING.value)
 
 
@@ -149,25 +153,32 @@ class Scheduler:
 
     async def _run(self) -> None:
         while True:
+            busy = True
             try:
                 token = await self._lease.hold()
                 if token is not None:
-                    await self.turn(token)
+                    busy = await self.turn(token)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 _LOGGER.exception("rollouts: scheduler turn failed; next turn")
             self._wake.clear()
+            # Idle (no open rollout, nothing in flight): look less often; a rollout
+            # created or resumed on this node wakes it at once.
+            wait = self._interval if busy or self._inflight else max(self._interval, IDLE_WAIT)
+            wait = min(wait, self._lease.renew_every)  # renewed before it expires
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._interval)
+                await asyncio.wait_for(self._wake.wait(), wait)
 
-    async def turn(self, token: int) -> None:
-        """One turn over every open rollout, with the fencing token ``token``."""
+    async def turn(self, token: int) -> bool:
+        """One turn over every open rollout, with the fencing token ``token``; whether any
+        rollout is open."""
         # unit of work: the scan's own read
         async with self._db.transaction() as conn:
             open_ids = await repository.open_rollouts(conn)
         for rollout_id in open_ids:
             await self._drive(rollout_id, token)
+        return bool(open_ids)
 
     async def _drive(self, rollout_id: uuid.UUID, token: int) -> None:
         now = utcnow()
