@@ -35,8 +35,9 @@ from visiona.yamux import Stream
 #: Produced and asserted in other modules: tests/agent/test_policy.py (agent-side
 #: refusals), tests/agent/test_deploy.py (a real agent without a hook),
 #: tests/tunnel/test_conflict.py, tests/tunnel/test_tcp_endpoints.py (TCP forwards),
-#: tests/enrollment/ (enrollment keys and enrolments), tests/rollouts/ (rollouts: the
-#: scheduler's batches need agents or devices brought online).
+#: tests/devices/test_tags.py (tags), tests/enrollment/ (enrollment keys and
+#: enrolments), tests/rollouts/ (rollouts: the scheduler's batches need agents or
+#: devices brought online).
 _ELSEWHERE = {
     "proxy.forbidden_by_agent",
     "deployment.stored",
@@ -44,6 +45,7 @@ _ELSEWHERE = {
     "forward.opened",
     "forward.closed",
     "forward.refused",
+    "device.tagged",
     "enrollment_key.created",
     "enrollment_key.revoked",
     "device.enrolled",

@@ -3,8 +3,9 @@ and completes the rollout, and every agent ran the model exactly once.
 
 Two nodes behind nginx (PostgreSQL, Redis); eight real agents (in this process) enrol
 through the balancer with one key, so their tunnels spread over both nodes. Each
-agent's deploy hook appends the model id to its own file and then takes a second, so
-transfers are in flight when the leader dies. Counted at the agents.
+agent's deploy hook takes a second and then appends the model id to its own file, so
+transfers are in flight when the leader dies; a hook the agent killed (the tunnel died
+midway: that deployment did not happen) records nothing. Counted at the agents.
 """
 
 from __future__ import annotations
@@ -33,10 +34,12 @@ from visiona.agent.runner import Agent, AgentOptions
 from visiona.rollouts.lease import LEADER_KEY
 
 AGENTS = 8
+# The hook takes a second, then records the model: a hook the agent killed (its tunnel
+# died midway, so the deployment did not happen) records nothing.
 RECORD = (
     "import os, sys, time\n"
-    "open(sys.argv[1], 'a').write(os.environ['VISIONA_MODEL_ID'] + '\\n')\n"
     "time.sleep(1.0)\n"
+    "open(sys.argv[1], 'a').write(os.environ['VISIONA_MODEL_ID'] + '\\n')\n"
 )
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    and_,
     exists,
     func,
     insert,
@@ -514,8 +515,9 @@ async def candidates(
     """Up to ``limit`` devices of started batches not yet sent whose device is online.
 
     A device tried before (its transfer was lost with a node) is taken only once its
-    tunnel has been up since ``settled_before``: the agent reports the model it runs as
-    soon as it connects, so one that did receive the lost transfer is seen as running it
+    tunnel has been up, and it has been queued again, since ``settled_before``: the agent
+    reports the model it runs as soon as it connects and as soon as a deployment's hook
+    succeeds, so one that did receive the lost transfer is seen as running it
     (``succeeded``, by :func:`sync_devices`) instead of being sent it again."""
     stmt = (
         select(
@@ -534,7 +536,10 @@ async def candidates(
             _live,
             or_(
                 rollout_devices.c.attempts == 0,
-                devices.c.last_connected_at <= settled_before,
+                and_(
+                    devices.c.last_connected_at <= settled_before,
+                    rollout_devices.c.updated_at <= settled_before,
+                ),
             ),
         )
         .order_by(
