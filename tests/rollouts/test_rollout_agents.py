@@ -29,6 +29,7 @@ from tests.support.models import nef, uploaded
 from tests.support.tunnel import API, wait_for
 from visiona.agent.runner import Agent
 from visiona.kit.settings import Settings
+from visiona.rollouts.dependencies import SCHEDULER
 
 RECORD = "import os, sys\nopen(sys.argv[1], 'a').write(os.environ['VISIONA_MODEL_ID'] + '\\n')\n"
 
@@ -36,7 +37,13 @@ RECORD = "import os, sys\nopen(sys.argv[1], 'a').write(os.environ['VISIONA_MODEL
 @pytest.fixture
 def settings(settings: Settings) -> Settings:
     """Short scheduler turns and status writes."""
-    return settings.model_copy(update={"rollout_interval": 0.2, "tunnel_status_interval": 0.2})
+    return settings.model_copy(
+        update={
+            "rollout_interval": 0.2,
+            "tunnel_status_interval": 0.2,
+            "rollout_max_transfers": 2,
+        }
+    )
 
 
 @pytest.fixture
@@ -172,13 +179,20 @@ async def test_canary_then_batches_reach_every_agent_once_and_the_offline_one_la
         )
         assert (await _rollout(http, user, rollout_id))["devices"] == 7
 
+        scheduler = SCHEDULER.of(live.app)
+        peak = 0
+
         async def only_late_left() -> bool:
+            nonlocal peak
+            peak = max(peak, scheduler.in_flight)
+            assert scheduler.in_flight <= 2  # VISIONA_ROLLOUT_MAX_TRANSFERS
             counts = (await _rollout(http, user, rollout_id))["counts"]
             return bool(
                 counts["succeeded"] == 5 and counts["failed"] == 1 and counts["waiting"] == 1
             )
 
         await wait_for(only_late_left, limit=100)
+        assert peak >= 1
         shown = await _rollout(http, user, rollout_id)
         assert shown["state"] == "running"
         assert [b["devices"] for b in shown["batches"]] == [1, 3, 3]
