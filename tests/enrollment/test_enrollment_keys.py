@@ -13,6 +13,7 @@ from sqlalchemy import select, update
 from tests.support.api import User, error_code, signup
 from tests.support.audit import actions
 from tests.support.devices import API, bearer, runtime, serial
+from tests.support.orgs import acting, create_org, member
 from visiona.kit.schema import enrollment_keys
 from visiona.kit.tokens import hash_token
 
@@ -144,6 +145,69 @@ async def test_another_users_key_is_404_to_revoke_and_not_listed(
     assert error_code(refused) == "not_found"
     listed = (await client.get(f"{API}/enrollment-keys", headers=other.headers)).json()
     assert listed["items"] == []
+
+
+async def test_a_key_enrols_into_the_organisation_it_was_made_in(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    owner = await signup(client)
+    team = await create_org(client, owner)
+    viewer = await member(client, owner, team, "viewer")
+    response = await client.post(
+        f"{API}/enrollment-keys",
+        json={"name": "team", "max_uses": 2, "expires_in_hours": 1, "tags": {"site": "a"}},
+        headers=acting(owner, team),
+    )
+    assert response.status_code == 201, response.text
+    enrolled = await enroll(client, response.json()["key"], "TEAM-1")
+    assert enrolled.status_code == 201, enrolled.text
+    device_id = enrolled.json()["device_id"]
+    # the team's device, seen by any member acting in the team (tags applied) ...
+    seen = await client.get(f"{API}/devices/{device_id}", headers=acting(viewer, team))
+    assert seen.status_code == 200, seen.text
+    assert seen.json()["tags"]["site"] == "a"
+    # ... and not in the personal organisation of the key's creator
+    personal = await client.get(f"{API}/devices/{device_id}", headers=owner.headers)
+    assert personal.status_code == 404
+    listed = (await client.get(f"{API}/devices", headers=owner.headers)).json()["items"]
+    assert device_id not in [d["id"] for d in listed]
+    # the enrolment is in the team's trail
+    trail = await client.get(
+        f"{API}/audit-events", params={"action": "device.enrolled"}, headers=acting(owner, team)
+    )
+    assert [e["target_id"] for e in trail.json()["items"]] == [device_id]
+
+
+async def test_keys_are_an_admins_and_another_organisations_key_is_404(
+    client: httpx.AsyncClient,
+) -> None:
+    owner = await signup(client)
+    team = await create_org(client, owner)
+    admin = await member(client, owner, team, "admin")
+    operator = await member(client, owner, team, "operator")
+    body = {"name": "k", "max_uses": 1, "expires_in_hours": 1}
+    for method, path in (("POST", ""), ("GET", "")):
+        refused = await client.request(
+            method,
+            f"{API}/enrollment-keys{path}",
+            json=body if method == "POST" else None,
+            headers=acting(operator, team),
+        )
+        assert (refused.status_code, error_code(refused)) == (403, "forbidden"), method
+        assert "enrollment" in refused.json()["error"]["message"]
+    made = await client.post(f"{API}/enrollment-keys", json=body, headers=acting(admin, team))
+    assert made.status_code == 201, made.text
+    key_id = made.json()["id"]
+    refused = await client.delete(f"{API}/enrollment-keys/{key_id}", headers=acting(operator, team))
+    assert refused.status_code == 403
+    # the admin's personal organisation does not hold the team's key
+    elsewhere = await client.delete(f"{API}/enrollment-keys/{key_id}", headers=admin.headers)
+    assert (elsewhere.status_code, error_code(elsewhere)) == (404, "not_found")
+    assert (await client.get(f"{API}/enrollment-keys", headers=admin.headers)).json()["items"] == []
+    listed = (await client.get(f"{API}/enrollment-keys", headers=acting(owner, team))).json()
+    assert [k["id"] for k in listed["items"]] == [key_id]
+    revoked = await client.delete(f"{API}/enrollment-keys/{key_id}", headers=acting(owner, team))
+    assert revoked.status_code == 204
 
 
 async def test_bad_tags_and_templates_are_refused(client: httpx.AsyncClient) -> None:

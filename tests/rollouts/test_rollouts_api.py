@@ -14,6 +14,7 @@ from tests.support.api import User, error_code, signup
 from tests.support.audit import actions
 from tests.support.devices import API, create_device, runtime
 from tests.support.models import nef, uploaded
+from tests.support.orgs import acting, create_org, member
 from tests.support.tunnel import wait_for
 from visiona.devices import fleet_repository
 from visiona.kit.clock import utcnow
@@ -180,6 +181,77 @@ async def test_bad_requests_are_refused_with_their_codes(client: httpx.AsyncClie
     listed = (await client.get(f"{API}/rollouts", headers=user.headers)).json()
     assert [r["id"] for r in listed["items"]] == [rollout_id]
     assert (await client.get(f"{API}/rollouts", headers=other.headers)).json()["items"] == []
+
+
+async def _team_rollout_setup(
+    client: httpx.AsyncClient, owner: User, team: str
+) -> tuple[str, dict[str, Any]]:
+    """A kl720 device of ``team`` and the body of a rollout of a kl720 model to it."""
+    headers = acting(owner, team)
+    device = await client.post(
+        f"{API}/devices",
+        json={"name": "t", "serial_number": f"T-{uuid.uuid4().hex[:8]}", "device_type": "kl720"},
+        headers=headers,
+    )
+    assert device.status_code == 201, device.text
+    model = await client.post(
+        f"{API}/models",
+        data={"target_chip": "kl720"},
+        files={"file": ("m.nef", nef(512), "application/octet-stream")},
+        headers=headers,
+    )
+    assert model.status_code == 201, model.text
+    device_id = str(device.json()["id"])
+    return device_id, {"model_id": model.json()["id"], "device_ids": [device_id]}
+
+
+async def test_a_viewer_reads_the_teams_rollouts_but_cannot_create_or_steer_one(
+    client: httpx.AsyncClient,
+) -> None:
+    owner = await signup(client)
+    team = await create_org(client, owner)
+    viewer = await member(client, owner, team, "viewer")
+    operator = await member(client, owner, team, "operator")
+    _, body = await _team_rollout_setup(client, owner, team)
+    refused = await client.post(f"{API}/rollouts", json=body, headers=acting(viewer, team))
+    assert refused.status_code == 403
+    assert error_code(refused) == "forbidden"
+    assert "deploy" in refused.json()["error"]["message"]
+    created = await client.post(f"{API}/rollouts", json=body, headers=acting(operator, team))
+    assert created.status_code == 201, created.text
+    rollout_id = created.json()["id"]
+    seen = await client.get(f"{API}/rollouts/{rollout_id}", headers=acting(viewer, team))
+    assert seen.status_code == 200
+    listed = await client.get(f"{API}/rollouts", headers=acting(viewer, team))
+    assert [r["id"] for r in listed.json()["items"]] == [rollout_id]
+    for action in ("pause", "cancel"):
+        steered = await client.post(
+            f"{API}/rollouts/{rollout_id}/{action}", headers=acting(viewer, team)
+        )
+        assert (steered.status_code, error_code(steered)) == (403, "forbidden"), action
+    # the team's rollout is not in its members' personal organisations
+    personal = await client.get(f"{API}/rollouts", headers=operator.headers)
+    assert personal.json()["items"] == []
+
+
+async def test_another_organisations_rollout_is_404_to_its_owner_acting_elsewhere(
+    client: httpx.AsyncClient,
+) -> None:
+    owner = await signup(client)
+    team = await create_org(client, owner)
+    _, body = await _team_rollout_setup(client, owner, team)
+    created = await client.post(f"{API}/rollouts", json=body, headers=acting(owner, team))
+    assert created.status_code == 201, created.text
+    rollout_id = created.json()["id"]
+    # the same user acting in its personal organisation: the team's rollout is not there
+    for path in ("", "/devices"):
+        response = await client.get(f"{API}/rollouts/{rollout_id}{path}", headers=owner.headers)
+        assert (response.status_code, error_code(response)) == (404, "not_found"), path
+    paused = await client.post(f"{API}/rollouts/{rollout_id}/pause", headers=owner.headers)
+    assert (paused.status_code, error_code(paused)) == (404, "not_found")
+    # nor can a personal-organisation rollout name the team's model or device
+    foreign = await client.post(f"{API}/rollouts", json=body, headers=owner.headers)
+    assert (foreign.status_code, error_code(foreign)) == (404, "not_found")
 
 
 async def test_openapi_declares_the_rollout_and_enrollment_routes_and_their_codes(
