@@ -32,6 +32,8 @@ from visiona.devices.dependencies import DEVICES
 from visiona.devices.endpoints import agent_router
 from visiona.devices.endpoints import router as devices_router
 from visiona.devices.service import Devices
+from visiona.enrollment.endpoints import agent_router as enrollment_agent_router
+from visiona.enrollment.endpoints import router as enrollment_router
 from visiona.kit.database import Database
 from visiona.kit.deps import DEVICE_REVOKED, DRAIN, RUNTIME
 from visiona.kit.edge import create_fastapi, install_cors, install_security_schemes
@@ -50,6 +52,9 @@ from visiona.orgs.access import Memberships
 from visiona.orgs.dependencies import MEMBERSHIPS
 from visiona.orgs.endpoints import router as orgs_router
 from visiona.orgs.openapi import install_permission_docs
+from visiona.rollouts.dependencies import SCHEDULER
+from visiona.rollouts.endpoints import router as rollouts_router
+from visiona.rollouts.scheduler import Scheduler, build_lease
 from visiona.tokens.endpoints import router as tokens_router
 from visiona.tunnel.dependencies import HUB, RELAY
 from visiona.tunnel.endpoints import internal_router as tunnel_internal_router
@@ -110,8 +115,9 @@ async def run_features(
 
     The one place that knows every feature: the tunnel hub (with the cluster's
     registry when clustered), the cluster (and what its node link serves here), the
-    proxy's relay, the model storage, deployments' delivery and recovery, the session
-    store, the membership cache, the audit pruner, and who hears of a revoked device.
+    proxy's relay, the model storage, deployments' delivery and recovery, the rollout
+    scheduler, the session store, the membership cache, the audit pruner, and who hears
+    of a revoked device.
     """
     settings, db = runtime.settings, runtime.db
     sessions = build_session_store(
@@ -164,6 +170,12 @@ async def run_features(
         # What another node's link carries here, served from this node's tunnels only.
         cluster.handlers.proxy(relay.here)
         cluster.handlers.call(LINK_KIND, delivery.on_link_call)
+        # Rollouts: the scheduler runs on every node, acts under its lease (after the
+        # deployments' recovery above failed what a previous run left unfinished).
+        scheduler = Scheduler(db, settings, delivery, build_lease(runtime.redis, cluster))
+        SCHEDULER.provide(app, scheduler)
+        scheduler.start()
+        stack.push_async_callback(scheduler.stop)
         yield sessions
 
 
@@ -217,12 +229,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(devices_router, prefix=API_PREFIX)
     app.include_router(tokens_router, prefix=API_PREFIX)
     app.include_router(agent_router, prefix=API_PREFIX)
+    app.include_router(enrollment_router, prefix=API_PREFIX)
+    app.include_router(enrollment_agent_router, prefix=API_PREFIX)
 
     # models feature routers
     app.include_router(models_router, prefix=API_PREFIX)
 
     # deployments feature routers
     app.include_router(deployments_router, prefix=API_PREFIX)
+
+    # rollouts feature routers
+    app.include_router(rollouts_router, prefix=API_PREFIX)
 
     # audit feature routers
     app.include_router(audit_router, prefix=API_PREFIX)

@@ -17,6 +17,9 @@ API_PREFIX: Final = "/api/v1"
 TUNNEL_PATH: Final = "/agent/tunnel"
 #: The pair exchange and the USB status report, under :data:`API_PREFIX`.
 PAIR_PATH: Final = "/agent/pair"
+#: The agent's enrolment with a reusable enrollment key (``vek_…``), answered as a pair.
+ENROLL_PATH: Final = "/agent/enroll"
+ENROLLMENT_KEY_PREFIX: Final = "vek_"
 STATUS_PATH: Final = "/agent/status"
 #: The agent trades its session token for a new one before it expires.
 RENEW_PATH: Final = "/agent/session/renew"

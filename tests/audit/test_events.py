@@ -35,7 +35,9 @@ from visiona.yamux import Stream
 #: Produced and asserted in other modules: tests/agent/test_policy.py (agent-side
 #: refusals), tests/agent/test_deploy.py (a real agent without a hook),
 #: tests/tunnel/test_conflict.py, tests/tunnel/test_tcp_endpoints.py (TCP forwards),
-#: tests/orgs/test_orgs.py (members and invitations).
+#: tests/orgs/test_orgs.py (members and invitations), tests/devices/test_tags.py (tags),
+#: tests/enrollment/ (enrollment keys and enrolments), tests/rollouts/ (rollouts: the
+#: scheduler's batches need agents or devices brought online).
 _ELSEWHERE = {
     "proxy.forbidden_by_agent",
     "deployment.stored",
@@ -52,6 +54,17 @@ _ELSEWHERE = {
     "invitation.revoked",
     # tests/devices/test_tags.py: tags set and removed
     "device.tagged",
+    "enrollment_key.created",
+    "enrollment_key.revoked",
+    "device.enrolled",
+    "rollout.created",
+    "rollout.batch_started",
+    "rollout.batch_finished",
+    "rollout.paused",
+    "rollout.resumed",
+    "rollout.cancelled",
+    "rollout.completed",
+    "rollout.failed",
 }
 
 

@@ -596,3 +596,75 @@ def test_devices_are_named_by_id_prefix_or_name_and_ambiguity_is_explained(
     renamed = run("devices", "rename", lab[:8], "Lab PC (bench)")
     assert renamed.exit_code == 0, renamed.output
     assert renamed.stdout.strip() == f"renamed {lab} to Lab PC (bench)"
+
+
+def test_enroll_keys_create_list_revoke(server: str, account: str, config_home: Path) -> None:
+    assert login(server, account).exit_code == 0
+    created = run(
+        "enroll-keys", "create", "warehouse", "--max-uses", "3", "-t", "site=wh", "--json"
+    )
+    assert created.exit_code == 0, created.output
+    body = json.loads(created.stdout)
+    assert body["key"].startswith("vek_")
+    assert f"--enroll-key {body['key']}" in body["agent_command"]
+    enrolled = httpx.post(
+        f"{server}/api/v1/agent/enroll",
+        json={"enrollment_key": body["key"], "serial_number": "SN-E1", "device_type": "kl520"},
+    )
+    assert enrolled.status_code == 201, enrolled.text
+    listed = run("enroll-keys", "list")
+    assert listed.exit_code == 0, listed.output
+    assert "1/3" in listed.stdout
+    assert "site=wh" in listed.stdout
+    assert body["key"] not in listed.stdout
+    revoked = run("enroll-keys", "revoke", body["id"], "--json")
+    assert revoked.exit_code == 0, revoked.output
+    as_json = run("enroll-keys", "list", "--json")
+    assert json.loads(as_json.stdout.splitlines()[0])["revoked_at"] is not None
+    assert run("enroll-keys", "create", "bad", "-t", "nokey").exit_code == 1
+
+
+def test_rollouts_create_watch_show_and_cancel(
+    server: str, account: str, config_home: Path
+) -> None:
+    assert login(server, account).exit_code == 0
+    headers = {"Authorization": f"Bearer {_token_of(config_home)}"}
+    for name in ("roll-a", "roll-b"):
+        created = httpx.post(
+            f"{server}/api/v1/devices",
+            json={"name": name, "device_type": "kl720", "serial_number": f"SN-{name}"},
+            headers=headers,
+        )
+        assert created.status_code == 201, created.text
+    uploaded = run("models", "upload", str(_model_file(config_home)), "--chip", "kl720")
+    assert uploaded.exit_code == 0, uploaded.output
+    model_id = uploaded.stdout.split()[1]
+    made = run(
+        "rollouts", "create", "--model", model_id, "--device", "roll-a", "--device", "roll-b",
+        "--canary", "1", "--batch", "50%", "--max-failures", "10%", "--json",
+    )  # fmt: skip
+    assert made.exit_code == 0, made.output
+    rollout = json.loads(made.stdout)
+    assert rollout["devices"] == 2
+    assert rollout["max_failure_percent"] == 10
+    shown = run("rollouts", "show", rollout["id"])
+    assert shown.exit_code == 0, shown.output
+    assert "running" in shown.stdout
+    listed = run("rollouts", "list", "--json")
+    assert [json.loads(line)["id"] for line in listed.stdout.splitlines()] == [rollout["id"]]
+    cancelled = run("rollouts", "cancel", rollout["id"], "--json")
+    assert json.loads(cancelled.stdout)["state"] == "cancelled"
+    devices = run("rollouts", "devices", rollout["id"], "--state", "cancelled")
+    assert devices.stdout.endswith("2 device(s)\n"), devices.output
+    watched = run("rollouts", "show", rollout["id"], "--watch")
+    assert watched.exit_code == 0, watched.output  # not running: returns at once
+    again = run("rollouts", "cancel", rollout["id"])
+    assert again.exit_code == 1
+    assert "rollout_state" in again.stderr
+    assert run("rollouts", "create", "--model", model_id).exit_code == 1  # no target
+
+
+def _model_file(home: Path) -> Path:
+    path = home.parent / "model.nef"
+    path.write_bytes(nef(4096, seed=11))
+    return path

@@ -31,6 +31,9 @@ TABLES = {
     "deployments",
     "audit_events",
     "web_sessions",
+    "enrollment_keys",
+    "rollouts",
+    "rollout_devices",
 }
 
 

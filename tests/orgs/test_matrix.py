@@ -44,6 +44,8 @@ EXCLUDED: dict[tuple[str, str], str] = {
     ("POST", "/api/v1/invitations/accept"): "the invitee is no member yet "
     "(tests/orgs/test_invitations.py)",
     ("POST", "/api/v1/agent/pair"): "the agent, with a pairing token",
+    ("POST", "/api/v1/agent/enroll"): "the agent, with an enrollment key (its organisation "
+    "is the key's: tests/enrollment/test_enrollment_keys.py)",
     ("POST", "/api/v1/agent/session/renew"): "the agent, with its session token",
     ("POST", "/api/v1/agent/status"): "the agent, with its session token",
     ("GET", "/healthz"): "operations: public",
@@ -150,6 +152,24 @@ class Scope:
     async def member_id(self) -> str:
         return (await member(self.client, self.maker, self.org_id, "viewer")).id
 
+    async def enrollment_key(self) -> str:
+        response = await self.client.post(
+            f"{API}/enrollment-keys",
+            json={"name": "k", "max_uses": 1, "expires_in_hours": 1},
+            headers=self.headers,
+        )
+        assert response.status_code == 201, response.text
+        return str(response.json()["id"])
+
+    async def rollout(self) -> str:
+        response = await self.client.post(
+            f"{API}/rollouts",
+            json={"model_id": self.fixed["model_id"], "device_ids": [self.fixed["device_id"]]},
+            headers=self.headers,
+        )
+        assert response.status_code == 201, response.text
+        return str(response.json()["id"])
+
     async def prepare(self) -> None:
         """The resources the non-destructive operations share."""
         self.fixed["device_id"] = await self.device()
@@ -158,6 +178,8 @@ class Scope:
         self.fixed["session_token_id"] = await self.session_token()
         self.fixed["invitation_id"] = await self.invitation()
         self.fixed["user_id"] = await self.member_id()
+        self.fixed["key_id"] = await self.enrollment_key()
+        self.fixed["rollout_id"] = await self.rollout()
 
     async def value(self, name: str, path: str, *, fresh: bool) -> str:  # noqa: PLR0911 - one per parameter
         """The value of path parameter ``name`` of ``path`` (new ones for a deletion)."""
@@ -178,6 +200,7 @@ class Scope:
                 "model_id": self.model,
                 "invitation_id": self.invitation,
                 "user_id": self.member_id,
+                "key_id": self.enrollment_key,
             }
             return await makers[name]()
         return self.fixed[name]
@@ -192,6 +215,8 @@ def _body(op: Operation, scope: Scope) -> dict[str, Any]:  # noqa: PLR0911 - one
         return {"json": {"name": "n", "serial_number": serial(), "device_type": "kl520"}}
     if path.endswith("/invitations") and method == "POST":
         return {"json": {"email": f"x-{uuid.uuid4().hex[:8]}@example.com", "role": "viewer"}}
+    if path.endswith("/tags"):
+        return {"json": {"tags": {"site": "a"}} if method == "PUT" else {"set": {"site": "b"}}}
     if "/members/" in path and method == "PATCH":
         return {"json": {"role": "viewer"}}
     if path.endswith("/tags") and method == "PUT":
@@ -202,6 +227,12 @@ def _body(op: Operation, scope: Scope) -> dict[str, Any]:  # noqa: PLR0911 - one
         return {"json": {"name": "renamed"}}
     if path == f"{API}/pairing-tokens" and method == "POST":
         return {"json": {}}
+    if path == f"{API}/enrollment-keys" and method == "POST":
+        return {"json": {"name": "k", "max_uses": 1, "expires_in_hours": 1}}
+    if path == f"{API}/rollouts" and method == "POST":
+        return {
+            "json": {"model_id": scope.fixed["model_id"], "device_ids": [scope.fixed["device_id"]]}
+        }
     if path == f"{API}/models" and method == "POST":
         file = ("m.nef", nef(128), "application/octet-stream")
         return {"data": {"target_chip": "kl520"}, "files": {"file": file}}

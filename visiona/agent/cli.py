@@ -54,6 +54,15 @@ def agent(  # noqa: PLR0917 - one parameter per command-line option
             envvar="VISIONA_AGENT_TOKEN",
         ),
     ] = None,
+    enroll_key: Annotated[
+        str | None,
+        typer.Option(
+            "--enroll-key",
+            help="Enrollment key (vek_…): pairs without a per-device token, like --token "
+            "(one key enrols a fleet; the key's tags and name template apply).",
+            envvar="VISIONA_AGENT_ENROLL_KEY",
+        ),
+    ] = None,
     session_file: SessionFileOption = None,
     name: Annotated[str | None, typer.Option(help="Device name (default: host name).")] = None,
     serial: Annotated[
@@ -130,6 +139,10 @@ def agent(  # noqa: PLR0917 - one parameter per command-line option
     if server is None or forward is None:
         typer.echo(ctx.get_help())
         raise _fail("--server and --forward are required to run the agent", 2)
+    if token and enroll_key:
+        raise _fail("give --token or --enroll-key, not both", 2)
+    if enroll_key and not enroll_key.startswith("vek_"):
+        raise _fail("--enroll-key takes an enrollment key (vek_…)", 2)
     import socket  # noqa: PLC0415 - only running needs it
 
     from visiona.agent import main as agent_main  # noqa: PLC0415 - keep --help fast
@@ -152,7 +165,7 @@ def agent(  # noqa: PLR0917 - one parameter per command-line option
         forward_host=host,
         forward_port=port,
         session_file=session_file or agent_main.default_session_file(),
-        pairing_token=token,
+        pairing_token=token or enroll_key,
         name=name or socket.gethostname(),
         serial_number=serial
         or agent_main.default_serial(

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from visiona.wire import API_PREFIX, PAIR_PATH, RENEW_PATH
+from visiona.wire import API_PREFIX, ENROLL_PATH, ENROLLMENT_KEY_PREFIX, PAIR_PATH, RENEW_PATH
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -215,25 +215,28 @@ async def pair(
     serial_number: str,
     device_type: str,
 ) -> Credentials:
-    """Exchange ``pairing_token`` for a device and a session token.
+    """Exchange ``pairing_token`` for a device and a session token; an enrollment key
+    (``vek_…``) is sent to the enrolment route instead (the same answer).
 
     Raises :class:`AgentAuthError` on 401/403 and :class:`ServerUnavailableError`
-    when the server is unreachable or answers 5xx (or 429).
+    when the server is unreachable or answers 5xx (or 429). Neither the token nor the
+    key is ever logged.
     """
-    response = await _post(
-        http,
-        f"{server.rstrip('/')}{API_PREFIX}{PAIR_PATH}",
-        json={
-            "pairing_token": pairing_token,
-            "serial_number": serial_number,
-            "device_type": device_type,
-            "name": name,
-        },
-    )
+    enrolling = pairing_token.startswith(ENROLLMENT_KEY_PREFIX)
+    body = {"serial_number": serial_number, "device_type": device_type, "name": name}
+    if enrolling:
+        body["enrollment_key"] = pairing_token
+    else:
+        body["pairing_token"] = pairing_token
+    path = ENROLL_PATH if enrolling else PAIR_PATH
+    response = await _post(http, f"{server.rstrip('/')}{API_PREFIX}{path}", json=body)
+    what = "enrollment key" if enrolling else "pairing token"
     if response.status_code in {401, 403}:
-        raise AgentAuthError(response.status_code, "pairing token")
+        raise AgentAuthError(response.status_code, what)
     if response.status_code == 429:
-        raise ServerUnavailableError("pairing is rate limited (HTTP 429)")
+        raise ServerUnavailableError(
+            f"{'enrolment' if enrolling else 'pairing'} is rate limited (HTTP 429)"
+        )
     if response.is_error:
         raise AgentAuthError(response.status_code, f"pairing request ({_code(response)})")
     body = response.json()

@@ -213,7 +213,12 @@ class Agent:
             try:
                 creds = await self._credentials(http, stop)
             except AgentAuthError as err:
-                _LOGGER.error("agent: %s; get a new pairing token and run again with --token", err)  # noqa: TRY400 - an expected refusal, no traceback
+                fix = (
+                    "get a usable enrollment key and run again with --enroll-key"
+                    if "enrollment key" in str(err)
+                    else "get a new pairing token and run again with --token"
+                )
+                _LOGGER.error("agent: %s; %s", err, fix)  # noqa: TRY400 - an expected refusal, no traceback
                 return EXIT_AUTH_REFUSED
             if creds is None:  # stopped while waiting for the server
                 return 0

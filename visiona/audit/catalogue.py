@@ -59,6 +59,58 @@ _ALL = (
         "An agent paired the device with a pairing token.",
         ("pairing_token_id", "serial_number"),
     ),
+    Action(
+        "device.enrolled",
+        "device",
+        "An agent enrolled the device with an enrollment key (the keys of the tags it "
+        "applied, the key's use number).",
+        ("enrollment_key_id", "serial_number", "tag_keys", "use"),
+    ),
+    Action(
+        "enrollment_key.created",
+        "enrollment_key",
+        "An enrollment key was issued.",
+        ("name", "max_uses", "expires_at", "tag_keys"),
+    ),
+    Action("enrollment_key.revoked", "enrollment_key", "An enrollment key was revoked."),
+    Action(
+        "rollout.created",
+        "rollout",
+        "A rollout was created (a rollback names the rollout it reverses).",
+        ("model_id", "selector", "devices", "canary", "batch", "rollback_of"),
+    ),
+    Action(
+        "rollout.batch_started",
+        "rollout",
+        "A batch of a rollout started (batch 0 is the canary).",
+        ("batch", "devices"),
+    ),
+    Action(
+        "rollout.batch_finished",
+        "rollout",
+        "Every device of a batch reached an end state (waiting devices aside).",
+        ("batch", "succeeded", "failed", "skipped"),
+    ),
+    Action(
+        "rollout.paused",
+        "rollout",
+        "A rollout was paused (by a user or by its failures).",
+        ("reason",),
+    ),
+    Action("rollout.resumed", "rollout", "A paused rollout was resumed."),
+    Action("rollout.cancelled", "rollout", "A rollout was cancelled.", ("reason",)),
+    Action(
+        "rollout.completed",
+        "rollout",
+        "A rollout ended: every device reached an end state.",
+        ("succeeded", "failed", "skipped", "cancelled"),
+    ),
+    Action(
+        "rollout.failed",
+        "rollout",
+        "A rollout ended at its deadline with devices left.",
+        ("reason",),
+    ),
     Action("device.renamed", "device", "A device was renamed.", ("from", "to")),
     Action(
         "device.tagged",

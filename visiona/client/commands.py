@@ -50,6 +50,16 @@ pairing_app = typer.Typer(
     help="One-time pairing tokens that let an agent join your account.",
     no_args_is_help=True,
 )
+enroll_app = typer.Typer(
+    rich_markup_mode=None,
+    help="Reusable enrollment keys: one key pairs a whole fleet of PCs.",
+    no_args_is_help=True,
+)
+rollouts_app = typer.Typer(
+    rich_markup_mode=None,
+    help="Staged model rollouts to many devices: canary, batches, auto-abort, rollback.",
+    no_args_is_help=True,
+)
 
 audit_app = typer.Typer(
     rich_markup_mode=None,
@@ -811,6 +821,349 @@ def revoke_pairing_token(
     typer.echo(f"revoked {token_id}")
 
 
+# -- enrollment keys --------------------------------------------------------------
+
+
+@enroll_app.command("create")
+@one_line_errors
+def create_enrollment_key(  # noqa: PLR0917 - one parameter per command-line option
+    name: Annotated[str, typer.Argument(help="What the key is for, e.g. 'warehouse'.")],
+    max_uses: Annotated[int, typer.Option("--max-uses", min=1, help="Enrolments it allows.")] = 1,
+    expires_in_hours: Annotated[
+        int, typer.Option("--expires-in-hours", min=1, help="Hours until it stops working.")
+    ] = 24,
+    tag: Annotated[
+        list[str] | None,
+        typer.Option("--tag", "-t", metavar="KEY=VALUE", help="A tag each device gets (repeat)."),
+    ] = None,
+    name_template: Annotated[
+        str | None,
+        typer.Option(
+            "--name-template", help="Device names: {serial}, {type} and {n} are replaced."
+        ),
+    ] = None,
+    forward: Annotated[
+        str, typer.Option(help="The local service the agent command forwards to.")
+    ] = "127.0.0.1:8000",
+    as_json: JsonOption = False,
+    server: ServerOption = None,
+) -> None:
+    """Create an enrollment key and print the agent command that uses it (shown once)."""
+    tags: dict[str, str] = {}
+    for word in tag or []:
+        key, sep, value = word.partition("=")
+        if not sep or not key.strip():
+            raise _fail(f"--tag takes KEY=VALUE, got {word!r}")
+        tags[key.strip()] = value.strip()
+    body: dict[str, Any] = {
+        "name": name,
+        "max_uses": max_uses,
+        "expires_in_hours": expires_in_hours,
+        "tags": tags,
+    }
+    if name_template:
+        body["name_template"] = name_template
+    with _session(server) as api:
+        created = api.call("POST", "/enrollment-keys", json=body)
+        base = api.server
+    command = f"visiona agent --server {base} --enroll-key {created['key']} --forward {forward}"
+    if as_json:
+        _echo_json({**created, "agent_command": command})
+        return
+    typer.echo(
+        f"enrollment key {created['key']} ({created['max_uses']} use(s), "
+        f"expires {created['expires_at']})"
+    )
+    typer.echo("on each computer with a dongle, run:")
+    typer.echo(f"  {command}")
+
+
+@enroll_app.command("list")
+@one_line_errors
+def list_enrollment_keys(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+    server: ServerOption = None,
+) -> None:
+    """List your enrollment keys with their uses (never their plaintext)."""
+    with _session(server) as api:
+        items = list(api.pages("/enrollment-keys", {"limit": "200"}))
+    if as_json:
+        for item in items:
+            _echo_json(item)
+        return
+    table = _table("id", "name", "uses", "state", "expires", "tags")
+    for item in items:
+        state = (
+            "revoked"
+            if item.get("revoked_at")
+            else "used up"
+            if item["uses"] >= item["max_uses"]
+            else "usable"
+        )
+        table.add_row(
+            str(item["id"]),
+            str(item["name"]),
+            f"{item['uses']}/{item['max_uses']}",
+            state,
+            str(item.get("expires_at") or "")[:19].replace("T", " "),
+            ",".join(f"{k}={v}" for k, v in sorted(item.get("tags", {}).items())),
+        )
+    typer.echo(_text(table) + f"{len(items)} enrollment key(s)")
+
+
+@enroll_app.command("revoke")
+@one_line_errors
+def revoke_enrollment_key(
+    key_id: Annotated[str, typer.Argument(metavar="ID", help="The key's id (from list).")],
+    as_json: JsonOption = False,
+    server: ServerOption = None,
+) -> None:
+    """Revoke an enrollment key: it enrols no more PCs (enrolled devices stay paired)."""
+    with _session(server) as api:
+        api.call("DELETE", f"/enrollment-keys/{_path_id(key_id)}")
+    if as_json:
+        _echo_json({"id": key_id, "revoked": True})
+        return
+    typer.echo(f"revoked {key_id}")
+
+
+# -- rollouts -----------------------------------------------------------------------
+
+_ROLLOUT_STATES = ("queued", "waiting", "transferring", "succeeded", "failed", "skipped")
+_ROLLOUT_OPEN = ("running",)
+
+
+def render_rollout(rollout: dict[str, Any]) -> Table:
+    """A rollout's progress as a table: one row per batch, then the totals."""
+    title = (
+        f"rollout {rollout['id']}: {rollout['state']}"
+        + (f" ({rollout['reason']})" if rollout.get("reason") else "")
+        + f", {rollout['devices']} device(s)"
+    )
+    table = _table("batch", *_ROLLOUT_STATES, "cancelled")
+    table.title = title
+    for batch in rollout.get("batches", []):
+        name = "canary" if batch["batch"] == 0 else str(batch["batch"])
+        counts = batch["counts"]
+        table.add_row(name, *(str(counts.get(s, 0)) for s in (*_ROLLOUT_STATES, "cancelled")))
+    if rollout.get("unbatched"):
+        table.add_row("not started", str(rollout["unbatched"]), *[""] * 6)
+    counts = rollout["counts"]
+    table.add_row("total", *(str(counts.get(s, 0)) for s in (*_ROLLOUT_STATES, "cancelled")))
+    return table
+
+
+def _watch(api: ApiClient, rollout_id: str, interval: float = 1.0) -> dict[str, Any]:
+    """Show the rollout live until it is no longer running; its last state."""
+    import time  # noqa: PLC0415 - only watching needs it
+
+    from rich.console import Console  # noqa: PLC0415 - see _progress
+    from rich.live import Live  # noqa: PLC0415 - idem
+
+    console = Console()
+    path = f"/rollouts/{_path_id(rollout_id)}"
+    rollout: dict[str, Any] = api.call("GET", path)
+    with Live(render_rollout(rollout), console=console, auto_refresh=False) as live:
+        while rollout["state"] in _ROLLOUT_OPEN:
+            time.sleep(interval)
+            rollout = api.call("GET", path)
+            live.update(render_rollout(rollout), refresh=True)
+    return rollout
+
+
+def _show_rollout(rollout: dict[str, Any], *, as_json: bool) -> None:
+    if as_json:
+        _echo_json(rollout)
+        return
+    typer.echo(_text(render_rollout(rollout)), nl=False)
+
+
+def _percent(value: str) -> int:
+    text = value.strip().removesuffix("%").strip()
+    if not text.isdigit() or int(text) > 100:
+        raise _fail(f"--max-failures takes a percentage from 0 to 100, got {value!r}")
+    return int(text)
+
+
+@rollouts_app.command("create")
+@one_line_errors
+def create_rollout(  # noqa: PLR0917 - one parameter per command-line option
+    model: Annotated[str, typer.Option("--model", "-m", help="The model (id, prefix or name).")],
+    select: Annotated[
+        str | None,
+        typer.Option(
+            "--select", "-l", help="A tag selector: the devices it selects, now and later."
+        ),
+    ] = None,
+    device: Annotated[
+        list[str] | None,
+        typer.Option("--device", "-d", help="A device (id, prefix or name); repeat for several."),
+    ] = None,
+    canary: Annotated[
+        int, typer.Option("--canary", min=0, help="Devices of the canary batch.")
+    ] = 0,
+    batch: Annotated[
+        str, typer.Option("--batch", help="Devices per batch: a count (10) or a share (10%).")
+    ] = "100%",
+    max_failures: Annotated[
+        str, typer.Option("--max-failures", help="Failures allowed before it pauses, e.g. 5%.")
+    ] = "0%",
+    deadline: Annotated[
+        str | None, typer.Option("--deadline", help="ISO 8601 time after which it stops.")
+    ] = None,
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="Show its progress live.")] = False,
+    as_json: JsonOption = False,
+    server: ServerOption = None,
+) -> None:
+    """Roll a model out to the devices a selector selects (or the listed ones)."""
+    if (select is None) == (not device):
+        raise _fail("give --select SELECTOR or --device (one of the two)")
+    with _session(server) as api:
+        body: dict[str, Any] = {
+            "model_id": _resolve(api, "model", "/models", model),
+            "canary": canary,
+            "batch": batch,
+            "max_failure_percent": _percent(max_failures),
+        }
+        if select is not None:
+            body["selector"] = select
+        else:
+            body["device_ids"] = [_resolve(api, "device", "/devices", d) for d in device or []]
+        if deadline:
+            body["deadline"] = deadline
+        rollout = api.call("POST", "/rollouts", json=body)
+        if watch and not as_json:
+            rollout = _watch(api, str(rollout["id"]))
+    _show_rollout(rollout, as_json=as_json)
+    if watch and rollout["state"] != "completed":
+        raise typer.Exit(1)
+
+
+@rollouts_app.command("list")
+@one_line_errors
+def list_rollouts(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+    server: ServerOption = None,
+) -> None:
+    """List your rollouts, newest first."""
+    with _session(server) as api:
+        items = list(api.pages("/rollouts", {"limit": "200"}))
+    if as_json:
+        for item in items:
+            _echo_json(item)
+        return
+    table = _table("id", "state", "model", "target", "devices", "succeeded", "failed", "created")
+    for item in items:
+        table.add_row(
+            str(item["id"]),
+            str(item["state"]),
+            str(item.get("model_id") or f"rollback of {item.get('rollback_of')}"),
+            str(item.get("selector") or "devices"),
+            str(item["devices"]),
+            str(item["counts"].get("succeeded", 0)),
+            str(item["counts"].get("failed", 0)),
+            str(item["created_at"])[:19].replace("T", " "),
+        )
+    typer.echo(_text(table) + f"{len(items)} rollout(s)")
+
+
+@rollouts_app.command("show")
+@one_line_errors
+def show_rollout(
+    rollout_id: Annotated[str, typer.Argument(metavar="ID", help="The rollout's id.")],
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="Show its progress live.")] = False,
+    as_json: JsonOption = False,
+    server: ServerOption = None,
+) -> None:
+    """A rollout's state, batches and devices per state (--watch: live)."""
+    with _session(server) as api:
+        if watch and not as_json:
+            rollout = _watch(api, rollout_id)
+        else:
+            rollout = api.call("GET", f"/rollouts/{_path_id(rollout_id)}")
+    _show_rollout(rollout, as_json=as_json)
+
+
+@rollouts_app.command("devices")
+@one_line_errors
+def rollout_devices(
+    rollout_id: Annotated[str, typer.Argument(metavar="ID", help="The rollout's id.")],
+    state: Annotated[
+        str | None, typer.Option("--state", help="Only devices in this state, e.g. failed.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+    server: ServerOption = None,
+) -> None:
+    """A rollout's devices with their state, batch and the agent's message."""
+    params = {"limit": "200", **({"state": state} if state else {})}
+    with _session(server) as api:
+        items = list(api.pages(f"/rollouts/{_path_id(rollout_id)}/devices", params))
+    if as_json:
+        for item in items:
+            _echo_json(item)
+        return
+    table = _table("device", "batch", "state", "message")
+    for item in items:
+        batch = item.get("batch")
+        table.add_row(
+            str(item["device_id"]),
+            "" if batch is None else "canary" if batch == 0 else str(batch),
+            str(item["state"]),
+            str(item.get("error") or ""),
+        )
+    typer.echo(_text(table) + f"{len(items)} device(s)")
+
+
+def _rollout_action(action: str, rollout_id: str, *, as_json: bool, server: str | None) -> None:
+    with _session(server) as api:
+        rollout = api.call("POST", f"/rollouts/{_path_id(rollout_id)}/{action}")
+    _show_rollout(rollout, as_json=as_json)
+
+
+@rollouts_app.command("pause")
+@one_line_errors
+def pause_rollout(
+    rollout_id: Annotated[str, typer.Argument(metavar="ID", help="The rollout's id.")],
+    as_json: JsonOption = False,
+    server: ServerOption = None,
+) -> None:
+    """Pause a rollout: no new transfer starts."""
+    _rollout_action("pause", rollout_id, as_json=as_json, server=server)
+
+
+@rollouts_app.command("resume")
+@one_line_errors
+def resume_rollout(
+    rollout_id: Annotated[str, typer.Argument(metavar="ID", help="The rollout's id.")],
+    as_json: JsonOption = False,
+    server: ServerOption = None,
+) -> None:
+    """Resume a paused rollout (also one its failures paused)."""
+    _rollout_action("resume", rollout_id, as_json=as_json, server=server)
+
+
+@rollouts_app.command("cancel")
+@one_line_errors
+def cancel_rollout(
+    rollout_id: Annotated[str, typer.Argument(metavar="ID", help="The rollout's id.")],
+    as_json: JsonOption = False,
+    server: ServerOption = None,
+) -> None:
+    """Cancel a rollout: devices not yet sent are cancelled."""
+    _rollout_action("cancel", rollout_id, as_json=as_json, server=server)
+
+
+@rollouts_app.command("rollback")
+@one_line_errors
+def rollback_rollout(
+    rollout_id: Annotated[str, typer.Argument(metavar="ID", help="The rollout's id.")],
+    as_json: JsonOption = False,
+    server: ServerOption = None,
+) -> None:
+    """Return each device of a finished rollout to its previous model (a new rollout)."""
+    _rollout_action("rollback", rollout_id, as_json=as_json, server=server)
+
+
 # -- audit trail ----------------------------------------------------------------------
 
 
@@ -940,4 +1293,6 @@ def register(app: typer.Typer) -> None:
     app.add_typer(devices_app, name="devices")
     app.add_typer(deployments_app, name="deployments")
     app.add_typer(pairing_app, name="pairing-tokens")
+    app.add_typer(enroll_app, name="enroll-keys")
+    app.add_typer(rollouts_app, name="rollouts")
     app.add_typer(audit_app, name="audit")

@@ -82,6 +82,8 @@ class DeploymentInProgressError(ConflictError):
 
 
 #: The reason recorded on a deployment its server never finished.
+#: A transfer cancelled midway (client gone, shutdown): the hook never ran to its end.
+INTERRUPTED_REASON = "the transfer was interrupted"
 STALE_REASON = "no outcome within the transfer timeout (the server handling it stopped)"
 
 
@@ -308,9 +310,7 @@ async def transfer(
         return await mark(db, deployment_id, DeploymentStatus.FAILED, str(err))
     except BaseException:
         # Cancelled (client gone, shutdown) or an unexpected error: never leave it transferring.
-        await asyncio.shield(
-            mark(db, deployment_id, DeploymentStatus.FAILED, "the transfer was interrupted")
-        )
+        await asyncio.shield(mark(db, deployment_id, DeploymentStatus.FAILED, INTERRUPTED_REASON))
         raise
     finally:
         link.deployments -= 1

@@ -176,11 +176,12 @@ async def create_device(
     )
     if device is None:
         raise ConflictError("A device with this serial number is already registered.")
-    await _record_created(conn, device, Actor.user(owner_user_id), "api")
+    await record_created(conn, device, Actor.user(owner_user_id), "api")
     return device
 
 
-async def _record_created(conn: AsyncConnection, device: Device, actor: Actor, via: str) -> None:
+async def record_created(conn: AsyncConnection, device: Device, actor: Actor, via: str) -> None:
+    """Record ``device.created`` for a new device (``via``: api, pairing, enrollment)."""
     await audit.record(
         conn,
         "device.created",
@@ -331,7 +332,7 @@ async def pair(
     )
     actor = Actor.device(device.id)
     if new_device:
-        await _record_created(conn, device, actor, "pairing")
+        await record_created(conn, device, actor, "pairing")
     await audit.record(
         conn,
         "device.paired",

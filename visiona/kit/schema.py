@@ -393,3 +393,90 @@ web_sessions = Table(
 )
 Index("idx_web_sessions_user", web_sessions.c.user_id)
 Index("idx_web_sessions_idle_expires", web_sessions.c.idle_expires_at)
+
+# Enrollment keys (migration 0010): reusable keys that pair many PCs. Stored by
+# sha256 only; ``uses`` is counted by one conditional UPDATE (``uses < max_uses``).
+enrollment_keys = Table(
+    "enrollment_keys",
+    metadata,
+    Column("id", Uuid, primary_key=True),  # the public id (random; unrelated to the hash)
+    Column("key_hash", Text, nullable=False),  # sha256(plaintext), never the plaintext
+    # the scope of the row: an enrolled device joins this organisation
+    Column("org_id", Uuid, ForeignKey("organizations.id"), nullable=False),
+    Column("owner_user_id", Uuid, ForeignKey("users.id"), nullable=False),  # created by
+    Column("name", Text, nullable=False),
+    Column("max_uses", BigInteger, nullable=False),
+    Column("uses", BigInteger, nullable=False, server_default=text("0")),
+    Column("tags", Detail, nullable=False),
+    Column("name_template", Text, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False, server_default=_now()),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Column("last_used_at", UTCDateTime, nullable=True),
+    Column("revoked_at", UTCDateTime, nullable=True),
+)
+Index("uq_enrollment_keys_key_hash", enrollment_keys.c.key_hash, unique=True)
+Index("idx_enrollment_keys_org", enrollment_keys.c.org_id, enrollment_keys.c.created_at)
+
+# Rollouts (migration 0010): a model sent to many devices in batches, driven by
+# the scheduler under a lease; ``epoch`` is the fencing token of the scheduler that last
+# drove it (a write of an older scheduler misses).
+rollouts = Table(
+    "rollouts",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("org_id", Uuid, ForeignKey("organizations.id"), nullable=False),  # the scope
+    Column("owner_user_id", Uuid, ForeignKey("users.id"), nullable=False),  # created by
+    # NULL for a rollback (each device returns to its own previous model)
+    Column("model_id", Uuid, ForeignKey("models.id"), nullable=True),
+    Column("selector", Text, nullable=True),  # NULL: an explicit list of devices
+    Column("canary", BigInteger, nullable=False, server_default=text("0")),
+    Column("batch", Text, nullable=False),  # "10" or "25%"
+    Column("max_failure_percent", BigInteger, nullable=False),
+    Column("deadline", UTCDateTime, nullable=True),
+    # running | paused | completed | cancelled | failed
+    Column("state", Text, nullable=False, server_default="running"),
+    Column("reason", Text, nullable=True),
+    Column("rollback_of", Uuid, nullable=True),
+    # failed devices when last resumed: only failures after a resume pause it again
+    Column("resumed_failed", BigInteger, nullable=False, server_default=text("0")),
+    Column("epoch", BigInteger, nullable=False, server_default=text("0")),
+    Column("created_at", UTCDateTime, nullable=False, server_default=_now()),
+    Column("updated_at", UTCDateTime, nullable=False, server_default=_now()),
+    Column("finished_at", UTCDateTime, nullable=True),
+)
+Index("idx_rollouts_org", rollouts.c.org_id, rollouts.c.created_at)
+ROLLOUT_OPEN = ("running", "paused")
+_open_rollout = rollouts.c.state.in_(ROLLOUT_OPEN)
+Index(
+    "idx_rollouts_open",
+    rollouts.c.state,
+    postgresql_where=_open_rollout,
+    sqlite_where=_open_rollout,
+)
+
+rollout_devices = Table(
+    "rollout_devices",
+    metadata,
+    Column(
+        "rollout_id",
+        Uuid,
+        ForeignKey("rollouts.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("device_id", Uuid, ForeignKey("devices.id"), primary_key=True),
+    # the model this device is sent (the rollout's, or its previous one for a rollback)
+    Column("model_id", Uuid, nullable=True),
+    Column("model_sha256", Text, nullable=True),
+    # NULL: not in a batch yet; 0 is the canary batch
+    Column("batch", BigInteger, nullable=True),
+    # queued | waiting | transferring | succeeded | failed | skipped | cancelled
+    Column("state", Text, nullable=False, server_default="queued"),
+    Column("error", Text, nullable=True),
+    Column("deployment_id", Uuid, nullable=True),
+    Column("attempts", BigInteger, nullable=False, server_default=text("0")),
+    Column("epoch", BigInteger, nullable=True),  # the scheduler's epoch that dispatched it
+    Column("created_at", UTCDateTime, nullable=False, server_default=_now()),
+    Column("updated_at", UTCDateTime, nullable=False, server_default=_now()),
+)
+Index("idx_rollout_devices_state", rollout_devices.c.rollout_id, rollout_devices.c.state)
+Index("idx_rollout_devices_device", rollout_devices.c.device_id)

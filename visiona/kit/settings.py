@@ -128,6 +128,12 @@ class Settings(BaseSettings):
         60, ge=1, description="Agent pair attempts per client address per window."
     )
     pair_rate_window: int = Field(60, ge=1, description="Agent pair rate-limit window (s).")
+    enroll_rate_limit: int = Field(
+        600,
+        ge=1,
+        description="Agent enrolments per enrollment key per pair window (each client "
+        "address is also held to the pair limit).",
+    )
 
     # -- models and object storage (models feature) ---------------------------
     storage_url: str | None = Field(
@@ -210,6 +216,19 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds a deployment waits for the agent's answer once the model file "
         "was sent (the agent verifies it and runs its deploy hook); the record fails after.",
+    )
+    rollout_max_transfers: int = Field(
+        8,
+        ge=1,
+        description="Rollout transfers the scheduler of one node runs at once (a rollout to "
+        "thousands of devices never starves proxied requests).",
+    )
+    rollout_interval: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="Seconds between two turns of the rollout scheduler (and between tries "
+        "of its lease on a node that does not hold it).",
     )
     deploy_transfer_timeout: float = Field(
         1800.0,

@@ -15,6 +15,8 @@ PAIRING_PREFIX = "vpt"
 DEVICE_SESSION_PREFIX = "vst"
 #: An invitation to join an organisation (shown once to the admin who made it).
 INVITATION_PREFIX = "vin"
+#: An enrollment key (shown once to the admin who made it).
+ENROLLMENT_PREFIX = "vek"
 
 
 def new_token(prefix: str) -> str:

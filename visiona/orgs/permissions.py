@@ -40,21 +40,25 @@ class Permission(StrEnum):
     DEPLOY = "deploy"
     PROXY = "proxy"
     MEMBERS = "members"
+    ENROLLMENT = "enrollment"
     ORG = "org"
 
 
 #: What each permission covers, for the docs table.
 DESCRIPTIONS: dict[Permission, str] = {
-    Permission.READ: "list and read devices, tokens, models, deployments, audit events, "
-    "the organisation and its members",
+    Permission.READ: "list and read devices, tokens, models, deployments, rollouts, "
+    "audit events, the organisation and its members",
     Permission.DEVICES_WRITE: "pairing tokens, register, rename and unpair devices, "
     "revoke session tokens",
     Permission.MODELS_WRITE: "upload, edit, replace and delete models",
     Permission.MODELS_DOWNLOAD: "download model files",
-    Permission.DEPLOY: "deploy a model to a device",
+    Permission.DEPLOY: "deploy a model to a device; create, pause, resume, cancel and "
+    "roll back rollouts",
     Permission.PROXY: "HTTP proxy and TCP forwards to a device",
     Permission.MEMBERS: "invite, change roles (below owner), remove members, "
     "list and revoke invitations",
+    Permission.ENROLLMENT: "create, list and revoke enrollment keys (a key pairs PCs "
+    "into the organisation without anyone present)",
     Permission.ORG: "the organisation itself: grant, change or remove the owner role",
 }
 
@@ -66,7 +70,7 @@ _OPERATOR = _VIEWER | {
     Permission.DEPLOY,
     Permission.PROXY,
 }
-_ADMIN = _OPERATOR | {Permission.MEMBERS}
+_ADMIN = _OPERATOR | {Permission.MEMBERS, Permission.ENROLLMENT}
 _OWNER = _ADMIN | {Permission.ORG}
 
 #: The matrix: role → the permissions it holds.

@@ -224,6 +224,42 @@ async def issue_session_token(
     return IssuedSession(token=token, public_id=row.public_id, expires_at=expires_at)
 
 
+async def issue_enrolled_session(
+    conn: AsyncConnection,
+    settings: Settings,
+    *,
+    org_id: uuid.UUID,
+    owner_user_id: uuid.UUID,
+    device_id: uuid.UUID,
+    now: datetime,
+) -> IssuedSession:
+    """Issue the session token of a device enrolled with an enrollment key (no pairing
+    token starts its chain); records ``session_token.issued``, the device as actor."""
+    token = new_token(DEVICE_SESSION_PREFIX)
+    expires_at = now + timedelta(seconds=settings.session_token_ttl)
+    row = await repository.insert_session_token(
+        conn,
+        token_hash=hash_token(token),
+        user_id=owner_user_id,
+        device_id=device_id,
+        parent_token_hash=None,
+        pairing_token_id=None,
+        now=now,
+        expires_at=expires_at,
+    )
+    await audit.record(
+        conn,
+        "session_token.issued",
+        actor=Actor.device(device_id),
+        owner_id=owner_user_id,
+        org_id=org_id,
+        target_id=row.public_id,
+        device_id=device_id,
+        detail={"pairing_token_id": None},
+    )
+    return IssuedSession(token=token, public_id=row.public_id, expires_at=expires_at)
+
+
 async def renew_session(
     conn: AsyncConnection, settings: Settings, device: DeviceIdentity, now: datetime
 ) -> IssuedSession:

@@ -1,0 +1,1 @@
+"""Enrollment keys: reusable, revocable keys that pair many PCs without a token each."""
