@@ -50,6 +50,9 @@ _ELSEWHERE = {
     "member.removed",
     "member.left",
     "invitation.revoked",
+    # tests/apikeys/test_api_keys.py: a key created, used and revoked
+    "api_key.created",
+    "api_key.revoked",
 }
 
 

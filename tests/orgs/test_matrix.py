@@ -150,6 +150,15 @@ class Scope:
     async def member_id(self) -> str:
         return (await member(self.client, self.maker, self.org_id, "viewer")).id
 
+    async def api_key(self) -> str:
+        response = await self.client.post(
+            f"{API}/api-keys",
+            json={"name": "ci", "scopes": ["read"], "expires_in_days": 1},
+            headers=self.headers,
+        )
+        assert response.status_code == 201, response.text
+        return str(response.json()["id"])
+
     async def prepare(self) -> None:
         """The resources the non-destructive operations share."""
         self.fixed["device_id"] = await self.device()
@@ -158,6 +167,7 @@ class Scope:
         self.fixed["session_token_id"] = await self.session_token()
         self.fixed["invitation_id"] = await self.invitation()
         self.fixed["user_id"] = await self.member_id()
+        self.fixed["key_id"] = await self.api_key()
 
     async def value(self, name: str, path: str, *, fresh: bool) -> str:  # noqa: PLR0911 - one per parameter
         """The value of path parameter ``name`` of ``path`` (new ones for a deletion)."""
@@ -178,6 +188,7 @@ class Scope:
                 "model_id": self.model,
                 "invitation_id": self.invitation,
                 "user_id": self.member_id,
+                "key_id": self.api_key,
             }
             return await makers[name]()
         return self.fixed[name]
@@ -192,10 +203,14 @@ def _body(op: Operation, scope: Scope) -> dict[str, Any]:  # noqa: PLR0911 - one
         return {"json": {"name": "n", "serial_number": serial(), "device_type": "kl520"}}
     if path.endswith("/invitations") and method == "POST":
         return {"json": {"email": f"x-{uuid.uuid4().hex[:8]}@example.com", "role": "viewer"}}
+    if path.endswith("/tags"):
+        return {"json": {"tags": {"site": "lab"}} if method == "PUT" else {"set": {"a": "b"}}}
     if "/members/" in path and method == "PATCH":
         return {"json": {"role": "viewer"}}
     if method == "PATCH":
         return {"json": {"name": "renamed"}}
+    if path == f"{API}/api-keys" and method == "POST":
+        return {"json": {"name": "k", "scopes": ["read"], "expires_in_days": 1}}
     if path == f"{API}/pairing-tokens" and method == "POST":
         return {"json": {}}
     if path == f"{API}/models" and method == "POST":

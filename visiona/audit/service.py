@@ -27,6 +27,7 @@ from visiona.kit.clock import utcnow
 from visiona.kit.logs import client_addr_var, request_id_var
 from visiona.kit.pagination import Page, PageRequest
 from visiona.kit.tokens import (
+    API_KEY_PREFIX,
     DEVICE_SESSION_PREFIX,
     INVITATION_PREFIX,
     PAIRING_PREFIX,
@@ -41,7 +42,14 @@ MAX_DETAIL_BYTES = 2048
 PRUNE_BATCH = 1000
 _SECRET_WORDS = ("password", "secret", "hash", "plaintext")
 _TOKEN_PREFIXES = tuple(
-    f"{p}_" for p in (USER_SESSION_PREFIX, PAIRING_PREFIX, DEVICE_SESSION_PREFIX, INVITATION_PREFIX)
+    f"{p}_"
+    for p in (
+        USER_SESSION_PREFIX,
+        PAIRING_PREFIX,
+        DEVICE_SESSION_PREFIX,
+        INVITATION_PREFIX,
+        API_KEY_PREFIX,
+    )
 )
 _MAX_TEXT = 320  # an email as typed, a name, a reason: longer values are cut
 

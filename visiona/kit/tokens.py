@@ -15,6 +15,8 @@ PAIRING_PREFIX = "vpt"
 DEVICE_SESSION_PREFIX = "vst"
 #: An invitation to join an organisation (shown once to the admin who made it).
 INVITATION_PREFIX = "vin"
+#: An organisation's API key for automation (shown once to the admin who made it).
+API_KEY_PREFIX = "vak"
 
 
 def new_token(prefix: str) -> str:

@@ -40,6 +40,7 @@ class Permission(StrEnum):
     DEPLOY = "deploy"
     PROXY = "proxy"
     MEMBERS = "members"
+    API_KEYS = "api_keys"
     ORG = "org"
 
 
@@ -55,6 +56,7 @@ DESCRIPTIONS: dict[Permission, str] = {
     Permission.PROXY: "HTTP proxy and TCP forwards to a device",
     Permission.MEMBERS: "invite, change roles (below owner), remove members, "
     "list and revoke invitations",
+    Permission.API_KEYS: "create, list and revoke the organisation's API keys",
     Permission.ORG: "the organisation itself: grant, change or remove the owner role",
 }
 
@@ -66,7 +68,7 @@ _OPERATOR = _VIEWER | {
     Permission.DEPLOY,
     Permission.PROXY,
 }
-_ADMIN = _OPERATOR | {Permission.MEMBERS}
+_ADMIN = _OPERATOR | {Permission.MEMBERS, Permission.API_KEYS}
 _OWNER = _ADMIN | {Permission.ORG}
 
 #: The matrix: role → the permissions it holds.
