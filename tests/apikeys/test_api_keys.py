@@ -236,6 +236,10 @@ async def test_audit_events_made_with_a_key_name_the_key(
         key_id,
         "pipeline",
     )
+    token = await client.post(f"{API}/pairing-tokens", json={}, headers=key_headers(made["key"]))
+    assert token.status_code == 201
+    (issued,) = await stored_events(app, action="pairing_token.created")
+    assert (issued.actor_type, issued.actor_id) == ("api_key", key_id)
     await client.delete(f"{API}/api-keys/{made['id']}", headers=owner.headers)
     created = await stored_events(app, action="api_key.created", target_id=made["id"])
     revoked = await stored_events(app, action="api_key.revoked", target_id=made["id"])
