@@ -336,3 +336,23 @@ async def test_a_key_never_appears_in_the_logs(
     logged = "\n".join(f"{r.getMessage()} {r.args!r} {r.__dict__!r}" for r in caplog.records)
     assert key not in logged
     assert key[4:] not in logged
+
+
+async def test_the_proxy_takes_a_proxy_key_and_the_agent_routes_take_none(
+    client: httpx.AsyncClient,
+) -> None:
+    owner = await signup(client)
+    device = await _device(client, owner.headers)
+    proxy = await create_key(client, owner, ["proxy"])
+    reader = await create_key(client, owner, ["read"])
+    url = f"{API}/devices/{device}/proxy/status"
+    reached = await client.get(url, headers=key_headers(proxy["key"]))
+    assert reached.status_code not in (401, 403, 404)  # through to the (absent) tunnel
+    assert error_code(reached) == "device_offline"
+    refused = await client.get(url, headers=key_headers(reader["key"]))
+    assert refused.status_code == 403
+    assert "proxy" in refused.json()["error"]["message"]
+    agent = await client.post(
+        f"{API}/agent/status", json={"usb_status": "connected"}, headers=key_headers(proxy["key"])
+    )
+    assert agent.status_code == 401
