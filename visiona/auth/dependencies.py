@@ -129,6 +129,8 @@ async def current_caller(request: HTTPConnection) -> Caller:
     if token is None:
         token = request.cookies.get(runtime_of(request).settings.cookie_name)
         via_cookie = token is not None
+    if token is not None and not via_cookie and has_prefix(token, API_KEY_PREFIX):
+        raise UnauthorizedError("This route needs a person's sign-in; an API key cannot use it.")
     if not token or not has_prefix(token, USER_SESSION_PREFIX):
         raise UnauthorizedError()
     # On the request's connection when its unit of work is already open (the endpoint
