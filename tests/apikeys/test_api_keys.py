@@ -10,7 +10,7 @@ import hashlib
 import logging
 import time
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import httpx
 import pytest
@@ -69,7 +69,7 @@ async def test_a_key_is_shown_once_and_stored_as_its_sha256(
     assert timedelta(days=7) - (row["expires_at"] - row["created_at"]) < timedelta(seconds=1)
 
 
-async def test_expires_in_days_is_1_to_365(client: httpx.AsyncClient) -> None:
+async def test_expires_in_days_is_1_to_365_default_90(client: httpx.AsyncClient) -> None:
     owner = await signup(client)
     for days in (0, 366):
         response = await client.post(
@@ -78,12 +78,18 @@ async def test_expires_in_days_is_1_to_365(client: httpx.AsyncClient) -> None:
             headers=owner.headers,
         )
         assert response.status_code == 422
-    response = await client.post(
-        f"{API}/api-keys",
-        json={"name": "x", "scopes": ["root"], "expires_in_days": 1},
-        headers=owner.headers,
+    for body in ({"name": "x", "scopes": ["root"]}, {"name": "x", "scopes": []}):
+        response = await client.post(f"{API}/api-keys", json=body, headers=owner.headers)
+        assert response.status_code == 422
+    default = await client.post(
+        f"{API}/api-keys", json={"name": "x", "scopes": ["read"]}, headers=owner.headers
     )
-    assert response.status_code == 422
+    assert default.status_code == 201
+    made = default.json()
+    lifetime = datetime.fromisoformat(made["expires_at"]) - datetime.fromisoformat(
+        made["created_at"]
+    )
+    assert abs(lifetime - timedelta(days=90)) < timedelta(seconds=1)
 
 
 async def test_a_models_write_key_uploads_but_cannot_unpair_nor_act_elsewhere(

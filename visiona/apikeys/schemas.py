@@ -24,7 +24,9 @@ class ApiKeyCreate(BaseModel):
         description="`read`, `devices:write`, `models:write`, `deploy`, `proxy`, `admin`; "
         "none beyond your own role's permissions (else 403 `scope_not_allowed`).",
     )
-    expires_in_days: int = Field(ge=1, le=365, description="Lifetime in days, 1 to 365.")
+    expires_in_days: int = Field(
+        90, ge=1, le=365, description="Lifetime in days, 1 to 365 (default 90)."
+    )
 
 
 class ApiKeyOut(BaseModel):
