@@ -26,6 +26,7 @@ from tests.support.models import nef
 from tests.support.orgs import acting, create_org, member
 from tests.support.settings import LIFESPAN_TIMEOUT
 from visiona.apikeys import service
+from visiona.apikeys.access import LOCAL_TTL, TTL
 from visiona.apikeys.dependencies import API_KEYS
 from visiona.app import create_app
 from visiona.audit.service import Actor
@@ -363,3 +364,29 @@ async def test_the_proxy_takes_a_proxy_key_and_the_agent_routes_take_none(
         f"{API}/agent/status", json={"usb_status": "connected"}, headers=key_headers(proxy["key"])
     )
     assert agent.status_code == 401
+
+
+async def test_a_key_is_looked_up_once_not_per_request(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    owner = await signup(client)
+    made = await create_key(client, owner, ["read"])
+    reads: list[str] = []
+
+    def count(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+        if "api_keys" in statement:
+            reads.append(statement)
+
+    engine = runtime(app).db.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", count)
+    started = time.monotonic()
+    try:
+        for _ in range(5):
+            response = await client.get(f"{API}/devices", headers=key_headers(made["key"]))
+            assert response.status_code == 200
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    # once per lifetime of an entry (a loaded machine may outlast the 1 s one)
+    assert len(reads) <= 1 + int((time.monotonic() - started) / API_KEYS.of(app).ttl)
+    expected = TTL if runtime(app).redis is not None else LOCAL_TTL
+    assert API_KEYS.of(app).ttl == expected
