@@ -13,6 +13,9 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from fastapi import FastAPI
 
 from visiona import __version__
+from visiona.apikeys.access import ApiKeys
+from visiona.apikeys.dependencies import API_KEYS
+from visiona.apikeys.endpoints import router as apikeys_router
 from visiona.audit.dependencies import PRUNER
 from visiona.audit.endpoints import router as audit_router
 from visiona.audit.retention import Pruner
@@ -116,8 +119,8 @@ async def run_features(
     The one place that knows every feature: the tunnel hub (with the cluster's
     registry when clustered), the cluster (and what its node link serves here), the
     proxy's relay, the model storage, deployments' delivery and recovery, the rollout
-    scheduler, the session store, the membership cache, the audit pruner, and who hears
-    of a revoked device.
+    scheduler, the session store, the membership cache, the API key cache and its usage
+    batch, the audit pruner, and who hears of a revoked device.
     """
     settings, db = runtime.settings, runtime.db
     sessions = build_session_store(
@@ -149,6 +152,9 @@ async def run_features(
         memberships = Memberships(db, runtime.redis)
         memberships.start()  # with Redis: hears every node's membership changes
         stack.push_async_callback(memberships.close)
+        api_keys = ApiKeys(db, runtime.redis, flush_interval=settings.api_key_usage_flush)
+        api_keys.start()  # batched last_used_at; with Redis: hears every node's revocations
+        stack.push_async_callback(api_keys.close)  # writes the last uses
         pruner = Pruner(db, settings.audit_retention_days, settings.audit_prune_interval)
         pruner.start()
         stack.push_async_callback(pruner.stop)
@@ -157,6 +163,7 @@ async def run_features(
         DEVICE_REVOKED.provide(app, DeviceRevoked.of(hooks))
         SESSIONS.provide(app, sessions)
         MEMBERSHIPS.provide(app, memberships)
+        API_KEYS.provide(app, api_keys)
         PRUNER.provide(app, pruner)
         STORAGE.provide(app, storage)
         DEVICES.provide(app, Devices.from_settings(settings))
@@ -225,6 +232,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(auth_router, prefix=API_PREFIX)
     # organisations feature router (members, invitations)
     app.include_router(orgs_router, prefix=API_PREFIX)
+    # API keys feature router
+    app.include_router(apikeys_router, prefix=API_PREFIX)
     # devices feature routers
     app.include_router(devices_router, prefix=API_PREFIX)
     app.include_router(tokens_router, prefix=API_PREFIX)

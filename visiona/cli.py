@@ -53,8 +53,20 @@ def _root(
             "--version", callback=_version, is_eager=True, help="Print the version and exit."
         ),
     ] = False,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key",
+            envvar="VISIONA_API_KEY",
+            show_envvar=True,
+            help="Authenticate the client commands with this API key (vak_...) instead of "
+            "the saved login; it acts in its own organisation.",
+        ),
+    ] = None,
 ) -> None:
     """visionA cloud backend and local agent."""
+    del version  # handled by its eager callback
+    client_commands.use_api_key(api_key)
 
 
 def _arun(coro: Coroutine[Any, Any, T]) -> T:

@@ -65,6 +65,9 @@ _ELSEWHERE = {
     "rollout.cancelled",
     "rollout.completed",
     "rollout.failed",
+    # tests/apikeys/test_api_keys.py: a key created, used and revoked
+    "api_key.created",
+    "api_key.revoked",
 }
 
 

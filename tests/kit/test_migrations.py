@@ -22,6 +22,7 @@ TABLES = {
     "organizations",
     "memberships",
     "invitations",
+    "api_keys",
     "users",
     "models",
     "devices",

@@ -11,6 +11,9 @@ route cannot be missed. For each permissioned operation and each role of a team:
 - naming another organisation's resource while acting in its own → 404 (403 first
   when the role lacks the permission anyway: nothing about the resource is read).
 
+The same walk with an API key of each scope (issue 22 item 4): allowed exactly where
+its scope's permissions reach, 404 elsewhere, 401 on the routes of a person.
+
 On SQLite and PostgreSQL (the ``client`` fixture runs on both).
 """
 
@@ -29,7 +32,7 @@ from tests.support.api import User, signup
 from tests.support.devices import serial
 from tests.support.models import nef
 from tests.support.orgs import acting, create_org, invite, member
-from visiona.orgs.permissions import ROLE_PERMISSIONS, Permission, Role
+from visiona.orgs.permissions import ROLE_PERMISSIONS, SCOPE_PERMISSIONS, Permission, Role
 
 API = "/api/v1"
 
@@ -170,6 +173,15 @@ class Scope:
         assert response.status_code == 201, response.text
         return str(response.json()["id"])
 
+    async def api_key(self) -> str:
+        response = await self.client.post(
+            f"{API}/api-keys",
+            json={"name": "ci", "scopes": ["read"], "expires_in_days": 1},
+            headers=self.headers,
+        )
+        assert response.status_code == 201, response.text
+        return str(response.json()["id"])
+
     async def prepare(self) -> None:
         """The resources the non-destructive operations share."""
         self.fixed["device_id"] = await self.device()
@@ -178,8 +190,9 @@ class Scope:
         self.fixed["session_token_id"] = await self.session_token()
         self.fixed["invitation_id"] = await self.invitation()
         self.fixed["user_id"] = await self.member_id()
-        self.fixed["key_id"] = await self.enrollment_key()
+        self.fixed["enrollment_key_id"] = await self.enrollment_key()
         self.fixed["rollout_id"] = await self.rollout()
+        self.fixed["api_key_id"] = await self.api_key()
 
     async def value(self, name: str, path: str, *, fresh: bool) -> str:  # noqa: PLR0911 - one per parameter
         """The value of path parameter ``name`` of ``path`` (new ones for a deletion)."""
@@ -194,13 +207,16 @@ class Scope:
                     return await self.session_token()
                 return str((await self.pairing_token())["id"])
             return self.fixed[kind]
+        if name == "key_id":  # an enrollment key's or an API key's
+            name = "api_key_id" if "/api-keys/" in path else "enrollment_key_id"
         if fresh:
             makers: dict[str, Callable[[], Awaitable[str]]] = {
                 "device_id": self.device,
                 "model_id": self.model,
                 "invitation_id": self.invitation,
                 "user_id": self.member_id,
-                "key_id": self.enrollment_key,
+                "enrollment_key_id": self.enrollment_key,
+                "api_key_id": self.api_key,
             }
             return await makers[name]()
         return self.fixed[name]
@@ -225,6 +241,8 @@ def _body(op: Operation, scope: Scope) -> dict[str, Any]:  # noqa: PLR0911 - one
         return {"json": {"set": {"site": "lab"}, "remove": []}}
     if method == "PATCH":
         return {"json": {"name": "renamed"}}
+    if path == f"{API}/api-keys" and method == "POST":
+        return {"json": {"name": "k", "scopes": ["read"], "expires_in_days": 1}}
     if path == f"{API}/pairing-tokens" and method == "POST":
         return {"json": {}}
     if path == f"{API}/enrollment-keys" and method == "POST":
@@ -323,4 +341,58 @@ async def test_every_role_in_its_own_and_another_organisation(
             verdict = _verdict(op, response, "not_found" if allowed else "forbidden")
             if verdict:
                 failures.append(f"{op.label} as {role} on another's resource: {verdict}")
+    assert not failures, "\n".join(failures)
+
+
+async def test_every_api_key_scope_in_its_own_and_another_organisation(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    """An owner's key with one scope: allowed exactly where the scope's permissions
+    reach; another organisation → 404; the routes of a person (``/orgs/{id}``) → 401."""
+    owner = await signup(client)
+    team = await create_org(client, owner)
+    own = Scope(client, owner, team)
+    await own.prepare()
+    stranger = await signup(client)
+    other = Scope(client, stranger, stranger.org_id)
+    await other.prepare()
+    keys = {}
+    for scope in SCOPE_PERMISSIONS:
+        made = await client.post(
+            f"{API}/api-keys",
+            json={"name": scope, "scopes": [scope], "expires_in_days": 1},
+            headers=acting(owner, team),
+        )
+        assert made.status_code == 201, made.text
+        keys[scope] = {"Authorization": f"Bearer {made.json()['key']}"}
+
+    failures: list[str] = []
+    for op in operations(app):
+        destructive = op.method == "DELETE" and "/proxy/" not in op.path
+        for scope, headers in keys.items():
+            allowed = op.permission in SCOPE_PERMISSIONS[scope]
+            url = await _url(op, own, own, fresh=destructive and allowed)
+            response = await client.request(op.method, url, headers=headers, **_body(op, own))
+            if op.org_in_path:
+                if response.status_code != 401:
+                    failures.append(f"{op.label} with {scope}: {response.status_code}, not 401")
+                continue
+            verdict = _verdict(op, response, "allowed" if allowed else "forbidden")
+            if verdict:
+                failures.append(f"{op.label} with {scope} in its organisation: {verdict}")
+            acting_elsewhere = {**headers, "X-Visiona-Org": other.org_id}
+            url = await _url(op, other, other, fresh=False)
+            response = await client.request(
+                op.method, url, headers=acting_elsewhere, **_body(op, other)
+            )
+            verdict = _verdict(op, response, "not_found")
+            if verdict:
+                failures.append(f"{op.label} with {scope} in another organisation: {verdict}")
+            if not _PARAM.search(op.path):
+                continue
+            url = await _url(op, other, own, fresh=False)
+            response = await client.request(op.method, url, headers=headers, **_body(op, other))
+            verdict = _verdict(op, response, "not_found" if allowed else "forbidden")
+            if verdict:
+                failures.append(f"{op.label} with {scope} on another's resource: {verdict}")
     assert not failures, "\n".join(failures)

@@ -48,6 +48,13 @@ _ALL = (
     Action("member.removed", "user", "A member was removed.", ("email", "role")),
     Action("member.left", "user", "A member left the organisation.", ("email", "role")),
     Action(
+        "api_key.created",
+        "api_key",
+        "An API key was created (never its plaintext).",
+        ("name", "scopes", "expires_at"),
+    ),
+    Action("api_key.revoked", "api_key", "An API key was revoked.", ("name",)),
+    Action(
         "pairing_token.created", "pairing_token", "A pairing token was issued.", ("expires_at",)
     ),
     Action("pairing_token.revoked", "pairing_token", "A pairing token was revoked."),

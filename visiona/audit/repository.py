@@ -12,12 +12,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, bindparam, delete, insert, select
+from sqlalchemy import ColumnElement, and_, bindparam, delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from visiona.kit.pagination import Keyset, Page, PageRequest, paginate
 from visiona.kit.records import build, columns_of
-from visiona.kit.schema import UTCDateTime, audit_events, users
+from visiona.kit.schema import UTCDateTime, api_keys, audit_events, users
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,12 +57,20 @@ class EventFilter:
     until: datetime | None = None
 
 
-_EVENT = columns_of(AuditEvent, audit_events, actor_email=users.c.email, actor_name=users.c.name)
+_EVENT = columns_of(
+    AuditEvent,
+    audit_events,
+    actor_email=users.c.email,
+    actor_name=func.coalesce(users.c.name, api_keys.c.name),
+)
 _WITH_ACTOR = audit_events.outerjoin(
     users, and_(audit_events.c.actor_type == "user", users.c.id == audit_events.c.actor_id)
+).outerjoin(
+    api_keys,
+    and_(audit_events.c.actor_type == "api_key", api_keys.c.id == audit_events.c.actor_id),
 )
-#: Every event with its acting user's email and name: select ``EVENT_COLUMNS`` from
-#: ``EVENTS_WITH_ACTOR`` and build each row with :func:`event_of`.
+#: Every event with its acting user's email and name (an API key: its name): select
+#: ``EVENT_COLUMNS`` from ``EVENTS_WITH_ACTOR`` and build each row with :func:`event_of`.
 EVENT_COLUMNS = _EVENT
 EVENTS_WITH_ACTOR = _WITH_ACTOR
 _event = build(AuditEvent)

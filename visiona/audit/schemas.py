@@ -16,12 +16,16 @@ class AuditEventOut(BaseModel):
 
     id: uuid.UUID
     occurred_at: datetime
-    actor_type: str = Field(description="`user`, `device` or `system`.")
-    actor_id: uuid.UUID | None = Field(description="The user or device; null for `system`.")
+    actor_type: str = Field(description="`user`, `api_key`, `device` or `system`.")
+    actor_id: uuid.UUID | None = Field(
+        description="The user, API key or device; null for `system`."
+    )
     actor_email: str | None = Field(
         default=None, description="The acting user's email (a user actor who still exists)."
     )
-    actor_name: str | None = Field(default=None, description="The acting user's name.")
+    actor_name: str | None = Field(
+        default=None, description="The acting user's name (an API key: the key's name)."
+    )
     action: str = Field(examples=["device.paired"])
     target_type: str = Field(examples=["device"])
     target_id: str | None

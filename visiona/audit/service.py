@@ -27,6 +27,7 @@ from visiona.kit.clock import utcnow
 from visiona.kit.logs import client_addr_var, request_id_var
 from visiona.kit.pagination import Page, PageRequest
 from visiona.kit.tokens import (
+    API_KEY_PREFIX,
     DEVICE_SESSION_PREFIX,
     ENROLLMENT_PREFIX,
     INVITATION_PREFIX,
@@ -49,6 +50,7 @@ _TOKEN_PREFIXES = tuple(
         DEVICE_SESSION_PREFIX,
         INVITATION_PREFIX,
         ENROLLMENT_PREFIX,
+        API_KEY_PREFIX,
     )
 )
 _MAX_TEXT = 320  # an email as typed, a name, a reason: longer values are cut

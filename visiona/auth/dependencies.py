@@ -8,6 +8,14 @@ is not a member of is a 404 (no oracle), a role without ``X`` a 403 ``forbidden`
 naming it. The membership lookup is cached (:mod:`visiona.orgs.access`): no extra
 round trip per request. Routes of the user alone (sign-out, ``/auth/me``, the list of
 their organisations, accepting an invitation) take :data:`CurrentCaller`.
+
+An API key (``Authorization: Bearer vak_…``, issue 22 item 4) is a principal too: it
+acts in its own organisation only (an ``X-Visiona-Org`` naming another → 404), with
+the permissions of its scopes intersected with its creator's current role there
+(``role`` None, ``actor`` ``api_key``). The key lookup and the creator's role are
+cached (:mod:`visiona.apikeys.access`, :mod:`visiona.orgs.access`); each use counts
+against the key's rate limit (429 with ``Retry-After``) and is noted for the batched
+``last_used_at``. The routes of a person (:data:`CurrentCaller`) refuse a key (401).
 """
 
 from __future__ import annotations
@@ -21,15 +29,22 @@ from urllib.parse import urlsplit
 from fastapi import Depends
 from starlette.requests import HTTPConnection
 
+from visiona.apikeys.dependencies import API_KEYS
 from visiona.audit.service import Actor
 from visiona.auth.sessions import SessionStore
 from visiona.kit.deps import open_connection, runtime_of
-from visiona.kit.errors import CsrfError, NotFoundError, UnauthorizedError
+from visiona.kit.errors import CsrfError, NotFoundError, RateLimitedError, UnauthorizedError
 from visiona.kit.runtime import Provided
-from visiona.kit.tokens import USER_SESSION_PREFIX, has_prefix, hash_token
+from visiona.kit.tokens import API_KEY_PREFIX, USER_SESSION_PREFIX, has_prefix, hash_token
 from visiona.orgs.access import Access
 from visiona.orgs.dependencies import MEMBERSHIPS
-from visiona.orgs.permissions import Permission, Role, forbidden, permissions_of
+from visiona.orgs.permissions import (
+    Permission,
+    Role,
+    forbidden,
+    permissions_of,
+    scopes_permissions,
+)
 
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -53,8 +68,9 @@ class Principal:
     """Who acts, in which organisation, with which permissions.
 
     ``actor`` is ``user`` for a web session (``role`` is their membership's); an API key
-    (issue 22 item 4) will be ``api_key`` with ``api_key_id`` and the permissions of its
-    scopes, ``user_id`` its creator and ``role`` None.
+    (issue 22 item 4) is ``api_key`` with ``api_key_id`` (and its name) and the
+    permissions of its scopes within its creator's role, ``user_id`` its creator and
+    ``role`` None. ``token`` is never an API key's plaintext (it is never kept).
     """
 
     user_id: uuid.UUID
@@ -65,6 +81,7 @@ class Principal:
     via_cookie: bool
     actor: Literal["user", "api_key"] = "user"
     api_key_id: uuid.UUID | None = None
+    api_key_name: str | None = None
 
     @property
     def audit_actor(self) -> Actor:
@@ -113,6 +130,8 @@ async def current_caller(request: HTTPConnection) -> Caller:
     if token is None:
         token = request.cookies.get(runtime_of(request).settings.cookie_name)
         via_cookie = token is not None
+    if token is not None and not via_cookie and has_prefix(token, API_KEY_PREFIX):
+        raise UnauthorizedError("This route needs a person's sign-in; an API key cannot use it.")
     if not token or not has_prefix(token, USER_SESSION_PREFIX):
         raise UnauthorizedError()
     # On the request's connection when its unit of work is already open (the endpoint
@@ -138,9 +157,49 @@ def requested_org(request: HTTPConnection) -> uuid.UUID | None:
         raise NotFoundError("Organisation not found.") from None
 
 
+async def api_key_principal(request: HTTPConnection, plaintext: str) -> Principal:
+    """The principal of an API key: its organisation, its scopes within its creator's
+    current role. Unknown, revoked or expired key, or a creator no longer a member →
+    401; ``X-Visiona-Org`` naming another organisation → 404; over its rate → 429."""
+    app = request.app
+    conn = open_connection(request)
+    key = await API_KEYS.of(app).resolve(hash_token(plaintext), conn)
+    if key is None:
+        raise UnauthorizedError("API key expired, revoked or not valid.")
+    requested = requested_org(request)
+    if requested is not None and requested != key.org_id:
+        raise NotFoundError("Organisation not found.")
+    creator = await MEMBERSHIPS.of(app).resolve(key.created_by, key.org_id, conn)
+    if creator is None:
+        raise UnauthorizedError("API key not valid: its creator left the organisation.")
+    runtime = runtime_of(request)
+    settings = runtime.settings
+    hit = await runtime.limiter.hit(
+        f"api_key:{key.id}", settings.api_key_rate_limit, settings.api_key_rate_window
+    )
+    if not hit.allowed:
+        raise RateLimitedError(hit.retry_after, "Too many requests with this API key.")
+    API_KEYS.of(app).used(key.id)
+    return Principal(
+        user_id=key.created_by,
+        org_id=key.org_id,
+        role=None,
+        permissions=scopes_permissions(set(key.scopes)) & permissions_of(creator.role),
+        token="",
+        via_cookie=False,
+        actor="api_key",
+        api_key_id=key.id,
+        api_key_name=key.name,
+    )
+
+
 async def current_principal(request: HTTPConnection) -> Principal:
     """The caller acting in the requested (or personal) organisation; 404 when they are
-    not a member of it (the same answer as an organisation that does not exist)."""
+    not a member of it (the same answer as an organisation that does not exist). An
+    API key acts in its own organisation (:func:`api_key_principal`)."""
+    bearer = bearer_token(request)
+    if bearer is not None and has_prefix(bearer, API_KEY_PREFIX):
+        return await api_key_principal(request, bearer)
     caller = await current_caller(request)
     access = await MEMBERSHIPS.of(request.app).resolve(
         caller.user_id, requested_org(request), open_connection(request)

@@ -1,9 +1,13 @@
 """Client commands: login/logout, models, devices, deployments, pairing tokens, audit trail,
-and ``forward`` (a TCP port of a device's PC, :mod:`visiona.client.forward`).
+organisations, members, API keys, and ``forward`` (a TCP port of a device's PC,
+:mod:`visiona.client.forward`).
 
 They talk to a running server over HTTP with the session token saved by ``login``
-(:mod:`visiona.client.config`). Every failure prints one line, ``error: ...``, on
-stderr and exits with status 1.
+(:mod:`visiona.client.config`), or with an API key instead (``visiona --api-key`` or
+``VISIONA_API_KEY``: for automation, no login; the key acts in its own organisation).
+With a login, they act in the organisation chosen with ``visiona org switch`` (sent as
+``X-Visiona-Org``), else the personal one. Every failure prints one line,
+``error: ...``, on stderr and exits with status 1.
 """
 
 from __future__ import annotations
@@ -23,8 +27,11 @@ import typer
 from visiona.client.config import (
     Credentials,
     forget_credentials,
+    forget_org,
     load_credentials,
+    load_org,
     save_credentials,
+    save_org,
 )
 from visiona.client.errors import ClientError
 from visiona.wire import TargetChip
@@ -67,6 +74,26 @@ audit_app = typer.Typer(
     no_args_is_help=True,
 )
 
+org_app = typer.Typer(
+    rich_markup_mode=None,
+    help="Your organisations, and which one the commands act in.",
+    no_args_is_help=True,
+)
+members_app = typer.Typer(
+    rich_markup_mode=None,
+    help="Members of the organisation you act in (needs a login, not an API key).",
+    no_args_is_help=True,
+)
+keys_app = typer.Typer(
+    rich_markup_mode=None,
+    help="API keys of the organisation you act in, for automation.",
+    no_args_is_help=True,
+)
+
+#: The API key of this invocation (``visiona --api-key`` or ``VISIONA_API_KEY``), set by
+#: the root command before any subcommand runs; None: the saved login.
+_API_KEY: list[str] = []
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -102,14 +129,32 @@ def one_line_errors(command: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+def use_api_key(key: str | None) -> None:
+    """Authenticate this invocation's commands with ``key`` (None: the saved login)."""
+    _API_KEY.clear()
+    if key:
+        _API_KEY.append(key.strip())
+
+
+def _auth(server: str | None) -> tuple[str, str, str | None]:
+    """The server, the bearer (API key or session token) and the organisation to act in."""
+    credentials = load_credentials()
+    if _API_KEY:
+        if not _API_KEY[0].startswith("vak_"):
+            raise _fail("--api-key / VISIONA_API_KEY is not an API key (vak_...)")
+        base = server or (credentials.server if credentials else DEFAULT_SERVER)
+        return base, _API_KEY[0], None  # a key acts in its own organisation
+    if credentials is None:
+        raise _fail("not logged in; run `visiona login` first")
+    return server or credentials.server, credentials.token, load_org()
+
+
 @contextmanager
 def _session(server: str | None) -> Iterator[ApiClient]:
     from visiona.client.http import ApiClient  # noqa: PLC0415 - httpx only when a command runs
 
-    credentials = load_credentials()
-    if credentials is None:
-        raise _fail("not logged in; run `visiona login` first")
-    with ApiClient(server or credentials.server, credentials.token) as api:
+    base, token, org_id = _auth(server)
+    with ApiClient(base, token, org_id=org_id) as api:
         yield api
 
 
@@ -241,6 +286,7 @@ def login(
     with ApiClient(server) as api:
         token = api.login(email, password)
     path = save_credentials(Credentials(server=server.rstrip("/"), token=token, email=email))
+    forget_org()  # a new login acts in its personal organisation until `org switch`
     typer.echo(f"logged in to {server} as {email} (session saved in {path})")
 
 
@@ -259,6 +305,7 @@ def logout() -> None:
     except ClientError as err:
         typer.echo(f"warning: the server did not end the session: {err}", err=True)
     forget_credentials()
+    forget_org()
     typer.echo(f"logged out of {credentials.server}")
 
 
@@ -1224,6 +1271,231 @@ def render_audit_events(items: list[dict[str, Any]]) -> str:
     return _text(table) + f"{len(items)} event(s)"
 
 
+# -- organisations, members, API keys --------------------------------------------------
+
+
+def _current_org(api: ApiClient) -> str:
+    """The organisation the commands act in: the one chosen, else the personal one."""
+    chosen = load_org()
+    if chosen:
+        return chosen
+    for org in api.pages("/orgs", {"limit": "200"}):
+        if org.get("personal"):
+            return str(org["id"])
+    raise ClientError("no personal organisation found")
+
+
+def _pick(items: list[dict[str, Any]], ref: str, kind: str, *fields: str) -> dict[str, Any]:
+    """The one item whose id, or one of ``fields``, equals ``ref`` (an id prefix too)."""
+    wanted = ref.lower()
+    exact = [i for i in items if any(str(i.get(f, "")).lower() == wanted for f in fields)]
+    if len(exact) == 1:
+        return exact[0]
+    prefixed = [i for i in items if str(i["id"]).lower().startswith(wanted)]
+    if len(exact) > 1 or len(prefixed) > 1:
+        raise ClientError(f"{ref!r} names several {kind}s; give the whole id")
+    if not prefixed:
+        raise ClientError(f"no {kind} {ref!r}")
+    return prefixed[0]
+
+
+@org_app.command("list")
+@one_line_errors
+def list_orgs(as_json: JsonOption = False, server: ServerOption = None) -> None:
+    """Your organisations with your role; `*` marks the one the commands act in."""
+    with _session(server) as api:
+        items = list(api.pages("/orgs", {"limit": "200"}))
+    chosen = load_org()
+    current = chosen or next((str(o["id"]) for o in items if o.get("personal")), None)
+    if as_json:
+        for item in items:
+            _echo_json({**item, "current": str(item["id"]) == current})
+        return
+    table = _table("", "id", "name", "role", "personal")
+    for item in items:
+        table.add_row(
+            "*" if str(item["id"]) == current else "",
+            str(item["id"]),
+            str(item["name"]),
+            str(item["role"]),
+            "yes" if item.get("personal") else "",
+        )
+    typer.echo(_text(table) + f"{len(items)} organisation(s)")
+
+
+@org_app.command("switch")
+@one_line_errors
+def switch_org(
+    org: Annotated[
+        str, typer.Argument(metavar="ORG", help="The organisation's id, id prefix or name.")
+    ],
+    as_json: JsonOption = False,
+    server: ServerOption = None,
+) -> None:
+    """Act in ORG from now on (saved in your config; sent as X-Visiona-Org)."""
+    with _session(server) as api:
+        items = list(api.pages("/orgs", {"limit": "200"}))
+    found = _pick(items, org, "organisation", "id", "name")
+    save_org(str(found["id"]))
+    if as_json:
+        _echo_json(found)
+        return
+    typer.echo(f"acting in {found['name']} ({found['id']}) as {found['role']}")
+
+
+@members_app.command("list")
+@one_line_errors
+def list_members(as_json: JsonOption = False, server: ServerOption = None) -> None:
+    """Members of the organisation you act in, with their role."""
+    with _session(server) as api:
+        org_id = _current_org(api)
+        items = list(api.pages(f"/orgs/{_path_id(org_id)}/members", {"limit": "200"}))
+    if as_json:
+        for item in items:
+            _echo_json(item)
+        return
+    table = _table("user id", "email", "name", "role")
+    for item in items:
+        table.add_row(str(item["user_id"]), item["email"], item.get("name") or "", item["role"])
+    typer.echo(_text(table) + f"{len(items)} member(s)")
+
+
+def _member_id(api: ApiClient, org_id: str, ref: str) -> str:
+    items = list(api.pages(f"/orgs/{_path_id(org_id)}/members", {"limit": "200"}))
+    for item in items:
+        item.setdefault("id", item["user_id"])
+    return str(_pick(items, ref, "member", "user_id", "email")["user_id"])
+
+
+@members_app.command("invite")
+@one_line_errors
+def invite_member(
+    email: Annotated[str, typer.Argument(metavar="EMAIL", help="Who to invite.")],
+    role: Annotated[str, typer.Option("--role", help="admin, operator or viewer.")] = "viewer",
+    as_json: JsonOption = False,
+    server: ServerOption = None,
+) -> None:
+    """Invite EMAIL with a role; prints the one-time invitation token (shown once)."""
+    with _session(server) as api:
+        org_id = _current_org(api)
+        made = api.call(
+            "POST", f"/orgs/{_path_id(org_id)}/invitations", json={"email": email, "role": role}
+        )
+    if as_json:
+        _echo_json(made)
+        return
+    typer.echo(f"invited {email} as {role} (expires {made['expires_at']})")
+    typer.echo(f"invitation token (shown once): {made['token']}")
+
+
+@members_app.command("set-role")
+@one_line_errors
+def set_member_role(
+    user: Annotated[str, typer.Argument(metavar="USER", help="The member's user id or email.")],
+    role: Annotated[str, typer.Argument(metavar="ROLE", help="owner, admin, operator, viewer.")],
+    as_json: JsonOption = False,
+    server: ServerOption = None,
+) -> None:
+    """Change a member's role."""
+    with _session(server) as api:
+        org_id = _current_org(api)
+        user_id = _member_id(api, org_id, user)
+        changed = api.call(
+            "PATCH", f"/orgs/{_path_id(org_id)}/members/{_path_id(user_id)}", json={"role": role}
+        )
+    if as_json:
+        _echo_json(changed)
+        return
+    typer.echo(f"{changed['email']} is now {changed['role']}")
+
+
+@members_app.command("remove")
+@one_line_errors
+def remove_member(
+    user: Annotated[str, typer.Argument(metavar="USER", help="The member's user id or email.")],
+    as_json: JsonOption = False,
+    server: ServerOption = None,
+) -> None:
+    """Remove a member from the organisation you act in (your own id or email: leave)."""
+    with _session(server) as api:
+        org_id = _current_org(api)
+        user_id = _member_id(api, org_id, user)
+        api.call("DELETE", f"/orgs/{_path_id(org_id)}/members/{_path_id(user_id)}")
+    if as_json:
+        _echo_json({"removed": user_id, "org_id": org_id})
+        return
+    typer.echo(f"removed {user}")
+
+
+@keys_app.command("create")
+@one_line_errors
+def create_key(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="What the key is for.")],
+    scope: Annotated[
+        list[str],
+        typer.Option(
+            "--scope",
+            help="read, devices:write, models:write, deploy, proxy or admin (repeat).",
+        ),
+    ],
+    expires_in_days: Annotated[
+        int, typer.Option("--expires-in-days", min=1, max=365, help="Lifetime, 1 to 365 days.")
+    ] = 90,
+    as_json: JsonOption = False,
+    server: ServerOption = None,
+) -> None:
+    """Create an API key; prints it once (use it as VISIONA_API_KEY)."""
+    body = {"name": name, "scopes": scope, "expires_in_days": expires_in_days}
+    with _session(server) as api:
+        made = api.call("POST", "/api-keys", json=body)
+    if as_json:
+        _echo_json(made)
+        return
+    typer.echo(f"API key {made['id']} {made['name']} ({' '.join(made['scopes'])}), "
+               f"expires {made['expires_at']}")  # fmt: skip
+    typer.echo(f"key (shown once): {made['key']}")
+
+
+@keys_app.command("list")
+@one_line_errors
+def list_keys(as_json: JsonOption = False, server: ServerOption = None) -> None:
+    """API keys of the organisation you act in (never the keys themselves)."""
+    with _session(server) as api:
+        items = list(api.pages("/api-keys", {"limit": "200"}))
+    if as_json:
+        for item in items:
+            _echo_json(item)
+        return
+    table = _table("id", "name", "prefix", "scopes", "state", "expires", "last used")
+    for item in items:
+        table.add_row(
+            str(item["id"]),
+            item["name"],
+            item["prefix"],
+            " ".join(item["scopes"]),
+            item["state"],
+            str(item["expires_at"])[:19].replace("T", " "),
+            str(item.get("last_used_at") or "")[:19].replace("T", " "),
+        )
+    typer.echo(_text(table) + f"{len(items)} API key(s)")
+
+
+@keys_app.command("revoke")
+@one_line_errors
+def revoke_key(
+    key_id: Annotated[str, typer.Argument(metavar="ID", help="The key's id (from list).")],
+    as_json: JsonOption = False,
+    server: ServerOption = None,
+) -> None:
+    """Revoke an API key: every server refuses it within a second."""
+    with _session(server) as api:
+        api.call("DELETE", f"/api-keys/{_path_id(key_id)}")
+    if as_json:
+        _echo_json({"revoked": key_id})
+        return
+    typer.echo(f"revoked {key_id}")
+
+
 # -- forward ------------------------------------------------------------------------
 
 
@@ -1265,10 +1537,7 @@ def forward(
         address, local, remote = "", 0, forwarding.parse_port(spec)
     else:
         address, local, remote = forwarding.parse_spec(spec)
-    credentials = load_credentials()
-    if credentials is None:
-        raise _fail("not logged in; run `visiona login` first")
-    base = server or credentials.server
+    base, token, org_id = _auth(server)
     device_id = device.lower()
     if not forwarding.is_uuid(device) or not stdio:
         # --stdio with a whole id asks nothing first (ssh waits on it); a listener checks
@@ -1279,7 +1548,7 @@ def forward(
                 device_id = forwarding.resolve_device(items, device)
             if not stdio:
                 forwarding.check_port(api.call("GET", f"/devices/{_path_id(device_id)}"), remote)
-    target = forwarding.Target(base, credentials.token, device_id, remote)
+    target = forwarding.Target(base, token, device_id, remote, org_id)
     code = forwarding.run(target, stdio=stdio, address=address, port=local)
     raise typer.Exit(code)
 
@@ -1296,3 +1565,6 @@ def register(app: typer.Typer) -> None:
     app.add_typer(enroll_app, name="enroll-keys")
     app.add_typer(rollouts_app, name="rollouts")
     app.add_typer(audit_app, name="audit")
+    app.add_typer(org_app, name="org")
+    app.add_typer(members_app, name="members")
+    app.add_typer(keys_app, name="keys")

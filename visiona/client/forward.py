@@ -61,6 +61,16 @@ class Target:
     token: str
     device_id: str
     port: int
+    #: the organisation acted in (``X-Visiona-Org``); None: the personal one, or a key's
+    org_id: str | None = None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The handshake's headers: the bearer, and the organisation when chosen."""
+        headers = {"Authorization": f"Bearer {self.token}"}
+        if self.org_id:
+            headers["X-Visiona-Org"] = self.org_id
+        return headers
 
     @property
     def url(self) -> str:
@@ -136,7 +146,7 @@ async def open_forward(target: Target) -> ClientConnection:
     try:
         return await connect(
             target.url,
-            additional_headers={"Authorization": f"Bearer {target.token}"},
+            additional_headers=target.headers,
             max_size=None,
             compression=None,
             open_timeout=30,

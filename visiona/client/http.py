@@ -55,14 +55,26 @@ def check_server(server: str) -> None:
 class ApiClient:
     """The API of one server, authenticated with a session token when one is given."""
 
-    def __init__(self, server: str, token: str | None = None, *, timeout: float = 30.0) -> None:
-        """Prepare a client of ``server`` (e.g. ``http://127.0.0.1:8080``).
+    def __init__(
+        self,
+        server: str,
+        token: str | None = None,
+        *,
+        timeout: float = 30.0,
+        org_id: str | None = None,
+    ) -> None:
+        """Prepare a client of ``server`` (e.g. ``http://127.0.0.1:8080``), acting in
+        ``org_id`` (``X-Visiona-Org``) when given. ``token``: a session token or an API
+        key (``vak_…``; a 401 then does not suggest ``visiona login``).
 
         ``ClientError`` ("… is not a URL …") unless it is an http(s) URL with a host.
         """
         check_server(server)
         self.server = server.rstrip("/")
+        self._api_key = bool(token and token.startswith("vak_"))
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        if org_id:
+            headers["X-Visiona-Org"] = org_id
         self._http = httpx.Client(
             base_url=self.server,
             headers=headers,
@@ -102,7 +114,8 @@ class ApiClient:
             if stream:
                 response.read()
                 response.close()
-            raise ClientError(_reason(response, login_hint=login_hint))
+            hint = login_hint and not self._api_key
+            raise ClientError(_reason(response, login_hint=hint))
         return response
 
     def call(self, method: str, path: str, *, login_hint: bool = True, **kwargs: Any) -> Any:

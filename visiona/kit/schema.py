@@ -141,6 +141,25 @@ invitations = Table(
 Index("uq_invitations_token_hash", invitations.c.token_hash, unique=True)
 Index("idx_invitations_org", invitations.c.org_id, invitations.c.created_at)
 
+#: API keys of an organisation (issue 22 item 4): ``vak_…`` shown once, sha256 at rest.
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", Uuid, primary_key=True),  # the public id (API, audit events)
+    Column("org_id", Uuid, ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False),
+    Column("created_by", Uuid, ForeignKey("users.id"), nullable=False),
+    Column("name", Text, nullable=False),
+    Column("prefix", Text, nullable=False),  # the first characters, to recognise a key
+    Column("key_hash", Text, nullable=False),  # sha256(plaintext), never the plaintext
+    Column("scopes", Text, nullable=False),  # space-separated, sorted
+    Column("created_at", UTCDateTime, nullable=False, server_default=_now()),
+    Column("expires_at", UTCDateTime, nullable=False),
+    Column("last_used_at", UTCDateTime, nullable=True),
+    Column("revoked_at", UTCDateTime, nullable=True),
+)
+Index("uq_api_keys_key_hash", api_keys.c.key_hash, unique=True)
+Index("idx_api_keys_org", api_keys.c.org_id, api_keys.c.created_at)
+
 models = Table(
     "models",
     metadata,

@@ -133,6 +133,14 @@ class Settings(BaseSettings):
         ge=1,
         description="Agent enrolments per enrollment key per pair window (each client "
         "address is also held to the pair limit).",
+    api_key_rate_limit: int = Field(
+        600, ge=1, description="Requests one API key may make per window (then 429)."
+    )
+    api_key_rate_window: int = Field(60, ge=1, description="API key rate-limit window (s).")
+    api_key_usage_flush: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds between two batched writes of API keys' `last_used_at`.",
     )
 
     # -- models and object storage (models feature) ---------------------------

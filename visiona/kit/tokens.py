@@ -17,6 +17,8 @@ DEVICE_SESSION_PREFIX = "vst"
 INVITATION_PREFIX = "vin"
 #: An enrollment key (shown once to the admin who made it).
 ENROLLMENT_PREFIX = "vek"
+#: An organisation's API key for automation (shown once to the admin who made it).
+API_KEY_PREFIX = "vak"
 
 
 def new_token(prefix: str) -> str:

@@ -3,8 +3,9 @@
 A route acting in an organisation depends on ``visiona.auth.dependencies.requires``
 (the permission is read from that dependency, so the document cannot drift from the
 code); the routes under ``/orgs/{id}`` name theirs with ``openapi_extra``. Each such
-operation also documents the ``X-Visiona-Org`` header and its 403 ``forbidden`` and
-404 ``not_found``. The matrix test (tests/orgs/test_matrix.py) walks the document.
+operation also documents the ``X-Visiona-Org`` header and its 403 ``forbidden``,
+404 ``not_found`` and 429 ``rate_limited`` (an API key over its rate). The matrix
+test (tests/orgs/test_matrix.py) walks the document.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from fastapi import FastAPI, routing
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 
-from visiona.kit.errors import ForbiddenError, NotFoundError
+from visiona.kit.errors import AppError, ForbiddenError, NotFoundError, RateLimitedError
 
 _HEADER = {
     "name": "X-Visiona-Org",
@@ -75,6 +76,7 @@ def install_permission_docs(app: FastAPI, permission_of: Callable[[object], Any]
                     operation["parameters"].append(dict(_HEADER))
                 _add_error(operation, ForbiddenError)
                 _add_error(operation, NotFoundError)
+                _add_error(operation, RateLimitedError)  # an API key over its rate
         for operation in _operations(paths):
             if operation.get("x-visiona-org") == "path":
                 _add_error(operation, ForbiddenError)
@@ -93,7 +95,7 @@ def _operations(paths: dict[str, Any]) -> Iterator[dict[str, Any]]:
                 yield operation
 
 
-def _add_error(operation: dict[str, Any], error: type[ForbiddenError | NotFoundError]) -> None:
+def _add_error(operation: dict[str, Any], error: type[AppError]) -> None:
     responses = operation.setdefault("responses", {})
     key = str(error.status_code)
     found = responses.get(key)

@@ -41,6 +41,7 @@ class Permission(StrEnum):
     PROXY = "proxy"
     MEMBERS = "members"
     ENROLLMENT = "enrollment"
+    API_KEYS = "api_keys"
     ORG = "org"
 
 
@@ -59,6 +60,7 @@ DESCRIPTIONS: dict[Permission, str] = {
     "list and revoke invitations",
     Permission.ENROLLMENT: "create, list and revoke enrollment keys (a key pairs PCs "
     "into the organisation without anyone present)",
+    Permission.API_KEYS: "create, list and revoke the organisation's API keys",
     Permission.ORG: "the organisation itself: grant, change or remove the owner role",
 }
 
@@ -70,7 +72,7 @@ _OPERATOR = _VIEWER | {
     Permission.DEPLOY,
     Permission.PROXY,
 }
-_ADMIN = _OPERATOR | {Permission.MEMBERS, Permission.ENROLLMENT}
+_ADMIN = _OPERATOR | {Permission.MEMBERS, Permission.ENROLLMENT, Permission.API_KEYS}
 _OWNER = _ADMIN | {Permission.ORG}
 
 #: The matrix: role → the permissions it holds.

@@ -99,7 +99,7 @@ async def revoke_session_token(
     # unit of work: its own, so the revocation hooks run after the commit
     async with db.transaction() as conn:
         device_id = await service.revoke_session_token(
-            conn, principal.org_id, principal.user_id, token_id
+            conn, principal.org_id, principal.user_id, token_id, actor=principal.audit_actor
         )
     _LOGGER.info("a session token of device %s was revoked", device_id)
     await revoked(device_id)
@@ -126,7 +126,9 @@ async def create_pairing_token(
     """A one-time token for `visiona agent --token`. The plaintext is in this response
     only; it expires after `ttl_seconds` (default 900, at most the configured maximum)."""
     ttl = service.pairing_ttl(settings, body.ttl_seconds if body else None)
-    issued = await service.create_pairing_token(conn, principal.org_id, principal.user_id, ttl)
+    issued = await service.create_pairing_token(
+        conn, principal.org_id, principal.user_id, ttl, actor=principal.audit_actor
+    )
     return PairingTokenCreated(id=issued.id, token=issued.token, expires_at=issued.expires_at)
 
 
@@ -158,5 +160,7 @@ async def list_pairing_tokens(
 )
 async def revoke_pairing_token(token_id: str, principal: DeviceWriter, conn: Conn) -> Response:
     """Revoke the token (idempotent); it can no longer be exchanged."""
-    await service.revoke_pairing_token(conn, principal.org_id, principal.user_id, token_id)
+    await service.revoke_pairing_token(
+        conn, principal.org_id, principal.user_id, token_id, actor=principal.audit_actor
+    )
     return Response(status_code=status.HTTP_204_NO_CONTENT)

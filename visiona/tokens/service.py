@@ -85,6 +85,7 @@ async def create_pairing_token(
     ttl: int,
     *,
     now: datetime | None = None,
+    actor: Actor | None = None,
 ) -> IssuedToken:
     """Issue a pairing token into ``org_id`` (made by ``user_id``) valid for ``ttl`` seconds."""
     token = new_token(PAIRING_PREFIX)
@@ -101,7 +102,7 @@ async def create_pairing_token(
     await audit.record(
         conn,
         "pairing_token.created",
-        actor=Actor.user(user_id),
+        actor=actor or Actor.user(user_id),
         org_id=org_id,
         target_id=row.public_id,
         detail={"expires_at": expires_at.isoformat()},
@@ -117,7 +118,12 @@ async def list_pairing_tokens(
 
 
 async def revoke_pairing_token(
-    conn: AsyncConnection, org_id: uuid.UUID, user_id: uuid.UUID, token_id: str
+    conn: AsyncConnection,
+    org_id: uuid.UUID,
+    user_id: uuid.UUID,
+    token_id: str,
+    *,
+    actor: Actor | None = None,
 ) -> None:
     """Revoke the organisation's pairing token; a malformed, unknown or foreign id is a 404."""
     public_id = parse_token_id(token_id)
@@ -127,7 +133,7 @@ async def revoke_pairing_token(
     await audit.record(
         conn,
         "pairing_token.revoked",
-        actor=Actor.user(user_id),
+        actor=actor or Actor.user(user_id),
         org_id=org_id,
         target_id=public_id,
     )
@@ -353,7 +359,12 @@ async def list_session_tokens(
 
 
 async def revoke_session_token(
-    conn: AsyncConnection, org_id: uuid.UUID, user_id: uuid.UUID, token_id: str
+    conn: AsyncConnection,
+    org_id: uuid.UUID,
+    user_id: uuid.UUID,
+    token_id: str,
+    *,
+    actor: Actor | None = None,
 ) -> uuid.UUID:
     """Revoke the organisation's session token; returns its device. Not its → 404."""
     device_id = None
@@ -366,7 +377,7 @@ async def revoke_session_token(
     await audit.record(
         conn,
         "session_token.revoked",
-        actor=Actor.user(user_id),
+        actor=actor or Actor.user(user_id),
         org_id=org_id,
         target_id=public_id,
         device_id=device_id,

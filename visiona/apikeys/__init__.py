@@ -1,0 +1,1 @@
+"""API keys of an organisation, for automation (issue 22 item 4)."""
