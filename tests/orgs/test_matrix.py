@@ -235,10 +235,6 @@ def _body(op: Operation, scope: Scope) -> dict[str, Any]:  # noqa: PLR0911 - one
         return {"json": {"tags": {"site": "a"}} if method == "PUT" else {"set": {"site": "b"}}}
     if "/members/" in path and method == "PATCH":
         return {"json": {"role": "viewer"}}
-    if path.endswith("/tags") and method == "PUT":
-        return {"json": {"tags": {"site": "lab"}}}
-    if path.endswith("/tags") and method == "PATCH":
-        return {"json": {"set": {"site": "lab"}, "remove": []}}
     if method == "PATCH":
         return {"json": {"name": "renamed"}}
     if path == f"{API}/api-keys" and method == "POST":

@@ -133,6 +133,7 @@ class Settings(BaseSettings):
         ge=1,
         description="Agent enrolments per enrollment key per pair window (each client "
         "address is also held to the pair limit).",
+    )
     api_key_rate_limit: int = Field(
         600, ge=1, description="Requests one API key may make per window (then 429)."
     )
