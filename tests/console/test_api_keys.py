@@ -148,3 +148,34 @@ def test_switching_on_the_api_keys_page_to_an_organisation_without_it_goes_to_de
     mine = create_org(http, viewer, "Mine with keys")
     stays = http.post("/org", data={"org_id": mine, "next": "/api-keys"}, headers=cookies)
     assert stays.headers["location"] == "/api-keys"
+
+
+def test_a_refusal_by_the_server_is_told_in_words(
+    page: Page, seen: Watch, http: httpx.Client, live: Live
+) -> None:
+    owner, admin = register(http, "Ola Owner"), register(http, "Ada Demoted")
+    team = create_org(http, owner, "Shrinking team")
+    join(http, owner, team, admin, "admin")
+    sign_in(page.context, live, admin)
+    page.goto("/devices")
+    _switch(page, team)
+    page.goto("/api-keys")
+    # demoted while the page is open: the form is still there, the server refuses
+    admin_id = api_json(http.get(f"{API}/auth/me", headers=admin.headers), 200)["id"]
+    demoted = http.patch(
+        f"{API}/orgs/{team}/members/{admin_id}", json={"role": "operator"}, headers=owner.headers
+    )
+    api_json(demoted, 200)
+    as_admin = {**admin.headers, "X-Visiona-Org": team}
+    deadline = time.monotonic() + 1.0
+    while http.get(f"{API}/api-keys", headers=as_admin).status_code != 403:
+        assert time.monotonic() < deadline, "the demotion did not take effect"
+        time.sleep(0.05)
+    page.get_by_label("Name", exact=True).fill("Too late")
+    page.get_by_role("checkbox", name=re.compile(r"^read")).check()
+    page.get_by_role("button", name="Create key").click()
+    error = page.locator("#api-key-form [data-form-error]")
+    expect(error).to_contain_text("The key was not created: Permission 'api_keys' is required")
+    expect(error).to_contain_text("operator role")
+    expect(page.locator("[data-new-key]")).to_be_hidden()
+    assert seen.errors_except_expected_statuses(403) == []
