@@ -22,6 +22,7 @@ from fastapi.responses import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from visiona.apikeys import service as api_keys
 from visiona.audit import service as audit
 from visiona.audit.catalogue import ACTIONS
 from visiona.audit.repository import EventFilter
@@ -32,6 +33,7 @@ from visiona.console.dependencies import ORG_COOKIE, ConsolePage, ConsolePrincip
 from visiona.console.security import DEFAULT_NEXT, ConsoleRoute, safe_next
 from visiona.console.views import (
     CATEGORIES,
+    SCOPE_HINTS,
     STATUS_FILTERS,
     category_actions,
     environment,
@@ -58,12 +60,14 @@ from visiona.models.endpoints import attachment_disposition
 from visiona.models.schemas import ModelSource, TargetChip
 from visiona.orgs import service as orgs
 from visiona.orgs.dependencies import MembershipsDep
-from visiona.orgs.permissions import Permission, Role
+from visiona.orgs.permissions import Permission, Role, permissions_of, scopes_permissions
 from visiona.tokens import service as token_service
 
 if TYPE_CHECKING:
     from jinja2 import Environment
 
+    from visiona.apikeys.repository import ApiKey
+    from visiona.auth.dependencies import Principal
     from visiona.devices.repository import Device
     from visiona.models.repository import Model
     from visiona.orgs.repository import Invitation
@@ -448,7 +452,11 @@ def _section(path: str) -> str:
     return f"/{first}" if first in _SECTIONS else DEFAULT_NEXT
 
 
-_SECTIONS = frozenset({"devices", "models", "pairing-tokens", "activity", "members", "account"})
+_SECTIONS = frozenset(
+    {"devices", "models", "pairing-tokens", "activity", "members", "api-keys", "account"}
+)
+#: Sections a role may lack (the switcher goes to the devices page instead).
+_SECTION_NEEDS = {"/api-keys": Permission.API_KEYS}
 
 
 @router.post("/org")
@@ -468,7 +476,11 @@ async def switch_org(  # noqa: PLR0917 - FastAPI injects each by name
     access = None if chosen is None else await memberships.resolve(caller.user_id, chosen, None)
     if access is None:
         return render(request, "not_found.html", 404, title="Not found", what="organisation")
-    response = RedirectResponse(_section(next), status_code=303)
+    target = _section(next)
+    needed = _SECTION_NEEDS.get(target)
+    if needed is not None and needed not in permissions_of(access.role):
+        target = DEFAULT_NEXT
+    response = RedirectResponse(target, status_code=303)
     response.set_cookie(
         ORG_COOKIE,
         str(access.org_id),
@@ -534,4 +546,62 @@ async def accept_invitation_page(
         token=token.strip(),
         user=user,
         preview=found,
+    )
+
+
+# -- API keys --------------------------------------------------------------------------
+
+
+def _refused(request: Request, principal: Principal, permission: Permission) -> Response:
+    """The console's 403 page: what the role lacks, in words."""
+    return render(
+        request,
+        "forbidden.html",
+        403,
+        title="Not allowed",
+        nav="",
+        role=principal.role.value if principal.role is not None else "",
+        permission=permission.value,
+    )
+
+
+async def _creator_names(
+    conn: AsyncConnection, org_id: uuid.UUID, user_id: uuid.UUID, keys: list[ApiKey]
+) -> dict[str, str]:
+    """Each key's creator by name (their email when they have none); a creator who left
+    the organisation is still named."""
+    members = await every_row(lambda page: orgs.list_members(conn, org_id, user_id, page))
+    names = {str(m.user_id): m.name or m.email for m in members}
+    for creator in {k.created_by for k in keys if str(k.created_by) not in names}:
+        user = await users.get_by_id(conn, creator)
+        names[str(creator)] = (user.name or user.email) if user is not None else "A former user"
+    return names
+
+
+@router.get("/api-keys")
+async def api_keys_page(request: Request, principal: ConsolePage, conn: Conn) -> Response:
+    """The organisation's API keys (newest first, revoked and expired ones too), the
+    form that creates one (its key shown once) and revoke; for roles holding
+    ``api_keys`` (admins and owners), others get the 403 page."""
+    if not principal.can(Permission.API_KEYS):
+        return _refused(request, principal, Permission.API_KEYS)
+    keys = await every_row(lambda page: api_keys.list_keys(conn, principal.org_id, page))
+    scopes = [
+        {
+            "name": scope,
+            "hint": SCOPE_HINTS.get(scope, ""),
+            "allowed": scopes_permissions({scope}) <= principal.permissions,
+        }
+        for scope in api_keys.SCOPES
+    ]
+    return render(
+        request,
+        "api_keys.html",
+        title="API keys",
+        nav="api-keys",
+        keys=keys,
+        scopes=scopes,
+        creators=await _creator_names(conn, principal.org_id, principal.user_id, keys),
+        user_id=principal.user_id,
+        max_days=api_keys.MAX_DAYS,
     )

@@ -19,6 +19,7 @@ from visiona.kit.pagination import MAX_LIMIT, Page, PageRequest
 if TYPE_CHECKING:
     from jinja2 import Environment
 
+    from visiona.apikeys.repository import ApiKey
     from visiona.audit.repository import AuditEvent
     from visiona.deployments.repository import Deployment
     from visiona.devices.repository import Device
@@ -115,6 +116,27 @@ def session_state(token: SessionToken, now: datetime | None = None) -> Badge:
     if token.expires_at is not None and _aware(token.expires_at) <= (now or datetime.now(UTC)):
         return Badge("Expired", "offline")
     return Badge("Active", "online")
+
+
+def api_key_state(key: ApiKey, now: datetime | None = None) -> Badge:
+    """Active, expired or revoked."""
+    if key.revoked_at is not None:
+        return Badge("Revoked", "offline")
+    if _aware(key.expires_at) <= (now or datetime.now(UTC)):
+        return Badge("Expired", "offline")
+    return Badge("Active", "online")
+
+
+#: What each API key scope lets a key do, in the words of the API keys page (the
+#: order of :data:`visiona.apikeys.service.SCOPES`).
+SCOPE_HINTS: dict[str, str] = {
+    "read": "read devices, models, deployments, rollouts and the audit trail",
+    "devices:write": "pairing tokens; register, rename and unpair devices",
+    "models:write": "upload, edit, delete and download models",
+    "deploy": "deploy models to devices; run rollouts",
+    "proxy": "HTTP proxy and TCP forwards to devices",
+    "admin": "everything an admin can do, members and keys included",
+}
 
 
 def deployment_badge(deployment: Deployment) -> Badge:
@@ -299,6 +321,7 @@ def environment() -> Environment:
         usb_label=usb_label,
         pairing_state=pairing_state,
         session_state=session_state,
+        api_key_state=api_key_state,
         deployment_badge=deployment_badge,
         event_summary=event_summary,
         event_actor=event_actor,

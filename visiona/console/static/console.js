@@ -44,7 +44,7 @@
     return request(method, API + path, body);
   }
 
-  const FIELD_NAMES = { name: "Name", email: "Email", password: "Password", target_chip: "Target chip", labels: "Labels", file: "File", model_id: "Model" };
+  const FIELD_NAMES = { name: "Name", email: "Email", password: "Password", target_chip: "Target chip", labels: "Labels", file: "File", model_id: "Model", scopes: "Scopes", expires_in_days: "Expiry (days)" };
 
   function errorText(result, fallback) {
     if (result.status === 0) return "The server cannot be reached. Check your connection and try again.";
@@ -80,6 +80,12 @@
     found = /^String should have at most (\d+) characters?$/.exec(m);
     if (found) return "must be at most " + found[1] + " characters long.";
     if (/not a valid email address/i.test(m)) return "is not a valid email address.";
+    found = /^Input should be greater than or equal to (\d+)$/.exec(m);
+    if (found) return "must be at least " + found[1] + ".";
+    found = /^Input should be less than or equal to (\d+)$/.exec(m);
+    if (found) return "must be at most " + found[1] + ".";
+    if (/^Input should be a valid integer/.test(m)) return "must be a whole number.";
+    if (/^List should have at least 1 item/.test(m)) return "must include at least one.";
     if (/^Field required$/i.test(m)) return "is required.";
     const low = m.charAt(0).toLowerCase() + m.slice(1);
     return (/^(must|is|should) /.test(low) ? low : "is not valid: " + low) + (/[.!?]$/.test(low) ? "" : ".");
@@ -735,6 +741,53 @@
     });
   }
 
+  // -- API keys ------------------------------------------------------------------------
+
+  function setupApiKeys() {
+    const form = $("#api-key-form");
+    if (!form) return;
+    const box = $("[data-new-key]");
+    $("[data-copy-key]", box).addEventListener("click", () => {
+      copyText($("[data-new-key-value]", box).textContent, $("[data-copy-status]", box));
+    });
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      showError(form, "");
+      const name = form.name.value.trim();
+      const scopes = $$("input[name=scopes]:checked", form).map((input) => input.value);
+      const max = Number(form.dataset.maxDays) || 365;
+      const raw = form.expires_in_days.value.trim();
+      const days = Number(raw);
+      const problems = [];
+      if (!name) problems.push("Name is required: say what the key is for.");
+      if (!scopes.length) problems.push("Scopes: choose at least one.");
+      if (!/^\d+$/.test(raw) || days < 1 || days > max) problems.push("Expiry: enter a whole number of days from 1 to " + max + ".");
+      if (problems.length) return showError(form, problems.join("\n"));
+      const button = $("button[type=submit]", form);
+      button.disabled = true;
+      const result = await api("POST", "/api-keys", { name, scopes, expires_in_days: days });
+      button.disabled = false;
+      if (!result.ok) return showError(form, "The key was not created: " + errorText(result));
+      // Shown once: it lives only in this box, until the page is left.
+      $("[data-new-key-name]", box).textContent = result.data.name;
+      $("[data-new-key-value]", box).textContent = result.data.key;
+      $("[data-copy-status]", box).textContent = "";
+      box.hidden = false;
+      form.reset();
+      await refreshRegions(["keys"]);
+    });
+  }
+
+  async function revokeApiKey(button) {
+    const name = button.dataset.name;
+    const ok = await confirmAction("Revoke “" + name + "”?", "Scripts using “" + name + "” are refused from now on. This cannot be undone.", "Revoke");
+    if (!ok) return;
+    const result = await api("DELETE", "/api-keys/" + encodeURIComponent(button.dataset.keyId));
+    if (!result.ok && result.status !== 404) return toast("Not revoked: " + errorText(result));
+    toast("API key “" + name + "” revoked.");
+    await refreshRegions(["keys"]);
+  }
+
   // -- wiring --------------------------------------------------------------------------
 
   const ACTIONS = {
@@ -749,6 +802,7 @@
     "remove-member": removeMember,
     "leave-org": leaveOrg,
     "revoke-invitation": revokeInvitation,
+    "revoke-api-key": revokeApiKey,
   };
 
   document.addEventListener("click", (event) => {
@@ -779,5 +833,6 @@
     setupUpload();
     setupMembers();
     setupAccept();
+    setupApiKeys();
   });
 })();
