@@ -51,7 +51,8 @@ def test_signed_in_pages_have_the_headers_and_no_inline_script(
 ) -> None:
     account = register(http)
     device = create_device(http, account, "Headers", "HDR-1")
-    for path in ("/devices", f"/devices/{device['id']}", "/models", "/pairing-tokens", "/account"):
+    pages = ("/devices", f"/devices/{device['id']}", "/models", "/rollouts", "/pairing-tokens")
+    for path in (*pages, "/account"):
         response = http.get(
             path, headers={"Cookie": f"{live.settings.cookie_name}={account.token}"}
         )

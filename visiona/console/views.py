@@ -256,6 +256,7 @@ CATEGORIES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("tunnels", "Tunnels and remote access", ("tunnel.", "proxy.")),
     ("models", "Models", ("model.",)),
     ("deployments", "Deployments", ("deployment.",)),
+    ("rollouts", "Rollouts", ("rollout.",)),
     ("members", "Members and invitations", ("org.", "member.", "invitation.")),
 )
 
