@@ -102,6 +102,20 @@ def test_an_operator_rolls_a_model_out_pauses_resumes_and_cancels_it_from_the_pa
     page.reload()
     expect(page.get_by_label("State")).to_have_value("cancelled")
 
+    # a finished rollout rolls back: a new rollout, linked to this one
+    page.get_by_role("button", name="Roll back").click()
+    page.locator("#confirm-ok").click()
+    expect(page).not_to_have_url(re.compile(rf"/rollouts/{rollout_id}"))
+    expect(page.get_by_role("heading", name="Rollback to the previous models")).to_be_visible()
+    expect(page.locator("dl.details").get_by_role("link", name=rollout_id[:8])).to_have_attribute(
+        "href", f"/rollouts/{rollout_id}"
+    )
+    rollback_id = page.url.rsplit("/", 1)[1]
+    assert (
+        api_json(http.get(f"{API}/rollouts/{rollback_id}", headers=me.headers), 200)["rollback_of"]
+        == rollout_id
+    )
+
     page.goto("/rollouts")
     listed = page.locator(f'tr[data-rollout-id="{rollout_id}"]')
     expect(listed).to_contain_text("Face finder")
@@ -109,6 +123,7 @@ def test_an_operator_rolls_a_model_out_pauses_resumes_and_cancels_it_from_the_pa
     expect(listed).to_contain_text("Cancelled")
     expect(listed).to_contain_text("cancelled by a user")
     expect(listed.locator("[data-progress]")).to_have_text("0/3 done")
+    expect(page.locator(f'tr[data-rollout-id="{rollback_id}"]')).to_contain_text("Rollback")
     assert seen.errors_except_expected_statuses(400) == []
 
 

@@ -437,7 +437,7 @@ async def rollout_page(  # noqa: PLR0917 - FastAPI injects each by name
     return render(
         request,
         "rollout.html",
-        title=f"Rollout of {_rollout_model(rollout.model_id, model_names)}",
+        title=_rollout_title(rollout.model_id, rollout.rollback_of is not None, model_names),
         nav="rollouts",
         model_names=model_names,
         states=ROLLOUT_DEVICE_STATES,
@@ -473,11 +473,11 @@ async def rollout_progress(
     )
 
 
-def _rollout_model(model_id: uuid.UUID | None, names: dict[str, str]) -> str:
-    """The model a rollout deploys, for people (a rollback's are the previous ones)."""
-    if model_id is None:
-        return "previous models"
-    return names.get(str(model_id), "(deleted model)")
+def _rollout_title(model_id: uuid.UUID | None, rollback: bool, names: dict[str, str]) -> str:
+    """A rollout's heading: the model it deploys, or that it rolls back."""
+    if rollback or model_id is None:
+        return "Rollback to the previous models"
+    return f"Rollout of {names.get(str(model_id), '(deleted model)')}"
 
 
 # -- pairing tokens and account ------------------------------------------------------

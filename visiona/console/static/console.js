@@ -798,6 +798,8 @@
   }
 
   function setupRollout() {
+    // The list follows its rollouts' states and progress too.
+    if ($('[data-region="rollouts"]')) poll(() => refreshRegions(["rollouts"]), POLL_MS);
     if (!$("[data-live-rollout]")) return;
     rolloutPoll = poll(refreshRollout, POLL_MS);
   }
