@@ -185,3 +185,36 @@ def test_a_viewer_sees_a_rollout_without_any_button_and_the_server_refuses_them(
     page.goto(f"/rollouts/{rollout['id']}")
     expect(page.get_by_role("heading", name="Not found")).to_be_visible()
     assert seen.errors_except_expected_statuses(404) == []
+
+
+def test_a_selector_rollout_with_a_deadline_reaches_the_tagged_devices_only(
+    page: Page, seen: Watch, http: httpx.Client, live: Live
+) -> None:
+    me = register(http, "Sel Ector")
+    upload_model(http, me, "Dock model", MODEL)
+    for name, tags in (("Pier A", {"site": "dock"}), ("Pier B", {"site": "dock"}), ("Office", {})):
+        device = create_device(http, me, name, f"SN-{name.replace(' ', '')}")
+        tagged = http.put(
+            f"{API}/devices/{device['id']}/tags", json={"tags": tags}, headers=me.headers
+        )
+        api_json(tagged, 200)
+    sign_in(page.context, live, me)
+
+    page.goto("/rollouts")
+    form = page.locator("#rollout-form")
+    form.get_by_label("Tag selector", exact=True).fill("site=dock")
+    form.get_by_label("Deadline (optional)").fill("2099-01-01T12:00")
+    form.get_by_role("button", name="Start rollout").click()
+    expect(page).to_have_url(re.compile(r"/rollouts/[0-9a-f-]{36}$"))
+    expect(page.get_by_role("heading", name="Rollout of Dock model")).to_be_visible()
+    expect(page.locator("dl.details code")).to_have_text("site=dock")
+    rows = page.locator("table.rollout-devices tr[data-device-id]")
+    expect(rows).to_have_count(2)
+    expect(rows.filter(has_text="Office")).to_have_count(0)
+    rollout_id = page.url.rsplit("/", 1)[1]
+    found = api_json(http.get(f"{API}/rollouts/{rollout_id}", headers=me.headers), 200)
+    assert (found["selector"], found["deadline"][:4]) == ("site=dock", "2099")
+
+    page.goto("/rollouts")
+    expect(page.locator(f'tr[data-rollout-id="{rollout_id}"] code')).to_have_text("site=dock")
+    assert seen.errors == []
