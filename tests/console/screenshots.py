@@ -83,7 +83,7 @@ def main(out: Path) -> None:
         with live_server(settings) as live, httpx.Client(base_url=live.url, timeout=60) as http:
             account = register(http, name="Ada Lovelace")
             face = upload_model(http, account, "YOLOv5 face", bytes(range(256)) * 12000)
-            upload_model(http, account, "Person detector", bytes(range(256)) * 30000)
+            person = upload_model(http, account, "Person detector", bytes(range(256)) * 30000)
             upload_model(http, account, "Pose estimation", b"p" * 2_500_000, chip="kl720")
             agents = [
                 _agent(http, live, account, work, name="Lab bench KL520", serial="KL520-0017"),
@@ -96,21 +96,55 @@ def main(out: Path) -> None:
                 )
                 agents[2].send_signal(signal.SIGTERM)  # seen before, offline now
                 agents[2].wait(30)
-                pair_device(http, account, "Field unit 3")
-                create_device(http, account, "Spare dongle", "KL520-0200")
+                field = pair_device(http, account, "Field unit 3")
+                spare = create_device(http, account, "Spare dongle", "KL520-0200")
                 lab = by_name["Lab bench KL520"]["id"]
                 http.post(
                     f"{API}/devices/{lab}/deployments",
                     json={"model_id": face["id"]},
                     headers=account.headers,
                 ).raise_for_status()
-                _photograph(live, account, lab, out)
+                online_first = [
+                    by_name[name]["id"]
+                    for name in ("Lab bench KL520", "Entrance camera", "Warehouse door")
+                ]
+                rollout = _rollout(
+                    http, account, person["id"], [*online_first, field["device_id"], spare["id"]]
+                )
+                _photograph(live, account, lab, rollout, out)
             finally:
                 for agent in agents:
                     stop_agent(agent)
 
 
-def _photograph(live: Live, account: Account, device_id: str, out: Path) -> None:
+def _rollout(http: httpx.Client, account: Account, model_id: str, device_ids: list[str]) -> str:
+    """A rollout of ``model_id`` to ``device_ids`` (a canary of one, then batches of two;
+    offline devices hold no batch), once the online devices have it and the offline ones
+    wait; its id."""
+    created = http.post(
+        f"{API}/rollouts",
+        json={
+            "model_id": model_id,
+            "device_ids": device_ids,
+            "canary": 1,
+            "batch": 2,
+            "max_failure_percent": 100,
+        },
+        headers=account.headers,
+    )
+    created.raise_for_status()
+    rollout_id = str(created.json()["id"])
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        found = http.get(f"{API}/rollouts/{rollout_id}", headers=account.headers).json()
+        counts = found["counts"]
+        if found["unbatched"] == 0 and counts["queued"] + counts["transferring"] == 0:
+            break
+        time.sleep(0.5)
+    return rollout_id
+
+
+def _photograph(live: Live, account: Account, device_id: str, rollout_id: str, out: Path) -> None:
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(**launch_args())
         context = browser.new_context(base_url=live.url, viewport=DESKTOP, color_scheme="light")
@@ -128,6 +162,10 @@ def _photograph(live: Live, account: Account, device_id: str, out: Path) -> None
         _shoot(page, out, "device")
         page.goto("/models")
         _shoot(page, out, "models")
+        page.goto("/rollouts")
+        _shoot(page, out, "rollouts")
+        page.goto(f"/rollouts/{rollout_id}")
+        _shoot(page, out, "rollout")
         page.goto("/pairing-tokens")
         _shoot(page, out, "pairing-tokens")
         page.goto("/activity")

@@ -82,6 +82,7 @@ def test_the_activity_page_lists_the_account_and_filters_by_action(
         "Tunnels and remote access",
         "Models",
         "Deployments",
+        "Rollouts",
         "Members and invitations",
     ]
     page.get_by_label("Show").select_option(label="Sign-ins (failed ones too)")

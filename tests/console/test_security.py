@@ -51,7 +51,8 @@ def test_signed_in_pages_have_the_headers_and_no_inline_script(
 ) -> None:
     account = register(http)
     device = create_device(http, account, "Headers", "HDR-1")
-    for path in ("/devices", f"/devices/{device['id']}", "/models", "/pairing-tokens", "/account"):
+    pages = ("/devices", f"/devices/{device['id']}", "/models", "/rollouts", "/pairing-tokens")
+    for path in (*pages, "/account"):
         response = http.get(
             path, headers={"Cookie": f"{live.settings.cookie_name}={account.token}"}
         )
@@ -77,12 +78,29 @@ def test_user_text_is_shown_as_text_everywhere(
         dialogs.append(dialog.message)
         dialog.dismiss()
 
+    rollout = http.post(
+        "/api/v1/rollouts",
+        json={"model_id": model["id"], "device_ids": [paired["device_id"]]},
+        headers=account.headers,
+    )
+    assert rollout.status_code == 201, rollout.text
+    rollout_page = f"/rollouts/{rollout.json()['id']}"
+
     page.on("dialog", dismiss)
     sign_in(page.context, live, account)
-    for path in ("/devices", f"/devices/{paired['device_id']}", "/models", "/pairing-tokens"):
+    for path in (
+        "/devices",
+        f"/devices/{paired['device_id']}",
+        "/models",
+        "/pairing-tokens",
+        "/rollouts",
+        rollout_page,
+    ):
         page.goto(path)
         expect(page.get_by_text(XSS, exact=True).first).to_be_visible()
         assert page.locator("main img").count() == 0, path
+    page.wait_for_timeout(3500)  # the rollout page's rows, polled, are the server's HTML too
+    expect(page.locator("tr[data-device-id]").get_by_text(XSS, exact=True)).to_be_visible()
     page.goto(f"/devices/{paired['device_id']}")
     expect(page.get_by_role("heading", name=XSS, level=1)).to_be_visible()
     assert dialogs == []
@@ -100,6 +118,7 @@ def test_no_request_leaves_the_server_and_the_console_stays_clean(
     page.get_by_role("button", name="Sign in").click()
     for name, heading in (
         ("Models", "Models"),
+        ("Rollouts", "Rollouts"),
         ("Pairing tokens", "Pairing tokens"),
         ("Account", "Account"),
         ("Devices", "Devices"),
@@ -125,6 +144,7 @@ def test_pages_fit_the_screen_at_phone_and_desktop_width(
         "/devices",
         f"/devices/{device['device_id']}",
         "/models",
+        "/rollouts",
         "/pairing-tokens",
         "/members",
     ):

@@ -13,12 +13,16 @@ import pytest
 from tests.support.console import Live, pair_device, register
 from visiona.audit.repository import AuditEvent
 from visiona.console.views import (
+    Badge,
+    batch_label,
     busy_badge,
     deployment_badge,
     event_actor,
     forward_commands,
     matches,
     pairing_state,
+    rollout_badge,
+    rollout_device_badge,
     session_state,
     size,
     tunnel_badge,
@@ -143,6 +147,19 @@ def test_token_states() -> None:
 )
 def test_size(num_bytes: int, text: str) -> None:
     assert size(num_bytes) == text
+
+
+def test_rollout_badges_keep_offline_neutral_and_failures_red() -> None:
+    assert rollout_device_badge("waiting").kind == "offline"  # an offline device, no fault
+    assert rollout_device_badge("failed").kind == "error"
+    assert rollout_device_badge("succeeded") == Badge("Succeeded", "online")
+    assert rollout_badge("paused").kind == "reconnecting"  # waits for someone
+    assert rollout_badge("failed").kind == "error"
+    assert rollout_badge("completed").label == "Completed"
+
+
+def test_batch_zero_is_the_canary_and_the_others_are_numbered_as_the_planner_does() -> None:
+    assert [batch_label(b) for b in (0, 1, 2, None)] == ["Canary", "Batch 1", "Batch 2", "Not yet"]
 
 
 def test_filter_and_search() -> None:

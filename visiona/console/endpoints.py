@@ -61,6 +61,9 @@ from visiona.models.schemas import ModelSource, TargetChip
 from visiona.orgs import service as orgs
 from visiona.orgs.dependencies import MembershipsDep
 from visiona.orgs.permissions import Permission, Role, permissions_of, scopes_permissions
+from visiona.rollouts import service as rollouts
+from visiona.rollouts.planner import STATES as ROLLOUT_DEVICE_STATES
+from visiona.rollouts.service import RolloutView
 from visiona.tokens import service as token_service
 
 if TYPE_CHECKING:
@@ -350,6 +353,137 @@ async def model_file(
     return StreamingResponse(opened.chunks, headers=headers, media_type="application/octet-stream")
 
 
+# -- rollouts ---------------------------------------------------------------------
+
+
+async def _all_models(conn: AsyncConnection, org_id: uuid.UUID) -> list[Model]:
+    return await every_row(
+        lambda page: models.list_models(conn, org_id, chip=None, source=None, page=page)
+    )
+
+
+@router.get("/rollouts")
+async def rollouts_page(
+    request: Request, principal: ConsolePage, conn: Conn, reads: DevicesDep
+) -> Response:
+    """The organisation's rollouts (newest first, with their progress) and, for a role
+    with ``deploy``, the form creating one (made by the page's script through the API)."""
+    org_id = principal.org_id
+    found = await every_row(lambda page: rollouts.list_rollouts(conn, org_id, page))
+    every_model = await _all_models(conn, org_id)
+    devices_ = await _all_devices(conn, reads, org_id) if principal.can(Permission.DEPLOY) else []
+    return render(
+        request,
+        "rollouts.html",
+        title="Rollouts",
+        nav="rollouts",
+        rollouts=found,
+        model_names={str(m.id): m.name for m in every_model},
+        deployable=[m for m in every_model if m.storage_key and m.sha256],
+        devices=devices_,
+    )
+
+
+def _rollout_context(
+    found: RolloutView, state: str, items: list[Any], names: dict[str, str]
+) -> dict[str, Any]:
+    counts = found.counts
+    return {
+        "rollout": found.rollout,
+        "counts": {s: counts[s] for s in ROLLOUT_DEVICE_STATES},
+        "total": counts.total,
+        "batches": sorted((b, c) for b, c in found.by_batch.items() if b is not None),
+        "unbatched": sum(found.by_batch.get(None, {}).values()),
+        "finished": found.rollout.state in rollouts.FINISHED,
+        "state": state,
+        "items": items,
+        "device_names": names,
+    }
+
+
+async def _rollout_detail(
+    conn: AsyncConnection, reads: Devices, org_id: uuid.UUID, rollout_id: str, state: str
+) -> dict[str, Any] | None:
+    """What the rollout page and its poll show (None: no such rollout here)."""
+    parsed = _uuid(rollout_id)
+    if parsed is None:
+        return None
+    try:
+        found = await rollouts.get_rollout(conn, org_id, parsed)
+    except NotFoundError:
+        return None
+    chosen = state if state in ROLLOUT_DEVICE_STATES else ""
+    items = await every_row(
+        lambda page: rollouts.list_devices(conn, org_id, parsed, chosen or None, page)
+    )
+    names = await _device_names(conn, reads, org_id)
+    return _rollout_context(found, chosen, items, names)
+
+
+@router.get("/rollouts/{rollout_id}")
+async def rollout_page(  # noqa: PLR0917 - FastAPI injects each by name
+    request: Request,
+    rollout_id: str,
+    principal: ConsolePage,
+    conn: Conn,
+    reads: DevicesDep,
+    state: Text = "",
+) -> Response:
+    """One rollout: its state (and why it paused), its batches' progress (polled), its
+    devices filtered by state (kept in the URL), and pause/resume/cancel/rollback for a
+    role with ``deploy`` (the API refuses them to the others all the same)."""
+    detail = await _rollout_detail(conn, reads, principal.org_id, rollout_id, state)
+    if detail is None:
+        return render(request, "not_found.html", 404, title="Not found", what="rollout", nav="")
+    every_model = await _all_models(conn, principal.org_id)
+    model_names = {str(m.id): m.name for m in every_model}
+    rollout = detail["rollout"]
+    return render(
+        request,
+        "rollout.html",
+        title=_rollout_title(rollout.model_id, rollout.rollback_of is not None, model_names),
+        nav="rollouts",
+        model_names=model_names,
+        states=ROLLOUT_DEVICE_STATES,
+        **detail,
+    )
+
+
+@router.get("/rollouts/{rollout_id}/progress.json")
+async def rollout_progress(
+    rollout_id: str,
+    principal: ConsolePrincipal,
+    conn: Conn,
+    reads: DevicesDep,
+    state: Text = "",
+) -> Response:
+    """What the rollout page polls: its state, the progress panel (with the buttons the
+    role and the state allow) and the filtered device rows, as HTML."""
+    detail = await _rollout_detail(conn, reads, principal.org_id, rollout_id, state)
+    if detail is None:
+        raise NotFoundError("Rollout not found.")
+    can = frozenset(p.value for p in principal.permissions)
+    progress = _templates().get_template("_rollout_progress.html").render(can=can, **detail)
+    rows = _templates().get_template("_rollout_device_rows.html").render(**detail)
+    rollout = detail["rollout"]
+    return JSONResponse(
+        {
+            "state": rollout.state,
+            "reason": rollout.reason,
+            "counts": detail["counts"],
+            "progress_html": progress,
+            "rows_html": rows,
+        }
+    )
+
+
+def _rollout_title(model_id: uuid.UUID | None, rollback: bool, names: dict[str, str]) -> str:
+    """A rollout's heading: the model it deploys, or that it rolls back."""
+    if rollback or model_id is None:
+        return "Rollback to the previous models"
+    return f"Rollout of {names.get(str(model_id), '(deleted model)')}"
+
+
 # -- pairing tokens and account ------------------------------------------------------
 
 
@@ -453,7 +587,16 @@ def _section(path: str) -> str:
 
 
 _SECTIONS = frozenset(
-    {"devices", "models", "pairing-tokens", "activity", "members", "api-keys", "account"}
+    {
+        "devices",
+        "models",
+        "rollouts",
+        "pairing-tokens",
+        "activity",
+        "members",
+        "api-keys",
+        "account",
+    }
 )
 #: Sections a role may lack (the switcher goes to the devices page instead).
 _SECTION_NEEDS = {"/api-keys": Permission.API_KEYS}

@@ -148,6 +148,44 @@ def deployment_badge(deployment: Deployment) -> Badge:
     return Badge(status.capitalize(), kind)
 
 
+#: A rollout's state → its badge's kind (paused waits for someone: a warning).
+_ROLLOUT_KINDS = {
+    "running": "reconnecting",
+    "paused": "reconnecting",
+    "completed": "online",
+    "cancelled": "offline",
+    "failed": "error",
+}
+#: A device's state in a rollout → its badge's kind (waiting: offline, not an error).
+_ROLLOUT_DEVICE_KINDS = {
+    "queued": "never",
+    "waiting": "offline",
+    "transferring": "reconnecting",
+    "succeeded": "online",
+    "failed": "error",
+    "skipped": "never",
+    "cancelled": "offline",
+}
+
+
+def rollout_badge(state: str) -> Badge:
+    """A rollout's state (running, paused, completed, cancelled, failed)."""
+    return Badge(state.capitalize(), _ROLLOUT_KINDS.get(state, "offline"))
+
+
+def rollout_device_badge(state: str) -> Badge:
+    """A device's state in a rollout (queued, waiting, transferring, succeeded, ...)."""
+    return Badge(state.capitalize(), _ROLLOUT_DEVICE_KINDS.get(state, "offline"))
+
+
+def batch_label(batch: int | None) -> str:
+    """Batch 0 is the canary, then batches 1, 2, ... (as the planner numbers them and the
+    auto-abort reason names them); None: not in a batch yet."""
+    if batch is None:
+        return "Not yet"
+    return "Canary" if batch == 0 else f"Batch {batch}"
+
+
 def _aware(moment: datetime) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
@@ -240,6 +278,7 @@ CATEGORIES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("tunnels", "Tunnels and remote access", ("tunnel.", "proxy.")),
     ("models", "Models", ("model.",)),
     ("deployments", "Deployments", ("deployment.",)),
+    ("rollouts", "Rollouts", ("rollout.",)),
     ("members", "Members and invitations", ("org.", "member.", "invitation.")),
 )
 
@@ -323,6 +362,9 @@ def environment() -> Environment:
         session_state=session_state,
         api_key_state=api_key_state,
         deployment_badge=deployment_badge,
+        rollout_badge=rollout_badge,
+        rollout_device_badge=rollout_device_badge,
+        batch_label=batch_label,
         event_summary=event_summary,
         event_actor=event_actor,
         event_detail=event_detail,

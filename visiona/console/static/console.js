@@ -788,6 +788,96 @@
     await refreshRegions(["keys"]);
   }
 
+  // -- rollouts ------------------------------------------------------------------------
+
+  function setupRolloutForm() {
+    const form = $("#rollout-form");
+    if (!form) return;
+    const showTarget = () => {
+      for (const part of $$("[data-target]", form)) part.hidden = part.dataset.target !== form.aim.value;
+    };
+    form.addEventListener("change", (event) => { if (event.target.name === "aim") showTarget(); });
+    showTarget();
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      showError(form, "");
+      const body = {
+        model_id: form.model_id.value,
+        canary: Number(form.canary.value || 0),
+        max_failure_percent: Number(form.max_failure_percent.value || 0),
+      };
+      const batch = form.batch.value.trim() || "100%";
+      body.batch = /^\d+$/.test(batch) ? Number(batch) : batch;
+      if (form.aim.value === "selector") {
+        body.selector = form.selector.value.trim();
+        if (!body.selector) return showError(form, "Tag selector: write one (chip=kl520 selects every device of that chip), or choose devices.");
+      } else {
+        body.device_ids = $$("input[name=device_ids]:checked", form).map((box) => box.value);
+        if (!body.device_ids.length) return showError(form, "Devices: choose at least one.");
+      }
+      if (form.deadline.value) {
+        const moment = new Date(form.deadline.value);  // the browser's local time
+        if (isNaN(moment.getTime())) return showError(form, "Deadline is not a valid date and time.");
+        body.deadline = moment.toISOString();
+      }
+      const button = $("button[type=submit]", form);
+      button.disabled = true;
+      const result = await api("POST", "/rollouts", body);
+      button.disabled = false;
+      if (!result.ok) return showError(form, errorText(result));
+      location.assign("/rollouts/" + result.data.id);
+    });
+  }
+
+  let rolloutPoll = null;
+
+  async function refreshRollout() {
+    const heading = $("h1[data-rollout-id]");
+    const table = $("[data-live-rollout]");
+    if (!heading || !table) return;
+    const url = "/rollouts/" + encodeURIComponent(heading.dataset.rolloutId) + "/progress.json?" + table.dataset.query;
+    const result = await request("GET", url);
+    if (result.status === 401) return location.assign("/sign-in?next=" + encodeURIComponent(location.pathname + location.search));
+    if (!result.ok || !result.data) return;
+    const panel = $("[data-rollout-progress]");
+    panel.innerHTML = result.data.progress_html;  // rendered (and escaped) by the server
+    $("tbody[data-rows]", table).innerHTML = result.data.rows_html;
+    for (const option of $$("#filter-state option")) {
+      const n = option.value ? result.data.counts[option.value] : Object.values(result.data.counts).reduce((a, b) => a + b, 0);
+      const label = option.value ? option.value.charAt(0).toUpperCase() + option.value.slice(1) : "All";
+      option.textContent = label + " (" + n + ")";
+    }
+    refreshTimes(document);
+  }
+
+  function setupRollout() {
+    // The list follows its rollouts' states and progress too.
+    if ($('[data-region="rollouts"]')) poll(() => refreshRegions(["rollouts"]), POLL_MS);
+    if (!$("[data-live-rollout]")) return;
+    rolloutPoll = poll(refreshRollout, POLL_MS);
+  }
+
+  function rolloutAction(verb, done) {
+    return async (button) => {
+      const id = button.dataset.rolloutId;
+      if (verb === "cancel") {
+        const ok = await confirmAction("Cancel this rollout?", "Devices that have not received the model yet (queued or waiting) are cancelled; transfers already running finish. A cancelled rollout cannot be resumed.", "Cancel rollout");
+        if (!ok) return;
+      }
+      if (verb === "rollback") {
+        const ok = await confirmAction("Roll this rollout back?", "A new rollout returns each device that received the model to its previous model, in batches of the same size.", "Roll back");
+        if (!ok) return;
+      }
+      button.disabled = true;
+      const result = await api("POST", "/rollouts/" + encodeURIComponent(id) + "/" + verb);
+      button.disabled = false;
+      if (!result.ok) return toast("Not done: " + errorText(result));
+      if (verb === "rollback") return location.assign("/rollouts/" + result.data.id);
+      toast(done);
+      if (rolloutPoll) await rolloutPoll.now();
+    };
+  }
+
   // -- wiring --------------------------------------------------------------------------
 
   const ACTIONS = {
@@ -803,6 +893,10 @@
     "leave-org": leaveOrg,
     "revoke-invitation": revokeInvitation,
     "revoke-api-key": revokeApiKey,
+    "rollout-pause": rolloutAction("pause", "Rollout paused: no new transfer starts."),
+    "rollout-resume": rolloutAction("resume", "Rollout resumed."),
+    "rollout-cancel": rolloutAction("cancel", "Rollout cancelled."),
+    "rollout-rollback": rolloutAction("rollback", ""),
   };
 
   document.addEventListener("click", (event) => {
@@ -834,5 +928,7 @@
     setupMembers();
     setupAccept();
     setupApiKeys();
+    setupRolloutForm();
+    setupRollout();
   });
 })();
