@@ -181,9 +181,24 @@ async def run_features(
         # deployments' recovery above failed what a previous run left unfinished).
         scheduler = Scheduler(db, settings, delivery, build_lease(runtime.redis, cluster))
         SCHEDULER.provide(app, scheduler)
+        _start_scheduler(stack, scheduler, settings)
+        yield sessions
+
+
+def _start_scheduler(stack: AsyncExitStack, scheduler: Scheduler, settings: Settings) -> None:
+    """Start the rollout scheduler (stopped when ``stack`` closes), except on an in-memory
+    SQLite database (see :func:`_in_memory`)."""
+    if not _in_memory(settings):
         scheduler.start()
         stack.push_async_callback(scheduler.stop)
-        yield sessions
+
+
+def _in_memory(settings: Settings) -> bool:
+    """Whether the database is an in-memory SQLite one: one connection shared by every
+    task (tests only), where the rollout scheduler's turns would start transactions
+    inside the requests' own, so it is not started there."""
+    url = settings.database
+    return url.drivername.startswith("sqlite") and url.database in (None, "", ":memory:")
 
 
 def _sessions_target(settings: Settings, sessions: SessionStore) -> str:
