@@ -26,11 +26,12 @@ import logging
 import time
 import uuid
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from visiona.apikeys import repository
 from visiona.apikeys.repository import ApiKey
 from visiona.kit.clock import utcnow
+from visiona.kit.invalidation import listen_for_ids
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -147,30 +148,13 @@ class ApiKeys:
             await self.flush()
 
     async def _listen(self, redis: Redis) -> None:
-        # The flag ends the loop too: redis-py's read timeout can swallow a cancellation.
-        while not self._closing:
-            try:
-                async with redis.pubsub() as pubsub:
-                    await pubsub.subscribe(CHANNEL)
-                    while not self._closing:
-                        message: dict[str, Any] | None = await pubsub.get_message(
-                            ignore_subscribe_messages=True, timeout=0.5
-                        )
-                        if message is None or message.get("type") != "message":
-                            continue
-                        try:
-                            key_id = uuid.UUID(bytes(message["data"]).decode("ascii"))
-                        except (ValueError, UnicodeDecodeError):
-                            continue
-                        self.forget(key_id)
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:  # noqa: BLE001 - Redis away: retry; entries expire
-                if self._closing:
-                    return
-                _LOGGER.warning("API key channel lost (%s); retrying", type(err).__name__)
-                self._cache.clear()  # revocations may be missed meanwhile
-                await asyncio.sleep(1.0)
+        await listen_for_ids(
+            redis,
+            CHANNEL,
+            forget=self.forget,
+            lost=self._cache.clear,
+            closing=lambda: self._closing,
+        )
 
     async def close(self) -> None:
         """Stop the tasks and write the last uses."""

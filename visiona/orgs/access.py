@@ -27,8 +27,9 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from visiona.kit.invalidation import listen_for_ids
 from visiona.orgs import repository
 from visiona.orgs.permissions import Role
 
@@ -152,31 +153,14 @@ class Memberships:
             self._listener = asyncio.get_running_loop().create_task(self._listen(self._redis))
 
     async def _listen(self, redis: Redis) -> None:
-        # The flag ends the loop too: redis-py's read timeout can swallow a cancellation.
-        while not self._closing:
-            try:
-                async with redis.pubsub() as pubsub:
-                    await pubsub.subscribe(CHANNEL)
-                    while not self._closing:
-                        message: dict[str, Any] | None = await pubsub.get_message(
-                            ignore_subscribe_messages=True, timeout=0.5
-                        )
-                        if message is None or message.get("type") != "message":
-                            continue
-                        try:
-                            user_id = uuid.UUID(bytes(message["data"]).decode("ascii"))
-                        except (ValueError, UnicodeDecodeError):
-                            continue
-                        self.forget(user_id)
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:  # noqa: BLE001 - Redis away: retry; entries expire
-                if self._closing:
-                    return
-                _LOGGER.warning("membership channel lost (%s); retrying", type(err).__name__)
-                self._cache.clear()  # changes may be missed meanwhile
-                self._entries = 0
-                await asyncio.sleep(1.0)
+        await listen_for_ids(
+            redis, CHANNEL, forget=self.forget, lost=self._lost, closing=lambda: self._closing
+        )
+
+    def _lost(self) -> None:
+        """The channel is lost: changes may be missed meanwhile, so drop every entry."""
+        self._cache.clear()
+        self._entries = 0
 
     async def close(self) -> None:
         """Stop listening."""
