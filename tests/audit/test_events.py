@@ -68,6 +68,12 @@ _ELSEWHERE = {
     # tests/apikeys/test_api_keys.py: a key created, used and revoked
     "api_key.created",
     "api_key.revoked",
+    # tests/webhooks/: endpoints created, edited, deleted, disabled by failures, enabled
+    "webhook.created",
+    "webhook.updated",
+    "webhook.deleted",
+    "webhook.disabled",
+    "webhook.enabled",
 }
 
 

@@ -35,6 +35,9 @@ TABLES = {
     "enrollment_keys",
     "rollouts",
     "rollout_devices",
+    "webhook_endpoints",
+    "webhook_subscriptions",
+    "webhook_deliveries",
 }
 
 

@@ -208,6 +208,27 @@ _ALL = (
         "A TCP forward was refused: the port is not one the device's agent allows.",
         ("port", "reason"),
     ),
+    Action(
+        "webhook.created",
+        "webhook",
+        "A webhook endpoint was created (never its secret).",
+        ("url", "events"),
+    ),
+    Action(
+        "webhook.updated",
+        "webhook",
+        "A webhook endpoint's URL, events, description or state was changed.",
+        ("fields",),
+    ),
+    Action("webhook.deleted", "webhook", "A webhook endpoint was deleted.", ("url",)),
+    Action(
+        "webhook.disabled",
+        "webhook",
+        "The server disabled a webhook endpoint that kept failing (every attempt of a "
+        "delivery's retry schedule failed).",
+        ("reason", "failing_since"),
+    ),
+    Action("webhook.enabled", "webhook", "A webhook endpoint was enabled again."),
 )
 
 #: Every action by name.

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, bindparam, delete, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from visiona.audit import outbox
 from visiona.kit.pagination import Keyset, Page, PageRequest, paginate
 from visiona.kit.records import build, columns_of
 from visiona.kit.schema import UTCDateTime, api_keys, audit_events, users
@@ -92,11 +93,13 @@ _DELETE_BATCH = delete(audit_events).where(audit_events.c.id.in_(_EXPIRED_BATCH)
 async def insert_event(conn: AsyncConnection, values: dict[str, Any]) -> None:
     """Append one event (``values`` has every column)."""
     await conn.execute(_INSERT, values)
+    await outbox.enqueue(conn, [values])
 
 
 async def insert_events(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
     """Append many events in one executemany (each row has every column)."""
     await conn.execute(_INSERT, rows)
+    await outbox.enqueue(conn, rows)
 
 
 def _conditions(spec: EventFilter) -> list[ColumnElement[bool]]:

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Dialect,
     ForeignKey,
     Index,
+    Integer,
     MetaData,
     Table,
     Text,
@@ -27,6 +28,7 @@ from sqlalchemy import (
     false,
     func,
     text,
+    true,
 )
 from sqlalchemy.dialects import postgresql
 
@@ -499,3 +501,93 @@ rollout_devices = Table(
 )
 Index("idx_rollout_devices_state", rollout_devices.c.rollout_id, rollout_devices.c.state)
 Index("idx_rollout_devices_device", rollout_devices.c.device_id)
+
+# Webhook endpoints of an organisation (migration 0012, issue 25). ``secret`` is the
+# Standard Webhooks signing key (``whsec_…``): the server signs with it, so it is kept
+# as issued (it is shown once through the API and never logged). ``events`` is the
+# space-separated, sorted list shown to people; matching uses webhook_subscriptions.
+webhook_endpoints = Table(
+    "webhook_endpoints",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("org_id", Uuid, ForeignKey("organizations.id", ondelete="CASCADE"), nullable=False),
+    Column("created_by", Uuid, nullable=True),  # the user or API key that created it
+    Column("url", Text, nullable=False),
+    Column("description", Text, nullable=True),
+    Column("secret", Text, nullable=False),
+    Column("events", Text, nullable=False),
+    Column("enabled", Boolean, nullable=False, server_default=true()),
+    Column("disabled_reason", Text, nullable=True),
+    Column("disabled_at", UTCDateTime, nullable=True),
+    # the first failed attempt of the current run of failures (None: last one succeeded)
+    Column("failing_since", UTCDateTime, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False, server_default=_now()),
+    Column("updated_at", UTCDateTime, nullable=False, server_default=_now()),
+)
+Index("idx_webhook_endpoints_org", webhook_endpoints.c.org_id, webhook_endpoints.c.created_at)
+
+# One row per event type an endpoint subscribes to: an action (``device.renamed``), a
+# family (``device.*``) or everything (``*``). The outbox write matches on it.
+webhook_subscriptions = Table(
+    "webhook_subscriptions",
+    metadata,
+    Column(
+        "endpoint_id",
+        Uuid,
+        ForeignKey("webhook_endpoints.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("event_type", Text, primary_key=True),
+)
+
+# The outbox: one row per (event, endpoint), written in the transaction of the change
+# (visiona.audit.outbox). ``seq`` orders an endpoint's deliveries; ``event_id`` is the
+# ``webhook-id`` receivers de-duplicate on. A node claims a due row by setting
+# ``lease_owner``/``lease_until``; an expired lease is claimable again.
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column(
+        "seq",
+        BigInteger().with_variant(Integer(), "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    Column(
+        "endpoint_id",
+        Uuid,
+        ForeignKey("webhook_endpoints.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("event_id", Uuid, nullable=False),
+    Column("event_type", Text, nullable=False),
+    Column("payload", Detail, nullable=False),  # the JSON body, as sent
+    # pending | delivered | failed (every attempt of the schedule failed)
+    Column("state", Text, nullable=False, server_default="pending"),
+    Column("attempts", BigInteger, nullable=False, server_default=text("0")),
+    Column("next_attempt_at", UTCDateTime, nullable=False),
+    Column("lease_owner", Text, nullable=True),
+    Column("lease_until", UTCDateTime, nullable=True),
+    Column("last_attempt_at", UTCDateTime, nullable=True),
+    Column("last_status", BigInteger, nullable=True),  # the receiver's HTTP status
+    Column("last_latency_ms", BigInteger, nullable=True),
+    Column("last_response", Text, nullable=True),  # the first 1 KiB of the answer
+    Column("last_error", Text, nullable=True),  # why no answer (refused, timeout, …)
+    Column("delivered_at", UTCDateTime, nullable=True),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+# an endpoint's queue, in order (head of line: its oldest pending row)
+Index(
+    "idx_webhook_deliveries_endpoint",
+    webhook_deliveries.c.endpoint_id,
+    webhook_deliveries.c.state,
+    webhook_deliveries.c.seq,
+)
+# due rows, for the dispatcher
+_pending_delivery = webhook_deliveries.c.state == "pending"
+Index(
+    "idx_webhook_deliveries_due",
+    webhook_deliveries.c.next_attempt_at,
+    postgresql_where=_pending_delivery,
+    sqlite_where=_pending_delivery,
+)

@@ -42,6 +42,7 @@ class Permission(StrEnum):
     MEMBERS = "members"
     ENROLLMENT = "enrollment"
     API_KEYS = "api_keys"
+    WEBHOOKS = "webhooks"
     ORG = "org"
 
 
@@ -61,6 +62,8 @@ DESCRIPTIONS: dict[Permission, str] = {
     Permission.ENROLLMENT: "create, list and revoke enrollment keys (a key pairs PCs "
     "into the organisation without anyone present)",
     Permission.API_KEYS: "create, list and revoke the organisation's API keys",
+    Permission.WEBHOOKS: "create, list, edit, test and delete webhook endpoints and "
+    "read their delivery logs",
     Permission.ORG: "the organisation itself: grant, change or remove the owner role",
 }
 
@@ -72,7 +75,12 @@ _OPERATOR = _VIEWER | {
     Permission.DEPLOY,
     Permission.PROXY,
 }
-_ADMIN = _OPERATOR | {Permission.MEMBERS, Permission.ENROLLMENT, Permission.API_KEYS}
+_ADMIN = _OPERATOR | {
+    Permission.MEMBERS,
+    Permission.ENROLLMENT,
+    Permission.API_KEYS,
+    Permission.WEBHOOKS,
+}
 _OWNER = _ADMIN | {Permission.ORG}
 
 #: The matrix: role → the permissions it holds.
