@@ -37,6 +37,9 @@ from visiona.devices.endpoints import router as devices_router
 from visiona.devices.service import Devices
 from visiona.enrollment.endpoints import agent_router as enrollment_agent_router
 from visiona.enrollment.endpoints import router as enrollment_router
+from visiona.events.dependencies import EVENTS
+from visiona.events.endpoints import router as events_router
+from visiona.events.hub import EventHub
 from visiona.kit.database import Database
 from visiona.kit.deps import DEVICE_REVOKED, DRAIN, RUNTIME
 from visiona.kit.edge import create_fastapi, install_cors, install_security_schemes
@@ -120,7 +123,8 @@ async def run_features(
     registry when clustered), the cluster (and what its node link serves here), the
     proxy's relay, the model storage, deployments' delivery and recovery, the rollout
     scheduler, the session store, the membership cache, the API key cache and its usage
-    batch, the audit pruner, and who hears of a revoked device.
+    batch, the audit pruner, the live event stream's hub, and who hears of a revoked
+    device.
     """
     settings, db = runtime.settings, runtime.db
     sessions = build_session_store(
@@ -168,7 +172,9 @@ async def run_features(
         STORAGE.provide(app, storage)
         DEVICES.provide(app, Devices.from_settings(settings))
         HUB.provide(app, hub)
-        DRAIN.provide(app, (hub.drain,))  # SIGTERM: the tunnels drain first (kit/serve.py)
+        events = _event_hub(app, stack, runtime)
+        # SIGTERM: the event streams end and the tunnels drain first (kit/serve.py)
+        DRAIN.provide(app, (events.close, hub.drain))
         CLUSTER.provide(app, cluster)
         relay = Relay(hub, cluster, db, settings.proxy_response_timeout)
         RELAY.provide(app, relay)
@@ -183,6 +189,22 @@ async def run_features(
         SCHEDULER.provide(app, scheduler)
         _start_scheduler(stack, scheduler, settings)
         yield sessions
+
+
+def _event_hub(app: FastAPI, stack: AsyncExitStack, runtime: Runtime) -> EventHub:
+    """The live event stream's hub, handed out and closed with ``stack``: its tail reads
+    the shared database only while a stream is open here; it is closed first at SIGTERM
+    too (a drain hook), so open streams do not hold the shutdown."""
+    settings = runtime.settings
+    events = EventHub(
+        runtime.db,
+        poll_interval=settings.events_poll_interval,
+        lookback=settings.events_lookback,
+        metrics=runtime.metrics,
+    )
+    EVENTS.provide(app, events)
+    stack.push_async_callback(events.close)
+    return events
 
 
 def _start_scheduler(stack: AsyncExitStack, scheduler: Scheduler, settings: Settings) -> None:
@@ -267,6 +289,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # audit feature routers
     app.include_router(audit_router, prefix=API_PREFIX)
+    # events feature router (the live stream of the audit trail)
+    app.include_router(events_router, prefix=API_PREFIX)
     app.include_router(ops_router)
     # the routes other cluster nodes forward to: the node link (the cluster's), and each
     # feature's own HTTP route (older nodes, during a rolling upgrade)

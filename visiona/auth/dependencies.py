@@ -157,16 +157,19 @@ def requested_org(request: HTTPConnection) -> uuid.UUID | None:
         raise NotFoundError("Organisation not found.") from None
 
 
-async def api_key_principal(request: HTTPConnection, plaintext: str) -> Principal:
+async def api_key_principal(
+    request: HTTPConnection, plaintext: str, org_id: uuid.UUID | None = None
+) -> Principal:
     """The principal of an API key: its organisation, its scopes within its creator's
     current role. Unknown, revoked or expired key, or a creator no longer a member →
-    401; ``X-Visiona-Org`` naming another organisation → 404; over its rate → 429."""
+    401; ``X-Visiona-Org`` (else ``org_id``) naming another organisation → 404; over its
+    rate → 429."""
     app = request.app
     conn = open_connection(request)
     key = await API_KEYS.of(app).resolve(hash_token(plaintext), conn)
     if key is None:
         raise UnauthorizedError("API key expired, revoked or not valid.")
-    requested = requested_org(request)
+    requested = requested_org(request) or org_id
     if requested is not None and requested != key.org_id:
         raise NotFoundError("Organisation not found.")
     creator = await MEMBERSHIPS.of(app).resolve(key.created_by, key.org_id, conn)
@@ -193,16 +196,22 @@ async def api_key_principal(request: HTTPConnection, plaintext: str) -> Principa
     )
 
 
-async def current_principal(request: HTTPConnection) -> Principal:
+async def current_principal(
+    request: HTTPConnection, org_id: uuid.UUID | None = None
+) -> Principal:
     """The caller acting in the requested (or personal) organisation; 404 when they are
     not a member of it (the same answer as an organisation that does not exist). An
-    API key acts in its own organisation (:func:`api_key_principal`)."""
+    API key acts in its own organisation (:func:`api_key_principal`).
+
+    ``org_id`` is asked for when no ``X-Visiona-Org`` header is sent (the header wins):
+    ``GET /events?org=`` for a browser's ``EventSource``, which cannot send headers.
+    """
     bearer = bearer_token(request)
     if bearer is not None and has_prefix(bearer, API_KEY_PREFIX):
-        return await api_key_principal(request, bearer)
+        return await api_key_principal(request, bearer, org_id)
     caller = await current_caller(request)
     access = await MEMBERSHIPS.of(request.app).resolve(
-        caller.user_id, requested_org(request), open_connection(request)
+        caller.user_id, requested_org(request) or org_id, open_connection(request)
     )
     if access is None:
         raise NotFoundError("Organisation not found.")

@@ -304,6 +304,36 @@ class Settings(BaseSettings):
         "(one at start-up, then one per interval).",
     )
 
+    # -- live event stream (events feature) -----------------------------------
+    events_poll_interval: float = Field(
+        0.5,
+        gt=0,
+        le=60,
+        description="Seconds between two reads of newly committed audit events by a node's "
+        "event tail (`GET /api/v1/events`); the tail runs only while a stream is open there.",
+    )
+    events_lookback: float = Field(
+        5.0,
+        gt=0,
+        le=600,
+        description="Seconds each read of the event tail looks back (events commit out of "
+        "order, tunnel events in batches): an event committed later than this after it "
+        "happened is in the audit trail but not on the live stream.",
+    )
+    events_resume_window: int = Field(
+        600,
+        ge=0,
+        le=86400,
+        description="Seconds within which `Last-Event-ID` resumes a stream by replaying the "
+        "missed events; an older or unknown id is answered with a `reset` event.",
+    )
+    events_keepalive: float = Field(
+        15.0,
+        gt=0,
+        le=300,
+        description="Seconds between two keep-alive comments on an idle event stream.",
+    )
+
     # -- cluster (several nodes behind one address) ---------------------------
     node_id: str | None = Field(
         None,
