@@ -13,7 +13,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-from starlette.responses import Response
+from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 _LOGGER = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def retry(milliseconds: int) -> bytes:
     return f"retry: {milliseconds}\n\n".encode()
 
 
-class EventStreamResponse(Response):
+class EventStreamResponse(StreamingResponse):
     """A ``text/event-stream`` response fed by ``frames`` until it ends or the client leaves."""
 
     media_type = MEDIA_TYPE
@@ -49,6 +49,7 @@ class EventStreamResponse(Response):
     def __init__(self, frames: AsyncIterator[bytes], headers: dict[str, str] | None = None):
         """Stream ``frames`` (each one or more complete SSE frames)."""
         super().__init__(
+            frames,
             status_code=200,
             headers={
                 "Cache-Control": "no-cache, no-store",
