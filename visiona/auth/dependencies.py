@@ -196,9 +196,7 @@ async def api_key_principal(
     )
 
 
-async def current_principal(
-    request: HTTPConnection, org_id: uuid.UUID | None = None
-) -> Principal:
+async def current_principal(request: HTTPConnection, org_id: uuid.UUID | None = None) -> Principal:
     """The caller acting in the requested (or personal) organisation; 404 when they are
     not a member of it (the same answer as an organisation that does not exist). An
     API key acts in its own organisation (:func:`api_key_principal`).

@@ -76,6 +76,7 @@ async def _frames(items: AsyncGenerator[object, None]) -> AsyncIterator[bytes]:
 
 @router.get(
     "/events",
+    status_code=200,
     summary="Live events (Server-Sent Events)",
     response_class=EventStreamResponse,
     responses={
