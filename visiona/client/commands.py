@@ -1,5 +1,5 @@
 """Client commands: login/logout, models, devices, deployments, pairing tokens, audit trail,
-organisations, members, API keys, and ``forward`` (a TCP port of a device's PC,
+live events, organisations, members, API keys, and ``forward`` (a TCP port of a device's PC,
 :mod:`visiona.client.forward`).
 
 They talk to a running server over HTTP with the session token saved by ``login``
@@ -1271,6 +1271,63 @@ def render_audit_events(items: list[dict[str, Any]]) -> str:
     return _text(table) + f"{len(items)} event(s)"
 
 
+# -- live events ----------------------------------------------------------------------
+
+
+@one_line_errors
+def events(
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow",
+            "-f",
+            help="Keep printing events as they happen (reconnects by itself; Ctrl-C stops).",
+        ),
+    ] = False,
+    types: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--type",
+            "-t",
+            metavar="TYPE",
+            help="Only this event type: an action (device.renamed) or a family (tunnel.*); "
+            "repeatable.",
+        ),
+    ] = None,
+    limit: Annotated[
+        int, typer.Option("--limit", min=1, help="Without --follow: this many recent events.")
+    ] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+    server: ServerOption = None,
+) -> None:
+    """The organisation's events: the recent ones (oldest first), or with --follow the
+    live stream (GET /events) from now on, one line each."""
+    from visiona.client import events as streaming  # noqa: PLC0415 - httpx only when run
+
+    wanted = list(types or [])
+    with _session(server) as api:
+        if follow:
+            try:
+                streaming.follow(
+                    api,
+                    wanted,
+                    as_json=as_json,
+                    echo=typer.echo,
+                    warn=lambda text: typer.echo(f"warning: {text}", err=True),
+                )
+            except KeyboardInterrupt:
+                raise typer.Exit(0) from None
+            return
+        recent: list[dict[str, Any]] = []
+        for item in api.pages("/audit-events", {"limit": "200"}):
+            if streaming.matches(str(item.get("action", "")), wanted):
+                recent.append(item)
+                if len(recent) >= limit:
+                    break
+    for item in reversed(recent):
+        typer.echo(streaming.render(item, as_json=as_json))
+
+
 # -- organisations, members, API keys --------------------------------------------------
 
 
@@ -1558,6 +1615,7 @@ def register(app: typer.Typer) -> None:
     app.command("login")(login)
     app.command("logout")(logout)
     app.command("forward")(forward)
+    app.command("events")(events)
     app.add_typer(models_app, name="models")
     app.add_typer(devices_app, name="devices")
     app.add_typer(deployments_app, name="deployments")

@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -22,6 +24,9 @@ from visiona.wire import API_PREFIX
 
 API = API_PREFIX
 CHUNK = 1024 * 1024
+#: Seconds an event stream may stay silent before the client reconnects (the server
+#: sends a keep-alive every 15 s by default).
+STREAM_READ_TIMEOUT = 60.0
 
 Progress = Callable[[int], None]
 
@@ -145,6 +150,32 @@ class ApiClient:
                 return
             query["cursor"] = cursor
 
+    @contextmanager
+    def event_stream(
+        self, types: list[str], last_event_id: str | None = None
+    ) -> Iterator[Iterator[ServerEvent]]:
+        """``GET /events?type=…`` open (resuming after ``last_event_id``): its events as
+        they come.
+
+        ``ClientError`` when the server refuses (the message) or cannot be reached; a
+        stream that breaks off later raises ``httpx.TransportError`` from the iterator.
+        """
+        headers = {"Accept": "text/event-stream"}
+        if last_event_id:
+            headers["Last-Event-ID"] = last_event_id
+        request = self._http.build_request(
+            "GET",
+            f"{API}/events",
+            params={"type": types} if types else None,
+            headers=headers,
+            timeout=httpx.Timeout(30.0, read=STREAM_READ_TIMEOUT),
+        )
+        response = self._send(request, stream=True)
+        try:
+            yield parse_sse(response.iter_lines())
+        finally:
+            response.close()
+
     # -- use cases -----------------------------------------------------------------
 
     def login(self, email: str, password: str) -> str:
@@ -230,6 +261,48 @@ class ApiClient:
             raise ClientError("the downloaded file does not match its sha256; nothing was saved")
         partial.replace(dest)
         return model
+
+
+@dataclass
+class ServerEvent:
+    """One Server-Sent Event: its type, data and id (None: the frame had none)."""
+
+    event: str = "message"
+    data: str = ""
+    id: str | None = None
+    #: the server's ``retry:`` hint (milliseconds), when this frame carried one
+    retry: int | None = None
+
+
+def parse_sse(lines: Iterable[str]) -> Iterator[ServerEvent]:
+    """The events of a ``text/event-stream`` read line by line (comments skipped); a
+    block with only ``retry:`` comes as an event of type ``""``."""
+    current = ServerEvent()
+    data: list[str] = []
+    started = False
+    for line in lines:
+        if not line:
+            if started or current.retry is not None:
+                current.data = "\n".join(data)
+                if not started:
+                    current.event = ""
+                yield current
+            current, data, started = ServerEvent(), [], False
+            continue
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if not name:
+            continue
+        if name == "retry":
+            current.retry = int(value) if value.isdigit() else None
+            continue
+        started = True
+        if name == "data":
+            data.append(value)
+        elif name == "event":
+            current.event = value
+        elif name == "id":
+            current.id = value
 
 
 def partial_path(dest: Path, sha256: str) -> Path:
