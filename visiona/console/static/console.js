@@ -195,6 +195,68 @@
     return { stop: () => clearInterval(timer), now: tick };
   }
 
+  // -- live events (GET /api/v1/events, Server-Sent Events) -------------------------
+
+  // The event types each page follows (the stream sends `event: <action>`).
+  const DEVICE_EVENTS = ["device.created", "device.paired", "device.enrolled", "device.renamed", "device.tagged", "device.unpaired"];
+  const TUNNEL_EVENTS = ["tunnel.connected", "tunnel.disconnected", "tunnel.superseded", "tunnel.conflict", "tunnel.closed_revoked"];
+  const DEPLOYMENT_EVENTS = ["deployment.requested", "deployment.succeeded", "deployment.stored", "deployment.failed"];
+  const ROLLOUT_EVENTS = ["rollout.created", "rollout.batch_started", "rollout.batch_finished", "rollout.paused", "rollout.resumed", "rollout.cancelled", "rollout.completed", "rollout.failed"];
+
+  // Follow the organisation's events of `types`: onEvent(action, item) per event, onSync()
+  // after a `reset` and on every (re)connection (what happened while away). The browser
+  // reconnects by itself and resumes with Last-Event-ID. Without EventSource, or once
+  // the stream is refused for good (signed out), `fallback()` polls instead.
+  function liveEvents(types, onEvent, onSync, fallback) {
+    if (!("EventSource" in window)) {
+      fallback();
+      return null;
+    }
+    const params = new URLSearchParams();
+    if (ORG) params.set("org", ORG);  // EventSource cannot send the X-Visiona-Org header
+    // the families of the types (the server filters; the listeners below pick)
+    for (const family of new Set(types.map((type) => type.split(".")[0] + ".*"))) params.append("type", family);
+    const source = new EventSource(API + "/events?" + params.toString());
+    let opened = false;
+    for (const type of types) {
+      source.addEventListener(type, (event) => {
+        let item = null;
+        try {
+          item = JSON.parse(event.data);
+        } catch (err) {
+          return;
+        }
+        onEvent(type, item);
+      });
+    }
+    source.addEventListener("reset", () => onSync());
+    source.addEventListener("open", () => {
+      if (opened) onSync();  // a reconnection: catch up on what the page shows
+      opened = true;
+      document.body.dataset.live = "on";
+    });
+    source.addEventListener("error", () => {
+      if (source.readyState === EventSource.CLOSED) {
+        document.body.dataset.live = "off";
+        fallback();
+      }
+    });
+    window.addEventListener("pagehide", () => source.close());
+    return source;
+  }
+
+  // fn() at most once per `wait` ms, trailing (a burst of events → one refresh).
+  function debounce(fn, wait) {
+    let timer = null;
+    return () => {
+      if (timer) return;
+      timer = setTimeout(() => {
+        timer = null;
+        fn();
+      }, wait);
+    };
+  }
+
   // -- sign in / sign up / sign out ------------------------------------------------
 
   function setupSignIn() {
@@ -305,8 +367,36 @@
       }
       if (event.target.matches("[data-select], [data-select-all]")) updateSelection();
     });
-    devicesPoll = poll(refreshDevices, POLL_MS);
+    const later = debounce(refreshDevices, 1500);
+    liveEvents(
+      [...TUNNEL_EVENTS, ...DEVICE_EVENTS],
+      (action, item) => {
+        // The status badge at once; then the rows again (a device this list does not
+        // show yet, its last-seen time, the filters), once per burst of events.
+        const row = item.device_id && $('tr[data-device-id="' + item.device_id + '"]');
+        const badge = TUNNEL_BADGES[action];
+        if (row && badge) setBadge($("[data-status]", row), badge[0], badge[1]);
+        later();
+      },
+      refreshDevices,
+      () => { devicesPoll = poll(refreshDevices, POLL_MS); }
+    );
     updateSelection();
+  }
+
+  // What a tunnel event makes of a device's status badge: [label, kind].
+  const TUNNEL_BADGES = {
+    "tunnel.connected": ["Online", "online"],
+    "tunnel.disconnected": ["Offline", "offline"],
+    "tunnel.closed_revoked": ["Offline", "offline"],
+  };
+
+  function setBadge(cell, label, kind) {
+    if (!cell) return;
+    const badge = document.createElement("span");
+    badge.className = "badge badge-" + kind;
+    badge.textContent = label;
+    cell.replaceChildren(badge);
   }
 
   async function bulkUnpair() {
@@ -504,7 +594,15 @@
         await refreshRegions(["deployments"]);
       });
     }
-    poll(() => refreshRegions(["device-details"]), POLL_MS);
+    const regions = ["device-details", "remote-access", "deployments", "session-tokens", "history"];
+    const refresh = () => refreshRegions(regions);
+    const later = debounce(refresh, 500);
+    liveEvents(
+      [...TUNNEL_EVENTS, ...DEVICE_EVENTS, ...DEPLOYMENT_EVENTS, "session_token.issued", "session_token.renewed", "session_token.revoked"],
+      (action, item) => { if (item.device_id === id) later(); },
+      refresh,
+      () => poll(() => refreshRegions(["device-details"]), POLL_MS)
+    );
   }
 
   async function unpairOne(button) {
@@ -851,10 +949,19 @@
   }
 
   function setupRollout() {
-    // The list follows its rollouts' states and progress too.
-    if ($('[data-region="rollouts"]')) poll(() => refreshRegions(["rollouts"]), POLL_MS);
+    // The list follows its rollouts' states and progress too (from the event stream).
+    if ($('[data-region="rollouts"]')) {
+      const refresh = () => refreshRegions(["rollouts"]);
+      const later = debounce(refresh, 1000);
+      liveEvents(ROLLOUT_EVENTS, later, refresh, () => poll(refresh, POLL_MS));
+    }
     if (!$("[data-live-rollout]")) return;
-    rolloutPoll = poll(refreshRollout, POLL_MS);
+    const later = debounce(refreshRollout, 500);
+    rolloutPoll = { now: refreshRollout };
+    // Its devices' deployments and the rollout's own steps move its progress.
+    liveEvents([...ROLLOUT_EVENTS, ...DEPLOYMENT_EVENTS], later, refreshRollout, () => {
+      rolloutPoll = poll(refreshRollout, POLL_MS);
+    });
   }
 
   function rolloutAction(verb, done) {
