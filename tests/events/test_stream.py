@@ -9,15 +9,19 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import pytest
 
-from testkit.live import LiveServer
+from testkit.live import LiveServer, serve_app
 from tests.support.api import signup
 from tests.support.apikeys import create_key, key_headers
 from tests.support.devices import API, paired_device
 from tests.support.events import open_stream
 from tests.support.orgs import acting, create_org, member
 from tests.support.tunnel import connect_agent, paired_agent_token
+from visiona.app import create_app
+from visiona.events import endpoints
 from visiona.events.dependencies import EVENTS
+from visiona.kit.settings import Settings
 
 
 async def _rename(
@@ -180,3 +184,23 @@ async def test_a_stream_with_a_timeout_ends_by_itself(http: httpx.AsyncClient) -
     )
     assert response.status_code == 200
     assert response.text.startswith("retry: 3000")
+
+
+async def test_an_open_stream_ends_when_its_caller_signs_out(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(endpoints, "RECHECK_EVERY", 0.1)
+    quick = settings.model_copy(update={"events_keepalive": 0.2})
+    async with (
+        serve_app(create_app(quick), quick) as server,
+        httpx.AsyncClient(base_url=server.url, timeout=30) as http,
+    ):
+        user = await signup(http)
+        http.cookies.clear()
+        async with open_stream(http, user.headers) as stream:
+            await stream.quiet(0.5)
+            assert stream.comments  # keep-alives while the session is valid
+            out = await http.post(f"{API}/auth/logout", headers=user.headers)
+            assert out.status_code == 204, out.text
+            with pytest.raises(EOFError):
+                await stream.quiet(5)

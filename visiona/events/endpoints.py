@@ -9,9 +9,10 @@ send headers), else the personal one. See docs/api-spec.md, "Events (SSE)".
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request
@@ -24,6 +25,7 @@ from visiona.events.service import Closed, KeepAlive, Reset, TypeFilter
 from visiona.events.sse import EventStreamResponse, comment, frame, retry
 from visiona.kit.deps import DatabaseDep, SettingsDep
 from visiona.kit.errors import (
+    AppError,
     NotFoundError,
     ServiceUnavailableError,
     UnauthorizedError,
@@ -36,6 +38,8 @@ router = APIRouter(tags=["events"])
 
 #: The reconnection delay suggested to clients (``retry:``), in milliseconds.
 RETRY_MS = 3000
+#: Seconds between two checks that an open stream's caller may still read it.
+RECHECK_EVERY = 60.0
 
 
 async def _reader(
@@ -57,11 +61,15 @@ _reader.visiona_permission = Permission.READ  # type: ignore[attr-defined]  # re
 Reader = Annotated[Principal, Depends(_reader)]
 
 
-async def _frames(items: AsyncGenerator[object, None]) -> AsyncIterator[bytes]:
+async def _frames(
+    items: AsyncGenerator[object, None], still_allowed: Callable[[], Awaitable[bool]]
+) -> AsyncIterator[bytes]:
     try:
         yield retry(RETRY_MS)
         async for item in items:
             if isinstance(item, KeepAlive):
+                if not await still_allowed():
+                    return  # signed out, removed from the organisation, key revoked
                 yield comment("keep-alive")
             elif isinstance(item, Reset):
                 yield frame(json.dumps({"reason": item.reason}), event="reset")
@@ -94,6 +102,7 @@ async def _frames(items: AsyncGenerator[object, None]) -> AsyncIterator[bytes]:
 )
 async def stream_events(
     *,
+    request: Request,
     principal: Reader,
     hub: EventsDep,
     db: DatabaseDep,
@@ -144,4 +153,24 @@ async def stream_events(
         lifetime=lifetime,
     )
     await anext(items)  # subscribed and replay read: failures are still an HTTP error
-    return EventStreamResponse(_frames(items))
+    return EventStreamResponse(_frames(items, _recheck(request, principal)))
+
+
+def _recheck(request: Request, principal: Principal) -> Callable[[], Awaitable[bool]]:
+    """Whether the caller may still read the stream, asked again at most every
+    :data:`RECHECK_EVERY` seconds (at a keep-alive): a session signed out or expired, a
+    membership ended or a key revoked ends an open stream within that time."""
+    loop = asyncio.get_running_loop()
+    checked = [loop.time()]
+
+    async def still_allowed() -> bool:
+        if loop.time() - checked[0] < RECHECK_EVERY:
+            return True
+        checked[0] = loop.time()
+        try:
+            again = await _reader(request, principal.org_id)
+        except AppError:
+            return False
+        return again.org_id == principal.org_id
+
+    return still_allowed

@@ -949,19 +949,23 @@
   }
 
   function setupRollout() {
-    // The list follows its rollouts' states and progress too (from the event stream).
+    // The rollout pages refresh at once on the rollout and deployment events of the
+    // stream, and keep their poll: a device's own state in a rollout (waiting,
+    // transferring) changes without an audit event.
     if ($('[data-region="rollouts"]')) {
       const refresh = () => refreshRegions(["rollouts"]);
-      const later = debounce(refresh, 1000);
-      liveEvents(ROLLOUT_EVENTS, later, refresh, () => poll(refresh, POLL_MS));
+      poll(refresh, POLL_MS);
+      liveEvents(ROLLOUT_EVENTS, debounce(refresh, 300), refresh, () => {});
     }
     if (!$("[data-live-rollout]")) return;
-    const later = debounce(refreshRollout, 500);
-    rolloutPoll = { now: refreshRollout };
-    // Its devices' deployments and the rollout's own steps move its progress.
-    liveEvents([...ROLLOUT_EVENTS, ...DEPLOYMENT_EVENTS], later, refreshRollout, () => {
-      rolloutPoll = poll(refreshRollout, POLL_MS);
-    });
+    rolloutPoll = poll(refreshRollout, POLL_MS);
+    const rolloutId = $("h1[data-rollout-id]").dataset.rolloutId;
+    const later = debounce(refreshRollout, 300);
+    // this rollout's steps, and deployments to the devices it lists
+    const ours = (action, item) => action.startsWith("rollout.")
+      ? item.target_id === rolloutId
+      : Boolean(item.device_id && $('table.rollout-devices tr[data-device-id="' + item.device_id + '"]'));
+    liveEvents([...ROLLOUT_EVENTS, ...DEPLOYMENT_EVENTS], (action, item) => { if (ours(action, item)) later(); }, refreshRollout, () => {});
   }
 
   function rolloutAction(verb, done) {
