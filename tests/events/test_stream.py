@@ -204,3 +204,11 @@ async def test_an_open_stream_ends_when_its_caller_signs_out(
             assert out.status_code == 204, out.text
             with pytest.raises(EOFError):
                 await stream.quiet(5)
+
+
+async def test_head_answers_the_stream_headers_without_a_body(http: httpx.AsyncClient) -> None:
+    user = await signup(http)
+    response = await asyncio.wait_for(http.head(f"{API}/events", headers=user.headers), 10)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.content == b""

@@ -142,7 +142,9 @@ class EventHub:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    def _deliver(self, events: list[AuditEvent]) -> None:
+    def deliver(self, events: list[AuditEvent]) -> None:
+        """Hand ``events`` (one read of the tail, oldest first) to their organisation's
+        subscribers; a full queue closes its subscriber (``slow``)."""
         for subscription in list(self._subscribers):
             for event in events:
                 if event.org_id != subscription.org_id:
@@ -155,7 +157,7 @@ class EventHub:
                     break
 
     async def _run(self, primed: asyncio.Future[None]) -> None:
-        tail = Tail(self._db, lookback=self._lookback, deliver=self._deliver)
+        tail = Tail(self._db, lookback=self._lookback, deliver=self.deliver)
         try:
             await tail.prime()
         except Exception as err:  # noqa: BLE001 - the subscribers get a 503

@@ -80,7 +80,7 @@ class EventStreamResponse(StreamingResponse):
             return  # the client left
         failure = sender.exception()
         if failure is not None and not isinstance(failure, OSError):
-            _LOGGER.error("event stream failed: %r", failure, exc_info=failure)
+            raise failure  # the edge's to handle (HEAD's dropped body; a bug: logged)
         with contextlib.suppress(OSError):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 
