@@ -3,6 +3,7 @@ real subprocess printing an event as it happens."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -11,6 +12,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -22,7 +24,8 @@ from tests.support.devices import serial
 from tests.support.settings import make_settings
 from visiona.app import create_app
 from visiona.cli import app as cli
-from visiona.client.http import parse_sse
+from visiona.client.events import follow
+from visiona.client.http import ServerEvent, parse_sse
 from visiona.events.dependencies import EVENTS
 from visiona.kit import migrate
 
@@ -152,3 +155,57 @@ def test_the_sse_parser_reads_frames_comments_and_retry() -> None:
         ("reset", None, None),
     ]
     assert events[1].data == '{"a":\n1}'
+
+
+class _DroppingApi:
+    """An API whose event stream breaks off after each scripted batch of events."""
+
+    def __init__(self, batches: list[list[ServerEvent]]) -> None:
+        self.batches = batches
+        self.resumed_after: list[str | None] = []
+
+    @contextlib.contextmanager
+    def event_stream(
+        self, types: list[str], last_event_id: str | None = None
+    ) -> Iterator[Iterator[ServerEvent]]:
+        assert types == []
+        self.resumed_after.append(last_event_id)
+        batch = self.batches.pop(0)
+
+        def events() -> Iterator[ServerEvent]:
+            yield from batch
+            raise httpx.ReadError("dropped")
+
+        yield events()
+
+
+def _server_event(number: int) -> ServerEvent:
+    body = {"id": str(number), "action": "device.renamed", "detail": {"to": str(number)}}
+    return ServerEvent(event="device.renamed", data=json.dumps(body), id=str(number))
+
+
+def test_follow_reconnects_after_a_drop_resuming_after_the_last_event_printed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(time, "sleep", lambda _seconds: None)
+    api = _DroppingApi(
+        [
+            [ServerEvent(event="", retry=3000), _server_event(1), _server_event(2)],
+            [ServerEvent(event="reset", data='{"reason":"too_old"}'), _server_event(3)],
+        ]
+    )
+    printed: list[str] = []
+    warnings: list[str] = []
+    count = follow(
+        cast("Any", api),
+        [],
+        as_json=True,
+        echo=printed.append,
+        warn=warnings.append,
+        max_events=3,
+    )
+    assert count == 3
+    assert [json.loads(line)["id"] for line in printed] == ["1", "2", "3"]
+    assert api.resumed_after == [None, "2"]
+    assert any("broke off" in text for text in warnings)
+    assert any("missed" in text for text in warnings)
