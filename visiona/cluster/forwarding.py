@@ -45,6 +45,8 @@ USER_HEADER = "x-visiona-user"
 #: The organisation the forwarded caller acts in: the other node checks the device
 #: against it (issue 22), as this node would.
 ORG_HEADER = "x-visiona-caller-org"
+#: The API key the forwarded caller authenticated with, if any (audit events name it).
+KEY_HEADER = "x-visiona-caller-key"
 CLIENT_HEADER = "x-visiona-client"
 PROTO_HEADER = "x-visiona-proto"
 PREFIX_HEADER = "x-visiona-prefix"
@@ -103,6 +105,7 @@ class Forwarder:
         prefix: str,
         user_id: uuid.UUID,
         org_id: uuid.UUID,
+        api_key_id: uuid.UUID | None = None,
     ) -> Response:
         """Send ``request`` to ``owner`` over the link and stream its answer back."""
         try:
@@ -124,6 +127,7 @@ class Forwarder:
             "hop": 1,
             "user": str(user_id),
             "org": str(org_id),
+            "key": None if api_key_id is None else str(api_key_id),
             "request_id": request_id_var.get(),
             "client": client[0] if client else "unknown",
             "scheme": scope.get("scheme", "http"),
@@ -142,16 +146,24 @@ class Forwarder:
         return LinkResponse(exchange, status, headers)
 
     def internal_headers(
-        self, *, user_id: uuid.UUID, org_id: uuid.UUID, client: str | None
+        self,
+        *,
+        user_id: uuid.UUID,
+        org_id: uuid.UUID,
+        client: str | None,
+        api_key_id: uuid.UUID | None = None,
     ) -> dict[str, str]:
         """The headers an internal call carries: the token, the user and their organisation,
-        the client address."""
-        return {
+        the API key they used (if any), the client address."""
+        headers = {
             TOKEN_HEADER: self._token,
             USER_HEADER: str(user_id),
             ORG_HEADER: str(org_id),
             CLIENT_HEADER: client or "",
         }
+        if api_key_id is not None:
+            headers[KEY_HEADER] = str(api_key_id)
+        return headers
 
     async def call(
         self,
@@ -214,6 +226,7 @@ class Forwarder:
 __all__ = [
     "CLIENT_HEADER",
     "INTERNAL_PREFIX",
+    "KEY_HEADER",
     "ORG_HEADER",
     "PREFIX_HEADER",
     "PROTO_HEADER",

@@ -63,6 +63,7 @@ class ProxyHere(Protocol):
         org_id: uuid.UUID,
         target: bytes,
         prefix: str,
+        api_key_id: uuid.UUID | None = None,
     ) -> Response:
         """The response to relay back (an :class:`AppError` is answered as its error)."""
         ...
@@ -220,6 +221,8 @@ async def _serve_proxy(here: ProxyHere, stream: Stream, head: dict[str, Any]) ->
     try:
         user_id = uuid.UUID(str(head["user"]))
         org_id = uuid.UUID(str(head["org"]))
+        key = head.get("key")
+        api_key_id = uuid.UUID(str(key)) if key else None
         device_id = uuid.UUID(str(head["device"]))
         target = str(head["target"]).encode("latin-1")
         prefix = str(head["prefix"])
@@ -250,6 +253,7 @@ async def _serve_proxy(here: ProxyHere, stream: Stream, head: dict[str, Any]) ->
             org_id=org_id,
             target=target,
             prefix=prefix,
+            api_key_id=api_key_id,
         )
     except YamuxError:
         raise

@@ -59,6 +59,7 @@ class Peer:
         prefix: str,
         user_id: uuid.UUID,
         org_id: uuid.UUID,
+        api_key_id: uuid.UUID | None = None,
     ) -> Response:
         """Relay ``request`` to the node over the link (a ``proxy`` stream), streamed both ways."""
         return await self._forwarder.proxy(
@@ -69,15 +70,23 @@ class Peer:
             prefix=prefix,
             user_id=user_id,
             org_id=org_id,
+            api_key_id=api_key_id,
         )
 
     def internal_headers(
-        self, *, user_id: uuid.UUID, org_id: uuid.UUID, client: str | None
+        self,
+        *,
+        user_id: uuid.UUID,
+        org_id: uuid.UUID,
+        client: str | None,
+        api_key_id: uuid.UUID | None = None,
     ) -> dict[str, str]:
         """The headers a call of another kind (a WebSocket) to the node's internal routes
         carries: the internal token, the original user, their organisation and the client's
         address."""
-        return self._forwarder.internal_headers(user_id=user_id, org_id=org_id, client=client)
+        return self._forwarder.internal_headers(
+            user_id=user_id, org_id=org_id, client=client, api_key_id=api_key_id
+        )
 
     async def call(
         self, path: str, *, user_id: uuid.UUID, org_id: uuid.UUID, body: dict[str, Any]

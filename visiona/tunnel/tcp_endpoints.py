@@ -49,7 +49,13 @@ from starlette.websockets import WebSocketDisconnect
 from visiona.audit import service as audit
 from visiona.auth.dependencies import require
 from visiona.cluster.dependencies import CLUSTER, forwarded_caller
-from visiona.cluster.forwarding import CLIENT_HEADER, ORG_HEADER, TOKEN_HEADER, USER_HEADER
+from visiona.cluster.forwarding import (
+    CLIENT_HEADER,
+    KEY_HEADER,
+    ORG_HEADER,
+    TOKEN_HEADER,
+    USER_HEADER,
+)
 from visiona.devices.dependencies import DEVICES
 from visiona.kit.database import map_db_error
 from visiona.kit.deps import runtime_of
@@ -119,6 +125,7 @@ async def _admit(  # noqa: PLR0917 - who (user, organisation), where, from where
     client: str | None,
     *,
     may_hop: bool,
+    api_key_id: uuid.UUID | None = None,
 ) -> tuple[Forward, TunnelLink] | Peer:
     """Every check made before the upgrade: the admitted forward (holding its slots) and
     this node's tunnel, or (``may_hop``) the other node of the cluster holding the tunnel."""
@@ -135,7 +142,13 @@ async def _admit(  # noqa: PLR0917 - who (user, organisation), where, from where
         raise mapped from err
     hub = HUB.of(websocket.app)
     forwards = hub.forwards
-    forward = Forward(device_id=device_id, org_id=device.org_id, user_id=user_id, port=port)
+    forward = Forward(
+        device_id=device_id,
+        org_id=device.org_id,
+        user_id=user_id,
+        port=port,
+        api_key_id=api_key_id,
+    )
     if device.tcp_ports is not None and port not in device.tcp_ports:
         forwards.refused["not_allowed"] += 1
         allowed = ", ".join(str(p) for p in device.tcp_ports) or "none"
@@ -180,7 +193,14 @@ async def device_tcp(websocket: WebSocket) -> None:
         device_id, port = _parse(str(params["device_id"]), str(params["port"]))
         principal = await require(Permission.PROXY)(websocket)
         admitted = await _admit(
-            websocket, principal.user_id, principal.org_id, device_id, port, client, may_hop=True
+            websocket,
+            principal.user_id,
+            principal.org_id,
+            device_id,
+            port,
+            client,
+            may_hop=True,
+            api_key_id=principal.api_key_id,
         )
     except AppError as err:
         await _deny(websocket, err)
@@ -189,7 +209,8 @@ async def device_tcp(websocket: WebSocket) -> None:
         from visiona.tunnel.tcp_hop import hop  # noqa: PLC0415 - the cluster's client, when used
 
         await hop(runtime.settings, websocket, admitted, f"/devices/{device_id}/tcp/{port}",
-                  user_id=principal.user_id, org_id=principal.org_id, client=client)  # fmt: skip
+                  user_id=principal.user_id, org_id=principal.org_id, client=client,
+                  api_key_id=principal.api_key_id)  # fmt: skip
         return
     await _run(runtime, websocket, *admitted, client)
 
@@ -204,12 +225,21 @@ async def internal_device_tcp(websocket: WebSocket) -> None:
         if not CLUSTER.of(websocket.app).accepts(websocket.headers.get(TOKEN_HEADER)):
             raise UnauthorizedError("Missing or invalid internal token.")
         caller = forwarded_caller(
-            websocket.headers.get(USER_HEADER), websocket.headers.get(ORG_HEADER)
+            websocket.headers.get(USER_HEADER),
+            websocket.headers.get(ORG_HEADER),
+            websocket.headers.get(KEY_HEADER),
         )
         device_id, port = _parse(str(params["device_id"]), str(params["port"]))
         client = websocket.headers.get(CLIENT_HEADER) or None
         admitted = await _admit(
-            websocket, caller.user_id, caller.org_id, device_id, port, client, may_hop=False
+            websocket,
+            caller.user_id,
+            caller.org_id,
+            device_id,
+            port,
+            client,
+            may_hop=False,
+            api_key_id=caller.api_key_id,
         )
     except AppError as err:
         await _deny(websocket, err)
@@ -323,7 +353,7 @@ async def _record(
             await audit.record(
                 conn,
                 action,
-                actor=audit.Actor.user(forward.user_id),
+                actor=audit.Actor.acting(forward.user_id, forward.api_key_id),
                 org_id=forward.org_id,
                 target_id=forward.device_id,
                 device_id=forward.device_id,

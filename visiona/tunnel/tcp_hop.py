@@ -62,10 +62,13 @@ async def hop(
     user_id: uuid.UUID,
     org_id: uuid.UUID,
     client: str | None,
+    api_key_id: uuid.UUID | None = None,
 ) -> None:
     """Carry the caller's forward (``path``: ``/devices/{id}/tcp/{port}``) to ``peer``."""
     owner = peer.owner
-    headers = peer.internal_headers(user_id=user_id, org_id=org_id, client=client)
+    headers = peer.internal_headers(
+        user_id=user_id, org_id=org_id, client=client, api_key_id=api_key_id
+    )
     try:
         upstream = await connect(
             _ws_url(owner, path),
