@@ -6,6 +6,7 @@ lifespan builds the engine, Redis and the stores from them.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -64,6 +65,8 @@ from visiona.tunnel.endpoints import internal_router as tunnel_internal_router
 from visiona.tunnel.endpoints import router as tunnel_router
 from visiona.tunnel.hub import TunnelHub
 from visiona.tunnel.relay import Relay
+from visiona.tunnel.tcp_endpoints import serve_forward
+from visiona.tunnel.tcp_link import KIND as FORWARD_KIND
 from visiona.wire import API_PREFIX
 
 _LOGGER = logging.getLogger(__name__)
@@ -177,6 +180,7 @@ async def run_features(
         # What another node's link carries here, served from this node's tunnels only.
         cluster.handlers.proxy(relay.here)
         cluster.handlers.call(LINK_KIND, delivery.on_link_call)
+        cluster.handlers.stream(FORWARD_KIND, functools.partial(serve_forward, app))
         # Rollouts: the scheduler runs on every node, acts under its lease (after the
         # deployments' recovery above failed what a previous run left unfinished).
         scheduler = Scheduler(db, settings, delivery, build_lease(runtime.redis, cluster))

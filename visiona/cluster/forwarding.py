@@ -95,6 +95,27 @@ class Forwarder:
         session = await self.pool.link(owner.url).session()
         return await session.open_stream()
 
+    async def open_stream(self, owner: Owner, head: dict[str, Any]) -> Stream:
+        """A new stream to ``owner`` of the kind ``head["kind"]``, its header written (the
+        version, hop count and request id added); the caller reads the answer and owns
+        the stream. :class:`NodeUnreachableError` when the link cannot be had."""
+        try:
+            stream = await self._open(owner)
+        except (LinkError, YamuxError) as err:
+            _LOGGER.debug(
+                "cluster: node %s is unreachable for a %s stream: %s",
+                owner.node_id,
+                head.get("kind"),
+                err or type(err).__name__,
+            )
+            raise NodeUnreachableError() from err
+        header = {"v": VERSION, "hop": 1, "request_id": request_id_var.get(), **head}
+        try:
+            stream.write(encode_head(header))
+        except YamuxError as err:
+            raise NodeUnreachableError() from err
+        return stream
+
     async def proxy(
         self,
         owner: Owner,

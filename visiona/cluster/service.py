@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
     from visiona.cluster.registry import Owner
     from visiona.kit.settings import Settings
+    from visiona.yamux import Stream
 
 _LOGGER = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -87,6 +88,12 @@ class Peer:
         return self._forwarder.internal_headers(
             user_id=user_id, org_id=org_id, client=client, api_key_id=api_key_id
         )
+
+    async def open_stream(self, head: dict[str, Any]) -> Stream:
+        """A stream to the node, of the kind ``head["kind"]`` with ``head`` written; its
+        handler there (:meth:`LinkHandlers.stream`) answers on it. Raises
+        :class:`~visiona.cluster.linkexchange.NodeUnreachableError` (502)."""
+        return await self._forwarder.open_stream(self.owner, head)
 
     async def call(
         self, path: str, *, user_id: uuid.UUID, org_id: uuid.UUID, body: dict[str, Any]
