@@ -4,11 +4,11 @@ N lightweight agents in this process (:class:`bench.bench_scale.Fleet`: the agen
 picows WebSocket and yamux session) are enrolled in bulk with one enrollment key (which
 tags them ``bench=rollout``) against a real ``visiona serve`` on PostgreSQL + Redis.
 Each answers a deployment stream as ``visiona agent`` does (:mod:`visiona.agent.deploy`:
-the same head parser, the same JSON answers, 422 ``sha256_mismatch`` when the bytes do
-not match the ``X-Visiona-Sha256`` header) but hashes the body as it arrives instead of
-storing it (1 MiB reads, hashlib incremental: an agent never holds the file), then
-reports the model it runs on ``POST /agent/status`` as the agent does; any other stream
-(a proxied request) gets a tiny HTTP answer.
+the same checks of the head, the same JSON answers, 422 ``sha256_mismatch`` when the
+bytes do not match the ``X-Visiona-Sha256`` header) but hashes the body as it arrives
+instead of storing it (1 MiB reads, hashlib incremental: an agent never holds the
+file), then reports the model it runs on ``POST /agent/status`` as the agent does; any
+other stream (a proxied request) gets a tiny HTTP answer.
 
 Two windows, in the same run and with the same polling:
 
@@ -34,16 +34,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import os
 import re
 import tempfile
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import h11
 import httpx
 
 from bench.bench_scale import (
@@ -61,9 +64,16 @@ from bench.bench_scale import (
 )
 from bench.support import LoadResult
 from testkit.servers import PostgresServer, RedisServer, free_port
-from visiona.agent.deploy import RESERVED, DeployError, _answer, _read_head
+from visiona.agent.deploy import RESERVED
 from visiona.kit.fdlimit import raise_nofile_limit
-from visiona.wire import API_PREFIX, ENROLL_PATH, STATUS_PATH, TUNNEL_PATH
+from visiona.wire import (
+    API_PREFIX,
+    ENROLL_PATH,
+    MODELS_PATH,
+    SHA256_HEADER,
+    STATUS_PATH,
+    TUNNEL_PATH,
+)
 from visiona.yamux import Config, Stream, YamuxError
 
 API = API_PREFIX
@@ -81,10 +91,82 @@ CHIP = "kl520"
 #: the agent's own yamux receive window (``visiona agent --stream-window``'s default)
 STREAM_WINDOW = 16 * 1024 * 1024
 _FIRST_READ = 64 * 1024
+_HEAD_LIMIT = 16 * 1024
 _READ_SIZE = 1024 * 1024
 _ENROLLING = 16
 _END_STATES = frozenset({"completed", "paused", "cancelled", "failed"})
 REPRODUCE = "BENCH_ROLLOUT_N=1000 .venv/bin/python -m bench rollout"
+
+
+class RefusedError(Exception):
+    """A deployment the agent answers with an error: ``status`` and ``code``."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        """Remember the answer to give."""
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class _Request:
+    model_id: uuid.UUID
+    length: int
+    sha256: str
+
+
+async def _request_head(stream: Stream, data: bytes) -> tuple[_Request, bytes]:
+    """The deployment's head, checked as ``visiona agent`` checks it (``visiona.agent.
+    deploy``: at most 16 KiB, a UUID after ``/visiona/models/``, ``Content-Length``, a hex
+    ``X-Visiona-Sha256``), and the body bytes already read."""
+    while b"\r\n\r\n" not in data:
+        if len(data) > _HEAD_LIMIT:
+            raise RefusedError(400, "bad_request", "The request head is too large.")
+        more = await stream.read(_FIRST_READ)
+        if not more:
+            raise asyncio.IncompleteReadError(data, None)
+        data += more
+    end = data.index(b"\r\n\r\n") + 4
+    if end > _HEAD_LIMIT:
+        raise RefusedError(400, "bad_request", "The request head is too large.")
+    conn = h11.Connection(h11.SERVER)
+    conn.receive_data(data[:end])
+    try:
+        event = conn.next_event()
+    except h11.RemoteProtocolError as err:
+        raise RefusedError(400, "bad_request", f"Invalid request: {err}") from err
+    if not isinstance(event, h11.Request):
+        raise RefusedError(400, "bad_request", "Invalid request.")
+    headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in event.headers}
+    target = event.target.decode("latin-1").split("?", 1)[0]
+    try:
+        model_id = uuid.UUID(target.removeprefix(MODELS_PATH))
+    except ValueError:
+        raise RefusedError(400, "bad_request", "The model id is not a UUID.") from None
+    length = headers.get("content-length", "")
+    sha256 = headers.get(SHA256_HEADER.lower(), "").strip().lower()
+    if not length.isdigit():
+        raise RefusedError(400, "bad_request", "Content-Length is required.")
+    if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+        raise RefusedError(400, "bad_request", f"{SHA256_HEADER} must be a hex sha256.")
+    return _Request(model_id, int(length), sha256), data[end:]
+
+
+_REASONS = {200: "OK", 400: "Bad Request", 422: "Unprocessable Content"}
+
+
+def _reply(stream: Stream, status: int, body: dict[str, Any]) -> None:
+    """The agent's answer to a deployment: a small JSON body, then the end of the stream."""
+    payload = json.dumps(body, separators=(",", ":")).encode()
+    head = (
+        f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\n"
+        "Content-Type: application/json\r\n"
+        f"Content-Length: {len(payload)}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode("ascii")
+    stream.write(head + payload)
+    stream.write_eof()
 
 
 @dataclass
@@ -143,10 +225,10 @@ class Agents:
         try:
             try:
                 status, body = 200, await self._receive(stream, head, token)
-            except DeployError as err:
+            except RefusedError as err:
                 self.failures[err.code] += 1
                 status, body = err.status, {"error": {"code": err.code, "message": err.message}}
-            _answer(stream, status, body)
+            _reply(stream, status, body)
             await stream.drain()
         except (YamuxError, asyncio.IncompleteReadError):
             self.failures["stream"] += 1
@@ -156,9 +238,9 @@ class Agents:
             stream.close()
 
     async def _receive(self, stream: Stream, head: bytes, token: str) -> dict[str, Any]:
-        request, first = await _read_head(stream, head)
+        request, first = await _request_head(stream, head)
         if len(first) > request.length:
-            raise DeployError(400, "bad_request", "More data than Content-Length.")
+            raise RefusedError(400, "bad_request", "More data than Content-Length.")
         digest = hashlib.sha256(first)
         left = request.length - len(first)
         while left:
@@ -168,7 +250,7 @@ class Agents:
             digest.update(chunk)
             left -= len(chunk)
         if digest.hexdigest() != request.sha256:
-            raise DeployError(422, "sha256_mismatch", "The file's sha256 does not match.")
+            raise RefusedError(422, "sha256_mismatch", "The file's sha256 does not match.")
         self.verified_bytes += request.length
         self.deployed[self.devices[token]] += 1
         # as the agent's on_deployed: remember the model and wake the status reporter
