@@ -64,6 +64,7 @@ from visiona.tunnel.endpoints import internal_router as tunnel_internal_router
 from visiona.tunnel.endpoints import router as tunnel_router
 from visiona.tunnel.hub import TunnelHub
 from visiona.tunnel.relay import Relay
+from visiona.webhooks.endpoints import router as webhooks_router
 from visiona.wire import API_PREFIX
 
 _LOGGER = logging.getLogger(__name__)
@@ -267,6 +268,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # audit feature routers
     app.include_router(audit_router, prefix=API_PREFIX)
+    # webhooks feature router (endpoints, test events, delivery log)
+    app.include_router(webhooks_router, prefix=API_PREFIX)
     app.include_router(ops_router)
     # the routes other cluster nodes forward to: the node link (the cluster's), and each
     # feature's own HTTP route (older nodes, during a rolling upgrade)
