@@ -188,7 +188,7 @@ async def delete_webhook(webhook_id: uuid.UUID, principal: WebhookAdmin, conn: C
         ValidationFailedError,
     ),
 )
-async def test_webhook(
+async def send_test_event(
     webhook_id: uuid.UUID, principal: WebhookAdmin, conn: Conn
 ) -> QueuedTestEvent:
     """Queue one `webhook.test` event for this endpoint only, due now; follow it in the
