@@ -141,7 +141,7 @@ async def test_a_url_that_is_not_http_with_a_host_is_invalid_webhook_url(
 
 async def test_an_unknown_event_type_is_refused_with_its_code(client: httpx.AsyncClient) -> None:
     owner = await signup(client)
-    for events in (["device.exploded"], ["nope.*"], ["webhook.test"], ["device.*", "devices"]):
+    for events in (["device.exploded"], ["nope.*"], ["webhook.tested"], ["device.*", "devices"]):
         response = await client.post(
             f"{API}/webhooks", json={"url": HOOK, "events": events}, headers=owner.headers
         )
@@ -156,6 +156,8 @@ async def test_an_unknown_event_type_is_refused_with_its_code(client: httpx.Asyn
         assert error_code(response) == "validation_error"
     made = await _create(client, owner.headers, ["*", "tunnel.connected", "webhook.*"])
     assert made["events"] == ["*", "tunnel.connected", "webhook.*"]
+    tests_only = await _create(client, owner.headers, ["webhook.test"], url=f"{HOOK}/t")
+    assert tests_only["events"] == ["webhook.test"]
     patched = await client.patch(
         f"{API}/webhooks/{made['id']}", json={"events": ["x.y"]}, headers=owner.headers
     )

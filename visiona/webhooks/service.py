@@ -10,7 +10,8 @@ Rules (issue 25):
   ``http``/``https`` with a host, no user:password, at most :data:`MAX_URL_LENGTH`
   characters (where it may point — not loopback, private or metadata addresses — is
   checked when delivering, after DNS resolution).
-- Its events are audit actions, families (``device.*``) or ``*``; they are stored
+- Its events are audit actions, families (``device.*``) or ``*`` (and ``webhook.test``,
+  which changes nothing: test events go to one endpoint regardless); they are stored
   sorted and distinct, and as one subscription row each (what the outbox matches).
 - Its secret (``whsec_`` + base64 of 32 random bytes, the Standard Webhooks format) is
   returned by :func:`create_endpoint` only and never logged.
@@ -50,7 +51,8 @@ MAX_ENDPOINTS = 20
 MAX_URL_LENGTH = 2048
 #: The prefix of a signing secret (Standard Webhooks).
 SECRET_PREFIX = "whsec_"  # noqa: S105 - a prefix, not a secret
-#: The event type of a test event (sent by the test route only; never subscribed to).
+#: The event type of a test event: sent by the test route to one endpoint whatever its
+#: subscriptions (naming it among them is allowed and changes nothing).
 TEST_EVENT = "webhook.test"
 #: ``disabled_reason`` of an endpoint a user disabled.
 DISABLED_BY_USER = "disabled by a user"
@@ -124,7 +126,9 @@ def check_events(events: list[str]) -> tuple[str, ...]:
     """The distinct, sorted event types of ``events`` (422 ``unknown_event_type`` else)."""
     wanted = {event.strip() for event in events}
     unknown = sorted(
-        e for e in wanted if e != EVERY_EVENT and e not in ACTIONS and e not in FAMILIES
+        e
+        for e in wanted
+        if e not in (EVERY_EVENT, TEST_EVENT) and e not in ACTIONS and e not in FAMILIES
     )
     if unknown:
         raise UnknownEventTypeError(
