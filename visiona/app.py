@@ -67,6 +67,7 @@ from visiona.tunnel.hub import TunnelHub
 from visiona.tunnel.relay import Relay
 from visiona.tunnel.tcp_endpoints import serve_forward
 from visiona.tunnel.tcp_link import KIND as FORWARD_KIND
+from visiona.webhooks.endpoints import router as webhooks_router
 from visiona.wire import API_PREFIX
 
 _LOGGER = logging.getLogger(__name__)
@@ -271,6 +272,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # audit feature routers
     app.include_router(audit_router, prefix=API_PREFIX)
+    # webhooks feature router (endpoints, test events, delivery log)
+    app.include_router(webhooks_router, prefix=API_PREFIX)
     app.include_router(ops_router)
     # the routes other cluster nodes forward to: the node link (the cluster's), and each
     # feature's own HTTP route (older nodes, during a rolling upgrade)
