@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,14 +49,24 @@ N = int(os.environ.get("BENCH_SCALE_N", "200"))
 #: a period, and /proc's 10 ms CPU ticks make 5 s read 0.2 % steps)
 IDLE_SECONDS = float(os.environ.get("BENCH_SCALE_IDLE", "30"))
 PROXIED = 200
-_ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+#: answers one stream an agent accepted; the second argument is the agent's session token
+StreamHandler = Callable[[Stream, str], Coroutine[Any, Any, None]]
 
 
 @dataclass
 class Fleet:
-    """The in-process agents: their loops, how many are up, what the upgrades answered."""
+    """The in-process agents: their loops, how many are up, what the upgrades answered.
+
+    ``handler`` answers each stream an agent accepts (given the agent's session token;
+    by default a tiny HTTP answer), ``on_up`` hears of each tunnel up (with the token),
+    ``config`` is the agents' yamux configuration.
+    """
 
     ws_url: str
+    handler: StreamHandler = field(default=lambda stream, _token: _answer(stream))
+    on_up: Callable[[str], None] | None = None
+    config: Config = field(default_factory=lambda: Config(enable_keepalive=False))
     up: int = 0
     answers: dict[str, int] = field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -83,9 +93,11 @@ class Fleet:
             else:
                 self.count("101")
                 backoff = 0.5
-                session = Session(socket.feed, client=False, config=Config(enable_keepalive=False))
-                accepting = asyncio.create_task(_answer_streams(session))
+                session = Session(socket.feed, client=False, config=self.config)
+                accepting = asyncio.create_task(_answer_streams(session, self.handler, token))
                 self.up += 1
+                if self.on_up is not None:
+                    self.on_up(token)
                 stopping = asyncio.create_task(self.stop.wait())
                 closed = asyncio.create_task(session.closed.wait())
                 await asyncio.wait({stopping, closed}, return_when=asyncio.FIRST_COMPLETED)
@@ -107,36 +119,45 @@ class Fleet:
         await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
-async def _answer_streams(session: Session) -> None:
-    with contextlib.suppress(YamuxError):
-        while True:
-            stream = await session.accept_stream()
-            asyncio.get_running_loop().create_task(_answer(stream))
+async def _answer_streams(session: Session, handler: StreamHandler, token: str) -> None:
+    tasks: set[asyncio.Task[None]] = set()  # referenced until done
+    try:
+        with contextlib.suppress(YamuxError):
+            while True:
+                stream = await session.accept_stream()
+                task = asyncio.get_running_loop().create_task(handler(stream, token))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 async def _answer(stream: Stream) -> None:
     try:
         await stream.readuntil(b"\r\n\r\n")
-        stream.write(_ANSWER)
+        stream.write(ANSWER)
         stream.write_eof()
         await stream.drain()
     except (YamuxError, asyncio.IncompleteReadError):
         stream.reset()
 
 
-def _rss_kib(pid: int) -> int:
+def rss_kib(pid: int) -> int:
+    """The resident memory of process ``pid`` in KiB (from /proc)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
 
 
-def _cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> float:
+    """The CPU seconds (user + system) process ``pid`` has used (from /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def _until(predicate: Any, limit: float = 600, step: float = 0.05) -> float:
+async def until(predicate: Any, limit: float = 600, step: float = 0.05) -> float:
     """Seconds until ``await predicate()`` is true (polled every ``step`` s; bounded).
 
     The API is polled every 0.25 s (the status batch interval): a poll lists every device,
@@ -151,7 +172,8 @@ async def _until(predicate: Any, limit: float = 600, step: float = 0.05) -> floa
 
 
 @contextlib.contextmanager
-def _serve(env: dict[str, str], port: int) -> Iterator[subprocess.Popen[bytes]]:
+def serve(env: dict[str, str], port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """Run `visiona serve` on ``port`` with ``env`` until healthy; stop it (SIGTERM) after."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "visiona", "serve", "--port", str(port)],
         env=env,
@@ -174,7 +196,8 @@ def _serve(env: dict[str, str], port: int) -> Iterator[subprocess.Popen[bytes]]:
         proc.wait(timeout=60)
 
 
-async def _online(http: httpx.AsyncClient, headers: dict[str, str]) -> int:
+async def online(http: httpx.AsyncClient, headers: dict[str, str]) -> int:
+    """How many devices the API lists as online (every page)."""
     count, cursor = 0, None
     while True:
         params: dict[str, Any] = {"limit": 200, "remote_status": "online"}
@@ -202,19 +225,25 @@ def _upgrades(metrics: str) -> str:
     return ", ".join(f"{a}: {int(float(v))}" for a, v in found)
 
 
+async def sign_in(http: httpx.AsyncClient, email: str) -> dict[str, str]:
+    """Register ``email`` (its own organisation) and sign in; the API headers."""
+    body = {"email": email, "password": "bench password 123", "name": "Bench"}
+    await http.post(f"{API}/auth/register", json=body)
+    login = await http.post(
+        f"{API}/auth/login", json={"email": body["email"], "password": body["password"]}
+    )
+    login.raise_for_status()
+    return {"Authorization": f"Bearer {login.json()['token']}"}
+
+
 async def _visiona(env: dict[str, str]) -> list[str]:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     lines: list[str] = []
     fleet = Fleet(base.replace("http://", "ws://") + f"{API}{TUNNEL_PATH}")
-    with _serve(env, port) as proc:
+    with serve(env, port) as proc:
         async with httpx.AsyncClient(base_url=base, timeout=60) as http:
-            body = {"email": "scale@example.com", "password": "bench password 123", "name": "S"}
-            await http.post(f"{API}/auth/register", json=body)
-            login = await http.post(
-                f"{API}/auth/login", json={"email": body["email"], "password": body["password"]}
-            )
-            headers = {"Authorization": f"Bearer {login.json()['token']}"}
+            headers = await sign_in(http, "scale@example.com")
             gate = asyncio.Semaphore(16)
 
             async def pair(i: int) -> tuple[str, str]:
@@ -235,26 +264,28 @@ async def _visiona(env: dict[str, str]) -> list[str]:
             started = time.perf_counter()
             devices = await asyncio.gather(*(pair(i) for i in range(N)))
             lines.append(f"pair {N}: {time.perf_counter() - started:.2f} s")
-            rss0, cpu0 = _rss_kib(proc.pid), _cpu_seconds(proc.pid)
+            rss0, cpu0 = rss_kib(proc.pid), cpu_seconds(proc.pid)
             fleet.start([devices[0][1]])
-            await _until(lambda: _true(fleet.up == 1))
+            await until(lambda: is_true(fleet.up == 1))
             p50_one = await _p50(http, devices[0][0], headers)
 
             started = time.perf_counter()
-            cpu_before = _cpu_seconds(proc.pid)
+            cpu_before = cpu_seconds(proc.pid)
             fleet.start([token for _, token in devices[1:]])
-            agents_up = await _until(lambda: _true(fleet.up == N))
-            api_online = agents_up + await _until(lambda: _eq(_online(http, headers), N), step=0.25)
-            storm_cpu = (_cpu_seconds(proc.pid) - cpu_before) / max(1, N - 1) * 1000
+            agents_up = await until(lambda: is_true(fleet.up == N))
+            api_online = agents_up + await until(
+                lambda: equals(online(http, headers), N), step=0.25
+            )
+            storm_cpu = (cpu_seconds(proc.pid) - cpu_before) / max(1, N - 1) * 1000
             lines.append(
                 f"storm of {N}: all up {agents_up:.2f} s (agents), online {api_online:.2f} s "
                 f"(API); server CPU {storm_cpu:.2f} ms per tunnel"
             )
             await asyncio.sleep(1)
-            cpu1 = _cpu_seconds(proc.pid)
+            cpu1 = cpu_seconds(proc.pid)
             await asyncio.sleep(IDLE_SECONDS)
-            idle = (_cpu_seconds(proc.pid) - cpu1) / IDLE_SECONDS * 100
-            rss = (_rss_kib(proc.pid) - rss0) / N
+            idle = (cpu_seconds(proc.pid) - cpu1) / IDLE_SECONDS * 100
+            rss = (rss_kib(proc.pid) - rss0) / N
             lines.append(
                 f"idle with {N}: {idle:.2f} % of a core ({idle * 1000 / N:.2f} % per 1,000); "
                 f"RSS {rss:.1f} KiB per tunnel (baseline CPU before: {cpu0:.1f} s)"
@@ -271,10 +302,10 @@ async def _visiona(env: dict[str, str]) -> list[str]:
             stopping = time.perf_counter()
             await asyncio.to_thread(proc.wait, 120)
             stopped = time.perf_counter() - stopping
-        with _serve(env, port):
+        with serve(env, port):
             restarted = time.perf_counter()
             async with httpx.AsyncClient(base_url=base, timeout=60) as http:
-                again = await _until(lambda: _eq(_online(http, headers), N), step=0.25)
+                again = await until(lambda: equals(online(http, headers), N), step=0.25)
             lines.append(
                 f"SIGTERM: exit after {stopped:.2f} s; all {N} online "
                 f"{time.perf_counter() - restarted:.2f} s after the new start "
@@ -291,17 +322,17 @@ async def _go(binary: Path) -> list[str]:
         port = hub.event("listening")["port"]
         pid = hub.proc.pid
         fleet = Fleet(f"ws://127.0.0.1:{port}{API}{TUNNEL_PATH}")
-        rss0 = _rss_kib(pid)
-        cpu0 = _cpu_seconds(pid)
+        rss0 = rss_kib(pid)
+        cpu0 = cpu_seconds(pid)
         started = time.perf_counter()
         fleet.start([f"vst_go-{i}" for i in range(N)])
-        up = await _until(lambda: _true(fleet.up == N))
-        storm_cpu = (_cpu_seconds(pid) - cpu0) / N * 1000
+        up = await until(lambda: is_true(fleet.up == N))
+        storm_cpu = (cpu_seconds(pid) - cpu0) / N * 1000
         await asyncio.sleep(1)
-        cpu1 = _cpu_seconds(pid)
+        cpu1 = cpu_seconds(pid)
         await asyncio.sleep(IDLE_SECONDS)
-        idle = (_cpu_seconds(pid) - cpu1) / IDLE_SECONDS * 100
-        rss = (_rss_kib(pid) - rss0) / N
+        idle = (cpu_seconds(pid) - cpu1) / IDLE_SECONDS * 100
+        rss = (rss_kib(pid) - rss0) / N
         await fleet.close()
         del started
         return [
@@ -312,12 +343,36 @@ async def _go(binary: Path) -> list[str]:
         hub.stop()
 
 
-async def _true(value: bool) -> bool:
+async def is_true(value: bool) -> bool:
+    """``value``, awaitable (a predicate for :func:`until`)."""
     return value
 
 
-async def _eq(count: Any, expected: int) -> bool:
+async def equals(count: Any, expected: int) -> bool:
+    """Whether the awaited ``count`` is ``expected`` (a predicate for :func:`until`)."""
     return bool(await count == expected)
+
+
+def server_env(
+    pg: PostgresServer, redis: RedisServer, database: str, storage: Path
+) -> dict[str, str]:
+    """A migrated database ``database`` on ``pg`` and the environment of a `visiona serve`
+    on it, ``redis`` and files under ``storage``: this process's environment without its
+    ``VISIONA_`` settings, logs at WARNING, the pairing and login rate limits lifted."""
+    url = pg.create_database(database)
+    migrate.upgrade(url)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VISIONA_")}
+    env.update(
+        {
+            "VISIONA_DATABASE_URL": url.replace("+asyncpg", ""),
+            "VISIONA_REDIS_URL": redis.url,
+            "VISIONA_STORAGE_URL": storage.as_uri(),
+            "VISIONA_LOG_LEVEL": "WARNING",
+            "VISIONA_PAIR_RATE_LIMIT": "1000000",
+            "VISIONA_LOGIN_RATE_LIMIT_PER_ADDRESS": "1000000",
+        }
+    )
+    return env
 
 
 def main() -> None:
@@ -328,20 +383,8 @@ def main() -> None:
     redis.start()
     try:
         with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
-            url = pg.create_database("bench_scale")
-            migrate.upgrade(url)
-            env = {k: v for k, v in os.environ.items() if not k.startswith("VISIONA_")}
-            env.update(
-                {
-                    "VISIONA_DATABASE_URL": url.replace("+asyncpg", ""),
-                    "VISIONA_REDIS_URL": redis.url,
-                    "VISIONA_STORAGE_URL": Path(tmp).as_uri(),
-                    "VISIONA_LOG_LEVEL": "WARNING",
-                    "VISIONA_PAIR_RATE_LIMIT": "1000000",
-                    "VISIONA_LOGIN_RATE_LIMIT_PER_ADDRESS": "1000000",
-                    "VISIONA_TUNNEL_DRAIN_WINDOW": "2",
-                }
-            )
+            env = server_env(pg, redis, "bench_scale", Path(tmp))
+            env["VISIONA_TUNNEL_DRAIN_WINDOW"] = "2"
             lines = asyncio.run(_visiona(env))
         lines += asyncio.run(_go(binary))
     finally:

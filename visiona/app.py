@@ -6,6 +6,7 @@ lifespan builds the engine, Redis and the stores from them.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -48,7 +49,7 @@ from visiona.kit.logs import install_server_log_filters
 from visiona.kit.metrics import Metrics
 from visiona.kit.migrate import status_from_connection, upgrade_on_connection
 from visiona.kit.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
-from visiona.kit.runtime import DeviceHook, DeviceRevoked, Runtime
+from visiona.kit.runtime import DeviceHook, DeviceRevoked, DrainHook, Runtime
 from visiona.kit.settings import Settings
 from visiona.models.dependencies import STORAGE
 from visiona.models.endpoints import router as models_router
@@ -67,6 +68,9 @@ from visiona.tunnel.endpoints import internal_router as tunnel_internal_router
 from visiona.tunnel.endpoints import router as tunnel_router
 from visiona.tunnel.hub import TunnelHub
 from visiona.tunnel.relay import Relay
+from visiona.tunnel.tcp_endpoints import serve_forward
+from visiona.tunnel.tcp_link import KIND as FORWARD_KIND
+from visiona.webhooks.endpoints import router as webhooks_router
 from visiona.wire import API_PREFIX
 
 _LOGGER = logging.getLogger(__name__)
@@ -172,9 +176,7 @@ async def run_features(
         STORAGE.provide(app, storage)
         DEVICES.provide(app, Devices.from_settings(settings))
         HUB.provide(app, hub)
-        events = _event_hub(app, stack, runtime)
-        # SIGTERM: the event streams end and the tunnels drain first (kit/serve.py)
-        DRAIN.provide(app, (events.close, hub.drain))
+        _start_events(app, stack, runtime, hub.drain)
         CLUSTER.provide(app, cluster)
         relay = Relay(hub, cluster, db, settings.proxy_response_timeout)
         RELAY.provide(app, relay)
@@ -183,6 +185,7 @@ async def run_features(
         # What another node's link carries here, served from this node's tunnels only.
         cluster.handlers.proxy(relay.here)
         cluster.handlers.call(LINK_KIND, delivery.on_link_call)
+        cluster.handlers.stream(FORWARD_KIND, functools.partial(serve_forward, app))
         # Rollouts: the scheduler runs on every node, acts under its lease (after the
         # deployments' recovery above failed what a previous run left unfinished).
         scheduler = Scheduler(db, settings, delivery, build_lease(runtime.redis, cluster))
@@ -191,10 +194,13 @@ async def run_features(
         yield sessions
 
 
-def _event_hub(app: FastAPI, stack: AsyncExitStack, runtime: Runtime) -> EventHub:
+def _start_events(
+    app: FastAPI, stack: AsyncExitStack, runtime: Runtime, tunnels_drain: DrainHook
+) -> EventHub:
     """The live event stream's hub, handed out and closed with ``stack``: its tail reads
-    the shared database only while a stream is open here; it is closed first at SIGTERM
-    too (a drain hook), so open streams do not hold the shutdown."""
+    the shared database only while a stream is open here. At SIGTERM (the drain hooks,
+    kit/serve.py) the event streams end first, so they do not hold the shutdown, then
+    the tunnels drain."""
     settings = runtime.settings
     events = EventHub(
         runtime.db,
@@ -204,6 +210,7 @@ def _event_hub(app: FastAPI, stack: AsyncExitStack, runtime: Runtime) -> EventHu
     )
     EVENTS.provide(app, events)
     stack.push_async_callback(events.close)
+    DRAIN.provide(app, (events.close, tunnels_drain))
     return events
 
 
@@ -291,6 +298,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(audit_router, prefix=API_PREFIX)
     # events feature router (the live stream of the audit trail)
     app.include_router(events_router, prefix=API_PREFIX)
+    # webhooks feature router (endpoints, test events, delivery log)
+    app.include_router(webhooks_router, prefix=API_PREFIX)
     app.include_router(ops_router)
     # the routes other cluster nodes forward to: the node link (the cluster's), and each
     # feature's own HTTP route (older nodes, during a rolling upgrade)

@@ -14,6 +14,7 @@ from tests.support.api import PASSWORD, error_code, signup
 from tests.support.settings import LIFESPAN_TIMEOUT
 from visiona.app import create_app
 from visiona.auth.dependencies import SESSIONS, CurrentPrincipal
+from visiona.auth.schemas import UserOut
 from visiona.auth.sessions import SqlSessionStore
 from visiona.kit.deps import Conn
 from visiona.kit.schema import web_sessions
@@ -28,6 +29,8 @@ async def test_register_login_me_logout_round_trip(client: httpx.AsyncClient) ->
     assert me.status_code == 200
     assert me.json()["email"] == user.email
     assert "password_hash" not in me.json()
+    # the hot route's orjson body is the pydantic model's, byte for byte
+    assert me.content == UserOut.model_validate(me.json()).model_dump_json().encode()
     out = await client.post("/api/v1/auth/logout", headers=user.headers)
     assert out.status_code == 204
     again = await client.get("/api/v1/auth/me", headers=user.headers)

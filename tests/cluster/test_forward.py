@@ -26,6 +26,7 @@ from testkit.servers import PostgresServer, RedisServer
 from testkit.sshd import proxy_command, run_sshd
 from tests.support.agent import agent_options, running
 from tests.support.api import signup
+from tests.support.apikeys import create_key, key_headers
 from tests.support.devices import pairing_token
 from tests.support.tcp import EchoService, agent_dispatcher
 from tests.support.tunnel import API, connect_agent, paired_agent_token, wait_for
@@ -128,6 +129,50 @@ async def test_a_forward_asked_of_the_other_node_is_carried_to_the_owner(
                     async with asyncio.timeout(5):
                         code, reason = await _closed_with(ws)
                 assert code == 4401
+    finally:
+        await echo.stop()
+
+
+async def test_a_forward_hopped_with_an_api_key_is_audited_as_the_key(
+    nodes: list[Node],
+) -> None:
+    a, b = nodes
+    echo = EchoService()
+    await echo.start()
+    try:
+        async with httpx.AsyncClient(base_url=a.url, timeout=30) as via_a:
+            user = await signup(via_a)
+            key = await create_key(via_a, user, ["proxy"])
+            device_id, token = await paired_agent_token(via_a, user)
+            async with connect_agent(cast("LiveServer", b), token, agent_dispatcher([echo.port])):
+
+                async def online() -> bool:
+                    got = await via_a.get(f"{API}/devices/{device_id}", headers=user.headers)
+                    return bool(got.json()["remote_status"] == "online")
+
+                await wait_for(online, limit=30)
+                async with connect(  # asked of A, carried to B which holds the tunnel
+                    _ws(a, device_id, echo.port), additional_headers=key_headers(key["key"])
+                ) as ws:
+                    assert await ws.recv() == b"hello\n"
+                    await ws.send(b"")
+
+                async def trail(action: str) -> list[dict[str, object]]:
+                    got = await via_a.get(
+                        f"{API}/devices/{device_id}/audit-events",
+                        params={"action": action},
+                        headers=user.headers,
+                    )
+                    items: list[dict[str, object]] = got.json()["items"]
+                    return items
+
+                async def closed() -> bool:
+                    return len(await trail("forward.closed")) == 1
+
+                await wait_for(closed, limit=30)
+                for action in ("forward.opened", "forward.closed"):
+                    (event,) = await trail(action)
+                    assert (event["actor_type"], event["actor_id"]) == ("api_key", key["id"])
     finally:
         await echo.stop()
 

@@ -8,6 +8,7 @@ balancer; deployments use test agents connected to the node that will die.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import cast
 
 import httpx
 import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from testkit.device_service import device_app
 from testkit.live import LiveServer, serve_app
@@ -30,10 +33,12 @@ from tests.support.deployments import (
     read_request,
 )
 from tests.support.devices import pairing_token
-from tests.support.tunnel import API, StreamHandler, connect_agent, wait_for
+from tests.support.tcp import EchoService, agent_dispatcher
+from tests.support.tunnel import API, StreamHandler, connect_agent, paired_agent_token, wait_for
 from visiona.agent.runner import Agent, AgentOptions
 from visiona.deployments.delivery import OWNER_LOST
 from visiona.deployments.recovery import NODE_LOST
+from visiona.wire import CLOSE_FORWARD_UNREACHABLE
 from visiona.yamux import Stream
 
 
@@ -237,3 +242,36 @@ async def test_a_drained_node_hands_its_agent_and_its_traffic_to_the_other_throu
         finally:
             stop.set()
             await asyncio.wait_for(running, 30)
+
+
+async def test_a_forward_carried_to_the_owner_ends_promptly_when_the_owner_is_killed(
+    cluster: Balanced,
+) -> None:
+    a, b = cluster.a, cluster.b
+    echo = EchoService()
+    await echo.start()
+    try:
+        async with httpx.AsyncClient(base_url=a.url, timeout=30) as via_a:
+            user = await signup(via_a)
+            device_id, token = await paired_agent_token(via_a, user)
+            async with connect_agent(cast("LiveServer", b), token, agent_dispatcher([echo.port])):
+
+                async def leased() -> bool:
+                    return await cluster.owner(device_id) == "node-b"
+
+                await wait_for(leased, limit=30)
+                url = f"ws://127.0.0.1:{a.port}{API}/devices/{device_id}/tcp/{echo.port}"
+                async with connect(url, additional_headers=user.headers) as ws:
+                    assert await ws.recv() == b"hello\n"  # carried from B through A
+                    await ws.send(b"ping")
+                    assert await ws.recv() == b"ping"
+                    b.kill()
+                    async with asyncio.timeout(10):  # the link's loss ends it, no timer
+                        with contextlib.suppress(ConnectionClosed):
+                            while True:
+                                await ws.recv()
+                    rcvd = ws.protocol.close_rcvd
+                assert rcvd is not None
+                assert rcvd.code == CLOSE_FORWARD_UNREACHABLE
+    finally:
+        await echo.stop()

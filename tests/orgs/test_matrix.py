@@ -182,6 +182,15 @@ class Scope:
         assert response.status_code == 201, response.text
         return str(response.json()["id"])
 
+    async def webhook(self) -> str:
+        response = await self.client.post(
+            f"{API}/webhooks",
+            json={"url": "https://hooks.example.com/in", "events": ["device.*"]},
+            headers=self.headers,
+        )
+        assert response.status_code == 201, response.text
+        return str(response.json()["id"])
+
     async def prepare(self) -> None:
         """The resources the non-destructive operations share."""
         self.fixed["device_id"] = await self.device()
@@ -193,6 +202,7 @@ class Scope:
         self.fixed["enrollment_key_id"] = await self.enrollment_key()
         self.fixed["rollout_id"] = await self.rollout()
         self.fixed["api_key_id"] = await self.api_key()
+        self.fixed["webhook_id"] = await self.webhook()
 
     async def value(self, name: str, path: str, *, fresh: bool) -> str:  # noqa: PLR0911 - one per parameter
         """The value of path parameter ``name`` of ``path`` (new ones for a deletion)."""
@@ -217,6 +227,7 @@ class Scope:
                 "user_id": self.member_id,
                 "enrollment_key_id": self.enrollment_key,
                 "api_key_id": self.api_key,
+                "webhook_id": self.webhook,
             }
             return await makers[name]()
         return self.fixed[name]
@@ -238,9 +249,11 @@ def _body(op: Operation, scope: Scope) -> dict[str, Any]:  # noqa: PLR0911, PLR0
     if "/members/" in path and method == "PATCH":
         return {"json": {"role": "viewer"}}
     if method == "PATCH":
-        return {"json": {"name": "renamed"}}
+        return {"json": {"description" if "/webhooks/" in path else "name": "renamed"}}
     if path == f"{API}/api-keys" and method == "POST":
         return {"json": {"name": "k", "scopes": ["read"], "expires_in_days": 1}}
+    if path == f"{API}/webhooks" and method == "POST":
+        return {"json": {"url": "https://hooks.example.com/new", "events": ["*"]}}
     if path == f"{API}/pairing-tokens" and method == "POST":
         return {"json": {}}
     if path == f"{API}/enrollment-keys" and method == "POST":

@@ -25,6 +25,7 @@ from testkit.device_service import device_app
 from testkit.live import LiveServer, serve_app
 from tests.support.agent import running
 from tests.support.api import User, signup
+from tests.support.apikeys import create_key, key_headers
 from tests.support.audit import stored_events
 from tests.support.tcp import EchoService, agent_dispatcher, tcp_agent
 from tests.support.tunnel import API, connect_agent, forward_to, paired_agent_token, wait_for
@@ -387,3 +388,27 @@ async def test_unpairing_closes_live_forwards_within_a_second(
                 closes = await asyncio.gather(_closed_with(first), _closed_with(second))
         assert [code for code, _ in closes] == [4401, 4401]
         assert "unpaired" in closes[0][1]
+
+
+async def test_a_forward_opened_with_an_api_key_is_audited_as_the_key(
+    live: LiveServer, http: httpx.AsyncClient, echo: EchoService, tmp_path: Path
+) -> None:
+    user, agent = await tcp_agent(live, http, tmp_path, [echo.port])
+    key = await create_key(http, user, ["proxy"])
+    async with running(agent):
+        device_id = await _device_id(http, user)
+        async with _forward(live, user, device_id, echo.port, **key_headers(key["key"])) as ws:
+            await ws.send(b"ping")
+            await ws.send(b"")
+            assert await _read_all(ws) == b"hello\npingbye\n"
+
+        async def audited() -> bool:
+            closed = await stored_events(
+                live.app, action="forward.closed", device_id=uuid.UUID(device_id)
+            )
+            return len(closed) == 1
+
+        await wait_for(audited)
+    for action in ("forward.opened", "forward.closed"):
+        (event,) = await stored_events(live.app, action=action, device_id=uuid.UUID(device_id))
+        assert (event.actor_type, event.actor_id) == ("api_key", uuid.UUID(key["id"]))

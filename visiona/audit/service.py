@@ -73,6 +73,12 @@ class Actor:
         """A device's agent (authenticated by its session token or pairing token)."""
         return cls("device", device_id)
 
+    @classmethod
+    def acting(cls, user_id: uuid.UUID, api_key_id: uuid.UUID | None) -> Actor:
+        """The API key ``api_key_id`` when the caller authenticated with one, else the
+        user ``user_id`` (a key acts for the user who created it, but is named itself)."""
+        return cls("api_key", api_key_id) if api_key_id is not None else cls.user(user_id)
+
 
 #: The server itself (timers, revocation, shutdown).
 SYSTEM = Actor("system")

@@ -20,6 +20,7 @@ from visiona.kit.errors import (
     UnauthorizedError,
 )
 from visiona.kit.http import error_responses
+from visiona.kit.jsonout import JSONOut
 from visiona.kit.tokens import hash_token
 
 router = APIRouter(prefix="/auth", tags=["auth"])
@@ -125,9 +126,11 @@ async def logout(
     summary="The signed-in user",
     responses=error_responses(UnauthorizedError),
 )
-async def me(principal: CurrentCaller, conn: Conn) -> UserOut:
+async def me(principal: CurrentCaller, db: DatabaseDep) -> Response:
     """Return the user of the current session."""
-    user = await repository.get_by_id(conn, principal.user_id)
+    # one hot read on the driver (visiona/kit/hotread.py), no unit of work; the answer
+    # encoded by orjson (visiona/kit/jsonout.py), response_model documents it
+    user = await repository.get_by_id(db, principal.user_id)
     if user is None:  # the account is gone; the session is meaningless
         raise UnauthorizedError("Session expired or not valid.")
-    return UserOut.model_validate(user)
+    return JSONOut(user)

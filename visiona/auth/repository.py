@@ -8,12 +8,17 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import bindparam, func, insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from visiona.kit.hotread import HotRead
 from visiona.kit.records import build, columns_of
 from visiona.kit.schema import users
+
+if TYPE_CHECKING:
+    from visiona.kit.database import Database
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +56,8 @@ _BY_EMAIL = select(*columns_of(Credentials, users)).where(
     func.lower(users.c.email) == bindparam("email_lower")
 )
 _BY_ID = select(*_PUBLIC).where(users.c.id == bindparam("user_id"))
+# `/auth/me` reads it: a hot read (compiled once, run on the driver)
+_BY_ID_HOT = HotRead(_BY_ID, _user)
 
 
 async def insert_user(
@@ -80,7 +87,7 @@ async def get_by_email(conn: AsyncConnection, email: str) -> Credentials | None:
     return _credentials(row) if row else None
 
 
-async def get_by_id(conn: AsyncConnection, user_id: uuid.UUID) -> User | None:
-    """The public fields of the user ``user_id``."""
-    row = (await conn.execute(_BY_ID, {"user_id": user_id})).one_or_none()
-    return _user(row) if row else None
+async def get_by_id(source: Database | AsyncConnection, user_id: uuid.UUID) -> User | None:
+    """The public fields of the user ``user_id``: a hot read on the driver given the
+    :class:`Database`, else on the connection (inside its transaction)."""
+    return await _BY_ID_HOT.one(source, user_id=user_id)

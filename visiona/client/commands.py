@@ -1,5 +1,6 @@
 """Client commands: login/logout, models, devices, deployments, pairing tokens, audit trail,
-live events, organisations, members, API keys, and ``forward`` (a TCP port of a device's PC,
+live events (:mod:`visiona.client.events`), organisations, members, API keys, webhooks
+(:mod:`visiona.client.webhooks`), and ``forward`` (a TCP port of a device's PC,
 :mod:`visiona.client.forward`).
 
 They talk to a running server over HTTP with the session token saved by ``login``
@@ -1626,3 +1627,6 @@ def register(app: typer.Typer) -> None:
     app.add_typer(org_app, name="org")
     app.add_typer(members_app, name="members")
     app.add_typer(keys_app, name="keys")
+    from visiona.client.webhooks import webhooks_app  # noqa: PLC0415 - it imports this module
+
+    app.add_typer(webhooks_app, name="webhooks")

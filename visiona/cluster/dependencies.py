@@ -15,7 +15,13 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from visiona.cluster.forwarding import INTERNAL_PREFIX, ORG_HEADER, TOKEN_HEADER, USER_HEADER
+from visiona.cluster.forwarding import (
+    INTERNAL_PREFIX,
+    KEY_HEADER,
+    ORG_HEADER,
+    TOKEN_HEADER,
+    USER_HEADER,
+)
 from visiona.cluster.service import Cluster
 from visiona.kit.errors import UnauthorizedError
 from visiona.kit.runtime import Provided
@@ -31,12 +37,16 @@ class ForwardedCaller:
 
     user_id: uuid.UUID
     org_id: uuid.UUID
+    api_key_id: uuid.UUID | None = None
 
 
-def forwarded_caller(user: str | None, org: str | None) -> ForwardedCaller:
-    """The caller of forwarded headers (401 when either id is missing or malformed)."""
+def forwarded_caller(user: str | None, org: str | None, key: str | None = None) -> ForwardedCaller:
+    """The caller of forwarded headers (401 when the user or organisation id is missing
+    or malformed, or the API key id is malformed)."""
     try:
-        return ForwardedCaller(uuid.UUID(user or ""), uuid.UUID(org or ""))
+        return ForwardedCaller(
+            uuid.UUID(user or ""), uuid.UUID(org or ""), uuid.UUID(key) if key else None
+        )
     except ValueError as err:
         raise UnauthorizedError("Missing or invalid forwarded user or organisation.") from err
 
@@ -45,7 +55,11 @@ async def internal_caller(request: Request) -> ForwardedCaller:
     """Check the internal token; return the forwarded caller (401 otherwise)."""
     if not CLUSTER.of(request.app).accepts(request.headers.get(TOKEN_HEADER)):
         raise UnauthorizedError("Missing or invalid internal token.")
-    return forwarded_caller(request.headers.get(USER_HEADER), request.headers.get(ORG_HEADER))
+    return forwarded_caller(
+        request.headers.get(USER_HEADER),
+        request.headers.get(ORG_HEADER),
+        request.headers.get(KEY_HEADER),
+    )
 
 
 #: The user (and organisation) on whose behalf another node calls this node's internal route.

@@ -45,6 +45,8 @@ USER_HEADER = "x-visiona-user"
 #: The organisation the forwarded caller acts in: the other node checks the device
 #: against it (issue 22), as this node would.
 ORG_HEADER = "x-visiona-caller-org"
+#: The API key the forwarded caller authenticated with, if any (audit events name it).
+KEY_HEADER = "x-visiona-caller-key"
 CLIENT_HEADER = "x-visiona-client"
 PROTO_HEADER = "x-visiona-proto"
 PREFIX_HEADER = "x-visiona-prefix"
@@ -93,6 +95,27 @@ class Forwarder:
         session = await self.pool.link(owner.url).session()
         return await session.open_stream()
 
+    async def open_stream(self, owner: Owner, head: dict[str, Any]) -> Stream:
+        """A new stream to ``owner`` of the kind ``head["kind"]``, its header written (the
+        version, hop count and request id added); the caller reads the answer and owns
+        the stream. :class:`NodeUnreachableError` when the link cannot be had."""
+        try:
+            stream = await self._open(owner)
+        except (LinkError, YamuxError) as err:
+            _LOGGER.debug(
+                "cluster: node %s is unreachable for a %s stream: %s",
+                owner.node_id,
+                head.get("kind"),
+                err or type(err).__name__,
+            )
+            raise NodeUnreachableError() from err
+        header = {"v": VERSION, "hop": 1, "request_id": request_id_var.get(), **head}
+        try:
+            stream.write(encode_head(header))
+        except YamuxError as err:
+            raise NodeUnreachableError() from err
+        return stream
+
     async def proxy(
         self,
         owner: Owner,
@@ -103,6 +126,7 @@ class Forwarder:
         prefix: str,
         user_id: uuid.UUID,
         org_id: uuid.UUID,
+        api_key_id: uuid.UUID | None = None,
     ) -> Response:
         """Send ``request`` to ``owner`` over the link and stream its answer back."""
         try:
@@ -124,6 +148,7 @@ class Forwarder:
             "hop": 1,
             "user": str(user_id),
             "org": str(org_id),
+            "key": None if api_key_id is None else str(api_key_id),
             "request_id": request_id_var.get(),
             "client": client[0] if client else "unknown",
             "scheme": scope.get("scheme", "http"),
@@ -142,16 +167,24 @@ class Forwarder:
         return LinkResponse(exchange, status, headers)
 
     def internal_headers(
-        self, *, user_id: uuid.UUID, org_id: uuid.UUID, client: str | None
+        self,
+        *,
+        user_id: uuid.UUID,
+        org_id: uuid.UUID,
+        client: str | None,
+        api_key_id: uuid.UUID | None = None,
     ) -> dict[str, str]:
         """The headers an internal call carries: the token, the user and their organisation,
-        the client address."""
-        return {
+        the API key they used (if any), the client address."""
+        headers = {
             TOKEN_HEADER: self._token,
             USER_HEADER: str(user_id),
             ORG_HEADER: str(org_id),
             CLIENT_HEADER: client or "",
         }
+        if api_key_id is not None:
+            headers[KEY_HEADER] = str(api_key_id)
+        return headers
 
     async def call(
         self,
@@ -214,6 +247,7 @@ class Forwarder:
 __all__ = [
     "CLIENT_HEADER",
     "INTERNAL_PREFIX",
+    "KEY_HEADER",
     "ORG_HEADER",
     "PREFIX_HEADER",
     "PROTO_HEADER",

@@ -11,6 +11,9 @@ the cluster imports no feature; a handler serves it from this node's own tunnels
   whose body is read from the stream, the handler (the tunnel relay's local proxy)
   answers it exactly as a local one (admission, audit, errors), and its response is
   written back: a head, the body raw, FIN when complete, RST when not.
+- a stream kind (:meth:`LinkHandlers.stream`, e.g. ``forward``, a TCP forward): the
+  handler is given the stream and its header and owns the stream from then on (what
+  follows the header is the feature's own framing).
 - any other kind (:meth:`LinkHandlers.call`): a call a feature hands over
   (:meth:`visiona.cluster.service.Peer.call`; the kind is the first segment of its
   internal path, e.g. ``deployments``): the handler runs it; the answer is a head
@@ -63,10 +66,16 @@ class ProxyHere(Protocol):
         org_id: uuid.UUID,
         target: bytes,
         prefix: str,
+        api_key_id: uuid.UUID | None = None,
     ) -> Response:
         """The response to relay back (an :class:`AppError` is answered as its error)."""
         ...
 
+
+#: Serve a stream of a raw kind: ``(stream, header)``; the handler owns the stream (it
+#: answers, copies and closes it); an :class:`AppError` raised before it answered is
+#: answered with its status and code.
+StreamHere = Callable[["Stream", dict[str, Any]], Awaitable[None]]
 
 #: Run a call another node handed over: ``(path, user_id, org_id, body)``; returning is a
 #: 200, an :class:`AppError` raised is answered with its status and code.
@@ -92,10 +101,17 @@ class LinkHandlers:
         """No handler yet."""
         self._proxy: ProxyHere | None = None
         self._calls: dict[str, CallHere] = {}
+        self._streams: dict[str, StreamHere] = {}
 
     def proxy(self, handler: ProxyHere) -> None:
         """Serve ``proxy`` streams (forwarded proxied requests) with ``handler``."""
         self._proxy = handler
+
+    def stream(self, kind: str, handler: StreamHere) -> None:
+        """Hand streams of ``kind`` to ``handler`` whole (it owns their framing)."""
+        if kind == "proxy":
+            raise ValueError("`proxy` is the proxied requests' kind")
+        self._streams[kind] = handler
 
     def call(self, kind: str, handler: CallHere) -> None:
         """Serve calls of ``kind`` (the first segment of their internal path) with ``handler``."""
@@ -135,6 +151,8 @@ class LinkHandlers:
             if self._proxy is None:
                 raise NotFoundError("No proxy on this node.")
             await _serve_proxy(self._proxy, stream, head)
+        elif kind in self._streams:
+            await self._streams[kind](stream, head)
         else:
             handler = self._calls.get(kind)
             if handler is None:
@@ -220,6 +238,8 @@ async def _serve_proxy(here: ProxyHere, stream: Stream, head: dict[str, Any]) ->
     try:
         user_id = uuid.UUID(str(head["user"]))
         org_id = uuid.UUID(str(head["org"]))
+        key = head.get("key")
+        api_key_id = uuid.UUID(str(key)) if key else None
         device_id = uuid.UUID(str(head["device"]))
         target = str(head["target"]).encode("latin-1")
         prefix = str(head["prefix"])
@@ -250,6 +270,7 @@ async def _serve_proxy(here: ProxyHere, stream: Stream, head: dict[str, Any]) ->
             org_id=org_id,
             target=target,
             prefix=prefix,
+            api_key_id=api_key_id,
         )
     except YamuxError:
         raise

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
     from visiona.cluster.registry import Owner
     from visiona.kit.settings import Settings
+    from visiona.yamux import Stream
 
 _LOGGER = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -59,6 +60,7 @@ class Peer:
         prefix: str,
         user_id: uuid.UUID,
         org_id: uuid.UUID,
+        api_key_id: uuid.UUID | None = None,
     ) -> Response:
         """Relay ``request`` to the node over the link (a ``proxy`` stream), streamed both ways."""
         return await self._forwarder.proxy(
@@ -69,15 +71,29 @@ class Peer:
             prefix=prefix,
             user_id=user_id,
             org_id=org_id,
+            api_key_id=api_key_id,
         )
 
     def internal_headers(
-        self, *, user_id: uuid.UUID, org_id: uuid.UUID, client: str | None
+        self,
+        *,
+        user_id: uuid.UUID,
+        org_id: uuid.UUID,
+        client: str | None,
+        api_key_id: uuid.UUID | None = None,
     ) -> dict[str, str]:
         """The headers a call of another kind (a WebSocket) to the node's internal routes
         carries: the internal token, the original user, their organisation and the client's
         address."""
-        return self._forwarder.internal_headers(user_id=user_id, org_id=org_id, client=client)
+        return self._forwarder.internal_headers(
+            user_id=user_id, org_id=org_id, client=client, api_key_id=api_key_id
+        )
+
+    async def open_stream(self, head: dict[str, Any]) -> Stream:
+        """A stream to the node, of the kind ``head["kind"]`` with ``head`` written; its
+        handler there (:meth:`LinkHandlers.stream`) answers on it. Raises
+        :class:`~visiona.cluster.linkexchange.NodeUnreachableError` (502)."""
+        return await self._forwarder.open_stream(self.owner, head)
 
     async def call(
         self, path: str, *, user_id: uuid.UUID, org_id: uuid.UUID, body: dict[str, Any]

@@ -33,8 +33,10 @@ from visiona.console.dependencies import ORG_COOKIE, ConsolePage, ConsolePrincip
 from visiona.console.security import DEFAULT_NEXT, ConsoleRoute, safe_next
 from visiona.console.views import (
     CATEGORIES,
+    DELIVERY_STATES,
     SCOPE_HINTS,
     STATUS_FILTERS,
+    WEBHOOK_FAMILIES,
     category_actions,
     environment,
     every_row,
@@ -65,6 +67,7 @@ from visiona.rollouts import service as rollouts
 from visiona.rollouts.planner import STATES as ROLLOUT_DEVICE_STATES
 from visiona.rollouts.service import RolloutView
 from visiona.tokens import service as token_service
+from visiona.webhooks import service as webhooks
 
 if TYPE_CHECKING:
     from jinja2 import Environment
@@ -595,11 +598,12 @@ _SECTIONS = frozenset(
         "activity",
         "members",
         "api-keys",
+        "webhooks",
         "account",
     }
 )
 #: Sections a role may lack (the switcher goes to the devices page instead).
-_SECTION_NEEDS = {"/api-keys": Permission.API_KEYS}
+_SECTION_NEEDS = {"/api-keys": Permission.API_KEYS, "/webhooks": Permission.WEBHOOKS}
 
 
 @router.post("/org")
@@ -747,4 +751,69 @@ async def api_keys_page(request: Request, principal: ConsolePage, conn: Conn) ->
         creators=await _creator_names(conn, principal.org_id, principal.user_id, keys),
         user_id=principal.user_id,
         max_days=api_keys.MAX_DAYS,
+    )
+
+
+# -- webhooks --------------------------------------------------------------------------
+
+#: How many deliveries the endpoint page shows (the CLI and the API page through all).
+DELIVERY_LOG_ROWS = 100
+
+
+@router.get("/webhooks")
+async def webhooks_page(request: Request, principal: ConsolePage, conn: Conn) -> Response:
+    """The organisation's webhook endpoints with their state (a disabled one says why),
+    the form that creates one (its secret shown once), and test, disable, re-enable and
+    delete; for roles holding ``webhooks`` (admins and owners), others get the 403 page."""
+    if not principal.can(Permission.WEBHOOKS):
+        return _refused(request, principal, Permission.WEBHOOKS)
+    found = await every_row(lambda page: webhooks.list_endpoints(conn, principal.org_id, page))
+    return render(
+        request,
+        "webhooks.html",
+        title="Webhooks",
+        nav="webhooks",
+        endpoints=found,
+        families=WEBHOOK_FAMILIES,
+        max_endpoints=webhooks.MAX_ENDPOINTS,
+    )
+
+
+@router.get("/webhooks/{webhook_id}")
+async def webhook_page(
+    request: Request, webhook_id: str, principal: ConsolePage, conn: Conn, state: Text = ""
+) -> Response:
+    """One endpoint: its state and settings, and its delivery log (newest first, polled),
+    filtered by state (kept in the URL), with test and re-enable buttons."""
+    if not principal.can(Permission.WEBHOOKS):
+        return _refused(request, principal, Permission.WEBHOOKS)
+    parsed = _uuid(webhook_id)
+    endpoint = None
+    if parsed is not None:
+        try:
+            endpoint = await webhooks.get_endpoint(conn, principal.org_id, parsed)
+        except NotFoundError:
+            endpoint = None
+    if endpoint is None or parsed is None:
+        return render(
+            request, "not_found.html", 404, title="Not found", what="webhook endpoint", nav=""
+        )
+    chosen = state if state in DELIVERY_STATES else ""
+    log = await webhooks.list_deliveries(
+        conn,
+        principal.org_id,
+        parsed,
+        PageRequest(limit=DELIVERY_LOG_ROWS),
+        state=chosen or None,
+    )
+    return render(
+        request,
+        "webhook.html",
+        title=endpoint.url,
+        nav="webhooks",
+        endpoint=endpoint,
+        deliveries=log.items,
+        more=log.next_cursor is not None,
+        state=chosen,
+        states=DELIVERY_STATES,
     )

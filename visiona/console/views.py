@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from visiona.deployments.repository import Deployment
     from visiona.devices.repository import Device
     from visiona.tokens.repository import PairingToken, SessionToken
+    from visiona.webhooks.repository import Endpoint
 
 #: at most this many rows are read for one console list (devices, tokens)
 MAX_ROWS = 2000
@@ -137,6 +138,34 @@ SCOPE_HINTS: dict[str, str] = {
     "proxy": "HTTP proxy and TCP forwards to devices",
     "admin": "everything an admin can do, members and keys included",
 }
+
+
+#: The states of a webhook delivery, as the delivery log filters them.
+DELIVERY_STATES = ("pending", "delivered", "failed")
+_DELIVERY_KINDS = {"pending": "reconnecting", "delivered": "online", "failed": "error"}
+
+
+def _families() -> tuple[tuple[str, str], ...]:
+    heads = sorted({name.partition(".")[0] for name in ACTIONS})
+    return (("*", "Everything"), *((f"{head}.*", head.replace("_", " ")) for head in heads))
+
+
+#: The event families the webhooks page offers as check boxes: (type, label).
+WEBHOOK_FAMILIES = _families()
+
+
+def webhook_badge(endpoint: Endpoint) -> Badge:
+    """Enabled, Failing (enabled, its last attempts failed) or Disabled."""
+    if not endpoint.enabled:
+        return Badge("Disabled", "error" if endpoint.failing_since else "offline")
+    if endpoint.failing_since is not None:
+        return Badge("Failing", "reconnecting")
+    return Badge("Enabled", "online")
+
+
+def delivery_badge(state: str) -> Badge:
+    """A delivery's state: pending, delivered or failed."""
+    return Badge(state.capitalize(), _DELIVERY_KINDS.get(state, "offline"))
 
 
 def deployment_badge(deployment: Deployment) -> Badge:
@@ -361,6 +390,8 @@ def environment() -> Environment:
         pairing_state=pairing_state,
         session_state=session_state,
         api_key_state=api_key_state,
+        webhook_badge=webhook_badge,
+        delivery_badge=delivery_badge,
         deployment_badge=deployment_badge,
         rollout_badge=rollout_badge,
         rollout_device_badge=rollout_device_badge,

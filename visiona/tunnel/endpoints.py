@@ -19,6 +19,7 @@ from visiona.auth.dependencies import Proxier, require
 from visiona.cluster.dependencies import INTERNAL_PREFIX, InternalCaller
 from visiona.cluster.forwarding import (
     CLIENT_HEADER,
+    KEY_HEADER,
     ORG_HEADER,
     PREFIX_HEADER,
     PROTO_HEADER,
@@ -51,7 +52,15 @@ _LOGGER = logging.getLogger(__name__)
 PROXY_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 _OURS = {
     h.encode()
-    for h in (TOKEN_HEADER, USER_HEADER, ORG_HEADER, CLIENT_HEADER, PROTO_HEADER, PREFIX_HEADER)
+    for h in (
+        TOKEN_HEADER,
+        USER_HEADER,
+        ORG_HEADER,
+        KEY_HEADER,
+        CLIENT_HEADER,
+        PROTO_HEADER,
+        PREFIX_HEADER,
+    )
 }
 
 router = APIRouter()
@@ -146,6 +155,7 @@ async def proxy(
         org_id=principal.org_id,
         target=target,
         prefix=prefix,
+        api_key_id=principal.api_key_id,
     )
 
 
@@ -186,6 +196,7 @@ async def internal_proxy(
         org_id=caller.org_id,
         target=target,
         prefix=prefix,
+        api_key_id=caller.api_key_id,
     )
 
 

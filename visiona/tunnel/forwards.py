@@ -52,6 +52,8 @@ class Forward:
     org_id: uuid.UUID
     user_id: uuid.UUID
     port: int
+    #: the API key the caller used, if any: audit events name it instead of the user
+    api_key_id: uuid.UUID | None = None
     started: float = field(default_factory=time.monotonic)
     bytes_to_device: int = 0
     bytes_from_device: int = 0

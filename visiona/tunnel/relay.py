@@ -57,8 +57,10 @@ class Relay:
         org_id: uuid.UUID,
         target: bytes,
         prefix: str,
+        api_key_id: uuid.UUID | None = None,
     ) -> Response:
-        """Through this node's tunnel, or the node holding it, else 502 offline / 404."""
+        """Through this node's tunnel, or the node holding it, else 502 offline / 404.
+        ``api_key_id``: the API key the caller used, if any (audit events name it)."""
 
         async def here() -> Response:
             return await self.here(
@@ -68,6 +70,7 @@ class Relay:
                 org_id=org_id,
                 target=target,
                 prefix=prefix,
+                api_key_id=api_key_id,
             )
 
         async def there(peer: Peer) -> Response:
@@ -78,6 +81,7 @@ class Relay:
                 prefix=prefix,
                 user_id=user_id,
                 org_id=org_id,
+                api_key_id=api_key_id,
             )
 
         return await self._cluster.at_device(device_id, here=here, there=there)
@@ -91,6 +95,7 @@ class Relay:
         org_id: uuid.UUID,
         target: bytes,
         prefix: str,
+        api_key_id: uuid.UUID | None = None,
     ) -> Response:
         """Proxy through this node's tunnel of the device (no tunnel here → 502 offline;
         another organisation's device → 404)."""
@@ -114,7 +119,7 @@ class Relay:
             await self._record_refusal(
                 request,
                 org_id=org_id,
-                user_id=user_id,
+                actor=audit.Actor.acting(user_id, api_key_id),
                 device_id=device_id,
                 target=target,
             )
@@ -125,7 +130,7 @@ class Relay:
         request: Request,
         *,
         org_id: uuid.UUID,
-        user_id: uuid.UUID,
+        actor: audit.Actor,
         device_id: uuid.UUID,
         target: bytes,
     ) -> None:
@@ -139,7 +144,7 @@ class Relay:
                 await audit.record(
                     conn,
                     "proxy.forbidden_by_agent",
-                    actor=audit.Actor.user(user_id),
+                    actor=actor,
                     org_id=org_id,
                     target_id=device_id,
                     device_id=device_id,

@@ -29,8 +29,11 @@ server closes the WebSocket with 1000 once both directions ended, or with:
 and ``forward.refused`` go to the audit trail, each in its own short transaction.
 
 In a cluster, a node without the device's tunnel makes the checks up to the port and
-carries the forward one hop to the node holding it (:mod:`visiona.tunnel.tcp_hop`),
-whose internal route (``/internal/v1/devices/{id}/tcp/{port}``) admits and serves it.
+carries the forward one hop to the node holding it, as one stream of the node link
+(:mod:`visiona.tunnel.tcp_link`); that node admits and serves it with
+:func:`serve_forward`. The internal WebSocket route
+(``/internal/v1/devices/{id}/tcp/{port}``, internal token and caller in headers) stays
+for operators and nodes of the previous version.
 """
 
 from __future__ import annotations
@@ -49,7 +52,14 @@ from starlette.websockets import WebSocketDisconnect
 from visiona.audit import service as audit
 from visiona.auth.dependencies import require
 from visiona.cluster.dependencies import CLUSTER, forwarded_caller
-from visiona.cluster.forwarding import CLIENT_HEADER, ORG_HEADER, TOKEN_HEADER, USER_HEADER
+from visiona.cluster.forwarding import (
+    CLIENT_HEADER,
+    KEY_HEADER,
+    ORG_HEADER,
+    TOKEN_HEADER,
+    USER_HEADER,
+)
+from visiona.cluster.linkwire import LinkProtocolError
 from visiona.devices.dependencies import DEVICES
 from visiona.kit.database import map_db_error
 from visiona.kit.deps import runtime_of
@@ -60,6 +70,7 @@ from visiona.tunnel.dependencies import HUB
 from visiona.tunnel.errors import DeviceOfflineError
 from visiona.tunnel.forwards import Forward, PortNotAllowedError
 from visiona.tunnel.tcp import ForwardError, ForwardRefusedError, open_tcp_stream
+from visiona.tunnel.tcp_link import ForwardSocket, LinkSocket, hop
 from visiona.wire import (
     CLOSE_FORWARD_TIMEOUT,
     CLOSE_FORWARD_UNREACHABLE,
@@ -111,7 +122,7 @@ def _parse(device_id: str, port: str) -> tuple[uuid.UUID, int]:
 
 
 async def _admit(  # noqa: PLR0917 - who (user, organisation), where, from where
-    websocket: WebSocket,
+    websocket: ForwardSocket,
     user_id: uuid.UUID,
     org_id: uuid.UUID,
     device_id: uuid.UUID,
@@ -119,12 +130,13 @@ async def _admit(  # noqa: PLR0917 - who (user, organisation), where, from where
     client: str | None,
     *,
     may_hop: bool,
+    api_key_id: uuid.UUID | None = None,
 ) -> tuple[Forward, TunnelLink] | Peer:
     """Every check made before the upgrade: the admitted forward (holding its slots) and
     this node's tunnel, or (``may_hop``) the other node of the cluster holding the tunnel."""
     try:
         # unit of work: its own short read, before the upgrade (the forward holds none)
-        async with runtime_of(websocket).db.reading() as conn:
+        async with _runtime(websocket).db.reading() as conn:
             device = await DEVICES.of(websocket.app).get(conn, org_id, device_id)
     except AppError:
         raise
@@ -135,7 +147,13 @@ async def _admit(  # noqa: PLR0917 - who (user, organisation), where, from where
         raise mapped from err
     hub = HUB.of(websocket.app)
     forwards = hub.forwards
-    forward = Forward(device_id=device_id, org_id=device.org_id, user_id=user_id, port=port)
+    forward = Forward(
+        device_id=device_id,
+        org_id=device.org_id,
+        user_id=user_id,
+        port=port,
+        api_key_id=api_key_id,
+    )
     if device.tcp_ports is not None and port not in device.tcp_ports:
         forwards.refused["not_allowed"] += 1
         allowed = ", ".join(str(p) for p in device.tcp_ports) or "none"
@@ -144,7 +162,7 @@ async def _admit(  # noqa: PLR0917 - who (user, organisation), where, from where
             "visiona agent --allow-port)."
         )
         await _record(
-            runtime_of(websocket), "forward.refused", forward, client, reason=refusal.message
+            _runtime(websocket), "forward.refused", forward, client, reason=refusal.message
         )
         raise refusal
     link = hub.get(device_id)
@@ -159,7 +177,7 @@ async def _admit(  # noqa: PLR0917 - who (user, organisation), where, from where
     return forward, link
 
 
-async def _deny(websocket: WebSocket, err: AppError) -> None:
+async def _deny(websocket: ForwardSocket, err: AppError) -> None:
     """Answer ``err`` instead of the upgrade."""
     await websocket.send_denial_response(
         JSONResponse(err.body(), status_code=err.status_code, headers=err.headers or None)
@@ -172,7 +190,7 @@ async def device_tcp(websocket: WebSocket) -> None:
     """A WebSocket carrying one TCP connection to ``127.0.0.1:{port}`` on the device's PC
     (see the module doc for the errors before the upgrade and the close codes after).
     In a cluster, a node without the device's tunnel carries the forward to the node
-    that holds it (visiona/tunnel/tcp_hop.py)."""
+    that holds it, as a stream of the node link (visiona/tunnel/tcp_link.py)."""
     runtime = runtime_of(websocket)
     client = websocket.client.host if websocket.client else None
     params = websocket.path_params
@@ -180,16 +198,31 @@ async def device_tcp(websocket: WebSocket) -> None:
         device_id, port = _parse(str(params["device_id"]), str(params["port"]))
         principal = await require(Permission.PROXY)(websocket)
         admitted = await _admit(
-            websocket, principal.user_id, principal.org_id, device_id, port, client, may_hop=True
+            websocket,
+            principal.user_id,
+            principal.org_id,
+            device_id,
+            port,
+            client,
+            may_hop=True,
+            api_key_id=principal.api_key_id,
         )
     except AppError as err:
         await _deny(websocket, err)
         return
     if not isinstance(admitted, tuple):
-        from visiona.tunnel.tcp_hop import hop  # noqa: PLC0415 - the cluster's client, when used
-
-        await hop(runtime.settings, websocket, admitted, f"/devices/{device_id}/tcp/{port}",
-                  user_id=principal.user_id, org_id=principal.org_id, client=client)  # fmt: skip
+        settings = runtime.settings
+        await hop(
+            websocket,
+            admitted,
+            device_id=device_id,
+            port=port,
+            user_id=principal.user_id,
+            org_id=principal.org_id,
+            api_key_id=principal.api_key_id,
+            client=client,
+            accept_within=settings.cluster_connect_timeout + settings.forward_connect_timeout,
+        )
         return
     await _run(runtime, websocket, *admitted, client)
 
@@ -204,12 +237,21 @@ async def internal_device_tcp(websocket: WebSocket) -> None:
         if not CLUSTER.of(websocket.app).accepts(websocket.headers.get(TOKEN_HEADER)):
             raise UnauthorizedError("Missing or invalid internal token.")
         caller = forwarded_caller(
-            websocket.headers.get(USER_HEADER), websocket.headers.get(ORG_HEADER)
+            websocket.headers.get(USER_HEADER),
+            websocket.headers.get(ORG_HEADER),
+            websocket.headers.get(KEY_HEADER),
         )
         device_id, port = _parse(str(params["device_id"]), str(params["port"]))
         client = websocket.headers.get(CLIENT_HEADER) or None
         admitted = await _admit(
-            websocket, caller.user_id, caller.org_id, device_id, port, client, may_hop=False
+            websocket,
+            caller.user_id,
+            caller.org_id,
+            device_id,
+            port,
+            client,
+            may_hop=False,
+            api_key_id=caller.api_key_id,
         )
     except AppError as err:
         await _deny(websocket, err)
@@ -218,8 +260,50 @@ async def internal_device_tcp(websocket: WebSocket) -> None:
     await _run(runtime, websocket, *admitted, client)
 
 
+async def serve_forward(app: Any, stream: Stream, head: dict[str, Any]) -> None:
+    """Serve a forward another node carried here on a link stream (its ``forward`` kind:
+    :mod:`visiona.tunnel.tcp_link`), from this node's tunnel only, exactly as a local
+    one: the same admission, limits, audit and close codes."""
+    try:
+        user_id = uuid.UUID(str(head["user"]))
+        org_id = uuid.UUID(str(head["org"]))
+        key = head.get("key")
+        api_key_id = uuid.UUID(str(key)) if key else None
+        client = str(head["client"]) if head.get("client") else None
+    except (KeyError, ValueError) as err:
+        raise LinkProtocolError("malformed forward header") from err
+    socket = LinkSocket(app, stream)
+    try:
+        device_id, port = _parse(str(head.get("device")), str(head.get("port")))
+        admitted = await _admit(
+            socket,
+            user_id,
+            org_id,
+            device_id,
+            port,
+            client,
+            may_hop=False,
+            api_key_id=api_key_id,
+        )
+    except AppError as err:
+        await _deny(socket, err)
+        return
+    assert isinstance(admitted, tuple)  # noqa: S101 - may_hop=False never hops
+    await _run(_runtime(socket), socket, *admitted, client)
+
+
+def _runtime(websocket: ForwardSocket) -> Runtime:
+    """The application's runtime (a link socket is no Starlette connection)."""
+    runtime: Runtime = websocket.app.state.runtime
+    return runtime
+
+
 async def _run(
-    runtime: Runtime, websocket: WebSocket, forward: Forward, link: TunnelLink, client: str | None
+    runtime: Runtime,
+    websocket: ForwardSocket,
+    forward: Forward,
+    link: TunnelLink,
+    client: str | None,
 ) -> None:
     """Accept, serve the forward, give its slots back."""
     forwards = HUB.of(websocket.app).forwards
@@ -232,7 +316,7 @@ async def _run(
 
 async def _serve(  # noqa: PLR0917 - one forward's parts
     runtime: Runtime,
-    websocket: WebSocket,
+    websocket: ForwardSocket,
     forward: Forward,
     link: TunnelLink,
     forwards: Forwards,
@@ -296,7 +380,7 @@ async def _serve(  # noqa: PLR0917 - one forward's parts
     )
 
 
-async def _close(websocket: WebSocket, code: int, reason: str) -> None:
+async def _close(websocket: ForwardSocket, code: int, reason: str) -> None:
     """Close the WebSocket (a client already gone is not an error)."""
     cut = reason.encode("utf-8")[:_MAX_REASON].decode("utf-8", "ignore")
     with contextlib.suppress(RuntimeError, OSError, WebSocketDisconnect):
@@ -323,7 +407,7 @@ async def _record(
             await audit.record(
                 conn,
                 action,
-                actor=audit.Actor.user(forward.user_id),
+                actor=audit.Actor.acting(forward.user_id, forward.api_key_id),
                 org_id=forward.org_id,
                 target_id=forward.device_id,
                 device_id=forward.device_id,
@@ -341,7 +425,7 @@ class _Relay:
 
     def __init__(
         self,
-        websocket: WebSocket,
+        websocket: ForwardSocket,
         stream: Stream,
         forward: Forward,
         link: TunnelLink,

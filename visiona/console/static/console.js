@@ -44,7 +44,7 @@
     return request(method, API + path, body);
   }
 
-  const FIELD_NAMES = { name: "Name", email: "Email", password: "Password", target_chip: "Target chip", labels: "Labels", file: "File", model_id: "Model", scopes: "Scopes", expires_in_days: "Expiry (days)" };
+  const FIELD_NAMES = { name: "Name", email: "Email", password: "Password", target_chip: "Target chip", labels: "Labels", file: "File", model_id: "Model", scopes: "Scopes", expires_in_days: "Expiry (days)", url: "URL", events: "Events", description: "Description" };
 
   function errorText(result, fallback) {
     if (result.status === 0) return "The server cannot be reached. Check your connection and try again.";
@@ -886,6 +886,87 @@
     await refreshRegions(["keys"]);
   }
 
+  // -- webhooks ------------------------------------------------------------------------
+
+  const WEBHOOK_REGIONS = ["webhooks", "endpoint", "deliveries"];
+
+  function setupWebhooks() {
+    // The endpoint page follows its delivery log (and the endpoint's state).
+    if ($("[data-live-deliveries]")) poll(() => refreshRegions(["endpoint", "deliveries"]), POLL_MS);
+    const form = $("#webhook-form");
+    if (!form) return;
+    const box = $("[data-new-secret]");
+    $("[data-copy-secret]", box).addEventListener("click", () => {
+      copyText($("[data-new-secret-value]", box).textContent, $("[data-copy-status]", box));
+    });
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      showError(form, "");
+      const url = form.url.value.trim();
+      const description = form.description.value.trim();
+      const events = $$("input[name=events]:checked", form).map((input) => input.value);
+      for (const word of form.more_events.value.split(/[\s,]+/)) {
+        if (word && !events.includes(word)) events.push(word);
+      }
+      const problems = [];
+      if (!/^https?:\/\/[^\s]+$/i.test(url)) problems.push("URL: enter the http:// or https:// address of your receiver.");
+      if (!events.length) problems.push("Events: choose at least one.");
+      if (problems.length) return showError(form, problems.join("\n"));
+      const body = { url, events };
+      if (description) body.description = description;
+      const button = $("button[type=submit]", form);
+      button.disabled = true;
+      const result = await api("POST", "/webhooks", body);
+      button.disabled = false;
+      if (!result.ok) return showError(form, "The endpoint was not created: " + errorText(result));
+      // Shown once: it lives only in this box, until the page is left.
+      $("[data-new-secret-url]", box).textContent = result.data.url;
+      $("[data-new-secret-value]", box).textContent = result.data.secret;
+      $("[data-copy-status]", box).textContent = "";
+      box.hidden = false;
+      form.reset();
+      await refreshRegions(["webhooks"]);
+    });
+  }
+
+  function webhookPath(button) {
+    return "/webhooks/" + encodeURIComponent(button.dataset.webhookId);
+  }
+
+  async function testWebhook(button) {
+    button.disabled = true;
+    const result = await api("POST", webhookPath(button) + "/test");
+    button.disabled = false;
+    if (!result.ok) return toast("No test event sent: " + errorText(result));
+    toast("Test event queued (delivery " + result.data.delivery_id + ").");
+    await refreshRegions(WEBHOOK_REGIONS);
+  }
+
+  async function setWebhookEnabled(button, enabled) {
+    const url = button.dataset.url;
+    if (!enabled) {
+      const ok = await confirmAction("Disable “" + url + "”?", "Nothing is sent to it until it is enabled again; its events wait in its queue.", "Disable");
+      if (!ok) return;
+    }
+    button.disabled = true;
+    const result = await api("PATCH", webhookPath(button), { enabled });
+    button.disabled = false;
+    if (!result.ok) return toast("Not changed: " + errorText(result));
+    toast(enabled ? "“" + url + "” enabled again: its queued events are on their way." : "“" + url + "” disabled.");
+    await refreshRegions(WEBHOOK_REGIONS);
+  }
+
+  async function deleteWebhook(button) {
+    const url = button.dataset.url;
+    const ok = await confirmAction("Delete “" + url + "”?", "Its delivery log and the events waiting in its queue are deleted with it. This cannot be undone.", "Delete");
+    if (!ok) return;
+    const result = await api("DELETE", webhookPath(button));
+    if (!result.ok && result.status !== 404) return toast("Not deleted: " + errorText(result));
+    if (button.dataset.leave) return location.assign(button.dataset.leave);
+    toast("“" + url + "” deleted.");
+    await refreshRegions(["webhooks"]);
+  }
+
   // -- rollouts ------------------------------------------------------------------------
 
   function setupRolloutForm() {
@@ -1004,6 +1085,10 @@
     "leave-org": leaveOrg,
     "revoke-invitation": revokeInvitation,
     "revoke-api-key": revokeApiKey,
+    "webhook-test": testWebhook,
+    "webhook-enable": (button) => setWebhookEnabled(button, true),
+    "webhook-disable": (button) => setWebhookEnabled(button, false),
+    "webhook-delete": deleteWebhook,
     "rollout-pause": rolloutAction("pause", "Rollout paused: no new transfer starts."),
     "rollout-resume": rolloutAction("resume", "Rollout resumed."),
     "rollout-cancel": rolloutAction("cancel", "Rollout cancelled."),
@@ -1039,6 +1124,7 @@
     setupMembers();
     setupAccept();
     setupApiKeys();
+    setupWebhooks();
     setupRolloutForm();
     setupRollout();
   });

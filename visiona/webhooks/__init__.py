@@ -1,0 +1,1 @@
+"""Signed webhooks: endpoints of an organisation (API, CLI, console) and their delivery."""
