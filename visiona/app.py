@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -70,6 +71,7 @@ from visiona.tunnel.hub import TunnelHub
 from visiona.tunnel.relay import Relay
 from visiona.tunnel.tcp_endpoints import serve_forward
 from visiona.tunnel.tcp_link import KIND as FORWARD_KIND
+from visiona.webhooks.dispatcher import DISPATCHER, Dispatcher
 from visiona.webhooks.endpoints import router as webhooks_router
 from visiona.wire import API_PREFIX
 
@@ -126,9 +128,9 @@ async def run_features(
     The one place that knows every feature: the tunnel hub (with the cluster's
     registry when clustered), the cluster (and what its node link serves here), the
     proxy's relay, the model storage, deployments' delivery and recovery, the rollout
-    scheduler, the session store, the membership cache, the API key cache and its usage
-    batch, the audit pruner, the live event stream's hub, and who hears of a revoked
-    device.
+    scheduler, the webhook dispatcher, the session store, the membership cache, the API
+    key cache and its usage batch, the audit pruner, the live event stream's hub, and who
+    hears of a revoked device.
     """
     settings, db = runtime.settings, runtime.db
     sessions = build_session_store(
@@ -191,6 +193,8 @@ async def run_features(
         scheduler = Scheduler(db, settings, delivery, build_lease(runtime.redis, cluster))
         SCHEDULER.provide(app, scheduler)
         _start_scheduler(stack, scheduler, settings)
+        # Webhooks: every node's dispatcher delivers the outbox under per-row leases.
+        _start_dispatcher(app, stack, runtime, cluster.node_id)
         yield sessions
 
 
@@ -220,6 +224,22 @@ def _start_scheduler(stack: AsyncExitStack, scheduler: Scheduler, settings: Sett
     if not _in_memory(settings):
         scheduler.start()
         stack.push_async_callback(scheduler.stop)
+
+
+def _start_dispatcher(
+    app: FastAPI, stack: AsyncExitStack, runtime: Runtime, cluster_node: str | None
+) -> None:
+    """Build and hand out the webhook dispatcher, named as the cluster names this node
+    (else ``VISIONA_NODE_ID``, else a random id); start it unless
+    ``VISIONA_WEBHOOK_DISPATCHER`` is off or the database is an in-memory SQLite one
+    (see :func:`_in_memory`); stopped (its HTTP clients closed) when ``stack`` closes."""
+    settings = runtime.settings
+    node_id = cluster_node or settings.node_id or f"node-{uuid.uuid4().hex[:12]}"
+    dispatcher = Dispatcher(runtime.db, settings, node_id=node_id, metrics=runtime.metrics)
+    DISPATCHER.provide(app, dispatcher)
+    if settings.webhook_dispatcher and not _in_memory(settings):
+        dispatcher.start()
+    stack.push_async_callback(dispatcher.stop)
 
 
 def _in_memory(settings: Settings) -> bool:

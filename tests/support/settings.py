@@ -18,6 +18,9 @@ def make_settings(**overrides: object) -> Settings:
         "login_rate_limit": 1_000,
         "pair_rate_limit": 1_000_000,
         "log_level": "WARNING",
+        # no webhook dispatcher unless a test asks for it (tests/webhooks): the outbox
+        # tests read the rows it would otherwise start delivering
+        "webhook_dispatcher": False,
     }
     base.update(overrides)
     return Settings(_env_file=None, **base)

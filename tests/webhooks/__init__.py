@@ -1,0 +1,1 @@
+"""Webhook delivery: SSRF guard, sender, queue, dispatcher (issue 25)."""

@@ -334,6 +334,48 @@ class Settings(BaseSettings):
         description="Seconds between two keep-alive comments on an idle event stream.",
     )
 
+    # -- webhooks (delivery: visiona.webhooks) ---------------------------------
+    webhook_dispatcher: bool = Field(
+        default=True,
+        description="Run the webhook dispatcher on this node (it delivers the outbox's due "
+        "deliveries; every node may run one: a lease keeps an attempt to one node).",
+    )
+    webhook_allow_private: bool = Field(
+        default=False,
+        description="Allow webhook URLs whose host is (or resolves to) a loopback, private, "
+        "link-local, shared or reserved address (tests, closed networks); refused otherwise.",
+    )
+    webhook_connect_timeout: float = Field(
+        5.0, gt=0, description="Seconds a webhook attempt may take to connect."
+    )
+    webhook_timeout: float = Field(
+        15.0,
+        gt=0,
+        description="Seconds a whole webhook attempt may take (resolve, connect, send, the "
+        "answer's head and its first 1 KiB); a failed attempt after.",
+    )
+    webhook_retry_schedule: str = Field(
+        "0,5,300,1800,7200,18000,36000,36000",
+        description="Comma-separated seconds before each attempt of a delivery, counted from "
+        "the previous one (the first from the event): immediately, 5 s, 5 min, 30 min, 2 h, "
+        "5 h, 10 h, 10 h, about 27.6 h in all. When the last fails the delivery is `failed` "
+        "and its endpoint disabled.",
+    )
+    webhook_poll_interval: float = Field(
+        0.5,
+        gt=0,
+        description="Seconds between two looks of the webhook dispatcher for due deliveries.",
+    )
+    webhook_lease_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds a node holds a delivery it claimed (longer than WEBHOOK_TIMEOUT); "
+        "a node that dies mid-attempt leaves it to be claimed again after.",
+    )
+    webhook_concurrency: int = Field(
+        16, ge=1, description="Webhook attempts one node runs at once (one per endpoint)."
+    )
+
     # -- cluster (several nodes behind one address) ---------------------------
     node_id: str | None = Field(
         None,
@@ -396,6 +438,23 @@ class Settings(BaseSettings):
         if urlsplit(value).scheme not in {"http", "https"} or not urlsplit(value).hostname:
             raise ValueError("node_url must be an http:// or https:// URL")
         return value.rstrip("/")
+
+    @field_validator("webhook_retry_schedule")
+    @classmethod
+    def _retry_schedule(cls, value: str) -> str:
+        parse_schedule(value)
+        return value
+
+    @model_validator(mode="after")
+    def _lease_outlives_an_attempt(self) -> Self:
+        if self.webhook_lease_seconds <= self.webhook_timeout:
+            raise ValueError("VISIONA_WEBHOOK_LEASE_SECONDS must be longer than WEBHOOK_TIMEOUT")
+        return self
+
+    @property
+    def webhook_retry_delays(self) -> tuple[float, ...]:
+        """The retry schedule as seconds (see ``webhook_retry_schedule``)."""
+        return parse_schedule(self.webhook_retry_schedule)
 
     @model_validator(mode="after")
     def _cluster_needs_redis(self) -> Self:
@@ -488,3 +547,14 @@ def safe_target(url: URL) -> str:
         return f"sqlite:{url.database or ':memory:'}"
     default_port = {"postgresql": 5432, "redis": 6379}.get(backend, 0)
     return f"{url.host or 'localhost'}:{url.port or default_port}/{url.database or ''}"
+
+
+def parse_schedule(text: str) -> tuple[float, ...]:
+    """``"0,5,300"`` as ``(0.0, 5.0, 300.0)``; a ValueError unless one or more seconds >= 0."""
+    try:
+        delays = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise ValueError("the retry schedule must be comma-separated seconds") from None
+    if not delays or any(d < 0 or d != d for d in delays):  # noqa: PLR0124 - NaN check
+        raise ValueError("the retry schedule must be seconds >= 0")
+    return delays
