@@ -73,7 +73,8 @@ class Dispatcher:
         """Deliver ``db``'s outbox as ``node_id`` with ``settings``' webhook knobs."""
         self._db = db
         self.node_id = node_id
-        self._schedule = settings.webhook_retry_delays
+        #: the retry schedule's delays (seconds)
+        self.schedule = settings.webhook_retry_delays
         self._lease = settings.webhook_lease_seconds
         self._poll = settings.webhook_poll_interval
         self._concurrency = settings.webhook_concurrency
@@ -212,7 +213,7 @@ class Dispatcher:
             # unit of work: the attempt's outcome, under the lease
             async with self._db.transaction() as conn:
                 outcome = await queue.record(
-                    conn, claimed, attempt, schedule=self._schedule, now=utcnow()
+                    conn, claimed, attempt, schedule=self.schedule, now=utcnow()
                 )
             if attempt.ok:
                 self.sent += 1
