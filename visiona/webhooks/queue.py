@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, false, or_, select, update
+from sqlalchemy import false, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from visiona.audit import service as audit
@@ -82,33 +82,31 @@ class Claimed:
         return f"Claimed(seq={self.seq}, endpoint={self.endpoint_id}, event={self.event_id})"
 
 
-def _claimable(now: datetime) -> Any:
-    head = ~exists(
-        select(_earlier.c.seq).where(
-            _earlier.c.endpoint_id == _d.c.endpoint_id,
-            _earlier.c.state == PENDING,
-            _earlier.c.seq < _d.c.seq,
-        )
-    )
-    return and_(
-        _d.c.state == PENDING,
-        _d.c.next_attempt_at <= now,
-        or_(_d.c.lease_until.is_(None), _d.c.lease_until <= now),
-        _e.c.enabled,
-        head,
-    )
-
-
 def _candidates(now: datetime, limit: int, *, exclude: Sequence[uuid.UUID]) -> Any:
+    """Each enabled endpoint's head of line (its oldest pending row, found through the
+    ``(endpoint_id, state, seq)`` index: one probe per endpoint, however long the queue
+    behind a failing head), when it is due and its lease free or expired."""
+    head = (
+        select(_earlier.c.seq)
+        .where(_earlier.c.endpoint_id == _e.c.id, _earlier.c.state == PENDING)
+        .order_by(_earlier.c.seq)
+        .limit(1)
+        .scalar_subquery()
+    )
     query = (
         select(_d.c.seq)
-        .select_from(_d.join(_e, _e.c.id == _d.c.endpoint_id))
-        .where(_claimable(now))
+        .select_from(_e.join(_d, _d.c.seq == head))
+        .where(
+            _e.c.enabled,
+            _d.c.state == PENDING,
+            _d.c.next_attempt_at <= now,
+            or_(_d.c.lease_until.is_(None), _d.c.lease_until <= now),
+        )
         .order_by(_d.c.next_attempt_at, _d.c.seq)
         .limit(limit)
     )
     if exclude:
-        query = query.where(_d.c.endpoint_id.not_in(list(exclude)))
+        query = query.where(_e.c.id.not_in(list(exclude)))
     return query
 
 
