@@ -248,3 +248,28 @@ async def test_a_claimed_head_of_line_holds_back_its_endpoint_and_no_other(
             )
         )
         assert not await queue.any_due(conn, now)
+
+
+async def test_an_attempt_cut_by_shutdown_gives_its_lease_back(
+    app: FastAPI, client: httpx.AsyncClient, receiver: tuple[Receiver, LiveServer[Starlette]]
+) -> None:
+    """Stopping a node cancels what is still in flight after the grace and gives the
+    leases back: another node (or this one, restarted) attempts the rows again."""
+    hooks, server = receiver
+    hooks.delay = 1.5
+    db = runtime(app).db
+    org = uuid.UUID((await signup(client)).org_id)
+    path, secret = hooks.path()
+    endpoint_id = await add_endpoint(db, org, f"{server.url}{path}", secret)
+    await _events(app, org, 1)
+
+    async def in_flight() -> bool:
+        return DISPATCHER.of(app).in_flight == 1 and len(hooks.attempts) == 1
+
+    await wait_for(in_flight, limit=30)
+    await DISPATCHER.of(app).stop(grace=0.1)
+    [row] = await deliveries(db, endpoint_id)
+    assert row["state"] == "pending"
+    assert row["attempts"] == 0
+    assert row["lease_owner"] is None
+    assert row["lease_until"] is None

@@ -204,3 +204,16 @@ async def test_the_connection_goes_to_the_vetted_address_with_the_name_as_host(
     assert lookups == ["hooks.example.test"]  # resolved once, by the check
     assert hooks.log[0].headers["host"] == f"hooks.example.test:{server.port}"
     assert json.loads(hooks.log[0].body)["type"] == "model.renamed"
+
+
+@pytest.mark.parametrize("secret", ["whsec_", "whsec_!!not base64!!"])
+async def test_a_broken_secret_is_a_failed_attempt_not_a_crash(
+    receiver: Served, sender: Sender, secret: str
+) -> None:
+    hooks, server = receiver
+    path, _ = hooks.path()
+    url = f"{server.url}{path}"
+    attempt = await sender.attempt(url=url, secret=secret, event_id="e", body=BODY)
+    assert not attempt.ok
+    assert attempt.error == "the endpoint's secret is not a valid whsec_ key"
+    assert hooks.attempts == []

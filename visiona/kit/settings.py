@@ -7,6 +7,7 @@ built at import time.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Self
 from urllib.parse import urlsplit
@@ -356,10 +357,10 @@ class Settings(BaseSettings):
     )
     webhook_retry_schedule: str = Field(
         "0,5,300,1800,7200,18000,36000,36000",
-        description="Comma-separated seconds before each attempt of a delivery, counted from "
-        "the previous one (the first from the event): immediately, 5 s, 5 min, 30 min, 2 h, "
-        "5 h, 10 h, 10 h, about 27.6 h in all. When the last fails the delivery is `failed` "
-        "and its endpoint disabled.",
+        description="Comma-separated seconds before each attempt of a webhook delivery, "
+        "counted from the previous attempt; the first is 0 (at once, after the event): by "
+        "default immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h, about 27.6 h in all. "
+        "When the last attempt fails the delivery is `failed` and its endpoint disabled.",
     )
     webhook_poll_interval: float = Field(
         0.5,
@@ -555,6 +556,8 @@ def parse_schedule(text: str) -> tuple[float, ...]:
         delays = tuple(float(part) for part in text.split(","))
     except ValueError:
         raise ValueError("the retry schedule must be comma-separated seconds") from None
-    if not delays or any(d < 0 or d != d for d in delays):  # noqa: PLR0124 - NaN check
+    if not delays or any(not math.isfinite(d) or d < 0 for d in delays):
         raise ValueError("the retry schedule must be seconds >= 0")
+    if delays[0] != 0:
+        raise ValueError("the retry schedule starts with 0: the first attempt is immediate")
     return delays

@@ -32,6 +32,7 @@ from datetime import datetime
 
 import httpx
 from standardwebhooks import Webhook
+from standardwebhooks.webhooks import EmptyWebhookSecretError
 
 from visiona import __version__
 from visiona.kit.clock import utcnow
@@ -146,6 +147,11 @@ class Sender:
                 error = f"no answer within {self._timeout:g} s"
         except (AppError, httpx.HTTPError) as err:
             error = _failure(err, self._timeout)
+        except (ValueError, EmptyWebhookSecretError):  # binascii.Error is a ValueError
+            error = "the endpoint's secret is not a valid whsec_ key"
+        except Exception as err:  # a fault of ours: failed attempt, retried on schedule
+            _LOGGER.exception("webhooks: attempt of %s failed unexpectedly", event_id)
+            error = f"the attempt failed ({type(err).__name__})"
         latency_ms = round((time.perf_counter() - started) * 1000)
         status = answer.status
         ok = status is not None and 200 <= status < 300
