@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -96,23 +97,32 @@ def _text(raw: bytes) -> str:
 def _connect_reason(err: httpx.HTTPError) -> str:
     cause: BaseException | None = err
     while cause is not None:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return f"TLS certificate rejected: {cause.verify_message or 'not trusted'}"
+        if isinstance(cause, ssl.SSLError):
+            return "TLS handshake failed"
         if isinstance(cause, ConnectionRefusedError):
             return "connection refused"
         if isinstance(cause, OSError) and cause.strerror:
             return f"could not connect: {cause.strerror.lower()}"
         cause = cause.__cause__ or cause.__context__
-    text = str(err)
-    if "CERTIFICATE" in text.upper() or "SSL" in text.upper():
-        return "TLS handshake failed (certificate not trusted for the host?)"
     return "could not connect"
 
 
 class Sender:
     """Sends attempts over two shared httpx clients (closed by :meth:`aclose`)."""
 
-    def __init__(self, *, connect_timeout: float, timeout: float, allow_private: bool) -> None:
+    def __init__(
+        self,
+        *,
+        connect_timeout: float,
+        timeout: float,
+        allow_private: bool,
+        verify: ssl.SSLContext | bool = True,
+    ) -> None:
         """Attempts connect within ``connect_timeout`` s and finish within ``timeout`` s;
-        ``allow_private``: internal addresses are allowed (tests, closed networks)."""
+        ``allow_private``: internal addresses are allowed (tests, closed networks);
+        ``verify``: how ``https`` certificates are checked (default: the public CAs)."""
         self._timeout = timeout
         self._allow_private = allow_private
         limits = httpx.Limits(max_connections=_MAX_CONNECTIONS, max_keepalive_connections=20)
@@ -120,6 +130,7 @@ class Sender:
             "follow_redirects": False,
             "trust_env": False,  # no proxy from the environment: the connection is pinned
             "timeout": httpx.Timeout(timeout, connect=connect_timeout),
+            "verify": verify,
         }
         self._plain = httpx.AsyncClient(limits=limits, **common)  # type: ignore[arg-type]
         self._tls = httpx.AsyncClient(
