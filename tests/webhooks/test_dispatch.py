@@ -5,6 +5,7 @@ delivery exhausts the schedule is disabled and audited. SQLite and PostgreSQL.""
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -273,3 +274,31 @@ async def test_an_attempt_cut_by_shutdown_gives_its_lease_back(
     assert row["attempts"] == 0
     assert row["lease_owner"] is None
     assert row["lease_until"] is None
+
+
+async def test_neither_the_secret_nor_the_url_path_and_query_are_logged(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    receiver: tuple[Receiver, LiveServer[Starlette]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="visiona")
+    hooks, server = receiver
+    db = runtime(app).db
+    org = uuid.UUID((await signup(client)).org_id)
+    path, secret = hooks.path()
+    url = f"{server.url}{path}?token=query-s3cret"
+    endpoint_id = await add_endpoint(db, org, url, secret)
+    hooks.status = 500
+    await _events(app, org, 1)
+
+    async def disabled() -> bool:
+        return not (await endpoint(db, endpoint_id))["enabled"]
+
+    await wait_for(disabled, limit=30)
+    logged = caplog.text
+    assert str(endpoint_id) in logged  # the failures and the disabling were logged
+    assert secret not in logged
+    assert secret.removeprefix("whsec_") not in logged
+    assert "query-s3cret" not in logged
+    assert path not in logged
