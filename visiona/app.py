@@ -191,8 +191,7 @@ async def run_features(
         # Rollouts: the scheduler runs on every node, acts under its lease (after the
         # deployments' recovery above failed what a previous run left unfinished).
         scheduler = Scheduler(db, settings, delivery, build_lease(runtime.redis, cluster))
-        SCHEDULER.provide(app, scheduler)
-        _start_scheduler(stack, scheduler, settings)
+        _start_scheduler(app, stack, scheduler, settings)
         # Webhooks: every node's dispatcher delivers the outbox under per-row leases.
         _start_dispatcher(app, stack, runtime, cluster.node_id)
         yield sessions
@@ -218,9 +217,12 @@ def _start_events(
     return events
 
 
-def _start_scheduler(stack: AsyncExitStack, scheduler: Scheduler, settings: Settings) -> None:
-    """Start the rollout scheduler (stopped when ``stack`` closes), except on an in-memory
-    SQLite database (see :func:`_in_memory`)."""
+def _start_scheduler(
+    app: FastAPI, stack: AsyncExitStack, scheduler: Scheduler, settings: Settings
+) -> None:
+    """Hand out the rollout scheduler and start it (stopped when ``stack`` closes), except
+    on an in-memory SQLite database (see :func:`_in_memory`)."""
+    SCHEDULER.provide(app, scheduler)
     if not _in_memory(settings):
         scheduler.start()
         stack.push_async_callback(scheduler.stop)
