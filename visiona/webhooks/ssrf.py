@@ -49,7 +49,7 @@ class WebhookUrlInvalidError(AppError):
     """The URL is not an absolute ``http://`` or ``https://`` URL with a host."""
 
     status_code = 422
-    code = "webhook_url_invalid"
+    code = "invalid_webhook_url"  # as the API's own check of the URL's form
     default_message = "The webhook URL must be an absolute http:// or https:// URL with a host."
 
 
