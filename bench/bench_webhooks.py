@@ -4,10 +4,11 @@ write adds to a change.
 (a) *Change to delivery*, one real `visiona serve` node (SQLite file, then a throwaway
 PostgreSQL), a receiver on loopback that verifies nothing and answers 200 at once:
 EVENTS device renames through the API (``PATCH /devices/{id}``, one after another),
-each queued for one endpoint subscribed to ``device.*``; the figure is EVENTS over the
-time from the first rename's request to the last delivery's arrival (the dispatcher
-polls every ``VISIONA_WEBHOOK_POLL_INTERVAL``, 0.5 s by default, and delivers an
-endpoint's events one at a time, in order), with the slowest single event's delay.
+each queued for one endpoint (created by ``POST /webhooks``) subscribed to
+``device.*``; the figure is EVENTS over the time from the first rename's request to
+the last delivery's arrival (the dispatcher polls every
+``VISIONA_WEBHOOK_POLL_INTERVAL``, 0.5 s by default, and delivers an endpoint's events
+one at a time, in order), with the slowest single event's delay.
 
 (b) *Outbox write cost*, in process through the project's engine and unit of work (no
 HTTP, no dispatcher): a device rename with its ``device.renamed`` audit event, in
@@ -93,8 +94,8 @@ async def _add_endpoint(db: Database, org_id: uuid.UUID, url: str) -> uuid.UUID:
     return endpoint_id
 
 
-async def _paired_device(http: httpx.AsyncClient) -> tuple[dict[str, str], str, str]:
-    """A new user's auth headers, organisation and paired device."""
+async def _paired_device(http: httpx.AsyncClient) -> tuple[dict[str, str], str]:
+    """A new user's auth headers and paired device."""
     email = f"bench-{uuid.uuid4().hex[:8]}@example.com"
     password = "correct horse battery staple"
     await http.post(
@@ -102,8 +103,6 @@ async def _paired_device(http: httpx.AsyncClient) -> tuple[dict[str, str], str, 
     )
     login = await http.post(f"{API}/auth/login", json={"email": email, "password": password})
     headers = {"Authorization": f"Bearer {login.json()['token']}"}
-    orgs = (await http.get(f"{API}/orgs", headers=headers)).json()["items"]
-    org = next(o["id"] for o in orgs if o["personal"])
     token = (await http.post(f"{API}/pairing-tokens", json={}, headers=headers)).json()["token"]
     paired = await http.post(
         f"{API}/agent/pair",
@@ -114,7 +113,7 @@ async def _paired_device(http: httpx.AsyncClient) -> tuple[dict[str, str], str, 
             "name": "bench",
         },
     )
-    return headers, org, paired.json()["device_id"]
+    return headers, paired.json()["device_id"]
 
 
 async def _change_to_delivery(label: str, url: str, data_dir: Path) -> None:
@@ -125,38 +124,39 @@ async def _change_to_delivery(label: str, url: str, data_dir: Path) -> None:
         "VISIONA_WEBHOOK_ALLOW_PRIVATE": "true",
         "VISIONA_LOGIN_RATE_LIMIT": "100000",
     }
-    db = _database(url, data_dir)
-    try:
-        with serve_in_thread(counter.app()) as receiver, visiona_server(env) as base:
-            async with httpx.AsyncClient(base_url=base, timeout=30) as http:
-                headers, org, device = await _paired_device(http)
-                await _add_endpoint(db, uuid.UUID(org), f"{receiver.url}/hook")
-                sent_at: list[float] = []
-                started = time.perf_counter()
-                for number in range(EVENTS):
-                    sent_at.append(time.perf_counter())
-                    renamed = await http.patch(
-                        f"{API}/devices/{device}", json={"name": f"n{number}"}, headers=headers
-                    )
-                    renamed.raise_for_status()
-                requests_done = time.perf_counter() - started
-                deadline = time.monotonic() + 120 + EVENTS
-                while len(counter.arrivals) < EVENTS and time.monotonic() < deadline:  # noqa: ASYNC110
-                    await asyncio.sleep(0.01)
-            arrivals = counter.arrivals[:EVENTS]
-            if len(arrivals) < EVENTS:
-                print(f"{label:<10} only {len(arrivals)} of {EVENTS} deliveries arrived")
-                return
-            total = arrivals[-1] - started
-            delays = [a - s for a, s in zip(arrivals, sent_at, strict=True)]
-            print(
-                f"{label:<10} {EVENTS} renames → deliveries: {EVENTS / total:7.1f} events/s "
-                f"(last delivery {total:.2f} s after the first request; the renames took "
-                f"{requests_done:.2f} s; slowest event {max(delays) * 1000:.0f} ms, "
-                f"median {statistics.median(delays) * 1000:.0f} ms)"
+    with serve_in_thread(counter.app()) as receiver, visiona_server(env) as base:
+        async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+            headers, device = await _paired_device(http)
+            created = await http.post(
+                f"{API}/webhooks",
+                json={"url": f"{receiver.url}/hook", "events": ["device.*"]},
+                headers=headers,
             )
-    finally:
-        await db.dispose()
+            created.raise_for_status()
+            sent_at: list[float] = []
+            started = time.perf_counter()
+            for number in range(EVENTS):
+                sent_at.append(time.perf_counter())
+                renamed = await http.patch(
+                    f"{API}/devices/{device}", json={"name": f"n{number}"}, headers=headers
+                )
+                renamed.raise_for_status()
+            requests_done = time.perf_counter() - started
+            deadline = time.monotonic() + 120 + EVENTS
+            while len(counter.arrivals) < EVENTS and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        arrivals = counter.arrivals[:EVENTS]
+        if len(arrivals) < EVENTS:
+            print(f"{label:<10} only {len(arrivals)} of {EVENTS} deliveries arrived")
+            return
+        total = arrivals[-1] - started
+        delays = [a - s for a, s in zip(arrivals, sent_at, strict=True)]
+        print(
+            f"{label:<10} {EVENTS} renames → deliveries: {EVENTS / total:7.1f} events/s "
+            f"(last delivery {total:.2f} s after the first request; the renames took "
+            f"{requests_done:.2f} s; slowest event {max(delays) * 1000:.0f} ms, "
+            f"median {statistics.median(delays) * 1000:.0f} ms)"
+        )
 
 
 async def _setup(db: Database) -> tuple[uuid.UUID, uuid.UUID, uuid.UUID]:
