@@ -149,20 +149,12 @@ class Sender:
         attempted_at = utcnow()
         started = time.perf_counter()
         answer = _Answer()
-        error: str | None = None
         try:
-            async with asyncio.timeout(self._timeout):
-                await self._exchange(url, sign(secret, event_id, attempted_at, body), body, answer)
-        except TimeoutError:
-            if answer.status is None:  # else: the status decided, the body was late
-                error = f"no answer within {self._timeout:g} s"
-        except (AppError, httpx.HTTPError) as err:
-            error = _failure(err, self._timeout)
+            signature = sign(secret, event_id, attempted_at, body)
         except (ValueError, EmptyWebhookSecretError):  # binascii.Error is a ValueError
-            error = "the endpoint's secret is not a valid whsec_ key"
-        except Exception as err:  # a fault of ours: failed attempt, retried on schedule
-            _LOGGER.exception("webhooks: attempt of %s failed unexpectedly", event_id)
-            error = f"the attempt failed ({type(err).__name__})"
+            error: str | None = "the endpoint's secret is not a valid whsec_ key"
+        else:
+            error = await self._attempt(url, signature, body, answer)
         latency_ms = round((time.perf_counter() - started) * 1000)
         status = answer.status
         ok = status is not None and 200 <= status < 300
@@ -184,6 +176,23 @@ class Sender:
             response=None if answer.body is None else _text(answer.body),
             error=error,
         )
+
+    async def _attempt(
+        self, url: str, signature: dict[str, str], body: bytes, answer: _Answer
+    ) -> str | None:
+        """Run the exchange within the total timeout; why it got no answer, if it did not."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._exchange(url, signature, body, answer)
+        except TimeoutError:
+            if answer.status is None:  # else: the status decided, the body was late
+                return f"no answer within {self._timeout:g} s"
+        except (AppError, httpx.HTTPError) as err:
+            return _failure(err, self._timeout)
+        except Exception as err:  # a fault of ours: a failed attempt, retried on schedule
+            _LOGGER.exception("webhooks: an attempt failed unexpectedly")
+            return f"the attempt failed ({type(err).__name__})"
+        return None
 
     async def _exchange(
         self, url: str, signature: dict[str, str], body: bytes, answer: _Answer
