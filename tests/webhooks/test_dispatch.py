@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import httpx
 import pytest
+import uvicorn
 from fastapi import FastAPI
 from sqlalchemy import select, update
 from starlette.applications import Starlette
@@ -302,3 +304,39 @@ async def test_neither_the_secret_nor_the_url_path_and_query_are_logged(
     assert secret.removeprefix("whsec_") not in logged
     assert "query-s3cret" not in logged
     assert path not in logged
+
+
+async def test_a_receiver_refusing_connections_gets_everything_once_it_listens(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    db = runtime(app).db
+    DISPATCHER.of(app).schedule = (0,) + (0.2,) * 30
+    with socket.socket() as probe:  # a port nobody listens on (yet)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    hooks = Receiver()
+    path, secret = hooks.path()
+    org = uuid.UUID((await signup(client)).org_id)
+    endpoint_id = await add_endpoint(db, org, f"http://127.0.0.1:{port}{path}", secret)
+    ids = await _events(app, org, 3)
+
+    async def refused() -> bool:
+        head = (await deliveries(db, endpoint_id))[0]
+        return bool(head["attempts"] >= 2 and head["last_error"] == "connection refused")
+
+    await wait_for(refused, limit=30)
+    config = uvicorn.Config(
+        hooks.app(), host="127.0.0.1", port=port, log_config=None, access_log=False
+    )
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve())
+    try:
+
+        async def all_delivered() -> bool:
+            return len(hooks.ids(path)) >= len(ids)
+
+        await wait_for(all_delivered, limit=30)
+    finally:
+        server.should_exit = True
+        await serving
+    assert hooks.ids(path) == ids
