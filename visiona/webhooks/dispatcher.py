@@ -11,7 +11,10 @@ is called):
 3. each claimed delivery is attempted in its own task (at most
    ``VISIONA_WEBHOOK_CONCURRENCY`` at once, one per endpoint: an endpoint's events go
    in order) and its outcome written in its own short transaction, only while the
-   lease is still this claim's (:func:`visiona.webhooks.queue.record`).
+   lease is still this claim's (:func:`visiona.webhooks.queue.record`); after a
+   success, that transaction also claims the endpoint's next due row, which the same
+   task attempts next (up to :data:`CHAIN` rows), so a backlog drains without waiting
+   for a turn between two events.
 
 Every node of a cluster may run one on the same database: the lease (``FOR UPDATE
 SKIP LOCKED`` on PostgreSQL) gives each attempt to one node. Delivery is at least
@@ -51,6 +54,9 @@ _LOGGER = logging.getLogger(__name__)
 DISPATCHER: Provided[Dispatcher] = Provided("webhook_dispatcher")
 #: Seconds :meth:`Dispatcher.stop` lets attempts in flight finish before cancelling them.
 STOP_GRACE = 2.0
+#: Rows of one endpoint one task delivers in a row before giving its slot back (so a
+#: long backlog does not keep other endpoints waiting for a slot).
+CHAIN = 100
 
 
 def encode(payload: dict[str, Any]) -> bytes:
@@ -86,6 +92,7 @@ class Dispatcher:
         self._inflight: dict[int, tuple[Claimed, asyncio.Task[None]]] = {}
         self._wake = asyncio.Event()
         self._loop: asyncio.Task[None] | None = None
+        self._stopping = False
         #: deliveries answered 2xx, failed attempts, endpoints disabled (this process)
         self.sent = 0
         self.failed = 0
@@ -131,20 +138,23 @@ class Dispatcher:
     async def stop(self, grace: float = STOP_GRACE) -> None:
         """Stop claiming; let attempts in flight finish within ``grace`` seconds, cancel
         the others and give their leases back; close the HTTP clients."""
+        self._stopping = True  # no attempt in flight goes on to its endpoint's next row
         if self._loop is not None:
             self._loop.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._loop
             self._loop = None
-        running = {task: claimed for claimed, task in self._inflight.values()}
-        if running:
-            _done, late = await asyncio.wait(running, timeout=grace)
+        tasks = {task for _, task in self._inflight.values()}
+        if tasks:
+            _done, late = await asyncio.wait(tasks, timeout=grace)
+            # what the late tasks hold now (read before cancelling: they forget it then)
+            held = [claimed for claimed, task in self._inflight.values() if task in late]
             for task in late:
                 task.cancel()
             for task in late:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-            await self._release([running[task] for task in late])
+            await self._release(held)
         await self._sender.aclose()
 
     async def _release(self, claims: list[Claimed]) -> None:
@@ -202,7 +212,29 @@ class Dispatcher:
             self._inflight[claimed.seq] = (claimed, task)
         return len(claims)
 
-    async def _deliver(self, claimed: Claimed) -> None:
+    async def _deliver(self, first: Claimed) -> None:
+        """Attempt ``first``; after a success, go on with its endpoint's next due row
+        (claimed in the transaction that records the success), up to :data:`CHAIN`
+        rows, so a backlog drains without a poll between two events."""
+        claimed: Claimed | None = first
+        task = asyncio.current_task()
+        done = 0
+        try:
+            while claimed is not None:
+                done += 1
+                following = await self._attempt(claimed, go_on=done < CHAIN)
+                self._inflight.pop(claimed.seq, None)
+                if following is not None and task is not None:
+                    self._inflight[following.seq] = (following, task)
+                claimed = following
+        finally:
+            if claimed is not None:
+                self._inflight.pop(claimed.seq, None)
+            self._wake.set()
+
+    async def _attempt(self, claimed: Claimed, *, go_on: bool) -> Claimed | None:
+        """One attempt of ``claimed`` and its outcome; with ``go_on``, the endpoint's next
+        row, claimed, when the attempt succeeded and one is due."""
         try:
             attempt = await self._sender.attempt(
                 url=claimed.url,
@@ -210,31 +242,44 @@ class Dispatcher:
                 event_id=str(claimed.event_id),
                 body=encode(claimed.payload),
             )
-            # unit of work: the attempt's outcome, under the lease
+            # unit of work: the attempt's outcome, under the lease (and the next row's claim)
             async with self._db.transaction() as conn:
+                now = utcnow()
                 outcome = await queue.record(
-                    conn, claimed, attempt, schedule=self.schedule, now=utcnow()
+                    conn, claimed, attempt, schedule=self.schedule, now=now
                 )
-            if attempt.ok:
-                self.sent += 1
-            else:
-                self.failed += 1
-                _LOGGER.info(
-                    "webhooks: attempt %d of event %s to endpoint %s failed: %s",
-                    claimed.attempts + 1,
-                    claimed.event_id,
-                    claimed.endpoint_id,
-                    attempt.error,
+                following = (
+                    await queue.claim(
+                        conn,
+                        owner=claimed.lease_owner,
+                        now=now,
+                        lease=self._lease,
+                        limit=1,
+                        only=claimed.endpoint_id,
+                    )
+                    if go_on and outcome.recorded and attempt.ok and not self._stopping
+                    else []
                 )
-            self.disabled += int(outcome.disabled)
         except asyncio.CancelledError:
             raise
         except AppError as err:  # not recorded: the lease expires, the row is tried again
             _LOGGER.warning(
                 "webhooks: outcome of event %s not recorded: %s", claimed.event_id, err.code
             )
+            return None
         except Exception:
             _LOGGER.exception("webhooks: delivery of event %s failed", claimed.event_id)
-        finally:
-            self._inflight.pop(claimed.seq, None)
-            self._wake.set()
+            return None
+        if attempt.ok:
+            self.sent += 1
+        else:
+            self.failed += 1
+            _LOGGER.info(
+                "webhooks: attempt %d of event %s to endpoint %s failed: %s",
+                claimed.attempts + 1,
+                claimed.event_id,
+                claimed.endpoint_id,
+                attempt.error,
+            )
+        self.disabled += int(outcome.disabled)
+        return following[0] if following else None

@@ -82,7 +82,13 @@ class Claimed:
         return f"Claimed(seq={self.seq}, endpoint={self.endpoint_id}, event={self.event_id})"
 
 
-def _candidates(now: datetime, limit: int, *, exclude: Sequence[uuid.UUID]) -> Any:
+def _candidates(
+    now: datetime,
+    limit: int,
+    *,
+    exclude: Sequence[uuid.UUID],
+    only: uuid.UUID | None = None,
+) -> Any:
     """Each enabled endpoint's head of line (its oldest pending row, found through the
     ``(endpoint_id, state, seq)`` index: one probe per endpoint, however long the queue
     behind a failing head), when it is due and its lease free or expired."""
@@ -107,6 +113,8 @@ def _candidates(now: datetime, limit: int, *, exclude: Sequence[uuid.UUID]) -> A
     )
     if exclude:
         query = query.where(_e.c.id.not_in(list(exclude)))
+    if only is not None:
+        query = query.where(_e.c.id == only)
     return query
 
 
@@ -124,12 +132,14 @@ async def claim(
     lease: float,
     limit: int,
     busy: Sequence[uuid.UUID] = (),
+    only: uuid.UUID | None = None,
 ) -> list[Claimed]:
     """Claim up to ``limit`` due heads of line (none of the endpoints ``busy``: this
-    node's attempts in flight) for ``owner`` until ``now + lease``; oldest due first."""
+    node's attempts in flight; only endpoint ``only`` if given) for ``owner`` until
+    ``now + lease``; oldest due first."""
     if limit <= 0:
         return []
-    candidates = _candidates(now, limit, exclude=busy)
+    candidates = _candidates(now, limit, exclude=busy, only=only)
     if conn.dialect.name == "postgresql":
         candidates = candidates.with_for_update(skip_locked=True, of=_d)
     seqs = list((await conn.execute(candidates)).scalars())
