@@ -340,3 +340,34 @@ async def test_a_receiver_refusing_connections_gets_everything_once_it_listens(
         server.should_exit = True
         await serving
     assert hooks.ids(path) == ids
+
+
+async def test_a_backlog_longer_than_a_chain_is_delivered_in_order_without_waiting_for_a_lease(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    receiver: tuple[Receiver, LiveServer[Starlette]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A task gives its slot back after CHAIN rows without holding the next one: the
+    rest of the backlog goes out at the next turn, not after a lease expires."""
+    monkeypatch.setattr("visiona.webhooks.dispatcher.CHAIN", 2)
+    dispatcher = DISPATCHER.of(app)
+    dispatcher._lease = 60.0
+    hooks, server = receiver
+    db = runtime(app).db
+    org = uuid.UUID((await signup(client)).org_id)
+    path, secret = hooks.path()
+    endpoint_id = await add_endpoint(db, org, f"{server.url}{path}", secret)
+    ids = await _events(app, org, 7)
+
+    async def all_delivered() -> bool:
+        return len(hooks.ids(path)) >= len(ids)
+
+    await wait_for(all_delivered, limit=30)  # far less than the lease
+    assert hooks.ids(path) == ids
+
+    async def released() -> bool:
+        rows = await deliveries(db, endpoint_id)
+        return all(r["state"] == "delivered" and r["lease_owner"] is None for r in rows)
+
+    await wait_for(released, limit=30)
