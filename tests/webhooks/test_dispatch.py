@@ -110,7 +110,11 @@ async def test_every_event_reaches_the_receiver_signed_in_order_once(
         assert row["last_error"] is None
         assert row["lease_owner"] is None
         assert row["delivered_at"] is not None
-    assert DISPATCHER.of(app).sent == 5
+
+    async def counted() -> bool:  # counted once its transaction is over
+        return DISPATCHER.of(app).sent == 5
+
+    await wait_for(counted, limit=30)
 
 
 async def test_a_receiver_down_for_a_while_gets_everything_in_order_once_back(
@@ -196,7 +200,11 @@ async def test_an_exhausted_schedule_fails_the_delivery_and_disables_the_endpoin
     assert event["target_id"] == str(endpoint_id)
     assert event["detail"]["reason"] == EXHAUSTED_REASON
     assert event["detail"]["failing_since"] is not None
-    assert DISPATCHER.of(app).disabled == 1
+
+    async def counted() -> bool:
+        return DISPATCHER.of(app).disabled == 1
+
+    await wait_for(counted, limit=30)
 
 
 async def test_an_outcome_is_not_recorded_once_the_lease_was_taken_by_another_claim(
