@@ -133,10 +133,40 @@ async def test_a_url_that_is_not_http_with_a_host_is_invalid_webhook_url(
         assert error_code(response) == "invalid_webhook_url", url
     ok = await client.post(
         f"{API}/webhooks",
-        json={"url": "http://10.0.0.5:8080/in?x=1", "events": ["*"]},
+        json={"url": "https://hooks.example.com:8443/in?x=1", "events": ["*"]},
         headers=owner.headers,
     )
-    assert ok.status_code == 201, ok.text  # where it points is checked when delivering
+    assert ok.status_code == 201, ok.text
+
+
+async def test_an_internal_target_is_refused_at_create_and_at_url_change(
+    client: httpx.AsyncClient,
+) -> None:
+    owner = await signup(client)
+    for url in (
+        "http://127.0.0.1:8080/in",
+        "http://10.0.0.5/in",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::1]/in",
+        "http://localhost:8080/in",
+    ):
+        refused = await client.post(
+            f"{API}/webhooks", json={"url": url, "events": ["*"]}, headers=owner.headers
+        )
+        assert refused.status_code == 422, (url, refused.text)
+        assert error_code(refused) == "webhook_target_forbidden", url
+    made = await client.post(
+        f"{API}/webhooks", json={"url": HOOK, "events": ["*"]}, headers=owner.headers
+    )
+    changed = await client.patch(
+        f"{API}/webhooks/{made.json()['id']}",
+        json={"url": "http://192.168.1.10/in"},
+        headers=owner.headers,
+    )
+    assert changed.status_code == 422
+    assert error_code(changed) == "webhook_target_forbidden"
+    listed = await client.get(f"{API}/webhooks", headers=owner.headers)
+    assert [i["url"] for i in listed.json()["items"]] == [HOOK]
 
 
 async def test_an_unknown_event_type_is_refused_with_its_code(client: httpx.AsyncClient) -> None:

@@ -11,15 +11,15 @@ import logging
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Response, status
+from fastapi import APIRouter, Depends, Query, Request, Response, status
 
 from visiona.auth.dependencies import Principal, require
-from visiona.kit.deps import Conn
+from visiona.kit.deps import Conn, runtime_of
 from visiona.kit.errors import CsrfError, NotFoundError, UnauthorizedError, ValidationFailedError
 from visiona.kit.http import error_responses
 from visiona.kit.pagination import PageParams
 from visiona.orgs.permissions import Permission
-from visiona.webhooks import service
+from visiona.webhooks import service, ssrf
 from visiona.webhooks.repository import Delivery, Endpoint
 from visiona.webhooks.schemas import (
     DeliveryList,
@@ -37,6 +37,30 @@ _LOGGER = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/webhooks", tags=["webhooks"])
 WebhookAdmin = Annotated[Principal, Depends(require(Permission.WEBHOOKS))]
+
+
+async def _vet(request: Request, url: str | None) -> None:
+    """Refuse a target on a loopback, private, link-local or metadata address (after DNS
+    resolution) unless ``VISIONA_WEBHOOK_ALLOW_PRIVATE``; before the unit of work opens,
+    so no transaction waits on DNS. Every delivery attempt checks again (rebinding)."""
+    if url is not None:
+        settings = runtime_of(request).settings
+        await ssrf.vet_url(url, allow_private=settings.webhook_allow_private)
+
+
+async def _vetted_create(request: Request, body: WebhookCreate) -> WebhookCreate:
+    await _vet(request, body.url)
+    return body
+
+
+async def _vetted_update(request: Request, body: WebhookUpdate) -> WebhookUpdate:
+    await _vet(request, body.url)
+    return body
+
+
+#: The request's body, its URL vetted (after the caller's check: declared after it).
+VettedCreate = Annotated[WebhookCreate, Depends(_vetted_create)]
+VettedUpdate = Annotated[WebhookUpdate, Depends(_vetted_update)]
 _NO_CONTENT: dict[str, Any] = {
     "status_code": status.HTTP_204_NO_CONTENT,
     "response_class": Response,
@@ -86,17 +110,18 @@ def _delivery(delivery: Delivery) -> DeliveryOut:
         UnauthorizedError,
         CsrfError,
         service.InvalidWebhookUrlError,
+        ssrf.WebhookTargetForbiddenError,
         service.UnknownEventTypeError,
         service.TooManyWebhooksError,
         ValidationFailedError,
     ),
 )
-async def create_webhook(
-    body: WebhookCreate, principal: WebhookAdmin, conn: Conn
-) -> WebhookCreated:
+async def create_webhook(principal: WebhookAdmin, body: VettedCreate, conn: Conn) -> WebhookCreated:
     """An endpoint of the organisation you act in: every event of its `events` is
     POSTed to `url`, signed per Standard Webhooks with its `secret` (in this answer only:
-    keep it). At most 20 endpoints per organisation (409 `too_many_webhooks`)."""
+    keep it). At most 20 endpoints per organisation (409 `too_many_webhooks`). A URL
+    whose host is or resolves to a loopback, private, link-local or metadata address is
+    422 `webhook_target_forbidden` (unless the operator allows them)."""
     created = await service.create_endpoint(
         conn,
         org_id=principal.org_id,
@@ -141,12 +166,13 @@ async def get_webhook(webhook_id: uuid.UUID, principal: WebhookAdmin, conn: Conn
         CsrfError,
         NotFoundError,
         service.InvalidWebhookUrlError,
+        ssrf.WebhookTargetForbiddenError,
         service.UnknownEventTypeError,
         ValidationFailedError,
     ),
 )
 async def update_webhook(
-    webhook_id: uuid.UUID, body: WebhookUpdate, principal: WebhookAdmin, conn: Conn
+    webhook_id: uuid.UUID, principal: WebhookAdmin, body: VettedUpdate, conn: Conn
 ) -> WebhookOut:
     """Change the fields given. `enabled: false` stops deliveries (`disabled_reason`
     `disabled by a user`; queued deliveries wait); `enabled: true` clears the disabled
