@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 from fastapi import FastAPI
+from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tests.support.audit import stored_events
@@ -18,6 +19,7 @@ from visiona.audit import repository
 from visiona.audit.dependencies import PRUNER
 from visiona.audit.retention import Pruner, prune
 from visiona.kit.database import Database
+from visiona.kit.schema import organizations, webhook_deliveries, webhook_endpoints
 
 
 class CountingDatabase(Database):
@@ -63,11 +65,42 @@ async def test_prune_deletes_only_expired_events_in_bounded_batches(app: FastAPI
     db = CountingDatabase(runtime(app).db)
     deleted = await prune(db, 30, batch=3)
     assert deleted == 7
-    assert db.transactions == 3  # 3 + 3 + 1: the last, short batch ends it
+    # 3 + 3 + 1: the last, short batch ends it; then one (empty) batch of the outbox
+    assert db.transactions == 4
     left = await stored_events(app, owner_id=owner)
     assert sorted(event.detail["age"] for event in left) == [1, 29]
-    assert await prune(db, 30, batch=3) == 0  # nothing left to delete: one empty batch
-    assert db.transactions == 4
+    assert await prune(db, 30, batch=3) == 0  # nothing left: one empty batch of each
+    assert db.transactions == 6
+
+
+async def test_prune_ages_out_finished_deliveries_but_never_a_pending_one(app: FastAPI) -> None:
+    now = datetime.now(UTC)
+    endpoint = uuid.uuid4()
+    async with runtime(app).db.transaction() as conn:
+        org = uuid.uuid4()
+        await conn.execute(insert(organizations).values(id=org, name="o", personal=False))
+        await conn.execute(
+            insert(webhook_endpoints).values(
+                id=endpoint, org_id=org, url="https://h.example.com/", secret="s", events="*"
+            )
+        )
+        for state, age in (("delivered", 40), ("failed", 40), ("pending", 40), ("delivered", 2)):
+            at = now - timedelta(days=age)
+            await conn.execute(
+                insert(webhook_deliveries).values(
+                    endpoint_id=endpoint,
+                    event_id=uuid.uuid4(),
+                    event_type="model.renamed",
+                    payload={"state": state, "age": age},
+                    state=state,
+                    next_attempt_at=at,
+                    created_at=at,
+                )
+            )
+    await prune(runtime(app).db, 30, batch=1)
+    async with runtime(app).db.transaction() as conn:
+        rows = (await conn.execute(select(webhook_deliveries.c.payload))).scalars().all()
+    assert sorted((r["state"], r["age"]) for r in rows) == [("delivered", 2), ("pending", 40)]
 
 
 async def test_the_servers_pruner_runs_at_start_and_uses_the_retention(app: FastAPI) -> None:

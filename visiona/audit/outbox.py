@@ -7,6 +7,10 @@ is never announced for a change that did not happen, nor lost for one that did. 
 subscriptions name the action (``device.renamed``), its family (``device.*``) or
 everything (``*``); an organisation with no endpoint pays one indexed read that finds
 nothing. Delivery itself is :mod:`visiona.webhooks`' business.
+
+The audit trail's retention (:mod:`visiona.audit.retention`) prunes the outbox's
+finished rows (delivered or failed: the delivery log) with the events they report,
+never a pending one.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Text, Uuid, bindparam, exists, insert, literal, select
+from sqlalchemy import BigInteger, Text, Uuid, bindparam, delete, exists, insert, literal, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from visiona.kit.schema import (
@@ -104,3 +108,22 @@ async def enqueue(conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]) -> N
         await conn.execute(_ENQUEUE, params[0])
     elif params:
         await conn.execute(_ENQUEUE, params)
+
+
+_d = webhook_deliveries
+# One batch of finished deliveries older than the cutoff, the oldest first.
+_FINISHED_BATCH = (
+    select(_d.c.seq)
+    .where(_d.c.state != "pending", _d.c.created_at < bindparam("cutoff", type_=UTCDateTime()))
+    .order_by(_d.c.seq)
+    .limit(bindparam("batch", type_=BigInteger()))
+    .scalar_subquery()
+)
+_PRUNE_BATCH = delete(_d).where(_d.c.seq.in_(_FINISHED_BATCH))
+
+
+async def prune_batch(conn: AsyncConnection, cutoff: datetime, batch: int) -> int:
+    """Delete up to ``batch`` delivered or failed deliveries queued before ``cutoff``
+    (the delivery log ages out with the audit trail; pending rows are never touched)."""
+    result = await conn.execute(_PRUNE_BATCH, {"cutoff": cutoff, "batch": batch})
+    return int(result.rowcount or 0)

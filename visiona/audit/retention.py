@@ -15,7 +15,7 @@ import logging
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from visiona.audit import service
+from visiona.audit import outbox, service
 
 if TYPE_CHECKING:
     from visiona.kit.database import Database
@@ -30,9 +30,10 @@ async def prune(
     batch: int = service.PRUNE_BATCH,
     now: datetime | None = None,
 ) -> int:
-    """Delete every event older than ``retention_days``, ``batch`` rows per transaction.
+    """Delete every event older than ``retention_days``, ``batch`` rows per transaction,
+    then the webhooks' finished deliveries of that age (never a pending one).
 
-    Returns how many were deleted. The cutoff is fixed when the prune starts, so events
+    Returns how many events were deleted. The cutoff is fixed when the prune starts, so events
     written meanwhile are never touched.
     """
     cutoff = service.retention_cutoff(retention_days, now)
@@ -47,6 +48,17 @@ async def prune(
         await asyncio.sleep(0)  # let requests in between two batches
     if total:
         _LOGGER.info("audit: pruned %d event(s) older than %d day(s)", total, retention_days)
+    log = 0
+    while True:  # the webhooks' delivery log ages out with the events it reports
+        async with db.transaction() as conn:
+            deleted = await outbox.prune_batch(conn, cutoff, batch)
+        log += deleted
+        if deleted < batch:
+            break
+        await asyncio.sleep(0)
+    if log:
+        _LOGGER.info("audit: pruned %d finished webhook delivery(ies) older than %d day(s)",
+                     log, retention_days)  # fmt: skip
     return total
 
 
