@@ -135,9 +135,11 @@ async def test_a_proxied_request_runs_through_the_proxy_handler_with_its_body(li
         org_id: uuid.UUID,
         target: bytes,
         prefix: str,
+        api_key_id: uuid.UUID | None = None,
     ) -> Response:
         body = await request.body()
         assert (device_id, user_id, org_id, target, prefix) == (device, user, org, b"/s?x=1", "/p")
+        assert api_key_id is None  # the header names no key: a user's own request
         return Response(body[::-1], status_code=201, headers={"x-seen": request.method})
 
     handlers.proxy(here)
