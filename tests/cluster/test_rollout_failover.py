@@ -81,11 +81,6 @@ async def _leader(cluster: Balanced) -> str:
     return text.split(":", 1)[0]
 
 
-@pytest.mark.xfail(
-    reason="known bug, issue 23 open: a device whose hook completed while its node was "
-    "killed can be sent the model again by the next leader (seen in 2 of about 11 runs)",
-    strict=False,
-)
 async def test_the_leader_killed_mid_batch_the_other_node_completes_exactly_once(
     cluster: Balanced, device_port: int, tmp_path: Path
 ) -> None:

@@ -183,6 +183,7 @@ class Agent:
             models_dir=options.models_dir or default_models_dir(),
             hook=options.deploy_hook,
             on_deployed=self._deployed,
+            current_model=lambda: self.current_model,
         )
         self._watch = self.busy.watch_head if options.busy_header else None
         self.connected = asyncio.Event()

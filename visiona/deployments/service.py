@@ -289,7 +289,8 @@ async def transfer(
     """Send the model through ``link`` and record the outcome; return the final record.
 
     ``transferring`` is recorded before the first byte; ``succeeded`` once the agent
-    answered 200 after its deploy hook ran, ``stored`` when it answered 200 without a
+    answered 200 after its deploy hook ran (or said ``already``: it runs that very
+    model, its hook ran for it before), ``stored`` when it answered 200 without a
     hook to run (the notice saying where the file is goes in the record), ``failed``
     with the reason otherwise (also after ``transfer_timeout`` seconds in all), and also
     when this task is cancelled (the record never stays ``transferring``). While it
@@ -317,6 +318,13 @@ async def transfer(
     _LOGGER.info(
         "deployment %s: model %s is on device %s", deployment_id, model.model_id, link.device_id
     )
+    if answer.get("hook") == "already":
+        _LOGGER.info(
+            "deployment %s: device %s already ran model %s; its hook was not run again",
+            deployment_id,
+            link.device_id,
+            model.model_id,
+        )
     if answer.get("hook") == "none":
         notice = f"stored at {answer.get('path')} on the PC; no deploy hook configured"
         return await mark(

@@ -81,9 +81,12 @@ LOST = frozenset(
         deployments.INTERRUPTED_REASON,
     }
 )
+#: Lost transfers that failed before a byte reached the agent (no tunnel anywhere, the
+#: node holding it unreachable): sent again without waiting for the agent to reconnect.
+NOTHING_SENT = frozenset({deployments.OFFLINE_REASON, OWNER_UNREACHABLE})
 DEADLINE_REASON = "the deadline passed"
-#: Seconds a device whose transfer was lost stays connected before it is sent the model
-#: again: time for its agent's on-connect report of the model it runs to land.
+#: Seconds a device whose transfer failed before anything was sent waits before it is
+#: tried again (the others wait for their agent's report on a new tunnel instead).
 RETRY_GRACE = 5.0
 #: Seconds between the turns of a scheduler with no open rollout (one created on
 #: another node is seen within this).
@@ -194,7 +197,14 @@ class Scheduler:
             free = self._max - len(self._inflight)
             settled = now - timedelta(seconds=RETRY_GRACE)
             chosen = (
-                await repository.candidates(conn, rollout_id, free, settled_before=settled)
+                await repository.candidates(
+                    conn,
+                    rollout_id,
+                    free,
+                    settled_before=settled,
+                    outlived_before=now - timedelta(seconds=self._transfer_timeout),
+                    nothing_sent=NOTHING_SENT,
+                )
                 if running and free > 0
                 else []
             )
