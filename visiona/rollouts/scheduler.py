@@ -14,9 +14,12 @@ short transactions:
 3. *settle*: a device ``transferring`` under a deployment this node is not running (a
    previous leader's) takes its deployment's outcome; one whose node died before or
    during the transfer (the deployment failed as lost, interrupted or restarted) is
-   queued again (at most :data:`MAX_ATTEMPTS` tries), sent again only once its tunnel
-   has been up for :data:`RETRY_GRACE` seconds, and one that reports the model
-   meanwhile counts as ``succeeded`` — never sent twice;
+   queued again (at most :data:`MAX_ATTEMPTS` tries) and sent again only on fresh
+   knowledge of what its agent runs (:func:`repository.candidates
+   <visiona.rollouts.repository.candidates>`: the agent reconnected after that
+   transfer and reported since; or nothing had been sent; or the transfer timeout
+   passed) — one that reports the model meanwhile counts as ``succeeded``, never
+   sent twice;
 4. *plan* (:mod:`visiona.rollouts.planner`): auto-abort, the deadline, the next batch,
    completion; one audit event per batch and per state change;
 5. *dispatch*: up to ``VISIONA_ROLLOUT_MAX_TRANSFERS`` transfers in flight per node.
