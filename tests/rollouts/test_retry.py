@@ -10,18 +10,21 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import insert, update
+from sqlalchemy import insert, select, update
 
 from tests.support.api import signup
+from tests.support.audit import actions
 from tests.support.devices import API, create_device, runtime
 from tests.support.models import nef, uploaded
+from visiona.deployments import service as deployments_service
 from visiona.deployments.recovery import NODE_LOST
+from visiona.deployments.schemas import DeploymentOut, DeploymentStatus
 from visiona.deployments.service import OFFLINE_REASON
 from visiona.kit.clock import utcnow
 from visiona.kit.database import Database
 from visiona.kit.schema import deployments, devices, rollout_devices
 from visiona.rollouts import repository
-from visiona.rollouts.scheduler import NOTHING_SENT
+from visiona.rollouts.scheduler import LOST, NOTHING_SENT
 
 #: above any fencing token the app's own scheduler draws: it leaves the rollout alone
 TOKEN = 2**62
@@ -146,3 +149,39 @@ async def test_a_transfer_lost_on_a_tunnel_that_stayed_up_waits_out_the_transfer
     assert not await lost.candidate()
     await lost.lose(NODE_LOST, queued_at=now - timedelta(seconds=1801))
     assert await lost.candidate()
+
+
+async def test_a_lost_transfer_the_agent_reports_running_succeeds_and_so_does_its_record(
+    lost: Lost, app: FastAPI
+) -> None:
+    now = utcnow()
+    await lost.lose(NODE_LOST, queued_at=now)
+    async with lost.db.transaction() as conn:
+        row = (
+            await conn.execute(
+                rollout_devices.select().where(rollout_devices.c.rollout_id == lost.rollout_id)
+            )
+        ).one()
+    # The agent's report after it reconnected: it runs the rollout's model.
+    await lost.device(current_model_id=row.model_id, current_model_sha256=row.model_sha256)
+    async with lost.db.transaction() as conn:
+        arrived = await repository.sync_devices(conn, lost.rollout_id, utcnow())
+        assert arrived == [row.deployment_id]
+        record = await deployments_service.confirm_delivered(conn, row.deployment_id, LOST)
+        assert record is not None
+        again = await deployments_service.confirm_delivered(conn, row.deployment_id, LOST)
+        assert again is None  # once only
+        state = (
+            await conn.execute(
+                select(rollout_devices.c.state).where(
+                    rollout_devices.c.rollout_id == lost.rollout_id
+                )
+            )
+        ).scalar_one()
+    assert state == "succeeded"
+    assert record.status is DeploymentStatus.SUCCEEDED
+    out = DeploymentOut.model_validate(record)
+    assert out.error is None
+    assert out.detail == deployments_service.CONFIRMED_NOTICE.format(reason=NODE_LOST)
+    succeeded = await actions(app, action="deployment.succeeded", target_id=str(row.deployment_id))
+    assert succeeded == ["deployment.succeeded"]

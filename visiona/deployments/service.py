@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -248,6 +249,43 @@ async def mark(
             record = await repository.get_deployment(conn, deployment_id)
     if record is None:  # pragma: no cover - records are never deleted
         raise NotFoundError("Deployment not found.")
+    return record
+
+
+#: The detail of a lost transfer found delivered by the agent's report.
+CONFIRMED_NOTICE = (
+    "the server lost this transfer's outcome ({reason}); the agent then reported running the model"
+)
+
+
+async def confirm_delivered(
+    conn: AsyncConnection, deployment_id: uuid.UUID, lost: Collection[str]
+) -> Deployment | None:
+    """A transfer failed as lost (one of the ``lost`` reasons) did deliver: the agent
+    reports running its model. Move the record to ``succeeded`` (its detail says so)
+    and record ``deployment.succeeded`` in the same transaction; None when the record is
+    not such a failure (nothing changes)."""
+    before = await repository.get_deployment(conn, deployment_id)
+    reason = before.error if before is not None else None
+    if reason is None or reason not in lost:
+        return None
+    notice = CONFIRMED_NOTICE.format(reason=reason)
+    record = await repository.confirm_delivered(
+        conn, deployment_id, lost=[reason], notice=notice, now=utcnow()
+    )
+    if record is None:
+        return None
+    _LOGGER.info("deployment %s: %s", deployment_id, notice)
+    await audit.record(
+        conn,
+        "deployment.succeeded",
+        actor=SYSTEM,
+        owner_id=record.owner_user_id,
+        org_id=record.org_id,
+        target_id=record.id,
+        device_id=record.device_id,
+        detail={"model_id": str(record.model_id), "detail": notice},
+    )
     return record
 
 

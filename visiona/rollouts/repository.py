@@ -89,6 +89,7 @@ class Candidate:
     model_sha256: str | None
     attempts: int
     current_sha256: str | None
+    deployment_id: uuid.UUID | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -400,10 +401,13 @@ async def finish(
     return bool((await conn.execute(stmt)).rowcount)
 
 
-async def sync_devices(conn: AsyncConnection, rollout_id: uuid.UUID, now: datetime) -> None:
+async def sync_devices(
+    conn: AsyncConnection, rollout_id: uuid.UUID, now: datetime
+) -> list[uuid.UUID]:
     """Cancel the devices unpaired meanwhile; batched devices not yet sent that run the
     model already are ``skipped`` (``succeeded`` when a lost transfer of theirs did
-    arrive), the others ``waiting`` while offline and ``queued`` once online."""
+    arrive), the others ``waiting`` while offline and ``queued`` once online. Returns
+    the deployments of the lost transfers that did arrive."""
     mine = rollout_devices.c.rollout_id == rollout_id
     device = rollout_devices.c.device_id
     await conn.execute(
@@ -421,11 +425,12 @@ async def sync_devices(conn: AsyncConnection, rollout_id: uuid.UUID, now: dateti
             devices.c.current_model_sha256 == rollout_devices.c.model_sha256,
         )
     )
+    arrived: list[uuid.UUID] = []
     for tried, values in (
         (False, {"state": "skipped", "error": "the device already runs the model"}),
         (True, {"state": "succeeded", "error": None}),  # a lost transfer that did arrive
     ):
-        await conn.execute(
+        result = await conn.execute(
             update(rollout_devices)
             .where(
                 mine,
@@ -435,7 +440,10 @@ async def sync_devices(conn: AsyncConnection, rollout_id: uuid.UUID, now: dateti
                 runs_it,
             )
             .values(updated_at=now, **values)
+            .returning(rollout_devices.c.deployment_id)
         )
+        if tried:
+            arrived.extend(d for d in result.scalars() if d is not None)
     await conn.execute(
         update(rollout_devices)
         .where(
@@ -455,6 +463,7 @@ async def sync_devices(conn: AsyncConnection, rollout_id: uuid.UUID, now: dateti
         )
         .values(state="queued", updated_at=now)
     )
+    return arrived
 
 
 async def in_flight(conn: AsyncConnection, rollout_id: uuid.UUID) -> list[InFlight]:
@@ -561,6 +570,7 @@ async def candidates(
             rollout_devices.c.model_sha256,
             rollout_devices.c.attempts,
             devices.c.current_model_sha256,
+            rollout_devices.c.deployment_id,
         )
         .select_from(
             rollout_devices.join(devices, devices.c.id == rollout_devices.c.device_id).outerjoin(

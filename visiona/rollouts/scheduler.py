@@ -194,7 +194,8 @@ class Scheduler:
             if rollout is None:
                 return
             await self._take_in(conn, rollout, now)
-            await repository.sync_devices(conn, rollout_id, now)
+            for deployment_id in await repository.sync_devices(conn, rollout_id, now):
+                await deployments.confirm_delivered(conn, deployment_id, LOST)
             await self._settle(conn, rollout, now)
             running = await self._plan(conn, rollout, token, now)
             free = self._max - len(self._inflight)
@@ -387,7 +388,7 @@ class Scheduler:
             # unit of work: the skip
             async with self._db.transaction() as conn:
                 tried = candidate.attempts > 0  # a lost transfer that did arrive
-                await repository.set_device(
+                moved = await repository.set_device(
                     conn,
                     rollout.id,
                     device_id,
@@ -397,6 +398,8 @@ class Scheduler:
                     state="succeeded" if tried else "skipped",
                     error=None if tried else "the device already runs the model",
                 )
+                if moved and tried and candidate.deployment_id is not None:
+                    await deployments.confirm_delivered(conn, candidate.deployment_id, LOST)
             return
         try:
             # unit of work: the deployment's record and the device's transferring, together
