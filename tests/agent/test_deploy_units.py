@@ -14,7 +14,13 @@ from typing import Any
 
 import pytest
 
-from visiona.agent.deploy import DeploySettings, _Request, _run_hook, dispatch_stream
+from visiona.agent.deploy import (
+    DeploySettings,
+    _Request,
+    _run_hook,
+    dispatch_stream,
+    handle_deployment,
+)
 from visiona.yamux import Session, YamuxError
 from visiona.yamux.tcp import open_tcp_session, serve_tcp
 
@@ -294,3 +300,52 @@ async def test_a_stopped_hook_is_killed_with_what_its_shell_started(tmp_path: Pa
     await asyncio.sleep(0.8)
     assert not marker.exists()
     assert succeeded == []
+
+
+class _OneShotStream:
+    """A stream that delivers one request and whose tunnel then goes away."""
+
+    stream_id = 1
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    async def read(self, _n: int) -> bytes:
+        data, self._data = self._data, b""
+        return data
+
+    def write(self, _data: bytes) -> None:
+        return None
+
+    def write_eof(self) -> None:
+        return None
+
+    async def drain(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+    def reset(self) -> None:
+        return None
+
+
+async def test_a_tunnel_dropping_during_the_hook_does_not_stop_it_and_the_model_is_recorded(
+    tmp_path: Path,
+) -> None:
+    runs = tmp_path / "runs"
+    deploy = _tracking(tmp_path, f'sleep 0.4; echo ran >> "{runs}"')
+    content = b"model"
+    stream = _OneShotStream(_head(content) + content)
+    handler = asyncio.create_task(handle_deployment(stream, b"", deploy))  # type: ignore[arg-type]
+    await asyncio.sleep(0.15)
+    handler.cancel()  # the agent tears the dropped tunnel's streams down
+    with pytest.raises(asyncio.CancelledError):
+        await handler
+    await asyncio.wait_for(deploy.applying.idle(), 5)  # what the status reporter waits for
+    assert runs.read_text().split() == ["ran"]
+    assert deploy.current_model is not None
+    assert deploy.current_model() == {
+        "id": str(MODEL),
+        "sha256": hashlib.sha256(content).hexdigest(),
+    }

@@ -30,10 +30,16 @@ its last successful deployment (``DeploySettings.current_model``) — is stored 
 but its hook is not run a second time: the answer says ``"hook": "already"`` (the
 server records it as ``succeeded``). So a model sent twice (a server that lost the
 first transfer's answer with a node sends it again) is loaded once, even when the
-second copy arrives while the first one's hook still runs. A hook runs in a process
-group of its own; when its stream's tunnel drops the agent kills that whole group
-(the shell and what it started), so a stopped hook cannot finish behind the agent's
-back — and one that had already exited 0 is still recorded.
+second copy arrives while the first one's hook still runs.
+
+A deployment whose file arrived whole is applied to its end even when its tunnel
+drops meanwhile (the tunnel only carried the file; the answer is then lost, the record
+is not): the hook is never killed half-way by a network event, and the model it loads
+is recorded and reported (:attr:`DeploySettings.applying` tells the agent's status
+reporter to wait until nothing is being applied, so a report never describes a state
+about to change). Only the agent stopping stops a hook: it runs in a process group of
+its own and the whole group is killed (the shell and what it started), so it cannot
+finish unseen; one that had already exited 0 is still recorded.
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ import os
 import signal
 import tempfile
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -83,6 +89,43 @@ _REASONS = {
 }
 
 
+class Applying:
+    """The deployments being applied, each in a task of its own (not its stream's): a
+    tunnel that drops does not stop them."""
+
+    def __init__(self) -> None:
+        """Nothing applied yet."""
+        self._tasks: set[asyncio.Task[dict[str, Any]]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def start(self, work: Coroutine[Any, Any, dict[str, Any]]) -> asyncio.Task[dict[str, Any]]:
+        """Run ``work`` (one deployment's application) until it ends."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        self._idle.clear()
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[dict[str, Any]]) -> None:
+        self._tasks.discard(task)
+        if not self._tasks:
+            self._idle.set()
+        if not task.cancelled():
+            task.exception()  # retrieved: its stream (if still there) answered it
+
+    async def idle(self) -> None:
+        """Wait until no deployment is being applied."""
+        await self._idle.wait()
+
+    async def stop(self) -> None:
+        """The agent stops: stop what is being applied (its hook is killed)."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 @dataclass(frozen=True)
 class DeploySettings:
     """Where deployed models go, what runs after each one, and who hears of a success."""
@@ -98,6 +141,8 @@ class DeploySettings:
     current_model: Callable[[], Mapping[str, str] | None] | None = None
     #: held while a deployment is applied (rename, hook, record): one at a time
     lock: asyncio.Lock = field(default_factory=asyncio.Lock, compare=False, repr=False)
+    #: the deployments being applied (they outlive their streams)
+    applying: Applying = field(default_factory=Applying, compare=False, repr=False)
 
 
 def default_models_dir() -> Path:
@@ -287,9 +332,24 @@ async def _receive(stream: Stream, data: bytes, deploy: DeploySettings) -> dict[
     try:
         with os.fdopen(fd, "wb") as file:
             digest = await _copy_to_file(stream, body, request.length, file)
-        if digest != request.sha256:
-            raise DeployError(422, "sha256_mismatch", "The file's sha256 does not match.")
-        async with deploy.lock:  # one deployment applied at a time
+    except BaseException as err:
+        await asyncio.to_thread(temp.unlink, missing_ok=True)
+        if isinstance(err, OSError):
+            raise DeployError(500, "write_failed", f"Cannot write the model file: {err}") from err
+        raise
+    if digest != request.sha256:
+        await asyncio.to_thread(temp.unlink, missing_ok=True)
+        raise DeployError(422, "sha256_mismatch", "The file's sha256 does not match.")
+    # The file is here whole: applied to its end, even if this stream's tunnel drops.
+    return await asyncio.shield(deploy.applying.start(_apply_locked(deploy, request, temp, final)))
+
+
+async def _apply_locked(
+    deploy: DeploySettings, request: _Request, temp: Path, final: Path
+) -> dict[str, Any]:
+    """Apply one received deployment, one at a time (``deploy.lock``)."""
+    try:
+        async with deploy.lock:
             return await _apply(deploy, request, temp, final)
     except OSError as err:
         raise DeployError(500, "write_failed", f"Cannot write the model file: {err}") from err
@@ -390,7 +450,7 @@ async def _run_hook(
     """Run the deploy hook as ``/bin/sh -c command``; a failure to start it or a non-zero
     exit (the shell's, so ``exit 3`` counts) is a 500 ``hook_failed``.
 
-    The hook runs in a process group of its own. Cancelled (the tunnel dropped), the
+    The hook runs in a process group of its own. Cancelled (the agent stops), the
     agent kills the whole group — the shell does not pass a signal on to the commands it
     started, so killing the shell alone would let the hook finish unseen — and waits for
     it; a hook that had exited 0 just before still counts (``on_success`` is called)."""
