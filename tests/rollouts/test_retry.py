@@ -92,6 +92,7 @@ class Lost:
                 10,
                 settled_before=now - timedelta(seconds=5),
                 outlived_before=now - timedelta(seconds=1800),
+                silent_before=now - timedelta(seconds=60),
                 nothing_sent=NOTHING_SENT,
             )
         return [c.device_id for c in found] == [self.device_id]
@@ -116,7 +117,7 @@ async def test_a_lost_transfer_is_not_sent_again_before_the_agent_reconnects_and
     lost: Lost,
 ) -> None:
     now = utcnow()
-    await lost.lose(NODE_LOST, queued_at=now - timedelta(minutes=1))
+    await lost.lose(NODE_LOST, queued_at=now - timedelta(seconds=30))
     before = lost.dispatched - timedelta(minutes=1)
     # Still the tunnel of the lost transfer (the database has not heard of a new one).
     await lost.device(remote_status="online", last_connected_at=before, updated_at=now)
@@ -127,6 +128,19 @@ async def test_a_lost_transfer_is_not_sent_again_before_the_agent_reconnects_and
     # Its report on the new tunnel landed: what it runs is known.
     await lost.device(updated_at=now + timedelta(milliseconds=5))
     assert await lost.candidate()
+
+
+async def test_a_reconnected_agent_that_never_reports_is_sent_the_model_after_a_minute(
+    lost: Lost,
+) -> None:
+    now = utcnow()
+    await lost.device(
+        remote_status="online", last_connected_at=now, updated_at=now - timedelta(seconds=1)
+    )
+    await lost.lose(NODE_LOST, queued_at=now - timedelta(seconds=30))
+    assert not await lost.candidate()
+    await lost.lose(NODE_LOST, queued_at=now - timedelta(seconds=61))
+    assert await lost.candidate()  # not forgotten: the agent's own rule loads it once
 
 
 async def test_a_transfer_that_sent_nothing_is_tried_again_after_a_pause(lost: Lost) -> None:

@@ -527,6 +527,7 @@ async def candidates(
     *,
     settled_before: datetime,
     outlived_before: datetime,
+    silent_before: datetime,
     nothing_sent: Iterable[str],
 ) -> list[Candidate]:
     """Up to ``limit`` devices of started batches not yet sent whose device is online.
@@ -548,7 +549,11 @@ async def candidates(
     - or its tunnel is the one of that transfer (the node that lost it lost only its
       link to the tunnel's node, which may still have run it) and it was queued again
       before ``outlived_before`` (the transfer timeout ago): no part of that transfer
-      can be running any more, and a model it delivered has been reported.
+      can be running any more, and a model it delivered has been reported;
+    - or, so that no device is forgotten, its agent reconnected after that transfer but
+      no report of it since was seen, and it was queued again before ``silent_before``:
+      it is sent again, and the agent's own rule (a model it runs already is not loaded
+      twice) keeps that second copy from being loaded again.
     """
     lost = deployments.alias("lost")
     fresh = and_(
@@ -562,6 +567,10 @@ async def candidates(
     outlived = and_(
         devices.c.last_connected_at <= lost.c.created_at,
         rollout_devices.c.updated_at <= outlived_before,
+    )
+    silent = and_(
+        devices.c.last_connected_at > lost.c.created_at,
+        rollout_devices.c.updated_at <= silent_before,
     )
     stmt = (
         select(
@@ -583,7 +592,7 @@ async def candidates(
             rollout_devices.c.state == "queued",
             _online,
             _live,
-            or_(rollout_devices.c.attempts == 0, fresh, unsent, outlived),
+            or_(rollout_devices.c.attempts == 0, fresh, unsent, outlived, silent),
         )
         .order_by(
             rollout_devices.c.batch, rollout_devices.c.created_at, rollout_devices.c.device_id

@@ -91,6 +91,10 @@ DEADLINE_REASON = "the deadline passed"
 #: Seconds a device whose transfer failed before anything was sent waits before it is
 #: tried again (the others wait for their agent's report on a new tunnel instead).
 RETRY_GRACE = 5.0
+#: Seconds a device whose transfer was lost waits, once its agent reconnected, for that
+#: agent's report before it is sent its model again anyway (no device is forgotten;
+#: the agent does not load a model it runs already a second time).
+SILENT_WAIT = 60.0
 #: Seconds between the turns of a scheduler with no open rollout (one created on
 #: another node is seen within this).
 IDLE_WAIT = 5.0
@@ -207,6 +211,7 @@ class Scheduler:
                     free,
                     settled_before=settled,
                     outlived_before=now - timedelta(seconds=self._transfer_timeout),
+                    silent_before=now - timedelta(seconds=SILENT_WAIT),
                     nothing_sent=NOTHING_SENT,
                 )
                 if running and free > 0
@@ -423,6 +428,14 @@ class Scheduler:
                     error=err.message,
                 )
             return
+        if candidate.attempts:
+            _LOGGER.info(
+                "rollout %s: device %s is sent the model again (try %d; its lost transfer %s)",
+                rollout.id,
+                device_id,
+                candidate.attempts + 1,
+                candidate.deployment_id,
+            )
         task = asyncio.get_running_loop().create_task(
             self._transfer(rollout.id, deployment, model, candidate.attempts + 1)
         )
