@@ -170,3 +170,27 @@ def running_nodes(env: dict[str, str], *names: str) -> Iterator[list[Node]]:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+@contextlib.contextmanager
+def balanced_nodes(
+    postgres: PostgresServer, redis_server: RedisServer, **settings: str
+) -> Iterator[Balanced]:
+    """Nodes A and B (``node-a``, ``node-b``) of a fresh cluster and nginx in front of
+    them, for one test (the ones that kill a node): nginx's address is trusted for
+    ``X-Forwarded-For``, tunnel keepalives of 1 s (a lease TTL of 4 s: long enough to
+    tell a refused connection from an expired lease without timing anything);
+    ``settings`` on top."""
+    defaults = {
+        "forwarded_allow_ips": "127.0.0.1",
+        "tunnel_ping_interval": "1.0",
+        "tunnel_ping_timeout": "1.0",
+    }
+    env = cluster_env(postgres, redis_server, **{**defaults, **settings})
+    with running_nodes(env, "a", "b") as (a, b):
+        lb = NginxServer([f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"])
+        try:
+            lb.start()
+            yield Balanced(a, b, lb, env)
+        finally:
+            lb.cleanup()

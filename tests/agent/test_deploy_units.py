@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import shlex
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,7 +14,13 @@ from typing import Any
 
 import pytest
 
-from visiona.agent.deploy import DeploySettings, dispatch_stream
+from visiona.agent.deploy import (
+    DeploySettings,
+    _Request,
+    _run_hook,
+    dispatch_stream,
+    handle_deployment,
+)
 from visiona.yamux import Session, YamuxError
 from visiona.yamux.tcp import open_tcp_session, serve_tcp
 
@@ -224,3 +232,120 @@ async def test_without_a_hook_the_answer_says_none_ran(harness: Harness, tmp_pat
     assert status == 200
     assert body["hook"] == "none"
     assert body["path"] == str(tmp_path / "models" / f"{MODEL}.nef")
+
+
+def _tracking(tmp_path: Path, hook: str) -> DeploySettings:
+    """Settings whose agent remembers its last successful deployment, as the runner does."""
+    current: dict[str, str] = {}
+
+    def deployed(model_id: str, sha256: str) -> None:
+        current.update(id=model_id, sha256=sha256)
+
+    return DeploySettings(
+        models_dir=tmp_path / "models",
+        hook=hook,
+        on_deployed=deployed,
+        current_model=lambda: current or None,
+    )
+
+
+async def test_the_model_the_agent_runs_already_is_stored_but_not_loaded_again(
+    harness: Harness, tmp_path: Path
+) -> None:
+    runs = tmp_path / "runs"
+    harness.deploy = _tracking(tmp_path, f'echo "$VISIONA_MODEL_SHA256" >> "{runs}"')
+    answers = [_parse(await harness.exchange(_head(b"abc") + b"abc")) for _ in range(2)]
+    assert [(status, body["hook"]) for status, body in answers] == [(200, "ran"), (200, "already")]
+    other = _parse(await harness.exchange(_head(b"other") + b"other"))
+    assert other[1]["hook"] == "ran"  # another sha256 of the same model id: loaded
+    assert runs.read_text().split() == [
+        hashlib.sha256(b"abc").hexdigest(),
+        hashlib.sha256(b"other").hexdigest(),
+    ]
+
+
+async def test_the_same_model_sent_twice_at_once_runs_the_hook_once(
+    harness: Harness, tmp_path: Path
+) -> None:
+    runs = tmp_path / "runs"
+    harness.deploy = _tracking(tmp_path, f'sleep 0.3; echo ran >> "{runs}"')
+    content = b"model" * 1000
+    first, second = await asyncio.gather(
+        harness.exchange(_head(content) + content), harness.exchange(_head(content) + content)
+    )
+    hooks = sorted(_parse(answer)[1]["hook"] for answer in (first, second))
+    assert hooks == ["already", "ran"]
+    assert runs.read_text().split() == ["ran"]
+
+
+async def test_a_stopped_hook_is_killed_with_what_its_shell_started(tmp_path: Path) -> None:
+    marker = tmp_path / "finished"
+    request = _Request(MODEL, 3, "a" * 64, "kl520")
+    succeeded: list[bool] = []
+    # The shell runs the program as its child: killing the shell alone would leave it to
+    # finish (as a deploy tool would, having loaded the model behind the agent's back).
+    program = f"import time; time.sleep(0.5); open({str(marker)!r}, 'w').write('done')"
+    hook = asyncio.create_task(
+        _run_hook(
+            f"{shlex.quote(sys.executable)} -c {shlex.quote(program)}",
+            tmp_path / "m.nef",
+            request,
+            lambda: succeeded.append(True),
+        )
+    )
+    await asyncio.sleep(0.2)
+    hook.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await hook
+    await asyncio.sleep(0.8)
+    assert not marker.exists()
+    assert succeeded == []
+
+
+class _OneShotStream:
+    """A stream that delivers one request and whose tunnel then goes away."""
+
+    stream_id = 1
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    async def read(self, _n: int) -> bytes:
+        data, self._data = self._data, b""
+        return data
+
+    def write(self, _data: bytes) -> None:
+        return None
+
+    def write_eof(self) -> None:
+        return None
+
+    async def drain(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+    def reset(self) -> None:
+        return None
+
+
+async def test_a_tunnel_dropping_during_the_hook_does_not_stop_it_and_the_model_is_recorded(
+    tmp_path: Path,
+) -> None:
+    runs = tmp_path / "runs"
+    deploy = _tracking(tmp_path, f'sleep 0.4; echo ran >> "{runs}"')
+    content = b"model"
+    stream = _OneShotStream(_head(content) + content)
+    handler = asyncio.create_task(handle_deployment(stream, b"", deploy))  # type: ignore[arg-type]
+    await asyncio.sleep(0.15)
+    handler.cancel()  # the agent tears the dropped tunnel's streams down
+    with pytest.raises(asyncio.CancelledError):
+        await handler
+    await asyncio.wait_for(deploy.applying.idle(), 5)  # what the status reporter waits for
+    assert runs.read_text().split() == ["ran"]
+    assert deploy.current_model is not None
+    assert deploy.current_model() == {
+        "id": str(MODEL),
+        "sha256": hashlib.sha256(content).hexdigest(),
+    }

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import cast
 
@@ -19,10 +19,9 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from testkit.device_service import device_app
-from testkit.live import LiveServer, serve_app
+from testkit.live import LiveServer
 from testkit.nginx import NginxServer
-from testkit.nodes import Balanced, cluster_env, running_nodes
+from testkit.nodes import Balanced, balanced_nodes
 from testkit.servers import PostgresServer, RedisServer
 from tests.support.api import User, error_code, signup
 from tests.support.deployments import (
@@ -45,29 +44,8 @@ from visiona.yamux import Stream
 @pytest.fixture
 def cluster(postgres: PostgresServer, redis_server: RedisServer) -> Iterator[Balanced]:
     """Nodes A and B and nginx in front, for one test."""
-    # A lease TTL of 4 s (3 x 1 s + 1 s): long enough to tell a refused connection
-    # from an expired lease without timing anything.
-    env = cluster_env(
-        postgres,
-        redis_server,
-        forwarded_allow_ips="127.0.0.1",
-        tunnel_ping_interval="1.0",
-        tunnel_ping_timeout="1.0",
-    )
-    with running_nodes(env, "a", "b") as (a, b):
-        lb = NginxServer([f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"])
-        try:
-            lb.start()
-            yield Balanced(a, b, lb, env)
-        finally:
-            lb.cleanup()
-
-
-@pytest.fixture
-async def device_port() -> AsyncIterator[int]:
-    """The device's local HTTP service on a loopback port."""
-    async with serve_app(device_app()) as service:
-        yield service.port
+    with balanced_nodes(postgres, redis_server) as balanced:
+        yield balanced
 
 
 async def _agent_options(

@@ -22,10 +22,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from testkit.device_service import device_app
-from testkit.live import serve_app
-from testkit.nginx import NginxServer
-from testkit.nodes import Balanced, cluster_env, running_nodes
+from testkit.nodes import Balanced, balanced_nodes
 from testkit.servers import PostgresServer, RedisServer
 from tests.support.api import signup
 from tests.support.models import nef, uploaded
@@ -46,29 +43,10 @@ RECORD = (
 @pytest.fixture
 def cluster(postgres: PostgresServer, redis_server: RedisServer) -> Iterator[Balanced]:
     """Nodes A and B and nginx in front; two transfers at a time per node."""
-    env = cluster_env(
-        postgres,
-        redis_server,
-        forwarded_allow_ips="127.0.0.1",
-        tunnel_ping_interval="1.0",
-        tunnel_ping_timeout="1.0",
-        rollout_interval="0.3",
-        rollout_max_transfers="2",
-    )
-    with running_nodes(env, "a", "b") as (a, b):
-        lb = NginxServer([f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"])
-        try:
-            lb.start()
-            yield Balanced(a, b, lb, env)
-        finally:
-            lb.cleanup()
-
-
-@pytest.fixture
-async def device_port() -> AsyncIterator[int]:
-    """The devices' local HTTP service."""
-    async with serve_app(device_app()) as service:
-        yield service.port
+    with balanced_nodes(
+        postgres, redis_server, rollout_interval="0.3", rollout_max_transfers="2"
+    ) as balanced:
+        yield balanced
 
 
 async def _leader(cluster: Balanced) -> str:
@@ -81,11 +59,6 @@ async def _leader(cluster: Balanced) -> str:
     return text.split(":", 1)[0]
 
 
-@pytest.mark.xfail(
-    reason="known bug, issue 23 open: a device whose hook completed while its node was "
-    "killed can be sent the model again by the next leader (seen in 2 of about 11 runs)",
-    strict=False,
-)
 async def test_the_leader_killed_mid_batch_the_other_node_completes_exactly_once(
     cluster: Balanced, device_port: int, tmp_path: Path
 ) -> None:

@@ -22,6 +22,24 @@ the cloud records the deployment as ``stored``, not ``succeeded``), or
 ``{"error": {"code", "message"}}``
 with 400 (bad request), 422 (``sha256_mismatch``), 500 (``hook_failed``,
 ``write_failed``).
+
+Exactly once at the agent: deployments are applied one at a time (the file's rename,
+the hook and the record of the model, under one lock; bytes of several may stream in
+at once). A model that is the one the agent already runs — the same id and sha256 as
+its last successful deployment (``DeploySettings.current_model``) — is stored again
+but its hook is not run a second time: the answer says ``"hook": "already"`` (the
+server records it as ``succeeded``). So a model sent twice (a server that lost the
+first transfer's answer with a node sends it again) is loaded once, even when the
+second copy arrives while the first one's hook still runs.
+
+A deployment whose file arrived whole is applied to its end even when its tunnel
+drops meanwhile (the tunnel only carried the file; the answer is then lost, the record
+is not): the hook is never killed half-way by a network event, and the model it loads
+is recorded and reported (:attr:`DeploySettings.applying` tells the agent's status
+reporter to wait until nothing is being applied, so a report never describes a state
+about to change). Only the agent stopping stops a hook: it runs in a process group of
+its own and the whole group is killed (the shell and what it started), so it cannot
+finish unseen; one that had already exited 0 is still recorded.
 """
 
 from __future__ import annotations
@@ -32,10 +50,11 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import tempfile
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -59,6 +78,8 @@ _MARKERS = (RESERVED, TCP_MARKER)
 _HEAD_LIMIT = 16 * 1024
 _FIRST_READ = 64 * 1024
 _READ_SIZE = 1024 * 1024
+#: Seconds a stopped hook's process group is given to be reaped after SIGKILL.
+_REAP_TIMEOUT = 5.0
 _REASONS = {
     200: "OK",
     400: "Bad Request",
@@ -66,6 +87,43 @@ _REASONS = {
     422: "Unprocessable Content",
     500: "Server Error",
 }
+
+
+class Applying:
+    """The deployments being applied, each in a task of its own (not its stream's): a
+    tunnel that drops does not stop them."""
+
+    def __init__(self) -> None:
+        """Nothing applied yet."""
+        self._tasks: set[asyncio.Task[dict[str, Any]]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def start(self, work: Coroutine[Any, Any, dict[str, Any]]) -> asyncio.Task[dict[str, Any]]:
+        """Run ``work`` (one deployment's application) until it ends."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        self._idle.clear()
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[dict[str, Any]]) -> None:
+        self._tasks.discard(task)
+        if not self._tasks:
+            self._idle.set()
+        if not task.cancelled():
+            task.exception()  # retrieved: its stream (if still there) answered it
+
+    async def idle(self) -> None:
+        """Wait until no deployment is being applied."""
+        await self._idle.wait()
+
+    async def stop(self) -> None:
+        """The agent stops: stop what is being applied (its hook is killed)."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 @dataclass(frozen=True)
@@ -78,6 +136,13 @@ class DeploySettings:
     #: place and the hook, if any, exited 0), before the answer is sent; it may block
     #: briefly (it runs in a worker thread): the agent records the model on disk there
     on_deployed: Callable[[str, str], None] | None = None
+    #: the model the agent runs now (``{"id", "sha256"}`` of its last successful
+    #: deployment) or None: a deployment of that same model does not run the hook again
+    current_model: Callable[[], Mapping[str, str] | None] | None = None
+    #: held while a deployment is applied (rename, hook, record): one at a time
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock, compare=False, repr=False)
+    #: the deployments being applied (they outlive their streams)
+    applying: Applying = field(default_factory=Applying, compare=False, repr=False)
 
 
 def default_models_dir() -> Path:
@@ -267,34 +332,86 @@ async def _receive(stream: Stream, data: bytes, deploy: DeploySettings) -> dict[
     try:
         with os.fdopen(fd, "wb") as file:
             digest = await _copy_to_file(stream, body, request.length, file)
-        if digest != request.sha256:
-            raise DeployError(422, "sha256_mismatch", "The file's sha256 does not match.")
-        await asyncio.to_thread(os.replace, temp, final)
+    except BaseException as err:
+        await asyncio.to_thread(temp.unlink, missing_ok=True)
+        if isinstance(err, OSError):
+            raise DeployError(500, "write_failed", f"Cannot write the model file: {err}") from err
+        raise
+    if digest != request.sha256:
+        await asyncio.to_thread(temp.unlink, missing_ok=True)
+        raise DeployError(422, "sha256_mismatch", "The file's sha256 does not match.")
+    # The file is here whole: applied to its end, even if this stream's tunnel drops.
+    return await asyncio.shield(deploy.applying.start(_apply_locked(deploy, request, temp, final)))
+
+
+async def _apply_locked(
+    deploy: DeploySettings, request: _Request, temp: Path, final: Path
+) -> dict[str, Any]:
+    """Apply one received deployment, one at a time (``deploy.lock``)."""
+    try:
+        async with deploy.lock:
+            return await _apply(deploy, request, temp, final)
     except OSError as err:
         raise DeployError(500, "write_failed", f"Cannot write the model file: {err}") from err
     finally:
         await asyncio.to_thread(temp.unlink, missing_ok=True)
+
+
+def _runs_already(deploy: DeploySettings, request: _Request) -> bool:
+    """Whether the model is the one the agent runs now (its last successful deployment)."""
+    current = deploy.current_model() if deploy.current_model is not None else None
+    return (
+        current is not None
+        and current.get("id") == str(request.model_id)
+        and current.get("sha256") == request.sha256
+    )
+
+
+async def _apply(
+    deploy: DeploySettings, request: _Request, temp: Path, final: Path
+) -> dict[str, Any]:
+    """Put the received file in place, run the hook (unless the agent already runs this
+    model) and record the model; called under ``deploy.lock``."""
+    already = _runs_already(deploy, request)
+    await asyncio.to_thread(os.replace, temp, final)
     _LOGGER.info("agent: model %s stored in %s (%s bytes)", request.model_id, final, request.length)
-    if deploy.hook:
-        await _run_hook(deploy.hook, final, request)
-    else:
-        _LOGGER.info(
-            "agent: model %s stored at %s; no deploy hook configured", request.model_id, final
-        )
-    if deploy.on_deployed is not None:
-        # Before the answer: a server that misses the answer still learns of the model
-        # from the agent's next status report.
-        try:
-            await asyncio.to_thread(deploy.on_deployed, str(request.model_id), request.sha256)
-        except OSError as err:
-            _LOGGER.warning("agent: cannot record the deployed model: %s", err)
-    return {
+    answer: dict[str, Any] = {
         "model_id": str(request.model_id),
         "path": str(final),
         "size": request.length,
         "sha256": request.sha256,
         "hook": "ran" if deploy.hook else "none",
     }
+    if already:
+        # Sent again (the server lost the first transfer's answer): loaded once only.
+        _LOGGER.info(
+            "agent: model %s (sha256 %s) is the one this agent runs already; hook not run again",
+            request.model_id,
+            request.sha256[:12],
+        )
+        if deploy.hook:
+            answer["hook"] = "already"
+        return answer
+    if deploy.hook:
+        await _run_hook(deploy.hook, final, request, lambda: _record(deploy, request))
+    else:
+        _LOGGER.info(
+            "agent: model %s stored at %s; no deploy hook configured", request.model_id, final
+        )
+    # Before the answer: a server that misses the answer still learns of the model
+    # from the agent's next status report.
+    await asyncio.to_thread(_record, deploy, request)
+    return answer
+
+
+def _record(deploy: DeploySettings, request: _Request) -> None:
+    """Tell the agent the deployment succeeded (it records the model on disk)."""
+    if deploy.on_deployed is None:
+        return
+    try:
+        deploy.on_deployed(str(request.model_id), request.sha256)
+    except OSError as err:
+        _LOGGER.warning("agent: cannot record the deployed model: %s", err)
 
 
 def _write(file: IO[bytes], digest: Any, chunk: bytes) -> None:
@@ -327,9 +444,16 @@ def _flush(file: IO[bytes]) -> None:
     os.fsync(file.fileno())
 
 
-async def _run_hook(command: str, path: Path, request: _Request) -> None:
+async def _run_hook(
+    command: str, path: Path, request: _Request, on_success: Callable[[], None]
+) -> None:
     """Run the deploy hook as ``/bin/sh -c command``; a failure to start it or a non-zero
-    exit (the shell's, so ``exit 3`` counts) is a 500 ``hook_failed``."""
+    exit (the shell's, so ``exit 3`` counts) is a 500 ``hook_failed``.
+
+    The hook runs in a process group of its own. Cancelled (the agent stops), the
+    agent kills the whole group — the shell does not pass a signal on to the commands it
+    started, so killing the shell alone would let the hook finish unseen — and waits for
+    it; a hook that had exited 0 just before still counts (``on_success`` is called)."""
     env = {
         **os.environ,
         "VISIONA_MODEL_PATH": str(path),
@@ -346,14 +470,24 @@ async def _run_hook(command: str, path: Path, request: _Request) -> None:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,  # its own process group: killed whole when stopped
         )
     except (OSError, ValueError) as err:
         raise DeployError(500, "hook_failed", f"The deploy hook could not start: {err}") from err
     try:
         _, stderr = await process.communicate()
     except asyncio.CancelledError:
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(asyncio.shield(process.wait()), _REAP_TIMEOUT)
+        if process.returncode == 0:  # it had finished: that deployment did happen
+            _LOGGER.info(
+                "agent: deploy hook for model %s succeeded as it was stopped", request.model_id
+            )
+            on_success()
+        else:
+            _LOGGER.warning("agent: deploy hook for model %s stopped", request.model_id)
         raise
     if process.returncode != 0:
         tail = stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]

@@ -183,6 +183,7 @@ class Agent:
             models_dir=options.models_dir or default_models_dir(),
             hook=options.deploy_hook,
             on_deployed=self._deployed,
+            current_model=lambda: self.current_model,
         )
         self._watch = self.busy.watch_head if options.busy_header else None
         self.connected = asyncio.Event()
@@ -275,6 +276,7 @@ class Agent:
                 if prober is not None:
                     prober.cancel()
                 await asyncio.gather(renewer, *([prober] if prober else []), return_exceptions=True)
+                await self._deploy.applying.stop()  # a hook still running is killed
         _LOGGER.info("agent: stopped")
         return 0
 
@@ -477,11 +479,15 @@ class Agent:
         with the TCP ports the policy allows (so the cloud refuses others before asking,
         and its console shows the command to reach them) and the model of the last
         successful deployment (so the cloud's record is right even when it missed a
-        deployment's outcome). A server that predates these fields (422) gets the report
-        without them."""
+        deployment's outcome) — the first one only once no deployment is being applied.
+        A server that predates these fields (422) gets the report without them."""
         last: tuple[UsbStatus, bool | None, dict[str, str] | None] | None = None
         ports: list[int] | None = sorted(self._options.policy.ports)
         extras = True  # tcp_ports and current_model; off for an older server
+        # The first report on a tunnel says what this agent runs once every deployment
+        # it was applying (an earlier tunnel's, which a drop does not stop) has ended:
+        # the server decides on it whether a model it lost track of must be sent again.
+        await self._deploy.applying.idle()
         while True:
             self.busy.changed.clear()
             status = (await asyncio.to_thread(usb_status), self.busy.busy, self.current_model)

@@ -168,7 +168,13 @@ _ALL = (
     Action("model.renamed", "model", "A model was renamed.", ("from", "to")),
     Action("model.deleted", "model", "A model was deleted.", ("name",)),
     Action("deployment.requested", "deployment", "A deployment was requested.", ("model_id",)),
-    Action("deployment.succeeded", "deployment", "A deployment finished.", ("model_id",)),
+    Action(
+        "deployment.succeeded",
+        "deployment",
+        "A deployment finished; or a transfer failed as lost with its node was found "
+        "delivered (its agent reported running the model; `detail` says so).",
+        ("model_id", "detail"),
+    ),
     Action(
         "deployment.stored",
         "deployment",

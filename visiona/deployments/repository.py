@@ -7,6 +7,7 @@ Statements without per-call structure are built once, here, with bind parameters
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
@@ -64,6 +65,19 @@ _SET_STATUS = (
             bindparam("finished", type_=UTCDateTime()), deployments.c.finished_at
         ),
     )
+    .returning(*_COLUMNS)
+)
+
+# A transfer failed as lost (its node died) whose model the agent then reported
+# running did deliver: the one way a final record changes (failed → succeeded).
+_CONFIRM = (
+    update(deployments)
+    .where(
+        deployments.c.id == bindparam("deployment_id"),
+        deployments.c.status == DeploymentStatus.FAILED.value,
+        deployments.c.error.in_(bindparam("lost", expanding=True)),
+    )
+    .values(status=DeploymentStatus.SUCCEEDED.value, updated_at=_now, error=bindparam("notice"))
     .returning(*_COLUMNS)
 )
 
@@ -168,6 +182,21 @@ async def set_status(
         "finished": now if status.value in _FINAL else None,
     }
     row = (await conn.execute(_SET_STATUS, params)).one_or_none()
+    return _deployment(row) if row else None
+
+
+async def confirm_delivered(
+    conn: AsyncConnection,
+    deployment_id: uuid.UUID,
+    *,
+    lost: Collection[str],
+    notice: str,
+    now: datetime,
+) -> Deployment | None:
+    """Move a deployment ``failed`` with one of the ``lost`` reasons to ``succeeded`` (with
+    ``notice`` as its detail); None when it is not such a record (nothing changes)."""
+    params = {"deployment_id": deployment_id, "lost": list(lost), "notice": notice, "now": now}
+    row = (await conn.execute(_CONFIRM, params)).one_or_none()
     return _deployment(row) if row else None
 
 

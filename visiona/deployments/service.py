@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
@@ -251,6 +252,43 @@ async def mark(
     return record
 
 
+#: The detail of a lost transfer found delivered by the agent's report.
+CONFIRMED_NOTICE = (
+    "the server lost this transfer's outcome ({reason}); the agent then reported running the model"
+)
+
+
+async def confirm_delivered(
+    conn: AsyncConnection, deployment_id: uuid.UUID, lost: Collection[str]
+) -> Deployment | None:
+    """A transfer failed as lost (one of the ``lost`` reasons) did deliver: the agent
+    reports running its model. Move the record to ``succeeded`` (its detail says so)
+    and record ``deployment.succeeded`` in the same transaction; None when the record is
+    not such a failure (nothing changes)."""
+    before = await repository.get_deployment(conn, deployment_id)
+    reason = before.error if before is not None else None
+    if reason is None or reason not in lost:
+        return None
+    notice = CONFIRMED_NOTICE.format(reason=reason)
+    record = await repository.confirm_delivered(
+        conn, deployment_id, lost=[reason], notice=notice, now=utcnow()
+    )
+    if record is None:
+        return None
+    _LOGGER.info("deployment %s: %s", deployment_id, notice)
+    await audit.record(
+        conn,
+        "deployment.succeeded",
+        actor=SYSTEM,
+        owner_id=record.owner_user_id,
+        org_id=record.org_id,
+        target_id=record.id,
+        device_id=record.device_id,
+        detail={"model_id": str(record.model_id), "detail": notice},
+    )
+    return record
+
+
 async def record_outcome(
     conn: AsyncConnection, record: Deployment, status: DeploymentStatus
 ) -> None:
@@ -289,7 +327,8 @@ async def transfer(
     """Send the model through ``link`` and record the outcome; return the final record.
 
     ``transferring`` is recorded before the first byte; ``succeeded`` once the agent
-    answered 200 after its deploy hook ran, ``stored`` when it answered 200 without a
+    answered 200 after its deploy hook ran (or said ``already``: it runs that very
+    model, its hook ran for it before), ``stored`` when it answered 200 without a
     hook to run (the notice saying where the file is goes in the record), ``failed``
     with the reason otherwise (also after ``transfer_timeout`` seconds in all), and also
     when this task is cancelled (the record never stays ``transferring``). While it
@@ -317,6 +356,13 @@ async def transfer(
     _LOGGER.info(
         "deployment %s: model %s is on device %s", deployment_id, model.model_id, link.device_id
     )
+    if answer.get("hook") == "already":
+        _LOGGER.info(
+            "deployment %s: device %s already ran model %s; its hook was not run again",
+            deployment_id,
+            link.device_id,
+            model.model_id,
+        )
     if answer.get("hook") == "none":
         notice = f"stored at {answer.get('path')} on the PC; no deploy hook configured"
         return await mark(

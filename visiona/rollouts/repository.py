@@ -89,6 +89,7 @@ class Candidate:
     model_sha256: str | None
     attempts: int
     current_sha256: str | None
+    deployment_id: uuid.UUID | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -400,10 +401,13 @@ async def finish(
     return bool((await conn.execute(stmt)).rowcount)
 
 
-async def sync_devices(conn: AsyncConnection, rollout_id: uuid.UUID, now: datetime) -> None:
+async def sync_devices(
+    conn: AsyncConnection, rollout_id: uuid.UUID, now: datetime
+) -> list[uuid.UUID]:
     """Cancel the devices unpaired meanwhile; batched devices not yet sent that run the
     model already are ``skipped`` (``succeeded`` when a lost transfer of theirs did
-    arrive), the others ``waiting`` while offline and ``queued`` once online."""
+    arrive), the others ``waiting`` while offline and ``queued`` once online. Returns
+    the deployments of the lost transfers that did arrive."""
     mine = rollout_devices.c.rollout_id == rollout_id
     device = rollout_devices.c.device_id
     await conn.execute(
@@ -421,11 +425,12 @@ async def sync_devices(conn: AsyncConnection, rollout_id: uuid.UUID, now: dateti
             devices.c.current_model_sha256 == rollout_devices.c.model_sha256,
         )
     )
+    arrived: list[uuid.UUID] = []
     for tried, values in (
         (False, {"state": "skipped", "error": "the device already runs the model"}),
         (True, {"state": "succeeded", "error": None}),  # a lost transfer that did arrive
     ):
-        await conn.execute(
+        result = await conn.execute(
             update(rollout_devices)
             .where(
                 mine,
@@ -435,7 +440,10 @@ async def sync_devices(conn: AsyncConnection, rollout_id: uuid.UUID, now: dateti
                 runs_it,
             )
             .values(updated_at=now, **values)
+            .returning(rollout_devices.c.deployment_id)
         )
+        if tried:
+            arrived.extend(d for d in result.scalars() if d is not None)
     await conn.execute(
         update(rollout_devices)
         .where(
@@ -455,6 +463,7 @@ async def sync_devices(conn: AsyncConnection, rollout_id: uuid.UUID, now: dateti
         )
         .values(state="queued", updated_at=now)
     )
+    return arrived
 
 
 async def in_flight(conn: AsyncConnection, rollout_id: uuid.UUID) -> list[InFlight]:
@@ -512,15 +521,57 @@ async def assign_batch(
 
 
 async def candidates(
-    conn: AsyncConnection, rollout_id: uuid.UUID, limit: int, *, settled_before: datetime
+    conn: AsyncConnection,
+    rollout_id: uuid.UUID,
+    limit: int,
+    *,
+    settled_before: datetime,
+    outlived_before: datetime,
+    silent_before: datetime,
+    nothing_sent: Iterable[str],
 ) -> list[Candidate]:
     """Up to ``limit`` devices of started batches not yet sent whose device is online.
 
-    A device tried before (its transfer was lost with a node) is taken only once its
-    tunnel has been up, and it has been queued again, since ``settled_before``: the agent
-    reports the model it runs as soon as it connects and as soon as a deployment's hook
-    succeeds, so one that did receive the lost transfer is seen as running it
-    (``succeeded``, by :func:`sync_devices`) instead of being sent it again."""
+    A device tried before (its last transfer was lost: a node died, the device was not
+    reachable) is taken again only on fresh knowledge of what its agent runs, never on
+    what the server knew before the loss:
+
+    - its tunnel came up *after* that transfer's deployment was recorded (the agent
+      reconnected since: a tunnel that drops makes the agent stop, and wait for, every
+      deployment of that tunnel, so what it runs is settled by then), and its agent
+      reported its status since that tunnel came up (``devices.updated_at``: the report
+      carries ``current_model``); a device that did receive the lost transfer is then
+      seen running the model (``succeeded``, by :func:`sync_devices` or the dispatch)
+      instead of being sent it again;
+    - or that transfer failed before anything was sent (its error one of
+      ``nothing_sent``: no tunnel anywhere, the node holding it unreachable) and it
+      was queued again before ``settled_before``;
+    - or its tunnel is the one of that transfer (the node that lost it lost only its
+      link to the tunnel's node, which may still have run it) and it was queued again
+      before ``outlived_before`` (the transfer timeout ago): no part of that transfer
+      can be running any more, and a model it delivered has been reported;
+    - or, so that no device is forgotten, its agent reconnected after that transfer but
+      no report of it since was seen, and it was queued again before ``silent_before``:
+      it is sent again, and the agent's own rule (a model it runs already is not loaded
+      twice) keeps that second copy from being loaded again.
+    """
+    lost = deployments.alias("lost")
+    fresh = and_(
+        devices.c.last_connected_at > lost.c.created_at,
+        devices.c.updated_at >= devices.c.last_connected_at,
+    )
+    unsent = and_(
+        lost.c.error.in_(list(nothing_sent)),
+        rollout_devices.c.updated_at <= settled_before,
+    )
+    outlived = and_(
+        devices.c.last_connected_at <= lost.c.created_at,
+        rollout_devices.c.updated_at <= outlived_before,
+    )
+    silent = and_(
+        devices.c.last_connected_at > lost.c.created_at,
+        rollout_devices.c.updated_at <= silent_before,
+    )
     stmt = (
         select(
             rollout_devices.c.device_id,
@@ -528,21 +579,20 @@ async def candidates(
             rollout_devices.c.model_sha256,
             rollout_devices.c.attempts,
             devices.c.current_model_sha256,
+            rollout_devices.c.deployment_id,
         )
-        .select_from(rollout_devices.join(devices, devices.c.id == rollout_devices.c.device_id))
+        .select_from(
+            rollout_devices.join(devices, devices.c.id == rollout_devices.c.device_id).outerjoin(
+                lost, lost.c.id == rollout_devices.c.deployment_id
+            )
+        )
         .where(
             rollout_devices.c.rollout_id == rollout_id,
             rollout_devices.c.batch.is_not(None),
             rollout_devices.c.state == "queued",
             _online,
             _live,
-            or_(
-                rollout_devices.c.attempts == 0,
-                and_(
-                    devices.c.last_connected_at <= settled_before,
-                    rollout_devices.c.updated_at <= settled_before,
-                ),
-            ),
+            or_(rollout_devices.c.attempts == 0, fresh, unsent, outlived, silent),
         )
         .order_by(
             rollout_devices.c.batch, rollout_devices.c.created_at, rollout_devices.c.device_id

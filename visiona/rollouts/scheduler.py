@@ -14,9 +14,12 @@ short transactions:
 3. *settle*: a device ``transferring`` under a deployment this node is not running (a
    previous leader's) takes its deployment's outcome; one whose node died before or
    during the transfer (the deployment failed as lost, interrupted or restarted) is
-   queued again (at most :data:`MAX_ATTEMPTS` tries), sent again only once its tunnel
-   has been up for :data:`RETRY_GRACE` seconds, and one that reports the model
-   meanwhile counts as ``succeeded`` — never sent twice;
+   queued again (at most :data:`MAX_ATTEMPTS` tries) and sent again only on fresh
+   knowledge of what its agent runs (:func:`repository.candidates
+   <visiona.rollouts.repository.candidates>`: the agent reconnected after that
+   transfer and reported since; or nothing had been sent; or the transfer timeout
+   passed) — one that reports the model meanwhile counts as ``succeeded``, never
+   sent twice;
 4. *plan* (:mod:`visiona.rollouts.planner`): auto-abort, the deadline, the next batch,
    completion; one audit event per batch and per state change;
 5. *dispatch*: up to ``VISIONA_ROLLOUT_MAX_TRANSFERS`` transfers in flight per node.
@@ -81,10 +84,17 @@ LOST = frozenset(
         deployments.INTERRUPTED_REASON,
     }
 )
+#: Lost transfers that failed before a byte reached the agent (no tunnel anywhere, the
+#: node holding it unreachable): sent again without waiting for the agent to reconnect.
+NOTHING_SENT = frozenset({deployments.OFFLINE_REASON, OWNER_UNREACHABLE})
 DEADLINE_REASON = "the deadline passed"
-#: Seconds a device whose transfer was lost stays connected before it is sent the model
-#: again: time for its agent's on-connect report of the model it runs to land.
+#: Seconds a device whose transfer failed before anything was sent waits before it is
+#: tried again (the others wait for their agent's report on a new tunnel instead).
 RETRY_GRACE = 5.0
+#: Seconds a device whose transfer was lost waits, once its agent reconnected, for that
+#: agent's report before it is sent its model again anyway (no device is forgotten;
+#: the agent does not load a model it runs already a second time).
+SILENT_WAIT = 60.0
 #: Seconds between the turns of a scheduler with no open rollout (one created on
 #: another node is seen within this).
 IDLE_WAIT = 5.0
@@ -188,13 +198,22 @@ class Scheduler:
             if rollout is None:
                 return
             await self._take_in(conn, rollout, now)
-            await repository.sync_devices(conn, rollout_id, now)
+            for deployment_id in await repository.sync_devices(conn, rollout_id, now):
+                await deployments.confirm_delivered(conn, deployment_id, LOST)
             await self._settle(conn, rollout, now)
             running = await self._plan(conn, rollout, token, now)
             free = self._max - len(self._inflight)
             settled = now - timedelta(seconds=RETRY_GRACE)
             chosen = (
-                await repository.candidates(conn, rollout_id, free, settled_before=settled)
+                await repository.candidates(
+                    conn,
+                    rollout_id,
+                    free,
+                    settled_before=settled,
+                    outlived_before=now - timedelta(seconds=self._transfer_timeout),
+                    silent_before=now - timedelta(seconds=SILENT_WAIT),
+                    nothing_sent=NOTHING_SENT,
+                )
                 if running and free > 0
                 else []
             )
@@ -374,7 +393,7 @@ class Scheduler:
             # unit of work: the skip
             async with self._db.transaction() as conn:
                 tried = candidate.attempts > 0  # a lost transfer that did arrive
-                await repository.set_device(
+                moved = await repository.set_device(
                     conn,
                     rollout.id,
                     device_id,
@@ -384,6 +403,8 @@ class Scheduler:
                     state="succeeded" if tried else "skipped",
                     error=None if tried else "the device already runs the model",
                 )
+                if moved and tried and candidate.deployment_id is not None:
+                    await deployments.confirm_delivered(conn, candidate.deployment_id, LOST)
             return
         try:
             # unit of work: the deployment's record and the device's transferring, together
@@ -407,6 +428,14 @@ class Scheduler:
                     error=err.message,
                 )
             return
+        if candidate.attempts:
+            _LOGGER.info(
+                "rollout %s: device %s is sent the model again (try %d; its lost transfer %s)",
+                rollout.id,
+                device_id,
+                candidate.attempts + 1,
+                candidate.deployment_id,
+            )
         task = asyncio.get_running_loop().create_task(
             self._transfer(rollout.id, deployment, model, candidate.attempts + 1)
         )
