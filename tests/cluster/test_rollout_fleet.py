@@ -17,17 +17,14 @@ import shlex
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from testkit.device_service import device_app
-from testkit.live import serve_app
-from testkit.nginx import NginxServer
-from testkit.nodes import Balanced, cluster_env, running_nodes
+from testkit.nodes import Balanced, balanced_nodes
 from testkit.servers import PostgresServer, RedisServer
 from tests.support.api import User, signup
 from tests.support.models import nef, uploaded
@@ -45,29 +42,10 @@ RECORD = "import os, sys\nopen(sys.argv[1], 'a').write(os.environ['VISIONA_MODEL
 @pytest.fixture
 def cluster(postgres: PostgresServer, redis_server: RedisServer) -> Iterator[Balanced]:
     """Nodes A and B and nginx in front; short scheduler turns, four transfers a node."""
-    env = cluster_env(
-        postgres,
-        redis_server,
-        forwarded_allow_ips="127.0.0.1",
-        tunnel_ping_interval="1.0",
-        tunnel_ping_timeout="1.0",
-        rollout_interval="0.3",
-        rollout_max_transfers="4",
-    )
-    with running_nodes(env, "a", "b") as (a, b):
-        lb = NginxServer([f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"])
-        try:
-            lb.start()
-            yield Balanced(a, b, lb, env)
-        finally:
-            lb.cleanup()
-
-
-@pytest.fixture
-async def device_port() -> AsyncIterator[int]:
-    """The devices' local HTTP service."""
-    async with serve_app(device_app()) as service:
-        yield service.port
+    with balanced_nodes(
+        postgres, redis_server, rollout_interval="0.3", rollout_max_transfers="4"
+    ) as balanced:
+        yield balanced
 
 
 class Fleet:
