@@ -29,7 +29,7 @@ from tests.support.deployments import (
 )
 from tests.support.devices import runtime
 from tests.support.tunnel import connect_agent, wait_for
-from visiona.deployments import service
+from visiona.deployments import repository, service
 from visiona.kit.clock import utcnow
 from visiona.kit.schema import deployments
 from visiona.tunnel.dependencies import HUB
@@ -170,3 +170,36 @@ async def test_openapi_declares_the_409(client: httpx.AsyncClient) -> None:
     proxy = spec["paths"]["/api/v1/devices/{device_id}/proxy/{path}"]["get"]
     assert "device_busy" in proxy["responses"]["429"]["description"]
     assert "forbidden_by_agent" in proxy["responses"]["403"]["description"]
+
+
+async def test_the_admission_insert_holds_past_the_generic_plan_of_a_prepared_statement(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    """PostgreSQL plans a prepared statement generically after five executions on one
+    connection: the ON CONFLICT arbiter must still be inferred (the index predicate is
+    written with literals, not parameters)."""
+    user = await signup(client)
+    org, owner = uuid.UUID(user.org_id), uuid.UUID(user.id)
+    device_id, _token, model_id, _ = await device_and_model(client, user)
+    async with runtime(app).db.transaction() as conn:
+        first = await repository.insert_deployment(
+            conn,
+            deployment_id=uuid.uuid4(),
+            owner_user_id=owner,
+            org_id=org,
+            device_id=uuid.UUID(device_id),
+            model_id=uuid.UUID(model_id),
+            now=utcnow(),
+        )
+        assert first is not None
+        for _ in range(12):  # each refused by the one active row, none an error
+            again = await repository.insert_deployment(
+                conn,
+                deployment_id=uuid.uuid4(),
+                owner_user_id=owner,
+                org_id=org,
+                device_id=uuid.UUID(device_id),
+                model_id=uuid.UUID(model_id),
+                now=utcnow(),
+            )
+            assert again is None

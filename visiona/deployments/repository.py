@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
 
-from sqlalchemy import Insert, bindparam, func, select, update
+from sqlalchemy import Insert, bindparam, func, literal_column, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -83,6 +83,14 @@ _CONFIRM = (
 
 
 _active = deployments.c.status.in_(DEPLOYMENT_ACTIVE)
+# The partial index's predicate for ON CONFLICT, with the statuses as SQL literals:
+# PostgreSQL infers the arbiter index from the predicate, and with bound parameters it
+# can only while it plans with their values — once it switches a prepared statement to
+# a generic plan (after five executions on a connection) the insert fails with "no
+# unique or exclusion constraint matching the ON CONFLICT specification".
+_ACTIVE_INDEX = deployments.c.status.in_(
+    [literal_column(f"'{status}'") for status in DEPLOYMENT_ACTIVE]
+)
 _GET_ACTIVE = select(*_COLUMNS).where(deployments.c.device_id == bindparam("device_id"), _active)
 # A record still active after the transfer timeout was left by a server that stopped.
 _FAIL_STALE = (
@@ -112,7 +120,7 @@ def _insert_unless_active(dialect: str) -> Insert:
     make = postgresql.insert if dialect == "postgresql" else sqlite.insert
     return (
         make(deployments)
-        .on_conflict_do_nothing(index_elements=[deployments.c.device_id], index_where=_active)
+        .on_conflict_do_nothing(index_elements=[deployments.c.device_id], index_where=_ACTIVE_INDEX)
         .returning(*_COLUMNS)
     )
 
