@@ -43,7 +43,7 @@ from visiona.events.dependencies import EVENTS
 from visiona.events.endpoints import router as events_router
 from visiona.events.hub import EventHub
 from visiona.kit.database import Database
-from visiona.kit.deps import DEVICE_REVOKED, DRAIN, RUNTIME
+from visiona.kit.deps import DEVICE_REVOKED, DRAIN, RUNTIME, UPGRADE_GATES
 from visiona.kit.edge import create_fastapi, install_cors, install_security_schemes
 from visiona.kit.http import install_edge, install_error_handlers
 from visiona.kit.logs import install_server_log_filters
@@ -73,7 +73,7 @@ from visiona.tunnel.tcp_endpoints import serve_forward
 from visiona.tunnel.tcp_link import KIND as FORWARD_KIND
 from visiona.webhooks.dispatcher import DISPATCHER, Dispatcher
 from visiona.webhooks.endpoints import router as webhooks_router
-from visiona.wire import API_PREFIX
+from visiona.wire import API_PREFIX, TUNNEL_PATH
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ async def run_features(
         PRUNER.provide(app, pruner)
         STORAGE.provide(app, storage)
         DEVICES.provide(app, Devices.from_settings(settings))
-        HUB.provide(app, hub)
+        _hand_out_hub(app, hub)
         _start_events(app, stack, runtime, hub.drain)
         CLUSTER.provide(app, cluster)
         relay = Relay(hub, cluster, db, settings.proxy_response_timeout)
@@ -195,6 +195,13 @@ async def run_features(
         # Webhooks: every node's dispatcher delivers the outbox under per-row leases.
         _start_dispatcher(app, stack, runtime, cluster.node_id)
         yield sessions
+
+
+def _hand_out_hub(app: FastAPI, hub: TunnelHub) -> None:
+    """Hand out the tunnel hub, and its pacing gate, which `visiona serve`'s HTTP protocol
+    asks before a tunnel upgrade reaches its route (visiona/kit/upgrades.py)."""
+    HUB.provide(app, hub)
+    UPGRADE_GATES.provide(app, {f"{API_PREFIX}{TUNNEL_PATH}": hub.refuse_upgrade})
 
 
 def _start_events(

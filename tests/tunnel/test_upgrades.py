@@ -172,3 +172,71 @@ async def test_upgrades_beyond_the_accept_rate_get_503_before_the_token_is_check
         if "reconnecting in" in m
     )
     assert asked <= waited <= asked * 1.5 + 0.05
+
+
+class CountUpgrades:
+    """ASGI wrapper counting the WebSocket upgrades that reach the application (it keeps
+    the application's ``state``, where `visiona serve` finds the upgrade gates)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.state = app.state
+        self.upgrades = 0
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket":
+            self.upgrades += 1
+        await self.app(scope, receive, send)
+
+
+async def _raw_upgrade(port: int, token: str, extra: str = "") -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    request = upgrade_request(port, token)
+    if extra:
+        request = request.replace(b"\r\n\r\n", f"\r\n{extra}\r\n\r\n".encode(), 1)
+    writer.write(request)
+    await writer.drain()
+    try:
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+
+
+async def test_a_paced_upgrade_is_refused_by_the_protocol_before_the_application_runs(
+    settings: Settings,
+) -> None:
+    paced = settings.model_copy(update={"tunnel_accept_rate": 0.5})
+    app = create_app(paced)
+    counted = CountUpgrades(app)
+    async with _serve(counted, paced) as port:
+        first = await _raw_upgrade(port, "vst_nope")
+        # a client cannot claim the gate admitted it
+        second = await _raw_upgrade(port, "vst_nope", "X-Visiona-Upgrade-Admitted: 1")
+    assert first.startswith(b"HTTP/1.1 401")  # the one token of the burst: the route ran
+    head, _, body = second.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503")
+    assert b"retry-after: " in head.lower()
+    error = json.loads(body)["error"]
+    assert (error["code"], error["reason"]) == ("tunnel_unavailable", "paced")
+    assert counted.upgrades == 1  # the refused upgrade never reached the application
+    assert HUB.of(app).upgrades["503"] == 1
+
+
+async def test_upgrades_beyond_the_concurrency_bound_are_refused_until_one_ends(
+    settings: Settings,
+) -> None:
+    bounded = settings.model_copy(
+        update={"tunnel_upgrade_concurrency": 2, "tunnel_accept_rate": 0}
+    )
+    app = create_app(bounded)
+    async with _serve(app, bounded):
+        hub = HUB.of(app)
+        hub.open_upgrade()
+        hub.open_upgrade()
+        refusal = hub.refuse_upgrade()
+        assert refusal is not None
+        assert (refusal.status_code, refusal.reason) == (503, "paced")
+        assert refusal.headers["Retry-After"] == "1"
+        hub.close_upgrade()
+        assert hub.refuse_upgrade() is None
+        hub.close_upgrade()

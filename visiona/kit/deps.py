@@ -12,7 +12,7 @@ other method runs in one transaction committed before the response is sent.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -24,6 +24,7 @@ from visiona.kit.metrics import Metrics
 from visiona.kit.ratelimit import RateLimiter
 from visiona.kit.runtime import DeviceRevoked, DrainHook, Provided, Runtime
 from visiona.kit.settings import Settings
+from visiona.kit.upgrades import UpgradeGate
 
 READ_METHODS = frozenset({"GET", "HEAD"})
 
@@ -34,6 +35,9 @@ DEVICE_REVOKED = Provided[DeviceRevoked]("device_revoked")
 #: What runs when the server is asked to stop, before uvicorn closes its connections
 #: (:class:`visiona.kit.serve.NodeServer`): the tunnels drain.
 DRAIN = Provided[tuple[DrainHook, ...]]("drain")
+#: The gates of WebSocket upgrades by request path, asked before the application runs
+#: (:mod:`visiona.kit.upgrades`): the tunnels' pacing.
+UPGRADE_GATES = Provided[Mapping[str, UpgradeGate]]("upgrade_gates")
 
 
 def runtime_of(request: HTTPConnection) -> Runtime:

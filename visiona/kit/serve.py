@@ -26,9 +26,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from visiona.kit.deps import DRAIN
+from visiona.kit.deps import DRAIN, UPGRADE_GATES
 from visiona.kit.errors import HeadersTooLargeError
 from visiona.kit.fdlimit import FdWatch
+from visiona.kit.upgrades import mark_admitted, refusal_bytes, strip_mark
 from visiona.kit.websocket import TunnelWebSocketProtocol
 
 if TYPE_CHECKING:
@@ -114,6 +115,24 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse()
             return
         super().send_400_response(msg)
+
+    def handle_websocket_upgrade(self) -> None:
+        """Ask the path's upgrade gate (:mod:`visiona.kit.upgrades`) before the WebSocket
+        protocol and the application: a refusal is written here and the connection
+        closed; an admitted upgrade goes on marked as such."""
+        headers = self.scope["headers"]
+        strip_mark(headers)  # type: ignore[arg-type] # uvicorn's list of (name, value)
+        gates = getattr(getattr(self.config.app, "state", None), UPGRADE_GATES.name, None)
+        gate = gates.get(self.url.partition(b"?")[0].decode("latin-1")) if gates else None
+        if gate is not None:
+            refusal = gate()
+            if refusal is not None:
+                self.connections.discard(self)
+                self.transport.write(refusal_bytes(refusal))
+                self.transport.close()
+                return
+            mark_admitted(headers)  # type: ignore[arg-type] # idem
+        super().handle_websocket_upgrade()
 
     def _refuse(self) -> None:
         self._refused = True

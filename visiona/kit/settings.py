@@ -205,6 +205,13 @@ class Settings(BaseSettings):
         "second's worth); the rest are answered 503 + `Retry-After` before the WebSocket "
         "handshake. 0: no pacing.",
     )
+    tunnel_upgrade_concurrency: int = Field(
+        128,
+        ge=1,
+        description="Tunnel upgrades checked at once (token check to registration); the rest "
+        "are answered 503 + `Retry-After`, so a slow database slows a connect storm down "
+        "instead of queueing it.",
+    )
     tunnel_drain_window: float = Field(
         5.0,
         ge=0,

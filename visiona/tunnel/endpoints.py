@@ -33,6 +33,7 @@ from visiona.kit.errors import AppError, CsrfError, NotFoundError, UnauthorizedE
 from visiona.kit.http import error_responses
 from visiona.kit.jsonout import JSONOut
 from visiona.kit.logs import end_incomplete_on_purpose
+from visiona.kit.upgrades import was_admitted
 from visiona.orgs.permissions import Permission
 from visiona.tokens.service import DeviceIdentity, authenticate_device
 from visiona.tunnel.dependencies import HUB, RELAY, RelayDep
@@ -99,7 +100,9 @@ async def agent_tunnel(websocket: WebSocket) -> None:
     in which this server is the client (see docs/tunnel-protocol.md)."""
     hub = HUB.of(websocket.app)
     try:
-        hub.open_upgrade()  # 503 + Retry-After from memory: paced, at capacity, draining
+        # 503 + Retry-After from memory: paced, at capacity, draining (asked already by
+        # `visiona serve`'s HTTP protocol when it marked the upgrade admitted)
+        hub.open_upgrade(admitted=was_admitted(websocket.scope["headers"]))
     except AppError as err:
         await _deny(websocket, err)
         return

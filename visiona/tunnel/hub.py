@@ -340,42 +340,57 @@ class TunnelHub:
             link.busy = busy
 
     # -- upgrades -----------------------------------------------------------------
-    def open_upgrade(self) -> None:
-        """Let one upgrade in, or refuse it before the handshake (:class:`TunnelUnavailableError`).
+    def refuse_upgrade(self) -> TunnelUnavailableError | None:
+        """The gate of the tunnel upgrades: the refusal (counted), or None — and then one
+        accept token is taken.
 
-        Checked from memory, before the token (no database round trip for a refusal):
-        while the node drains; beyond ``tunnel_accept_rate`` upgrades per second (a
-        token bucket, visiona/tunnel/pacing.py); while more than
-        :data:`MAX_STATUS_BACKLOG` status changes wait for the database; and when
-        tunnels plus upgrades in progress would take more file descriptors than
-        ``capacity`` (the soft limit less ``tunnel_fd_reserve``). An upgrade let in holds
-        a place until :meth:`close_upgrade`.
+        Decided from memory, before the token check (no database round trip for a
+        refusal), and asked by ``visiona serve``'s HTTP protocol before the WebSocket
+        protocol and the application run (visiona/kit/upgrades.py), so that a refusal
+        costs the least: while the node drains; while more than
+        :data:`MAX_STATUS_BACKLOG` status changes wait for the database; when tunnels
+        plus upgrades in progress would take more file descriptors than ``capacity``
+        (the soft limit less ``tunnel_fd_reserve``); while ``tunnel_upgrade_concurrency``
+        upgrades are already being checked (a slow database slows the storm down instead
+        of queueing it); beyond ``tunnel_accept_rate`` upgrades per second (a token
+        bucket, visiona/tunnel/pacing.py).
         """
+        refusal: TunnelUnavailableError | None = None
         if self.draining:
-            self.count_upgrade("503")
-            raise TunnelUnavailableError(
+            refusal = TunnelUnavailableError(
                 "draining",
                 max(1, math.ceil(self._settings.tunnel_drain_window)),
                 "The node is stopping; retry later (or on another node).",
             )
-        if self._status.backlog > MAX_STATUS_BACKLOG:
-            self.count_upgrade("503")
-            raise TunnelUnavailableError(
+        elif self._status.backlog > MAX_STATUS_BACKLOG:
+            refusal = TunnelUnavailableError(
                 "paced", 2, "The node is catching up with its database; retry shortly."
             )
-        if self._pending + len(self._tunnels) >= self.capacity:
-            self.count_upgrade("503")
-            raise TunnelUnavailableError(
+        elif self._pending + len(self._tunnels) >= self.capacity:
+            refusal = TunnelUnavailableError(
                 "capacity",
                 CAPACITY_RETRY_AFTER,
                 "The node holds as many tunnels as its file descriptors allow; retry later "
                 "(or on another node).",
             )
-        if self._bucket is not None and (retry_after := self._bucket.take()):
-            self.count_upgrade("503")
-            raise TunnelUnavailableError(
+        elif self._pending >= self._settings.tunnel_upgrade_concurrency:
+            refusal = TunnelUnavailableError(
+                "paced", 1, "The node is checking as many upgrades as it can; retry shortly."
+            )
+        elif self._bucket is not None and (retry_after := self._bucket.take()):
+            refusal = TunnelUnavailableError(
                 "paced", retry_after, "The node takes new tunnels at a paced rate; retry later."
             )
+        if refusal is not None:
+            self.count_upgrade("503")
+        return refusal
+
+    def open_upgrade(self, *, admitted: bool = False) -> None:
+        """Let one upgrade in (it holds a place until :meth:`close_upgrade`), or refuse it
+        (:class:`TunnelUnavailableError`) — unless its gate already ``admitted`` it
+        (:meth:`refuse_upgrade`, asked by the HTTP protocol)."""
+        if not admitted and (refusal := self.refuse_upgrade()) is not None:
+            raise refusal
         self._pending += 1
 
     def close_upgrade(self) -> None:
