@@ -173,12 +173,16 @@ async def until(predicate: Any, limit: float = 600, step: float = 0.05) -> float
 
 @contextlib.contextmanager
 def serve(env: dict[str, str], port: int) -> Iterator[subprocess.Popen[bytes]]:
-    """Run `visiona serve` on ``port`` with ``env`` until healthy; stop it (SIGTERM) after."""
+    """Run `visiona serve` on ``port`` with ``env`` until healthy; stop it (SIGTERM) after.
+
+    Its log goes to ``BENCH_SCALE_LOG`` (a file, appended) when set, else nowhere."""
+    log_path = os.environ.get("BENCH_SCALE_LOG")
+    log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [sys.executable, "-m", "visiona", "serve", "--port", str(port)],
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
     )
     try:
         deadline = time.monotonic() + 60
@@ -193,7 +197,11 @@ def serve(env: dict[str, str], port: int) -> Iterator[subprocess.Popen[bytes]]:
     finally:
         if proc.poll() is None:
             proc.terminate()
-        proc.wait(timeout=60)
+        try:
+            proc.wait(timeout=60)
+        finally:
+            if log is not subprocess.DEVNULL:
+                log.close()
 
 
 async def online(http: httpx.AsyncClient, headers: dict[str, str]) -> int:
