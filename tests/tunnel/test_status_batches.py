@@ -3,6 +3,7 @@ busy, and guarded by the tunnel's epoch so an old tunnel's late write never wins
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -19,7 +20,7 @@ from visiona.kit.database import Database
 from visiona.kit.runtime import Runtime
 from visiona.kit.schema import audit_events, devices
 from visiona.kit.settings import Settings
-from visiona.tunnel import repository
+from visiona.tunnel import repository, statuswriter
 from visiona.tunnel.statuswriter import StatusChange, StatusWriter
 
 
@@ -135,3 +136,34 @@ async def test_in_one_batch_online_of_the_newer_tunnel_wins_over_the_older_ones_
     writer.put(StatusChange(device_id, 10, "offline"))
     assert await writer.write_once() is True
     assert await _status(db, device_id) == "online"
+
+
+async def test_a_queue_longer_than_a_batch_is_written_in_bounded_batches_one_after_another(
+    app: FastAPI, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(statuswriter, "MAX_BATCH", 2)
+    ids = await _devices(client, 5)
+    db = _runtime(app).db
+    writer = StatusWriter(db, 0.05)
+    updates: list[int] = []
+
+    def count(_conn: Any, _cursor: Any, sql: str, params: Any, *_: Any) -> None:
+        if sql.lstrip().upper().startswith("UPDATE"):
+            updates.append(len(params) if isinstance(params, list) else 1)
+
+    engine = db.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", count)
+    writer.start()
+    try:
+        for epoch, device_id in enumerate(ids, start=1):
+            writer.put(_online(device_id, epoch))
+        async with asyncio.timeout(30):
+            while writer.backlog or writer.batches < 3:  # noqa: ASYNC110 - no event to wait on
+                await asyncio.sleep(0.01)
+    finally:
+        await writer.close()
+        event.remove(engine, "before_cursor_execute", count)
+    assert writer.batches == 3  # 2 + 2 + 1, without waiting an interval between them
+    assert max(updates) <= 2
+    for device_id in ids:
+        assert await _status(db, device_id) == "online"

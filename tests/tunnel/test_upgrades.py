@@ -225,9 +225,7 @@ async def test_a_paced_upgrade_is_refused_by_the_protocol_before_the_application
 async def test_upgrades_beyond_the_concurrency_bound_are_refused_until_one_ends(
     settings: Settings,
 ) -> None:
-    bounded = settings.model_copy(
-        update={"tunnel_upgrade_concurrency": 2, "tunnel_accept_rate": 0}
-    )
+    bounded = settings.model_copy(update={"tunnel_upgrade_concurrency": 2, "tunnel_accept_rate": 0})
     app = create_app(bounded)
     async with _serve(app, bounded):
         hub = HUB.of(app)
