@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -18,6 +19,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from testkit.live import LiveServer, serve_app
 from tests.support.api import PASSWORD, signup
 from visiona.app import create_app
+from visiona.kit import serve
+from visiona.kit.listen import bind_socket
 from visiona.kit.runtime import Runtime
 from visiona.kit.settings import Settings
 
@@ -227,3 +230,32 @@ async def test_forwarded_for_is_trusted_from_configured_proxies(settings: Settin
     async with serve_app(create_app(trusting), trusting) as server:
         statuses = await _login_statuses(server, ["10.0.0.1", "10.0.0.2", "10.0.0.3"])
     assert statuses == [401, 401, 401]
+
+
+async def test_a_stop_that_hangs_is_cut_at_its_bound_and_the_log_says_what_waited(
+    settings: Settings, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(serve, "STOP_BOUND", 0.5)
+    never = asyncio.Event()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        assert scope["type"] == "lifespan"
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            else:
+                await never.wait()  # the application's shutdown never ends
+
+    listener = bind_socket("127.0.0.1", 0)
+    server = serve.NodeServer(
+        serve.server_config(app, settings, host="127.0.0.1", port=0), listener, settings
+    )
+    task = asyncio.create_task(server.serve(sockets=[listener]))
+    while not server.started:  # noqa: ASYNC110 - uvicorn offers no event
+        await asyncio.sleep(0.01)
+    server.should_exit = True
+    await asyncio.wait_for(task, 10)  # it stops: the hung shutdown did not hold it
+    stop = [r.getMessage() for r in caplog.records if "stop: not done" in r.getMessage()]
+    assert len(stop) == 1
+    assert "app (test_serve.py:" in stop[0]  # where the application's shutdown waited

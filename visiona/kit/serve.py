@@ -17,9 +17,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import logging
+import os
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -33,8 +35,8 @@ from visiona.kit.upgrades import mark_admitted, refusal_bytes, strip_mark
 from visiona.kit.websocket import TunnelWebSocketProtocol
 
 if TYPE_CHECKING:
-    import asyncio
     import socket
+    from types import FrameType
 
     from visiona.kit.settings import Settings
 
@@ -188,6 +190,12 @@ def server_config(
     )
 
 
+#: Seconds uvicorn's own shutdown (its graceful 10 s, then the lifespan's end) may take
+#: after the drain before the process stops anyway, logging what was still waited for.
+STOP_BOUND = 25.0
+
+_ASYNCIO_DIR = os.path.dirname(asyncio.__file__)
+
 #: the young generation's threshold once serving (CPython's default is 700 allocations)
 GC_YOUNG_THRESHOLD = 50_000
 
@@ -242,4 +250,44 @@ class NodeServer(uvicorn.Server):
                 await hook()
             except Exception:
                 _LOGGER.exception("drain hook failed")
-        await super().shutdown(sockets)
+        try:
+            async with asyncio.timeout(STOP_BOUND):
+                await super().shutdown(sockets)
+        except TimeoutError:
+            _LOGGER.error(  # noqa: TRY400 - the stacks below say more than this frame
+                "stop: not done %g s after the drain; stopping anyway. Still waiting: %s",
+                STOP_BOUND,
+                waiting_tasks(),
+            )
+
+
+def _innermost_frame(coro: Any) -> FrameType | None:
+    """The frame of the innermost coroutine ``coro`` awaits (through ``cr_await``),
+    asyncio's own frames (an ``Event.wait``, a ``wait_for``) aside."""
+    frame = None
+    while coro is not None:
+        inner = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if inner is not None and not inner.f_code.co_filename.startswith(_ASYNCIO_DIR):
+            frame = inner
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return frame
+
+
+def waiting_tasks(limit: int = 10) -> str:
+    """What the tasks of the running loop (this one aside) are waiting in: the innermost
+    frame of each, the most frequent first (for a log line)."""
+    current = asyncio.current_task()
+    places: dict[str, int] = {}
+    for task in asyncio.all_tasks():
+        if task is current:
+            continue
+        frame = _innermost_frame(task.get_coro())
+        where = (
+            f"{frame.f_code.co_qualname} ({frame.f_code.co_filename.rsplit('/', 1)[-1]}"
+            f":{frame.f_lineno})"
+            if frame is not None
+            else repr(task.get_coro())
+        )
+        places[where] = places.get(where, 0) + 1
+    ranked = sorted(places.items(), key=lambda item: -item[1])[:limit]
+    return "; ".join(f"{count} x {where}" for where, count in ranked) or "nothing"
