@@ -9,10 +9,23 @@ statements without per-call structure are built once, here.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, Table, bindparam, func, insert, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Table,
+    Text,
+    any_,
+    bindparam,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from visiona.kit.database import Database
@@ -138,7 +151,7 @@ _REVOKE_LIVE_SESSION = (
     .where(session_tokens.c.token_hash == bindparam("hash"), session_tokens.c.revoked_at.is_(None))
     .values(revoked_at=_now)
 )
-_VALID_SESSION = (
+_VALID_SESSIONS_OF = (
     select(
         session_tokens.c.token_hash,
         session_tokens.c.public_id,
@@ -149,16 +162,21 @@ _VALID_SESSION = (
     )
     .join(devices, devices.c.id == session_tokens.c.device_id)
     .where(
-        session_tokens.c.token_hash == bindparam("hash"),
         session_tokens.c.revoked_at.is_(None),
         _unexpired(session_tokens),
         devices.c.deleted_at.is_(None),
     )
 )
+_VALID_SESSION = _VALID_SESSIONS_OF.where(session_tokens.c.token_hash == bindparam("hash"))
+# Many at once (PostgreSQL only: one array parameter, so the statement is prepared once).
+_VALID_SESSIONS = _VALID_SESSIONS_OF.where(
+    session_tokens.c.token_hash == any_(bindparam("hashes", type_=postgresql.ARRAY(Text)))
+)
 _valid_session = build(ValidSession)
 # The tunnel's connect and every agent route check a token with it: a hot read (one
 # statement compiled once, run on the driver; visiona/kit/hotread.py).
 _VALID_SESSION_HOT = HotRead(_VALID_SESSION, _valid_session)
+_VALID_SESSIONS_HOT = HotRead(_VALID_SESSIONS, _valid_session)
 
 
 # -- pairing tokens -------------------------------------------------------------
@@ -313,3 +331,11 @@ async def find_valid_session(
     Given the :class:`Database`, a hot read on the driver; given a connection, on it.
     """
     return await _VALID_SESSION_HOT.one(source, hash=token_hash, now=now)
+
+
+async def find_valid_sessions(
+    db: Database, token_hashes: Sequence[str], now: datetime
+) -> list[ValidSession]:
+    """:func:`find_valid_session` of many tokens in one statement, those that hold (in no
+    particular order). PostgreSQL only (an array parameter); a hot read on the driver."""
+    return await _VALID_SESSIONS_HOT.all(db, hashes=list(token_hashes), now=now)

@@ -30,6 +30,7 @@ from visiona.kit.tokens import (
     new_token,
 )
 from visiona.tokens import repository
+from visiona.tokens.batch import SessionChecks
 from visiona.tokens.repository import PairingToken, SessionToken
 
 # One message for every failing agent token: no oracle for used / expired / unknown.
@@ -319,18 +320,28 @@ class DeviceIdentity:
 
 
 async def authenticate_device(
-    source: Database | AsyncConnection, token: str | None, *, now: datetime | None = None
+    source: Database | AsyncConnection,
+    token: str | None,
+    *,
+    now: datetime | None = None,
+    checks: SessionChecks | None = None,
 ) -> DeviceIdentity:
     """The device a session token speaks for; any failure is the same 401.
 
     Valid means: a ``vst_`` token whose hash is stored, unrevoked, unexpired, and
     whose device is not deleted. This is what the tunnel calls before the
     WebSocket upgrade, with the :class:`Database` (a hot read on the driver, no unit
-    of work); the agent routes pass their unit of work's connection.
+    of work) and its :class:`~visiona.tokens.batch.SessionChecks` (``checks``: a connect
+    storm's checks share statements); the agent routes pass their unit of work's
+    connection.
     """
     if not token or not has_prefix(token, DEVICE_SESSION_PREFIX):
         raise agent_unauthorized()
-    found = await repository.find_valid_session(source, hash_token(token), now or utcnow())
+    token_hash = hash_token(token)
+    if checks is not None:
+        found = await checks.find(token_hash)
+    else:
+        found = await repository.find_valid_session(source, token_hash, now or utcnow())
     if found is None:
         raise agent_unauthorized()
     return DeviceIdentity(

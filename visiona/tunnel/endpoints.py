@@ -35,6 +35,7 @@ from visiona.kit.jsonout import JSONOut
 from visiona.kit.logs import end_incomplete_on_purpose
 from visiona.kit.upgrades import was_admitted
 from visiona.orgs.permissions import Permission
+from visiona.tokens.batch import SessionChecks
 from visiona.tokens.service import DeviceIdentity, authenticate_device
 from visiona.tunnel.dependencies import HUB, RELAY, RelayDep
 from visiona.tunnel.errors import (
@@ -78,12 +79,12 @@ def _bearer(websocket: WebSocket) -> str | None:
     return value.strip() or None if scheme.lower() == "bearer" else None
 
 
-async def _identify(db: Database, token: str | None) -> DeviceIdentity:
+async def _identify(db: Database, checks: SessionChecks, token: str | None) -> DeviceIdentity:
     try:
-        # one statement answers it: a hot read on the driver (no unit of work, no BEGIN/
-        # COMMIT on a connect), before the WebSocket upgrade (the tunnel outlives any
-        # transaction)
-        return await authenticate_device(db, token)
+        # a hot read on the driver (no unit of work, no BEGIN/COMMIT on a connect), shared
+        # with the other upgrades checked at the same time, before the WebSocket upgrade
+        # (the tunnel outlives any transaction)
+        return await authenticate_device(db, token, checks=checks)
     except AppError:
         raise
     except Exception as err:
@@ -108,7 +109,9 @@ async def agent_tunnel(websocket: WebSocket) -> None:
         return
     try:
         try:
-            identity = await _identify(runtime_of(websocket).db, _bearer(websocket))
+            identity = await _identify(
+                runtime_of(websocket).db, hub.session_checks, _bearer(websocket)
+            )
         except AppError as err:
             hub.count_upgrade(str(err.status_code))
             await _deny(websocket, err)

@@ -36,6 +36,7 @@ from visiona.kit.clock import utcnow
 from visiona.kit.fdlimit import nofile_limits
 from visiona.kit.websocket import UpgradeAbandonedError
 from visiona.tokens import service as tokens
+from visiona.tokens.batch import SessionChecks
 from visiona.tunnel import conflict, repository
 from visiona.tunnel.errors import DeviceBusyError, TunnelUnavailableError
 from visiona.tunnel.forwards import Forwards
@@ -96,6 +97,8 @@ class TunnelHub:
         each keepalive; without one the node behaves as the only one.
         """
         self._db = db
+        #: the session checks of the upgrades (a storm's share statements)
+        self.session_checks = SessionChecks(db)
         self.registry = registry
         self._leases: dict[uuid.UUID, Lease] = {}
         self._settings = settings
