@@ -120,6 +120,15 @@ def test_the_bucket_lets_a_burst_in_then_books_the_refused_one_slot_each() -> No
     assert bucket.take() == 0  # a token came back
 
 
+def test_a_refusal_for_another_cause_books_a_spread_slot_without_taking_a_token() -> None:
+    now = [100.0]
+    bucket = TokenBucket(2.0, 2.0, clock=lambda: now[0])
+    waits = [bucket.book() for _ in range(8)]
+    assert waits == sorted(waits)
+    assert waits[-1] >= 4  # eight at 2 per second: spread over 4 s
+    assert [bucket.take(), bucket.take()] == [0, 0]  # the burst is still there
+
+
 async def test_upgrades_beyond_the_accept_rate_get_503_before_the_token_is_checked(
     settings: Settings, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:

@@ -190,6 +190,10 @@ def server_config(
     )
 
 
+#: Seconds the drain may take beyond ``VISIONA_TUNNEL_DRAIN_WINDOW`` (its own waits are
+#: bounded: the tunnels' ends, their closes, the last status batch) before the stop goes on.
+DRAIN_GRACE = 30.0
+
 #: Seconds uvicorn's own shutdown (its graceful 10 s, then the lifespan's end) may take
 #: after the drain before the process stops anyway, logging what was still waited for.
 STOP_BOUND = 25.0
@@ -225,6 +229,7 @@ class NodeServer(uvicorn.Server):
         per ``tunnel_status_interval``."""
         super().__init__(config)
         self._listener = listener
+        self._drain_bound = settings.tunnel_drain_window + DRAIN_GRACE
         self._fd_watch = FdWatch(
             settings.tunnel_fd_reserve, interval=settings.tunnel_status_interval
         )
@@ -245,11 +250,19 @@ class NodeServer(uvicorn.Server):
         shutdown: stop accepting, finish requests, the lifespan's end."""
         await self._fd_watch.stop()
         state = getattr(self.config.app, "state", None)
-        for hook in getattr(state, DRAIN.name, ()):
-            try:
-                await hook()
-            except Exception:
-                _LOGGER.exception("drain hook failed")
+        try:
+            async with asyncio.timeout(self._drain_bound):
+                for hook in getattr(state, DRAIN.name, ()):
+                    try:
+                        await hook()
+                    except Exception:
+                        _LOGGER.exception("drain hook failed")
+        except TimeoutError:
+            _LOGGER.error(  # noqa: TRY400 - the stacks below say more than this frame
+                "stop: the drain did not end in %g s; stopping anyway. Still waiting: %s",
+                self._drain_bound,
+                waiting_tasks(),
+            )
         try:
             async with asyncio.timeout(STOP_BOUND):
                 await super().shutdown(sockets)

@@ -199,14 +199,14 @@ class Settings(BaseSettings):
         "under the soft limit (raised to the hard limit at start; see `LimitNOFILE=`).",
     )
     tunnel_accept_rate: float = Field(
-        200.0,
+        1000.0,
         ge=0,
         description="Tunnel upgrades accepted per second (a token bucket with a burst of one "
         "second's worth); the rest are answered 503 + `Retry-After` before the WebSocket "
         "handshake. 0: no pacing.",
     )
     tunnel_upgrade_concurrency: int = Field(
-        128,
+        1000,
         ge=1,
         description="Tunnel upgrades checked at once (token check to registration); the rest "
         "are answered 503 + `Retry-After`, so a slow database slows a connect storm down "

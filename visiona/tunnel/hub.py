@@ -378,7 +378,9 @@ class TunnelHub:
             )
         elif self._pending >= self._settings.tunnel_upgrade_concurrency:
             refusal = TunnelUnavailableError(
-                "paced", 1, "The node is checking as many upgrades as it can; retry shortly."
+                "paced",
+                self._bucket.book() if self._bucket is not None else 1,
+                "The node is checking as many upgrades as it can; retry shortly.",
             )
         elif self._bucket is not None and (retry_after := self._bucket.take()):
             refusal = TunnelUnavailableError(
@@ -630,7 +632,8 @@ class TunnelHub:
                 seen.add(device_id)
         epochs = {d: self._tunnels[d].epoch for d in seen if self._healthy(d)}
         if epochs:
-            await self._write(repository.mark_seen, epochs, utcnow())
+            async with self._status.lock:  # never beside a status batch (row locks)
+                await self._write(repository.mark_seen, epochs, utcnow())
         if self._refuse_busy and self.registry is not None and self._tunnels:
             await self._refresh_busy()
 

@@ -50,3 +50,11 @@ class TokenBucket:
         slot = min(max(self._next_slot, due), now + MAX_RETRY_AFTER)
         self._next_slot = slot + 1 / self._rate
         return max(1, math.ceil(slot - now))
+
+    def book(self) -> int:
+        """The whole seconds after which to come back, booking the next free slot at
+        ``rate`` without taking a token (a refusal for another cause, spread the same way)."""
+        now = self._clock()
+        slot = min(max(self._next_slot, now + 1 / self._rate), now + MAX_RETRY_AFTER)
+        self._next_slot = slot + 1 / self._rate
+        return max(1, math.ceil(slot - now))

@@ -61,6 +61,10 @@ class StatusChange:
     busy: Callable[[], bool] | None = None
 
 
+def _device_of(row: tuple[Any, ...]) -> str:
+    return str(row[0])
+
+
 class StatusWriter:
     """The node's queue of status changes and audit events (see the module doc)."""
 
@@ -72,6 +76,10 @@ class StatusWriter:
         self._ready = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._failures = 0
+        #: held while a batch is written; the hub's ``last_seen_at`` batch takes it too, so
+        #: the node's two writers of device rows never lock them against each other (in a
+        #: storm they did: PostgreSQL broke the deadlock by failing one)
+        self.lock = asyncio.Lock()
         #: batches written and batches that failed (and were kept), since start
         self.batches = 0
         self.failed = 0
@@ -108,18 +116,21 @@ class StatusWriter:
         if not batch:
             return True
         try:
-            async with self._db.transaction() as conn:
+            async with self.lock, self._db.transaction() as conn:
                 online = [
                     (c.device_id, c.epoch, c.at, c.busy() if c.busy else False)
                     for c in batch
                     if c.at is not None
                 ]
+                # rows in one order (device id) on every node: no lock-order deadlock
+                online.sort(key=_device_of)
                 await repository.mark_connected(conn, online)
                 changes = [
                     (c.device_id, c.epoch, c.status)
                     for c in batch
                     if c.at is None and c.status is not None
                 ]
+                changes.sort(key=_device_of)
                 await repository.set_remote_status(conn, changes)
                 await audit.record_prepared(conn, [c.event for c in batch if c.event])
         except asyncio.CancelledError:  # stopped mid-batch (the writer's close bound): kept
