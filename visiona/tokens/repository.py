@@ -9,6 +9,7 @@ statements without per-call structure are built once, here.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -156,6 +157,20 @@ _VALID_SESSION = (
     )
 )
 _valid_session = build(ValidSession)
+# Which of many session tokens still hold (the tunnel hub's revocation re-check).
+_VALID_HASHES = (
+    select(session_tokens.c.token_hash)
+    .join(devices, devices.c.id == session_tokens.c.device_id)
+    .where(
+        session_tokens.c.token_hash.in_(bindparam("hashes", expanding=True)),
+        session_tokens.c.revoked_at.is_(None),
+        _unexpired(session_tokens),
+        devices.c.deleted_at.is_(None),
+    )
+)
+#: The most token hashes one :func:`valid_session_hashes` statement binds (well under
+#: SQLite's and asyncpg's limits on parameters).
+VALID_HASHES_BATCH = 500
 # The tunnel's connect and every agent route check a token with it: a hot read (one
 # statement compiled once, run on the driver; visiona/kit/hotread.py).
 _VALID_SESSION_HOT = HotRead(_VALID_SESSION, _valid_session)
@@ -313,3 +328,18 @@ async def find_valid_session(
     Given the :class:`Database`, a hot read on the driver; given a connection, on it.
     """
     return await _VALID_SESSION_HOT.one(source, hash=token_hash, now=now)
+
+
+async def valid_session_hashes(
+    conn: AsyncConnection, token_hashes: Collection[str], now: datetime
+) -> set[str]:
+    """The hashes among ``token_hashes`` whose session token is unrevoked, unexpired and
+    of a live device (as :func:`find_valid_session`): one statement per
+    :data:`VALID_HASHES_BATCH` hashes."""
+    hashes = list(token_hashes)
+    valid: set[str] = set()
+    for start in range(0, len(hashes), VALID_HASHES_BATCH):
+        chunk = hashes[start : start + VALID_HASHES_BATCH]
+        result = await conn.execute(_VALID_HASHES, {"hashes": chunk, "now": now})
+        valid.update(result.scalars())
+    return valid
