@@ -19,7 +19,8 @@ from tests.support.devices import (
 )
 from visiona.kit.errors import UnauthorizedError
 from visiona.kit.tokens import hash_token
-from visiona.tokens.service import DeviceIdentity, authenticate_device
+from visiona.tokens.repository import VALID_HASHES_BATCH, valid_session_hashes
+from visiona.tokens.service import DeviceIdentity, authenticate_device, sessions_not_holding
 
 
 async def _authenticate(app: FastAPI, token: str | None) -> DeviceIdentity:
@@ -184,3 +185,29 @@ async def test_agent_status_rejects_bad_session_tokens_alike(client: httpx.Async
         bodies.append(response.json())
     assert all(body == bodies[0] for body in bodies)
     assert bodies[0]["error"]["code"] == "unauthorized"
+
+
+async def test_valid_session_hashes_keeps_only_the_tokens_that_still_hold(
+    client: httpx.AsyncClient, app: FastAPI
+) -> None:
+    """The revocation re-check of a node's tunnels: which of many hashes still hold, in
+    statements of at most VALID_HASHES_BATCH hashes (here more than two)."""
+    user = await signup(client)
+    valid, revoked, expired, unpaired = [await paired_device(client, user) for _ in range(4)]
+    revoke = await client.delete(
+        f"{API}/session-tokens/{revoked['session_token_id']}", headers=user.headers
+    )
+    assert revoke.status_code == 204
+    await set_session_expiry(
+        app, hash_token(expired["session_token"]), datetime.now(UTC) - timedelta(seconds=1)
+    )
+    deleted = await client.delete(f"{API}/devices/{unpaired['device_id']}", headers=user.headers)
+    assert deleted.status_code == 204
+    hashes = {hash_token(d["session_token"]) for d in (valid, revoked, expired, unpaired)}
+    unknown = {hash_token(f"vst_{uuid.uuid4().hex}") for _ in range(2 * VALID_HASHES_BATCH)}
+    async with runtime(app).db.reading() as conn:
+        found = await valid_session_hashes(conn, [*hashes, *unknown], datetime.now(UTC))
+        gone = await sessions_not_holding(conn, hashes)
+        assert await sessions_not_holding(conn, []) == set()
+    assert found == {hash_token(valid["session_token"])}
+    assert gone == hashes - found

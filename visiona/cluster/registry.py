@@ -2,18 +2,20 @@
 
 ``tun:dev:{device_id}`` = ``{"node", "url", "epoch"}`` (the epoch: the tunnel's own, as in
 its status writes — visiona/tunnel/repository.py — plus a random suffix) with a TTL of about three
-keepalive intervals. The node whose tunnel came up last writes it unconditionally
-(newest wins); renewal and deletion are compare-and-set Lua scripts keyed on the
-node id and epoch, so a node never extends nor deletes a lease it no longer holds.
-A node that finds another owner at renewal closes its tunnel (4409 ``superseded``).
+keepalive intervals. The node whose tunnel came up last writes it (newest wins, by
+epoch); renewal and deletion are compare-and-set Lua scripts keyed on the node id and
+epoch, so a node never extends nor deletes a lease it no longer holds. A node renews
+all its leases once per keepalive interval, up to :data:`BATCH` keys per script call
+(:meth:`TunnelRegistry.renew_many`), and closes the tunnel of a lease it finds held by
+another node (4409 ``superseded``).
 
 A deployment's transfer holds ``dep:run:{deployment_id}`` (the node id, same TTL) on
 the node that runs it, renewed while it runs: a record still ``pending`` or
 ``transferring`` without that key was left by a node that died.
 
 Revocations travel on the ``visiona:revoked`` channel: every node closes the tunnel it
-holds for the device named in a message (the re-check at each renewal covers a
-message that was missed).
+holds for the device named in a message (the node's revocation re-check after each
+renewal round covers a message that was missed).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +38,9 @@ _LOGGER = logging.getLogger(__name__)
 KEY_PREFIX = "tun:dev:"
 RUN_PREFIX = "dep:run:"
 REVOKED_CHANNEL = "visiona:revoked"
+#: The most leases one script call renews or claims (a round trip each; a call of 500
+#: keys keeps Redis busy well under a millisecond).
+BATCH = 500
 
 # KEYS[1] lease; ARGV: value, ttl ms, epoch (decimal ns). Newest wins by the tunnel's
 # epoch, not by the order the claims land in: a lease of a newer tunnel (a longer or
@@ -57,6 +62,35 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0
+"""
+# KEYS: leases; ARGV[1] ttl ms, ARGV[i + 1] the value of KEYS[i]. _RENEW over each key;
+# returns the positions (1-based) of the keys not renewed.
+_RENEW_MANY = """
+local lost = {}
+for i, key in ipairs(KEYS) do
+  if redis.call('GET', key) == ARGV[i + 1] then
+    redis.call('PEXPIRE', key, ARGV[1])
+  else
+    lost[#lost + 1] = i
+  end
+end
+return lost
+"""
+# KEYS: leases; ARGV[1] ttl ms, ARGV[2i] the value and ARGV[2i + 1] the epoch of KEYS[i].
+# _CLAIM over each key; returns the positions (1-based) where a newer lease was kept.
+_CLAIM_MANY = """
+local newer = {}
+for i, key in ipairs(KEYS) do
+  local value, stamp = ARGV[2 * i], ARGV[2 * i + 1]
+  local current = redis.call('GET', key)
+  local epoch = current and string.match(current, '"epoch": "(%d+)')
+  if epoch and (#epoch > #stamp or (#epoch == #stamp and epoch > stamp)) then
+    newer[#newer + 1] = i
+  else
+    redis.call('SET', key, value, 'PX', ARGV[1])
+  end
+end
+return newer
 """
 # KEYS[1] lease; ARGV[1] value. Deletes only the caller's own lease.
 _RELEASE = """
@@ -111,6 +145,8 @@ class TunnelRegistry:
         self._renew = redis.register_script(_RENEW)
         self._claim = redis.register_script(_CLAIM)
         self._release = redis.register_script(_RELEASE)
+        self._renew_many = redis.register_script(_RENEW_MANY)
+        self._claim_many = redis.register_script(_CLAIM_MANY)
         self._listener: asyncio.Task[None] | None = None
 
     async def claim(self, device_id: uuid.UUID, *, epoch: int | None = None) -> Lease | None:
@@ -119,19 +155,52 @@ class TunnelRegistry:
         an older tunnel's late claim does not take it back. None: a newer tunnel holds it.
         """
         stamp = str(epoch if epoch is not None else time.time_ns())
-        value = json.dumps(
-            {"node": self.node_id, "url": self.node_url, "epoch": f"{stamp}-{secrets.token_hex(4)}"}
-        )
+        value = self._value(stamp)
         newer = await self._claim(keys=[_key(device_id)], args=[value, self._ttl_ms, stamp])
         if newer is not None:
             return None
         return Lease(device_id, value)
+
+    def _value(self, stamp: str) -> str:
+        """The lease value this node writes for a tunnel of epoch ``stamp``."""
+        return json.dumps(
+            {"node": self.node_id, "url": self.node_url, "epoch": f"{stamp}-{secrets.token_hex(4)}"}
+        )
+
+    async def claim_many(self, claims: Sequence[tuple[uuid.UUID, int]]) -> dict[uuid.UUID, Lease]:
+        """:meth:`claim` for many ``(device_id, epoch)`` at once, :data:`BATCH` per round
+        trip; the leases taken (a device missing from the answer: a newer tunnel holds it).
+        """
+        taken: dict[uuid.UUID, Lease] = {}
+        for start in range(0, len(claims), BATCH):
+            chunk = claims[start : start + BATCH]
+            leases = [Lease(device_id, self._value(str(epoch))) for device_id, epoch in chunk]
+            args: list[str | int] = [self._ttl_ms]
+            for lease, (_, epoch) in zip(leases, chunk, strict=True):
+                args += [lease.value, str(epoch)]
+            newer = await self._claim_many(keys=[_key(d) for d, _ in chunk], args=args)
+            kept = {int(i) - 1 for i in newer}
+            taken.update((ls.device_id, ls) for i, ls in enumerate(leases) if i not in kept)
+        return taken
 
     async def renew(self, lease: Lease) -> bool:
         """Extend ``lease``; False when another node (or nobody) holds the device now."""
         return bool(
             await self._renew(keys=[_key(lease.device_id)], args=[lease.value, self._ttl_ms])
         )
+
+    async def renew_many(self, leases: Sequence[Lease]) -> set[uuid.UUID]:
+        """:meth:`renew` many leases, :data:`BATCH` per round trip (one script call each);
+        the devices whose lease was not renewed (another node, or nobody, holds it now)."""
+        lost: set[uuid.UUID] = set()
+        for start in range(0, len(leases), BATCH):
+            chunk = leases[start : start + BATCH]
+            keys = [_key(lease.device_id) for lease in chunk]
+            positions = await self._renew_many(
+                keys=keys, args=[self._ttl_ms, *(lease.value for lease in chunk)]
+            )
+            lost.update(chunk[int(i) - 1].device_id for i in positions)
+        return lost
 
     async def release(self, lease: Lease) -> None:
         """Delete ``lease`` if it is still this node's."""

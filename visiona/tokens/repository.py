@@ -9,7 +9,7 @@ statements without per-call structure are built once, here.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -173,6 +173,20 @@ _VALID_SESSIONS = _VALID_SESSIONS_OF.where(
     session_tokens.c.token_hash == any_(bindparam("hashes", type_=postgresql.ARRAY(Text)))
 )
 _valid_session = build(ValidSession)
+# Which of many session tokens still hold (the tunnel hub's revocation re-check).
+_VALID_HASHES = (
+    select(session_tokens.c.token_hash)
+    .join(devices, devices.c.id == session_tokens.c.device_id)
+    .where(
+        session_tokens.c.token_hash.in_(bindparam("hashes", expanding=True)),
+        session_tokens.c.revoked_at.is_(None),
+        _unexpired(session_tokens),
+        devices.c.deleted_at.is_(None),
+    )
+)
+#: The most token hashes one :func:`valid_session_hashes` statement binds (well under
+#: SQLite's and asyncpg's limits on parameters).
+VALID_HASHES_BATCH = 500
 # The tunnel's connect and every agent route check a token with it: a hot read (one
 # statement compiled once, run on the driver; visiona/kit/hotread.py).
 _VALID_SESSION_HOT = HotRead(_VALID_SESSION, _valid_session)
@@ -339,3 +353,18 @@ async def find_valid_sessions(
     """:func:`find_valid_session` of many tokens in one statement, those that hold (in no
     particular order). PostgreSQL only (an array parameter); a hot read on the driver."""
     return await _VALID_SESSIONS_HOT.all(db, hashes=list(token_hashes), now=now)
+
+
+async def valid_session_hashes(
+    conn: AsyncConnection, token_hashes: Collection[str], now: datetime
+) -> set[str]:
+    """The hashes among ``token_hashes`` whose session token is unrevoked, unexpired and
+    of a live device (as :func:`find_valid_session`): one statement per
+    :data:`VALID_HASHES_BATCH` hashes."""
+    hashes = list(token_hashes)
+    valid: set[str] = set()
+    for start in range(0, len(hashes), VALID_HASHES_BATCH):
+        chunk = hashes[start : start + VALID_HASHES_BATCH]
+        result = await conn.execute(_VALID_HASHES, {"hashes": chunk, "now": now})
+        valid.update(result.scalars())
+    return valid

@@ -3,13 +3,15 @@
 Every function takes the connection of a unit of work opened at the edge and never
 commits. :func:`authenticate_device` is how the tunnel and the agent routes check a
 session token; :func:`session_holds` is how the tunnel re-checks one after a
-revocation. Each change records its audit event on the same connection; tokens are
-named there (and in the API) by their random public id, never by their hash.
+revocation, :func:`sessions_not_holding` how a cluster node re-checks all of its
+tunnels' at once. Each change records its audit event on the same connection; tokens
+are named there (and in the API) by their random public id, never by their hash.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -357,6 +359,15 @@ async def authenticate_device(
 async def session_holds(conn: AsyncConnection, token_hash: str) -> bool:
     """Whether the session token ``token_hash`` is still valid (unrevoked, unexpired, live)."""
     return await repository.find_valid_session(conn, token_hash, utcnow()) is not None
+
+
+async def sessions_not_holding(conn: AsyncConnection, token_hashes: Collection[str]) -> set[str]:
+    """The hashes among ``token_hashes`` whose session token no longer holds (revoked,
+    expired, its device deleted, or unknown): :func:`session_holds` for many at once."""
+    wanted = set(token_hashes)
+    if not wanted:
+        return set()
+    return wanted - await repository.valid_session_hashes(conn, wanted, utcnow())
 
 
 async def list_session_tokens(

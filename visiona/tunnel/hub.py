@@ -12,6 +12,13 @@ of at most 0.25 s, one transaction each, retried until written
 and traffic in one UPDATE per ``tunnel_status_interval`` for all devices of the node.
 Every write carries the tunnel's epoch, so an old tunnel's late write never wins.
 
+In a cluster each tunnel holds a lease in the registry (visiona/cluster/registry.py).
+One task per node, not per tunnel, renews them all every ``tunnel_ping_interval`` and
+re-checks every tunnel's session token (:meth:`TunnelHub.lease_round`, in chunks of
+:data:`LEASE_CHUNK`: a Redis script call and a SQL statement each): a lease another
+node took closes the tunnel here, a revocation whose pub/sub message was missed closes
+it too.
+
 Upgrades pass a gate first (:meth:`TunnelHub.open_upgrade`): 503 + ``Retry-After``
 while the node drains, while its status writes are behind, or when the tunnels would
 eat the file descriptors kept for the API. On SIGTERM :meth:`TunnelHub.drain` closes
@@ -78,6 +85,8 @@ CAPACITY_RETRY_AFTER = 30
 MAX_STATUS_BACKLOG = 2000
 #: The longest a tunnel's status change waits in memory before its batch is written.
 STATUS_BATCH_INTERVAL = 0.25
+#: Tunnels per step of a lease round (one Redis script call, one SQL statement).
+LEASE_CHUNK = 500
 _ADMISSION_MESSAGES = {
     "inflight": "The device has too many requests in flight; retry later.",
     "deploying": "A deployment to the device is in progress; retry after it.",
@@ -93,8 +102,9 @@ class TunnelHub:
     ) -> None:
         """Prepare an empty hub; :meth:`start` resets stale statuses and starts batching.
 
-        With a ``registry`` (a cluster) each tunnel holds a lease in Redis, renewed at
-        each keepalive; without one the node behaves as the only one.
+        With a ``registry`` (a cluster) each tunnel holds a lease in Redis, all of them
+        renewed by one node-wide round per keepalive interval (:meth:`lease_round`);
+        without one the node behaves as the only one.
         """
         self._db = db
         #: the session checks of the upgrades (a storm's share statements)
@@ -114,6 +124,7 @@ class TunnelHub:
         self._status = StatusWriter(db, min(STATUS_BATCH_INTERVAL, settings.tunnel_status_interval))
         self._last_epoch = 0
         self._flush_task: asyncio.Task[None] | None = None
+        self._lease_task: asyncio.Task[None] | None = None
         self._serving: set[asyncio.Task[Any]] = set()
         self._chores: set[asyncio.Task[None]] = set()
         #: set by :meth:`drain`: new upgrades are refused (503 ``draining``)
@@ -164,7 +175,10 @@ class TunnelHub:
         if reset:
             _LOGGER.info("tunnel: marked %s device(s) offline left from a previous run", len(reset))
         self._status.start()
-        self._flush_task = asyncio.get_running_loop().create_task(self._flush_loop())
+        loop = asyncio.get_running_loop()
+        self._flush_task = loop.create_task(self._flush_loop())
+        if self.registry is not None:  # one task for the whole node's leases
+            self._lease_task = loop.create_task(self._lease_loop())
 
     async def _reset_own(
         self, conn: AsyncConnection
@@ -218,8 +232,14 @@ class TunnelHub:
         self._background(link.close(CLOSE_GOING_AWAY, going_away_reason(hint)))
 
     async def close(self) -> None:
-        """Close every tunnel (1001), write the last batch, stop batching."""
+        """Stop renewing leases, close every tunnel (1001), write the last batch, stop
+        batching."""
         self.draining = True
+        if self._lease_task is not None:
+            self._lease_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._lease_task
+            self._lease_task = None
         links = list(self._tunnels.values())
         for link in links:
             self._going_away(link, random.uniform(0, self._settings.tunnel_drain_window))  # noqa: S311 - jitter
@@ -436,7 +456,6 @@ class TunnelHub:
         device_id = identity.device_id
         older = self._tunnels.get(device_id)
         self._tunnels[device_id] = link
-        lease_task: asyncio.Task[None] | None = None
         try:
             if older is not None:
                 _LOGGER.info("tunnel: device %s reconnected; closing the older tunnel", device_id)
@@ -456,12 +475,8 @@ class TunnelHub:
                 self._going_away(link, random.uniform(0, self._settings.tunnel_drain_window))  # noqa: S311 - jitter
             if not link.session.is_closed:
                 self._start_keepalive(link)
-                if self.registry is not None:  # no task per tunnel on a single node
-                    lease_task = asyncio.get_running_loop().create_task(self._lease_loop(link))
             await link.run()
         finally:
-            if lease_task is not None:
-                lease_task.cancel()
             self._bytes_to_devices += link.session.bytes_sent
             self._bytes_from_devices += link.session.bytes_received
             self._streams_refused += link.session.stats().streams_refused
@@ -540,38 +555,115 @@ class TunnelHub:
             return True
         return owner is None or owner.node_id == self.registry.node_id
 
-    async def _renew(self, link: TunnelLink) -> bool:
-        """Renew the lease and re-check revocation; False when the tunnel was closed."""
+    async def _lease_loop(self) -> None:
+        """Cluster only: one :meth:`lease_round` every ``tunnel_ping_interval``, for the
+        whole node (no task per tunnel)."""
+        loop = asyncio.get_running_loop()
+        interval = self._settings.tunnel_ping_interval
+        due = loop.time()
+        while True:
+            due = max(due + interval, loop.time())
+            await asyncio.sleep(due - loop.time())
+            try:
+                await self.lease_round()
+            except Exception:  # a bug, not Redis or the database away: log it, go on
+                _LOGGER.exception("tunnel: lease round failed")
+
+    async def lease_round(self) -> None:
+        """Renew the leases of every tunnel of this node and re-check their session tokens.
+
+        :data:`LEASE_CHUNK` tunnels at a time (one Redis script call and one SQL
+        statement each, the event loop given back between chunks). A lease another node
+        holds now closes its tunnel here (4409 ``superseded``); a lease lost to nobody
+        (expired, Redis restarted) is claimed again. A session token that no longer holds
+        closes its tunnel (4401 ``revoked``): this catches a revocation whose pub/sub
+        message was missed. Redis or the database away keeps the tunnels (the next round
+        tries again) and logs one warning per round.
+        """
         registry = self.registry
         if registry is None:
-            return True
-        lease = self._leases.get(link.device_id)
-        try:
-            if lease is None or not await registry.renew(lease):
-                owner = await registry.owner(link.device_id)
-                if owner is not None and owner.node_id != registry.node_id:
-                    _LOGGER.info(
-                        "tunnel: device %s is now held by node %s; closing here",
-                        link.device_id,
-                        owner.node_id,
-                    )
-                    self._leases.pop(link.device_id, None)
-                    await link.close(CLOSE_SUPERSEDED, "superseded")
-                    return False
-                await self._claim(link)
-        except Exception as err:  # noqa: BLE001 - Redis away: keep the tunnel, retry next time
+            return
+        links = [link for link in self._tunnels.values() if not link.session.is_closed]
+        redis_error: Exception | None = None
+        db_error: Exception | None = None
+        for start in range(0, len(links), LEASE_CHUNK):
+            if start:
+                await asyncio.sleep(0)
+            chunk = links[start : start + LEASE_CHUNK]
+            if redis_error is None:  # Redis away: not one time-out per chunk
+                try:
+                    await self._renew_chunk(registry, chunk)
+                except Exception as err:  # noqa: BLE001 - Redis away: keep the tunnels, retry
+                    redis_error = err
+            if db_error is None:
+                try:
+                    await self._recheck_chunk(chunk)
+                except Exception as err:  # noqa: BLE001 - the database away: retry next round
+                    db_error = err
+        if redis_error is not None:
             _LOGGER.warning(
-                "cluster: lease of device %s not renewed: %s", link.device_id, type(err).__name__
+                "cluster: leases of this node's %s tunnel(s) not renewed: %s",
+                len(links),
+                type(redis_error).__name__,
             )
-        await self.device_revoked(link.device_id)
-        return not link.session.is_closed
+        if db_error is not None:
+            _LOGGER.warning(
+                "tunnel: session tokens of this node's tunnels not re-checked: %s",
+                type(db_error).__name__,
+            )
 
-    async def _lease_loop(self, link: TunnelLink) -> None:
-        """Cluster only: renew the device's lease (and re-check revocation) every interval."""
-        while not link.session.is_closed:
-            await asyncio.sleep(self._settings.tunnel_ping_interval)
-            if not await self._renew(link):
-                return
+    def _current(self, link: TunnelLink) -> bool:
+        """Whether ``link`` is still the device's tunnel here, and open."""
+        return self._tunnels.get(link.device_id) is link and not link.session.is_closed
+
+    async def _renew_chunk(self, registry: TunnelRegistry, links: list[TunnelLink]) -> None:
+        """Renew the leases of ``links``; supersede or claim again the ones not renewed."""
+        held = [(link, self._leases.get(link.device_id)) for link in links]
+        lost = await registry.renew_many([lease for _, lease in held if lease is not None])
+        stale = [link for link, lease in held if lease is None or lease.device_id in lost]
+        if not stale:
+            return
+        owners = await registry.owners(link.device_id for link in stale)
+        claims: list[TunnelLink] = []
+        for link in stale:
+            if not self._current(link):  # ended, or a newer tunnel here took its place
+                continue
+            owner = owners.get(link.device_id)
+            if owner is not None and owner.node_id != registry.node_id:
+                _LOGGER.info(
+                    "tunnel: device %s is now held by node %s; closing here",
+                    link.device_id,
+                    owner.node_id,
+                )
+                self._leases.pop(link.device_id, None)
+                self._background(link.close(CLOSE_SUPERSEDED, "superseded"))
+            else:
+                claims.append(link)
+        if not claims:
+            return
+        taken = await registry.claim_many([(link.device_id, link.epoch) for link in claims])
+        for link in claims:
+            lease = taken.get(link.device_id)
+            if not self._current(link):
+                continue
+            if lease is None:  # a newer tunnel of the device came up on another node
+                _LOGGER.info(
+                    "tunnel: device %s has a newer tunnel elsewhere; closing", link.device_id
+                )
+                self._background(link.close(CLOSE_SUPERSEDED, "superseded"))
+            else:
+                self._leases[link.device_id] = lease
+
+    async def _recheck_chunk(self, links: list[TunnelLink]) -> None:
+        """Close the tunnels among ``links`` whose session token no longer holds."""
+        async with self._db.reading() as conn:
+            gone = await tokens.sessions_not_holding(conn, {link.token_hash for link in links})
+        for link in links:
+            if link.token_hash in gone and self._current(link):
+                _LOGGER.info(
+                    "tunnel: device %s credentials revoked; closing its tunnel", link.device_id
+                )
+                self._background(link.close(CLOSE_REVOKED, "revoked"))
 
     def _start_keepalive(self, link: TunnelLink) -> None:
         """Ping every interval (a yamux timer, no task); a miss marks ``reconnecting``,
