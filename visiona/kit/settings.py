@@ -199,11 +199,12 @@ class Settings(BaseSettings):
         "under the soft limit (raised to the hard limit at start; see `LimitNOFILE=`).",
     )
     tunnel_accept_rate: float = Field(
-        1000.0,
+        0.0,
         ge=0,
         description="Tunnel upgrades accepted per second (a token bucket with a burst of one "
         "second's worth); the rest are answered 503 + `Retry-After` before the WebSocket "
-        "handshake. 0: no pacing.",
+        "handshake. 0 (the default): no rate bound, `VISIONA_TUNNEL_UPGRADE_CONCURRENCY` "
+        "paces.",
     )
     tunnel_upgrade_concurrency: int = Field(
         1000,
