@@ -8,11 +8,13 @@ WebSocket and yamux session, answering pings and proxied requests; they honour
 reference, in the same run. Printed: time to pair N; connect storm to all online (as
 the agents see it, and as the API reports it); the upgrade answers by status; idle CPU
 and RSS per tunnel; a tiny proxied request's p50 with N tunnels up against with one;
-SIGTERM → restart → all online again.
+SIGTERM → restart → all online again; what the audit trail recorded of it (every
+tunnel up and every drained one, nothing left over).
 
 ``BENCH_SCALE_N`` sets N (default 200, CI-friendly; the issue's figure is 10,000 —
 raise the fd limit first, ``ulimit -n``); ``BENCH_SCALE_IDLE`` the idle window in
-seconds (default 30).
+seconds (default 30); ``BENCH_SCALE_LOG`` a file that keeps the servers' log (else it
+is summarised — warnings, errors, tracebacks — and removed).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 
 from bench.bench_tunnel import Proc
@@ -40,6 +43,7 @@ from testkit.servers import PostgresServer, RedisServer, free_port
 from visiona.agent.runner import retry_after_delay
 from visiona.agent.websocket import UpgradeRefusedError, open_tunnel_socket
 from visiona.kit import migrate
+from visiona.tunnel.hub import RESTART_REASON
 from visiona.wire import API_PREFIX, TUNNEL_PATH, reconnect_hint
 from visiona.yamux import Config, Session, Stream, YamuxError
 
@@ -175,9 +179,8 @@ async def until(predicate: Any, limit: float = 600, step: float = 0.05) -> float
 def serve(env: dict[str, str], port: int) -> Iterator[subprocess.Popen[bytes]]:
     """Run `visiona serve` on ``port`` with ``env`` until healthy; stop it (SIGTERM) after.
 
-    Its log goes to ``BENCH_SCALE_LOG`` (a file, appended) when set, else nowhere."""
-    log_path = os.environ.get("BENCH_SCALE_LOG")
-    log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115 - closed below
+    Its log is appended to :func:`log_path`."""
+    log = log_path().open("ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "visiona", "serve", "--port", str(port)],
         env=env,
@@ -200,8 +203,29 @@ def serve(env: dict[str, str], port: int) -> Iterator[subprocess.Popen[bytes]]:
         try:
             proc.wait(timeout=60)
         finally:
-            if log is not subprocess.DEVNULL:
-                log.close()
+            log.close()
+
+
+def log_path() -> Path:
+    """Where the servers' log goes: ``BENCH_SCALE_LOG`` (kept), else a file of this run."""
+    kept = os.environ.get("BENCH_SCALE_LOG")
+    return Path(kept) if kept else Path(tempfile.gettempdir()) / f"bench-scale-{os.getpid()}.log"
+
+
+def log_summary() -> str:
+    """Warnings, errors and tracebacks the servers logged (the file is removed unless kept)."""
+    path = log_path()
+    if not path.exists():
+        return "server log: empty"
+    text = path.read_text(errors="replace")
+    if not os.environ.get("BENCH_SCALE_LOG"):
+        path.unlink()
+    counts = {
+        level: sum(f" {level} " in line for line in text.splitlines())
+        for level in ("WARNING", "ERROR", "CRITICAL")
+    }
+    counts["tracebacks"] = text.count("Traceback (most recent call last)")
+    return f"server log: {counts}"
 
 
 async def online(http: httpx.AsyncClient, headers: dict[str, str]) -> int:
@@ -320,8 +344,31 @@ async def _visiona(env: dict[str, str]) -> list[str]:
                 f"(API: {again:.2f} s)"
             )
             lines.append(f"upgrade answers (agents): {dict(sorted(fleet.answers.items()))}")
+            lines.append(await _records(env["VISIONA_DATABASE_URL"]))
             await fleet.close()
     return lines
+
+
+async def _records(dsn: str) -> str:
+    """What the trail holds of the run: every tunnel up and down recorded (none dropped)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT action, detail->>'reason' AS reason, count(*) AS n FROM audit_events "
+            "WHERE action LIKE 'tunnel.%' GROUP BY 1, 2 ORDER BY 1, 2"
+        )
+    finally:
+        await conn.close()
+    found = {(r["action"], r["reason"]): int(r["n"]) for r in rows}
+    up = found.get(("tunnel.connected", None), 0)
+    drained = found.get(("tunnel.disconnected", "server shutting down"), 0)
+    left = found.get(("tunnel.disconnected", RESTART_REASON), 0)
+    others = {f"{a} ({r})": n for (a, r), n in found.items()} if len(found) > 2 else {}
+    return (
+        f"records: tunnel.connected {up} (expected {2 * N}: both starts), "
+        f"disconnected by the drain {drained} (expected {N}), left over at restart {left} "
+        f"(expected 0){'; all: ' + str(others) if others else ''}"
+    )
 
 
 async def _go(binary: Path) -> list[str]:
@@ -394,6 +441,7 @@ def main() -> None:
             env = server_env(pg, redis, "bench_scale", Path(tmp))
             env["VISIONA_TUNNEL_DRAIN_WINDOW"] = "2"
             lines = asyncio.run(_visiona(env))
+        lines.append(log_summary())
         lines += asyncio.run(_go(binary))
     finally:
         redis.cleanup()
