@@ -52,7 +52,7 @@ from visiona.deployments.schemas import DeploymentStatus
 from visiona.devices import fleet_repository
 from visiona.devices import fleet_service as fleet
 from visiona.kit.clock import utcnow
-from visiona.kit.errors import AppError
+from visiona.kit.errors import AppError, DatabaseUnavailableError
 from visiona.models import service as models
 from visiona.rollouts import planner, repository
 from visiona.rollouts.lease import Lease, LocalLease, RedisLease
@@ -170,6 +170,8 @@ class Scheduler:
                     busy = await self.turn(token)
             except asyncio.CancelledError:
                 raise
+            except DatabaseUnavailableError:  # busy (SQLite's one writer) or away: expected
+                _LOGGER.warning("rollouts: scheduler turn skipped: the database is busy or away")
             except Exception:
                 _LOGGER.exception("rollouts: scheduler turn failed; next turn")
             self._wake.clear()
