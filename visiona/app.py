@@ -50,6 +50,7 @@ from visiona.kit.logs import install_server_log_filters
 from visiona.kit.metrics import Metrics
 from visiona.kit.migrate import status_from_connection, upgrade_on_connection
 from visiona.kit.ratelimit import MemoryRateLimiter, RateLimiter, RedisRateLimiter
+from visiona.kit.routing import skip_unreachable
 from visiona.kit.runtime import DeviceHook, DeviceRevoked, DrainHook, Runtime
 from visiona.kit.settings import Settings
 from visiona.models.dependencies import STORAGE
@@ -338,6 +339,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # the web console (pages at /, scripts and styles at /static)
     install_console(app)
+    # issue 22 item 6: a request no longer tries the routes of routers its path cannot
+    # reach (every router included before its own), order and OpenAPI unchanged
+    skip_unreachable(app)
 
     # issue 26: one ASGI layer (request id, limits, HEAD like GET, errors, metrics,
     # access log) between the server and the router, instead of FastAPI's stack
