@@ -4,7 +4,9 @@ busy, and guarded by the tunnel's epoch so an old tunnel's late write never wins
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -167,3 +169,42 @@ async def test_a_queue_longer_than_a_batch_is_written_in_bounded_batches_one_aft
     assert max(updates) <= 2
     for device_id in ids:
         assert await _status(db, device_id) == "online"
+
+
+async def test_closing_while_a_batch_is_written_waits_for_it_and_writes_each_event_once(
+    app: FastAPI, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = await _devices(client, 4)
+    db = _runtime(app).db
+    writer = StatusWriter(db, 0.01)
+    entered, release = asyncio.Event(), asyncio.Event()
+    real = db.transaction
+
+    @contextlib.asynccontextmanager
+    async def slow_to_return(*args: Any) -> AsyncIterator[Any]:
+        async with real(*args) as conn:
+            yield conn
+        entered.set()  # committed; the writer has not heard back yet
+        await release.wait()
+
+    monkeypatch.setattr(db, "transaction", slow_to_return)
+    writer.start()
+    for epoch, device_id in enumerate(ids[:2], start=1):
+        writer.put(_online(device_id, epoch))
+    await asyncio.wait_for(entered.wait(), 30)
+    for epoch, device_id in enumerate(ids[2:], start=3):
+        writer.put(_online(device_id, epoch))  # left for the close to write
+    closing = asyncio.create_task(writer.close())
+    await asyncio.sleep(0.1)
+    assert not closing.done()  # it waits for the batch in flight
+    release.set()
+    await asyncio.wait_for(closing, 30)
+    assert writer.backlog == 0
+    assert writer.failed == 0  # no batch written twice (its event ids refused)
+    async with db.reading() as conn:
+        written = await conn.scalar(
+            select(func.count())
+            .select_from(audit_events)
+            .where(audit_events.c.action == "tunnel.connected", audit_events.c.device_id.in_(ids))
+        )
+    assert written == 4

@@ -192,7 +192,7 @@ def server_config(
 
 #: Seconds the drain may take beyond ``VISIONA_TUNNEL_DRAIN_WINDOW`` (its own waits are
 #: bounded: the tunnels' ends, their closes, the last status batch) before the stop goes on.
-DRAIN_GRACE = 30.0
+DRAIN_GRACE = 40.0
 
 #: Seconds uvicorn's own shutdown (its graceful 10 s, then the lifespan's end) may take
 #: after the drain before the process stops anyway, logging what was still waited for.

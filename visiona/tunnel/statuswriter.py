@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 _LOGGER = logging.getLogger(__name__)
 _MAX_BACKOFF = 5.0
 #: Seconds a closing writer keeps retrying what is left before it gives up (logged).
-CLOSE_GRACE = 10.0
+CLOSE_GRACE = 20.0
 #: The most changes one transaction writes.
 MAX_BATCH = 500
 
@@ -157,16 +157,22 @@ class StatusWriter:
         return True
 
     async def close(self) -> None:
-        """Stop the task and write what is left (retrying up to :data:`CLOSE_GRACE` s)."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        """Stop the task and write what is left (retrying up to :data:`CLOSE_GRACE` s).
+
+        The task is stopped between two batches, never inside one: a batch cancelled
+        while its transaction commits would be kept and written twice (its events' ids
+        refused as duplicates, batch after batch, until the grace ran out — 7,000
+        changes lost at one 10,000-tunnel shutdown)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + CLOSE_GRACE
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout_at(deadline):  # a hung statement cannot hold the stop
+                if self._task is not None:
+                    async with self.lock:  # no batch in flight
+                        self._task.cancel()
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await self._task
+                    self._task = None
                 while self._queue:
                     if not await self.write_once():
                         await asyncio.sleep(0.5)
