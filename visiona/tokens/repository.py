@@ -174,15 +174,8 @@ _VALID_SESSIONS = _VALID_SESSIONS_OF.where(
 )
 _valid_session = build(ValidSession)
 # Which of many session tokens still hold (the tunnel hub's revocation re-check).
-_VALID_HASHES = (
-    select(session_tokens.c.token_hash)
-    .join(devices, devices.c.id == session_tokens.c.device_id)
-    .where(
-        session_tokens.c.token_hash.in_(bindparam("hashes", expanding=True)),
-        session_tokens.c.revoked_at.is_(None),
-        _unexpired(session_tokens),
-        devices.c.deleted_at.is_(None),
-    )
+_VALID_HASHES = _VALID_SESSIONS_OF.with_only_columns(session_tokens.c.token_hash).where(
+    session_tokens.c.token_hash.in_(bindparam("hashes", expanding=True))
 )
 #: The most token hashes one :func:`valid_session_hashes` statement binds (well under
 #: SQLite's and asyncpg's limits on parameters).
