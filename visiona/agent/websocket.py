@@ -105,7 +105,9 @@ async def open_tunnel_socket(
 ) -> TunnelSocket:
     """Upgrade to the tunnel WebSocket at ``url`` as the holder of session ``token``.
 
-    Raises :class:`AgentAuthError` when the server answers 401/403 before the upgrade.
+    Raises :class:`AgentAuthError` when the server answers 401/403 before the upgrade,
+    :class:`UpgradeRefusedError` for another status, and :class:`ConnectionError` when
+    the server closes the connection before answering (a node stopping: transient).
     """
     try:
         _transport, listener = await ws_connect(
@@ -121,7 +123,8 @@ async def open_tunnel_socket(
         if status in {401, 403}:
             raise AgentAuthError(status, "session token") from err
         raise UpgradeRefusedError(status, _retry_after_of(err)) from err
-    assert isinstance(listener, TunnelSocket)  # noqa: S101 - the factory above builds it
+    if not isinstance(listener, TunnelSocket):  # picows returns no listener then
+        raise ConnectionError("the server closed the connection during the tunnel upgrade")
     return listener
 
 
