@@ -40,7 +40,7 @@ import httpx
 from bench.bench_tunnel import Proc
 from testkit.gopeer import build_tunnel_peer
 from testkit.servers import PostgresServer, RedisServer, free_port
-from visiona.agent.runner import retry_after_delay
+from visiona.agent.runner import Backoff, retry_after_delay
 from visiona.agent.websocket import UpgradeRefusedError, open_tunnel_socket
 from visiona.kit import migrate
 from visiona.tunnel.hub import RESTART_REASON
@@ -81,9 +81,9 @@ class Fleet:
 
     async def agent(self, token: str) -> None:
         """One agent: connect, answer streams, come back when told (or with backoff)."""
-        backoff = 0.5
+        backoff = Backoff()
         while not self.stop.is_set():
-            delay = backoff / 2 + random.uniform(0, backoff / 2)
+            delay: float | None = None  # None: the backoff's next step
             try:
                 socket = await open_tunnel_socket(self.ws_url, token, handshake_timeout=30)
             except UpgradeRefusedError as err:
@@ -96,7 +96,7 @@ class Fleet:
                 self.count(type(err).__name__)
             else:
                 self.count("101")
-                backoff = 0.5
+                backoff.reset()
                 session = Session(socket.feed, client=False, config=self.config)
                 accepting = asyncio.create_task(_answer_streams(session, self.handler, token))
                 self.up += 1
@@ -110,8 +110,11 @@ class Fleet:
                     task.cancel()
                 await session.close()
                 hint = reconnect_hint(socket.close_code, socket.close_reason)
+                if hint is not None:  # the node restarts: as `visiona agent` does
+                    backoff.expect_restart()
                 delay = hint if hint is not None else 0.5 * random.random()
-            backoff = min(30.0, backoff * 2)
+            if delay is None:
+                delay = backoff.next_delay()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stop.wait(), delay)
 

@@ -12,7 +12,13 @@ import pytest
 from visiona.agent import credentials, usb
 from visiona.agent.credentials import Credentials
 from visiona.agent.main import parse_forward
-from visiona.agent.runner import Backoff, retry_after_delay, tunnel_url
+from visiona.agent.runner import (
+    RESTART_ATTEMPTS,
+    RESTART_STEP,
+    Backoff,
+    retry_after_delay,
+    tunnel_url,
+)
 from visiona.wire import going_away_reason, reconnect_hint
 
 
@@ -25,6 +31,20 @@ def test_backoff_doubles_from_half_a_second_to_thirty_with_jitter_and_resets() -
     backoff.reset()
     assert 0.25 <= backoff.next_delay() <= 0.5
     assert len({Backoff().next_delay() for _ in range(20)}) > 1  # jittered
+
+
+def test_after_a_restart_hint_failures_retry_every_second_then_double_again() -> None:
+    backoff = Backoff()
+    for _ in range(4):
+        backoff.next_delay()  # grown to 8 s while the node was away
+    backoff.expect_restart()
+    steady = [backoff.next_delay() for _ in range(RESTART_ATTEMPTS)]
+    assert all(RESTART_STEP / 2 <= delay <= RESTART_STEP for delay in steady)
+    assert len(set(steady)) > 1  # jittered
+    assert 4 <= backoff.next_delay() <= 8  # the usual doubling, where it was
+    backoff.expect_restart()
+    backoff.reset()  # a tunnel that stayed up ends the restart pace
+    assert 0.25 <= backoff.next_delay() <= 0.5
 
 
 def test_a_1001_reconnect_hint_is_read_back_bounded_and_nothing_else_is() -> None:
