@@ -13,6 +13,7 @@ import pytest
 import uvicorn
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
+from websockets.frames import Frame, Opcode
 
 from visiona.kit.websocket import TunnelWebSocketProtocol, UpgradeAbandonedError, direct_opener
 from visiona.yamux import MessageTransport
@@ -51,10 +52,12 @@ class Sink:
 
 
 @contextlib.asynccontextmanager
-async def serve(handler: Handler, ws: Any = TunnelWebSocketProtocol) -> AsyncIterator[str]:
+async def serve(
+    handler: Handler, ws: Any = TunnelWebSocketProtocol, **options: Any
+) -> AsyncIterator[str]:
     """Run ``handler`` as the ASGI app of a uvicorn on 127.0.0.1:0; yield its ws:// URL."""
     config = uvicorn.Config(
-        handler, host="127.0.0.1", port=0, ws=ws, lifespan="off", log_config=None
+        handler, host="127.0.0.1", port=0, ws=ws, lifespan="off", log_config=None, **options
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
@@ -324,3 +327,87 @@ async def test_an_upgrade_pending_when_the_server_stops_gets_503_json_not_a_plai
     assert len(outcome) == 1  # the app's late accept found no one, quietly
     problems = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert problems == [], [r.getMessage() for r in problems]
+
+
+def _direct_app(
+    sink: Sink, protocols: list[TunnelWebSocketProtocol]
+) -> Callable[[dict[str, Any], Any, Any], Awaitable[None]]:
+    """An app that opens the direct path into ``sink`` and records the protocol."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await _accept(receive, send)
+        opener = direct_opener(scope)
+        assert opener is not None
+        protocols.append(cast(Any, opener).__self__)
+        opener(lambda: (1000, ""), 1 << 20).attach(sink)
+        await sink.ended.wait()
+
+    return app
+
+
+async def _until_received(sink: Sink, size: int) -> bytes:
+    async with asyncio.timeout(10):
+        while sum(map(len, sink.received)) < size:
+            sink.arrived.clear()
+            await sink.arrived.wait()
+    return b"".join(sink.received)
+
+
+async def test_binary_messages_are_read_in_place_and_control_frames_still_answered():
+    sink = Sink()
+    protocols: list[TunnelWebSocketProtocol] = []
+    sizes = [1, 125, 126, 300, 70_000, 12]
+    messages = [bytes([i]) * size for i, size in enumerate(sizes)]
+    async with (
+        serve(_direct_app(sink, protocols)) as url,
+        connect(url, compression=None) as client,
+    ):
+        for message in messages[:3]:
+            await client.send(message)
+        await _until_received(sink, sum(sizes[:3]))
+        assert protocols[0]._partial is not None  # the in-place reader took over
+        await asyncio.wait_for(await client.ping(b"still there"), 5)  # websockets answers
+        for message in messages[3:]:
+            await client.send(message)
+        assert await _until_received(sink, sum(sizes)) == b"".join(messages)
+        assert protocols[0]._partial is not None  # and took over again after the ping
+
+
+async def test_a_frame_arriving_byte_by_byte_is_delivered_whole_and_a_close_still_ends():
+    sink = Sink()
+    protocols: list[TunnelWebSocketProtocol] = []
+    async with serve(_direct_app(sink, protocols)) as url:
+        reader, writer = await _stalled_client(url)
+        first = Frame(Opcode.BINARY, b"first").serialize(mask=True, extensions=[])
+        writer.write(first)
+        await _until_received(sink, 5)
+        assert protocols[0]._partial is not None
+        frame = Frame(Opcode.BINARY, b"y" * 300).serialize(mask=True, extensions=[])
+        for i in range(len(frame)):
+            writer.write(frame[i : i + 1])
+            await writer.drain()
+            await asyncio.sleep(0.001)
+        assert await _until_received(sink, 305) == b"first" + b"y" * 300
+        writer.write(Frame(Opcode.CLOSE, b"\x03\xe8").serialize(mask=True, extensions=[]))
+        await asyncio.wait_for(sink.ended.wait(), 5)
+        answer = await asyncio.wait_for(reader.read(64), 5)
+        assert answer[:1] == b"\x88"  # the server's close frame
+        writer.close()
+    assert sink.lost == [None]
+
+
+async def test_a_message_over_the_size_limit_still_closes_with_1009():
+    sink = Sink()
+    protocols: list[TunnelWebSocketProtocol] = []
+    async with (
+        serve(_direct_app(sink, protocols), ws_max_size=1000) as url,
+        connect(url, compression=None, max_size=None) as client,
+    ):
+        await client.send(b"fits")
+        await _until_received(sink, 4)
+        await client.send(b"x" * 1001)
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(client.recv(), 5)
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 1009
+    assert sink.received == [b"fits"]

@@ -27,8 +27,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import InvalidState
+from websockets.protocol import Protocol, State
+from websockets.streams import StreamReader
 
 from visiona.kit.errors import ServiceUnavailableError
+from visiona.kit.wsframes import binary_head, read_client_frames
 from visiona.wire import CLOSE_UNSUPPORTED
 from visiona.yamux import MessageTransport
 
@@ -46,6 +49,14 @@ DIRECT_EXTENSION = "visiona.tunnel.direct"
 #: What the tunnel answers when asked how to close: (close code, reason).
 CloseArgs = Callable[[], tuple[int, str]]
 DirectOpener = Callable[[CloseArgs, int], MessageTransport]
+
+
+#: The generators websockets' parser waits in between two frames (see ``_at_frame_start``).
+_PARSE_CODE = Protocol.parse.__code__
+_AT_EOF_CODE = StreamReader.at_eof.__code__
+#: Payloads up to this size leave joined to their head (one small copy); larger ones
+#: leave as two buffers of one write.
+_JOIN_MAX = 4096
 
 
 class TunnelClosedError(ConnectionError):
@@ -73,6 +84,10 @@ class TunnelWebSocketProtocol(WebSocketsSansIOProtocol):
         self._direct: MessageTransport | None = None
         self._close_args: CloseArgs | None = None
         self._refused = False
+        #: None: websockets reads the frames; else the direct path reads them in place
+        #: (:mod:`visiona.kit.wsframes`) and this holds the start of an incomplete one
+        self._partial: bytearray | None = None
+        self._frame_limit: int | None = None
 
     def shutdown(self) -> None:
         """The server stops: a pending upgrade gets 503 + ``Retry-After``; else uvicorn's."""
@@ -102,6 +117,64 @@ class TunnelWebSocketProtocol(WebSocketsSansIOProtocol):
         await super().send(message)
 
     # -- uvicorn hooks ----------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        """Bytes from the peer. On a direct tunnel whose frames websockets has read up to
+        a frame's start, whole binary frames are read in place and fed to the tunnel;
+        anything else (and everything after it) goes to websockets as before."""
+        partial = self._partial
+        if partial is None:
+            if self._direct is None or self.close_sent or not self._at_frame_start():
+                super().data_received(data)
+                return
+            buffer: bytes | bytearray = data
+        elif partial:
+            partial += data
+            buffer = partial
+        else:
+            buffer = data
+        consumed, simple = (
+            (0, False)
+            if self.close_sent
+            else read_client_frames(buffer, self._frame_limit, self._deliver)
+        )
+        if simple:
+            self._partial = bytearray(buffer[consumed:]) if consumed < len(buffer) else bytearray()
+            return
+        self._partial = None  # websockets reads from here on, from a frame's start
+        if consumed < len(buffer):
+            super().data_received(bytes(buffer[consumed:]))
+
+    def _deliver(self, payload: bytes) -> bool:
+        """One binary message read in place: to the tunnel; go on unless it closed."""
+        direct = self._direct
+        if direct is None or self.close_sent:
+            return False
+        direct.feed_data(payload)
+        return not self.close_sent
+
+    def _at_frame_start(self) -> bool:
+        """Whether websockets' parser holds nothing of a next frame: the connection open,
+        no byte buffered, no fragmented message begun, and the parser waiting in
+        ``at_eof`` between two frames (a parser inside a frame waits in ``read_exact``
+        with the head already taken, so an empty buffer alone does not tell)."""
+        conn = self.conn
+        if (
+            conn.state is not State.OPEN
+            or conn.reader.buffer
+            or conn.reader.eof
+            or conn.current_size is not None
+            or conn.parser_exc is not None
+        ):
+            return False
+        outer: object = None
+        inner: object = conn.parser
+        while (nested := getattr(inner, "gi_yieldfrom", None)) is not None:
+            outer, inner = inner, nested
+        return (
+            getattr(inner, "gi_code", None) is _AT_EOF_CODE
+            and getattr(outer, "gi_code", None) is _PARSE_CODE
+        )
+
     def handle_connect(self, event: Request) -> None:
         """Accept as uvicorn does, and offer the direct path in the scope's extensions."""
         super().handle_connect(event)
@@ -170,6 +243,8 @@ class TunnelWebSocketProtocol(WebSocketsSansIOProtocol):
         if self._direct is not None:
             raise RuntimeError("the direct path is already open")
         self._close_args = close_args
+        limits = (self.conn.max_message_size, self.conn.max_fragment_size)
+        self._frame_limit = min((limit for limit in limits if limit is not None), default=None)
         direct = MessageTransport(
             self._send_message,
             self._close_direct,
@@ -202,6 +277,19 @@ class TunnelWebSocketProtocol(WebSocketsSansIOProtocol):
     def _send_message(self, data: Buffer) -> None:
         if self.close_sent or self.disconnected:
             raise TunnelClosedError("the tunnel WebSocket is closed")
+        conn = self.conn
+        if (
+            conn.state is State.OPEN
+            and not conn.extensions
+            and not conn.writes
+            and not conn.expect_continuation_frame
+        ):  # what send_binary would write, without its Frame: head + payload
+            size = memoryview(data).nbytes
+            if size <= _JOIN_MAX:
+                self.transport.write(binary_head(size) + data)
+            else:
+                self.transport.writelines((binary_head(size), data))
+            return
         try:
             self.conn.send_binary(data)
         except InvalidState as err:
