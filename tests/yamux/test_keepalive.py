@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 
 from tests.support.yamux import RawFactory, frame, read_frame
 from visiona.yamux import Config
 from visiona.yamux.frames import ACK, PING, SYN
-from visiona.yamux.keepalive import coalesced_deadline
+from visiona.yamux.keepalive import Pings, _wheel_of, coalesced_deadline
 
 
 @pytest.mark.parametrize(
@@ -63,3 +64,31 @@ async def test_keepalive_sends_no_ping_while_the_peer_speaks(make_raw: RawFactor
     header, _ = await asyncio.wait_for(read_frame(reader), 5)  # silent again: it pings
     assert (header.type, header.flags) == (PING, SYN)
     assert not session.is_closed
+
+
+async def test_the_keepalives_of_many_sessions_share_one_loop_timer_per_slot(
+    caplog: pytest.LogCaptureFixture,
+):
+    loop = asyncio.get_running_loop()
+    sent: list[int] = []
+
+    def sender(number: int) -> Callable[[int], None]:
+        def send(_ping_id: int) -> None:
+            if number == 1:
+                raise RuntimeError("this session's socket is broken")
+            sent.append(number)
+
+        return send
+
+    pings = [Pings(loop, sender(number)) for number in range(100)]
+    for each in pings:
+        each.start_keepalive(0.2, 5.0, on_miss=lambda _misses: True)
+    wheel = _wheel_of(loop)
+    assert 1 <= len(wheel._timers) <= 2  # one per 0.02 s slot the arming loop spanned
+    pings[0].close()  # a session closed before its slot: never pinged
+    await asyncio.sleep(0.5)
+    assert sorted(sent) == list(range(2, 100))  # one failing session stops no other
+    assert "keepalive callback failed" in caplog.text
+    for each in pings:
+        each.close()
+    assert not wheel._timers  # every slot left empty dropped its loop timer
