@@ -208,3 +208,28 @@ async def test_closing_while_a_batch_is_written_waits_for_it_and_writes_each_eve
             .where(audit_events.c.action == "tunnel.connected", audit_events.c.device_id.in_(ids))
         )
     assert written == 4
+
+
+async def test_a_seen_batch_marks_every_device_of_its_epochs_and_no_other(
+    app: FastAPI, client: httpx.AsyncClient
+) -> None:
+    ids = await _devices(client, 4)
+    db = _runtime(app).db
+    epochs = {device_id: 3_000 + n for n, device_id in enumerate(ids)}
+    async with db.transaction() as conn:
+        await repository.mark_connected(
+            conn, [(device_id, epoch, utcnow(), False) for device_id, epoch in epochs.items()]
+        )
+        await repository.set_remote_status(
+            conn, [(device_id, epoch, "reconnecting") for device_id, epoch in epochs.items()]
+        )
+    seen_at = utcnow()
+    batch = {device_id: epochs[device_id] for device_id in ids[:3]}
+    async with db.transaction() as conn:
+        await repository.mark_seen(conn, batch, seen_at)
+    for device_id in ids[:3]:
+        assert await _status(db, device_id) == "online"
+    assert await _status(db, ids[3]) == "reconnecting"  # not in the batch
+    async with db.reading() as conn:
+        stamps = dict((await conn.execute(select(devices.c.id, devices.c.last_seen_at))).all())
+    assert [stamps[device_id] == seen_at for device_id in ids] == [True, True, True, False]

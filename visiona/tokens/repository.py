@@ -177,6 +177,10 @@ _valid_session = build(ValidSession)
 _VALID_HASHES = _VALID_SESSIONS_OF.with_only_columns(session_tokens.c.token_hash).where(
     session_tokens.c.token_hash.in_(bindparam("hashes", expanding=True))
 )
+# PostgreSQL: the same with one array parameter (prepared once, not one per token).
+_VALID_HASHES_ARRAY = _VALID_SESSIONS_OF.with_only_columns(session_tokens.c.token_hash).where(
+    session_tokens.c.token_hash == any_(bindparam("hashes", type_=postgresql.ARRAY(Text)))
+)
 #: The most token hashes one :func:`valid_session_hashes` statement binds (well under
 #: SQLite's and asyncpg's limits on parameters).
 VALID_HASHES_BATCH = 500
@@ -355,9 +359,10 @@ async def valid_session_hashes(
     of a live device (as :func:`find_valid_session`): one statement per
     :data:`VALID_HASHES_BATCH` hashes."""
     hashes = list(token_hashes)
+    statement = _VALID_HASHES_ARRAY if conn.dialect.name == "postgresql" else _VALID_HASHES
     valid: set[str] = set()
     for start in range(0, len(hashes), VALID_HASHES_BATCH):
         chunk = hashes[start : start + VALID_HASHES_BATCH]
-        result = await conn.execute(_VALID_HASHES, {"hashes": chunk, "now": now})
+        result = await conn.execute(statement, {"hashes": chunk, "now": now})
         valid.update(result.scalars())
     return valid
