@@ -13,6 +13,9 @@
 //	-mode hub: the minimal tunnel server of the scale bench's reference: any bearer token,
 //	    every tunnel kept (yamux client, hashicorp's keepalive), GET /count answers how
 //	    many are up.
+//	-mode fleet: -tokens agents in one process for the scale benches (fleet.go): each
+//	    opens its tunnel to -server as -mode agent does, answers every stream with a
+//	    tiny HTTP answer and reconnects as `visiona agent` does; progress lines on stdout.
 //	-mode origin, -mode load: the bench's local HTTP service and load client (bench.go).
 //
 // Events are JSON lines on stdout.
@@ -395,7 +398,7 @@ func runHub(listen string, window int) {
 }
 
 func main() {
-	mode := flag.String("mode", "", "agent | cloud")
+	mode := flag.String("mode", "", "agent | cloud | hub | fleet | origin | load")
 	server := flag.String("server", "", "agent: the cloud's base URL")
 	token := flag.String("token", "", "agent: pairing token")
 	fwd := flag.String("forward", "", "agent: local HOST:PORT")
@@ -408,6 +411,9 @@ func main() {
 	n := flag.Int("n", 1, "load: requests")
 	workers := flag.Int("c", 1, "load: concurrent workers")
 	newConn := flag.Bool("new-conn", false, "load: a new connection per request")
+	tokens := flag.String("tokens", "", "fleet: file of session tokens, one per line")
+	every := flag.Duration("every", 100*time.Millisecond, "fleet: progress line interval")
+	handshake := flag.Duration("handshake-timeout", 10*time.Second, "fleet: upgrade timeout")
 	flag.BoolVar(&yamuxLog, "yamux-log", false, "write hashicorp/yamux's log lines to stderr")
 	flag.Parse()
 	switch *mode {
@@ -417,11 +423,13 @@ func main() {
 		runCloud(*listen, *window)
 	case "hub":
 		runHub(*listen, *window)
+	case "fleet":
+		runFleet(*server, *tokens, *every, *handshake, *window)
 	case "origin":
 		runOrigin(*listen)
 	case "load":
 		runLoad(*url, *auth, *n, *workers, *newConn)
 	default:
-		log.Fatalf("-mode must be agent, cloud, origin or load")
+		log.Fatalf("-mode must be agent, cloud, hub, fleet, origin or load")
 	}
 }
