@@ -14,7 +14,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -153,3 +153,87 @@ async def run_peer(binary: Path, *args: str) -> AsyncIterator[GoPeer]:
         yield peer
     finally:
         await peer.stop()
+
+
+class GoFleet:
+    """A running ``tunnelpeer -mode fleet``: many agents in one Go process.
+
+    :attr:`progress` is its latest progress line (``up``, ``connects``, ``refused``,
+    ``failed``, ``denied``, ``closed``, ``answered``, ``statuses``; see
+    ``testkit/go/src/tunnelpeer/fleet.go``).
+    """
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        """Follow ``proc``'s progress lines (started with a stdout pipe)."""
+        self.proc = proc
+        self.progress: dict[str, Any] = {"up": 0, "connects": 0, "refused": 0, "failed": 0}
+        self.stopped = asyncio.Event()
+        self._reader = asyncio.create_task(self._read())
+
+    @classmethod
+    async def start(cls, binary: Path, server: str, tokens: Path, *args: str) -> GoFleet:
+        """Start one agent per line of ``tokens`` against ``server`` (``http://host:port``)."""
+        proc = await asyncio.create_subprocess_exec(
+            str(binary),
+            "-mode",
+            "fleet",
+            "-server",
+            server,
+            "-tokens",
+            str(tokens),
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        return cls(proc)
+
+    async def _read(self) -> None:
+        assert self.proc.stdout is not None
+        async for line in self.proc.stdout:
+            with contextlib.suppress(ValueError):
+                event = json.loads(line)
+                if event.get("event") == "progress":
+                    self.progress = event
+                elif event.get("event") == "stopped":
+                    self.stopped.set()
+
+    async def until(self, check: Any, *, limit: float = 600.0, step: float = 0.05) -> float:
+        """Seconds until ``check(progress)`` is true (``limit`` guards a hung run)."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while not check(self.progress):
+            if self.proc.returncode is not None:
+                raise GoPeerError(f"the fleet exited ({self.proc.returncode})")
+            if loop.time() - started > limit:
+                raise GoPeerError(f"the fleet waited too long; last progress {self.progress}")
+            await asyncio.sleep(step)
+        return loop.time() - started
+
+    async def stop(self, *, limit: float = 30.0) -> int:
+        """SIGTERM (every tunnel closed 1000), wait for the exit; kill past ``limit`` s."""
+        if self.proc.returncode is None:
+            self.proc.terminate()
+        try:
+            async with asyncio.timeout(limit):
+                code = await self.proc.wait()
+        except TimeoutError:
+            self.proc.kill()
+            code = await self.proc.wait()
+        await asyncio.gather(self._reader, return_exceptions=True)
+        return code
+
+
+@contextlib.asynccontextmanager
+async def run_fleet(
+    binary: Path, server: str, tokens: Sequence[str], *args: str
+) -> AsyncIterator[GoFleet]:
+    """A fleet of one agent per session token in ``tokens``; stopped (SIGTERM) on exit."""
+    with tempfile.NamedTemporaryFile("w", prefix="fleet-tokens-", suffix=".txt") as listed:
+        listed.write("\n".join(tokens) + "\n")
+        listed.flush()
+        fleet = await GoFleet.start(binary, server, Path(listed.name), *args)
+        try:
+            yield fleet
+        finally:
+            await fleet.stop()
