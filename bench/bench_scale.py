@@ -150,6 +150,34 @@ async def _answer(stream: Stream) -> None:
         stream.reset()
 
 
+async def pair_devices(
+    clients: list[httpx.AsyncClient], headers: dict[str, str], n: int, *, concurrency: int = 16
+) -> list[tuple[str, str]]:
+    """Pair ``n`` devices (a pairing token each, then the agent's pair call), ``concurrency``
+    at a time spread over ``clients`` (one per node: each node hashes its share); their
+    (device id, session token) in order."""
+    gate = asyncio.Semaphore(concurrency)
+
+    async def pair(i: int) -> tuple[str, str]:
+        http = clients[i % len(clients)]
+        async with gate:
+            made = await http.post(f"{API}/pairing-tokens", json={}, headers=headers)
+            made.raise_for_status()
+            paired = await http.post(
+                f"{API}/agent/pair",
+                json={
+                    "pairing_token": made.json()["token"],
+                    "serial_number": f"SCALE-{i}",
+                    "device_type": "kl520",
+                    "name": f"scale {i}",
+                },
+            )
+            paired.raise_for_status()
+            return str(paired.json()["device_id"]), str(paired.json()["session_token"])
+
+    return list(await asyncio.gather(*(pair(i) for i in range(n))))
+
+
 def rss_kib(pid: int) -> int:
     """The resident memory of process ``pid`` in KiB (from /proc)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -279,25 +307,8 @@ async def _visiona(env: dict[str, str]) -> list[str]:
     with serve(env, port) as proc:
         async with httpx.AsyncClient(base_url=base, timeout=60) as http:
             headers = await sign_in(http, "scale@example.com")
-            gate = asyncio.Semaphore(16)
-
-            async def pair(i: int) -> tuple[str, str]:
-                async with gate:
-                    made = await http.post(f"{API}/pairing-tokens", json={}, headers=headers)
-                    paired = await http.post(
-                        f"{API}/agent/pair",
-                        json={
-                            "pairing_token": made.json()["token"],
-                            "serial_number": f"SCALE-{i}",
-                            "device_type": "kl520",
-                            "name": f"scale {i}",
-                        },
-                    )
-                    paired.raise_for_status()
-                    return str(paired.json()["device_id"]), str(paired.json()["session_token"])
-
             started = time.perf_counter()
-            devices = await asyncio.gather(*(pair(i) for i in range(N)))
+            devices = await pair_devices([http], headers, N)
             lines.append(f"pair {N}: {time.perf_counter() - started:.2f} s")
             rss0, cpu0 = rss_kib(proc.pid), cpu_seconds(proc.pid)
             fleet.start([devices[0][1]])

@@ -25,12 +25,13 @@ _MAIN = """\
 daemon off;
 master_process on;
 worker_processes {workers};
+worker_rlimit_nofile {nofile};
 pid {root}/nginx.pid;
 error_log {root}/error.log {level};
 lock_file {root}/nginx.lock;
 
 events {{
-    worker_connections 4096;
+    worker_connections {connections};
 }}
 
 http {{
@@ -76,15 +77,27 @@ def balancer_conf(upstreams: Sequence[str], port: int, text: str | None = None) 
 class NginxServer(BalancerProcess):
     """nginx balancing over ``upstreams`` on a free loopback port, until :meth:`stop`."""
 
-    def __init__(self, upstreams: Sequence[str], *, workers: int = 1) -> None:
-        """Write the configuration into a new temporary directory (not started yet)."""
+    def __init__(
+        self, upstreams: Sequence[str], *, workers: int = 1, connections: int = 4096
+    ) -> None:
+        """Write the configuration into a new temporary directory (not started yet).
+
+        ``connections``: each worker's ``worker_connections`` (a tunnel through nginx
+        takes two: the agent's and the upstream one); ``worker_rlimit_nofile`` is set
+        above it."""
         super().__init__("visiona-nginx-")
         # Workers run as nginx's default user when the master is root: let them in.
         self.root.chmod(0o755)
         self._log = self.root / "error.log"
         (self.root / "visiona.conf").write_text(balancer_conf(upstreams, self.port))
         (self.root / "nginx.conf").write_text(
-            _MAIN.format(root=self.root, workers=workers, level="warn")
+            _MAIN.format(
+                root=self.root,
+                workers=workers,
+                level="warn",
+                connections=connections,
+                nofile=connections + 1024,
+            )
         )
 
     def _command(self, *extra: str) -> list[str]:
