@@ -22,7 +22,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from testkit.gopeer import GoFleet, run_fleet
+from testkit.gopeer import GoFleet
 from visiona.wire import going_away_reason
 
 TOKENS = [f"vst_fleet-{i}" for i in range(3)]
@@ -45,6 +45,14 @@ class StandIn:
 def stand_in() -> StandIn:
     """A fresh record."""
     return StandIn()
+
+
+@pytest.fixture
+def tokens_file(tmp_path: Path) -> Path:
+    """The fleet's session tokens, one per line."""
+    path = tmp_path / "tokens.txt"
+    path.write_text("\n".join(TOKENS) + "\n")
+    return path
 
 
 @contextlib.asynccontextmanager
@@ -76,7 +84,7 @@ async def _all_up(fleet: GoFleet) -> None:
 
 
 async def test_a_refused_upgrade_is_tried_again_after_its_retry_after_and_sigterm_closes_1000(
-    go_tunnel_peer: Path, stand_in: StandIn
+    go_tunnel_peer: Path, stand_in: StandIn, tokens_file: Path
 ) -> None:
     def refuse(token: str) -> Response | None:
         if len(stand_in.attempts[token]) > 1:
@@ -92,25 +100,28 @@ async def test_a_refused_upgrade_is_tried_again_after_its_retry_after_and_sigter
         await connection.wait_closed()
 
     async with _serving(stand_in, refuse, hold) as server:
-        async with run_fleet(go_tunnel_peer, _url(server), TOKENS) as fleet:
+        fleet = await GoFleet.start(go_tunnel_peer, _url(server), tokens_file)
+        try:
             await _all_up(fleet)
             assert fleet.progress["refused"] == len(TOKENS)
             assert fleet.progress["statuses"] == {"503": len(TOKENS)}
-            assert await fleet.stop() == 0
-            assert fleet.stopped.is_set()
-        await asyncio.sleep(0.2)
+        finally:
+            code = await fleet.stop()
+        assert code == 0
+        assert fleet.stopped.is_set()
+        async with asyncio.timeout(10):  # the stand-in's handlers see the closes
+            while len(stand_in.closes) < len(TOKENS):  # noqa: ASYNC110 - polls a record
+                await asyncio.sleep(0.02)
     for token in TOKENS:
         first, second = stand_in.attempts[token]
-        # Retry-After: 1 plus up to half of it again (jitter); a little slack for scheduling
-        assert 1.0 <= second - first <= 1.5 + 0.5
+        # Retry-After: 1 plus up to half of it again (jitter); slack for a busy machine
+        assert 1.0 <= second - first <= 1.5 + 1.0
     assert stand_in.closes == [1000] * len(TOKENS)
 
 
 async def test_after_a_1001_close_the_agents_wait_its_reconnect_hint(
-    go_tunnel_peer: Path, stand_in: StandIn, tmp_path: Path
+    go_tunnel_peer: Path, stand_in: StandIn, tokens_file: Path
 ) -> None:
-    tokens_file = tmp_path / "tokens.txt"
-    tokens_file.write_text("\n".join(TOKENS))
     hint = 1.5
     closed_at: dict[str, float] = {}
 
@@ -132,4 +143,4 @@ async def test_after_a_1001_close_the_agents_wait_its_reconnect_hint(
             await fleet.stop()
     for token in TOKENS:
         # without the hint the agent would be back after 0.25-0.5 s (the first backoff step)
-        assert hint <= stand_in.attempts[token][1] - closed_at[token] <= hint + 0.5
+        assert hint <= stand_in.attempts[token][1] - closed_at[token] <= hint + 1.0
