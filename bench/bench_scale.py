@@ -154,11 +154,21 @@ async def pair_devices(
     clients: list[httpx.AsyncClient], headers: dict[str, str], n: int, *, concurrency: int = 16
 ) -> list[tuple[str, str]]:
     """Pair ``n`` devices (a pairing token each, then the agent's pair call), ``concurrency``
-    at a time spread over ``clients`` (one per node: each node hashes its share); their
-    (device id, session token) in order."""
+    at a time spread over ``clients`` (one per node: each node hashes its share), a pair
+    tried again (three times in all) when its connection failed; their (device id,
+    session token) in order."""
     gate = asyncio.Semaphore(concurrency)
 
     async def pair(i: int) -> tuple[str, str]:
+        for attempt in range(3):  # a kept-alive connection the node closed meanwhile
+            try:
+                return await pair_once(i)
+            except httpx.TransportError:
+                if attempt == 2:  # the last of three
+                    raise
+        raise AssertionError  # unreachable
+
+    async def pair_once(i: int) -> tuple[str, str]:
         http = clients[i % len(clients)]
         async with gate:
             made = await http.post(f"{API}/pairing-tokens", json={}, headers=headers)

@@ -13,9 +13,12 @@ as the registry holds it, as the API lists it); how the tunnels split between th
 then the node holding more is SIGKILLed and the time until every one of its tunnels is
 up again on the survivor (fleet: every agent up again after as many new connects; the
 registry: every lease on the survivor; the API: all 2N listed ``online``, the killed
-node's devices with a ``last_connected_at`` after the kill); the upgrade answers by
-status (the fleet's, and each node's ``visiona_tunnel_upgrades_total``); what each node
-logged (warnings, errors, tracebacks, the most frequent lines).
+node's devices with a ``last_connected_at`` after the kill); the fleet's stop (SIGTERM:
+every tunnel closed 1000) and whether the survivor released every lease; the upgrade
+answers by status (the fleet's, and each node's ``visiona_tunnel_upgrades_total``);
+what each node
+logged (warnings, errors, tracebacks; by phase of the run: start and pairing, storm,
+failover, the fleet's stop, the nodes' stop; the most frequent lines) and nginx's log.
 
 ``BENCH_SCALE2_N`` sets N per node (default 200, CI-friendly; the issue's figure is
 10,000 per node on a quiet machine); ``BENCH_SCALE_LOG`` a directory that keeps the
@@ -56,6 +59,8 @@ N = int(os.environ.get("BENCH_SCALE2_N", "200"))
 TOKEN = "bench-scale2-internal-token-0123456789"
 #: bounds every wait (a hung run fails instead of hanging); no assertion on speed
 LIMIT = 900.0
+#: how long the leases may take to be released once the fleet closed every tunnel
+RELEASE_WAIT = 20.0
 
 
 def _raise_nofile(needed: int) -> str:
@@ -143,8 +148,18 @@ def _upgrades(node: Node) -> str:
 _STAMP = re.compile(r"^\S+ \S+ ")  # the text format's "date time " before the level
 
 
-def _log_summary(node: Node) -> list[str]:
-    """Warnings, errors and tracebacks the node logged, and its most frequent such lines."""
+def _phase_of(line: str, phases: list[tuple[str, datetime]]) -> str:
+    """The phase of the run a log line was written in (by its local-time stamp)."""
+    try:
+        stamp = datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")  # noqa: DTZ007 - local, as logged
+    except ValueError:
+        return "?"
+    return next((name for name, since in reversed(phases) if stamp >= since), "start-up")
+
+
+def _log_summary(node: Node, phases: list[tuple[str, datetime]]) -> list[str]:
+    """Warnings, errors and tracebacks the node logged (all, and those by phase of the
+    run), and its most frequent such lines."""
     text = node.log.read_text(errors="replace")
     kept = os.environ.get("BENCH_SCALE_LOG")
     if kept:
@@ -157,12 +172,17 @@ def _log_summary(node: Node) -> list[str]:
         for level in ("WARNING", "ERROR", "CRITICAL")
     }
     counts["tracebacks"] = text.count("Traceback (most recent call last)")
-    frequent = collections.Counter(
-        re.sub(r"[0-9a-f]{8}-[0-9a-f-]{27}|\d+(\.\d+)?", "#", _STAMP.sub("", line))[:140]
+    noted = [
+        line
         for line in lines
         if any(f" {level} " in line for level in ("WARNING", "ERROR", "CRITICAL"))
+    ]
+    frequent = collections.Counter(
+        re.sub(r"[0-9a-f]{8}-[0-9a-f-]{27}|\d+(\.\d+)?", "#", _STAMP.sub("", line))[:140]
+        for line in noted
     )
-    out = [f"node {node.name} log: {counts}"]
+    when = dict(collections.Counter(_phase_of(line, phases) for line in noted))
+    out = [f"node {node.name} log: {counts}{f'; by phase: {when}' if when else ''}"]
     out += [f"    {n} x {line}" for line, n in frequent.most_common(5)]
     return out
 
@@ -170,6 +190,9 @@ def _log_summary(node: Node) -> list[str]:
 async def _run(env: dict[str, str], binary: Path, tmp: Path) -> list[str]:
     total = 2 * N
     lines: list[str] = []
+    #: when each phase began (local time, as the nodes' log lines are stamped); the lines
+    #: before the first are the pairing's (and the start's)
+    phases: list[tuple[str, datetime]] = [("start and pairing", datetime.now())]  # noqa: DTZ005
     # A fixed free port each: at WARNING the node does not log the port it bound.
     ports = {name: free_port() for name in "ab"}
     spawned = [
@@ -187,10 +210,12 @@ async def _run(env: dict[str, str], binary: Path, tmp: Path) -> list[str]:
             [f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"], connections=2 * total + 1024
         )
         lb.start()
+        # idle connections dropped before the nodes' 5 s keep-alive drops them
+        limits = httpx.Limits(keepalive_expiry=2.0)
         async with (
-            httpx.AsyncClient(base_url=a.url, timeout=120) as via_a,
-            httpx.AsyncClient(base_url=b.url, timeout=120) as via_b,
-            httpx.AsyncClient(base_url=lb.url, timeout=120) as via_lb,
+            httpx.AsyncClient(base_url=a.url, timeout=120, limits=limits) as via_a,
+            httpx.AsyncClient(base_url=b.url, timeout=120, limits=limits) as via_b,
+            httpx.AsyncClient(base_url=lb.url, timeout=120, limits=limits) as via_lb,
         ):
             headers = await sign_in(via_a, "scale2@example.com")
             started = time.perf_counter()
@@ -200,6 +225,7 @@ async def _run(env: dict[str, str], binary: Path, tmp: Path) -> list[str]:
             tokens = tmp / "tokens.txt"
             tokens.write_text("".join(f"{token}\n" for _, token in devices))
 
+            phases.append(("storm", datetime.now()))  # noqa: DTZ005 - local, as the log
             started = time.perf_counter()
             fleet = await GoFleet.start(binary, lb.url, tokens)
             up = await fleet.until(lambda p: p["up"] == total, limit=LIMIT)
@@ -222,6 +248,7 @@ async def _run(env: dict[str, str], binary: Path, tmp: Path) -> list[str]:
             connects = fleet.progress["connects"]
             await asyncio.sleep(1)  # the status batch has written every tunnel up
             killed_at = datetime.now(UTC)
+            phases.append(("failover", datetime.now()))  # noqa: DTZ005 - local, as the log
             started = time.perf_counter()
             victim.kill()
             back = await fleet.until(
@@ -242,11 +269,14 @@ async def _run(env: dict[str, str], binary: Path, tmp: Path) -> list[str]:
             )
             lines.append(f"fleet after the failover: {_fleet_line(fleet.progress)}")
             lines.append(f"upgrade answers (node {survivor.name}): {_upgrades(survivor)}")
+            phases.append(("fleet stop", datetime.now()))  # noqa: DTZ005 - local, as the log
             stopping = time.perf_counter()
             code = await fleet.stop()
             fleet = None
+            stopped = time.perf_counter() - stopping
             lines.append(
-                f"fleet stop (SIGTERM): exit {code} after {time.perf_counter() - stopping:.2f} s"
+                f"fleet stop (SIGTERM, every tunnel closed 1000): exit {code} after "
+                f"{stopped:.2f} s; {await _released(redis, ids)}"
             )
     finally:
         if fleet is not None:
@@ -255,6 +285,7 @@ async def _run(env: dict[str, str], binary: Path, tmp: Path) -> list[str]:
         if lb is not None:
             lines.append(_nginx_summary(lb.error_log()))
             lb.cleanup()
+        phases.append(("nodes' stop", datetime.now()))  # noqa: DTZ005 - local, as the log
         for node in nodes:
             node.stop()
         for _, proc, _ in spawned:
@@ -262,7 +293,7 @@ async def _run(env: dict[str, str], binary: Path, tmp: Path) -> list[str]:
                 proc.kill()
                 proc.wait()
     for node in nodes:
-        lines += _log_summary(node)
+        lines += _log_summary(node, phases)
     return lines
 
 
@@ -278,6 +309,17 @@ def _nginx_summary(text: str) -> str:
     ).most_common(1)
     top = f"; most frequent: {frequent[0][1]} x {frequent[0][0]}" if frequent else ""
     return f"nginx log: {dict(levels)}{top}"
+
+
+async def _released(redis: Redis, ids: list[str], limit: float = RELEASE_WAIT) -> str:
+    """How the survivor's leases went once every tunnel closed: all released (when), or
+    how many were still held after ``limit`` s (a release that failed waits for the TTL)."""
+    started = time.perf_counter()
+    while (held := len(ids) - (await _owners(redis, ids))["-"]) > 0:
+        if time.perf_counter() - started > limit:
+            return f"{held} of {len(ids)} leases still held {limit:.0f} s after the stop"
+        await asyncio.sleep(0.25)
+    return f"all {len(ids)} leases released {time.perf_counter() - started:.2f} s after the stop"
 
 
 def _fleet_line(progress: dict[str, Any]) -> str:
