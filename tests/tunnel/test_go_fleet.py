@@ -130,8 +130,8 @@ async def test_after_a_1001_close_the_agents_wait_its_reconnect_hint(
         if token in closed_at:
             await connection.wait_closed()
             return
+        closed_at[token] = time.monotonic()  # before the close: it waits for the handshake
         await connection.close(1001, going_away_reason(hint))
-        closed_at[token] = time.monotonic()
 
     async with _serving(stand_in, lambda _token: None, close_first) as server:
         fleet = await GoFleet.start(go_tunnel_peer, _url(server), tokens_file)
