@@ -1,6 +1,7 @@
 """The Go agent fleet of the scale benches (``tunnelpeer -mode fleet``) reconnects as
 ``visiona agent`` does: after a refused upgrade it waits the ``Retry-After`` asked for
-(plus up to half of it as jitter), after a 1001 close the reconnect hint, and SIGTERM
+(plus up to half of it as jitter), after a 1001 close the reconnect hint (and then
+retries failures at a steady 0.5-1 s for a while: the node is restarting), and SIGTERM
 closes every tunnel with 1000 and exits 0.
 
 The server is a WebSocket stand-in (the ``websockets`` library) that records when each
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -144,3 +146,45 @@ async def test_after_a_1001_close_the_agents_wait_its_reconnect_hint(
     for token in TOKENS:
         # without the hint the agent would be back after 0.25-0.5 s (the first backoff step)
         assert hint <= stand_in.attempts[token][1] - closed_at[token] <= hint + 1.0
+
+
+async def test_after_a_restart_hint_failed_attempts_are_retried_at_a_steady_pace(
+    go_tunnel_peer: Path, stand_in: StandIn, tokens_file: Path
+) -> None:
+    refusals = 4
+    closed: set[str] = set()
+
+    def refuse(token: str) -> Response | None:
+        # after the hinted close: refused (no Retry-After) `refusals` times, then accepted
+        if token not in closed or len(stand_in.attempts[token]) > 1 + refusals:
+            return None
+        return Response(
+            HTTPStatus.INTERNAL_SERVER_ERROR,
+            "Internal Server Error",
+            Headers({"Content-Length": "0"}),
+            b"",
+        )
+
+    async def close_first(connection: ServerConnection) -> None:
+        token = stand_in.token(connection.request.headers if connection.request else Headers())
+        if token in closed:
+            await connection.wait_closed()
+            return
+        closed.add(token)
+        await connection.close(1001, going_away_reason(0.2))
+
+    async with _serving(stand_in, refuse, close_first) as server:
+        fleet = await GoFleet.start(go_tunnel_peer, _url(server), tokens_file)
+        try:
+            await fleet.until(
+                lambda p: p["up"] == len(TOKENS) and p["connects"] == 2 * len(TOKENS), limit=30
+            )
+        finally:
+            await fleet.stop()
+    for token in TOKENS:
+        attempts = stand_in.attempts[token]
+        assert len(attempts) == 2 + refusals
+        gaps = [later - earlier for earlier, later in itertools.pairwise(attempts[1:])]
+        # 0.5-1 s each (slack for a busy machine); the doubling backoff would have waited
+        # 0.25-0.5, 0.5-1, 1-2 and 2-4 s
+        assert all(0.5 <= gap <= 1.0 + 0.5 for gap in gaps), gaps

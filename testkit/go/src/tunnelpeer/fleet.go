@@ -14,7 +14,9 @@ package main
 //   - an upgrade answered with Retry-After (503 pacing, a draining node): that many
 //     seconds plus up to half as much again (jitter);
 //   - a close 1001 whose reason carries the reconnect hint ("server shutting down;
-//     reconnect in 2.7 s", visiona/wire.py reconnect_hint): the hinted delay;
+//     reconnect in 2.7 s", visiona/wire.py reconnect_hint): the hinted delay, and the
+//     next 30 failures in a row wait 0.5-1 s each (the node is restarting) before the
+//     backoff below resumes;
 //   - a close 4409 (superseded by another agent of the device): 5 s doubling to 300 s;
 //   - anything else: jittered exponential backoff 0.5 s doubling to 30 s (a draw
 //     between half and all of the step), started over after a tunnel that stayed up
@@ -58,12 +60,28 @@ const (
 	stableAfter     = 10 * time.Second
 )
 
-// backoff: a draw between half and all of the current step, the step doubling to cap.
-type backoff struct{ first, cap, next float64 }
+// After a restart hint this many failures in a row wait restartStep s (jittered) each
+// before the doubling resumes (runner.py RESTART_ATTEMPTS, RESTART_STEP).
+const (
+	restartAttempts = 30
+	restartStep     = 1.0
+)
 
-func newBackoff(first, cap float64) *backoff { return &backoff{first, cap, first} }
-func (b *backoff) reset()                    { b.next = b.first }
+// backoff: a draw between half and all of the current step, the step doubling to cap;
+// after expectRestart the next restartAttempts draws are of restartStep instead.
+type backoff struct {
+	first, cap, next float64
+	steady           int
+}
+
+func newBackoff(first, cap float64) *backoff { return &backoff{first: first, cap: cap, next: first} }
+func (b *backoff) reset()                    { b.next, b.steady = b.first, 0 }
+func (b *backoff) expectRestart()            { b.steady = restartAttempts }
 func (b *backoff) delay() float64 {
+	if b.steady > 0 {
+		b.steady--
+		return restartStep/2 + rand.Float64()*restartStep/2
+	}
 	step := b.next
 	b.next = math.Min(b.cap, step*2)
 	return step/2 + rand.Float64()*step/2
@@ -153,11 +171,16 @@ func (f *fleet) agent(token string) {
 		if time.Since(started) >= stableAfter {
 			b.reset()
 		}
-		asked := -1.0
+		hint := -1.0
+		if o.up {
+			hint = reconnectHint(o.closeCode, o.closeText)
+		}
+		if hint >= 0 { // the node restarts: come back at a steady pace for a while
+			b.expectRestart()
+		}
+		asked := hint
 		if o.retryAfter >= 0 {
 			asked = o.retryAfter + rand.Float64()*o.retryAfter/2
-		} else if o.up {
-			asked = reconnectHint(o.closeCode, o.closeText)
 		}
 		if asked < 0 {
 			asked = b.delay()
