@@ -88,3 +88,24 @@ async def test_claim_many_takes_free_and_older_leases_and_keeps_newer_ones(redis
     assert lease is not None
     assert lease.epoch.startswith(f"{now}-")
     assert 0 < await redis.pttl(f"tun:dev:{free}") <= 60_000
+
+
+async def test_release_many_deletes_only_this_nodes_leases_and_names_who_holds_after(
+    redis: Redis,
+) -> None:
+    a, b = _registry(redis, "node-a"), _registry(redis, "node-b")
+    mine, taken, never = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    devices = [uuid.uuid4() for _ in range(registry_module.BATCH + 100)]
+    claimed = await a.claim_many([(d, time.time_ns()) for d in [mine, taken, *devices]])
+    assert await b.claim(taken) is not None  # a newer tunnel on node B
+    releases = [(d, claimed[d].value) for d in [mine, taken, *devices]] + [(never, "")]
+    await a.release_many(releases[:1])  # the script loaded (a first NOSCRIPT)
+    before = await _script_calls(redis)
+    after = await a.release_many(releases)
+    assert await _script_calls(redis) - before == 2  # 603 releases, 500 a call
+    owner = after[taken]
+    assert owner is not None
+    assert owner.node_id == "node-b"  # B's lease is kept, and named
+    assert all(after[d] is None for d in [mine, never, *devices])
+    assert await redis.exists(*(f"tun:dev:{d}" for d in [mine, never, *devices])) == 0
+    assert await a.release_many([]) == {}

@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 from redis.asyncio import Redis
+from sqlalchemy import select
 
 from testkit.live import LiveServer
 from tests.support.api import signup
@@ -26,6 +27,7 @@ from tests.support.tunnel import FakeAgent, connect_agent, paired_agent_token, w
 from visiona.cluster.registry import TunnelRegistry
 from visiona.kit.clock import utcnow
 from visiona.kit.runtime import Runtime
+from visiona.kit.schema import devices
 from visiona.kit.settings import Settings
 from visiona.kit.tokens import hash_token
 from visiona.tokens import repository as tokens_repository
@@ -238,3 +240,67 @@ async def test_one_lease_task_for_the_node_whatever_its_tunnels(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_tunnels_ending_at_once_release_their_leases_in_shared_script_calls(
+    live: LiveServer,
+    http: httpx.AsyncClient,
+    redis: Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    hub = _hub(live)
+    registry = hub.registry
+    assert registry is not None
+    batches: list[int] = []
+    release_many = registry.release_many
+
+    async def counted(releases: list[tuple[uuid.UUID, str]]) -> object:
+        batches.append(len(releases))
+        return await release_many(releases)
+
+    monkeypatch.setattr(registry, "release_many", counted)
+    async with AsyncExitStack() as stack:
+        agents = await _connected(live, http, stack, 12)
+        for _, _, agent in agents:  # a network blip: every connection gone at once
+            agent.ws.transport.abort()
+
+        async def all_gone() -> bool:
+            return hub.count() == 0 and sum(batches) == len(agents)
+
+        await wait_for(all_gone)
+    assert len(batches) < len(agents)  # shared calls, not one per tunnel
+    assert await redis.exists(*(f"tun:dev:{device}" for device, _, _ in agents)) == 0
+
+
+async def test_redis_away_at_the_release_is_one_warning_for_the_batch(
+    live: LiveServer,
+    http: httpx.AsyncClient,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    hub = _hub(live)
+    registry = hub.registry
+    assert registry is not None
+
+    async def away(releases: object) -> object:
+        raise ConnectionError("redis away")
+
+    async with AsyncExitStack() as stack:
+        agents = await _connected(live, http, stack, 6)
+        monkeypatch.setattr(registry, "release_many", away)
+        caplog.set_level(logging.WARNING)
+        for _, _, agent in agents:
+            agent.ws.transport.abort()
+
+        async def all_gone() -> bool:
+            return hub.count() == 0
+
+        await wait_for(all_gone)
+        await asyncio.sleep(0.3)  # the status batch: every device written offline
+    warnings = [r.getMessage() for r in caplog.records if "not released" in r.getMessage()]
+    assert 1 <= len(warnings) < len(agents)
+    assert all("ConnectionError" in warning for warning in warnings)
+    ids = [device for device, _, _ in agents]
+    async with _runtime(live).db.reading() as conn:
+        statuses = await conn.scalars(select(devices.c.remote_status).where(devices.c.id.in_(ids)))
+        assert set(statuses) == {"offline"}  # the lease's fate unknown: offline, as before

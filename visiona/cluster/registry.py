@@ -92,12 +92,21 @@ for i, key in ipairs(KEYS) do
 end
 return newer
 """
-# KEYS[1] lease; ARGV[1] value. Deletes only the caller's own lease.
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
+
+# KEYS: leases; ARGV[i] the value this node wrote for KEYS[i] ('' when it holds none).
+# Deletes each key still holding the caller's own value; returns, per key, the value
+# holding it after ('' for nobody).
+_RELEASE_MANY = """
+local after = {}
+for i, key in ipairs(KEYS) do
+  local current = redis.call('GET', key)
+  if current and current == ARGV[i] then
+    redis.call('DEL', key)
+    current = false
+  end
+  after[i] = current or ''
 end
-return 0
+return after
 """
 
 
@@ -144,9 +153,9 @@ class TunnelRegistry:
         self._ttl_ms = max(1, int(ttl * 1000))
         self._renew = redis.register_script(_RENEW)
         self._claim = redis.register_script(_CLAIM)
-        self._release = redis.register_script(_RELEASE)
         self._renew_many = redis.register_script(_RENEW_MANY)
         self._claim_many = redis.register_script(_CLAIM_MANY)
+        self._release_many = redis.register_script(_RELEASE_MANY)
         self._listener: asyncio.Task[None] | None = None
 
     async def claim(self, device_id: uuid.UUID, *, epoch: int | None = None) -> Lease | None:
@@ -202,9 +211,23 @@ class TunnelRegistry:
             lost.update(chunk[int(i) - 1].device_id for i in positions)
         return lost
 
-    async def release(self, lease: Lease) -> None:
-        """Delete ``lease`` if it is still this node's."""
-        await self._release(keys=[_key(lease.device_id)], args=[lease.value])
+    async def release_many(
+        self, releases: Sequence[tuple[uuid.UUID, str]]
+    ) -> dict[uuid.UUID, Owner | None]:
+        """Delete each lease still this node's — ``(device id, the lease's value)``, an
+        empty value for a device whose lease this node never took — :data:`BATCH` per
+        round trip (one script call each); the holder of each device afterwards (None:
+        nobody)."""
+        after: dict[uuid.UUID, Owner | None] = {}
+        for start in range(0, len(releases), BATCH):
+            chunk = releases[start : start + BATCH]
+            values = await self._release_many(
+                keys=[_key(device_id) for device_id, _ in chunk],
+                args=[value for _, value in chunk],
+            )
+            for (device_id, _), value in zip(chunk, values, strict=True):
+                after[device_id] = _parse(value or None)
+        return after
 
     async def owner(self, device_id: uuid.UUID) -> Owner | None:
         """The node holding the device's tunnel, or None (none, or its lease expired)."""

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec
 from visiona.audit import service as audit
 from visiona.audit.service import SYSTEM, Actor
 from visiona.kit.clock import utcnow
+from visiona.kit.coalesce import Coalescer
 from visiona.kit.fdlimit import nofile_limits
 from visiona.kit.websocket import UpgradeAbandonedError
 from visiona.tokens import service as tokens
@@ -87,6 +88,8 @@ MAX_STATUS_BACKLOG = 2000
 STATUS_BATCH_INTERVAL = 0.25
 #: Tunnels per step of a lease round (one Redis script call, one SQL statement).
 LEASE_CHUNK = 500
+#: The most lease releases one script call carries (tunnels ending at once).
+RELEASE_BATCH = 500
 _ADMISSION_MESSAGES = {
     "inflight": "The device has too many requests in flight; retry later.",
     "deploying": "A deployment to the device is in progress; retry after it.",
@@ -111,6 +114,11 @@ class TunnelHub:
         self.session_checks = SessionChecks(db)
         self.registry = registry
         self._leases: dict[uuid.UUID, Lease] = {}
+        #: the lease releases of tunnels ending at once share script calls (a drain, a
+        #: network blip: thousands at the same moment)
+        self._releases: Coalescer[tuple[uuid.UUID, str], bool] = Coalescer(
+            self._release_batch, default=True, max_batch=RELEASE_BATCH
+        )
         self._settings = settings
         self._config = Config(
             enable_keepalive=False,  # the hub pings itself to tell reconnecting from gone
@@ -540,20 +548,33 @@ class TunnelHub:
             self._leases[link.device_id] = lease
 
     async def _release(self, device_id: uuid.UUID) -> bool:
-        """Drop the device's lease; False when another node holds the device now."""
+        """Drop the device's lease; False when another node holds the device now.
+
+        Releases waiting at the same moment share one script call (:meth:`_release_batch`).
+        """
         lease = self._leases.pop(device_id, None)
         if self.registry is None:
             return True
+        return await self._releases.ask((device_id, lease.value if lease is not None else ""))
+
+    async def _release_batch(
+        self, releases: list[tuple[uuid.UUID, str]]
+    ) -> dict[tuple[uuid.UUID, str], bool]:
+        """Release these leases; for each, whether no other node holds the device now.
+        Redis failing is one warning for the batch (its leases expire by themselves)."""
+        assert self.registry is not None  # noqa: S101 - only asked in a cluster
         try:
-            if lease is not None:
-                await self.registry.release(lease)
-            owner = await self.registry.owner(device_id)
-        except Exception as err:  # noqa: BLE001 - Redis away: the lease expires by itself
+            after = await self.registry.release_many(releases)
+        except Exception as err:  # noqa: BLE001 - Redis away: the leases expire by themselves
             _LOGGER.warning(
-                "cluster: lease of device %s not released: %s", device_id, type(err).__name__
+                "cluster: %s leases not released: %s", len(releases), type(err).__name__
             )
-            return True
-        return owner is None or owner.node_id == self.registry.node_id
+            return {}
+        node_id = self.registry.node_id
+        return {
+            (device_id, value): (owner := after.get(device_id)) is None or owner.node_id == node_id
+            for device_id, value in releases
+        }
 
     async def _lease_loop(self) -> None:
         """Cluster only: one :meth:`lease_round` every ``tunnel_ping_interval``, for the
