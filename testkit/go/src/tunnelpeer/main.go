@@ -101,6 +101,10 @@ func (w *wsConn) Close() error { return w.c.Close() }
 // ...) go to stderr instead of nowhere (-yamux-log), for tests that count them.
 var yamuxLog = false
 
+// keepAlive: the yamux keepalive interval (-keepalive; 0 keeps hashicorp's 30 s), so the
+// scale bench's reference hub pings as often as visiona serve does.
+var keepAlive time.Duration
+
 func yamuxConfig(window int) *yamux.Config {
 	cfg := yamux.DefaultConfig()
 	cfg.LogOutput = ioutil.Discard
@@ -109,6 +113,9 @@ func yamuxConfig(window int) *yamux.Config {
 	}
 	if window > 0 {
 		cfg.MaxStreamWindowSize = uint32(window)
+	}
+	if keepAlive > 0 {
+		cfg.KeepAliveInterval = keepAlive
 	}
 	return cfg
 }
@@ -415,6 +422,7 @@ func main() {
 	every := flag.Duration("every", 100*time.Millisecond, "fleet: progress line interval")
 	handshake := flag.Duration("handshake-timeout", 10*time.Second, "fleet: upgrade timeout")
 	flag.BoolVar(&yamuxLog, "yamux-log", false, "write hashicorp/yamux's log lines to stderr")
+	flag.DurationVar(&keepAlive, "keepalive", 0, "yamux keepalive interval (0: hashicorp's 30 s)")
 	flag.Parse()
 	switch *mode {
 	case "agent":
