@@ -100,6 +100,40 @@ async def test_patch_sets_and_removes_some_tags_and_leaves_the_others(
     assert events[1].detail == {"set": {"line": "A", "room": "3"}, "removed": ["old"]}
 
 
+async def test_get_reads_a_device_with_its_tags_and_only_its_own(
+    client: httpx.AsyncClient,
+) -> None:
+    # GET /devices/{id} reads the device and its tags in one statement (a LEFT JOIN):
+    # many tags are one device, none is the built-ins alone, another device's stay its own
+    user = await signup(client)
+    tagged = await _device(client, user)
+    bare = await _device(client, user, device_type=None)
+    other = await _device(client, user)
+    many = {f"k{i:02d}": f"v{i}" for i in range(20)}
+    assert (await _put(client, user, tagged["id"], many)).status_code == 200
+    assert (await _put(client, user, other["id"], {"site": "lab"})).status_code == 200
+
+    async def fetched(device_id: str) -> dict[str, Any]:
+        response = await client.get(f"{API}/devices/{device_id}", headers=user.headers)
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    first = await fetched(tagged["id"])
+    assert first["tags"] == {**many, "chip": "kl520", "type": "KL520"}
+    assert list(first["tags"]) == sorted(first["tags"])
+    assert {k: first[k] for k in ("id", "name", "serial_number")} == {
+        k: tagged[k] for k in ("id", "name", "serial_number")
+    }
+    assert (await fetched(bare["id"]))["tags"] == {}
+    assert (await fetched(other["id"]))["tags"] == {"chip": "kl520", "site": "lab", "type": "KL520"}
+    deleted = await client.delete(f"{API}/devices/{tagged['id']}", headers=user.headers)
+    assert deleted.status_code == 204
+    gone = await client.get(f"{API}/devices/{tagged['id']}", headers=user.headers)
+    assert gone.status_code == 404
+    assert error_code(gone) == "not_found"
+
+
 @pytest.mark.parametrize("key", ["chip", "type", "visiona.io/arch"])
 async def test_builtin_tags_are_read_only(client: httpx.AsyncClient, key: str) -> None:
     user = await signup(client)

@@ -158,11 +158,11 @@ async def get_device(
 ) -> Response:
     """The device; unknown, deleted or not yours → 404. A device whose tunnel has not been
     seen for three status intervals reads ``remote_status=offline``."""
-    # hot reads on the driver (visiona/kit/hotread.py), no unit of work: two statements
-    # that need not share a snapshot (the tags of a device deleted in between are harmless);
-    # the answer encoded by orjson (visiona/kit/jsonout.py), response_model documents it
-    device = await reads.get(db, principal.org_id, device_id)
-    return JSONOut(device_body(device, await fleet.tags_of_one(db, device)))
+    # one hot read on the driver (visiona/kit/hotread.py), no unit of work: the device
+    # and its tags in one statement; the answer encoded by orjson (visiona/kit/jsonout.py),
+    # response_model documents it
+    device, tags = await reads.get_tagged(db, principal.org_id, device_id)
+    return JSONOut(device_body(device, tags))
 
 
 @router.patch(

@@ -22,7 +22,7 @@ from visiona.kit.database import Database
 from visiona.kit.hotread import HotRead
 from visiona.kit.pagination import Keyset, Page, PageRequest, paginate
 from visiona.kit.records import build, columns_of
-from visiona.kit.schema import devices
+from visiona.kit.schema import device_tags, devices
 from visiona.wire import RemoteStatus, UsbStatus
 
 
@@ -91,8 +91,17 @@ _mine = and_(
 )
 
 _GET = select(*_COLUMNS).where(_mine)
-# `GET /devices/{id}` reads it: a hot read (compiled once, run on the driver)
 _GET_HOT = HotRead(_GET, _device)
+# `GET /devices/{id}` reads the device and its user tags in one statement, a hot read
+# (compiled once, run on the driver): one row per tag, or one with NULL key and value
+# for a device without tags (the LEFT JOIN), none for no such device.
+_WIDTH = len(_COLUMNS)
+_GET_TAGGED = (
+    select(*_COLUMNS, device_tags.c.key, device_tags.c.value)
+    .select_from(devices.outerjoin(device_tags, device_tags.c.device_id == devices.c.id))
+    .where(_mine)
+)
+_GET_TAGGED_HOT = HotRead(_GET_TAGGED, tuple)
 _REF = select(*columns_of(DeviceRef, devices)).where(_mine)
 _device_ref = build(DeviceRef)
 _BY_SERIAL = select(*_RAW_COLUMNS).where(
@@ -186,6 +195,26 @@ async def get_device(
     ``_read_status``); a hot read on the driver given the :class:`Database`, else on the
     connection."""
     return await _GET_HOT.one(source, device_id=device_id, org=org_id, stale_before=stale_before)
+
+
+async def get_device_tagged(
+    source: Database | AsyncConnection,
+    org_id: uuid.UUID,
+    device_id: uuid.UUID,
+    *,
+    stale_before: datetime,
+) -> tuple[Device, dict[str, str]] | None:
+    """The organisation's live device ``device_id`` and its user tags (built-ins aside),
+    read by one statement: one round trip where :func:`get_device` and
+    ``fleet_repository.tags_of_device`` take two (``stale_before``: see ``_read_status``).
+    A hot read on the driver given the :class:`Database`, else on the connection."""
+    rows = await _GET_TAGGED_HOT.all(
+        source, device_id=device_id, org=org_id, stale_before=stale_before
+    )
+    if not rows:
+        return None
+    tags = {row[_WIDTH]: row[_WIDTH + 1] for row in rows if row[_WIDTH] is not None}
+    return Device(*rows[0][:_WIDTH]), tags
 
 
 async def get_ref(
