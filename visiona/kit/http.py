@@ -45,6 +45,7 @@ from visiona.kit.errors import (
     ValidationFailedError,
 )
 from visiona.kit.logs import client_addr_var, request_id_var
+from visiona.kit.routing import HotRoutes
 
 #: Headers of one connection, never relayed by a proxy (RFC 9110 §7.6.1).
 HOP_BY_HOP = frozenset(
@@ -396,7 +397,7 @@ def install_edge(
 
     def build_middleware_stack() -> ASGIApp:
         stack: ASGIApp = Edge(
-            app.router,
+            HotRoutes(app.router),
             handlers=app.exception_handlers,
             metrics=metrics,
             max_body_bytes=max_body_bytes,
