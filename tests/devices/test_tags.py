@@ -134,6 +134,50 @@ async def test_get_reads_a_device_with_its_tags_and_only_its_own(
     assert error_code(gone) == "not_found"
 
 
+async def test_the_device_list_pages_with_each_devices_own_tags(
+    client: httpx.AsyncClient,
+) -> None:
+    # without a selector the list reads each page and its devices' tags in one statement
+    # (the page a subquery, LEFT JOIN device_tags): pages keep their size and order
+    user = await signup(client)
+    made = [await _device(client, user, name=f"d{i}") for i in range(5)]
+    bare = await _device(client, user, device_type=None, name="bare")
+    for i, device in enumerate(made):
+        tags = {f"k{j}": f"v{i}" for j in range(i + 1)}
+        assert (await _put(client, user, device["id"], tags)).status_code == 200
+    expected = {
+        device["id"]: {
+            **{f"k{j}": f"v{i}" for j in range(i + 1)},
+            "chip": "kl520",
+            "type": "KL520",
+        }
+        for i, device in enumerate(made)
+    }
+    expected[bare["id"]] = {}
+    seen: dict[str, dict[str, str]] = {}
+    cursor = None
+    sizes = []
+    while True:
+        params: dict[str, Any] = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = await client.get(f"{API}/devices", params=params, headers=user.headers)
+        assert page.status_code == 200, page.text
+        body = page.json()
+        sizes.append(len(body["items"]))
+        seen.update({item["id"]: item["tags"] for item in body["items"]})
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+    assert sizes == [2, 2, 2]
+    assert list(seen) == [device["id"] for device in [*made, bare]]
+    assert seen == expected
+    offline = await client.get(
+        f"{API}/devices", params={"remote_status": "offline", "limit": 1}, headers=user.headers
+    )
+    assert [item["tags"] for item in offline.json()["items"]] == [expected[made[0]["id"]]]
+    other = await signup(client)
+    assert (await client.get(f"{API}/devices", headers=other.headers)).json()["items"] == []
+
+
 @pytest.mark.parametrize("key", ["chip", "type", "visiona.io/arch"])
 async def test_builtin_tags_are_read_only(client: httpx.AsyncClient, key: str) -> None:
     user = await signup(client)

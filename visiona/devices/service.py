@@ -85,6 +85,28 @@ class Devices:
             where=None if selector is None else selector_clause(selector),
         )
 
+    async def list_tagged(
+        self,
+        source: Database | AsyncConnection,
+        org_id: uuid.UUID,
+        *,
+        remote_status: RemoteStatus | None = None,
+        status: UsbStatus | None = None,
+        page: PageRequest,
+    ) -> Page[tuple[Device, dict[str, str]]]:
+        """:meth:`list` without a selector, each device with the tags it shows (its user
+        tags and the built-ins), in one statement (given the :class:`Database`: a hot read)."""
+        found = await repository.list_devices_tagged(
+            source,
+            org_id,
+            remote_status=remote_status,
+            status=status,
+            page=page,
+            stale_before=self.stale_before(),
+        )
+        items = [(d, visible_tags(d.device_type, tags)) for d, tags in found.items]
+        return Page(items=items, next_cursor=found.next_cursor)
+
     async def get(
         self, source: Database | AsyncConnection, org_id: uuid.UUID, device_id: uuid.UUID
     ) -> Device:
