@@ -13,7 +13,6 @@ import os
 import re
 import time
 import traceback
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from email.utils import formatdate
@@ -309,7 +308,8 @@ class Edge:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
         limit = None if self._unlimited(path) else self._max
-        request_id = _incoming_request_id(scope) or uuid.uuid4().hex
+        # a new id: 128 random bits as 32 hex digits (uuid4's text without building a UUID)
+        request_id = _incoming_request_id(scope) or os.urandom(16).hex()
         head = scope["method"] == "HEAD"
         exchange = _Exchange(receive, send, request_id, limit, self._timeout, head=head)
         inner = {**scope, "method": "GET"} if head else scope
