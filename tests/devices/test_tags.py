@@ -100,6 +100,84 @@ async def test_patch_sets_and_removes_some_tags_and_leaves_the_others(
     assert events[1].detail == {"set": {"line": "A", "room": "3"}, "removed": ["old"]}
 
 
+async def test_get_reads_a_device_with_its_tags_and_only_its_own(
+    client: httpx.AsyncClient,
+) -> None:
+    # GET /devices/{id} reads the device and its tags in one statement (a LEFT JOIN):
+    # many tags are one device, none is the built-ins alone, another device's stay its own
+    user = await signup(client)
+    tagged = await _device(client, user)
+    bare = await _device(client, user, device_type=None)
+    other = await _device(client, user)
+    many = {f"k{i:02d}": f"v{i}" for i in range(20)}
+    assert (await _put(client, user, tagged["id"], many)).status_code == 200
+    assert (await _put(client, user, other["id"], {"site": "lab"})).status_code == 200
+
+    async def fetched(device_id: str) -> dict[str, Any]:
+        response = await client.get(f"{API}/devices/{device_id}", headers=user.headers)
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    first = await fetched(tagged["id"])
+    assert first["tags"] == {**many, "chip": "kl520", "type": "KL520"}
+    assert list(first["tags"]) == sorted(first["tags"])
+    assert {k: first[k] for k in ("id", "name", "serial_number")} == {
+        k: tagged[k] for k in ("id", "name", "serial_number")
+    }
+    assert (await fetched(bare["id"]))["tags"] == {}
+    assert (await fetched(other["id"]))["tags"] == {"chip": "kl520", "site": "lab", "type": "KL520"}
+    deleted = await client.delete(f"{API}/devices/{tagged['id']}", headers=user.headers)
+    assert deleted.status_code == 204
+    gone = await client.get(f"{API}/devices/{tagged['id']}", headers=user.headers)
+    assert gone.status_code == 404
+    assert error_code(gone) == "not_found"
+
+
+async def test_the_device_list_pages_with_each_devices_own_tags(
+    client: httpx.AsyncClient,
+) -> None:
+    # without a selector the list reads each page and its devices' tags in one statement
+    # (the page a subquery, LEFT JOIN device_tags): pages keep their size and order
+    user = await signup(client)
+    made = [await _device(client, user, name=f"d{i}") for i in range(5)]
+    bare = await _device(client, user, device_type=None, name="bare")
+    for i, device in enumerate(made):
+        tags = {f"k{j}": f"v{i}" for j in range(i + 1)}
+        assert (await _put(client, user, device["id"], tags)).status_code == 200
+    expected = {
+        device["id"]: {
+            **{f"k{j}": f"v{i}" for j in range(i + 1)},
+            "chip": "kl520",
+            "type": "KL520",
+        }
+        for i, device in enumerate(made)
+    }
+    expected[bare["id"]] = {}
+    seen: dict[str, dict[str, str]] = {}
+    cursor = None
+    sizes = []
+    while True:
+        params: dict[str, Any] = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = await client.get(f"{API}/devices", params=params, headers=user.headers)
+        assert page.status_code == 200, page.text
+        body = page.json()
+        sizes.append(len(body["items"]))
+        seen.update({item["id"]: item["tags"] for item in body["items"]})
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+    assert sizes == [2, 2, 2]
+    assert list(seen) == [device["id"] for device in [*made, bare]]
+    assert seen == expected
+    offline = await client.get(
+        f"{API}/devices", params={"remote_status": "offline", "limit": 1}, headers=user.headers
+    )
+    assert [item["tags"] for item in offline.json()["items"]] == [expected[made[0]["id"]]]
+    other = await signup(client)
+    assert (await client.get(f"{API}/devices", headers=other.headers)).json()["items"] == []
+
+
 @pytest.mark.parametrize("key", ["chip", "type", "visiona.io/arch"])
 async def test_builtin_tags_are_read_only(client: httpx.AsyncClient, key: str) -> None:
     user = await signup(client)
