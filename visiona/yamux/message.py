@@ -66,6 +66,21 @@ class MessageTransport(ByteTransport):
         if not self._lost and data:
             self._deliver(data if type(data) is bytes else bytes(data))
 
+    def feed_transient(self, data: memoryview) -> None:
+        """Hand one received message whose buffer is valid only during this call (picows'
+        ``WSFrame.get_payload_as_memoryview()``): the session copies each payload out of
+        it once and keeps nothing of the view, where :meth:`feed_data` of a copy would
+        copy every payload twice."""
+        if self._lost or not data:
+            return
+        sink = self._sink
+        if getattr(sink, "takes_views", False):
+            sink.data_received(data)  # type: ignore[union-attr, arg-type] # a session: copies out
+        elif sink is None:
+            self._early.append(data.tobytes())
+        else:
+            sink.data_received(data.tobytes())
+
     def feed_eof(self) -> None:
         """The peer will send nothing more (a close frame arrived)."""
         if not self._lost:
