@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import json
 import logging
+import struct
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from uvicorn.protocols.utils import ClientDisconnected
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.exceptions import InvalidState
+from websockets.protocol import State
 
 from visiona.kit.errors import ServiceUnavailableError
 from visiona.wire import CLOSE_UNSUPPORTED
@@ -39,6 +41,9 @@ if TYPE_CHECKING:
     from visiona.yamux.frames import Buffer
 
 _LOGGER = logging.getLogger(__name__)
+_HEAD_SHORT = struct.Struct("!BB")
+_HEAD_MEDIUM = struct.Struct("!BBH")
+_HEAD_LONG = struct.Struct("!BBQ")
 
 #: The ASGI scope extension: ``open(close_args, max_message) -> MessageTransport``.
 DIRECT_EXTENSION = "visiona.tunnel.direct"
@@ -176,6 +181,7 @@ class TunnelWebSocketProtocol(WebSocketsSansIOProtocol):
             abort=self._abort_direct,
             max_message=max_message,
             extra={"peername": self.client},
+            send_parts=self._send_parts,
         )
         self._direct = direct
         while not self.queue.empty():
@@ -200,13 +206,27 @@ class TunnelWebSocketProtocol(WebSocketsSansIOProtocol):
         return direct
 
     def _send_message(self, data: Buffer) -> None:
+        self._send_parts([data], len(data))
+
+    def _send_parts(self, parts: list[Buffer], size: int) -> None:
+        """Send ``parts`` (``size`` bytes in all) as one binary message.
+
+        An open connection without extensions gets the frame header written here, the
+        parts after it in one vectored write (no copy: a server's frames are not
+        masked); otherwise websockets frames the joined message (its checks, an
+        extension's encoding)."""
         if self.close_sent or self.disconnected:
             raise TunnelClosedError("the tunnel WebSocket is closed")
-        try:
-            self.conn.send_binary(data)
-        except InvalidState as err:
-            raise TunnelClosedError("the tunnel WebSocket is closed") from err
-        self.transport.write(b"".join(self.conn.data_to_send()))
+        conn = self.conn
+        if conn.state is not State.OPEN or conn.extensions or conn.expect_continuation_frame:
+            try:
+                conn.send_binary(parts[0] if len(parts) == 1 else b"".join(parts))
+            except InvalidState as err:
+                raise TunnelClosedError("the tunnel WebSocket is closed") from err
+            self.transport.write(b"".join(conn.data_to_send()))
+            return
+        queued = conn.data_to_send()  # a pong websockets answered meanwhile goes first
+        self.transport.writelines([*queued, _binary_head(size), *parts])
 
     def _close_direct(self) -> None:
         code, reason = self._close_args() if self._close_args is not None else (1000, "")
@@ -228,6 +248,15 @@ class TunnelWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def _abort_direct(self) -> None:
         self.transport.abort()
+
+
+def _binary_head(size: int) -> bytes:
+    """The header of an unmasked, final binary frame of ``size`` bytes (RFC 6455 §5.2)."""
+    if size < 126:
+        return _HEAD_SHORT.pack(0x82, size)
+    if size < 1 << 16:
+        return _HEAD_MEDIUM.pack(0x82, 126, size)
+    return _HEAD_LONG.pack(0x82, 127, size)
 
 
 def direct_opener(scope: Mapping[str, Any]) -> DirectOpener | None:
