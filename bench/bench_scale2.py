@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import math
 import os
 import re
 import resource
@@ -46,7 +47,7 @@ import httpx
 from redis.asyncio import Redis
 
 from bench.bench_scale import pair_devices, server_env, sign_in
-from testkit.gopeer import GoFleet, build_tunnel_peer
+from testkit.gopeer import FleetGroup, build_tunnel_peer
 from testkit.nginx import NginxServer
 from testkit.nodes import Node, spawn_node
 from testkit.servers import PostgresServer, RedisServer, free_port
@@ -74,6 +75,13 @@ def _raise_nofile(needed: int) -> str:
     after = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     short = " (short of what the run needs)" if after < needed else ""
     return f"open files: {after} (was {soft}; the run needs about {needed}){short}"
+
+
+def _per_process_files() -> int:
+    """The open files one child process may use for connections: the hard limit (which
+    an unprivileged process cannot raise) less a margin."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return (1 << 20 if hard == resource.RLIM_INFINITY else int(hard)) - 1024
 
 
 async def _owners(redis: Redis, device_ids: list[str]) -> collections.Counter[str]:
@@ -201,13 +209,19 @@ async def _run(env: dict[str, str], binary: Path, tmp: Path) -> list[str]:
     ]
     nodes: list[Node] = []
     lb: NginxServer | None = None
-    fleet: GoFleet | None = None
+    fleet: FleetGroup | None = None
     redis = Redis.from_url(env["VISIONA_REDIS_URL"])
     try:
         nodes.extend(_healthy(s, ports[s[0]]) for s in spawned)
         a, b = nodes
+        # a process's open files are bounded by the hard limit: nginx (two per tunnel)
+        # gets as many workers as that takes, plus one for an uneven spread
+        budget = _per_process_files()
+        workers = math.ceil(2 * total / budget) + 1 if 2 * total + 1024 > budget else 1
         lb = NginxServer(
-            [f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"], connections=2 * total + 1024
+            [f"127.0.0.1:{a.port}", f"127.0.0.1:{b.port}"],
+            workers=workers,
+            connections=min(budget, 2 * total // workers * 3 // 2 + 1024),
         )
         lb.start()
         # idle connections dropped before the nodes' 5 s keep-alive drops them
@@ -227,7 +241,7 @@ async def _run(env: dict[str, str], binary: Path, tmp: Path) -> list[str]:
 
             phases.append(("storm", datetime.now()))  # noqa: DTZ005 - local, as the log
             started = time.perf_counter()
-            fleet = await GoFleet.start(binary, lb.url, tokens)
+            fleet = await FleetGroup.start(binary, lb.url, tokens, per_process=budget)
             up = await fleet.until(lambda p: p["up"] == total, limit=LIMIT)
             await _until(lambda: _equals(_owners(redis, ids), total, exclude="-"), step=0.25)
             leased = time.perf_counter() - started

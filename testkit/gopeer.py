@@ -224,6 +224,65 @@ class GoFleet:
         return code
 
 
+def _shards(tokens: Path, per_process: int) -> list[Path]:
+    """``tokens`` cut into files of ``per_process`` lines beside it."""
+    lines = [line for line in tokens.read_text().splitlines() if line]
+    shards = []
+    for number, start in enumerate(range(0, len(lines), per_process)):
+        shard = tokens.with_name(f"{tokens.stem}.{number}{tokens.suffix}")
+        shard.write_text("".join(f"{line}\n" for line in lines[start : start + per_process]))
+        shards.append(shard)
+    return shards
+
+
+class FleetGroup:
+    """Several :class:`GoFleet` processes as one: a process's open files are bounded (the
+    hard limit), so 20,000 agents take more than one. :attr:`progress` sums theirs."""
+
+    def __init__(self, fleets: Sequence[GoFleet]) -> None:
+        """Follow ``fleets`` together."""
+        self.fleets = list(fleets)
+
+    @classmethod
+    async def start(
+        cls, binary: Path, server: str, tokens: Path, *args: str, per_process: int
+    ) -> FleetGroup:
+        """Start the agents of ``tokens`` (one per line), ``per_process`` per process."""
+        shards = await asyncio.to_thread(_shards, tokens, per_process)
+        return cls([await GoFleet.start(binary, server, shard, *args) for shard in shards])
+
+    @property
+    def progress(self) -> dict[str, Any]:
+        """The fleets' progress lines added up (counts summed, ``statuses`` merged)."""
+        total: dict[str, Any] = {"statuses": {}}
+        for fleet in self.fleets:
+            for key, value in fleet.progress.items():
+                if key == "statuses" and isinstance(value, dict):
+                    for status, count in value.items():
+                        total["statuses"][status] = total["statuses"].get(status, 0) + count
+                elif isinstance(value, int) and not isinstance(value, bool):
+                    total[key] = total.get(key, 0) + value
+        return total
+
+    async def until(self, check: Any, *, limit: float = 600.0, step: float = 0.05) -> float:
+        """Seconds until ``check(progress)`` is true (``limit`` guards a hung run)."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while not check(self.progress):
+            for fleet in self.fleets:
+                if fleet.proc.returncode is not None:
+                    raise GoPeerError(f"a fleet exited ({fleet.proc.returncode})")
+            if loop.time() - started > limit:
+                raise GoPeerError(f"the fleet waited too long; last progress {self.progress}")
+            await asyncio.sleep(step)
+        return loop.time() - started
+
+    async def stop(self, *, limit: float = 30.0) -> int:
+        """Stop every fleet (as :meth:`GoFleet.stop`); the first non-zero exit code, or 0."""
+        codes = await asyncio.gather(*(fleet.stop(limit=limit) for fleet in self.fleets))
+        return next((code for code in codes if code), 0)
+
+
 @contextlib.asynccontextmanager
 async def run_fleet(
     binary: Path, server: str, tokens: Sequence[str], *args: str

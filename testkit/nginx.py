@@ -57,7 +57,9 @@ def nginx_binary() -> str:
     return found
 
 
-def balancer_conf(upstreams: Sequence[str], port: int, text: str | None = None) -> str:
+def balancer_conf(
+    upstreams: Sequence[str], port: int, text: str | None = None, *, reuseport: bool = False
+) -> str:
     """docs/nginx.conf with ``listen 127.0.0.1:port`` and one ``server`` line per upstream.
 
     ``upstreams`` are ``host:port``; the options of the documented ``server`` lines
@@ -71,7 +73,8 @@ def balancer_conf(upstreams: Sequence[str], port: int, text: str | None = None) 
     servers = "\n".join(f"{indent}server {u} {options};" for u in upstreams)
     start, end = documented[0].start(), documented[-1].end()
     text = text[:start] + servers + text[end:]
-    return _LISTEN.sub(lambda m: f"{m.group(1)}listen 127.0.0.1:{port};", text, count=1)
+    spread = " reuseport" if reuseport else ""
+    return _LISTEN.sub(lambda m: f"{m.group(1)}listen 127.0.0.1:{port}{spread};", text, count=1)
 
 
 class NginxServer(BalancerProcess):
@@ -84,12 +87,16 @@ class NginxServer(BalancerProcess):
 
         ``connections``: each worker's ``worker_connections`` (a tunnel through nginx
         takes two: the agent's and the upstream one); ``worker_rlimit_nofile`` is set
-        above it."""
+        above it. With several ``workers`` the listener is ``reuseport``: the kernel
+        spreads new connections evenly over them (each worker's open files are bounded
+        by the process limit)."""
         super().__init__("visiona-nginx-")
         # Workers run as nginx's default user when the master is root: let them in.
         self.root.chmod(0o755)
         self._log = self.root / "error.log"
-        (self.root / "visiona.conf").write_text(balancer_conf(upstreams, self.port))
+        (self.root / "visiona.conf").write_text(
+            balancer_conf(upstreams, self.port, reuseport=workers > 1)
+        )
         (self.root / "nginx.conf").write_text(
             _MAIN.format(
                 root=self.root,
