@@ -98,7 +98,7 @@ async def test_a_bodiless_proxy_reuses_the_owner_read_a_moment_ago(redis: Redis)
         lease = await b.registry.claim(device)
         assert lease is not None
         assert await a.at_device(device, here=_here, there=_there, reuse=True) == "there:node-b"
-        await b.registry.release_many([(device, lease.value)])  # no longer names node-b
+        await b.registry.release(lease)  # the registry no longer names node-b
         assert await a.at_device(device, here=_here, there=_there, reuse=True) == "there:node-b"
         assert await a.at_device(device, here=_here, there=_there) == "here"
         # the fresh read found no owner: nothing is reused any more
@@ -146,7 +146,7 @@ async def test_a_remembered_owner_that_is_unreachable_is_forgotten(redis: Redis)
         lease = await b.registry.claim(device)
         assert lease is not None
         assert await a.at_device(device, here=_here, there=_there) == "there:node-b"
-        await b.registry.release_many([(device, lease.value)])
+        await b.registry.release(lease)
         with pytest.raises(NodeUnreachableError):
             await a.at_device(device, here=_here, there=unreachable, reuse=True)
         assert await a.at_device(device, here=_here, there=_there, reuse=True) == "here"
