@@ -13,7 +13,7 @@ import pytest
 from redis.asyncio import Redis
 
 from testkit.servers import RedisServer
-from visiona.cluster.forwarding import Forwarder, NodeUnreachableError, OwnerMovedError
+from visiona.cluster.forwarding import Forwarder
 from visiona.cluster.registry import TunnelRegistry
 from visiona.cluster.service import Cluster, ClusterNode, Peer
 
@@ -87,69 +87,3 @@ async def test_a_run_lease_is_held_while_the_work_runs(redis: Redis) -> None:
         assert await a.running_of([work]) == set()
     finally:
         await a.close()
-
-
-async def test_a_bodiless_proxy_reuses_the_owner_read_a_moment_ago(redis: Redis) -> None:
-    """With ``reuse``, the owner read less than OWNER_REUSE seconds ago is asked again
-    without a registry read; without it, the registry decides every time."""
-    device = uuid.uuid4()
-    a, b = _node(redis, "node-a", set()), _node(redis, "node-b", {device})
-    try:
-        lease = await b.registry.claim(device)
-        assert lease is not None
-        assert await a.at_device(device, here=_here, there=_there, reuse=True) == "there:node-b"
-        await b.registry.release(lease)  # the registry no longer names node-b
-        assert await a.at_device(device, here=_here, there=_there, reuse=True) == "there:node-b"
-        assert await a.at_device(device, here=_here, there=_there) == "here"
-        # the fresh read found no owner: nothing is reused any more
-        assert await a.at_device(device, here=_here, there=_there, reuse=True) == "here"
-    finally:
-        await a.close()
-        await b.close()
-
-
-async def test_a_remembered_owner_that_moved_is_replaced_by_the_registrys(redis: Redis) -> None:
-    """The remembered node answers it does not hold the device: the request runs once
-    more against the owner the registry names now, which is remembered instead."""
-    device = uuid.uuid4()
-    a = _node(redis, "node-a", set())
-    b, c = _node(redis, "node-b", set()), _node(redis, "node-c", {device})
-    asked: list[tuple[str, bool]] = []
-
-    async def there(peer: Peer) -> str:
-        asked.append((peer.owner.node_id, peer.remembered))
-        if peer.owner.node_id == "node-b":
-            raise OwnerMovedError()
-        return f"there:{peer.owner.node_id}"
-
-    try:
-        await b.registry.claim(device)
-        assert await a.at_device(device, here=_here, there=_there) == "there:node-b"
-        await c.registry.claim(device)  # the agent moved to node-c
-        assert await a.at_device(device, here=_here, there=there, reuse=True) == "there:node-c"
-        assert asked == [("node-b", True), ("node-c", False)]
-        assert await a.at_device(device, here=_here, there=there, reuse=True) == "there:node-c"
-        assert asked[-1] == ("node-c", True)
-    finally:
-        for node in (a, b, c):
-            await node.close()
-
-
-async def test_a_remembered_owner_that_is_unreachable_is_forgotten(redis: Redis) -> None:
-    device = uuid.uuid4()
-    a, b = _node(redis, "node-a", set()), _node(redis, "node-b", {device})
-
-    async def unreachable(_peer: Peer) -> str:
-        raise NodeUnreachableError()
-
-    try:
-        lease = await b.registry.claim(device)
-        assert lease is not None
-        assert await a.at_device(device, here=_here, there=_there) == "there:node-b"
-        await b.registry.release(lease)
-        with pytest.raises(NodeUnreachableError):
-            await a.at_device(device, here=_here, there=unreachable, reuse=True)
-        assert await a.at_device(device, here=_here, there=_there, reuse=True) == "here"
-    finally:
-        await a.close()
-        await b.close()

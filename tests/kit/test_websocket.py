@@ -140,36 +140,6 @@ async def test_direct_writes_reach_the_peer_as_binary_messages_cut_at_max_messag
         assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (4000, "done here")
 
 
-@pytest.mark.parametrize("compression", [None, "deflate"])
-async def test_a_message_written_in_parts_arrives_whole_whatever_its_size(
-    compression: str | None,
-) -> None:
-    """writelines' parts leave as one message each: framed here (no extension: the header
-    written before the parts, of every length form) or by websockets (deflate)."""
-    sizes = [1, 125, 126, 65_535, 65_536, 300_000]
-    messages = [bytes([n % 251]) * n for n in sizes]
-
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        await _accept(receive, send)
-        opener = direct_opener(scope)
-        assert opener is not None
-        sink = Sink()
-        transport = opener(lambda: (1000, ""), 1024 * 1024)
-        transport.attach(sink)
-        for message in messages:
-            cut = len(message) // 2
-            transport.writelines([bytearray(message[:cut]), memoryview(message)[cut:], b""])
-        await sink.ended.wait()
-
-    async with (
-        serve(app) as url,
-        connect(url, compression=compression, max_size=None) as client,
-    ):
-        received = [await client.recv() for _ in messages]
-        assert [len(m) for m in received] == sizes
-        assert received == messages
-
-
 async def test_a_text_message_on_the_direct_path_closes_with_1003():
     sink = Sink()
 

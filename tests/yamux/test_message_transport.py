@@ -137,37 +137,3 @@ async def test_abort_drops_the_channel_and_ends_the_session():
     transport.abort()
     await asyncio.wait_for(session.closed.wait(), 5)
     assert calls == ["abort"]
-
-
-async def test_a_transient_view_is_copied_out_so_the_owner_may_reuse_its_buffer() -> None:
-    """feed_transient: the receive buffer is overwritten after each call (as picows does
-    with its own); the data read back is what was sent, whatever the split."""
-    loop = asyncio.get_running_loop()
-    scratch = bytearray(64 * 1024)
-    left: MessageTransport
-    right: MessageTransport
-    cuts = iter([7, 1, 12, 5000, 3, 40_000] * 1000)
-
-    def deliver(message: bytes) -> None:
-        view = memoryview(message)
-        while view:
-            size = min(next(cuts), len(view))
-            scratch[:size] = view[:size]
-            right.feed_transient(memoryview(scratch)[:size])
-            scratch[:size] = b"\xee" * size  # the owner reuses its buffer at once
-            view = view[size:]
-
-    def to_right(message: Buffer) -> None:
-        loop.call_soon(deliver, bytes(message))
-
-    def to_left(message: Buffer) -> None:
-        loop.call_soon(left.feed_data, bytes(message))
-
-    left = MessageTransport(to_right, max_message=100_000)
-    right = MessageTransport(to_left, max_message=100_000)
-    opener = Session(left, client=True)
-    acceptor = Session(right, client=False)
-    for size in (1, 70_000, 3 * MIB):
-        await exchange(opener, acceptor, size)
-    await opener.close()
-    await acceptor.close()

@@ -64,16 +64,6 @@ class Handed:
     lost: bool = False
 
 
-class OwnerMovedError(Exception):
-    """The node a proxied request was sent to does not hold the device (any more): its
-    answer was not relayed, the request may go to the registry's owner instead."""
-
-
-def has_body(headers: list[tuple[bytes, bytes]]) -> bool:
-    """Whether a request with these (ASGI) headers has a body to stream."""
-    return any(k in {b"content-length", b"transfer-encoding"} and v != b"0" for k, v in headers)
-
-
 def token_matches(expected: str, given: str | None) -> bool:
     """Compare the internal token in constant time."""
     return given is not None and hmac.compare_digest(expected.encode(), given.encode())
@@ -137,12 +127,8 @@ class Forwarder:
         user_id: uuid.UUID,
         org_id: uuid.UUID,
         api_key_id: uuid.UUID | None = None,
-        moved_is_error: bool = False,
     ) -> Response:
-        """Send ``request`` to ``owner`` over the link and stream its answer back.
-
-        ``moved_is_error``: an answer that the owner does not hold the device (502
-        ``device_offline``) raises :class:`OwnerMovedError` instead of being relayed."""
+        """Send ``request`` to ``owner`` over the link and stream its answer back."""
         try:
             stream = await self._open(owner)
         except (LinkError, YamuxError) as err:
@@ -172,13 +158,12 @@ class Forwarder:
             "target": target.decode("latin-1"),
             "headers": str_pairs(scope["headers"]),
         }
-        exchange = LinkExchange(stream, request)
-        status, headers = await exchange.open(
-            encode_head(header), has_body=has_body(scope["headers"])
+        has_body = any(
+            k in {b"content-length", b"transfer-encoding"} and v != b"0"
+            for k, v in scope["headers"]
         )
-        if moved_is_error and status == 502 and exchange.code == "device_offline":
-            await exchange.finish(complete=True)
-            raise OwnerMovedError()
+        exchange = LinkExchange(stream, request)
+        status, headers = await exchange.open(encode_head(header), has_body=has_body)
         return LinkResponse(exchange, status, headers)
 
     def internal_headers(
@@ -271,7 +256,5 @@ __all__ = [
     "Forwarder",
     "Handed",
     "NodeUnreachableError",
-    "OwnerMovedError",
-    "has_body",
     "token_matches",
 ]

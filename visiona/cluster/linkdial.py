@@ -111,8 +111,7 @@ class _LinkSocket(WSListener):
         kind = frame.msg_type
         if kind in {WSMsgType.BINARY, WSMsgType.CONTINUATION}:
             if self._feed is not None:
-                # picows' buffer: the session copies each payload out of it once
-                self._feed.feed_transient(frame.get_payload_as_memoryview())
+                self._feed.feed_data(frame.get_payload_as_bytes())
             elif not self.ready.done():
                 self._check(frame.get_payload_as_bytes())
         elif kind == WSMsgType.CLOSE:

@@ -61,8 +61,6 @@ class LinkExchange:
         self._body_done = False
         self._client_gone = False
         self._complete = False
-        #: the error code the owning node gave with its answer's head (its errors only)
-        self.code: str | None = None
 
     async def open(self, header: bytes, *, has_body: bool) -> tuple[int, list[tuple[bytes, bytes]]]:
         """Send the header (and start the body); wait for the answer's status and headers."""
@@ -77,8 +75,6 @@ class LinkExchange:
             head = await read_head(stream)
             status = int(head["status"])
             headers = latin1_pairs(head["headers"])
-            code = head.get("code")
-            self.code = code if isinstance(code, str) else None
         except (YamuxError, asyncio.IncompleteReadError) as err:
             await self.finish()
             raise NodeUnreachableError() from err

@@ -19,18 +19,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from visiona.cluster.forwarding import (
-    Forwarder,
-    Handed,
-    NodeUnreachableError,
-    OwnerMovedError,
-    token_matches,
-)
+from visiona.cluster.forwarding import Forwarder, Handed, token_matches
 from visiona.cluster.linkserver import LinkHandlers
 from visiona.cluster.linkwire import proof
 from visiona.cluster.registry import TunnelRegistry
@@ -48,24 +41,15 @@ _LOGGER = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-#: Seconds a node reuses the owner it read from the registry for a bodiless proxied
-#: request to the same device (the lookup is a Redis round trip per request otherwise).
-OWNER_REUSE = 1.0
-#: The most owners remembered at once (all forgotten past it: a bound, not an LRU).
-_OWNERS_MAX = 10_000
-
-
 class Peer:
     """Another node, one hop away, that holds a device's tunnel."""
 
-    __slots__ = ("_forwarder", "owner", "remembered")
+    __slots__ = ("_forwarder", "owner")
 
-    def __init__(self, owner: Owner, forwarder: Forwarder, *, remembered: bool = False) -> None:
-        """The node ``owner``, reached through ``forwarder``; ``remembered``: named by
-        this node's recent lookup, not the registry now (a miss there is retried)."""
+    def __init__(self, owner: Owner, forwarder: Forwarder) -> None:
+        """The node ``owner``, reached through ``forwarder``."""
         self.owner = owner
         self._forwarder = forwarder
-        self.remembered = remembered
 
     async def proxy(
         self,
@@ -78,10 +62,7 @@ class Peer:
         org_id: uuid.UUID,
         api_key_id: uuid.UUID | None = None,
     ) -> Response:
-        """Relay ``request`` to the node over the link (a ``proxy`` stream), streamed both ways.
-
-        A :attr:`remembered` owner that answers it does not hold the device raises
-        :class:`~visiona.cluster.forwarding.OwnerMovedError` (nothing was relayed yet)."""
+        """Relay ``request`` to the node over the link (a ``proxy`` stream), streamed both ways."""
         return await self._forwarder.proxy(
             self.owner,
             request,
@@ -91,7 +72,6 @@ class Peer:
             user_id=user_id,
             org_id=org_id,
             api_key_id=api_key_id,
-            moved_is_error=self.remembered,
         )
 
     def internal_headers(
@@ -147,17 +127,11 @@ class Cluster:
         *,
         here: Callable[[], Awaitable[T]],
         there: Callable[[Peer], Awaitable[T]],  # noqa: ARG002 - no other node
-        reuse: bool = False,  # noqa: ARG002 - no other node
     ) -> T:
         """Run ``here`` when this node holds the device's tunnel or no node does, else
         ``there`` with the node holding it (one hop; the registry away counts as none).
 
-        ``reuse``: ``there`` may be given the owner this node read for the device less
-        than :data:`OWNER_REUSE` seconds ago instead of reading the registry again; a
-        ``there`` that raises :class:`~visiona.cluster.forwarding.OwnerMovedError` is
-        run again once with the registry's owner (so it must be safe to repeat: a
-        proxied request without a body). Alone, every tunnel there is is here: ``here``
-        runs (and decides "offline").
+        Alone, every tunnel there is is here: ``here`` runs (and decides "offline").
         """
         return await here()
 
@@ -199,8 +173,6 @@ class ClusterNode(Cluster):
         self._token = token
         self.node_id = registry.node_id
         self.lease_ttl = registry.ttl
-        #: device id → (the other node the registry named, when that stops being reused)
-        self._owners: dict[uuid.UUID, tuple[Owner, float]] = {}
 
     async def at_device(
         self,
@@ -208,22 +180,9 @@ class ClusterNode(Cluster):
         *,
         here: Callable[[], Awaitable[T]],
         there: Callable[[Peer], Awaitable[T]],
-        reuse: bool = False,
     ) -> T:
-        """This node's tunnel first; else the registry's owner, one hop away (with
-        ``reuse``, the owner read a moment ago: :meth:`Cluster.at_device`); else here."""
+        """This node's tunnel first; else the registry's owner, one hop away; else here."""
         if not self._holds(device_id):
-            if reuse:
-                remembered = self._owners.get(device_id)
-                if remembered is not None and remembered[1] > time.monotonic():
-                    try:
-                        return await there(Peer(remembered[0], self.forwarder, remembered=True))
-                    except OwnerMovedError:
-                        pass  # the registry's owner now, below
-                    except NodeUnreachableError:
-                        self._owners.pop(device_id, None)
-                        raise
-                    self._owners.pop(device_id, None)
             peer = await self.peer_holding(device_id)
             if peer is not None:
                 return await there(peer)
@@ -237,12 +196,7 @@ class ClusterNode(Cluster):
             _LOGGER.warning("cluster: registry lookup failed: %s", type(err).__name__)
             return None
         if owner is None or owner.node_id == self.registry.node_id:
-            self._owners.pop(device_id, None)
             return None
-        owners = self._owners
-        if len(owners) >= _OWNERS_MAX:
-            owners.clear()
-        owners[device_id] = (owner, time.monotonic() + OWNER_REUSE)
         return Peer(owner, self.forwarder)
 
     def accepts(self, token: str | None) -> bool:

@@ -251,7 +251,6 @@ class TunnelWebSocketProtocol(WebSocketsSansIOProtocol):
             abort=self._abort_direct,
             max_message=max_message,
             extra={"peername": self.client},
-            send_parts=self._send_parts,
         )
         self._direct = direct
         while not self.queue.empty():
@@ -276,32 +275,26 @@ class TunnelWebSocketProtocol(WebSocketsSansIOProtocol):
         return direct
 
     def _send_message(self, data: Buffer) -> None:
-        self._send_parts([data], len(data))
-
-    def _send_parts(self, parts: list[Buffer], size: int) -> None:
-        """Send ``parts`` (``size`` bytes in all) as one binary message.
-
-        An open connection without extensions gets the frame header written here, the
-        parts after it in one vectored write (no copy: a server's frames are not
-        masked); otherwise websockets frames the joined message (its checks, an
-        extension's encoding)."""
         if self.close_sent or self.disconnected:
             raise TunnelClosedError("the tunnel WebSocket is closed")
         conn = self.conn
-        if conn.state is not State.OPEN or conn.extensions or conn.expect_continuation_frame:
-            try:
-                conn.send_binary(parts[0] if len(parts) == 1 else b"".join(parts))
-            except InvalidState as err:
-                raise TunnelClosedError("the tunnel WebSocket is closed") from err
-            self.transport.write(b"".join(conn.data_to_send()))
+        if (
+            conn.state is State.OPEN
+            and not conn.extensions
+            and not conn.writes
+            and not conn.expect_continuation_frame
+        ):  # what send_binary would write, without its Frame: head + payload
+            size = memoryview(data).nbytes
+            if size <= _JOIN_MAX:
+                self.transport.write(binary_head(size) + data)
+            else:
+                self.transport.writelines((binary_head(size), data))
             return
-        head = binary_head(size)
-        if conn.writes:  # a pong websockets answered meanwhile goes first
-            self.transport.writelines([*conn.data_to_send(), head, *parts])
-        elif len(parts) == 1 and size <= _JOIN_MAX:  # a keepalive, a small frame: one buffer
-            self.transport.write(head + parts[0])
-        else:
-            self.transport.writelines([head, *parts])
+        try:
+            self.conn.send_binary(data)
+        except InvalidState as err:
+            raise TunnelClosedError("the tunnel WebSocket is closed") from err
+        self.transport.write(b"".join(self.conn.data_to_send()))
 
     def _close_direct(self) -> None:
         code, reason = self._close_args() if self._close_args is not None else (1000, "")

@@ -15,7 +15,6 @@ import logging
 from typing import TYPE_CHECKING
 
 from visiona.audit import service as audit
-from visiona.cluster.forwarding import has_body
 from visiona.devices import service as devices_service
 from visiona.tunnel.errors import DeviceOfflineError
 from visiona.tunnel.proxy import ProxyExchange, ProxyResponse
@@ -85,9 +84,7 @@ class Relay:
                 api_key_id=api_key_id,
             )
 
-        # A request without a body may be sent again: the owner read a moment ago serves.
-        reuse = not has_body(request.scope["headers"])
-        return await self._cluster.at_device(device_id, here=here, there=there, reuse=reuse)
+        return await self._cluster.at_device(device_id, here=here, there=there)
 
     async def here(
         self,

@@ -26,9 +26,6 @@ _LOGGER = logging.getLogger(__name__)
 
 #: ``send(message)``: queue one binary message; must not block nor re-enter the session.
 SyncSend = Callable[[Buffer], None]
-#: ``send_parts(parts, size)``: queue one binary message made of ``parts`` (``size``
-#: bytes in all), without joining them; the same rules as :data:`SyncSend`.
-SyncSendParts = Callable[[list[Buffer], int], None]
 
 
 class MessageTransport(ByteTransport):
@@ -50,18 +47,12 @@ class MessageTransport(ByteTransport):
         abort: Callable[[], None] | None = None,
         max_message: int = 1024 * 1024,
         extra: dict[str, Any] | None = None,
-        send_parts: SyncSendParts | None = None,
     ) -> None:
-        """Bind the owner's callables; nothing is sent before a session attaches.
-
-        ``send_parts`` (optional): send one message from several buffers, so that
-        :meth:`writelines` (a coalesced flush: frame headers and large payloads) need
-        not join them into a copy first."""
+        """Bind the owner's callables; nothing is sent before a session attaches."""
         super().__init__()
         if max_message <= 0:
             raise ValueError("max_message must be positive")
         self._send = send
-        self._send_parts = send_parts
         self._close_cb = close
         self._abort_cb = abort
         self._max_message = max_message
@@ -74,21 +65,6 @@ class MessageTransport(ByteTransport):
         """Hand one received message (or any part of the byte stream) to the session."""
         if not self._lost and data:
             self._deliver(data if type(data) is bytes else bytes(data))
-
-    def feed_transient(self, data: memoryview) -> None:
-        """Hand one received message whose buffer is valid only during this call (picows'
-        ``WSFrame.get_payload_as_memoryview()``): the session copies each payload out of
-        it once and keeps nothing of the view, where :meth:`feed_data` of a copy would
-        copy every payload twice."""
-        if self._lost or not data:
-            return
-        sink = self._sink
-        if getattr(sink, "takes_views", False):
-            sink.data_received(data)  # type: ignore[union-attr, arg-type] # a session: copies out
-        elif sink is None:
-            self._early.append(data.tobytes())
-        else:
-            sink.data_received(data.tobytes())
 
     def feed_eof(self) -> None:
         """The peer will send nothing more (a close frame arrived)."""
@@ -135,15 +111,14 @@ class MessageTransport(ByteTransport):
             self.connection_lost(err)
 
     def writelines(self, chunks: list[Buffer]) -> None:
-        """Send ``chunks`` as few messages as ``max_message`` allows (each message's
-        buffers handed to ``send_parts`` as they are, else joined)."""
+        """Send ``chunks`` as few messages as ``max_message`` allows (one join per message)."""
         limit = self._max_message
         batch: list[Buffer] = []
         size = 0
         for chunk in chunks:
             length = len(chunk)
             if batch and size + length > limit:
-                self._write_batch(batch, size)
+                self.write(batch[0] if len(batch) == 1 else b"".join(batch))
                 batch, size = [], 0
             if length > limit:
                 self.write(chunk)
@@ -151,20 +126,7 @@ class MessageTransport(ByteTransport):
             batch.append(chunk)
             size += length
         if batch:
-            self._write_batch(batch, size)
-
-    def _write_batch(self, batch: list[Buffer], size: int) -> None:
-        """Send ``batch`` (``size`` bytes, at most ``max_message``) as one message."""
-        if len(batch) == 1 or self._send_parts is None:
             self.write(batch[0] if len(batch) == 1 else b"".join(batch))
-            return
-        if self._closing:
-            return
-        try:
-            self._send_parts(batch, size)
-        except Exception as err:  # noqa: BLE001 - a failed send is a lost channel, reported to the session
-            _LOGGER.debug("message transport: send failed: %r", err)
-            self.connection_lost(err)
 
     def close(self) -> None:
         """Stop sending and let the owner close the channel (what was written has left)."""

@@ -5,17 +5,12 @@ the frame type and the frame size limit, hands payloads to the object the handle
 names for them (a stream), and remembers a header or a payload cut by the end of a
 read. One fast path - a plain Data frame (no flags) for a known stream, wholly inside
 the read - skips the handler altogether: the stream charges its window itself.
-
-:meth:`FrameParser.feed` takes ``bytes`` or a ``memoryview`` valid only during the call
-(a WebSocket library's receive buffer, :meth:`~visiona.yamux.MessageTransport.feed_transient`):
-what the parser hands on or keeps is then copied out of the view, each payload once,
-instead of the whole message being copied first and each payload sliced out again.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from .errors import ProtocolError
 from .frames import DATA, FIN, GO_AWAY, HEADER, HEADER_SIZE, PING, WINDOW_UPDATE
@@ -32,18 +27,6 @@ class PayloadSink(Protocol):
 
 
 _Sink = TypeVar("_Sink", bound=PayloadSink)
-
-
-class _Owned:
-    """Slices of a transient view as ``bytes`` of their own (one copy each)."""
-
-    __slots__ = ("_view",)
-
-    def __init__(self, view: memoryview) -> None:
-        self._view = view
-
-    def __getitem__(self, index: slice) -> bytes:
-        return self._view[index].tobytes()
 
 
 class FrameHandler(Protocol[_Sink]):
@@ -100,30 +83,15 @@ class FrameParser(Generic[_Sink]):
         self._body_left = 0
         self._body_sink = None
 
-    def feed(self, data: bytes | memoryview) -> None:
-        """Parse ``data``, calling the handler (and the sinks) for each complete piece.
-
-        A ``memoryview`` is never kept: every piece handed on or kept is a copy.
-        """
-        if type(data) is memoryview:
-            self._feed_view(data)
-            return
-        self._feed(data, data)
-
-    def _feed_view(self, view: memoryview) -> None:
-        """:meth:`feed` of a transient view: payloads are copied out of it one by one."""
-        self._feed(view, _Owned(view))
-
-    def _feed(self, data: bytes | memoryview, owned: Any) -> None:
-        """Parse ``data``; ``owned[a:b]`` is that slice as ``bytes`` (``data`` itself when
-        it is ``bytes``: slicing copies already)."""
+    def feed(self, data: bytes) -> None:
+        """Parse ``data``, calling the handler (and the sinks) for each complete piece."""
         end = len(data)
         pos = 0
         if self._body_left:
             take = min(self._body_left, end)
             sink = self._body_sink
             if sink is not None:
-                sink.feed_data(data if take == end and owned is data else owned[:take])
+                sink.feed_data(data if take == end else data[:take])
             self._body_left -= take
             pos = take
             if self._body_left:
@@ -139,7 +107,7 @@ class FrameParser(Generic[_Sink]):
             header = self._hbuf + data[pos : pos + need]
             self._hbuf = b""
             version, kind, flags, stream_id, length = HEADER.unpack(header)
-            pos = self._frame(version, kind, flags, stream_id, length, owned, end, pos + need)
+            pos = self._frame(version, kind, flags, stream_id, length, data, pos + need)
         unpack_from = HEADER.unpack_from
         streams = self._streams
         frame = self._frame
@@ -152,12 +120,12 @@ class FrameParser(Generic[_Sink]):
                 if sink is not None:
                     self.frames_received += 1
                     if length:
-                        sink.receive_data(owned[pos : pos + length])
+                        sink.receive_data(data[pos : pos + length])
                     pos += length
                     continue
-            pos = frame(version, kind, flags, stream_id, length, owned, end, pos)
+            pos = frame(version, kind, flags, stream_id, length, data, pos)
         if pos < end and not self._stopped:
-            self._hbuf = owned[pos:end]
+            self._hbuf = data[pos:]
 
     def _frame(  # noqa: PLR0917 - the five header fields, then where the payload is
         self,
@@ -166,13 +134,10 @@ class FrameParser(Generic[_Sink]):
         flags: int,
         stream_id: int,
         length: int,
-        data: Any,
-        end: int,
+        data: bytes,
         pos: int,
     ) -> int:
-        """Handle one frame whose payload (if any) starts at ``data[pos]`` (``data``: the
-        received bytes, or a view's :class:`_Owned`; ``end``: their length); return the
-        new pos."""
+        """Handle one frame whose payload (if any) starts at ``data[pos]``; return the new pos."""
         self.frames_received += 1
         if version != 0:
             raise ProtocolError(f"unsupported version {version}")
@@ -181,6 +146,7 @@ class FrameParser(Generic[_Sink]):
             if length > self._frame_limit:
                 raise ProtocolError(f"data frame of {length} bytes exceeds the frame limit")
             sink = handler.on_data_frame(flags, stream_id, length)
+            end = len(data)
             avail = end - pos
             if length <= avail:
                 if sink is not None:
@@ -190,7 +156,7 @@ class FrameParser(Generic[_Sink]):
                         handler.on_data_fin(sink)
                 return pos + length
             if sink is not None and avail:
-                sink.feed_data(data[pos:end])
+                sink.feed_data(data[pos:])
             self._body_left = length - avail
             self._body_sink = sink
             self._body_fin = bool(flags & FIN)

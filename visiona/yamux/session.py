@@ -75,9 +75,6 @@ class Session:
     one log line; no exception reaches the event loop.
     """
 
-    #: :meth:`data_received` takes a transient ``memoryview`` (it keeps copies only)
-    takes_views = True
-
     def __init__(
         self, transport: ByteTransport, *, client: bool, config: Config | None = None
     ) -> None:
@@ -301,10 +298,8 @@ class Session:
         return f"<yamux.Session {role} {state} streams={len(self._registry.streams)}>"
 
     # -- transport callbacks (TransportSink) --------------------------------------------
-    def data_received(self, data: bytes | memoryview) -> None:
-        """Parse frames out of ``data``; any protocol violation ends the session.
-
-        A ``memoryview`` may be valid only during the call: nothing of it is kept."""
+    def data_received(self, data: bytes) -> None:
+        """Parse frames out of ``data``; any protocol violation ends the session."""
         if self._terminated:
             return
         self._bytes_received += len(data)
