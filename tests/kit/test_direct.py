@@ -136,15 +136,6 @@ def _app() -> FastAPI:
         (f"{uuid.UUID(int=1)}", {}),
         ("not-a-uuid?tag=abcd&limit=0", {}),  # three 422 errors, in FastAPI's order
         (f"{uuid.UUID(int=1)}?limit=x", {}),
-        # path UUIDs in every spelling: canonical ones are parsed directly, the rest by
-        # FastAPI's validation; the answers are the same
-        (str(uuid.UUID(int=2**128 - 1)).upper(), {}),
-        (uuid.UUID(int=5).hex, {}),
-        (f"{{{uuid.UUID(int=5)}}}", {}),
-        (f"urn:uuid:{uuid.UUID(int=5)}", {}),
-        (str(uuid.UUID(int=5))[:-1] + "g", {}),
-        (str(uuid.UUID(int=5)) + "0", {}),
-        (" " + str(uuid.UUID(int=5)), {}),
     ],
 )
 async def test_a_solved_route_answers_as_fastapi_does(path: str, headers: dict[str, str]) -> None:

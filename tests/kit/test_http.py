@@ -17,7 +17,6 @@ from tests.support.api import PASSWORD, error_code, signup
 from tests.support.settings import LIFESPAN_TIMEOUT, make_settings
 from visiona.app import create_app
 from visiona.kit.http import Edge
-from visiona.kit.routing import HotRoutes
 
 
 @pytest.fixture
@@ -114,13 +113,11 @@ async def test_logs_never_contain_tokens_or_passwords(
 
 async def test_the_edge_is_the_one_layer_before_the_router(memory_app: FastAPI) -> None:
     # FastAPI's own stack (server errors, exception telemetry, body limit, exceptions,
-    # AsyncExitStack) is not built: a regression adds a layer here. The router is fronted
-    # by the hot reads' shortcut (not a layer: it hands a request to the router or a route).
+    # AsyncExitStack) is not built: a regression adds a layer here.
     stack = memory_app.middleware_stack
     assert type(stack) is Edge
-    assert type(stack.app) is HotRoutes
-    assert stack.app.router is memory_app.router
-    assert isinstance(stack.app.router, Router)
+    assert stack.app is memory_app.router
+    assert isinstance(stack.app, Router)
 
 
 async def test_cors_is_the_only_layer_added_outside_the_edge() -> None:
@@ -132,8 +129,7 @@ async def test_cors_is_the_only_layer_added_outside_the_edge() -> None:
     stack = app.build_middleware_stack()
     assert type(stack) is CORSMiddleware
     assert type(stack.app) is Edge
-    assert isinstance(stack.app.app, HotRoutes)
-    assert stack.app.app.router is app.router
+    assert stack.app.app is app.router
 
 
 async def test_validation_error_is_the_422_envelope_through_the_edge(

@@ -7,7 +7,6 @@ from datetime import UTC, datetime
 
 import pytest
 from pydantic import BaseModel
-from starlette.responses import Response
 
 from visiona.kit.jsonout import JSONOut, dumps
 
@@ -67,19 +66,3 @@ def test_the_response_is_json_with_its_status() -> None:
     assert response.body == b'{"status":"ok"}'
     assert response.status_code == 503
     assert response.headers["content-type"] == "application/json"
-
-
-@pytest.mark.parametrize(
-    ("status", "headers"),
-    [(200, None), (201, None), (200, {"X-Extra": "1"}), (204, None), (304, None), (404, None)],
-)
-def test_the_headers_are_starlettes_for_the_same_body(
-    status: int, headers: dict[str, str] | None
-) -> None:
-    content = {"id": uuid.UUID(int=3), "name": "ü"}
-    made = JSONOut(content, status_code=status, headers=headers)
-    starlettes = Response(
-        dumps(content), status_code=status, headers=headers, media_type="application/json"
-    )
-    assert made.raw_headers == starlettes.raw_headers
-    assert made.body == starlettes.body

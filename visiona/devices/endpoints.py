@@ -85,7 +85,7 @@ _NO_CONTENT: dict[str, Any] = {
 )
 async def list_devices(  # noqa: PLR0917 - FastAPI injects query parameters by name
     principal: CurrentPrincipal,
-    db: DatabaseDep,
+    conn: Conn,
     reads: DevicesDep,
     page: PageParams,
     remote_status: Annotated[RemoteStatus | None, Query(description="Tunnel status.")] = None,
@@ -105,29 +105,22 @@ async def list_devices(  # noqa: PLR0917 - FastAPI injects query parameters by n
     """Your live devices in creation order (oldest first), optionally filtered by status
     and by a tag selector (all filters hold together; pages stay keyset-paginated)."""
     parsed = fleet.parse_selector(selector)
-    if parsed is None:
-        # a hot read on the driver (visiona/kit/hotread.py), no unit of work: the page
-        # and its devices' tags in one statement
-        tagged = await reads.list_tagged(
-            db, principal.org_id, remote_status=remote_status, status=device_status, page=page
-        )
-        items = [device_body(row, tags) for row, tags in tagged.items]
-        next_cursor = tagged.next_cursor
-    else:  # a selector's statement is built per call: a read on a pooled connection
-        async with db.reading() as conn:
-            found = await reads.list(
-                conn,
-                principal.org_id,
-                remote_status=remote_status,
-                status=device_status,
-                page=page,
-                selector=parsed,
-            )
-            by_id = await fleet.tags_of(conn, found.items)
-        items = [device_body(row, by_id[row.id]) for row in found.items]
-        next_cursor = found.next_cursor
+    found = await reads.list(
+        conn,
+        principal.org_id,
+        remote_status=remote_status,
+        status=device_status,
+        page=page,
+        selector=parsed,
+    )
+    tags = await fleet.tags_of(conn, found.items)
     # DeviceList's fields, encoded by orjson (visiona/kit/jsonout.py)
-    return JSONOut({"items": items, "next_cursor": next_cursor})
+    return JSONOut(
+        {
+            "items": [device_body(row, tags[row.id]) for row in found.items],
+            "next_cursor": found.next_cursor,
+        }
+    )
 
 
 @router.post(
@@ -165,11 +158,11 @@ async def get_device(
 ) -> Response:
     """The device; unknown, deleted or not yours → 404. A device whose tunnel has not been
     seen for three status intervals reads ``remote_status=offline``."""
-    # one hot read on the driver (visiona/kit/hotread.py), no unit of work: the device
-    # and its tags in one statement; the answer encoded by orjson (visiona/kit/jsonout.py),
-    # response_model documents it
-    device, tags = await reads.get_tagged(db, principal.org_id, device_id)
-    return JSONOut(device_body(device, tags))
+    # hot reads on the driver (visiona/kit/hotread.py), no unit of work: two statements
+    # that need not share a snapshot (the tags of a device deleted in between are harmless);
+    # the answer encoded by orjson (visiona/kit/jsonout.py), response_model documents it
+    device = await reads.get(db, principal.org_id, device_id)
+    return JSONOut(device_body(device, await fleet.tags_of_one(db, device)))
 
 
 @router.patch(

@@ -124,7 +124,7 @@ _LOCK = select(devices.c.id).where(devices.c.id == bindparam("device_id")).with_
 _OF_DEVICE = select(device_tags.c.key, device_tags.c.value).where(
     device_tags.c.device_id == bindparam("device_id")
 )
-_OF_DEVICE_HOT = HotRead(_OF_DEVICE, tuple)  # a hot read given the Database
+_OF_DEVICE_HOT = HotRead(_OF_DEVICE, tuple)  # `GET /devices/{id}`'s second read
 _DELETE_ALL = delete(device_tags).where(device_tags.c.device_id == bindparam("device_id"))
 _DELETE_KEYS = delete(device_tags).where(
     device_tags.c.device_id == bindparam("device_id"),

@@ -14,23 +14,15 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
-from sqlalchemy import ColumnElement, Insert, and_, bindparam, case, literal, or_, select, update
+from sqlalchemy import ColumnElement, Insert, and_, bindparam, case, literal, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from visiona.kit.database import Database
 from visiona.kit.hotread import HotRead
-from visiona.kit.pagination import (
-    Keyset,
-    Page,
-    PageRequest,
-    bad_cursor,
-    decode_cursor,
-    encode_cursor,
-    paginate,
-)
+from visiona.kit.pagination import Keyset, Page, PageRequest, paginate
 from visiona.kit.records import build, columns_of
-from visiona.kit.schema import device_tags, devices
+from visiona.kit.schema import devices
 from visiona.wire import RemoteStatus, UsbStatus
 
 
@@ -99,17 +91,8 @@ _mine = and_(
 )
 
 _GET = select(*_COLUMNS).where(_mine)
+# `GET /devices/{id}` reads it: a hot read (compiled once, run on the driver)
 _GET_HOT = HotRead(_GET, _device)
-# `GET /devices/{id}` reads the device and its user tags in one statement, a hot read
-# (compiled once, run on the driver): one row per tag, or one with NULL key and value
-# for a device without tags (the LEFT JOIN), none for no such device.
-_WIDTH = len(_COLUMNS)
-_GET_TAGGED = (
-    select(*_COLUMNS, device_tags.c.key, device_tags.c.value)
-    .select_from(devices.outerjoin(device_tags, device_tags.c.device_id == devices.c.id))
-    .where(_mine)
-)
-_GET_TAGGED_HOT = HotRead(_GET_TAGGED, tuple)
 _REF = select(*columns_of(DeviceRef, devices)).where(_mine)
 _device_ref = build(DeviceRef)
 _BY_SERIAL = select(*_RAW_COLUMNS).where(
@@ -205,26 +188,6 @@ async def get_device(
     return await _GET_HOT.one(source, device_id=device_id, org=org_id, stale_before=stale_before)
 
 
-async def get_device_tagged(
-    source: Database | AsyncConnection,
-    org_id: uuid.UUID,
-    device_id: uuid.UUID,
-    *,
-    stale_before: datetime,
-) -> tuple[Device, dict[str, str]] | None:
-    """The organisation's live device ``device_id`` and its user tags (built-ins aside),
-    read by one statement: one round trip where :func:`get_device` and
-    ``fleet_repository.tags_of_device`` take two (``stale_before``: see ``_read_status``).
-    A hot read on the driver given the :class:`Database`, else on the connection."""
-    rows = await _GET_TAGGED_HOT.all(
-        source, device_id=device_id, org=org_id, stale_before=stale_before
-    )
-    if not rows:
-        return None
-    tags = {row[_WIDTH]: row[_WIDTH + 1] for row in rows if row[_WIDTH] is not None}
-    return Device(*rows[0][:_WIDTH]), tags
-
-
 async def get_ref(
     conn: AsyncConnection, org_id: uuid.UUID, device_id: uuid.UUID
 ) -> DeviceRef | None:
@@ -275,79 +238,6 @@ async def list_devices(
     if status is not None:
         stmt = stmt.where(devices.c.status == status)
     return await paginate(conn, stmt, _ORDER, page, _device, params={"stale_before": stale_before})
-
-
-@cache
-def _tagged_page(*, remote: bool, usb: bool, after: bool) -> HotRead[tuple[Any, ...]]:
-    """The hot read of one page of the device list with the devices' user tags, for one
-    combination of the optional filters and the cursor (at most eight statements, each
-    compiled once): the page (``LIMIT :limit``, keyset order) as a subquery, left-joined
-    to ``device_tags``: one row per tag, one with NULL key and value for a device without."""
-    stmt = select(*_COLUMNS).where(devices.c.org_id == bindparam("org"), _live)
-    if remote:
-        stmt = stmt.where(_read_status == bindparam("remote_status"))
-    if usb:
-        stmt = stmt.where(devices.c.status == bindparam("usb_status"))
-    if after:
-        stmt = stmt.where(
-            or_(
-                devices.c.created_at > bindparam("after_at"),
-                and_(
-                    devices.c.created_at == bindparam("after_at"),
-                    devices.c.id > bindparam("after_id"),
-                ),
-            )
-        )
-    page = stmt.order_by(*_ORDER.order_by()).limit(bindparam("limit")).subquery("page")
-    tagged = (
-        select(*page.c, device_tags.c.key, device_tags.c.value)
-        .select_from(page.outerjoin(device_tags, device_tags.c.device_id == page.c.id))
-        .order_by(page.c.created_at, page.c.id)
-    )
-    return HotRead(tagged, tuple)
-
-
-async def list_devices_tagged(
-    source: Database | AsyncConnection,
-    org_id: uuid.UUID,
-    *,
-    remote_status: RemoteStatus | None,
-    status: UsbStatus | None,
-    page: PageRequest,
-    stale_before: datetime,
-) -> Page[tuple[Device, dict[str, str]]]:
-    """:func:`list_devices` without a selector, each device with its user tags, in one
-    statement: a hot read on the driver given the :class:`Database` (the same page, order
-    and cursors; a cursor this server did not hand out is the same 422)."""
-    params: dict[str, Any] = {"org": org_id, "stale_before": stale_before, "limit": page.limit + 1}
-    position = decode_cursor(page.cursor)
-    if position is not None:
-        try:
-            params["after_id"] = uuid.UUID(position.key)
-        except ValueError as err:
-            raise bad_cursor() from err
-        params["after_at"] = position.created_at
-    if remote_status is not None:
-        params["remote_status"] = remote_status
-    if status is not None:
-        params["usb_status"] = status
-    read = _tagged_page(
-        remote=remote_status is not None, usb=status is not None, after=position is not None
-    )
-    found: list[tuple[Device, dict[str, str]]] = []
-    current: uuid.UUID | None = None
-    for row in await read.all(source, **params):
-        if row[0] != current:
-            current = row[0]
-            found.append((Device(*row[:_WIDTH]), {}))
-        if row[_WIDTH] is not None:
-            found[-1][1][row[_WIDTH]] = row[_WIDTH + 1]
-    next_cursor = None
-    if len(found) > page.limit:
-        found = found[: page.limit]
-        last = found[-1][0]
-        next_cursor = encode_cursor(last.created_at, str(last.id))
-    return Page(items=found, next_cursor=next_cursor)
 
 
 async def rename_device(

@@ -20,7 +20,6 @@ from visiona.devices import repository
 from visiona.devices.fleet_repository import selector_clause
 from visiona.devices.repository import Device, DeviceRef
 from visiona.devices.selectors import Selector
-from visiona.devices.tags import visible_tags
 from visiona.kit.clock import utcnow
 from visiona.kit.database import Database
 from visiona.kit.errors import ConflictError, NotFoundError, RateLimitedError
@@ -85,28 +84,6 @@ class Devices:
             where=None if selector is None else selector_clause(selector),
         )
 
-    async def list_tagged(
-        self,
-        source: Database | AsyncConnection,
-        org_id: uuid.UUID,
-        *,
-        remote_status: RemoteStatus | None = None,
-        status: UsbStatus | None = None,
-        page: PageRequest,
-    ) -> Page[tuple[Device, dict[str, str]]]:
-        """:meth:`list` without a selector, each device with the tags it shows (its user
-        tags and the built-ins), in one statement (given the :class:`Database`: a hot read)."""
-        found = await repository.list_devices_tagged(
-            source,
-            org_id,
-            remote_status=remote_status,
-            status=status,
-            page=page,
-            stale_before=self.stale_before(),
-        )
-        items = [(d, visible_tags(d.device_type, tags)) for d, tags in found.items]
-        return Page(items=items, next_cursor=found.next_cursor)
-
     async def get(
         self, source: Database | AsyncConnection, org_id: uuid.UUID, device_id: uuid.UUID
     ) -> Device:
@@ -118,19 +95,6 @@ class Devices:
         if device is None:
             raise NotFoundError("Device not found.")
         return device
-
-    async def get_tagged(
-        self, source: Database | AsyncConnection, org_id: uuid.UUID, device_id: uuid.UUID
-    ) -> tuple[Device, dict[str, str]]:
-        """The organisation's live device and the tags it shows (its user tags and the
-        built-ins), read in one statement; 404 as :meth:`get`."""
-        found = await repository.get_device_tagged(
-            source, org_id, device_id, stale_before=self.stale_before()
-        )
-        if found is None:
-            raise NotFoundError("Device not found.")
-        device, user_tags = found
-        return device, visible_tags(device.device_type, user_tags)
 
     async def rename(
         self,

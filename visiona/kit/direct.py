@@ -25,9 +25,8 @@ hot reads (``/auth/me``, ``GET /devices/{id}``, the device list, ``/healthz``) u
 from __future__ import annotations
 
 import inspect
-import re
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, TypeVar
 
@@ -87,7 +86,6 @@ class _Plan:
     __slots__ = (
         "_function_scope",
         "_generator",
-        "_uuid_paths",
         "cache",
         "call",
         "connection_name",
@@ -108,8 +106,6 @@ class _Plan:
         self.cookie_params = dependant.cookie_params
         self.connection_name = dependant.request_param_name or dependant.http_connection_param_name
         self._generator = inspect.isasyncgenfunction(dependant.call)
-        #: (name, alias) of each path parameter when every one is a plain required UUID
-        self._uuid_paths: tuple[tuple[str, str], ...] | None = _plain_uuids(dependant.path_params)
         self._function_scope = dependant.scope == "function"
 
     @classmethod
@@ -161,7 +157,7 @@ class _Plan:
                 cache.setdefault(sub.call, solved)
             if name is not None:
                 values[name] = solved
-        if self.path_params and not self._canonical_uuids(request.path_params, values):
+        if self.path_params:
             found, wrong = request_params_to_args(self.path_params, request.path_params)
             values.update(found)
             errors.extend(wrong)
@@ -185,22 +181,6 @@ class _Plan:
             values[self.connection_name] = request
         return values if valid else None
 
-    def _canonical_uuids(self, raw: Mapping[str, Any], values: dict[str, Any]) -> bool:
-        """The path parameters into ``values`` when all are UUIDs written canonically
-        (``8-4-4-4-12`` hex digits: what pydantic gives for them is ``uuid.UUID(text)``);
-        False (``values`` untouched) for anything else, left to FastAPI's validation."""
-        fields = self._uuid_paths
-        if fields is None:
-            return False
-        parsed = []
-        for name, alias in fields:
-            text = raw.get(alias)
-            if not isinstance(text, str) or _CANONICAL_UUID.fullmatch(text) is None:
-                return False
-            parsed.append((name, uuid.UUID(text)))
-        values.update(parsed)
-        return True
-
     async def run(self, request: Request, values: dict[str, Any]) -> Any:
         """Call the dependency (a generator is entered on the request's exit stack)."""
         assert self.call is not None  # noqa: S101 - plans are only built with a call
@@ -209,23 +189,6 @@ class _Plan:
             stack: AsyncExitStack = request.scope[key]
             return await stack.enter_async_context(asynccontextmanager(self.call)(**values))
         return await self.call(**values)
-
-
-_CANONICAL_UUID = re.compile(
-    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
-)
-
-
-def _plain_uuids(params: list[Any]) -> tuple[tuple[str, str], ...] | None:
-    """(name, alias) of ``params`` when each is a required ``uuid.UUID`` without
-    constraints (None otherwise: FastAPI validates them)."""
-    found = []
-    for param in params:
-        info = param.field_info
-        if info.annotation is not uuid.UUID or info.metadata or not info.is_required():
-            return None
-        found.append((param.name, param.alias))
-    return tuple(found) or None
 
 
 _FUNCTION_STACK = "fastapi_function_astack"

@@ -13,6 +13,7 @@ import os
 import re
 import time
 import traceback
+import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from email.utils import formatdate
@@ -44,7 +45,6 @@ from visiona.kit.errors import (
     ValidationFailedError,
 )
 from visiona.kit.logs import client_addr_var, request_id_var
-from visiona.kit.routing import HotRoutes
 
 #: Headers of one connection, never relayed by a proxy (RFC 9110 §7.6.1).
 HOP_BY_HOP = frozenset(
@@ -308,8 +308,7 @@ class Edge:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
         limit = None if self._unlimited(path) else self._max
-        # a new id: 128 random bits as 32 hex digits (uuid4's text without building a UUID)
-        request_id = _incoming_request_id(scope) or os.urandom(16).hex()
+        request_id = _incoming_request_id(scope) or uuid.uuid4().hex
         head = scope["method"] == "HEAD"
         exchange = _Exchange(receive, send, request_id, limit, self._timeout, head=head)
         inner = {**scope, "method": "GET"} if head else scope
@@ -397,7 +396,7 @@ def install_edge(
 
     def build_middleware_stack() -> ASGIApp:
         stack: ASGIApp = Edge(
-            HotRoutes(app.router),
+            app.router,
             handlers=app.exception_handlers,
             metrics=metrics,
             max_body_bytes=max_body_bytes,

@@ -17,7 +17,6 @@ own) is written as its text, a pydantic model met inside is dumped by pydantic
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -49,20 +48,3 @@ class JSONOut(Response):
     def render(self, content: Any) -> bytes:
         """The body: ``content`` through :func:`dumps`."""
         return dumps(content)
-
-    def init_headers(self, headers: Mapping[str, str] | None = None) -> None:
-        """Starlette's headers for a JSON body (length, then type), made directly when
-        no others are given; otherwise Starlette makes them."""
-        status = self.status_code
-        if (
-            headers is not None
-            or self.media_type != "application/json"
-            or status < 200
-            or status in (204, 304)
-        ):
-            super().init_headers(headers)
-            return
-        self.raw_headers = [
-            (b"content-length", str(len(self.body)).encode("latin-1")),
-            (b"content-type", b"application/json"),
-        ]
